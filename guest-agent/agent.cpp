@@ -1,0 +1,508 @@
+// husk-agent: static PID 1 of the guest. Mounts, loads modules, finds its
+// channel, speaks the protocol, builds the container and relays its stdio.
+#include <dirent.h>
+#include <fcntl.h>
+#include <linux/vm_sockets.h>
+#include <poll.h>
+#include <sched.h>
+#include <signal.h>
+#include <sys/mount.h>
+#include <sys/reboot.h>
+#include <sys/signalfd.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <map>
+#include <optional>
+#include <thread>
+
+#include <nlohmann/json.hpp>
+
+#include "guest-agent/container.h"
+#include "protocol/protocol.h"
+#include "sys/sys.h"
+
+using namespace husk;
+using nlohmann::json;
+
+namespace {
+
+bool g_debug = false;
+
+void say(const std::string& m) {
+    if (!g_debug) return;
+    std::string line = "husk-agent: " + m + "\n";
+    int fd = ::open("/dev/console", O_WRONLY | O_NOCTTY | O_CLOEXEC);
+    if (fd >= 0) {
+        (void)!::write(fd, line.data(), line.size());
+        ::close(fd);
+    }
+}
+
+[[noreturn]] void fatal(const std::string& m) {
+    std::string line = "husk-agent: fatal: " + m + "\n";
+    int fd = ::open("/dev/console", O_WRONLY | O_NOCTTY | O_CLOEXEC);
+    if (fd >= 0) (void)!::write(fd, line.data(), line.size());
+    if (getpid() == 1) reboot(RB_POWER_OFF);  // QEMU runs with -no-reboot
+    _exit(1);
+}
+
+std::string cmdline_param(const std::string& cmdline, const std::string& key) {
+    size_t pos = 0;
+    while (pos < cmdline.size()) {
+        size_t e = cmdline.find_first_of(" \n", pos);
+        if (e == std::string::npos) e = cmdline.size();
+        std::string w = cmdline.substr(pos, e - pos);
+        if (w.rfind(key + "=", 0) == 0) return w.substr(key.size() + 1);
+        pos = e + 1;
+    }
+    return "";
+}
+
+// Remove the initramfs contents (they are in RAM) except `keep`, never
+// crossing into other mounts.
+void free_initramfs(const std::string& dir, dev_t dev, const std::string& keep) {
+    DIR* d = ::opendir(dir.c_str());
+    if (!d) return;
+    std::vector<std::string> names;
+    while (auto* e = ::readdir(d)) {
+        std::string n = e->d_name;
+        if (n != "." && n != "..") names.push_back(n);
+    }
+    ::closedir(d);
+    for (auto& n : names) {
+        std::string p = dir == "/" ? "/" + n : dir + "/" + n;
+        if (p == keep) continue;
+        struct stat st;
+        if (::lstat(p.c_str(), &st) < 0 || st.st_dev != dev) continue;
+        if (S_ISDIR(st.st_mode)) {
+            free_initramfs(p, dev, keep);
+            ::rmdir(p.c_str());
+        } else {
+            ::unlink(p.c_str());
+        }
+    }
+}
+
+Result<void> early_init() {
+    ::mkdir("/dev", 0755);
+    ::mkdir("/proc", 0555);
+    ::mkdir("/sys", 0555);
+    TRY(sys::mount("devtmpfs", "/dev", "devtmpfs", MS_NOSUID, "mode=0755"));
+    TRY(sys::mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC));
+    TRY(sys::mount("sysfs", "/sys", "sysfs", MS_NOSUID | MS_NODEV | MS_NOEXEC));
+    auto cmdline = sys::read_file("/proc/cmdline").value_or("");
+    g_debug = cmdline_param(cmdline, "husk.debug") == "1";
+    say("started");
+
+    // Modules, in the order rootfs-builder wrote (dependencies first).
+    auto order = sys::read_file("/lib/modules/order").value_or("");
+    if (cmdline_param(cmdline, "husk.channel") == "vsock") order += sys::read_file("/lib/modules/order.vsock").value_or("");
+    size_t pos = 0;
+    while (pos < order.size()) {
+        size_t e = order.find('\n', pos);
+        if (e == std::string::npos) e = order.size();
+        std::string name = order.substr(pos, e - pos);
+        pos = e + 1;
+        if (name.empty()) continue;
+        auto fd = TRY(sys::open("/lib/modules/" + name, O_RDONLY));
+        if (::syscall(SYS_finit_module, fd.get(), "", 0) < 0 && errno != EEXIST)
+            return fail_errno("load module " + name);
+    }
+    say("modules loaded");
+
+    // pivot_root cannot leave the initramfs, so the guest's root becomes
+    // a tmpfs (as switch_root does) before any container is built.
+    struct stat rootst;
+    ::stat("/", &rootst);
+    TRY(sys::mkdir_p("/newroot", 0755));
+    TRY(sys::mount("tmpfs", "/newroot", "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755"));
+    for (auto d : {"dev", "proc", "sys", "run", "tmp"}) TRY(sys::mkdir_p(std::string("/newroot/") + d, 0755));
+    for (auto d : {"dev", "proc", "sys"}) TRY(sys::mount(std::string("/") + d, std::string("/newroot/") + d, "", MS_MOVE));
+    free_initramfs("/", rootst.st_dev, "/newroot");
+    TRY(sys::chdir("/newroot"));
+    TRY(sys::mount(".", "/", "", MS_MOVE));
+    TRY(sys::chroot("."));
+    TRY(sys::chdir("/"));
+
+    TRY(sys::mkdir_p(agent::kShareMount, 0755));
+    TRY(sys::mount("husk", agent::kShareMount, "9p", 0,
+                   "trans=virtio,version=9p2000.L,msize=262144,access=client,posixacl"));
+    say("share mounted");
+    return {};
+}
+
+Result<sys::Fd> open_serial_channel() {
+    // The port's node appears once virtio_console has probed: wait briefly.
+    for (int attempt = 0; attempt < 1000; ++attempt) {
+        if (DIR* d = ::opendir("/sys/class/virtio-ports")) {
+            std::string found;
+            while (auto* e = ::readdir(d)) {
+                std::string n = e->d_name;
+                if (n[0] == '.') continue;
+                auto name = sys::read_file("/sys/class/virtio-ports/" + n + "/name").value_or("");
+                if (name.rfind(proto::kSerialPortName, 0) == 0) found = n;
+            }
+            ::closedir(d);
+            if (!found.empty()) {
+                auto fd = sys::open("/dev/" + found, O_RDWR | O_NONBLOCK);
+                if (fd) return fd;
+            }
+        }
+        std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    return fail("virtio-serial port " + std::string(proto::kSerialPortName) + " not found", ENODEV);
+}
+
+Result<sys::Fd> open_vsock_channel() {
+    sys::Fd s(::socket(AF_VSOCK, SOCK_STREAM | SOCK_CLOEXEC, 0));
+    if (!s) return fail_errno("vsock socket");
+    sockaddr_vm addr{};
+    addr.svm_family = AF_VSOCK;
+    addr.svm_cid = VMADDR_CID_ANY;
+    addr.svm_port = proto::kAgentVsockPort;
+    if (::bind(s.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr) < 0) return fail_errno("vsock bind");
+    if (::listen(s.get(), 1) < 0) return fail_errno("vsock listen");
+    auto c = TRY(sys::accept(s.get(), SOCK_NONBLOCK));
+    return c;
+}
+
+struct Stream {
+    sys::Fd fd;
+    uint32_t credit = proto::kInitialCredit;  // output: what we may send
+    bool eof = false;
+};
+
+struct Process {
+    pid_t pid = -1;
+    sys::Fd sync;
+    Stream out[3];  // [1] stdout, [2] stderr
+    sys::Fd stdin_w;
+    std::string stdin_buf;
+    bool stdin_close = false;
+    std::optional<int> status;
+    bool exit_sent = false;
+};
+
+class Agent {
+public:
+    explicit Agent(sys::Fd chan) : chan_(std::move(chan)) {}
+    Result<void> run();
+
+private:
+    void send(const std::string& f) { out_ += f; }
+    void respond(const json& id, bool ok, const std::string& err = "", const json& result = nullptr) {
+        json r = {{"id", id}, {"ok", ok}};
+        if (!ok) r["error"] = err;
+        if (!result.is_null()) r["result"] = result;
+        send(proto::encode(proto::Type::Response, 0, r.dump()));
+    }
+    Result<void> on_frame(const proto::Frame& f);
+    void on_request(const json& req);
+    Result<json> do_create(const json& params);
+    Result<json> do_start(const json& params);
+    Result<json> do_kill(const json& params);
+    void reap();
+    void maybe_send_exit(Process& p);
+
+    sys::Fd chan_;
+    proto::Decoder dec_;
+    std::string out_;
+    std::map<uint32_t, Process> procs_;
+    bool hello_done_ = false;
+};
+
+Result<json> Agent::do_create(const json& params) {
+    if (procs_.count(0)) return fail("container already created", EEXIST);
+    auto [in_r, in_w] = TRY(sys::pipe(O_CLOEXEC));
+    auto [out_r, out_w] = TRY(sys::pipe(O_CLOEXEC));
+    auto [err_r, err_w] = TRY(sys::pipe(O_CLOEXEC));
+    auto [sync_p, sync_c] = TRY(sys::socketpair(SOCK_STREAM));
+    int flags = agent::clone_flags(params);
+    pid_t pid = pid_t(::syscall(SYS_clone, flags | SIGCHLD, nullptr, nullptr, nullptr, 0));
+    if (pid < 0) return fail_errno("clone");
+    if (pid == 0) {
+        sync_p.reset();
+        agent::container_init(params, sync_c.get(), in_r.get(), out_w.get(), err_w.get());
+    }
+    sync_c.reset();
+    Process p;
+    p.pid = pid;
+    p.sync = std::move(sync_p);
+    p.stdin_w = std::move(in_w);
+    p.out[1].fd = std::move(out_r);
+    p.out[2].fd = std::move(err_r);
+    for (int i : {1, 2}) TRY(sys::set_nonblock(p.out[i].fd.get(), true));
+    TRY(sys::set_nonblock(p.stdin_w.get(), true));
+    char buf[4096];
+    ssize_t n;
+    do n = ::read(p.sync.get(), buf, sizeof buf);
+    while (n < 0 && errno == EINTR);
+    if (n <= 0 || buf[0] != 'R') {
+        ::kill(pid, SIGKILL);
+        ::waitpid(pid, nullptr, 0);
+        std::string msg = n > 1 && buf[0] == 'E' ? std::string(buf + 1, size_t(n - 1)) : "container init died";
+        return fail(msg, EINVAL);
+    }
+    procs_[0] = std::move(p);
+    say("container created, pid " + std::to_string(pid));
+    return json{{"pid", pid}};
+}
+
+Result<json> Agent::do_start(const json& params) {
+    uint32_t idx = params.value("process", 0u);
+    auto it = procs_.find(idx);
+    if (it == procs_.end() || !it->second.sync) return fail("process not waiting for start", ESRCH);
+    auto& p = it->second;
+    if (::write(p.sync.get(), "S", 1) != 1) return fail_errno("signal start");
+    char buf[4096];
+    ssize_t n;
+    do n = ::read(p.sync.get(), buf, sizeof buf);
+    while (n < 0 && errno == EINTR);
+    p.sync.reset();
+    // EOF: close-on-exec closed the socket, the workload is running.
+    if (n > 1 && buf[0] == 'E') return fail(std::string(buf + 1, size_t(n - 1)), ENOEXEC);
+    return json{{"started", true}};
+}
+
+Result<json> Agent::do_kill(const json& params) {
+    uint32_t idx = params.value("process", 0u);
+    int sig = params.value("signal", SIGTERM);
+    auto it = procs_.find(idx);
+    if (it == procs_.end() || it->second.status) return fail("container not running", ESRCH);
+    pid_t pid = it->second.pid;
+    if (params.value("all", false)) {
+        // Everyone in the container's pid namespace.
+        std::string ns;
+        char link[256];
+        ssize_t l = ::readlink(("/proc/" + std::to_string(pid) + "/ns/pid").c_str(), link, sizeof link - 1);
+        if (l > 0) ns.assign(link, size_t(l));
+        if (DIR* d = ::opendir("/proc")) {
+            while (auto* e = ::readdir(d)) {
+                pid_t q = pid_t(std::atoi(e->d_name));
+                if (q <= 1 || q == getpid()) continue;
+                l = ::readlink(("/proc/" + std::to_string(q) + "/ns/pid").c_str(), link, sizeof link - 1);
+                if (l > 0 && std::string(link, size_t(l)) == ns) ::kill(q, sig);
+            }
+            ::closedir(d);
+        }
+    }
+    if (::kill(pid, sig) < 0) return fail_errno("kill");
+    return json::object();
+}
+
+void Agent::on_request(const json& req) {
+    json id = req.value("id", json(nullptr));
+    std::string method = req.value("method", "");
+    json params = req.value("params", json::object());
+    Result<json> r = fail("unknown method " + method, ENOSYS);
+    try {
+        if (method == "create") r = do_create(params);
+        else if (method == "start") r = do_start(params);
+        else if (method == "kill") r = do_kill(params);
+    } catch (const json::exception& e) {
+        r = fail(std::string("bad request: ") + e.what(), EINVAL);
+    }
+    if (r) respond(id, true, "", *r);
+    else respond(id, false, r.error().message);
+}
+
+Result<void> Agent::on_frame(const proto::Frame& f) {
+    using proto::Type;
+    switch (f.type) {
+        case Type::Hello: hello_done_ = true; return {};
+        case Type::Request: {
+            json req = json::parse(f.payload, nullptr, false);
+            if (!req.is_object()) return fail("malformed request", EPROTO);
+            on_request(req);
+            return {};
+        }
+        case Type::Data: {
+            auto it = procs_.find(proto::stream_process(f.stream));
+            if (it == procs_.end() || proto::stream_fd(f.stream) != 0) return {};
+            auto& p = it->second;
+            if (!p.stdin_w) send(proto::encode_credit(f.stream, uint32_t(f.payload.size())));
+            else p.stdin_buf += f.payload;
+            return {};
+        }
+        case Type::Credit: {
+            uint32_t c = TRY(proto::decode_credit(f));
+            auto it = procs_.find(proto::stream_process(f.stream));
+            uint32_t fd = proto::stream_fd(f.stream);
+            if (it != procs_.end() && (fd == 1 || fd == 2)) it->second.out[fd].credit += c;
+            return {};
+        }
+        case Type::Close: {
+            auto it = procs_.find(proto::stream_process(f.stream));
+            if (it != procs_.end() && proto::stream_fd(f.stream) == 0) it->second.stdin_close = true;
+            return {};
+        }
+        default: return fail(std::string("unexpected ") + proto::type_name(f.type), EPROTO);
+    }
+}
+
+void Agent::reap() {
+    for (;;) {
+        int st;
+        pid_t pid = ::waitpid(-1, &st, WNOHANG);
+        if (pid <= 0) return;
+        for (auto& [idx, p] : procs_)
+            if (p.pid == pid) {
+                p.status = st;
+                say("process " + std::to_string(idx) + " exited, status " + std::to_string(st));
+            }
+    }
+}
+
+void Agent::maybe_send_exit(Process& p) {
+    if (p.exit_sent || !p.status || !p.out[1].eof || !p.out[2].eof) return;
+    uint32_t idx = 0;
+    for (auto& [i, q] : procs_)
+        if (&q == &p) idx = i;
+    json e = {{"event", "exit"}, {"process", idx}};
+    if (WIFSIGNALED(*p.status)) e["signal"] = WTERMSIG(*p.status);
+    else e["code"] = WEXITSTATUS(*p.status);
+    send(proto::encode(proto::Type::Event, 0, e.dump()));
+    p.exit_sent = true;
+}
+
+Result<void> Agent::run() {
+    sigset_t mask;
+    sigemptyset(&mask);
+    sigaddset(&mask, SIGCHLD);
+    sigprocmask(SIG_BLOCK, &mask, nullptr);
+    sys::Fd sfd(signalfd(-1, &mask, SFD_NONBLOCK | SFD_CLOEXEC));
+    if (!sfd) return fail_errno("signalfd");
+
+    send(proto::encode(proto::Type::Hello, 0, json{{"version", proto::kVersion}}.dump()));
+    for (;;) {
+        std::vector<pollfd> pf;
+        enum Tag { kChan, kSig, kOut, kIn };
+        struct T {
+            Tag tag;
+            uint32_t proc;
+            int fd;
+        };
+        std::vector<T> tags;
+        pf.push_back({chan_.get(), short(POLLIN | (out_.empty() ? 0 : POLLOUT)), 0});
+        tags.push_back({kChan, 0, 0});
+        pf.push_back({sfd.get(), POLLIN, 0});
+        tags.push_back({kSig, 0, 0});
+        for (auto& [idx, p] : procs_) {
+            if (p.sync) continue;  // not started: its output waits in the pipe
+            for (int i : {1, 2})
+                if (!p.out[i].eof && p.out[i].credit > 0) {
+                    pf.push_back({p.out[i].fd.get(), POLLIN, 0});
+                    tags.push_back({kOut, idx, i});
+                }
+            if (p.stdin_w && !p.stdin_buf.empty()) {
+                pf.push_back({p.stdin_w.get(), POLLOUT, 0});
+                tags.push_back({kIn, idx, 0});
+            }
+        }
+        int n = ::poll(pf.data(), pf.size(), -1);
+        if (n < 0 && errno != EINTR) return fail_errno("poll");
+        for (size_t i = 0; n > 0 && i < pf.size(); ++i) {
+            if (!pf[i].revents) continue;
+            auto t = tags[i];
+            if (t.tag == kChan) {
+                if (pf[i].revents & (POLLIN | POLLHUP | POLLERR)) {
+                    char buf[64 << 10];
+                    ssize_t r = ::read(chan_.get(), buf, sizeof buf);
+                    if (r > 0) {
+                        dec_.feed(buf, size_t(r));
+                        for (;;) {
+                            auto f = TRY(dec_.next());
+                            if (!f) break;
+                            TRY(on_frame(*f));
+                        }
+                    } else if (r == 0 && (pf[i].revents & POLLHUP)) {
+                        // virtio-serial reports HUP while the host end is
+                        // not connected; nothing to read, wait a little.
+                        std::this_thread::sleep_for(std::chrono::milliseconds(10));
+                    }
+                }
+                if ((pf[i].revents & POLLOUT) && !out_.empty()) {
+                    ssize_t w = ::write(chan_.get(), out_.data(), out_.size());
+                    if (w > 0) out_.erase(0, size_t(w));
+                }
+            } else if (t.tag == kSig) {
+                signalfd_siginfo si;
+                while (::read(sfd.get(), &si, sizeof si) == sizeof si) {
+                }
+                reap();
+            } else if (t.tag == kOut) {
+                auto& p = procs_[t.proc];
+                auto& s = p.out[t.fd];
+                char buf[proto::kMaxDataPayload];
+                ssize_t r = ::read(s.fd.get(), buf, std::min<size_t>(sizeof buf, s.credit));
+                uint32_t sid = proto::stream_id(t.proc, uint32_t(t.fd));
+                if (r > 0) {
+                    send(proto::encode(proto::Type::Data, sid, std::string_view(buf, size_t(r))));
+                    s.credit -= uint32_t(r);
+                } else if (r == 0 || (errno != EAGAIN && errno != EINTR)) {
+                    s.eof = true;
+                    s.fd.reset();
+                    send(proto::encode(proto::Type::Close, sid, ""));
+                }
+            } else if (t.tag == kIn) {
+                auto& p = procs_[t.proc];
+                ssize_t w = ::write(p.stdin_w.get(), p.stdin_buf.data(), p.stdin_buf.size());
+                uint32_t sid = proto::stream_id(t.proc, 0);
+                if (w > 0) {
+                    p.stdin_buf.erase(0, size_t(w));
+                    send(proto::encode_credit(sid, uint32_t(w)));
+                } else if (w < 0 && errno != EAGAIN && errno != EINTR) {
+                    send(proto::encode_credit(sid, uint32_t(p.stdin_buf.size())));
+                    p.stdin_buf.clear();
+                    p.stdin_w.reset();
+                }
+            }
+        }
+        for (auto& [idx, p] : procs_) {
+            if (p.stdin_close && p.stdin_buf.empty() && p.stdin_w) p.stdin_w.reset();
+            if (p.status && !p.exit_sent) {
+                // The process is gone: what is left in its pipes is all
+                // there will be, unless a stray child still holds them.
+                for (int i : {1, 2}) {
+                    auto& s = p.out[i];
+                    if (s.eof || s.credit == 0) continue;
+                    char buf[proto::kMaxDataPayload];
+                    ssize_t r = ::read(s.fd.get(), buf, std::min<size_t>(sizeof buf, s.credit));
+                    uint32_t sid = proto::stream_id(idx, uint32_t(i));
+                    if (r > 0) {
+                        send(proto::encode(proto::Type::Data, sid, std::string_view(buf, size_t(r))));
+                        s.credit -= uint32_t(r);
+                    } else {
+                        s.eof = true;
+                        s.fd.reset();
+                        send(proto::encode(proto::Type::Close, sid, ""));
+                    }
+                }
+                maybe_send_exit(p);
+            }
+        }
+    }
+}
+
+}  // namespace
+
+int main() {
+    signal(SIGPIPE, SIG_IGN);
+    if (getpid() == 1) {
+        if (auto r = early_init(); !r) fatal(r.error().message);
+    }
+    auto cmdline = sys::read_file("/proc/cmdline").value_or("");
+    g_debug = cmdline_param(cmdline, "husk.debug") == "1";
+    std::string kind = cmdline_param(cmdline, "husk.channel");
+    auto chan = kind == "vsock" ? open_vsock_channel() : open_serial_channel();
+    if (!chan) fatal(chan.error().message);
+    say("channel open (" + (kind.empty() ? std::string("serial") : kind) + ")");
+    Agent a(std::move(*chan));
+    auto r = a.run();
+    fatal(r ? "agent loop ended" : r.error().message);
+}

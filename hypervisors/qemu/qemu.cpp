@@ -1,0 +1,179 @@
+#include "hypervisors/qemu/qemu.h"
+
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <thread>
+
+#include "hypervisors/qemu/qmp.h"
+#include "sys/sys.h"
+
+namespace husk::qemu {
+
+// microvm has only virtio-mmio; every other machine gets virtio-pci.
+static std::string virtio(const Options& opt, const std::string& dev) {
+    return dev + (opt.machine == "microvm" ? "-device" : "-pci");
+}
+
+static std::string escape(const std::string& v) {
+    // QEMU option values use ',' as separator; ",," is a literal comma.
+    std::string out;
+    for (char c : v) {
+        out.push_back(c);
+        if (c == ',') out.push_back(',');
+    }
+    return out;
+}
+
+std::vector<std::string> translate(const VmConfig& cfg, const Options& opt) {
+    std::vector<std::string> a = {opt.binary};
+    auto add = [&](std::initializer_list<std::string> xs) { a.insert(a.end(), xs); };
+    add({"-name", "husk"});
+    add({"-M", opt.machine});
+    if (cfg.accel == Accel::Kvm) add({"-accel", "kvm", "-cpu", "host"});
+    else add({"-accel", "tcg"});
+    add({"-m", std::to_string(cfg.memory_mib), "-smp", std::to_string(cfg.vcpus)});
+    add({"-nodefaults", "-no-user-config", "-nographic", "-no-reboot"});
+    add({"-kernel", cfg.kernel, "-initrd", cfg.initrd, "-append", cfg.cmdline});
+    add({"-chardev", "file,id=con,path=/proc/self/fd/" + std::to_string(kConsoleFd), "-serial", "chardev:con"});
+    if (cfg.channel.kind == ChannelKind::VirtioSerial) {
+        add({"-device", virtio(opt, "virtio-serial") + ",max_ports=2"});
+        add({"-chardev", "socket,id=agent,path=" + escape(cfg.channel.socket_path)});
+        add({"-device", "virtserialport,chardev=agent,name=husk.agent"});
+    } else {
+        add({"-device", virtio(opt, "vhost-vsock") + ",guest-cid=" + std::to_string(cfg.channel.vsock_cid)});
+    }
+    for (size_t i = 0; i < cfg.shares.size(); ++i) {
+        const auto& s = cfg.shares[i];
+        std::string id = "fs" + std::to_string(i);
+        add({"-fsdev", "local,id=" + id + ",path=" + escape(s.host_path) +
+                           ",security_model=passthrough,multidevs=remap" + (s.readonly ? ",readonly=on" : "")});
+        add({"-device", virtio(opt, "virtio-9p") + ",fsdev=" + id + ",mount_tag=" + s.tag});
+    }
+    for (size_t i = 0; i < cfg.disks.size(); ++i) {
+        std::string id = "disk" + std::to_string(i);
+        add({"-drive", "file=" + escape(cfg.disks[i].path) + ",if=none,id=" + id + ",format=raw" +
+                           (cfg.disks[i].readonly ? ",readonly=on" : "")});
+        add({"-device", virtio(opt, "virtio-blk") + ",drive=" + id});
+    }
+    for (size_t i = 0; i < cfg.nics.size(); ++i) {
+        std::string id = "net" + std::to_string(i);
+        add({"-netdev", "tap,id=" + id + ",ifname=" + cfg.nics[i].tap + ",script=no,downscript=no"});
+        add({"-device", virtio(opt, "virtio-net") + ",netdev=" + id + ",mac=" + cfg.nics[i].mac});
+    }
+    if (!cfg.control_socket.empty()) {
+        add({"-chardev", "socket,id=qmp,path=" + escape(cfg.control_socket)});
+        add({"-mon", "chardev=qmp,mode=control"});
+    }
+    if (opt.sandbox) add({"-sandbox", "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"});
+    return a;
+}
+
+Capabilities QemuHypervisor::capabilities() const {
+    Capabilities c;
+    c.pause = true;
+    c.shares = true;
+    c.vsock = vsock_available();
+    c.kvm = detect_accel() == Accel::Kvm;
+    return c;
+}
+
+namespace {
+
+class QemuVm : public Vm {
+public:
+    QemuVm(pid_t pid) : pid_(pid) {}
+    ~QemuVm() override { kill_now(); }
+    pid_t pid() const override { return pid_; }
+
+    Result<void> attach_control(int fd) override {
+        qmp_ = Qmp(sys::Fd(fd));
+        return qmp_.handshake(10000);
+    }
+
+    Result<void> stop() override {
+        if (pid_ <= 0) return {};
+        if (qmp_.connected()) (void)qmp_.execute("quit", nullptr, 1000);
+        else ::kill(pid_, SIGTERM);
+        auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(2);
+        while (std::chrono::steady_clock::now() < deadline) {
+            int st;
+            pid_t r = ::waitpid(pid_, &st, WNOHANG);
+            if (r == pid_ || (r < 0 && errno == ECHILD)) {
+                pid_ = -1;
+                return {};
+            }
+            std::this_thread::sleep_for(std::chrono::milliseconds(5));
+        }
+        kill_now();
+        return {};
+    }
+
+    Result<void> pause() override { return qmp_.execute("stop").map([](auto&&) {}); }
+    Result<void> resume() override { return qmp_.execute("cont").map([](auto&&) {}); }
+
+private:
+    void kill_now() {
+        if (pid_ <= 0) return;
+        ::kill(pid_, SIGKILL);
+        int st;
+        while (::waitpid(pid_, &st, 0) < 0 && errno == EINTR) {
+        }
+        pid_ = -1;
+    }
+    pid_t pid_;
+    Qmp qmp_;
+};
+
+}  // namespace
+
+Result<std::unique_ptr<Vm>> QemuHypervisor::launch(const VmConfig& cfg, const std::string& workdir,
+                                                   const std::string& log_path) {
+    auto argv = translate(cfg, opt_);
+    auto log = TRY(sys::open(log_path, O_WRONLY | O_CREAT | O_APPEND, 0600));
+    auto devnull = TRY(sys::open("/dev/null", O_RDONLY));
+    // exec failure is reported through this pipe (closed on success).
+    auto [err_r, err_w] = TRY(sys::pipe(O_CLOEXEC));
+    pid_t parent = getpid();
+    pid_t pid = fork();
+    if (pid < 0) return fail_errno("fork");
+    if (pid == 0) {
+        auto die = [&](const char* what) {
+            int e = errno;
+            std::string m = std::string(what) + ": " + strerror(e);
+            (void)!::write(err_w.get(), m.data(), m.size());
+            _exit(127);
+        };
+        // The VMM must not outlive its shim.
+        if (prctl(PR_SET_PDEATHSIG, SIGKILL) < 0) die("prctl");
+        if (getppid() != parent) _exit(1);
+        sigset_t all;
+        sigemptyset(&all);
+        sigprocmask(SIG_SETMASK, &all, nullptr);
+        if (dup2(devnull.get(), 0) < 0 || dup2(log.get(), 1) < 0 || dup2(log.get(), 2) < 0) die("dup2");
+        if (cfg.console_fd >= 0 && dup2(cfg.console_fd, kConsoleFd) < 0) die("dup2 console");
+        int keep_to = err_w.get();
+        // Close everything the VMM does not need (the shim's sockets, the
+        // caller's fds); the error pipe is close-on-exec.
+        for (int fd = kConsoleFd + 1; fd < 1024; ++fd)
+            if (fd != keep_to) ::close(fd);
+        if (::chdir(workdir.c_str()) < 0) die("chdir");
+        std::vector<char*> args;
+        for (auto& s : argv) args.push_back(const_cast<char*>(s.c_str()));
+        args.push_back(nullptr);
+        execvp(args[0], args.data());
+        die(("exec " + argv[0]).c_str());
+    }
+    err_w.reset();
+    auto vm = std::make_unique<QemuVm>(pid);
+    auto msg = TRY(sys::read_to_eof(err_r.get(), 4096));
+    if (!msg.empty()) return fail("launch qemu: " + msg, ENOEXEC);
+    return std::unique_ptr<Vm>(std::move(vm));
+}
+
+}  // namespace husk::qemu

@@ -1,0 +1,33 @@
+// QEMU driver: VmConfig -> argv (pure), launch, and QMP control.
+#pragma once
+#include <string>
+#include <vector>
+
+#include "husk/hypervisor.h"
+
+namespace husk::qemu {
+
+struct Options {
+    std::string binary = "qemu-system-x86_64";
+    std::string machine = "microvm";
+    bool sandbox = true;  // QEMU's seccomp filter (-sandbox on,...)
+};
+
+// The console is expected at fd 3 in the VMM (see kConsoleFd).
+constexpr int kConsoleFd = 3;
+
+std::vector<std::string> translate(const VmConfig& cfg, const Options& opt);
+
+class QemuHypervisor : public Hypervisor {
+public:
+    explicit QemuHypervisor(Options opt) : opt_(std::move(opt)) {}
+    std::string name() const override { return "qemu"; }
+    Capabilities capabilities() const override;
+    Result<std::unique_ptr<Vm>> launch(const VmConfig& cfg, const std::string& workdir,
+                                       const std::string& log_path) override;
+
+private:
+    Options opt_;
+};
+
+}  // namespace husk::qemu

@@ -1,0 +1,185 @@
+#!/usr/bin/env python3
+"""Build the guest image: vmlinuz + initramfs.img.
+
+The kernel comes from Debian's linux-image-amd64 package (downloaded with
+`apt-get download` and unpacked here, never installed on the host). The
+cloud kernel cannot be used: it has no 9p at all. The initramfs holds the
+static husk-agent as /init and just the modules it loads, in dependency
+order. Output is reproducible: sorted entries, fixed mtimes and owners.
+"""
+import argparse
+import glob
+import io
+import lzma
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tarfile
+
+# What the agent needs; dependencies are added from each module's modinfo.
+MODULES = ["virtio_mmio", "virtio_pci", "virtio_console", "9pnet_virtio", "9p"]
+VSOCK_MODULES = ["vmw_vsock_virtio_transport"]
+KERNEL_META = "linux-image-amd64"
+
+
+def log(msg):
+    print(f"build-image: {msg}", file=sys.stderr)
+
+
+def find_deb(cache):
+    env = os.environ.get("HUSK_KERNEL_DEB")
+    if env:
+        return env
+    os.makedirs(cache, exist_ok=True)
+    # Which kernel the metapackage points at today.
+    dep = subprocess.run(["apt-cache", "depends", KERNEL_META], capture_output=True, text=True)
+    m = re.search(r"Depends: (linux-image-[0-9][^\s]*)", dep.stdout)
+    if not m:
+        sys.exit(f"build-image: cannot resolve {KERNEL_META} (run apt-get update): {dep.stderr.strip()}")
+    pkg = m.group(1)
+    found = sorted(glob.glob(os.path.join(cache, f"{pkg}_*.deb")))
+    if found:
+        return found[-1]
+    log(f"downloading {pkg}")
+    r = subprocess.run(["apt-get", "download", pkg], cwd=cache, capture_output=True, text=True)
+    found = sorted(glob.glob(os.path.join(cache, f"{pkg}_*.deb")))
+    if not found:
+        sys.exit(f"build-image: apt-get download {pkg} failed: {r.stderr.strip()}")
+    return found[-1]
+
+
+def deb_data(deb):
+    """The data tarball of a .deb, read with the stdlib (ar + tar)."""
+    with open(deb, "rb") as f:
+        if f.read(8) != b"!<arch>\n":
+            sys.exit(f"build-image: {deb} is not a .deb")
+        while True:
+            hdr = f.read(60)
+            if len(hdr) < 60:
+                break
+            name = hdr[:16].decode().strip().rstrip("/")
+            size = int(hdr[48:58])
+            body = f.read(size)
+            if size % 2:
+                f.read(1)
+            if name.startswith("data.tar"):
+                if name.endswith(".xz"):
+                    body = lzma.decompress(body)
+                elif name.endswith(".zst"):
+                    body = subprocess.run(["zstd", "-dc"], input=body, capture_output=True, check=True).stdout
+                return tarfile.open(fileobj=io.BytesIO(body))
+    sys.exit(f"build-image: no data.tar in {deb}")
+
+
+def modinfo_depends(data):
+    m = re.search(rb"depends=([^\0]*)\0", data)
+    if not m or not m.group(1):
+        return []
+    return [d.decode() for d in m.group(1).split(b",") if d]
+
+
+def norm(name):
+    return name.replace("-", "_")
+
+
+def resolve(wanted, index):
+    order, seen = [], set()
+
+    def visit(n):
+        n = norm(n)
+        if n in seen:
+            return
+        seen.add(n)
+        if n not in index:
+            sys.exit(f"build-image: module {n} not in the kernel package")
+        for d in modinfo_depends(index[n][1]):
+            visit(d)
+        order.append(n)
+
+    for w in wanted:
+        visit(w)
+    return order
+
+
+def cpio_newc(entries):
+    """entries: sorted list of (path, mode, data_or_None). Reproducible."""
+    out = bytearray()
+    ino = 1
+
+    def add(name, mode, data, nlink):
+        nonlocal ino
+        name_b = name.encode() + b"\0"
+        hdr = "070701" + "".join(f"{v:08x}" for v in (
+            ino, mode, 0, 0, nlink, 0, len(data), 0, 0, 0, 0, len(name_b), 0))
+        ino += 1
+        out.extend(hdr.encode())
+        out.extend(name_b)
+        out.extend(b"\0" * ((4 - (110 + len(name_b)) % 4) % 4))
+        out.extend(data)
+        out.extend(b"\0" * ((4 - len(data) % 4) % 4))
+
+    for path, mode, data in entries:
+        add(path, mode, data or b"", 2 if mode & 0o040000 else 1)
+    add("TRAILER!!!", 0, b"", 1)
+    return bytes(out)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--agent", required=True)
+    ap.add_argument("--kernel-out", required=True)
+    ap.add_argument("--initrd-out", required=True)
+    ap.add_argument("--cache", default=os.environ.get("HUSK_CACHE", os.path.expanduser("~/.cache/husk")))
+    a = ap.parse_args()
+
+    deb = find_deb(a.cache)
+    tar = deb_data(deb)
+    vmlinuz, index = None, {}
+    for m in tar.getmembers():
+        if not m.isfile():
+            continue
+        base = os.path.basename(m.name)
+        if re.match(r"^\./boot/vmlinuz-", m.name) or re.match(r"^boot/vmlinuz-", m.name):
+            vmlinuz = tar.extractfile(m).read()
+        elif "/kernel/" in m.name and (base.endswith(".ko") or base.endswith(".ko.xz")):
+            name = norm(base.split(".ko")[0])
+            data = tar.extractfile(m).read()
+            if base.endswith(".xz"):
+                data = lzma.decompress(data)
+            index[name] = (base, data)
+    if vmlinuz is None:
+        sys.exit(f"build-image: no vmlinuz in {deb}")
+
+    base_mods = resolve(MODULES, index)
+    vsock_mods = [n for n in resolve(VSOCK_MODULES, index) if n not in base_mods]
+    with open(a.agent, "rb") as f:
+        agent = f.read()
+
+    entries = [
+        ("dev", 0o040755, None),
+        ("init", 0o100755, agent),
+        ("lib", 0o040755, None),
+        ("lib/modules", 0o040755, None),
+        ("lib/modules/order", 0o100644, "".join(f"{n}.ko\n" for n in base_mods).encode()),
+        ("lib/modules/order.vsock", 0o100644, "".join(f"{n}.ko\n" for n in vsock_mods).encode()),
+        ("proc", 0o040755, None),
+        ("sys", 0o040755, None),
+    ]
+    for n in base_mods + vsock_mods:
+        entries.append((f"lib/modules/{n}.ko", 0o100644, index[n][1]))
+    entries.sort(key=lambda e: e[0])
+
+    tmp_k, tmp_i = a.kernel_out + ".tmp", a.initrd_out + ".tmp"
+    with open(tmp_k, "wb") as f:
+        f.write(vmlinuz)
+    with open(tmp_i, "wb") as f:
+        f.write(cpio_newc(entries))
+    os.replace(tmp_k, a.kernel_out)
+    os.replace(tmp_i, a.initrd_out)
+    log(f"{os.path.basename(deb)}: modules {' '.join(base_mods)} (+vsock: {' '.join(vsock_mods)})")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,686 @@
+// husk-shim: one per container. Owns the VM, relays stdio and signals,
+// serves shim.sock, and exits with the container's status.
+//
+// Single-threaded: one poll loop. Phases: Booting (VMM launched, waiting
+// for the agent's HELLO) -> Creating (create request sent) -> Created
+// (creator told, waiting for start) -> Running -> Exiting.
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/mount.h>
+#include <sys/resource.h>
+#include <sys/signalfd.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstring>
+#include <deque>
+#include <map>
+#include <memory>
+#include <optional>
+#include <random>
+
+#include <nlohmann/json.hpp>
+
+#include "husk/defaults.h"
+#include "husk/hypervisor.h"
+#include "husk/log.h"
+#include "husk/paths.h"
+#include "husk/sandbox.h"
+#include "husk/spec.h"
+#include "husk/state.h"
+#include "protocol/protocol.h"
+#include "shim/vsock.h"
+#include "sys/sys.h"
+
+using namespace husk;
+using nlohmann::json;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+struct Args {
+    std::string root, id, bundle;
+    int sync_fd = -1;
+    log::Config log;
+};
+
+Result<Args> parse_args(int argc, char** argv) {
+    Args a;
+    a.log.to_stderr = false;  // fd 2 is the container's stderr
+    a.log.prefix = "husk-shim";
+    for (int i = 1; i < argc; ++i) {
+        std::string k = argv[i];
+        auto val = [&]() -> Result<std::string> {
+            if (i + 1 >= argc) return fail("missing value for " + k, EINVAL);
+            return std::string(argv[++i]);
+        };
+        if (k == "--root") a.root = TRY(val());
+        else if (k == "--id") a.id = TRY(val());
+        else if (k == "--bundle") a.bundle = TRY(val());
+        else if (k == "--sync-fd") a.sync_fd = std::stoi(TRY(val()));
+        else if (k == "--log") a.log.path = TRY(val());
+        else if (k == "--log-format") a.log.format = TRY(val()) == "json" ? log::Format::Json : log::Format::Text;
+        else if (k == "--debug") a.log.debug = true;
+        else return fail("unknown argument " + k, EINVAL);
+    }
+    if (a.root.empty() || a.id.empty() || a.bundle.empty() || a.sync_fd < 0)
+        return fail("usage: husk-shim --root R --id ID --bundle B --sync-fd N", EINVAL);
+    return a;
+}
+
+// Bytes waiting for a destination fd, with the stream they came from so
+// credit can be returned as they drain.
+struct OutBuf {
+    int fd = -1;
+    uint32_t stream = 0;
+    std::string data;
+    bool eof = false;   // CLOSE received: close fd once drained
+    bool dead = false;  // destination gone (EPIPE): drop further data
+    size_t chunk = 4096;
+};
+
+enum class Phase { Booting, Creating, Created, Running, Exiting };
+
+class Shim {
+public:
+    explicit Shim(Args a) : args_(std::move(a)), paths_(state_paths(args_.root, args_.id)) {}
+    int main();
+
+private:
+    Result<void> prepare();
+    Result<void> build_shares();
+    Result<void> launch_vm();
+    Result<void> loop();
+    Result<void> on_channel_readable();
+    Result<void> on_frame(const proto::Frame& f);
+    Result<void> on_response(const json& r);
+    Result<void> on_event(const json& e);
+    void on_console_readable();
+    void on_client(int idx);
+    void on_signal();
+    void send(const std::string& frame) { chan_out_ += frame; }
+    uint64_t request(const std::string& method, const json& params);
+    void reply(int client_fd, bool ok, const std::string& err = "");
+    std::string boot_failure(const std::string& why);
+    void report_created();
+    void set_status(const char* st);
+    [[noreturn]] void finish(int code, int sig);
+    [[noreturn]] void abort_create(const Error& e);
+
+    Args args_;
+    StatePaths paths_;
+    Spec spec_;
+    SharePlan plan_;
+    State state_;
+    Phase phase_ = Phase::Booting;
+    std::unique_ptr<Hypervisor> hv_;
+    std::unique_ptr<Vm> vm_;
+    sys::Fd agent_listen_, qmp_listen_, shim_listen_, chan_, console_r_, console_w_, sig_fd_, console_log_;
+    uint32_t vsock_cid_ = 0;
+    Clock::time_point boot_deadline_;
+    int boot_timeout_ms_ = 0;
+    Clock::time_point next_vsock_try_;
+    proto::Decoder dec_;
+    std::string chan_out_;
+    std::string console_tail_;
+    size_t console_written_ = 0;
+    uint64_t next_req_ = 1;
+    uint64_t create_req_ = 0;
+    std::map<uint64_t, int> pending_;  // request id -> client fd (-1: internal)
+    struct Client {
+        sys::Fd fd;
+        std::string in;
+    };
+    std::deque<Client> clients_;
+    // stdio
+    bool stdin_open_ = true;
+    uint32_t stdin_credit_ = proto::kInitialCredit;
+    OutBuf out_[3];
+    std::optional<int> exit_code_, exit_sig_;
+    bool vm_died_ = false;
+};
+
+// ---------------------------------------------------------------- setup
+
+Result<void> Shim::prepare() {
+    spec_ = TRY(load_spec(args_.bundle));
+    if (!spec_.process) return fail("config.json: process: required", EINVAL);
+    state_ = TRY(read_state(paths_));
+    state_.pid = getpid();
+    state_.pid_start = sys::proc_start_time(getpid()).value_or(0);
+    TRY(write_state(paths_, state_));
+
+    // Our own mount namespace: the share's bind mounts exist only here and
+    // in the VMM, and vanish with them. Slave, so host mounts still reach us.
+    TRY_CTX(sys::unshare(CLONE_NEWNS), "mount namespace");
+    TRY(sys::mount("", "/", "", MS_REC | MS_SLAVE));
+    TRY_CTX(build_shares(), "share rootfs");
+    TRY_CTX(launch_vm(), "start vm");
+    return {};
+}
+
+Result<void> Shim::build_shares() {
+    plan_ = plan_shares(spec_, args_.bundle, [](const std::string& p) { return sys::is_dir(p); });
+    TRY(sys::mkdir_p(paths_.shared, 0700));
+    for (size_t i = 0; i < plan_.entries.size(); ++i) {
+        const auto& e = plan_.entries[i];
+        std::string what = i == 0 ? "rootfs" : "mount source";
+        if (!sys::exists(e.host_path)) return fail(what + " " + e.host_path + " does not exist", ENOENT);
+        std::string target = paths_.shared + "/" + e.name;
+        if (e.directory) {
+            TRY(sys::mkdir_p(target, 0755));
+        } else {
+            TRY(sys::write_file(target, "", 0644));
+        }
+        TRY(sys::mount(e.host_path, target, "", MS_BIND | (e.recursive ? MS_REC : 0)));
+        if (e.readonly) TRY(sys::mount("", target, "", MS_BIND | MS_REMOUNT | MS_RDONLY | (e.recursive ? MS_REC : 0)));
+    }
+    return {};
+}
+
+Result<void> Shim::launch_vm() {
+    hv_ = make_hypervisor("qemu");
+    HostFacts host;
+    host.accel = detect_accel();
+    host.vsock = vsock_available();
+    host.host_cpus = unsigned(sysconf(_SC_NPROCESSORS_ONLN));
+    host.kernel = find_guest_kernel();
+    host.initrd = find_guest_initrd();
+    host.debug = args_.log.debug;
+    for (auto& f : {host.kernel, host.initrd})
+        if (!sys::exists(f)) return fail("guest image " + f + " not found (build rootfs-builder or set HUSK_KERNEL/HUSK_INITRD)", ENOENT);
+    // The VMM runs in the state dir: socket paths are relative to stay
+    // under sun_path's 108 bytes whatever --root is.
+    SandboxPaths sp{paths_.shared, "agent.sock", "qmp.sock"};
+    VmConfig cfg = make_vm_config(spec_, host, sp);
+    if (host.vsock) {
+        std::random_device rd;
+        vsock_cid_ = 3 + rd() % 0x7ffffff0u;
+        cfg.channel.vsock_cid = vsock_cid_;
+    } else {
+        agent_listen_ = TRY(sys::unix_listen(paths_.agent_sock, 1));
+    }
+    qmp_listen_ = TRY(sys::unix_listen(paths_.qmp_sock, 1));
+    auto [cr, cw] = TRY(sys::pipe(O_CLOEXEC));
+    console_r_ = std::move(cr);
+    console_w_ = std::move(cw);
+    cfg.console_fd = console_w_.get();
+    console_log_ = TRY(sys::open(paths_.console_log, O_WRONLY | O_CREAT | O_TRUNC, 0600));
+    log::debug(std::string("vm: ") + accel_name(host.accel) + ", " + std::to_string(cfg.vcpus) + " vcpu, " +
+               std::to_string(cfg.memory_mib) + " MiB, channel " + (host.vsock ? "vsock" : "virtio-serial"));
+    vm_ = TRY(hv_->launch(cfg, paths_.dir, paths_.vmm_log));
+    console_w_.reset();
+    state_.vmm_pid = vm_->pid();
+    state_.vmm_start = sys::proc_start_time(vm_->pid()).value_or(0);
+    TRY(write_state(paths_, state_));
+
+    int timeout_ms = defaults::kBootTimeoutMs;
+    if (auto it = spec_.annotations.find(defaults::kAnnotationBootTimeout); it != spec_.annotations.end()) {
+        try {
+            timeout_ms = int(std::stod(it->second) * 1000);
+        } catch (...) {
+            return fail("annotation " + it->first + ": expected seconds, got \"" + it->second + "\"", EINVAL);
+        }
+    }
+    boot_timeout_ms_ = timeout_ms;
+    boot_deadline_ = Clock::now() + std::chrono::milliseconds(timeout_ms);
+    shim_listen_ = TRY(sys::unix_listen(paths_.shim_sock, 64));
+    return {};
+}
+
+// ---------------------------------------------------------------- events
+
+uint64_t Shim::request(const std::string& method, const json& params) {
+    uint64_t id = next_req_++;
+    json r = {{"id", id}, {"method", method}, {"params", params}};
+    send(proto::encode(proto::Type::Request, 0, r.dump()));
+    return id;
+}
+
+void Shim::reply(int fd, bool ok, const std::string& err) {
+    if (fd < 0) return;
+    json r = {{"ok", ok}};
+    if (!ok) r["error"] = err;
+    (void)sys::write_all(fd, r.dump() + "\n");
+    for (auto it = clients_.begin(); it != clients_.end(); ++it)
+        if (it->fd.get() == fd) {
+            clients_.erase(it);
+            break;
+        }
+}
+
+void Shim::set_status(const char* st) {
+    state_.status = st;
+    if (auto r = write_state(paths_, state_); !r) log::error("write state: " + r.error().message);
+}
+
+std::string Shim::boot_failure(const std::string& why) {
+    std::string tail = console_tail_;
+    if (tail.empty()) {
+        if (auto v = sys::read_file(paths_.vmm_log, 1 << 16); v && !v->empty())
+            tail = v->substr(v->size() > 1024 ? v->size() - 1024 : 0);
+    }
+    while (!tail.empty() && (tail.back() == '\n' || tail.back() == '\r')) tail.pop_back();
+    for (auto& c : tail)
+        if (c == '\n' || c == '\r') c = '|';
+    return why + (tail.empty() ? "; console is empty" : "; console tail: " + tail);
+}
+
+void Shim::on_console_readable() {
+    char buf[4096];
+    ssize_t n = ::read(console_r_.get(), buf, sizeof buf);
+    if (n <= 0) {
+        console_r_.reset();
+        return;
+    }
+    console_tail_.append(buf, size_t(n));
+    if (console_tail_.size() > defaults::kConsoleTail)
+        console_tail_.erase(0, console_tail_.size() - defaults::kConsoleTail);
+    if (console_written_ < defaults::kConsoleLogMax) {
+        (void)sys::write_all(console_log_.get(), buf, size_t(n));
+        console_written_ += size_t(n);
+    }
+    if (args_.log.debug) log::debug("console: " + std::string(buf, size_t(n)));
+}
+
+Result<void> Shim::on_channel_readable() {
+    char buf[64 << 10];
+    ssize_t n = ::read(chan_.get(), buf, sizeof buf);
+    if (n < 0) {
+        if (errno == EINTR || errno == EAGAIN) return {};
+        return fail_errno("read channel");
+    }
+    if (n == 0) return fail("agent closed the channel", ECONNRESET);
+    dec_.feed(buf, size_t(n));
+    for (;;) {
+        auto f = TRY(dec_.next());
+        if (!f) break;
+        TRY(on_frame(*f));
+    }
+    return {};
+}
+
+Result<void> Shim::on_frame(const proto::Frame& f) {
+    using proto::Type;
+    switch (f.type) {
+        case Type::Hello: {
+            json h = json::parse(f.payload, nullptr, false);
+            if (phase_ != Phase::Booting || !h.is_object() || !h.contains("version") || !h["version"].is_number_unsigned())
+                return fail("unexpected HELLO from agent", EPROTO);
+            if (h["version"].get<uint32_t>() != proto::kVersion)
+                return fail("agent speaks protocol " + h["version"].dump() + ", shim speaks " + std::to_string(proto::kVersion), EPROTO);
+            send(proto::encode(Type::Hello, 0, json{{"version", proto::kVersion}}.dump()));
+            create_req_ = request("create", agent_create_params(spec_, plan_));
+            pending_[create_req_] = -1;
+            phase_ = Phase::Creating;
+            log::debug("agent said hello");
+            return {};
+        }
+        case Type::Response: {
+            json r = json::parse(f.payload, nullptr, false);
+            if (!r.is_object() || !r.contains("id") || !r["id"].is_number_unsigned())
+                return fail("malformed response from agent", EPROTO);
+            return on_response(r);
+        }
+        case Type::Event: {
+            json e = json::parse(f.payload, nullptr, false);
+            if (!e.is_object()) return fail("malformed event from agent", EPROTO);
+            return on_event(e);
+        }
+        case Type::Data: {
+            uint32_t fd = proto::stream_fd(f.stream);
+            if (proto::stream_process(f.stream) != 0 || (fd != 1 && fd != 2))
+                return fail("data on unknown stream " + std::to_string(f.stream), EPROTO);
+            auto& o = out_[fd];
+            if (o.eof) return fail("data after close on stream " + std::to_string(f.stream), EPROTO);
+            // The agent may never exceed the credit we granted.
+            if (o.data.size() + f.payload.size() > proto::kInitialCredit)
+                return fail("agent overran its credit on stream " + std::to_string(f.stream), EPROTO);
+            if (o.dead) send(proto::encode_credit(f.stream, uint32_t(f.payload.size())));
+            else o.data += f.payload;
+            return {};
+        }
+        case Type::Credit: {
+            uint32_t c = TRY(proto::decode_credit(f));
+            if (f.stream != proto::stream_id(0, proto::Stdin)) return {};
+            if (uint64_t(stdin_credit_) + c > proto::kInitialCredit) return fail("agent returned too much credit", EPROTO);
+            stdin_credit_ += c;
+            return {};
+        }
+        case Type::Close: {
+            uint32_t fd = proto::stream_fd(f.stream);
+            if (proto::stream_process(f.stream) == 0 && (fd == 1 || fd == 2)) out_[fd].eof = true;
+            else if (f.stream == proto::stream_id(0, proto::Stdin)) stdin_open_ = false;  // reader gone
+            return {};
+        }
+        case Type::Request:
+            return fail("agent sent a request", EPROTO);
+    }
+    return {};
+}
+
+Result<void> Shim::on_response(const json& r) {
+    uint64_t id = r["id"].get<uint64_t>();
+    auto it = pending_.find(id);
+    if (it == pending_.end()) return fail("response to unknown request " + std::to_string(id), EPROTO);
+    int client = it->second;
+    pending_.erase(it);
+    bool ok = r.value("ok", false);
+    std::string err = r.contains("error") && r["error"].is_string() ? r["error"].get<std::string>() : "agent error";
+    if (id == create_req_) {
+        if (!ok) abort_create(Error{EINVAL, "create container in guest: " + err});
+        phase_ = Phase::Created;
+        report_created();
+        return {};
+    }
+    if (ok && r.contains("result") && r["result"].is_object() && r["result"].value("started", false) &&
+        phase_ == Phase::Created) {
+        phase_ = Phase::Running;
+        set_status(status::kRunning);
+    }
+    reply(client, ok, err);
+    return {};
+}
+
+Result<void> Shim::on_event(const json& e) {
+    std::string ev = e.value("event", "");
+    if (ev == "exit") {
+        if (e.value("process", -1) != 0) return {};
+        if (e.contains("signal") && e["signal"].is_number_integer()) exit_sig_ = e["signal"].get<int>();
+        else if (e.contains("code") && e["code"].is_number_integer()) exit_code_ = e["code"].get<int>();
+        else return fail("malformed exit event", EPROTO);
+        log::debug("container exited: " + e.dump());
+        phase_ = Phase::Exiting;
+    } else if (ev == "log") {
+        log::debug("agent: " + e.value("msg", ""));
+    }
+    return {};
+}
+
+void Shim::on_client(int idx) {
+    auto& c = clients_[size_t(idx)];
+    char buf[4096];
+    ssize_t n = ::read(c.fd.get(), buf, sizeof buf);
+    if (n <= 0 || c.in.size() > 65536) {
+        clients_.erase(clients_.begin() + idx);
+        return;
+    }
+    c.in.append(buf, size_t(n));
+    auto nl = c.in.find('\n');
+    if (nl == std::string::npos) return;
+    json req = json::parse(c.in.substr(0, nl), nullptr, false);
+    int fd = c.fd.get();
+    if (!req.is_object() || !req.contains("op") || !req["op"].is_string()) return reply(fd, false, "malformed request");
+    std::string op = req["op"];
+    if (op == "start") {
+        if (phase_ != Phase::Created) return reply(fd, false, "container is not in created state");
+        pending_[request("start", {{"process", 0}})] = fd;
+    } else if (op == "kill") {
+        if (phase_ == Phase::Exiting) return reply(fd, false, "container not running");
+        if (phase_ != Phase::Created && phase_ != Phase::Running) return reply(fd, false, "container is not created yet");
+        int sig = req.value("signal", SIGTERM);
+        pending_[request("kill", {{"process", 0}, {"signal", sig}, {"all", req.value("all", false)}})] = fd;
+    } else {
+        reply(fd, false, "unknown op " + op);
+    }
+}
+
+void Shim::on_signal() {
+    signalfd_siginfo si;
+    while (::read(sig_fd_.get(), &si, sizeof si) == sizeof si) {
+        int sig = int(si.ssi_signo);
+        if (sig == SIGCHLD) continue;  // VMM liveness is checked every loop
+        // Signals sent to the shim go to the container, as with runc's init.
+        if (phase_ == Phase::Created || phase_ == Phase::Running)
+            pending_[request("kill", {{"process", 0}, {"signal", sig}, {"all", false}})] = -1;
+    }
+}
+
+void Shim::report_created() {
+    state_.status = status::kCreated;
+    if (auto r = write_state(paths_, state_); !r) abort_create(r.error());
+    std::string ok = "ok\n";
+    if (::write(args_.sync_fd, ok.data(), ok.size()) != ssize_t(ok.size())) {
+        // The creator died before hearing back: nobody owns this
+        // container, so it must not outlive the failed create.
+        log::error("creator went away during create; tearing down");
+        if (vm_) (void)vm_->stop();
+        (void)sys::remove_all(paths_.dir);
+        _exit(1);
+    }
+    ::close(args_.sync_fd);
+    args_.sync_fd = -1;
+}
+
+void Shim::abort_create(const Error& e) {
+    log::error(e.message);
+    if (vm_) {
+        (void)vm_->stop();
+        vm_.reset();
+    }
+    if (args_.sync_fd >= 0) {
+        std::string m = "error: " + e.message + "\n";
+        (void)sys::write_all(args_.sync_fd, m);
+    }
+    _exit(1);
+}
+
+void Shim::finish(int code, int sig) {
+    if (sig) state_.exit_signal = sig;
+    else state_.exit_code = code;
+    set_status(status::kStopped);
+    if (vm_) {
+        (void)vm_->stop();
+        vm_.reset();
+    }
+    ::unlink(paths_.shim_sock.c_str());
+    if (sig) {
+        // Die of the same signal so the caller's wait status matches.
+        struct rlimit nocore{0, 0};
+        setrlimit(RLIMIT_CORE, &nocore);
+        signal(sig, SIG_DFL);
+        sigset_t s;
+        sigemptyset(&s);
+        sigaddset(&s, sig);
+        sigprocmask(SIG_UNBLOCK, &s, nullptr);
+        kill(getpid(), sig);
+        _exit(128 + sig);
+    }
+    _exit(code);
+}
+
+// ---------------------------------------------------------------- loop
+
+Result<void> Shim::loop() {
+    out_[1].fd = 1;
+    out_[1].stream = proto::stream_id(0, proto::Stdout);
+    out_[2].fd = 2;
+    out_[2].stream = proto::stream_id(0, proto::Stderr);
+    for (int i = 1; i <= 2; ++i) {
+        struct stat st;
+        if (fstat(i, &st) < 0) out_[i].dead = true;
+        else if (!S_ISFIFO(st.st_mode) && !S_ISSOCK(st.st_mode)) out_[i].chunk = 64 << 10;
+    }
+    struct stat st0;
+    if (fstat(0, &st0) < 0) stdin_open_ = false;
+
+    for (;;) {
+        // Done: the container exited and what it wrote has been delivered.
+        if (phase_ == Phase::Exiting && out_[1].data.empty() && out_[2].data.empty() &&
+            (out_[1].eof || out_[1].dead) && (out_[2].eof || out_[2].dead) && chan_out_.empty()) {
+            if (exit_sig_) finish(0, *exit_sig_);
+            finish(exit_code_.value_or(255), 0);
+        }
+        if (vm_died_) {
+            if (phase_ < Phase::Created) abort_create(Error{EIO, boot_failure("vm exited before the agent answered")});
+            log::error(boot_failure("vm exited unexpectedly"));
+            finish(255, 0);
+        }
+
+        std::vector<pollfd> p;
+        enum Tag { kSig, kCon, kAgentL, kQmpL, kShimL, kChan, kStdin, kOut1, kOut2, kClient };
+        std::vector<std::pair<Tag, int>> tags;
+        auto add = [&](int fd, short ev, Tag t, int extra = 0) {
+            p.push_back({fd, ev, 0});
+            tags.push_back({t, extra});
+        };
+        add(sig_fd_.get(), POLLIN, kSig);
+        if (console_r_) add(console_r_.get(), POLLIN, kCon);
+        if (agent_listen_) add(agent_listen_.get(), POLLIN, kAgentL);
+        if (qmp_listen_) add(qmp_listen_.get(), POLLIN, kQmpL);
+        if (phase_ >= Phase::Created) add(shim_listen_.get(), POLLIN, kShimL);
+        if (chan_) add(chan_.get(), short(POLLIN | (chan_out_.empty() ? 0 : POLLOUT)), kChan);
+        if (phase_ >= Phase::Created && stdin_open_ && stdin_credit_ > 0) add(0, POLLIN, kStdin);
+        for (int i = 1; i <= 2; ++i)
+            if (!out_[i].data.empty() && !out_[i].dead) add(out_[i].fd, POLLOUT, i == 1 ? kOut1 : kOut2);
+        for (size_t i = 0; i < clients_.size(); ++i) add(clients_[i].fd.get(), POLLIN, kClient, int(i));
+
+        int timeout = -1;
+        if (phase_ == Phase::Booting) {
+            auto left = std::chrono::duration_cast<std::chrono::milliseconds>(boot_deadline_ - Clock::now()).count();
+            if (left <= 0)
+                abort_create(Error{ETIMEDOUT, boot_failure("the agent did not answer within " +
+                                                           std::to_string(boot_timeout_ms_ / 1000.0).substr(0, 5) + "s")});
+            timeout = int(std::min<long long>(left, vsock_cid_ ? 50 : 250));
+            if (vsock_cid_ && !chan_ && Clock::now() >= next_vsock_try_) {
+                if (auto c = vsock_connect(vsock_cid_, proto::kAgentVsockPort)) chan_ = std::move(*c);  // non-blocking
+                next_vsock_try_ = Clock::now() + std::chrono::milliseconds(50);
+            }
+        }
+        int n = ::poll(p.data(), p.size(), timeout);
+        if (n < 0 && errno != EINTR) return fail_errno("poll");
+
+        // The VMM is our only child.
+        int wst;
+        if (vm_ && ::waitpid(vm_->pid(), &wst, WNOHANG) == vm_->pid()) {
+            vm_.reset();  // already reaped
+            vm_died_ = true;
+        }
+        if (n <= 0) continue;
+
+        for (size_t i = 0; i < p.size(); ++i) {
+            if (!p[i].revents) continue;
+            auto [tag, extra] = tags[i];
+            switch (tag) {
+                case kSig: on_signal(); break;
+                case kCon: on_console_readable(); break;
+                case kAgentL:
+                    chan_ = TRY(sys::accept(agent_listen_.get(), SOCK_NONBLOCK));
+                    agent_listen_.reset();
+                    ::unlink(paths_.agent_sock.c_str());
+                    break;
+                case kQmpL: {
+                    auto c = TRY(sys::accept(qmp_listen_.get()));
+                    qmp_listen_.reset();
+                    ::unlink(paths_.qmp_sock.c_str());
+                    if (vm_) TRY_CTX(vm_->attach_control(c.release()), "qmp");
+                    break;
+                }
+                case kShimL: {
+                    auto c = sys::accept(shim_listen_.get());
+                    if (c) clients_.push_back({std::move(*c), {}});
+                    break;
+                }
+                case kChan:
+                    if (p[i].revents & (POLLIN | POLLHUP | POLLERR)) {
+                        auto r = on_channel_readable();
+                        if (!r) {
+                            if (phase_ < Phase::Created) abort_create(Error{EIO, boot_failure(r.error().message)});
+                            if (phase_ == Phase::Exiting) {
+                                chan_.reset();
+                                chan_out_.clear();
+                                break;
+                            }
+                            log::error("channel: " + r.error().message);
+                            finish(255, 0);
+                        }
+                    }
+                    if (chan_ && (p[i].revents & POLLOUT) && !chan_out_.empty()) {
+                        ssize_t w = ::write(chan_.get(), chan_out_.data(), chan_out_.size());
+                        if (w > 0) chan_out_.erase(0, size_t(w));
+                    }
+                    break;
+                case kStdin: {
+                    char buf[proto::kMaxDataPayload];
+                    size_t want = std::min<size_t>(sizeof buf, stdin_credit_);
+                    ssize_t r = ::read(0, buf, want);
+                    uint32_t s = proto::stream_id(0, proto::Stdin);
+                    if (r > 0) {
+                        send(proto::encode(proto::Type::Data, s, std::string_view(buf, size_t(r))));
+                        stdin_credit_ -= uint32_t(r);
+                    } else if (r == 0 || (errno != EINTR && errno != EAGAIN)) {
+                        send(proto::encode(proto::Type::Close, s, ""));
+                        stdin_open_ = false;
+                    }
+                    break;
+                }
+                case kOut1:
+                case kOut2: {
+                    auto& o = out_[tag == kOut1 ? 1 : 2];
+                    ssize_t w = ::write(o.fd, o.data.data(), std::min(o.data.size(), o.chunk));
+                    if (w > 0) {
+                        o.data.erase(0, size_t(w));
+                        send(proto::encode_credit(o.stream, uint32_t(w)));
+                    } else if (w < 0 && errno != EINTR && errno != EAGAIN) {
+                        // Reader gone: keep draining the guest so it never blocks.
+                        send(proto::encode_credit(o.stream, uint32_t(o.data.size())));
+                        o.data.clear();
+                        o.dead = true;
+                    }
+                    break;
+                }
+                case kClient: on_client(extra); goto next_round;  // clients_ may have shifted
+            }
+        }
+    next_round:
+        // Propagate EOF once a stream is drained.
+        for (int i = 1; i <= 2; ++i)
+            if (out_[i].eof && out_[i].data.empty() && out_[i].fd >= 0) {
+                ::close(out_[i].fd);
+                int null = ::open("/dev/null", O_WRONLY | O_CLOEXEC);
+                if (null >= 0 && null != i) {  // keep fds 1/2 occupied
+                    dup2(null, i);
+                    ::close(null);
+                }
+                out_[i].fd = -1;
+                out_[i].dead = true;
+            }
+    }
+}
+
+int Shim::main() {
+    signal(SIGPIPE, SIG_IGN);
+    setsid();
+    sigset_t mask;
+    sigemptyset(&mask);
+    for (int s : {SIGCHLD, SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR1, SIGUSR2, SIGALRM, SIGCONT, SIGWINCH, SIGTSTP,
+                  SIGTTIN, SIGTTOU})
+        sigaddset(&mask, s);
+    sigprocmask(SIG_BLOCK, &mask, nullptr);
+    sig_fd_ = sys::Fd(signalfd(-1, &mask, SFD_NONBLOCK | SFD_CLOEXEC));
+    if (!sig_fd_) abort_create(Error{errno, "signalfd failed"});
+
+    if (auto r = prepare(); !r) abort_create(r.error());
+    auto r = loop();
+    log::error("shim: " + r.error().message);
+    if (phase_ < Phase::Created) abort_create(r.error());
+    finish(255, 0);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    auto a = parse_args(argc, argv);
+    if (!a) {
+        std::string m = "husk-shim: " + a.error().message + "\n";
+        (void)!::write(2, m.data(), m.size());
+        return 2;
+    }
+    log::init(a->log);
+    Shim s(std::move(*a));
+    return s.main();
+}

@@ -1,0 +1,35 @@
+// One file per subcommand; each registers itself into the CLI11 app and
+// returns the handler to run if it was chosen.
+#pragma once
+#include <functional>
+#include <string>
+
+#include <CLI/CLI.hpp>
+
+#include "husk/lifecycle.h"
+
+namespace husk::cli {
+
+using Handler = std::function<int()>;
+
+struct Command {
+    const char* name;
+    void (*setup)(CLI::App& sub, Globals& g, Handler& run);
+};
+
+void setup_create(CLI::App&, Globals&, Handler&);
+void setup_start(CLI::App&, Globals&, Handler&);
+void setup_state(CLI::App&, Globals&, Handler&);
+void setup_kill(CLI::App&, Globals&, Handler&);
+void setup_delete(CLI::App&, Globals&, Handler&);
+void setup_run(CLI::App&, Globals&, Handler&);
+void setup_list(CLI::App&, Globals&, Handler&);
+void setup_spec(CLI::App&, Globals&, Handler&);
+void setup_features(CLI::App&, Globals&, Handler&);
+
+// Print "<verb> <id>: <message>" to stderr and --log; returns 1.
+int report(const std::string& verb, const std::string& id, const Error& e);
+// Exit with a wait status: same code, or die of the same signal.
+[[noreturn]] void exit_like(int wait_status);
+
+}  // namespace husk::cli

@@ -1,0 +1,76 @@
+// husk: the runc CLI, flag for flag, over VM sandboxes.
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <csignal>
+#include <iostream>
+
+#include "cli/commands.h"
+#include "husk/version.h"
+
+namespace husk::cli {
+
+int report(const std::string& verb, const std::string& id, const Error& e) {
+    log::error(verb + (id.empty() ? "" : " " + id) + ": " + e.message);
+    return 1;
+}
+
+void exit_like(int wst) {
+    if (WIFSIGNALED(wst)) {
+        int sig = WTERMSIG(wst);
+        struct rlimit nocore{0, 0};
+        setrlimit(RLIMIT_CORE, &nocore);
+        std::signal(sig, SIG_DFL);
+        sigset_t s;
+        sigemptyset(&s);
+        sigaddset(&s, sig);
+        sigprocmask(SIG_UNBLOCK, &s, nullptr);
+        ::kill(getpid(), sig);
+        _exit(128 + sig);
+    }
+    _exit(WEXITSTATUS(wst));
+}
+
+static const Command kCommands[] = {
+    {"create", setup_create}, {"start", setup_start}, {"state", setup_state},
+    {"kill", setup_kill},     {"delete", setup_delete}, {"run", setup_run},
+    {"list", setup_list},     {"spec", setup_spec},     {"features", setup_features},
+};
+
+}  // namespace husk::cli
+
+int main(int argc, char** argv) {
+    using namespace husk;
+    Globals g;
+    CLI::App app{"husk: an OCI runtime that runs each container in its own virtual machine", "husk"};
+    app.require_subcommand(0, 1);
+    app.set_version_flag("-v,--version",
+                         std::string("husk version ") + HUSK_VERSION + "\nspec: " + HUSK_OCI_SPEC_VERSION);
+    std::string log_format = "text";
+    bool systemd_cgroup = false;
+    app.add_option("--root", g.root, "state directory")->capture_default_str();
+    app.add_option("--log", g.log.path, "log file (errors and debug go here too)");
+    app.add_option("--log-format", log_format, "text or json")->check(CLI::IsMember({"text", "json"}));
+    app.add_flag("--debug", g.log.debug, "debug output, including the guest console");
+    app.add_flag("--systemd-cgroup", systemd_cgroup, "accepted for compatibility; cgroups live in the guest");
+
+    cli::Handler handler;
+    for (const auto& c : cli::kCommands) {
+        auto* sub = app.add_subcommand(c.name);
+        sub->fallthrough();
+        c.setup(*sub, g, handler);
+    }
+    try {
+        app.parse(argc, argv);
+    } catch (const CLI::ParseError& e) {
+        return app.exit(e);
+    }
+    g.log.format = log_format == "json" ? log::Format::Json : log::Format::Text;
+    log::init(g.log);
+    if (!handler) {
+        std::cout << app.help();
+        return 0;
+    }
+    return handler();
+}

@@ -1,0 +1,93 @@
+// The hypervisor interface: a hypervisor-neutral VmConfig in, a running VM
+// out. Drivers live in hypervisors/<name>/; translation is a pure function.
+#pragma once
+#include <sys/types.h>
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "husk/result.h"
+
+namespace husk {
+
+enum class Accel { Kvm, Tcg };
+enum class ChannelKind { VirtioSerial, Vsock };
+
+struct Share {
+    std::string tag;        // guest mount tag
+    std::string host_path;  // directory exported
+    bool readonly = false;
+};
+
+struct Disk {
+    std::string path;
+    bool readonly = true;
+};
+
+struct Nic {
+    std::string tap;
+    std::string mac;
+    unsigned mtu = 1500;
+};
+
+struct Channel {
+    ChannelKind kind = ChannelKind::VirtioSerial;
+    std::string socket_path;  // virtio-serial: the VMM connects here
+    uint32_t vsock_cid = 0;   // vsock: the guest's CID
+};
+
+struct VmConfig {
+    std::string kernel;
+    std::string initrd;
+    std::string cmdline;
+    unsigned vcpus = 1;
+    uint64_t memory_mib = 192;
+    Accel accel = Accel::Tcg;
+    std::vector<Share> shares;
+    std::vector<Disk> disks;
+    std::vector<Nic> nics;
+    Channel channel;
+    int console_fd = -1;      // the VMM writes the guest serial console here
+    std::string control_socket;  // QMP / API socket; the VMM connects here
+};
+
+struct Capabilities {
+    bool pause = false;
+    bool vsock = false;
+    bool shares = false;
+    bool kvm = false;
+};
+
+// A launched VM. Destroying it kills the VMM.
+class Vm {
+public:
+    virtual ~Vm() = default;
+    virtual pid_t pid() const = 0;
+    // The VMM connected to the control socket: finish the handshake.
+    virtual Result<void> attach_control(int fd) = 0;
+    virtual Result<void> stop() = 0;  // graceful, then forced
+    virtual Result<void> pause() = 0;
+    virtual Result<void> resume() = 0;
+};
+
+class Hypervisor {
+public:
+    virtual ~Hypervisor() = default;
+    virtual std::string name() const = 0;
+    virtual Capabilities capabilities() const = 0;
+    // Start the VMM. `keep_fds` are passed through to the child at their
+    // numbers; everything else is closed. stdout/stderr go to `log_path`.
+    virtual Result<std::unique_ptr<Vm>> launch(const VmConfig& cfg, const std::string& workdir,
+                                               const std::string& log_path) = 0;
+};
+
+// KVM when /dev/kvm opens and answers KVM_GET_API_VERSION, else TCG.
+Accel detect_accel();
+bool vsock_available();
+const char* accel_name(Accel a);
+
+std::unique_ptr<Hypervisor> make_hypervisor(const std::string& name);
+
+}  // namespace husk

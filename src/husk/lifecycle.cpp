@@ -1,0 +1,253 @@
+#include "husk/lifecycle.h"
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <pwd.h>
+#include <signal.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+
+#include "husk/defaults.h"
+#include "husk/shim_client.h"
+#include "husk/spec.h"
+#include "sys/sys.h"
+
+namespace husk {
+
+static std::string owner_name() {
+    if (auto* pw = getpwuid(getuid())) return pw->pw_name;
+    return std::to_string(getuid());
+}
+
+static Result<std::string> absolute(const std::string& p) {
+    if (!p.empty() && p[0] == '/') return p;
+    char cwd[4096];
+    if (!getcwd(cwd, sizeof cwd)) return fail_errno("getcwd");
+    return std::string(cwd) + "/" + p;
+}
+
+// Kill whatever a container left running: shim first (the VMM dies with
+// it through PDEATHSIG), then the VMM by pid if it somehow survived.
+static void reap_leftovers(const State& s) {
+    if (sys::process_alive(s.pid, s.pid_start) && s.pid != getpid()) {
+        ::kill(s.pid, SIGKILL);
+        sys::wait_process_exit(s.pid, s.pid_start, std::chrono::milliseconds(defaults::kStopTimeoutMs));
+    }
+    if (sys::process_alive(s.vmm_pid, s.vmm_start)) {
+        ::kill(s.vmm_pid, SIGKILL);
+        sys::wait_process_exit(s.vmm_pid, s.vmm_start, std::chrono::milliseconds(defaults::kStopTimeoutMs));
+    }
+}
+
+// Spawn husk-shim with the caller's stdio; `sync_w` becomes its fd 3.
+static Result<pid_t> spawn_shim(const Globals& g, const std::string& id, const std::string& bundle, int sync_w) {
+    std::vector<std::string> argv = {find_shim_binary(), "--root", g.root, "--id", id, "--bundle", bundle,
+                                     "--sync-fd", "3"};
+    if (!g.log.path.empty()) argv.insert(argv.end(), {"--log", g.log.path});
+    if (g.log.format == log::Format::Json) argv.insert(argv.end(), {"--log-format", "json"});
+    if (g.log.debug) argv.push_back("--debug");
+    auto [err_r, err_w] = TRY(sys::pipe(O_CLOEXEC));
+    pid_t pid = fork();
+    if (pid < 0) return fail_errno("fork");
+    if (pid == 0) {
+        if (dup2(sync_w, 3) < 0) _exit(127);
+        for (int fd = 4; fd < 1024; ++fd)
+            if (fd != err_w.get()) ::close(fd);
+        sigset_t none;
+        sigemptyset(&none);
+        sigprocmask(SIG_SETMASK, &none, nullptr);
+        std::vector<char*> a;
+        for (auto& s : argv) a.push_back(s.data());
+        a.push_back(nullptr);
+        execv(a[0], a.data());
+        std::string m = "exec " + argv[0] + ": " + strerror(errno);
+        (void)!::write(err_w.get(), m.data(), m.size());
+        _exit(127);
+    }
+    err_w.reset();
+    auto msg = TRY(sys::read_to_eof(err_r.get(), 4096));
+    if (!msg.empty()) {
+        ::waitpid(pid, nullptr, 0);
+        return fail(msg, ENOENT);
+    }
+    return pid;
+}
+
+Result<pid_t> create_container(const Globals& g, const std::string& id, const CreateOptions& o) {
+    TRY(validate_id(id));
+    std::string bundle = TRY_CTX(sys::realpath(o.bundle.empty() ? "." : o.bundle), "bundle");
+    Spec spec = TRY(load_spec(bundle));
+    if (!spec.process) return fail("config.json: process: required to create a container", EINVAL);
+    if (spec.process->terminal && o.console_socket.empty())
+        return fail("config.json: process.terminal is true but no --console-socket was given", EINVAL);
+    if (spec.process->terminal) return fail("process.terminal=true is not supported yet", ENOTSUP);
+    if (o.preserve_fds > 0) return fail("--preserve-fds is not supported yet", ENOTSUP);
+    std::string rootfs = rootfs_path(bundle, spec);
+    if (!sys::is_dir(rootfs)) return fail("rootfs " + rootfs + " does not exist", ENOENT);
+
+    auto paths = state_paths(g.root, id);
+    TRY(sys::mkdir_p(g.root, 0711));
+    if (::mkdir(paths.dir.c_str(), 0700) < 0) {
+        if (errno == EEXIST) return fail("container with id exists: " + id, EEXIST);
+        return fail_errno("mkdir " + paths.dir);
+    }
+    // From here on a failure removes the directory again.
+    auto cleanup = [&](Error e) -> Result<pid_t> {
+        (void)sys::remove_all(paths.dir);
+        return tl::unexpected(std::move(e));
+    };
+    auto lock = ContainerLock::acquire_new(paths);
+    if (!lock) return cleanup(lock.error());
+
+    State st;
+    st.id = id;
+    st.bundle = bundle;
+    st.rootfs = rootfs;
+    st.status = status::kCreating;
+    st.created = now_rfc3339();
+    st.owner = owner_name();
+    st.annotations = spec.annotations;
+    st.pid = getpid();  // until the shim takes over
+    st.pid_start = sys::proc_start_time(getpid()).value_or(0);
+    if (auto r = write_state(paths, st); !r) return cleanup(r.error());
+
+    auto pipe = sys::pipe(O_CLOEXEC);
+    if (!pipe) return cleanup(pipe.error());
+    auto [sync_r, sync_w] = std::move(*pipe);
+    auto pid = spawn_shim(g, id, bundle, sync_w.get());
+    if (!pid) return cleanup(pid.error().context("start shim"));
+    sync_w.reset();
+    auto reply = sys::read_to_eof(sync_r.get(), 1 << 16);
+    if (reply && reply->rfind("ok", 0) == 0) {
+        if (!o.pid_file.empty()) {
+            auto pf = absolute(o.pid_file);
+            auto r = pf ? sys::write_file_atomic(*pf, std::to_string(*pid), 0644) : tl::unexpected(pf.error());
+            if (!r) {
+                ::kill(*pid, SIGKILL);
+                ::waitpid(*pid, nullptr, 0);
+                if (auto s = read_state(paths)) reap_leftovers(*s);
+                return cleanup(r.error().context("write pid file"));
+            }
+        }
+        return *pid;
+    }
+    // The shim failed: it has stopped its VM; make sure, then clean up.
+    int wst = 0;
+    ::waitpid(*pid, &wst, 0);
+    if (auto s = read_state(paths)) reap_leftovers(*s);
+    std::string msg;
+    if (reply && reply->rfind("error: ", 0) == 0) {
+        msg = reply->substr(7);
+        while (!msg.empty() && msg.back() == '\n') msg.pop_back();
+    } else {
+        msg = "shim died during create (" +
+              (WIFSIGNALED(wst) ? "signal " + std::to_string(WTERMSIG(wst)) : "status " + std::to_string(WEXITSTATUS(wst))) + ")";
+    }
+    return cleanup(Error{EIO, msg});
+}
+
+Result<State> load_state(const Globals& g, const std::string& id) {
+    TRY(validate_id(id));
+    auto s = read_state(state_paths(g.root, id));
+    if (!s && s.error().code == ENOENT) return fail("container does not exist", ENOENT);
+    return s;
+}
+
+Result<void> start_container(const Globals& g, const std::string& id) {
+    TRY(validate_id(id));
+    auto paths = state_paths(g.root, id);
+    auto lock = TRY(ContainerLock::acquire(paths));
+    auto st = TRY(read_state(paths));
+    std::string s = effective_status(st);
+    if (s == status::kStopped) return fail("cannot start a container that has stopped", EINVAL);
+    if (s == status::kRunning || s == status::kPaused) return fail("cannot start an already running container", EINVAL);
+    if (s != status::kCreated) return fail("cannot start a container in the " + s + " state", EINVAL);
+    TRY(shim_call(paths, {{"op", "start"}}, 120000));
+    return {};
+}
+
+Result<void> kill_container(const Globals& g, const std::string& id, int sig, bool all) {
+    TRY(validate_id(id));
+    auto paths = state_paths(g.root, id);
+    auto st = TRY(load_state(g, id));
+    std::string s = effective_status(st);
+    if (s != status::kCreated && s != status::kRunning && s != status::kPaused)
+        return fail("container not running", ESRCH);
+    TRY(shim_call(paths, {{"op", "kill"}, {"signal", sig}, {"all", all}}, 30000));
+    return {};
+}
+
+Result<void> delete_container(const Globals& g, const std::string& id, bool force) {
+    TRY(validate_id(id));
+    auto paths = state_paths(g.root, id);
+    auto lock = TRY(ContainerLock::acquire(paths));
+    auto st = read_state(paths);
+    if (st) {
+        std::string s = effective_status(*st);
+        if ((s == status::kRunning || s == status::kPaused) && !force)
+            return fail("cannot delete container " + id + " that is not stopped: " + s, EBUSY);
+        if (s != status::kStopped) {
+            // created (runc kills it), or forced: SIGKILL through the shim,
+            // then make sure nothing is left.
+            (void)shim_call(paths, {{"op", "kill"}, {"signal", SIGKILL}, {"all", true}}, 5000);
+            sys::wait_process_exit(st->pid, st->pid_start, std::chrono::milliseconds(defaults::kStopTimeoutMs));
+        }
+        reap_leftovers(*st);
+    } else if (st.error().code != ENOENT && !force) {
+        return fail("read state: " + st.error().message + " (use --force to remove)", st.error().code);
+    }
+    TRY_CTX(sys::remove_all(paths.dir), "remove state");
+    return {};
+}
+
+Result<int> run_container(const Globals& g, const std::string& id, const CreateOptions& o, bool detach, bool keep) {
+    // Signals that arrive while we run go to the container; block them
+    // now so none is lost between create and the wait loop.
+    sigset_t fwd, old;
+    sigemptyset(&fwd);
+    for (int s : {SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR1, SIGUSR2, SIGALRM, SIGCONT, SIGCHLD, SIGWINCH})
+        sigaddset(&fwd, s);
+    if (!detach) sigprocmask(SIG_BLOCK, &fwd, &old);
+    pid_t shim = TRY(create_container(g, id, o));
+    if (auto r = start_container(g, id); !r) {
+        (void)delete_container(g, id, true);
+        ::waitpid(shim, nullptr, 0);
+        return tl::unexpected(r.error());
+    }
+    if (detach) return 0;
+    int wst = 0;
+    for (;;) {
+        pid_t r = ::waitpid(shim, &wst, WNOHANG);
+        if (r == shim) break;
+        siginfo_t si;
+        struct timespec ts{0, 200 * 1000 * 1000};
+        int sig = sigtimedwait(&fwd, &si, &ts);
+        if (sig > 0 && sig != SIGCHLD && sig != SIGWINCH) ::kill(shim, sig);
+    }
+    if (!keep) (void)delete_container(g, id, true);
+    sigprocmask(SIG_SETMASK, &old, nullptr);
+    return wst;
+}
+
+Result<std::vector<State>> list_containers(const Globals& g) {
+    std::vector<State> out;
+    DIR* d = ::opendir(g.root.c_str());
+    if (!d) {
+        if (errno == ENOENT) return out;
+        return fail_errno("open " + g.root);
+    }
+    std::vector<std::string> ids;
+    while (auto* e = ::readdir(d))
+        if (e->d_name[0] != '.') ids.push_back(e->d_name);
+    ::closedir(d);
+    std::sort(ids.begin(), ids.end());
+    for (auto& id : ids)
+        if (auto s = read_state(state_paths(g.root, id))) out.push_back(*s);
+    return out;
+}
+
+}  // namespace husk

@@ -1,0 +1,31 @@
+// Every path under the state root, computed here and nowhere else.
+#pragma once
+#include <string>
+
+#include "husk/result.h"
+
+namespace husk {
+
+struct StatePaths {
+    std::string root;        // --root
+    std::string dir;         // <root>/<id>
+    std::string state_json;  // written atomically by husk/shim
+    std::string shim_sock;   // control socket served by the shim
+    std::string agent_sock;  // host end of the virtio-serial channel
+    std::string qmp_sock;    // QEMU's QMP connects here
+    std::string console_log; // guest serial console
+    std::string vmm_log;     // VMM's own stdout/stderr
+    std::string shared;      // the directory exported to the guest
+};
+
+StatePaths state_paths(const std::string& root, const std::string& id);
+
+// runc's rule: ^[\w+-\.]+$ (and not "." or "..").
+Result<void> validate_id(const std::string& id);
+
+// Where installed artifacts are, with build-tree fallbacks.
+std::string find_shim_binary();
+std::string find_guest_kernel();
+std::string find_guest_initrd();
+
+}  // namespace husk

@@ -1,0 +1,131 @@
+#include "husk/sandbox.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "husk/defaults.h"
+
+namespace husk {
+
+using nlohmann::json;
+
+static bool has_option(const std::vector<std::string>& opts, const std::string& o) {
+    return std::find(opts.begin(), opts.end(), o) != opts.end();
+}
+
+SharePlan plan_shares(const Spec& spec, const std::string& bundle, bool (*is_dir)(const std::string&)) {
+    SharePlan plan;
+    // The rootfs stays writable on the host side: mount points are created in
+    // it before the guest makes it read-only, as runc does.
+    plan.entries.push_back({"rootfs", rootfs_path(bundle, spec), true, false, true});
+    for (size_t i = 0; i < spec.mounts.size(); ++i) {
+        const auto& m = spec.mounts[i];
+        if (!m.is_bind()) {
+            plan.mount_share.emplace_back();
+            continue;
+        }
+        std::string src = m.source;
+        if (src.empty() || src[0] != '/') src = bundle + "/" + src;  // runc: relative to the bundle
+        ShareEntry e;
+        e.name = "m" + std::to_string(i);
+        e.host_path = src;
+        e.directory = is_dir(src);
+        e.readonly = has_option(m.options, "ro");
+        e.recursive = m.type == "rbind" || has_option(m.options, "rbind");
+        plan.entries.push_back(e);
+        plan.mount_share.push_back(e.name);
+    }
+    return plan;
+}
+
+uint64_t vm_memory_mib(const Spec& spec) {
+    uint64_t container = defaults::kContainerMemoryMiB;
+    if (spec.memory_limit) container = (uint64_t(*spec.memory_limit) + (1 << 20) - 1) >> 20;
+    return container + defaults::kMemoryOverheadMiB;
+}
+
+static unsigned count_cpuset(const std::string& s) {
+    unsigned n = 0;
+    size_t pos = 0;
+    while (pos < s.size()) {
+        size_t end = s.find(',', pos);
+        std::string part = s.substr(pos, end == std::string::npos ? std::string::npos : end - pos);
+        auto dash = part.find('-');
+        try {
+            if (dash == std::string::npos) n += part.empty() ? 0 : 1;
+            else n += unsigned(std::stoul(part.substr(dash + 1)) - std::stoul(part.substr(0, dash)) + 1);
+        } catch (...) {
+        }
+        if (end == std::string::npos) break;
+        pos = end + 1;
+    }
+    return n;
+}
+
+unsigned vm_vcpus(const Spec& spec, unsigned host_cpus) {
+    unsigned n = 1;
+    if (spec.cpu_quota && *spec.cpu_quota > 0) {
+        uint64_t period = spec.cpu_period.value_or(100000);
+        if (period == 0) period = 100000;
+        n = unsigned((uint64_t(*spec.cpu_quota) + period - 1) / period);
+    } else if (!spec.cpuset_cpus.empty()) {
+        n = std::max(1u, count_cpuset(spec.cpuset_cpus));
+    }
+    n = std::min({n, std::max(1u, host_cpus), defaults::kMaxVcpus});
+    return std::max(1u, n);
+}
+
+VmConfig make_vm_config(const Spec& spec, const HostFacts& host, const SandboxPaths& paths) {
+    VmConfig c;
+    c.kernel = host.kernel;
+    c.initrd = host.initrd;
+    c.accel = host.accel;
+    c.vcpus = vm_vcpus(spec, host.host_cpus);
+    c.memory_mib = vm_memory_mib(spec);
+    c.shares.push_back({defaults::kShareTag, paths.shared, false});
+    c.channel.kind = host.vsock ? ChannelKind::Vsock : ChannelKind::VirtioSerial;
+    c.channel.socket_path = paths.agent_sock;
+    c.control_socket = paths.control_sock;
+    // The console is quiet unless debugging: under TCG every emulated
+    // serial byte costs boot time.
+    c.cmdline = std::string(defaults::kKernelCmdline) + (host.debug ? " husk.debug=1" : " quiet") +
+                " husk.channel=" + (host.vsock ? "vsock" : "serial");
+    return c;
+}
+
+json agent_create_params(const Spec& spec, const SharePlan& plan) {
+    json p;
+    const auto& proc = *spec.process;
+    p["process"] = {{"args", proc.args},
+                    {"env", proc.env},
+                    {"cwd", proc.cwd},
+                    {"uid", proc.user.uid},
+                    {"gid", proc.user.gid},
+                    {"additional_gids", proc.user.additional_gids},
+                    {"no_new_privileges", proc.no_new_privileges}};
+    if (proc.user.umask) p["process"]["umask"] = *proc.user.umask;
+    p["root"] = {{"share", plan.entries[0].name}, {"readonly", spec.root_readonly}};
+    p["hostname"] = spec.hostname;
+    json mounts = json::array();
+    for (size_t i = 0; i < spec.mounts.size(); ++i) {
+        const auto& m = spec.mounts[i];
+        json jm = {{"destination", m.destination}, {"type", m.type}, {"options", m.options}};
+        if (!plan.mount_share[i].empty()) {
+            jm["type"] = "bind";
+            jm["share"] = plan.mount_share[i];
+        } else {
+            jm["source"] = m.source;
+        }
+        mounts.push_back(jm);
+    }
+    p["mounts"] = mounts;
+    json ns = json::array();
+    for (const auto& n : spec.namespaces)
+        if (n.type != "network" && n.type != "user") ns.push_back(n.type);  // the VM is the network; userns: issue 4
+    p["namespaces"] = ns;
+    p["masked_paths"] = spec.masked_paths;
+    p["readonly_paths"] = spec.readonly_paths;
+    return p;
+}
+
+}  // namespace husk

@@ -1,0 +1,56 @@
+// Pure translations from an OCI spec to what the sandbox needs: the
+// shared-directory plan, the VmConfig, and the agent's create request.
+#pragma once
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "husk/hypervisor.h"
+#include "husk/spec.h"
+
+namespace husk {
+
+// One bind mount into <state>/shared/<name>; the guest sees it under the
+// share's mount point at the same name.
+struct ShareEntry {
+    std::string name;
+    std::string host_path;
+    bool directory = true;
+    bool readonly = false;
+    bool recursive = true;
+};
+
+struct SharePlan {
+    std::vector<ShareEntry> entries;  // entries[0] is the rootfs
+    // For spec.mounts[i]: the share entry name, or "" if not a bind mount.
+    std::vector<std::string> mount_share;
+};
+
+// `is_dir` tells whether a host path is a directory (injected for tests).
+SharePlan plan_shares(const Spec& spec, const std::string& bundle, bool (*is_dir)(const std::string&));
+
+struct HostFacts {
+    Accel accel = Accel::Tcg;
+    bool vsock = false;
+    unsigned host_cpus = 1;
+    std::string kernel;
+    std::string initrd;
+    bool debug = false;
+};
+
+struct SandboxPaths {
+    std::string shared;
+    std::string agent_sock;
+    std::string control_sock;
+};
+
+uint64_t vm_memory_mib(const Spec& spec);
+unsigned vm_vcpus(const Spec& spec, unsigned host_cpus);
+VmConfig make_vm_config(const Spec& spec, const HostFacts& host, const SandboxPaths& paths);
+
+// The agent's "create" params: everything it needs to build the container,
+// with host paths replaced by share names.
+nlohmann::json agent_create_params(const Spec& spec, const SharePlan& plan);
+
+}  // namespace husk

@@ -1,0 +1,36 @@
+#include "husk/shim_client.h"
+
+#include <poll.h>
+#include <unistd.h>
+
+#include <chrono>
+
+#include "sys/sys.h"
+
+namespace husk {
+
+Result<nlohmann::json> shim_call(const StatePaths& p, const nlohmann::json& req, int timeout_ms) {
+    auto fd = TRY_CTX(sys::unix_connect(p.shim_sock), "contact shim");
+    TRY_CTX(sys::write_all(fd.get(), req.dump() + "\n"), "contact shim");
+    std::string buf;
+    auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
+    while (buf.find('\n') == std::string::npos) {
+        int left = int(std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now()).count());
+        if (left <= 0 || !TRY(sys::wait_fd(fd.get(), POLLIN, left))) return fail("shim did not answer", ETIMEDOUT);
+        char tmp[4096];
+        ssize_t n = ::read(fd.get(), tmp, sizeof tmp);
+        if (n < 0) {
+            if (errno == EINTR) continue;
+            return fail_errno("read from shim");
+        }
+        if (n == 0) return fail("shim closed the connection", ECONNRESET);
+        buf.append(tmp, size_t(n));
+        if (buf.size() > (1 << 20)) return fail("shim reply too large", EPROTO);
+    }
+    auto j = nlohmann::json::parse(buf.substr(0, buf.find('\n')), nullptr, false);
+    if (j.is_discarded() || !j.is_object()) return fail("malformed reply from shim", EPROTO);
+    if (!j.value("ok", false)) return fail(j.value("error", std::string("shim refused")), j.value("errno", EIO));
+    return j;
+}
+
+}  // namespace husk

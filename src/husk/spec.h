@@ -1,0 +1,77 @@
+// The OCI runtime config (config.json) as husk reads it. Unknown keys are
+// accepted (the spec says so); wrong types and values are rejected with
+// the JSON path in the message.
+#pragma once
+#include <cstdint>
+#include <map>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "husk/result.h"
+
+namespace husk {
+
+struct SpecUser {
+    uint32_t uid = 0;
+    uint32_t gid = 0;
+    std::optional<uint32_t> umask;
+    std::vector<uint32_t> additional_gids;
+};
+
+struct SpecProcess {
+    bool terminal = false;
+    SpecUser user;
+    std::vector<std::string> args;
+    std::vector<std::string> env;
+    std::string cwd = "/";
+    bool no_new_privileges = false;
+};
+
+struct SpecMount {
+    std::string destination;
+    std::string type;
+    std::string source;
+    std::vector<std::string> options;
+    bool is_bind() const;
+};
+
+struct SpecNamespace {
+    std::string type;
+    std::string path;
+};
+
+struct Spec {
+    std::string oci_version;
+    std::string root_path;  // as written (may be relative to the bundle)
+    bool root_readonly = false;
+    std::optional<SpecProcess> process;
+    std::string hostname;
+    std::vector<SpecMount> mounts;
+    std::map<std::string, std::string> annotations;
+    std::vector<SpecNamespace> namespaces;
+    std::optional<int64_t> memory_limit;  // bytes
+    std::optional<int64_t> cpu_quota;
+    std::optional<uint64_t> cpu_period;
+    std::string cpuset_cpus;
+    std::vector<std::string> masked_paths;
+    std::vector<std::string> readonly_paths;
+    nlohmann::json raw;  // the whole document, for sections read later
+
+    bool has_namespace(const std::string& type) const;
+};
+
+// Parse and validate. `text` is the file's content; errors read
+// "config.json: process.args[0]: expected string, got number".
+Result<Spec> parse_spec(const std::string& text);
+// Read <bundle>/config.json and parse it.
+Result<Spec> load_spec(const std::string& bundle);
+// Absolute rootfs path for a bundle.
+std::string rootfs_path(const std::string& bundle, const Spec& spec);
+
+// runc's `spec` default, serialised.
+nlohmann::json default_spec();
+
+}  // namespace husk

@@ -1,0 +1,80 @@
+// The shim <-> agent wire protocol, defined once for both sides.
+//
+// One byte stream (virtio-serial port or AF_VSOCK) carries frames:
+//
+//   u32 length (payload bytes, little endian) | u8 type | u8 flags (0) |
+//   u16 reserved (0) | u32 stream | payload
+//
+// The agent speaks first with HELLO {"version":N}; the shim answers HELLO.
+// REQUEST/RESPONSE carry JSON keyed by "id". EVENT carries JSON from the
+// guest (process exit, OOM). DATA carries raw stdio bytes for one stream;
+// a sender may only have `credit` unacknowledged bytes in flight per
+// stream and the receiver returns credit (CREDIT, u32 LE) as it drains, so
+// a stuck stdout never blocks control traffic. CLOSE ends a stream (EOF).
+//
+// The guest is untrusted: the decoder bounds every length and rejects any
+// header it does not understand; after an error the connection is dead.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+
+#include "husk/result.h"
+
+namespace husk::proto {
+
+constexpr uint32_t kVersion = 1;
+constexpr size_t kHeaderSize = 12;
+constexpr uint32_t kMaxPayload = 1u << 20;     // control frames (spec JSON fits)
+constexpr uint32_t kMaxDataPayload = 32u << 10; // one DATA frame
+constexpr uint32_t kInitialCredit = 256u << 10; // per stream, each direction
+constexpr uint32_t kAgentVsockPort = 1024;
+constexpr const char* kSerialPortName = "husk.agent";
+
+enum class Type : uint8_t {
+    Hello = 1,
+    Request = 2,
+    Response = 3,
+    Event = 4,
+    Data = 5,
+    Credit = 6,
+    Close = 7,
+};
+
+const char* type_name(Type t);
+
+struct Frame {
+    Type type{};
+    uint32_t stream = 0;
+    std::string payload;
+};
+
+// Stream ids: process index (0 = the container's init) and fd.
+enum StdFd : uint32_t { Stdin = 0, Stdout = 1, Stderr = 2 };
+constexpr uint32_t stream_id(uint32_t process, uint32_t fd) { return (process << 2) | fd; }
+constexpr uint32_t stream_process(uint32_t stream) { return stream >> 2; }
+constexpr uint32_t stream_fd(uint32_t stream) { return stream & 3; }
+
+std::string encode(const Frame& f);
+std::string encode(Type t, uint32_t stream, std::string_view payload);
+std::string encode_credit(uint32_t stream, uint32_t bytes);
+Result<uint32_t> decode_credit(const Frame& f);
+
+// Incremental decoder: feed() bytes as they arrive, next() yields frames.
+// Memory is bounded by kHeaderSize + kMaxPayload + one read's worth.
+class Decoder {
+public:
+    void feed(const char* data, size_t len);
+    // A frame, nothing yet (nullopt), or a protocol error (sticky).
+    Result<std::optional<Frame>> next();
+    size_t buffered() const { return buf_.size() - pos_; }
+
+private:
+    std::string buf_;
+    size_t pos_ = 0;
+    std::optional<Error> error_;
+};
+
+}  // namespace husk::proto

@@ -1,0 +1,358 @@
+#include "sys/sys.h"
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/file.h>
+#include <sys/mount.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/un.h>
+#include <unistd.h>
+#include <sched.h>
+
+#include <cstring>
+#include <thread>
+
+namespace husk::sys {
+
+Result<Fd> open(const std::string& path, int flags, mode_t mode) {
+    int fd = ::open(path.c_str(), flags | O_CLOEXEC, mode);
+    if (fd < 0) return fail_errno("open " + path);
+    return Fd(fd);
+}
+
+Result<std::string> read_to_eof(int fd, size_t limit) {
+    std::string out;
+    char buf[8192];
+    for (;;) {
+        ssize_t n = ::read(fd, buf, sizeof buf);
+        if (n < 0) {
+            if (errno == EINTR) continue;
+            return fail_errno("read");
+        }
+        if (n == 0) break;
+        if (out.size() + size_t(n) > limit) return fail("input larger than " + std::to_string(limit) + " bytes", EFBIG);
+        out.append(buf, size_t(n));
+    }
+    return out;
+}
+
+Result<std::string> read_file(const std::string& path, size_t limit) {
+    auto fd = TRY(open(path, O_RDONLY));
+    return with_context(read_to_eof(fd.get(), limit), "read " + path);
+}
+
+Result<void> write_all(int fd, const void* data, size_t len) {
+    auto p = static_cast<const char*>(data);
+    while (len > 0) {
+        ssize_t n = ::write(fd, p, len);
+        if (n < 0) {
+            if (errno == EINTR) continue;
+            return fail_errno("write");
+        }
+        p += n;
+        len -= size_t(n);
+    }
+    return {};
+}
+
+Result<void> write_file(const std::string& path, const std::string& data, mode_t mode) {
+    auto fd = TRY(open(path, O_WRONLY | O_CREAT | O_TRUNC, mode));
+    return with_context(write_all(fd.get(), data), "write " + path);
+}
+
+Result<void> write_file_atomic(const std::string& path, const std::string& data, mode_t mode) {
+    std::string tmp = path + ".tmp";
+    {
+        auto fd = TRY(open(tmp, O_WRONLY | O_CREAT | O_TRUNC, mode));
+        TRY_CTX(write_all(fd.get(), data), "write " + tmp);
+    }
+    if (::rename(tmp.c_str(), path.c_str()) < 0) {
+        int e = errno;
+        ::unlink(tmp.c_str());
+        return fail_errno("rename " + tmp, e);
+    }
+    return {};
+}
+
+Result<void> mkdir_p(const std::string& path, mode_t mode) {
+    if (path.empty()) return {};
+    std::string cur;
+    size_t pos = 0;
+    while (pos != std::string::npos) {
+        pos = path.find('/', pos + 1);
+        cur = path.substr(0, pos);
+        if (cur.empty()) continue;
+        if (::mkdir(cur.c_str(), mode) < 0 && errno != EEXIST) return fail_errno("mkdir " + cur);
+    }
+    if (!is_dir(path)) return fail("mkdir " + path + ": not a directory", ENOTDIR);
+    return {};
+}
+
+static Result<void> remove_at(int dirfd, const std::string& name, dev_t dev, const std::string& shown) {
+    struct stat st;
+    if (::fstatat(dirfd, name.c_str(), &st, AT_SYMLINK_NOFOLLOW) < 0) {
+        if (errno == ENOENT) return {};
+        return fail_errno("stat " + shown);
+    }
+    if (S_ISDIR(st.st_mode)) {
+        if (st.st_dev != dev) return fail("remove " + shown + ": is a mount point", EBUSY);
+        int fd = ::openat(dirfd, name.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        if (fd < 0) return fail_errno("open " + shown);
+        DIR* d = ::fdopendir(fd);
+        if (!d) {
+            ::close(fd);
+            return fail_errno("opendir " + shown);
+        }
+        std::vector<std::string> names;
+        while (auto* e = ::readdir(d)) {
+            std::string n = e->d_name;
+            if (n != "." && n != "..") names.push_back(n);
+        }
+        Result<void> r;
+        for (auto& n : names) {
+            r = remove_at(::dirfd(d), n, dev, shown + "/" + n);
+            if (!r) break;
+        }
+        ::closedir(d);
+        if (!r) return r;
+        if (::unlinkat(dirfd, name.c_str(), AT_REMOVEDIR) < 0 && errno != ENOENT) return fail_errno("rmdir " + shown);
+        return {};
+    }
+    if (::unlinkat(dirfd, name.c_str(), 0) < 0 && errno != ENOENT) return fail_errno("unlink " + shown);
+    return {};
+}
+
+Result<void> remove_all(const std::string& path) {
+    struct stat st;
+    if (::lstat(path.c_str(), &st) < 0) {
+        if (errno == ENOENT) return {};
+        return fail_errno("stat " + path);
+    }
+    auto parent = TRY(open(dirname(path), O_RDONLY | O_DIRECTORY));
+    return remove_at(parent.get(), basename(path), st.st_dev, path);
+}
+
+bool exists(const std::string& path) {
+    struct stat st;
+    return ::lstat(path.c_str(), &st) == 0;
+}
+
+bool is_dir(const std::string& path) {
+    struct stat st;
+    return ::stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+std::string dirname(const std::string& path) {
+    auto p = path.find_last_of('/');
+    if (p == std::string::npos) return ".";
+    if (p == 0) return "/";
+    return path.substr(0, p);
+}
+
+std::string basename(const std::string& path) {
+    auto p = path.find_last_of('/');
+    return p == std::string::npos ? path : path.substr(p + 1);
+}
+
+Result<std::string> realpath(const std::string& path) {
+    char buf[PATH_MAX];
+    if (!::realpath(path.c_str(), buf)) return fail_errno("resolve " + path);
+    return std::string(buf);
+}
+
+Result<std::pair<Fd, Fd>> pipe(int flags) {
+    int p[2];
+    if (::pipe2(p, flags) < 0) return fail_errno("pipe");
+    return std::make_pair(Fd(p[0]), Fd(p[1]));
+}
+
+Result<std::pair<Fd, Fd>> socketpair(int type) {
+    int p[2];
+    if (::socketpair(AF_UNIX, type | SOCK_CLOEXEC, 0, p) < 0) return fail_errno("socketpair");
+    return std::make_pair(Fd(p[0]), Fd(p[1]));
+}
+
+Result<void> set_nonblock(int fd, bool on) {
+    int fl = ::fcntl(fd, F_GETFL);
+    if (fl < 0) return fail_errno("fcntl");
+    fl = on ? (fl | O_NONBLOCK) : (fl & ~O_NONBLOCK);
+    if (::fcntl(fd, F_SETFL, fl) < 0) return fail_errno("fcntl");
+    return {};
+}
+
+Result<void> set_cloexec(int fd, bool on) {
+    int fl = ::fcntl(fd, F_GETFD);
+    if (fl < 0) return fail_errno("fcntl");
+    fl = on ? (fl | FD_CLOEXEC) : (fl & ~FD_CLOEXEC);
+    if (::fcntl(fd, F_SETFD, fl) < 0) return fail_errno("fcntl");
+    return {};
+}
+
+Result<bool> wait_fd(int fd, short events, int timeout_ms) {
+    struct pollfd p{fd, events, 0};
+    for (;;) {
+        int n = ::poll(&p, 1, timeout_ms);
+        if (n < 0) {
+            if (errno == EINTR) continue;
+            return fail_errno("poll");
+        }
+        return n > 0;
+    }
+}
+
+// Fill a sockaddr_un, going through /proc/self/fd/<dirfd> when the path is
+// too long; `holder` keeps that dir fd open until connect/bind is done.
+static Result<socklen_t> make_addr(const std::string& path, sockaddr_un& addr, Fd& holder) {
+    std::memset(&addr, 0, sizeof addr);
+    addr.sun_family = AF_UNIX;
+    std::string p = path;
+    if (p.size() >= sizeof addr.sun_path) {
+        holder = TRY(open(dirname(path), O_PATH | O_DIRECTORY));
+        p = "/proc/self/fd/" + std::to_string(holder.get()) + "/" + basename(path);
+        if (p.size() >= sizeof addr.sun_path) return fail("socket name too long: " + path, ENAMETOOLONG);
+    }
+    std::memcpy(addr.sun_path, p.c_str(), p.size());
+    return socklen_t(offsetof(sockaddr_un, sun_path) + p.size() + 1);
+}
+
+Result<Fd> unix_listen(const std::string& path, int backlog) {
+    Fd s(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+    if (!s) return fail_errno("socket");
+    sockaddr_un addr;
+    Fd holder;
+    socklen_t len = TRY(make_addr(path, addr, holder));
+    ::unlink(path.c_str());
+    if (::bind(s.get(), reinterpret_cast<sockaddr*>(&addr), len) < 0) return fail_errno("bind " + path);
+    if (::listen(s.get(), backlog) < 0) return fail_errno("listen " + path);
+    return s;
+}
+
+Result<Fd> unix_connect(const std::string& path) {
+    Fd s(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+    if (!s) return fail_errno("socket");
+    sockaddr_un addr;
+    Fd holder;
+    socklen_t len = TRY(make_addr(path, addr, holder));
+    for (;;) {
+        if (::connect(s.get(), reinterpret_cast<sockaddr*>(&addr), len) == 0) break;
+        if (errno == EINTR) continue;
+        return fail_errno("connect " + path);
+    }
+    return s;
+}
+
+Result<Fd> accept(int listen_fd, int flags) {
+    for (;;) {
+        int fd = ::accept4(listen_fd, nullptr, nullptr, flags | SOCK_CLOEXEC);
+        if (fd >= 0) return Fd(fd);
+        if (errno == EINTR) continue;
+        return fail_errno("accept");
+    }
+}
+
+Result<void> mount(const std::string& src, const std::string& dst, const std::string& type,
+                   unsigned long flags, const std::string& data) {
+    if (::mount(src.empty() ? nullptr : src.c_str(), dst.c_str(), type.empty() ? nullptr : type.c_str(), flags,
+                data.empty() ? nullptr : data.c_str()) < 0)
+        return fail_errno("mount " + (src.empty() ? type : src) + " on " + dst);
+    return {};
+}
+
+Result<void> umount(const std::string& target, int flags) {
+    if (::umount2(target.c_str(), flags) < 0) return fail_errno("umount " + target);
+    return {};
+}
+
+Result<void> pivot_root(const std::string& new_root, const std::string& put_old) {
+    if (::syscall(SYS_pivot_root, new_root.c_str(), put_old.c_str()) < 0) return fail_errno("pivot_root " + new_root);
+    return {};
+}
+
+Result<void> unshare(int flags) {
+    if (::unshare(flags) < 0) return fail_errno("unshare");
+    return {};
+}
+
+Result<void> chroot(const std::string& path) {
+    if (::chroot(path.c_str()) < 0) return fail_errno("chroot " + path);
+    return {};
+}
+
+Result<void> chdir(const std::string& path) {
+    if (::chdir(path.c_str()) < 0) return fail_errno("chdir " + path);
+    return {};
+}
+
+Result<void> flock(int fd, int op) {
+    for (;;) {
+        if (::flock(fd, op) == 0) return {};
+        if (errno == EINTR) continue;
+        return fail_errno("flock");
+    }
+}
+
+static std::optional<std::pair<char, unsigned long long>> proc_stat(pid_t pid) {
+    auto s = read_file("/proc/" + std::to_string(pid) + "/stat", 4096);
+    if (!s) return std::nullopt;
+    // comm may contain spaces and parens: fields resume after the last ')'.
+    auto rp = s->rfind(')');
+    if (rp == std::string::npos || rp + 2 >= s->size()) return std::nullopt;
+    const char* p = s->c_str() + rp + 2;
+    char state = *p;
+    // field 3 is state; start time is field 22, 19 fields further on.
+    for (int field = 3; field < 22; ++field) {
+        p = std::strchr(p, ' ');
+        if (!p) return std::nullopt;
+        ++p;
+    }
+    return std::make_pair(state, std::strtoull(p, nullptr, 10));
+}
+
+std::optional<unsigned long long> proc_start_time(pid_t pid) {
+    auto st = proc_stat(pid);
+    if (!st) return std::nullopt;
+    return st->second;
+}
+
+bool process_alive(pid_t pid, unsigned long long start_time) {
+    if (pid <= 0) return false;
+    auto st = proc_stat(pid);
+    if (!st) return false;
+    if (start_time != 0 && st->second != start_time) return false;
+    return st->first != 'Z' && st->first != 'X';
+}
+
+Result<Fd> pidfd_open(pid_t pid) {
+    int fd = int(::syscall(SYS_pidfd_open, pid, 0));
+    if (fd < 0) return fail_errno("pidfd_open " + std::to_string(pid));
+    return Fd(fd);
+}
+
+bool wait_process_exit(pid_t pid, unsigned long long start_time, std::chrono::milliseconds timeout) {
+    auto deadline = std::chrono::steady_clock::now() + timeout;
+    auto pfd = pidfd_open(pid);
+    while (process_alive(pid, start_time)) {
+        auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+        if (left.count() <= 0) return false;
+        // A pidfd turns readable at exit (zombie included); poll in short
+        // steps anyway so a reused pid cannot trap us.
+        if (pfd) (void)wait_fd(pfd->get(), POLLIN, int(std::min<long>(left.count(), 50)));
+        else std::this_thread::sleep_for(std::chrono::milliseconds(std::min<long>(left.count(), 20)));
+    }
+    return true;
+}
+
+std::string self_exe_dir() {
+    char buf[PATH_MAX];
+    ssize_t n = ::readlink("/proc/self/exe", buf, sizeof buf - 1);
+    if (n <= 0) return ".";
+    buf[n] = 0;
+    return dirname(buf);
+}
+
+}  // namespace husk::sys

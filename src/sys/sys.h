@@ -1,0 +1,75 @@
+// The syscall layer: thin wrappers returning Result. Nothing else in husk
+// calls mount, pivot_root, clone & co. directly.
+#pragma once
+#include <fcntl.h>
+#include <sys/types.h>
+
+#include <chrono>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "husk/result.h"
+#include "sys/fd.h"
+
+namespace husk::sys {
+
+// Files
+Result<Fd> open(const std::string& path, int flags, mode_t mode = 0);
+Result<std::string> read_file(const std::string& path, size_t limit = 16 << 20);
+Result<void> write_file(const std::string& path, const std::string& data, mode_t mode = 0644);
+// write to "<path>.tmp" then rename: readers never see a partial file.
+Result<void> write_file_atomic(const std::string& path, const std::string& data, mode_t mode = 0644);
+Result<void> mkdir_p(const std::string& path, mode_t mode = 0755);
+// Recursive remove that never crosses into another filesystem (a mount
+// point left by mistake is refused, not emptied).
+Result<void> remove_all(const std::string& path);
+bool exists(const std::string& path);
+bool is_dir(const std::string& path);
+std::string dirname(const std::string& path);
+std::string basename(const std::string& path);
+Result<std::string> realpath(const std::string& path);
+
+// I/O
+Result<void> write_all(int fd, const void* data, size_t len);
+inline Result<void> write_all(int fd, const std::string& s) { return write_all(fd, s.data(), s.size()); }
+Result<std::string> read_to_eof(int fd, size_t limit = 16 << 20);
+Result<std::pair<Fd, Fd>> pipe(int flags = O_CLOEXEC);
+Result<std::pair<Fd, Fd>> socketpair(int type);
+Result<void> set_nonblock(int fd, bool on);
+Result<void> set_cloexec(int fd, bool on);
+// poll() one fd for events; false on timeout.
+Result<bool> wait_fd(int fd, short events, int timeout_ms);
+
+// Unix sockets. Paths longer than sun_path are reached through
+// /proc/self/fd/<dirfd>/<name>, so deep --root directories work.
+Result<Fd> unix_listen(const std::string& path, int backlog = 16);
+Result<Fd> unix_connect(const std::string& path);
+Result<Fd> accept(int listen_fd, int flags = 0);
+
+// Mounts and namespaces
+Result<void> mount(const std::string& src, const std::string& dst, const std::string& type,
+                   unsigned long flags, const std::string& data = "");
+Result<void> umount(const std::string& target, int flags = 0);
+Result<void> pivot_root(const std::string& new_root, const std::string& put_old);
+Result<void> unshare(int flags);
+Result<void> chroot(const std::string& path);
+Result<void> chdir(const std::string& path);
+
+// Locks
+Result<void> flock(int fd, int op);
+
+// Processes
+// Start time (clock ticks since boot, /proc/<pid>/stat field 22): pid plus
+// start time names a process even after its pid is reused.
+std::optional<unsigned long long> proc_start_time(pid_t pid);
+// Alive = exists, same start time, and not a zombie.
+bool process_alive(pid_t pid, unsigned long long start_time);
+// Wait (not as parent) for an arbitrary process to exit; false on timeout.
+bool wait_process_exit(pid_t pid, unsigned long long start_time, std::chrono::milliseconds timeout);
+Result<Fd> pidfd_open(pid_t pid);
+
+std::string self_exe_dir();
+
+}  // namespace husk::sys
