@@ -1,0 +1,135 @@
+#include <signal.h>
+#include <stdlib.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <catch2/catch.hpp>
+
+#include "husk/paths.h"
+#include "husk/state.h"
+#include "sys/sys.h"
+
+using namespace husk;
+
+namespace {
+struct TempRoot {
+    std::string path;
+    TempRoot() {
+        char t[] = "/tmp/husk-unit-XXXXXX";
+        path = mkdtemp(t);
+    }
+    ~TempRoot() { (void)sys::remove_all(path); }
+};
+}  // namespace
+
+TEST_CASE("state paths all live under <root>/<id>", "[state]") {
+    auto p = state_paths("/run/husk", "web");
+    CHECK(p.dir == "/run/husk/web");
+    CHECK(p.state_json == "/run/husk/web/state.json");
+    CHECK(p.shim_sock == "/run/husk/web/shim.sock");
+    CHECK(p.shared == "/run/husk/web/shared");
+}
+
+TEST_CASE("container ids follow runc's rule", "[state]") {
+    CHECK(validate_id("web-1_a.b+c"));
+    for (const char* bad : {"", ".", "..", "a/b", "a b", "../x", "x\n"}) {
+        INFO(bad);
+        CHECK_FALSE(validate_id(bad));
+    }
+}
+
+TEST_CASE("state round-trips atomically", "[state]") {
+    TempRoot t;
+    auto p = state_paths(t.path, "c1");
+    REQUIRE(sys::mkdir_p(p.dir));
+    State s;
+    s.id = "c1";
+    s.bundle = "/b";
+    s.status = status::kCreated;
+    s.pid = getpid();
+    s.pid_start = sys::proc_start_time(getpid()).value();
+    s.exit_code = 3;
+    s.annotations["k"] = "v";
+    REQUIRE(write_state(p, s));
+    CHECK_FALSE(sys::exists(p.state_json + ".tmp"));
+    auto r = read_state(p);
+    REQUIRE(r);
+    CHECK(r->id == "c1");
+    CHECK(r->exit_code == 3);
+    CHECK(r->annotations.at("k") == "v");
+    CHECK(effective_status(*r) == status::kCreated);
+    auto j = oci_state(*r);
+    CHECK(j["ociVersion"] == "1.0.2");
+    CHECK(j["pid"] == getpid());
+    CHECK(j["status"] == "created");
+}
+
+TEST_CASE("a container whose shim is gone is stopped, pid 0", "[state]") {
+    pid_t child = fork();
+    if (child == 0) _exit(0);
+    auto start = sys::proc_start_time(child).value_or(1);
+    waitpid(child, nullptr, 0);
+    State s;
+    s.id = "x";
+    s.status = status::kRunning;
+    s.pid = child;
+    s.pid_start = start;
+    CHECK(effective_status(s) == status::kStopped);
+    CHECK(oci_state(s)["pid"] == 0);
+    // Same pid, different start time: a reused pid is not our shim.
+    s.pid = getpid();
+    s.pid_start = 1;
+    CHECK(effective_status(s) == status::kStopped);
+}
+
+TEST_CASE("a zombie counts as dead", "[state]") {
+    pid_t child = fork();
+    if (child == 0) _exit(0);
+    auto start = sys::proc_start_time(child).value_or(0);
+    usleep(100000);  // exited, not reaped
+    CHECK_FALSE(sys::process_alive(child, start));
+    waitpid(child, nullptr, 0);
+}
+
+TEST_CASE("corrupt state is an error, not a crash", "[state]") {
+    TempRoot t;
+    auto p = state_paths(t.path, "c1");
+    REQUIRE(sys::mkdir_p(p.dir));
+    REQUIRE(sys::write_file(p.state_json, "{not json"));
+    CHECK_FALSE(read_state(p));
+    REQUIRE(sys::write_file(p.state_json, R"({"id": 5})"));
+    CHECK_FALSE(read_state(p));
+}
+
+TEST_CASE("the lock serialises and notices deletion", "[state]") {
+    TempRoot t;
+    auto p = state_paths(t.path, "c1");
+    auto missing = ContainerLock::acquire(p);
+    REQUIRE_FALSE(missing);
+    CHECK(missing.error().code == ENOENT);
+
+    REQUIRE(sys::mkdir_p(p.dir));
+    int ready[2];
+    REQUIRE(pipe(ready) == 0);
+    pid_t child = fork();
+    if (child == 0) {
+        // Hold the lock, then delete the container while holding it.
+        auto l = ContainerLock::acquire(p);
+        if (!l) _exit(1);
+        (void)!write(ready[1], "x", 1);
+        usleep(300000);
+        rmdir(p.dir.c_str());
+        _exit(0);
+    }
+    char c;
+    REQUIRE(read(ready[0], &c, 1) == 1);
+    // We block until the holder is done, then find the container gone.
+    auto l = ContainerLock::acquire(p);
+    REQUIRE_FALSE(l);
+    CHECK(l.error().code == ENOENT);
+    int st;
+    waitpid(child, &st, 0);
+    CHECK(WEXITSTATUS(st) == 0);
+    close(ready[0]);
+    close(ready[1]);
+}

@@ -1,0 +1,91 @@
+#include "golden.h"
+#include "husk/sandbox.h"
+#include "hypervisors/qemu/qemu.h"
+
+using namespace husk;
+
+static Spec spec_from(const std::string& text) {
+    auto s = parse_spec(text);
+    REQUIRE(s);
+    return *s;
+}
+
+static bool fake_is_dir(const std::string& p) { return p.find("file") == std::string::npos; }
+
+static const char* kBundle = R"({
+  "ociVersion": "1.0.2",
+  "root": {"path": "rootfs", "readonly": true},
+  "process": {"args": ["sh", "-c", "echo hi"], "cwd": "/work", "env": ["PATH=/bin", "A=b"],
+              "user": {"uid": 1000, "gid": 100, "additionalGids": [5], "umask": 63}},
+  "hostname": "box",
+  "mounts": [
+    {"destination": "/proc", "type": "proc", "source": "proc"},
+    {"destination": "/data", "type": "bind", "source": "/srv/data", "options": ["rbind", "ro"]},
+    {"destination": "/etc/hosts", "source": "/run/file-hosts", "options": ["bind"]},
+    {"destination": "/rel", "type": "bind", "source": "relative/dir"}
+  ],
+  "linux": {
+    "namespaces": [{"type": "pid"}, {"type": "network"}, {"type": "mount"}, {"type": "uts"}],
+    "resources": {"memory": {"limit": 268435456}, "cpu": {"quota": 150000, "period": 100000}},
+    "maskedPaths": ["/proc/kcore"], "readonlyPaths": ["/proc/sys"]
+  }
+})";
+
+static std::string lines(const std::vector<std::string>& v) {
+    std::string s;
+    for (auto& x : v) s += x + "\n";
+    return s;
+}
+
+TEST_CASE("share plan: rootfs first, one entry per bind mount", "[translate]") {
+    auto plan = plan_shares(spec_from(kBundle), "/bundle", fake_is_dir);
+    REQUIRE(plan.entries.size() == 4);
+    CHECK(plan.entries[0].name == "rootfs");
+    CHECK(plan.entries[0].host_path == "/bundle/rootfs");
+    CHECK_FALSE(plan.entries[0].readonly);  // read-only is applied in the guest after mount points exist
+    CHECK(plan.entries[1].host_path == "/srv/data");
+    CHECK(plan.entries[1].readonly);
+    CHECK(plan.entries[1].recursive);
+    CHECK_FALSE(plan.entries[2].directory);
+    CHECK_FALSE(plan.entries[2].recursive);
+    CHECK(plan.entries[3].host_path == "/bundle/relative/dir");
+    CHECK(plan.mount_share == std::vector<std::string>{"", "m1", "m2", "m3"});
+}
+
+TEST_CASE("VM size follows the spec", "[translate]") {
+    Spec s = spec_from(kBundle);
+    CHECK(vm_memory_mib(s) == 256 + 64);
+    CHECK(vm_vcpus(s, 8) == 2);  // 1.5 CPUs of quota round up
+    CHECK(vm_vcpus(s, 1) == 1);  // never more than the host has
+    s.memory_limit.reset();
+    s.cpu_quota.reset();
+    CHECK(vm_memory_mib(s) == 128 + 64);
+    CHECK(vm_vcpus(s, 8) == 1);
+    s.cpuset_cpus = "0-2,5";
+    CHECK(vm_vcpus(s, 8) == 4);
+}
+
+TEST_CASE("OCI -> VmConfig -> QEMU argv (golden)", "[translate]") {
+    HostFacts host{Accel::Tcg, false, 4, "/img/vmlinuz", "/img/initramfs.img", false};
+    VmConfig cfg = make_vm_config(spec_from(kBundle), host, {"/state/c1/shared", "agent.sock", "qmp.sock"});
+    cfg.console_fd = 7;
+    qemu::Options opt;
+    check_golden("translate/qemu-microvm-tcg.argv", lines(qemu::translate(cfg, opt)));
+
+    host.accel = Accel::Kvm;
+    host.vsock = true;
+    host.debug = true;
+    cfg = make_vm_config(spec_from(kBundle), host, {"/state/c,1/shared", "agent.sock", "qmp.sock"});
+    cfg.channel.vsock_cid = 42;
+    cfg.nics.push_back({"tap0", "02:00:00:00:00:01", 1500});
+    cfg.disks.push_back({"/img/disk.raw", true});
+    opt.machine = "q35";
+    opt.sandbox = false;
+    check_golden("translate/qemu-q35-kvm-vsock.argv", lines(qemu::translate(cfg, opt)));
+}
+
+TEST_CASE("OCI -> agent create request (golden)", "[translate]") {
+    Spec s = spec_from(kBundle);
+    auto plan = plan_shares(s, "/bundle", fake_is_dir);
+    check_golden("translate/agent-create.json", agent_create_params(s, plan).dump(2) + "\n");
+}
