@@ -26,7 +26,7 @@ std::unique_ptr<Hypervisor> make_hypervisor(const std::string& name) {
     if (name == "qemu" || name.empty()) {
         qemu::Options o;
         o.binary = defaults::kQemuBinary;
-        o.machine = defaults::kQemuMachine;
+        o.machine = detect_accel() == Accel::Kvm ? defaults::kQemuMachineKvm : defaults::kQemuMachineTcg;
         return std::make_unique<qemu::QemuHypervisor>(o);
     }
     return nullptr;

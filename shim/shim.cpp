@@ -50,7 +50,7 @@ struct Args {
 
 Result<Args> parse_args(int argc, char** argv) {
     Args a;
-    a.log.to_stderr = false;  // fd 2 is the container's stderr
+    a.log.to_stderr = false;  // fd 2 is the container's stderr; see main() for --debug
     a.log.prefix = "husk-shim";
     for (int i = 1; i < argc; ++i) {
         std::string k = argv[i];
@@ -680,6 +680,9 @@ int main(int argc, char** argv) {
         (void)!::write(2, m.data(), m.size());
         return 2;
     }
+    // --debug without --log: debug (and the guest console) to stderr, as
+    // runc --debug does.
+    if (a->log.debug && a->log.path.empty()) a->log.to_stderr = true;
     log::init(a->log);
     Shim s(std::move(*a));
     return s.main();

@@ -17,7 +17,7 @@ namespace husk::qemu {
 
 // microvm has only virtio-mmio; every other machine gets virtio-pci.
 static std::string virtio(const Options& opt, const std::string& dev) {
-    return dev + (opt.machine == "microvm" ? "-device" : "-pci");
+    return dev + (opt.machine.rfind("microvm", 0) == 0 ? "-device" : "-pci");
 }
 
 static std::string escape(const std::string& v) {

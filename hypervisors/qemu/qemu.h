@@ -9,7 +9,7 @@ namespace husk::qemu {
 
 struct Options {
     std::string binary = "qemu-system-x86_64";
-    std::string machine = "microvm";
+    std::string machine = "microvm";  // or "q35,...": picks virtio-mmio vs -pci
     bool sandbox = true;  // QEMU's seccomp filter (-sandbox on,...)
 };
 

@@ -1,0 +1,94 @@
+"""What the workload sees inside the guest: root, mounts, user, cwd, env."""
+import os
+
+from conftest import new_id
+
+
+def run_ok(husk, b, input=None):
+    r = husk("run", "-b", b, new_id(), input=input)
+    assert r.returncode == 0, r.stderr
+    return r.stdout.decode()
+
+
+def test_user_cwd_env_hostname(husk, bundle):
+    def edit(c):
+        c["process"]["user"] = {"uid": 1000, "gid": 1000, "additionalGids": [10]}
+        c["process"]["cwd"] = "/home/user/work"  # absent in the image: created, as runc does
+        c["process"]["env"].append("GREETING=hi there")
+        c["hostname"] = "guest-box"
+    out = run_ok(husk, bundle(["sh", "-c", "id; pwd; echo \"$GREETING\"; hostname"], edit=edit))
+    lines = out.splitlines()
+    assert lines[0].startswith("uid=1000(user) gid=1000(user)")
+    assert "10(wheel)" in lines[0]
+    assert lines[1:] == ["/home/user/work", "hi there", "guest-box"]
+
+
+def test_default_mounts_and_devices(husk, bundle):
+    out = run_ok(husk, bundle(["sh", "-c", "cat /proc/self/mounts; ls /dev; echo x > /dev/null && echo devnull-ok"]))
+    mounts = {(l.split()[1], l.split()[2]) for l in out.splitlines() if l.count(" ") >= 5}
+    for want in [("/proc", "proc"), ("/dev", "tmpfs"), ("/dev/pts", "devpts"), ("/dev/shm", "tmpfs"),
+                 ("/dev/mqueue", "mqueue"), ("/sys", "sysfs"), ("/sys/fs/cgroup", "cgroup2")]:
+        assert want in mounts, out
+    for dev in ("null", "zero", "full", "random", "urandom", "tty", "ptmx", "fd", "stdin", "stdout", "stderr"):
+        assert f"\n{dev}\n" in "\n" + out, dev
+    assert "devnull-ok" in out
+
+
+def test_pid_namespace_and_masked_paths(husk, bundle):
+    out = run_ok(husk, bundle(["sh", "-c", "echo pid=$$; wc -c < /proc/kcore; "
+                                             "touch /proc/sys/x 2>/dev/null || echo procsys-ro"]))
+    assert "pid=1" in out
+    assert out.splitlines()[1].strip() == "0"  # masked: reads empty
+    assert "procsys-ro" in out
+
+
+def test_readonly_root(husk, bundle):
+    b = bundle(["sh", "-c", "touch /newfile 2>/dev/null && echo wrote || echo readonly; "
+                            "touch /tmp/ok 2>/dev/null && echo tmp-writable || echo tmp-ro; echo hi > /dev/shm/x && echo shm-ok"],
+               edit=lambda c: c["root"].update(readonly=True))
+    out = run_ok(husk, b)
+    assert "readonly" in out and "wrote" not in out
+    assert "tmp-ro" in out  # /tmp is part of the read-only root here
+    assert "shm-ok" in out  # mounts on top stay writable
+    assert not os.path.exists(os.path.join(b, "rootfs", "newfile"))
+
+
+def test_bind_mounts_dir_file_and_readonly(husk, bundle, tmp_path):
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    (shared / "from-host").write_text("host data\n")
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    (ro / "f").write_text("ro data\n")
+    single = tmp_path / "single.conf"
+    single.write_text("one file\n")
+
+    def edit(c):
+        c["mounts"] += [
+            {"destination": "/data", "type": "bind", "source": str(shared), "options": ["rbind", "rw"]},
+            {"destination": "/etc/single.conf", "type": "bind", "source": str(single), "options": ["bind", "ro"]},
+            {"destination": "/ro", "type": "bind", "source": str(ro), "options": ["rbind", "ro"]},
+        ]
+    script = ("cat /data/from-host; echo from-guest > /data/new; cat /etc/single.conf; cat /ro/f; "
+              "touch /ro/nope 2>/dev/null && echo ro-broken || echo ro-enforced")
+    out = run_ok(husk, bundle(["sh", "-c", script], edit=edit))
+    assert out.splitlines() == ["host data", "one file", "ro data", "ro-enforced"]
+    assert (shared / "new").read_text() == "from-guest\n"
+    assert not (ro / "nope").exists()
+
+
+def test_umask(husk, bundle):
+    b = bundle(["sh", "-c", "umask"], edit=lambda c: c["process"]["user"].update(umask=0o077))
+    assert run_ok(husk, b).strip() == "0077"
+
+
+def test_symlinked_mount_destination_stays_inside_the_root(husk, bundle, tmp_path):
+    # /escape in the image points at the guest's own /run: the mount must
+    # land inside the container root, not on the agent's /run.
+    def edit(c):
+        c["mounts"].append({"destination": "/escape/inner", "type": "tmpfs", "source": "tmpfs"})
+    b = bundle(["sh", "-c", "grep -c ' /run/inner ' /proc/self/mounts || true"], edit=edit)
+    os.symlink("/run", os.path.join(b, "rootfs", "escape"))
+    out = run_ok(husk, b)
+    assert out.strip() == "1"
+    assert os.path.isdir(os.path.join(b, "rootfs", "run", "inner"))

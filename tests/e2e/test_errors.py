@@ -1,0 +1,142 @@
+"""Every failure: one clear line naming the container, the step and the
+cause; a non-zero exit; and nothing left behind (the leak check runs after
+each test)."""
+import json
+import os
+import shutil
+import subprocess
+
+import pytest
+
+from conftest import BUSYBOX, new_id
+
+
+def assert_clean_failure(r, *needles):
+    assert r.returncode != 0
+    err = r.stderr.decode()
+    assert len(err.strip().splitlines()) == 1, err
+    for n in needles:
+        assert n in err, err
+
+
+@pytest.mark.parametrize("edit,needle", [
+    (lambda c: c["process"].update(args="sh"), "config.json: process.args: expected array, got string"),
+    (lambda c: c["process"].update(cwd="relative"), "config.json: process.cwd: must be an absolute path"),
+    (lambda c: c.pop("root"), "config.json: root: required"),
+    (lambda c: c["mounts"].append({"destination": "rel", "type": "tmpfs"}), "config.json: mounts[7].destination"),
+    (lambda c: c["process"]["user"].update(uid="0"), "config.json: process.user.uid: expected integer"),
+])
+def test_invalid_config(husk, bundle, edit, needle):
+    cid = new_id()
+    r = husk("create", "-b", bundle(["true"], edit=edit), cid)
+    assert_clean_failure(r, f"create {cid}", needle)
+
+
+def test_config_not_json(husk, bundle):
+    b = bundle(["true"])
+    with open(os.path.join(b, "config.json"), "w") as f:
+        f.write("{nope")
+    assert_clean_failure(husk("run", "-b", b, new_id()), "config.json: not valid JSON")
+
+
+def test_missing_bundle(husk, tmp_path):
+    assert_clean_failure(husk("create", "-b", str(tmp_path / "nowhere"), new_id()), "bundle")
+
+
+def test_missing_rootfs(husk, bundle):
+    b = bundle(["true"])
+    shutil.rmtree(os.path.join(b, "rootfs"))
+    assert_clean_failure(husk("create", "-b", b, new_id()), "rootfs", "does not exist")
+
+
+def test_missing_bind_source(husk, bundle, tmp_path):
+    b = bundle(["true"], edit=lambda c: c["mounts"].append(
+        {"destination": "/data", "type": "bind", "source": str(tmp_path / "absent"), "options": ["rbind"]}))
+    assert_clean_failure(husk("create", "-b", b, new_id()), "share rootfs", "does not exist")
+
+
+def test_missing_executable_fails_create(husk, bundle):
+    cid = new_id()
+    r = husk("create", "-b", bundle(["no-such-binary"]), cid, stdin=subprocess.DEVNULL)
+    assert_clean_failure(r, f"create {cid}", "executable file not found")
+
+
+def test_invalid_id(husk, bundle):
+    assert_clean_failure(husk("create", "-b", bundle(["true"]), "../escape"), "invalid container id")
+
+
+def test_duplicate_id(husk, bundle):
+    cid = new_id()
+    husk("create", "-b", bundle(["sleep", "100"]), cid, stdin=subprocess.DEVNULL, check=True)
+    r = husk("create", "-b", bundle(["true"]), cid)
+    assert_clean_failure(r, "container with id exists")
+    assert husk.state(cid)["status"] == "created"  # the first one is untouched
+    husk("delete", cid, check=True)
+
+
+@pytest.mark.parametrize("verb", ["state", "start", "kill", "delete"])
+def test_unknown_id(husk, verb):
+    assert_clean_failure(husk(verb, "nosuch"), f"{verb} nosuch", "container does not exist")
+
+
+def test_bad_signal(husk, bundle):
+    cid = new_id()
+    husk("create", "-b", bundle(["sleep", "100"]), cid, stdin=subprocess.DEVNULL, check=True)
+    for bad in ("SIGNOPE", "0", "99"):
+        assert_clean_failure(husk("kill", cid, bad), "unknown signal")
+    assert husk.state(cid)["status"] == "created"
+    husk("delete", cid, check=True)
+
+
+def test_log_json_records_the_error(husk, bundle, tmp_path):
+    log = tmp_path / "log.json"
+    b = bundle(["true"])
+    shutil.rmtree(os.path.join(b, "rootfs"))
+    r = husk("create", "-b", b, "x1", glob=("--log", str(log), "--log-format", "json"))
+    assert r.returncode != 0
+    lines = [json.loads(l) for l in log.read_text().splitlines()]
+    assert lines[-1]["level"] == "error"
+    assert "does not exist" in lines[-1]["msg"] and "time" in lines[-1]
+
+
+def make_initramfs(path, init_script):
+    """A tiny initramfs: busybox, a /dev/console node, and the given /init."""
+    d = path + ".d"
+    os.makedirs(d + "/bin")
+    os.makedirs(d + "/dev")
+    os.mknod(d + "/dev/console", 0o600 | 0o020000, os.makedev(5, 1))
+    if init_script is not None:
+        shutil.copy2(BUSYBOX, d + "/bin/busybox")
+        with open(d + "/init", "w") as f:
+            f.write("#!/bin/busybox sh\n" + init_script)
+        os.chmod(d + "/init", 0o755)
+    files = subprocess.run(["find", "."], cwd=d, capture_output=True, check=True).stdout
+    with open(path, "wb") as out:
+        subprocess.run(["cpio", "-o", "-H", "newc", "--quiet"], cwd=d, input=files, stdout=out, check=True)
+    return path
+
+
+def test_vm_that_never_answers_times_out_with_console_tail(husk, bundle, tmp_path):
+    initrd = make_initramfs(str(tmp_path / "hang.img"), "echo fake-init-is-hanging\nexec /bin/busybox sleep 1000\n")
+    b = bundle(["true"], edit=lambda c: c.update(annotations={"org.husk.boot-timeout": "15"}))
+    env = dict(os.environ, HUSK_INITRD=initrd)
+    cid = new_id()
+    r = husk("create", "-b", b, cid, env=env, stdin=subprocess.DEVNULL)
+    assert_clean_failure(r, f"create {cid}", "did not answer within 15", "fake-init-is-hanging")
+
+
+def test_vm_that_dies_during_boot_reports_the_panic(husk, bundle, tmp_path):
+    initrd = make_initramfs(str(tmp_path / "empty.img"), None)
+    env = dict(os.environ, HUSK_INITRD=initrd)
+    r = husk("run", "-b", bundle(["true"]), new_id(), env=env, stdin=subprocess.DEVNULL)
+    assert_clean_failure(r, "vm exited before the agent answered", "Kernel panic")
+
+
+def test_bad_boot_timeout_annotation(husk, bundle):
+    b = bundle(["true"], edit=lambda c: c.update(annotations={"org.husk.boot-timeout": "soon"}))
+    assert_clean_failure(husk("create", "-b", b, new_id()), "org.husk.boot-timeout")
+
+
+def test_missing_guest_image(husk, bundle, tmp_path):
+    env = dict(os.environ, HUSK_KERNEL=str(tmp_path / "no-kernel"))
+    assert_clean_failure(husk("create", "-b", bundle(["true"]), new_id(), env=env), "guest image", "not found")

@@ -1,0 +1,157 @@
+"""The runc lifecycle, step by step: create, state, list, start, kill, delete."""
+import json
+import os
+import signal
+import subprocess
+import time
+
+from conftest import new_id
+
+
+def wait_status(husk, cid, want, timeout=30):
+    deadline = time.time() + timeout
+    while True:
+        s = husk.state(cid)
+        if s["status"] == want:
+            return s
+        assert time.time() < deadline, f"{cid} stuck in {s['status']}, wanted {want}"
+        time.sleep(0.1)
+
+
+def test_create_start_state_kill_delete(husk, bundle, tmp_path):
+    cid = new_id()
+    b = bundle(["sh", "-c", "trap 'echo usr1' USR1; trap 'echo bye; exit 9' TERM; echo started; "
+                            "while true; do sleep 0.1; done"],
+               edit=lambda c: c.update(annotations={"org.example/k": "v"}))
+    out = open(tmp_path / "out", "wb+")
+    pidfile = tmp_path / "pid"
+    r = subprocess.run(husk.cmd("create", "-b", b, "--pid-file", str(pidfile), cid), stdin=subprocess.DEVNULL,
+                       stdout=out, stderr=subprocess.PIPE, timeout=240)
+    assert r.returncode == 0, r.stderr
+    pid = int(pidfile.read_text())
+    s = husk.state(cid)
+    assert s["status"] == "created"
+    assert s["pid"] == pid
+    assert s["id"] == cid and s["bundle"] == b and s["ociVersion"].startswith("1.")
+    assert s["annotations"] == {"org.example/k": "v"}
+    # The pid is a real process: the shim.
+    assert "husk-shim" in open(f"/proc/{pid}/cmdline").read()
+
+    # Nothing runs before start.
+    time.sleep(0.5)
+    out.seek(0)
+    assert out.read() == b""
+
+    husk("start", cid, check=True)
+    assert husk.state(cid)["status"] == "running"
+    r = husk("start", cid)
+    assert r.returncode != 0 and b"already running" in r.stderr
+
+    listed = husk("list", "--format", "json", check=True)
+    assert [(c["id"], c["status"], c["pid"]) for c in json.loads(listed.stdout)] == [(cid, "running", pid)]
+    assert husk("list", "-q", check=True).stdout.decode().split() == [cid]
+    table = husk("list", check=True).stdout.decode().splitlines()
+    assert table[0].split()[:3] == ["ID", "PID", "STATUS"] and table[1].split()[:3] == [cid, str(pid), "running"]
+
+    deadline = time.time() + 30
+    while b"started" not in open(tmp_path / "out", "rb").read():
+        assert time.time() < deadline
+        time.sleep(0.1)
+    # Signals by name, SIG-name and number.
+    for sig in ("USR1", "SIGUSR1", str(int(signal.SIGUSR1))):
+        husk("kill", cid, sig, check=True)
+    deadline = time.time() + 30
+    while open(tmp_path / "out", "rb").read().count(b"usr1") < 3:
+        assert time.time() < deadline
+        time.sleep(0.1)
+
+    r = husk("delete", cid)
+    assert r.returncode != 0 and b"not stopped" in r.stderr
+
+    husk("kill", cid, check=True)  # default SIGTERM
+    wait_status(husk, cid, "stopped")
+    assert husk.state(cid)["pid"] == 0
+    r = husk("kill", cid, "KILL")
+    assert r.returncode != 0 and b"not running" in r.stderr
+    r = husk("start", cid)
+    assert r.returncode != 0 and b"stopped" in r.stderr
+    assert b"bye" in open(tmp_path / "out", "rb").read()
+    husk("delete", cid, check=True)
+    r = husk("state", cid)
+    assert r.returncode == 1 and b"does not exist" in r.stderr
+
+
+def test_shim_exits_with_the_container_status(husk, bundle):
+    cid = new_id()
+    b = bundle(["sh", "-c", "exit 42"])
+    # create without waiting for the shim: it is our child by reparenting.
+    r = husk("create", "-b", b, "--pid-file", os.path.join(husk.tmp, "pid"), cid, stdin=subprocess.DEVNULL)
+    assert r.returncode == 0, r.stderr
+    pid = int(open(os.path.join(husk.tmp, "pid")).read())
+    husk("start", cid, check=True)
+    _, st = os.waitpid(pid, 0)
+    assert os.WIFEXITED(st) and os.WEXITSTATUS(st) == 42
+    assert husk.state(cid)["status"] == "stopped"
+    husk("delete", cid, check=True)
+
+
+def test_shim_dies_of_the_containers_signal(husk, bundle):
+    cid = new_id()
+    b = bundle(["sleep", "1000"])
+    husk("create", "-b", b, "--pid-file", os.path.join(husk.tmp, "pid"), cid, stdin=subprocess.DEVNULL, check=True)
+    pid = int(open(os.path.join(husk.tmp, "pid")).read())
+    husk("start", cid, check=True)
+    husk("kill", cid, "9", check=True)
+    _, st = os.waitpid(pid, 0)
+    assert os.WIFSIGNALED(st) and os.WTERMSIG(st) == signal.SIGKILL
+    husk("delete", cid, check=True)
+
+
+def test_delete_a_created_container_kills_its_vm(husk, bundle):
+    cid = new_id()
+    husk("create", "-b", bundle(["sleep", "1000"]), cid, stdin=subprocess.DEVNULL, check=True)
+    assert husk.state(cid)["status"] == "created"
+    husk("delete", cid, check=True)  # the leak check asserts the VM is gone
+
+
+def test_delete_force_running(husk, bundle):
+    cid = new_id()
+    husk("run", "-d", "-b", bundle(["sleep", "1000"]), cid, stdin=subprocess.DEVNULL, check=True)
+    husk("delete", "--force", cid, check=True)
+
+
+def test_run_keep_leaves_a_stopped_container(husk, bundle):
+    cid = new_id()
+    r = husk("run", "--keep", "-b", bundle(["sh", "-c", "exit 5"]), cid)
+    assert r.returncode == 5
+    assert husk.state(cid)["status"] == "stopped"
+    husk("delete", cid, check=True)
+
+
+def test_spec_writes_runcs_default(husk, tmp_path):
+    d = tmp_path / "specdir"
+    d.mkdir()
+    husk("spec", "-b", str(d), check=True)
+    c = json.loads((d / "config.json").read_text())
+    assert c["process"]["args"] == ["sh"] and c["root"] == {"path": "rootfs", "readonly": True}
+    assert {m["destination"] for m in c["mounts"]} >= {"/proc", "/dev", "/dev/pts", "/dev/shm", "/sys"}
+    r = husk("spec", "-b", str(d))
+    assert r.returncode != 0 and b"exists" in r.stderr
+
+
+def test_version(husk):
+    r = husk("--version", check=True)
+    assert r.stdout.decode().startswith("husk version ")
+    assert "spec: 1." in r.stdout.decode()
+
+
+def test_features_reports_acceleration(husk):
+    j = json.loads(husk("features", check=True).stdout)
+    accel = "kvm" if os.access("/dev/kvm", os.R_OK | os.W_OK) else "tcg"
+    assert j["annotations"]["org.husk.accel"] == accel
+    assert j["ociVersionMax"].startswith("1.")
+
+
+def test_list_empty(husk):
+    assert husk("list", "--format", "json", check=True).stdout.strip() == b"[]"
+    assert husk("list", "-q", check=True).stdout == b""
