@@ -102,7 +102,8 @@ Result<sys::Fd> openat2_in_root(int root, const std::string& rel, int flags) {
 // Create `dest` (absolute, in the container) as a directory or empty
 // file, every component resolved inside the root so symlinks in the
 // image cannot point a mount outside it. Returns an O_PATH fd to it.
-Result<sys::Fd> make_mountpoint(int root, const std::string& dest, bool file) {
+Result<sys::Fd> make_mountpoint(int root, const std::string& dest, bool file, int depth = 0) {
+    if (depth > 40) return fail("mount destination " + dest + ": too many levels of symbolic links", ELOOP);
     std::vector<std::string> parts;
     size_t pos = 0;
     while (pos < dest.size()) {
@@ -121,6 +122,16 @@ Result<sys::Fd> make_mountpoint(int root, const std::string& dest, bool file) {
             if (fd.error().code != ENOENT) return tl::unexpected(fd.error());
             auto parent = TRY(openat2_in_root(root, prefix, O_PATH | O_DIRECTORY));
             bool last = i + 1 == parts.size();
+            // A dangling symlink: create its target, still inside the root.
+            char link[4096];
+            ssize_t n = ::readlinkat(parent.get(), parts[i].c_str(), link, sizeof link - 1);
+            if (n > 0) {
+                std::string target(link, size_t(n));
+                std::string rest;
+                for (size_t j = i + 1; j < parts.size(); ++j) rest += "/" + parts[j];
+                std::string base = target[0] == '/' ? "" : "/" + prefix;
+                return make_mountpoint(root, base + "/" + target + rest, file, depth + 1);
+            }
             if (last && file) {
                 int f = ::openat(parent.get(), parts[i].c_str(), O_CREAT | O_EXCL | O_WRONLY | O_CLOEXEC, 0644);
                 if (f < 0 && errno != EEXIST) return fail_errno("create " + dest);

@@ -264,9 +264,26 @@ std::string Shim::boot_failure(const std::string& why) {
         if (auto v = sys::read_file(paths_.vmm_log, 1 << 16); v && !v->empty())
             tail = v->substr(v->size() > 1024 ? v->size() - 1024 : 0);
     }
-    while (!tail.empty() && (tail.back() == '\n' || tail.back() == '\r')) tail.pop_back();
-    for (auto& c : tail)
-        if (c == '\n' || c == '\r') c = '|';
+    // One line for the error message: newlines become '|', terminal escape
+    // sequences (SeaBIOS clears the screen) and other controls go.
+    std::string clean;
+    for (size_t i = 0; i < tail.size(); ++i) {
+        unsigned char c = static_cast<unsigned char>(tail[i]);
+        if (c == 0x1b) {
+            if (i + 1 < tail.size() && tail[i + 1] == '[') {
+                i += 2;
+                while (i < tail.size() && !(tail[i] >= '@' && tail[i] <= '~')) ++i;
+            } else {
+                ++i;
+            }
+        } else if (c == '\n') {
+            if (!clean.empty() && clean.back() != '|') clean += '|';
+        } else if (c >= 0x20 && c != 0x7f) {
+            clean += char(c);
+        }
+    }
+    while (!clean.empty() && clean.back() == '|') clean.pop_back();
+    tail = clean;
     return why + (tail.empty() ? "; console is empty" : "; console tail: " + tail);
 }
 
@@ -589,7 +606,19 @@ Result<void> Shim::loop() {
                     if (p[i].revents & (POLLIN | POLLHUP | POLLERR)) {
                         auto r = on_channel_readable();
                         if (!r) {
-                            if (phase_ < Phase::Created) abort_create(Error{EIO, boot_failure(r.error().message)});
+                            if (phase_ < Phase::Created) {
+                                // A channel that closes during boot usually
+                                // means the VM died: say so if it did.
+                                int st;
+                                for (int i = 0; vm_ && i < 100; ++i) {
+                                    if (::waitpid(vm_->pid(), &st, WNOHANG) == vm_->pid()) {
+                                        vm_.reset();
+                                        abort_create(Error{EIO, boot_failure("vm exited before the agent answered")});
+                                    }
+                                    ::usleep(10000);
+                                }
+                                abort_create(Error{EIO, boot_failure(r.error().message)});
+                            }
                             if (phase_ == Phase::Exiting) {
                                 chan_.reset();
                                 chan_out_.clear();

@@ -9,6 +9,7 @@ import os
 import shutil
 import signal
 import subprocess
+import tempfile
 import time
 import uuid
 
@@ -82,8 +83,17 @@ class Husk:
         return [HUSK, "--root", self.root, *glob, *args]
 
     def __call__(self, *args, input=None, timeout=TIMEOUT, check=False, glob=(), env=None, **kw):
-        r = subprocess.run(self.cmd(*args, glob=glob), input=input, capture_output=True, timeout=timeout,
-                           env=env, **kw)
+        # stdout/stderr go to files, not pipes: after `create` or `run -d`
+        # the shim keeps them open (as runc's init does), so a pipe would
+        # never reach EOF.
+        with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+            if input is None and "stdin" not in kw:
+                kw["stdin"] = subprocess.DEVNULL
+            p = subprocess.run(self.cmd(*args, glob=glob), input=input, stdout=kw.pop("stdout", out),
+                               stderr=err, timeout=timeout, env=env, **kw)
+            out.seek(0)
+            err.seek(0)
+            r = subprocess.CompletedProcess(p.args, p.returncode, out.read(), err.read())
         if check and r.returncode != 0:
             raise AssertionError(f"husk {' '.join(args)} failed ({r.returncode}): {r.stderr.decode(errors='replace')}")
         return r
