@@ -127,6 +127,7 @@ private:
     proto::Decoder dec_;
     std::string chan_out_;
     std::string console_tail_;
+    std::string console_line_;  // --debug: the line being assembled
     size_t console_written_ = 0;
     uint64_t next_req_ = 1;
     uint64_t create_req_ = 0;
@@ -301,7 +302,17 @@ void Shim::on_console_readable() {
         (void)sys::write_all(console_log_.get(), buf, size_t(n));
         console_written_ += size_t(n);
     }
-    if (args_.log.debug) log::debug("console: " + std::string(buf, size_t(n)));
+    if (!args_.log.debug) return;
+    // Serial output arrives a few bytes at a time: log whole lines.
+    for (ssize_t i = 0; i < n; ++i) {
+        char c = buf[i];
+        if (c == '\n' || console_line_.size() >= 4096) {
+            log::debug("console: " + console_line_);
+            console_line_.clear();
+        } else if (c != '\r') {
+            console_line_ += c;
+        }
+    }
 }
 
 Result<void> Shim::on_channel_readable() {

@@ -92,3 +92,15 @@ def test_symlinked_mount_destination_stays_inside_the_root(husk, bundle, tmp_pat
     out = run_ok(husk, b)
     assert out.strip() == "1"
     assert os.path.isdir(os.path.join(b, "rootfs", "run", "inner"))
+
+
+def test_vm_size_follows_the_spec(husk, bundle):
+    def edit(c):
+        c["linux"]["resources"] = {"memory": {"limit": 256 * 1024 * 1024}, "cpu": {"quota": 200000, "period": 100000}}
+    out = run_ok(husk, bundle(["sh", "-c", "grep MemTotal /proc/meminfo; nproc"], edit=edit)).split()
+    mem_kib, cpus = int(out[1]), int(out[3])
+    # 256 MiB limit + 64 MiB overhead, less what the guest kernel reserves.
+    assert 256 * 1024 < mem_kib <= 320 * 1024, mem_kib
+    assert cpus == min(2, os.cpu_count())
+    out = run_ok(husk, bundle(["sh", "-c", "grep MemTotal /proc/meminfo; nproc"])).split()
+    assert 128 * 1024 < int(out[1]) <= 192 * 1024 and int(out[3]) == 1

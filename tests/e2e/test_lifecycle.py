@@ -155,3 +155,22 @@ def test_features_reports_acceleration(husk):
 def test_list_empty(husk):
     assert husk("list", "--format", "json", check=True).stdout.strip() == b"[]"
     assert husk("list", "-q", check=True).stdout == b""
+
+
+def test_debug_shows_the_guest_console(husk, bundle):
+    r = husk("run", "-b", bundle(["true"]), new_id(), glob=("--debug",))
+    assert r.returncode == 0, r.stderr
+    err = r.stderr.decode(errors="replace")
+    assert "Linux version 6.1" in err        # the guest kernel's banner
+    assert "husk-agent: started" in err      # the agent's own trace
+    assert "vm: tcg" in err or "vm: kvm" in err
+
+
+def test_log_file_gets_debug_lines_not_stderr(husk, bundle, tmp_path):
+    log = tmp_path / "husk.log"
+    r = husk("run", "-b", bundle(["sh", "-c", "echo out; echo err >&2"]), new_id(),
+             glob=("--debug", "--log", str(log)))
+    assert r.returncode == 0
+    # With --log, the container's stderr is the container's alone.
+    assert r.stdout == b"out\n" and r.stderr == b"err\n"
+    assert "husk-agent: started" in log.read_text()

@@ -1,0 +1,39 @@
+"""The guest image: reproducible, and only what the agent needs."""
+import hashlib
+import os
+import subprocess
+
+from conftest import BUILD, ROOT
+
+
+def build(tmp, name):
+    k, i = tmp / f"{name}.vmlinuz", tmp / f"{name}.img"
+    subprocess.run(["python3", os.path.join(ROOT, "rootfs-builder", "build-image.py"),
+                    "--agent", os.path.join(BUILD, "guest-agent", "husk-agent"),
+                    "--kernel-out", str(k), "--initrd-out", str(i)], check=True, capture_output=True)
+    return k, i
+
+
+def digest(p):
+    return hashlib.sha256(p.read_bytes()).hexdigest()
+
+
+def test_image_is_reproducible_and_minimal(tmp_path):
+    k1, i1 = build(tmp_path, "a")
+    os.utime(os.path.join(BUILD, "guest-agent", "husk-agent"))  # mtimes must not leak in
+    k2, i2 = build(tmp_path, "b")
+    assert digest(k1) == digest(k2)
+    assert digest(i1) == digest(i2)
+    listing = subprocess.run(["cpio", "-it", "--quiet"], stdin=open(i1, "rb"), capture_output=True,
+                             check=True).stdout.decode().split()
+    assert listing == sorted(listing)
+    mods = [l for l in listing if l.endswith(".ko")]
+    # virtio transports, console, 9p and vsock with their dependencies; nothing else.
+    assert set(os.path.basename(m)[:-3] for m in mods) == {
+        "virtio_ring", "virtio", "virtio_mmio", "virtio_pci_modern_dev", "virtio_pci_legacy_dev", "virtio_pci",
+        "virtio_console", "9pnet", "9pnet_virtio", "netfs", "fscache", "9p", "vsock",
+        "vmw_vsock_virtio_transport_common", "vmw_vsock_virtio_transport"}
+    assert "init" in listing and not any(l.startswith("bin/") for l in listing)
+    verbose = subprocess.run(["cpio", "-itv", "--quiet"], stdin=open(i1, "rb"), capture_output=True,
+                             check=True).stdout.decode()
+    assert "1970" in verbose.splitlines()[0] or "Jan  1" in verbose.splitlines()[0]
