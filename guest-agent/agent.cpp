@@ -207,6 +207,7 @@ private:
     Result<json> do_start(const json& params);
     Result<json> do_kill(const json& params);
     void reap();
+    void read_output(uint32_t idx, int fd, bool exited);
     void maybe_send_exit(Process& p);
 
     sys::Fd chan_;
@@ -358,6 +359,24 @@ void Agent::reap() {
     }
 }
 
+// One read from a process's stdout/stderr pipe into a DATA frame, within
+// the credit the shim granted. EOF (or, once the process has exited, an
+// empty pipe: `exited`) closes the stream.
+void Agent::read_output(uint32_t idx, int fd, bool exited) {
+    auto& s = procs_[idx].out[fd];
+    char buf[proto::kMaxDataPayload];
+    ssize_t r = ::read(s.fd.get(), buf, std::min<size_t>(sizeof buf, s.credit));
+    uint32_t sid = proto::stream_id(idx, uint32_t(fd));
+    if (r > 0) {
+        send(proto::encode(proto::Type::Data, sid, std::string_view(buf, size_t(r))));
+        s.credit -= uint32_t(r);
+    } else if (r == 0 || exited || (errno != EAGAIN && errno != EINTR)) {
+        s.eof = true;
+        s.fd.reset();
+        send(proto::encode(proto::Type::Close, sid, ""));
+    }
+}
+
 void Agent::maybe_send_exit(Process& p) {
     if (p.exit_sent || !p.status || !p.out[1].eof || !p.out[2].eof) return;
     uint32_t idx = 0;
@@ -436,19 +455,7 @@ Result<void> Agent::run() {
                 }
                 reap();
             } else if (t.tag == kOut) {
-                auto& p = procs_[t.proc];
-                auto& s = p.out[t.fd];
-                char buf[proto::kMaxDataPayload];
-                ssize_t r = ::read(s.fd.get(), buf, std::min<size_t>(sizeof buf, s.credit));
-                uint32_t sid = proto::stream_id(t.proc, uint32_t(t.fd));
-                if (r > 0) {
-                    send(proto::encode(proto::Type::Data, sid, std::string_view(buf, size_t(r))));
-                    s.credit -= uint32_t(r);
-                } else if (r == 0 || (errno != EAGAIN && errno != EINTR)) {
-                    s.eof = true;
-                    s.fd.reset();
-                    send(proto::encode(proto::Type::Close, sid, ""));
-                }
+                read_output(t.proc, t.fd, false);
             } else if (t.tag == kIn) {
                 auto& p = procs_[t.proc];
                 ssize_t w = ::write(p.stdin_w.get(), p.stdin_buf.data(), p.stdin_buf.size());
@@ -468,21 +475,8 @@ Result<void> Agent::run() {
             if (p.status && !p.exit_sent) {
                 // The process is gone: what is left in its pipes is all
                 // there will be, unless a stray child still holds them.
-                for (int i : {1, 2}) {
-                    auto& s = p.out[i];
-                    if (s.eof || s.credit == 0) continue;
-                    char buf[proto::kMaxDataPayload];
-                    ssize_t r = ::read(s.fd.get(), buf, std::min<size_t>(sizeof buf, s.credit));
-                    uint32_t sid = proto::stream_id(idx, uint32_t(i));
-                    if (r > 0) {
-                        send(proto::encode(proto::Type::Data, sid, std::string_view(buf, size_t(r))));
-                        s.credit -= uint32_t(r);
-                    } else {
-                        s.eof = true;
-                        s.fd.reset();
-                        send(proto::encode(proto::Type::Close, sid, ""));
-                    }
-                }
+                for (int i : {1, 2})
+                    if (!p.out[i].eof && p.out[i].credit > 0) read_output(idx, i, true);
                 maybe_send_exit(p);
             }
         }

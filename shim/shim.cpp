@@ -8,7 +8,6 @@
 #include <poll.h>
 #include <signal.h>
 #include <sys/mount.h>
-#include <sys/resource.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -434,6 +433,10 @@ void Shim::on_client(int idx) {
     char buf[4096];
     ssize_t n = ::read(c.fd.get(), buf, sizeof buf);
     if (n <= 0 || c.in.size() > 65536) {
+        // Gone: a reply still pending for it must not go to whoever gets
+        // this fd number next.
+        for (auto& [id, fd] : pending_)
+            if (fd == c.fd.get()) fd = -1;
         clients_.erase(clients_.begin() + idx);
         return;
     }
@@ -506,18 +509,7 @@ void Shim::finish(int code, int sig) {
         vm_.reset();
     }
     ::unlink(paths_.shim_sock.c_str());
-    if (sig) {
-        // Die of the same signal so the caller's wait status matches.
-        struct rlimit nocore{0, 0};
-        setrlimit(RLIMIT_CORE, &nocore);
-        signal(sig, SIG_DFL);
-        sigset_t s;
-        sigemptyset(&s);
-        sigaddset(&s, sig);
-        sigprocmask(SIG_UNBLOCK, &s, nullptr);
-        kill(getpid(), sig);
-        _exit(128 + sig);
-    }
+    if (sig) sys::die_of_signal(sig);  // the caller's wait status matches
     _exit(code);
 }
 
@@ -533,8 +525,6 @@ Result<void> Shim::loop() {
         if (fstat(i, &st) < 0) out_[i].dead = true;
         else if (!S_ISFIFO(st.st_mode) && !S_ISSOCK(st.st_mode)) out_[i].chunk = 64 << 10;
     }
-    struct stat st0;
-    if (fstat(0, &st0) < 0) stdin_open_ = false;
 
     for (;;) {
         // Done: the container exited and what it wrote has been delivered.
@@ -714,6 +704,7 @@ int Shim::main() {
 }  // namespace
 
 int main(int argc, char** argv) {
+    sys::ensure_std_fds();
     auto a = parse_args(argc, argv);
     if (!a) {
         std::string m = "husk-shim: " + a.error().message + "\n";

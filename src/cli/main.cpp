@@ -1,13 +1,12 @@
 // husk: the runc CLI, flag for flag, over VM sandboxes.
-#include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include <csignal>
 #include <iostream>
 
 #include "cli/commands.h"
 #include "husk/version.h"
+#include "sys/sys.h"
 
 namespace husk::cli {
 
@@ -17,18 +16,7 @@ int report(const std::string& verb, const std::string& id, const Error& e) {
 }
 
 void exit_like(int wst) {
-    if (WIFSIGNALED(wst)) {
-        int sig = WTERMSIG(wst);
-        struct rlimit nocore{0, 0};
-        setrlimit(RLIMIT_CORE, &nocore);
-        std::signal(sig, SIG_DFL);
-        sigset_t s;
-        sigemptyset(&s);
-        sigaddset(&s, sig);
-        sigprocmask(SIG_UNBLOCK, &s, nullptr);
-        ::kill(getpid(), sig);
-        _exit(128 + sig);
-    }
+    if (WIFSIGNALED(wst)) sys::die_of_signal(WTERMSIG(wst));
     _exit(WEXITSTATUS(wst));
 }
 
@@ -42,6 +30,7 @@ static const Command kCommands[] = {
 
 int main(int argc, char** argv) {
     using namespace husk;
+    sys::ensure_std_fds();  // a closed stdin reads as empty, never as our own fds
     Globals g;
     CLI::App app{"husk: an OCI runtime that runs each container in its own virtual machine", "husk"};
     app.require_subcommand(0, 1);

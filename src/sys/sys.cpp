@@ -6,6 +6,7 @@
 #include <poll.h>
 #include <signal.h>
 #include <sys/file.h>
+#include <sys/resource.h>
 #include <sys/mount.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -353,6 +354,26 @@ std::string self_exe_dir() {
     if (n <= 0) return ".";
     buf[n] = 0;
     return dirname(buf);
+}
+
+void ensure_std_fds() {
+    for (int fd = 0; fd <= 2; ++fd)
+        if (::fcntl(fd, F_GETFD) < 0 && errno == EBADF) {
+            int n = ::open("/dev/null", O_RDWR);  // lowest free: this one
+            if (n >= 0 && n != fd) ::close(n);
+        }
+}
+
+void die_of_signal(int sig) {
+    struct rlimit nocore{0, 0};
+    setrlimit(RLIMIT_CORE, &nocore);
+    signal(sig, SIG_DFL);
+    sigset_t s;
+    sigemptyset(&s);
+    sigaddset(&s, sig);
+    sigprocmask(SIG_UNBLOCK, &s, nullptr);
+    ::kill(getpid(), sig);
+    _exit(128 + sig);
 }
 
 }  // namespace husk::sys

@@ -72,4 +72,12 @@ Result<Fd> pidfd_open(pid_t pid);
 
 std::string self_exe_dir();
 
+// Open /dev/null on any of fds 0-2 that is closed, so later opens never
+// land there and get mistaken for stdio.
+void ensure_std_fds();
+
+// Terminate with `sig` (default action, no core file) so the parent's wait
+// status matches a process that died of it; 128+sig if it does not kill.
+[[noreturn]] void die_of_signal(int sig);
+
 }  // namespace husk::sys

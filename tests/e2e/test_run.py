@@ -98,3 +98,11 @@ def test_run_detach_then_kill_and_delete(husk, bundle):
         assert time.time() < deadline
         time.sleep(0.1)
     husk("delete", cid, check=True)
+
+
+def test_closed_stdin_reads_as_eof(husk, bundle):
+    b = bundle(["sh", "-c", "cat; echo cat-ended"])
+    cmd = " ".join(husk.cmd("run", "-b", b, new_id()))
+    r = subprocess.run(["sh", "-c", f"exec 0<&-; {cmd}"], capture_output=True, timeout=240)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == b"cat-ended\n"
