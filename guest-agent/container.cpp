@@ -110,8 +110,14 @@ Result<sys::Fd> make_mountpoint(int root, const std::string& dest, bool file, in
         size_t e = dest.find('/', pos);
         if (e == std::string::npos) e = dest.size();
         std::string c = dest.substr(pos, e - pos);
-        if (c == "..") return fail("mount destination " + dest + " contains \"..\"", EINVAL);
-        if (!c.empty() && c != ".") parts.push_back(c);
+        if (c == "..") {
+            // In the spec a ".." is refused; in a symlink's target it is
+            // resolved lexically, clamped at the container root.
+            if (depth == 0) return fail("mount destination " + dest + " contains \"..\"", EINVAL);
+            if (!parts.empty()) parts.pop_back();
+        } else if (!c.empty() && c != ".") {
+            parts.push_back(c);
+        }
         pos = e + 1;
     }
     std::string prefix;

@@ -104,3 +104,20 @@ def test_vm_size_follows_the_spec(husk, bundle):
     assert cpus == min(2, os.cpu_count())
     out = run_ok(husk, bundle(["sh", "-c", "grep MemTotal /proc/meminfo; nproc"])).split()
     assert 128 * 1024 < int(out[1]) <= 192 * 1024 and int(out[3]) == 1
+
+
+def test_relative_symlink_with_dotdot_cannot_climb_out(husk, bundle):
+    # /a/link -> ../../../../run/deep: resolved inside the root, never above it.
+    def edit(c):
+        c["mounts"].append({"destination": "/a/link/m", "type": "tmpfs", "source": "tmpfs"})
+    b = bundle(["sh", "-c", "grep -c ' /run/deep/m ' /proc/self/mounts || true"], edit=edit)
+    os.makedirs(os.path.join(b, "rootfs", "a"))
+    os.symlink("../../../../run/deep", os.path.join(b, "rootfs", "a", "link"))
+    assert run_ok(husk, b).strip() == "1"
+    assert os.path.isdir(os.path.join(b, "rootfs", "run", "deep", "m"))
+
+
+def test_dotdot_in_mount_destination_is_refused(husk, bundle):
+    b = bundle(["true"], edit=lambda c: c["mounts"].append({"destination": "/x/../../y", "type": "tmpfs"}))
+    r = husk("run", "-b", b, new_id())
+    assert r.returncode != 0 and b'contains ".."' in r.stderr
