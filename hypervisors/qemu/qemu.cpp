@@ -2,8 +2,6 @@
 
 #include <fcntl.h>
 #include <signal.h>
-#include <sys/prctl.h>
-#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -134,46 +132,15 @@ private:
 
 Result<std::unique_ptr<Vm>> QemuHypervisor::launch(const VmConfig& cfg, const std::string& workdir,
                                                    const std::string& log_path) {
-    auto argv = translate(cfg, opt_);
     auto log = TRY(sys::open(log_path, O_WRONLY | O_CREAT | O_APPEND, 0600));
     auto devnull = TRY(sys::open("/dev/null", O_RDONLY));
-    // exec failure is reported through this pipe (closed on success).
-    auto [err_r, err_w] = TRY(sys::pipe(O_CLOEXEC));
-    pid_t parent = getpid();
-    pid_t pid = fork();
-    if (pid < 0) return fail_errno("fork");
-    if (pid == 0) {
-        auto die = [&](const char* what) {
-            int e = errno;
-            std::string m = std::string(what) + ": " + strerror(e);
-            (void)!::write(err_w.get(), m.data(), m.size());
-            _exit(127);
-        };
-        // The VMM must not outlive its shim.
-        if (prctl(PR_SET_PDEATHSIG, SIGKILL) < 0) die("prctl");
-        if (getppid() != parent) _exit(1);
-        sigset_t all;
-        sigemptyset(&all);
-        sigprocmask(SIG_SETMASK, &all, nullptr);
-        if (dup2(devnull.get(), 0) < 0 || dup2(log.get(), 1) < 0 || dup2(log.get(), 2) < 0) die("dup2");
-        if (cfg.console_fd >= 0 && dup2(cfg.console_fd, kConsoleFd) < 0) die("dup2 console");
-        int keep_to = err_w.get();
-        // Close everything the VMM does not need (the shim's sockets, the
-        // caller's fds); the error pipe is close-on-exec.
-        for (int fd = kConsoleFd + 1; fd < 1024; ++fd)
-            if (fd != keep_to) ::close(fd);
-        if (::chdir(workdir.c_str()) < 0) die("chdir");
-        std::vector<char*> args;
-        for (auto& s : argv) args.push_back(const_cast<char*>(s.c_str()));
-        args.push_back(nullptr);
-        execvp(args[0], args.data());
-        die(("exec " + argv[0]).c_str());
-    }
-    err_w.reset();
-    auto vm = std::make_unique<QemuVm>(pid);
-    auto msg = TRY(sys::read_to_eof(err_r.get(), 4096));
-    if (!msg.empty()) return fail("launch qemu: " + msg, ENOEXEC);
-    return std::unique_ptr<Vm>(std::move(vm));
+    sys::SpawnOptions o;
+    o.fds = {{devnull.get(), 0}, {log.get(), 1}, {log.get(), 2}};
+    if (cfg.console_fd >= 0) o.fds.push_back({cfg.console_fd, kConsoleFd});
+    o.cwd = workdir;
+    o.die_with_parent = true;  // the VMM must not outlive its shim
+    pid_t pid = TRY_CTX(sys::spawn(translate(cfg, opt_), o), "launch qemu");
+    return std::unique_ptr<Vm>(std::make_unique<QemuVm>(pid));
 }
 
 }  // namespace husk::qemu

@@ -50,31 +50,9 @@ static Result<pid_t> spawn_shim(const Globals& g, const std::string& id, const s
     if (!g.log.path.empty()) argv.insert(argv.end(), {"--log", g.log.path});
     if (g.log.format == log::Format::Json) argv.insert(argv.end(), {"--log-format", "json"});
     if (g.log.debug) argv.push_back("--debug");
-    auto [err_r, err_w] = TRY(sys::pipe(O_CLOEXEC));
-    pid_t pid = fork();
-    if (pid < 0) return fail_errno("fork");
-    if (pid == 0) {
-        if (dup2(sync_w, 3) < 0) _exit(127);
-        for (int fd = 4; fd < 1024; ++fd)
-            if (fd != err_w.get()) ::close(fd);
-        sigset_t none;
-        sigemptyset(&none);
-        sigprocmask(SIG_SETMASK, &none, nullptr);
-        std::vector<char*> a;
-        for (auto& s : argv) a.push_back(s.data());
-        a.push_back(nullptr);
-        execv(a[0], a.data());
-        std::string m = "exec " + argv[0] + ": " + strerror(errno);
-        (void)!::write(err_w.get(), m.data(), m.size());
-        _exit(127);
-    }
-    err_w.reset();
-    auto msg = TRY(sys::read_to_eof(err_r.get(), 4096));
-    if (!msg.empty()) {
-        ::waitpid(pid, nullptr, 0);
-        return fail(msg, ENOENT);
-    }
-    return pid;
+    sys::SpawnOptions o;
+    o.fds = {{sync_w, 3}};
+    return sys::spawn(argv, o);
 }
 
 Result<pid_t> create_container(const Globals& g, const std::string& id, const CreateOptions& o) {
@@ -171,9 +149,8 @@ Result<void> start_container(const Globals& g, const std::string& id) {
 }
 
 Result<void> kill_container(const Globals& g, const std::string& id, int sig, bool all) {
-    TRY(validate_id(id));
+    auto st = TRY(load_state(g, id));  // validates the id
     auto paths = state_paths(g.root, id);
-    auto st = TRY(load_state(g, id));
     std::string s = effective_status(st);
     if (s != status::kCreated && s != status::kRunning && s != status::kPaused)
         return fail("container not running", ESRCH);

@@ -6,11 +6,13 @@
 #include <poll.h>
 #include <signal.h>
 #include <sys/file.h>
+#include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/mount.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
+#include <sys/wait.h>
 #include <sys/un.h>
 #include <unistd.h>
 #include <sched.h>
@@ -354,6 +356,57 @@ std::string self_exe_dir() {
     if (n <= 0) return ".";
     buf[n] = 0;
     return dirname(buf);
+}
+
+Result<pid_t> spawn(const std::vector<std::string>& argv, const SpawnOptions& o) {
+    // The child writes why it failed into this pipe; exec closes it.
+    auto [err_r, err_w] = TRY(pipe(O_CLOEXEC));
+    std::vector<char*> args;
+    for (auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
+    args.push_back(nullptr);
+    int first_free = 3;
+    for (auto& [from, to] : o.fds) first_free = std::max(first_free, to + 1);
+    pid_t parent = getpid();
+    pid_t pid = fork();
+    if (pid < 0) return fail_errno("fork");
+    if (pid == 0) {
+        auto die = [&](const std::string& what) {
+            std::string m = what + ": " + std::strerror(errno);
+            (void)!::write(err_w.get(), m.data(), m.size());
+            _exit(127);
+        };
+        if (o.die_with_parent) {
+            if (prctl(PR_SET_PDEATHSIG, SIGKILL) < 0) die("prctl");
+            if (getppid() != parent) _exit(1);  // already orphaned
+        }
+        sigset_t none;
+        sigemptyset(&none);
+        sigprocmask(SIG_SETMASK, &none, nullptr);
+        // Park the sources above every target first, so one dup2 cannot
+        // clobber a source another still needs; dup2 clears close-on-exec.
+        std::vector<int> parked;
+        for (auto& [from, to] : o.fds) {
+            int p = ::fcntl(from, F_DUPFD_CLOEXEC, std::max(first_free, err_w.get() + 1));
+            if (p < 0) die("dup fd " + std::to_string(from));
+            parked.push_back(p);
+        }
+        for (size_t i = 0; i < o.fds.size(); ++i)
+            if (::dup2(parked[i], o.fds[i].second) < 0) die("dup2 fd " + std::to_string(o.fds[i].second));
+        for (int fd = first_free; fd < 1024; ++fd)
+            if (fd != err_w.get()) ::close(fd);
+        if (!o.cwd.empty() && ::chdir(o.cwd.c_str()) < 0) die("chdir " + o.cwd);
+        execvp(args[0], args.data());
+        die("exec " + argv[0]);
+    }
+    err_w.reset();
+    auto msg = read_to_eof(err_r.get(), 4096);
+    if (!msg || !msg->empty()) {
+        int st;
+        while (::waitpid(pid, &st, 0) < 0 && errno == EINTR) {
+        }
+        return fail(msg ? *msg : msg.error().message, ENOEXEC);
+    }
+    return pid;
 }
 
 void ensure_std_fds() {

@@ -72,6 +72,17 @@ Result<Fd> pidfd_open(pid_t pid);
 
 std::string self_exe_dir();
 
+struct SpawnOptions {
+    // (fd here, fd number in the child). Unmapped 0-2 are inherited; every
+    // other fd is closed in the child.
+    std::vector<std::pair<int, int>> fds;
+    std::string cwd;                // chdir before exec, if set
+    bool die_with_parent = false;   // PR_SET_PDEATHSIG=SIGKILL
+};
+// fork + execvp with an empty signal mask. A failure before or at exec is
+// reported here (the child is reaped), never by a child that runs on.
+Result<pid_t> spawn(const std::vector<std::string>& argv, const SpawnOptions& o);
+
 // Open /dev/null on any of fds 0-2 that is closed, so later opens never
 // land there and get mistaken for stdio.
 void ensure_std_fds();

@@ -140,3 +140,8 @@ def test_bad_boot_timeout_annotation(husk, bundle):
 def test_missing_guest_image(husk, bundle, tmp_path):
     env = dict(os.environ, HUSK_KERNEL=str(tmp_path / "no-kernel"))
     assert_clean_failure(husk("create", "-b", bundle(["true"]), new_id(), env=env), "guest image", "not found")
+
+
+def test_missing_shim_binary(husk, bundle, tmp_path):
+    env = dict(os.environ, HUSK_SHIM=str(tmp_path / "no-shim"))
+    assert_clean_failure(husk("create", "-b", bundle(["true"]), new_id(), env=env), "start shim", "exec ")

@@ -1,0 +1,46 @@
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <catch2/catch.hpp>
+
+#include "sys/sys.h"
+
+using namespace husk;
+
+TEST_CASE("spawn maps fds, even onto each other's numbers, and closes the rest", "[sys]") {
+    auto a = sys::pipe().value();
+    auto b = sys::pipe().value();
+    auto out = sys::pipe().value();
+    auto stray = sys::pipe().value();  // not mapped: must be closed in the child
+    REQUIRE(sys::write_all(a.second.get(), "A\n"));
+    REQUIRE(sys::write_all(b.second.get(), "B\n"));
+    a.second.reset();
+    b.second.reset();
+    // Swap: a's reader goes to b's reader's number and vice versa.
+    sys::SpawnOptions o;
+    o.fds = {{a.first.get(), b.first.get()}, {b.first.get(), a.first.get()}, {out.second.get(), 9}};
+    std::string script = "read x <&" + std::to_string(b.first.get()) + "; read y <&" + std::to_string(a.first.get()) +
+                         "; echo \"$x$y\" >&9; [ -e /proc/self/fd/" + std::to_string(stray.second.get()) +
+                         " ] && echo leaked >&9; exit 0";
+    auto pid = sys::spawn({"sh", "-c", script}, o);
+    REQUIRE(pid);
+    out.second.reset();
+    stray.second.reset();
+    CHECK(sys::read_to_eof(out.first.get()).value() == "AB\n");
+    int st;
+    waitpid(*pid, &st, 0);
+    CHECK(WIFEXITED(st));
+    CHECK(WEXITSTATUS(st) == 0);
+}
+
+TEST_CASE("spawn reports exec failure in the parent and reaps the child", "[sys]") {
+    auto r = sys::spawn({"/nonexistent/husk-test-binary"}, {});
+    REQUIRE_FALSE(r);
+    CHECK(r.error().message == "exec /nonexistent/husk-test-binary: No such file or directory");
+    CHECK(waitpid(-1, nullptr, WNOHANG) < 0);  // nothing left to reap
+    sys::SpawnOptions o;
+    o.cwd = "/nonexistent-dir";
+    auto c = sys::spawn({"true"}, o);
+    REQUIRE_FALSE(c);
+    CHECK(c.error().message.rfind("chdir /nonexistent-dir", 0) == 0);
+}
