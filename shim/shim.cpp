@@ -105,6 +105,8 @@ private:
     uint64_t request(const std::string& method, const json& params);
     void reply(int client_fd, bool ok, const std::string& err = "");
     std::string boot_failure(const std::string& why);
+    void reap_vm();
+    [[noreturn]] void boot_failed(const std::string& why);
     void report_created();
     void set_status(const char* st);
     [[noreturn]] void finish(int code, int sig);
@@ -285,6 +287,25 @@ std::string Shim::boot_failure(const std::string& why) {
     while (!clean.empty() && clean.back() == '|') clean.pop_back();
     tail = clean;
     return why + (tail.empty() ? "; console is empty" : "; console tail: " + tail);
+}
+
+// The VMM is our only child: notice (and reap) its exit.
+void Shim::reap_vm() {
+    int st;
+    if (vm_ && ::waitpid(vm_->pid(), &st, WNOHANG) == vm_->pid()) {
+        vm_.reset();  // already reaped
+        vm_died_ = true;
+    }
+}
+
+// Boot failed because of `why`. A channel that breaks during boot usually
+// means the VM is dying: give it a second and, if so, say that instead.
+void Shim::boot_failed(const std::string& why) {
+    for (int i = 0; vm_ && i < 100; ++i) {
+        reap_vm();
+        if (!vm_died_) ::usleep(10000);
+    }
+    abort_create(Error{EIO, boot_failure(vm_died_ ? "vm exited before the agent answered" : why)});
 }
 
 void Shim::on_console_readable() {
@@ -534,7 +555,7 @@ Result<void> Shim::loop() {
             finish(exit_code_.value_or(255), 0);
         }
         if (vm_died_) {
-            if (phase_ < Phase::Created) abort_create(Error{EIO, boot_failure("vm exited before the agent answered")});
+            if (phase_ < Phase::Created) boot_failed("");
             log::error(boot_failure("vm exited unexpectedly"));
             finish(255, 0);
         }
@@ -572,12 +593,7 @@ Result<void> Shim::loop() {
         int n = ::poll(p.data(), p.size(), timeout);
         if (n < 0 && errno != EINTR) return fail_errno("poll");
 
-        // The VMM is our only child.
-        int wst;
-        if (vm_ && ::waitpid(vm_->pid(), &wst, WNOHANG) == vm_->pid()) {
-            vm_.reset();  // already reaped
-            vm_died_ = true;
-        }
+        reap_vm();
         if (n <= 0) continue;
 
         for (size_t i = 0; i < p.size(); ++i) {
@@ -607,19 +623,7 @@ Result<void> Shim::loop() {
                     if (p[i].revents & (POLLIN | POLLHUP | POLLERR)) {
                         auto r = on_channel_readable();
                         if (!r) {
-                            if (phase_ < Phase::Created) {
-                                // A channel that closes during boot usually
-                                // means the VM died: say so if it did.
-                                int st;
-                                for (int i = 0; vm_ && i < 100; ++i) {
-                                    if (::waitpid(vm_->pid(), &st, WNOHANG) == vm_->pid()) {
-                                        vm_.reset();
-                                        abort_create(Error{EIO, boot_failure("vm exited before the agent answered")});
-                                    }
-                                    ::usleep(10000);
-                                }
-                                abort_create(Error{EIO, boot_failure(r.error().message)});
-                            }
+                            if (phase_ < Phase::Created) boot_failed(r.error().message);
                             if (phase_ == Phase::Exiting) {
                                 chan_.reset();
                                 chan_out_.clear();
