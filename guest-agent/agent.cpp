@@ -208,7 +208,7 @@ private:
     Result<json> do_kill(const json& params);
     void reap();
     void read_output(uint32_t idx, int fd, bool exited);
-    void maybe_send_exit(Process& p);
+    void maybe_send_exit(uint32_t idx);
 
     sys::Fd chan_;
     proto::Decoder dec_;
@@ -377,11 +377,9 @@ void Agent::read_output(uint32_t idx, int fd, bool exited) {
     }
 }
 
-void Agent::maybe_send_exit(Process& p) {
+void Agent::maybe_send_exit(uint32_t idx) {
+    auto& p = procs_[idx];
     if (p.exit_sent || !p.status || !p.out[1].eof || !p.out[2].eof) return;
-    uint32_t idx = 0;
-    for (auto& [i, q] : procs_)
-        if (&q == &p) idx = i;
     json e = {{"event", "exit"}, {"process", idx}};
     if (WIFSIGNALED(*p.status)) e["signal"] = WTERMSIG(*p.status);
     else e["code"] = WEXITSTATUS(*p.status);
@@ -477,7 +475,7 @@ Result<void> Agent::run() {
                 // there will be, unless a stray child still holds them.
                 for (int i : {1, 2})
                     if (!p.out[i].eof && p.out[i].credit > 0) read_output(idx, i, true);
-                maybe_send_exit(p);
+                maybe_send_exit(idx);
             }
         }
     }
