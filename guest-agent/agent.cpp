@@ -23,6 +23,7 @@
 #include <nlohmann/json.hpp>
 
 #include "guest-agent/container.h"
+#include "husk/hypervisor.h"
 #include "protocol/protocol.h"
 #include "sys/sys.h"
 
@@ -97,6 +98,13 @@ Result<void> early_init() {
     TRY(sys::mount("sysfs", "/sys", "sysfs", MS_NOSUID | MS_NODEV | MS_NOEXEC));
     auto cmdline = sys::read_file("/proc/cmdline").value_or("");
     g_debug = cmdline_param(cmdline, "husk.debug") == "1";
+    if (cmdline_param(cmdline, "husk.probe") == "1") {
+        // The host is checking that guests boot under its accelerator.
+        int fd = ::open("/dev/console", O_WRONLY | O_NOCTTY | O_CLOEXEC);
+        std::string m = std::string("\n") + kProbeMarker + "\n";
+        if (fd >= 0) (void)!::write(fd, m.data(), m.size());
+        reboot(RB_POWER_OFF);
+    }
     say("started");
 
     // Modules, in the order rootfs-builder wrote (dependencies first).

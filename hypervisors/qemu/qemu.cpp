@@ -43,7 +43,7 @@ std::vector<std::string> translate(const VmConfig& cfg, const Options& opt) {
         add({"-device", virtio(opt, "virtio-serial") + ",max_ports=2"});
         add({"-chardev", "socket,id=agent,path=" + escape(cfg.channel.socket_path)});
         add({"-device", "virtserialport,chardev=agent,name=husk.agent"});
-    } else {
+    } else if (cfg.channel.kind == ChannelKind::Vsock) {
         add({"-device", virtio(opt, "vhost-vsock") + ",guest-cid=" + std::to_string(cfg.channel.vsock_cid)});
     }
     for (size_t i = 0; i < cfg.shares.size(); ++i) {

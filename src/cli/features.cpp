@@ -29,6 +29,7 @@ void setup_features(CLI::App& sub, Globals&, Handler& run) {
                 {"annotations",
                  {{"org.husk.hypervisor", "qemu"},
                   {"org.husk.accel", accel_name(detect_accel())},
+                  {"org.husk.accel.reason", detect_accel_info().why},
                   {"org.husk.channel", caps.vsock ? "vsock" : "virtio-serial"},
                   {"org.husk.kvm", caps.kvm ? "true" : "false"}}},
             };

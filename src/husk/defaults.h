@@ -19,6 +19,8 @@ inline constexpr int kStopTimeoutMs = 15000;
 inline constexpr size_t kConsoleTail = 2048;
 inline constexpr size_t kConsoleLogMax = 1u << 20;
 
+// A working KVM boots the guest to the agent in well under a second.
+inline constexpr int kKvmProbeTimeoutMs = 10000;
 inline constexpr const char* kQemuBinary = "qemu-system-x86_64";
 // Machine type by accelerator. Under TCG, microvm (no HPET, no ACPI PM
 // timer) fails TSC calibration and hangs in about a third of boots on a

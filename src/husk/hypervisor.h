@@ -13,7 +13,7 @@
 namespace husk {
 
 enum class Accel { Kvm, Tcg };
-enum class ChannelKind { VirtioSerial, Vsock };
+enum class ChannelKind { VirtioSerial, Vsock, None };
 
 struct Share {
     std::string tag;        // guest mount tag
@@ -84,7 +84,17 @@ public:
 };
 
 // KVM when /dev/kvm opens and answers KVM_GET_API_VERSION, else TCG.
+// The accelerator this host gives our guests, and why. KVM only when a
+// real guest boot under it worked (probed once per host boot, cached in
+// /run/husk-accel.json or $XDG_RUNTIME_DIR); HUSK_ACCEL=kvm|tcg overrides.
+struct AccelInfo {
+    Accel accel = Accel::Tcg;
+    std::string why;
+};
+AccelInfo detect_accel_info();
 Accel detect_accel();
+// What the agent prints on the console when booted with husk.probe=1.
+inline constexpr const char* kProbeMarker = "HUSK-PROBE-OK";
 bool vsock_available();
 const char* accel_name(Accel a);
 

@@ -147,9 +147,23 @@ def test_version(husk):
 
 def test_features_reports_acceleration(husk):
     j = json.loads(husk("features", check=True).stdout)
-    accel = "kvm" if os.access("/dev/kvm", os.R_OK | os.W_OK) else "tcg"
-    assert j["annotations"]["org.husk.accel"] == accel
+    ann = j["annotations"]
     assert j["ociVersionMax"].startswith("1.")
+    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
+        assert (ann["org.husk.accel"], ann["org.husk.accel.reason"]) == ("tcg", "no usable /dev/kvm")
+    else:
+        # A /dev/kvm that opens is probed with a real guest boot once per
+        # host boot; the verdict is cached and is what husk reports.
+        with open("/run/husk-accel.json") as f:
+            probe = json.load(f)
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            assert probe["boot_id"] == f.read().strip()
+        assert (ann["org.husk.accel"], ann["org.husk.accel.reason"]) == (probe["accel"], probe["why"])
+        assert probe["why"]
+    # The override wins without probing.
+    env = dict(os.environ, HUSK_ACCEL="tcg")
+    j = json.loads(husk("features", check=True, env=env).stdout)
+    assert (j["annotations"]["org.husk.accel"], j["annotations"]["org.husk.accel.reason"]) == ("tcg", "HUSK_ACCEL=tcg")
 
 
 def test_list_empty(husk):
