@@ -6,6 +6,7 @@
 #include <poll.h>
 #include <sched.h>
 #include <signal.h>
+#include <sys/ioctl.h>
 #include <sys/mount.h>
 #include <sys/reboot.h>
 #include <sys/signalfd.h>
@@ -16,6 +17,7 @@
 #include <unistd.h>
 
 #include <cstring>
+#include <functional>
 #include <map>
 #include <optional>
 #include <thread>
@@ -188,6 +190,8 @@ struct Stream {
 struct Process {
     pid_t pid = -1;
     sys::Fd sync;
+    sys::Fd tty;  // pty master, if the process has a terminal
+    bool killed = false;
     Stream out[3];  // [1] stdout, [2] stderr
     sys::Fd stdin_w;
     std::string stdin_buf;
@@ -198,7 +202,7 @@ struct Process {
 
 class Agent {
 public:
-    explicit Agent(sys::Fd chan) : chan_(std::move(chan)) {}
+    Agent(sys::Fd chan, sys::Fd own_pidns) : chan_(std::move(chan)), own_pidns_(std::move(own_pidns)) {}
     Result<void> run();
 
 private:
@@ -214,52 +218,125 @@ private:
     Result<json> do_create(const json& params);
     Result<json> do_start(const json& params);
     Result<json> do_kill(const json& params);
+    Result<json> do_exec(const json& params);
+    Result<json> do_resize(const json& params);
+    Result<Process> spawn(const json& proc, int flags, const std::function<void(int, const agent::Stdio&)>& child);
     void reap();
     void read_output(uint32_t idx, int fd, bool exited);
     void maybe_send_exit(uint32_t idx);
 
     sys::Fd chan_;
+    sys::Fd own_pidns_;
     proto::Decoder dec_;
     std::string out_;
     std::map<uint32_t, Process> procs_;
     bool hello_done_ = false;
 };
 
-Result<json> Agent::do_create(const json& params) {
-    if (procs_.count(0)) return fail("container already created", EEXIST);
+// clone() a child that runs `child(sync_fd, stdio)` with `flags`, and wait
+// for its "R" (or "E<message>"). A started process's output waits in its
+// pipes until the shim is told it exists.
+Result<Process> Agent::spawn(const json& proc, int flags, const std::function<void(int, const agent::Stdio&)>& child) {
+    bool tty = proc.value("terminal", false);
     auto [in_r, in_w] = TRY(sys::pipe(O_CLOEXEC));
     auto [out_r, out_w] = TRY(sys::pipe(O_CLOEXEC));
     auto [err_r, err_w] = TRY(sys::pipe(O_CLOEXEC));
     auto [sync_p, sync_c] = TRY(sys::socketpair(SOCK_STREAM));
-    int flags = agent::clone_flags(params);
     pid_t pid = pid_t(::syscall(SYS_clone, flags | SIGCHLD, nullptr, nullptr, nullptr, 0));
     if (pid < 0) return fail_errno("clone");
     if (pid == 0) {
         sync_p.reset();
-        agent::container_init(params, sync_c.get(), in_r.get(), out_w.get(), err_w.get());
+        child(sync_c.get(), agent::Stdio{in_r.get(), out_w.get(), err_w.get()});
+        _exit(1);
     }
     sync_c.reset();
     Process p;
     p.pid = pid;
     p.sync = std::move(sync_p);
-    p.stdin_w = std::move(in_w);
-    p.out[1].fd = std::move(out_r);
-    p.out[2].fd = std::move(err_r);
-    for (int i : {1, 2}) TRY(sys::set_nonblock(p.out[i].fd.get(), true));
-    TRY(sys::set_nonblock(p.stdin_w.get(), true));
-    char buf[4096];
-    ssize_t n;
-    do n = ::read(p.sync.get(), buf, sizeof buf);
-    while (n < 0 && errno == EINTR);
-    if (n <= 0 || buf[0] != 'R') {
+    std::vector<sys::Fd> fds;
+    auto msg = sys::recv_fds(p.sync.get(), 4096, fds);
+    if (!msg || msg->empty() || (*msg)[0] != 'R' || (tty && fds.size() != 1)) {
         ::kill(pid, SIGKILL);
         ::waitpid(pid, nullptr, 0);
-        std::string msg = n > 1 && buf[0] == 'E' ? std::string(buf + 1, size_t(n - 1)) : "container init died";
-        return fail(msg, EINVAL);
+        if (msg && msg->size() > 1 && (*msg)[0] == 'E') return fail(msg->substr(1), EINVAL);
+        return fail(msg ? "process setup died" : msg.error().message, EIO);
     }
+    if (tty) {
+        // One pty master carries both directions; there is no stderr
+        // stream (the shim knows: it asked for the terminal).
+        p.tty = std::move(fds[0]);
+        if (proc.contains("console_size")) {  // before the process can look
+            struct winsize ws{};
+            ws.ws_row = proc["console_size"].value("rows", uint16_t(0));
+            ws.ws_col = proc["console_size"].value("cols", uint16_t(0));
+            ::ioctl(p.tty.get(), TIOCSWINSZ, &ws);
+        }
+        p.out[1].fd = TRY(sys::dup(p.tty.get()));
+        p.stdin_w = TRY(sys::dup(p.tty.get()));
+        p.out[2].eof = true;
+    } else {
+        p.stdin_w = std::move(in_w);
+        p.out[1].fd = std::move(out_r);
+        p.out[2].fd = std::move(err_r);
+    }
+    for (int i : {1, 2})
+        if (p.out[i].fd) TRY(sys::set_nonblock(p.out[i].fd.get(), true));
+    TRY(sys::set_nonblock(p.stdin_w.get(), true));
+    return p;
+}
+
+Result<json> Agent::do_create(const json& params) {
+    if (procs_.count(0)) return fail("container already created", EEXIST);
+    auto p = TRY(spawn(params.at("process"), agent::clone_flags(params),
+                       [&](int sync, const agent::Stdio& io) { agent::container_init(params, sync, io); }));
+    pid_t pid = p.pid;
     procs_[0] = std::move(p);
     say("container created, pid " + std::to_string(pid));
     return json{{"pid", pid}};
+}
+
+Result<json> Agent::do_exec(const json& params) {
+    uint32_t idx = params.at("process_index").get<uint32_t>();
+    if (idx == 0 || procs_.count(idx)) return fail("process index " + std::to_string(idx) + " in use", EEXIST);
+    auto init = procs_.find(0);
+    if (init == procs_.end() || init->second.status) return fail("container is not running", ESRCH);
+    pid_t init_pid = init->second.pid;
+    // Children of ours are born in the container's pid namespace; the
+    // agent itself stays where it is and switches back right after.
+    auto pidns = TRY(sys::open("/proc/" + std::to_string(init_pid) + "/ns/pid", O_RDONLY));
+    if (::setns(pidns.get(), CLONE_NEWPID) < 0) return fail_errno("setns pid");
+    auto p = spawn(params.at("process"), 0, [&](int sync, const agent::Stdio& io) { agent::exec_init(params, init_pid, sync, io); });
+    if (::setns(own_pidns_.get(), CLONE_NEWPID) < 0) fatal(std::string("setns back to own pid ns: ") + strerror(errno));
+    if (!p) return tl::unexpected(p.error());
+    // No start step for exec: go.
+    if (::write(p->sync.get(), "S", 1) != 1) {
+        ::kill(p->pid, SIGKILL);
+        return fail_errno("start exec");
+    }
+    char buf[4096];
+    ssize_t n;
+    do n = ::read(p->sync.get(), buf, sizeof buf);
+    while (n < 0 && errno == EINTR);
+    p->sync.reset();
+    pid_t pid = p->pid;
+    if (n > 1 && buf[0] == 'E') {  // execve itself failed; the child is exiting
+        ::waitpid(pid, nullptr, 0);
+        return fail(std::string(buf + 1, size_t(n - 1)), ENOEXEC);
+    }
+    procs_[idx] = std::move(*p);
+    say("exec " + std::to_string(idx) + " started, pid " + std::to_string(pid));
+    return json{{"pid", pid}};
+}
+
+Result<json> Agent::do_resize(const json& params) {
+    uint32_t idx = params.at("process").get<uint32_t>();
+    auto it = procs_.find(idx);
+    if (it == procs_.end() || !it->second.tty) return fail("process has no terminal", ENOTTY);
+    struct winsize ws{};
+    ws.ws_row = params.at("rows").get<uint16_t>();
+    ws.ws_col = params.at("cols").get<uint16_t>();
+    if (::ioctl(it->second.tty.get(), TIOCSWINSZ, &ws) < 0) return fail_errno("resize");
+    return json::object();
 }
 
 Result<json> Agent::do_start(const json& params) {
@@ -313,6 +390,8 @@ void Agent::on_request(const json& req) {
         if (method == "create") r = do_create(params);
         else if (method == "start") r = do_start(params);
         else if (method == "kill") r = do_kill(params);
+        else if (method == "exec") r = do_exec(params);
+        else if (method == "resize") r = do_resize(params);
     } catch (const json::exception& e) {
         r = fail(std::string("bad request: ") + e.what(), EINVAL);
     }
@@ -476,6 +555,16 @@ Result<void> Agent::run() {
                 }
             }
         }
+        // The container ends with its init, as a pid namespace does (and
+        // without one, as `runc delete` would make it): no exec outlives it.
+        if (auto init = procs_.find(0); init != procs_.end() && init->second.status)
+            for (auto& [idx, p] : procs_)
+                if (idx != 0 && !p.status && !p.killed) {
+                    ::kill(p.pid, SIGKILL);
+                    p.killed = true;
+                }
+        for (auto it = procs_.begin(); it != procs_.end();)
+            it = it->first != 0 && it->second.exit_sent ? procs_.erase(it) : std::next(it);
         for (auto& [idx, p] : procs_) {
             if (p.stdin_close && p.stdin_buf.empty() && p.stdin_w) p.stdin_w.reset();
             if (p.status && !p.exit_sent) {
@@ -495,6 +584,7 @@ int main() {
     signal(SIGPIPE, SIG_IGN);
     if (getpid() == 1) {
         if (auto r = early_init(); !r) fatal(r.error().message);
+        sys::ensure_std_fds();  // the initramfs has no /dev/console: 0-2 start closed
     }
     auto cmdline = sys::read_file("/proc/cmdline").value_or("");
     g_debug = cmdline_param(cmdline, "husk.debug") == "1";
@@ -502,7 +592,9 @@ int main() {
     auto chan = kind == "vsock" ? open_vsock_channel() : open_serial_channel();
     if (!chan) fatal(chan.error().message);
     say("channel open (" + (kind.empty() ? std::string("serial") : kind) + ")");
-    Agent a(std::move(*chan));
+    auto pidns = sys::open("/proc/self/ns/pid", O_RDONLY);
+    if (!pidns) fatal(pidns.error().message);
+    Agent a(std::move(*chan), std::move(*pidns));
     auto r = a.run();
     fatal(r ? "agent loop ended" : r.error().message);
 }

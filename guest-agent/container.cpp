@@ -4,6 +4,7 @@
 #include <grp.h>
 #include <linux/openat2.h>
 #include <sched.h>
+#include <sys/ioctl.h>
 #include <sys/mount.h>
 #include <sys/prctl.h>
 #include <sys/stat.h>
@@ -14,6 +15,7 @@
 #include <csignal>
 #include <cstring>
 #include <map>
+#include <optional>
 
 #include "sys/sys.h"
 
@@ -252,14 +254,78 @@ Result<std::string> find_executable(const std::string& arg0, const std::vector<s
 
 }  // namespace
 
-void container_init(const json& params, int sync_fd, int in_fd, int out_fd, int err_fd) {
+namespace {
+
+void reset_signals() {
     // The agent blocks signals for its signalfd; the workload must not inherit that.
     sigset_t none;
     sigemptyset(&none);
     sigprocmask(SIG_SETMASK, &none, nullptr);
     for (int sig = 1; sig < NSIG; ++sig) signal(sig, SIG_DFL);
-    if (dup2(in_fd, 0) < 0 || dup2(out_fd, 1) < 0 || dup2(err_fd, 2) < 0) die(sync_fd, "dup2 stdio failed");
+}
+
+// What every process of the container goes through once it is inside the
+// container's namespaces and root: stdio (pipes, or a pty from the
+// container's own devpts), credentials, cwd, then "R" (with the pty master
+// attached), wait for "S", execve.
+[[noreturn]] void run_process(const json& proc, int sync_fd, const Stdio& io) {
     setsid();
+    std::optional<sys::Pty> pty;
+    if (proc.value("terminal", false)) {
+        auto p = sys::open_pty("/dev/ptmx");
+        if (!p) die(sync_fd, "terminal: " + p.error().message + " (the container needs /dev/pts and /dev/ptmx)");
+        pty = std::move(*p);
+        if (::ioctl(pty->slave.get(), TIOCSCTTY, 0) < 0) die(sync_fd, std::string("terminal: TIOCSCTTY: ") + strerror(errno));
+        for (int i = 0; i < 3; ++i)
+            if (dup2(pty->slave.get(), i) < 0) die(sync_fd, "dup2 terminal failed");
+    } else {
+        // Move out of the way first: the pipes may themselves be fds 0-2.
+        int fds[3] = {io.in, io.out, io.err};
+        for (int& f : fds)
+            if ((f = fcntl(f, F_DUPFD_CLOEXEC, 10)) < 0) die(sync_fd, "dup stdio failed");
+        for (int i = 0; i < 3; ++i)
+            if (dup2(fds[i], i) < 0) die(sync_fd, "dup2 stdio failed");
+    }
+
+    std::string cwd = proc.value("cwd", "/");
+    if (proc.contains("umask")) ::umask(mode_t(proc["umask"].get<uint32_t>()));
+    else ::umask(022);
+
+    std::vector<gid_t> groups;
+    for (auto g : proc.value("additional_gids", std::vector<uint32_t>{})) groups.push_back(g);
+    uid_t uid = proc.value("uid", 0u);
+    gid_t gid = proc.value("gid", 0u);
+    if (::setgroups(groups.size(), groups.data()) < 0) die(sync_fd, std::string("setgroups: ") + strerror(errno));
+    if (::setresgid(gid, gid, gid) < 0) die(sync_fd, std::string("setgid: ") + strerror(errno));
+    if (::setresuid(uid, uid, uid) < 0) die(sync_fd, std::string("setuid: ") + strerror(errno));
+    if (::chdir(cwd.c_str()) < 0) die(sync_fd, "chdir to cwd " + cwd + ": " + strerror(errno));
+    if (proc.value("no_new_privileges", false) && prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0)
+        die(sync_fd, std::string("no_new_privs: ") + strerror(errno));
+
+    auto args = proc.at("args").get<std::vector<std::string>>();
+    auto env = proc.value("env", std::vector<std::string>{});
+    std::string exe = CHECK(find_executable(args[0], env));
+
+    std::vector<int> pass;
+    if (pty) pass.push_back(pty->master.get());
+    if (!sys::send_fds(sync_fd, "R", pass)) _exit(1);
+    pty.reset();  // the agent holds the master now
+    char c = 0;
+    if (::read(sync_fd, &c, 1) != 1 || c != 'S') _exit(1);  // deleted before start
+
+    std::vector<char*> argv, envp;
+    for (auto& a : args) argv.push_back(a.data());
+    argv.push_back(nullptr);
+    for (auto& e : env) envp.push_back(e.data());
+    envp.push_back(nullptr);
+    execve(exe.c_str(), argv.data(), envp.data());
+    die(sync_fd, "exec " + exe + ": " + strerror(errno));
+}
+
+}  // namespace
+
+void container_init(const json& params, int sync_fd, const Stdio& io) {
+    reset_signals();
     const json& proc = params.at("process");
     const json& rootp = params.at("root");
 
@@ -294,40 +360,26 @@ void container_init(const json& params, int sync_fd, int in_fd, int out_fd, int 
         auto r = readonly_path(p);
         if (!r) die(sync_fd, "readonly " + p + ": " + r.error().message);
     }
-
     std::string cwd = proc.value("cwd", "/");
-    if (!sys::is_dir(cwd)) CHECK(sys::mkdir_p(cwd, 0755));  // as runc: create a missing cwd
+    if (!sys::is_dir(cwd)) CHECK(sys::mkdir_p(cwd, 0755));  // as runc, before the root goes read-only
     if (rootp.value("readonly", false)) CHECK(sys::mount("", "/", "", MS_BIND | MS_REMOUNT | MS_RDONLY));
+    run_process(proc, sync_fd, io);
+}
 
-    if (proc.contains("umask")) ::umask(mode_t(proc["umask"].get<uint32_t>()));
-    else ::umask(022);
-
-    std::vector<gid_t> groups;
-    for (auto g : proc.value("additional_gids", std::vector<uint32_t>{})) groups.push_back(g);
-    uid_t uid = proc.value("uid", 0u);
-    gid_t gid = proc.value("gid", 0u);
-    if (::setgroups(groups.size(), groups.data()) < 0) die(sync_fd, std::string("setgroups: ") + strerror(errno));
-    if (::setresgid(gid, gid, gid) < 0) die(sync_fd, std::string("setgid: ") + strerror(errno));
-    if (::setresuid(uid, uid, uid) < 0) die(sync_fd, std::string("setuid: ") + strerror(errno));
-    if (::chdir(cwd.c_str()) < 0) die(sync_fd, "chdir to cwd " + cwd + ": " + strerror(errno));
-    if (proc.value("no_new_privileges", false) && prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0)
-        die(sync_fd, std::string("no_new_privs: ") + strerror(errno));
-
-    auto args = proc.at("args").get<std::vector<std::string>>();
-    auto env = proc.value("env", std::vector<std::string>{});
-    std::string exe = CHECK(find_executable(args[0], env));
-
-    if (::write(sync_fd, "R", 1) != 1) _exit(1);
-    char c = 0;
-    if (::read(sync_fd, &c, 1) != 1 || c != 'S') _exit(1);  // deleted before start
-
-    std::vector<char*> argv, envp;
-    for (auto& a : args) argv.push_back(a.data());
-    argv.push_back(nullptr);
-    for (auto& e : env) envp.push_back(e.data());
-    envp.push_back(nullptr);
-    execve(exe.c_str(), argv.data(), envp.data());
-    die(sync_fd, "exec " + exe + ": " + strerror(errno));
+void exec_init(const json& params, pid_t init_pid, int sync_fd, const Stdio& io) {
+    reset_signals();
+    // The pid namespace was entered by the agent before clone(); join the
+    // rest of the init's. Open them all first: after setns(mnt), /proc is
+    // the container's.
+    static const std::pair<const char*, int> kinds[] = {
+        {"ipc", CLONE_NEWIPC}, {"uts", CLONE_NEWUTS}, {"cgroup", CLONE_NEWCGROUP}, {"mnt", CLONE_NEWNS}};
+    std::vector<std::pair<sys::Fd, int>> ns;
+    for (auto [name, flag] : kinds)
+        ns.emplace_back(CHECK(sys::open("/proc/" + std::to_string(init_pid) + "/ns/" + name, O_RDONLY)), flag);
+    for (auto& [fd, flag] : ns)
+        if (::setns(fd.get(), flag) < 0) die(sync_fd, std::string("setns: ") + strerror(errno));
+    ns.clear();
+    run_process(params.at("process"), sync_fd, io);
 }
 
 }  // namespace husk::agent

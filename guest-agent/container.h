@@ -24,9 +24,20 @@ MountFlags parse_mount_options(const std::vector<std::string>& opts);
 // clone() flags for the namespaces the request asks for (mount always).
 int clone_flags(const nlohmann::json& params);
 
-// Runs in the cloned child. Sets up everything, then tells the parent
-// "R" on sync_fd, waits for "S", and execs. On error writes "E<message>"
-// and exits; never returns.
-[[noreturn]] void container_init(const nlohmann::json& params, int sync_fd, int in_fd, int out_fd, int err_fd);
+// The pipe ends a process without a terminal gets as fds 0-2.
+struct Stdio {
+    int in = -1, out = -1, err = -1;
+};
+
+// Both run in a cloned child and never return. They set everything up,
+// then tell the parent "R" on sync_fd (a unix socket; with a terminal the
+// pty master travels with it as SCM_RIGHTS), wait for "S", and exec. On
+// error they write "E<message>" and exit.
+//
+// container_init builds the container: mounts, pivot_root, hostname...
+[[noreturn]] void container_init(const nlohmann::json& params, int sync_fd, const Stdio& io);
+// exec_init joins the container of `init_pid` (whose pid namespace the
+// caller entered for its children before clone) and runs params.process.
+[[noreturn]] void exec_init(const nlohmann::json& params, pid_t init_pid, int sync_fd, const Stdio& io);
 
 }  // namespace husk::agent

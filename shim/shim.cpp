@@ -7,11 +7,13 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
+#include <sys/ioctl.h>
 #include <sys/mount.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
+#include <termios.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -42,7 +44,7 @@ using Clock = std::chrono::steady_clock;
 namespace {
 
 struct Args {
-    std::string root, id, bundle;
+    std::string root, id, bundle, console_socket;
     int sync_fd = -1;
     log::Config log;
 };
@@ -61,6 +63,7 @@ Result<Args> parse_args(int argc, char** argv) {
         else if (k == "--id") a.id = TRY(val());
         else if (k == "--bundle") a.bundle = TRY(val());
         else if (k == "--sync-fd") a.sync_fd = std::stoi(TRY(val()));
+        else if (k == "--console-socket") a.console_socket = TRY(val());
         else if (k == "--log") a.log.path = TRY(val());
         else if (k == "--log-format") a.log.format = TRY(val()) == "json" ? log::Format::Json : log::Format::Text;
         else if (k == "--debug") a.log.debug = true;
@@ -75,11 +78,50 @@ Result<Args> parse_args(int argc, char** argv) {
 // credit can be returned as they drain.
 struct OutBuf {
     int fd = -1;
+    sys::Fd own;  // set when the shim owns `fd` (exec stdio, a pty)
     uint32_t stream = 0;
     std::string data;
     bool eof = false;   // CLOSE received: close fd once drained
     bool dead = false;  // destination gone (EPIPE): drop further data
     size_t chunk = 4096;
+};
+
+// One process in the guest: the container's init (index 0) or an exec.
+struct Proc {
+    uint32_t idx = 0;
+    bool started = false;
+    bool tty = false;
+    int in_fd = -1;
+    sys::Fd in_own;
+    bool stdin_open = true;
+    uint32_t stdin_credit = proto::kInitialCredit;
+    OutBuf out[3];  // [1] stdout, [2] stderr
+    bool exited = false;
+    std::optional<int> code, sig;
+    uint64_t waiter = 0;  // exec session told of the exit (0: none)
+
+    bool drained() const {
+        for (int i = 1; i <= 2; ++i)
+            if (!out[i].data.empty() || !(out[i].eof || out[i].dead)) return false;
+        return true;
+    }
+};
+
+// A connection on shim.sock: one request and its reply, or an exec
+// session that stays open until its process exits.
+struct Client {
+    sys::Fd fd;
+    std::string in;
+    std::vector<sys::Fd> fds;  // received with SCM_RIGHTS
+    uint32_t proc = 0;         // exec session: its process index
+    bool session = false;
+    bool busy = false;         // a request of its is with the agent
+};
+
+struct Pending {
+    uint64_t client = 0;  // 0: internal
+    std::string method;
+    uint32_t proc = 0;
 };
 
 enum class Phase { Booting, Creating, Created, Running, Exiting };
@@ -92,6 +134,7 @@ public:
 private:
     Result<void> prepare();
     Result<void> build_shares();
+    Result<void> setup_terminal();
     Result<void> launch_vm();
     Result<void> loop();
     Result<void> on_channel_readable();
@@ -99,11 +142,20 @@ private:
     Result<void> on_response(const json& r);
     Result<void> on_event(const json& e);
     void on_console_readable();
-    void on_client(int idx);
+    void on_client(uint64_t cid);
+    void on_client_line(uint64_t cid, const std::string& line);
+    void start_exec(uint64_t cid, const json& req);
     void on_signal();
+    void send_resize(uint32_t proc, int fd);
     void send(const std::string& frame) { chan_out_ += frame; }
-    uint64_t request(const std::string& method, const json& params);
-    void reply(int client_fd, bool ok, const std::string& err = "");
+    uint64_t request(const std::string& method, const json& params, uint64_t client = 0, uint32_t proc = 0);
+    void reply(uint64_t cid, const json& r);
+    void reply(uint64_t cid, bool ok, const std::string& err = "");
+    void drop_client(uint64_t cid);
+    void read_stdin(Proc& p);
+    void write_out(Proc& p, int i);
+    void close_drained(Proc& p);
+    void retire_execs();
     std::string boot_failure(const std::string& why);
     void reap_vm();
     [[noreturn]] void boot_failed(const std::string& why);
@@ -125,6 +177,7 @@ private:
     Clock::time_point boot_deadline_;
     int boot_timeout_ms_ = 0;
     Clock::time_point next_vsock_try_;
+    Clock::time_point exit_deadline_;  // init exited: execs get this long to report
     proto::Decoder dec_;
     std::string chan_out_;
     std::string console_tail_;
@@ -132,17 +185,12 @@ private:
     size_t console_written_ = 0;
     uint64_t next_req_ = 1;
     uint64_t create_req_ = 0;
-    std::map<uint64_t, int> pending_;  // request id -> client fd (-1: internal)
-    struct Client {
-        sys::Fd fd;
-        std::string in;
-    };
-    std::deque<Client> clients_;
-    // stdio
-    bool stdin_open_ = true;
-    uint32_t stdin_credit_ = proto::kInitialCredit;
-    OutBuf out_[3];
-    std::optional<int> exit_code_, exit_sig_;
+    std::map<uint64_t, Pending> pending_;
+    std::map<uint64_t, Client> clients_;
+    uint64_t next_client_ = 1;
+    std::map<uint32_t, Proc> procs_;
+    uint32_t next_proc_ = 1;
+    sys::Fd tty_slave_;  // host side of the init's terminal (our controlling tty)
     bool vm_died_ = false;
 };
 
@@ -161,6 +209,18 @@ Result<void> Shim::prepare() {
     TRY_CTX(sys::unshare(CLONE_NEWNS), "mount namespace");
     TRY(sys::mount("", "/", "", MS_REC | MS_SLAVE));
     TRY_CTX(build_shares(), "share rootfs");
+
+    // The init's stdio: our own fds 0-2, or a terminal.
+    Proc& init = procs_[0];
+    init.in_fd = 0;
+    for (int i = 1; i <= 2; ++i) {
+        init.out[i].fd = i;
+        init.out[i].stream = proto::stream_id(0, uint32_t(i));
+        struct stat st;
+        if (fstat(i, &st) < 0) init.out[i].dead = true;
+        else if (!S_ISFIFO(st.st_mode) && !S_ISSOCK(st.st_mode)) init.out[i].chunk = 64 << 10;
+    }
+    if (spec_.process->terminal) TRY_CTX(setup_terminal(), "terminal");
     TRY_CTX(launch_vm(), "start vm");
     return {};
 }
@@ -181,6 +241,32 @@ Result<void> Shim::build_shares() {
         TRY(sys::mount(e.host_path, target, "", MS_BIND | (e.recursive ? MS_REC : 0)));
         if (e.readonly) TRY(sys::mount("", target, "", MS_BIND | MS_REMOUNT | MS_RDONLY | (e.recursive ? MS_REC : 0)));
     }
+    return {};
+}
+
+// process.terminal: a host pty whose master goes to --console-socket, as
+// runc's does. Its slave becomes our controlling terminal (we are a session
+// leader), so the caller's resizes reach us as SIGWINCH; it is raw, so the
+// guest's pty alone does echo, line editing and ^C.
+Result<void> Shim::setup_terminal() {
+    if (args_.console_socket.empty()) return fail("process.terminal is true but no --console-socket was given", EINVAL);
+    auto pty = TRY(sys::open_pty());
+    struct termios t;
+    if (::tcgetattr(pty.slave.get(), &t) < 0) return fail_errno("tcgetattr");
+    ::cfmakeraw(&t);
+    if (::tcsetattr(pty.slave.get(), TCSANOW, &t) < 0) return fail_errno("tcsetattr");
+    if (::ioctl(pty.slave.get(), TIOCSCTTY, 0) < 0) return fail_errno("TIOCSCTTY");
+    TRY(sys::set_nonblock(pty.slave.get(), true));
+    TRY(sys::send_console(args_.console_socket, pty));
+    Proc& init = procs_[0];
+    init.tty = true;
+    init.in_own = TRY(sys::dup(pty.slave.get()));
+    init.in_fd = init.in_own.get();
+    init.out[1].own = TRY(sys::dup(pty.slave.get()));
+    init.out[1].fd = init.out[1].own.get();
+    init.out[1].chunk = 4096;
+    init.out[2].eof = true;  // a terminal has no separate stderr
+    tty_slave_ = std::move(pty.slave);
     return {};
 }
 
@@ -236,23 +322,37 @@ Result<void> Shim::launch_vm() {
 
 // ---------------------------------------------------------------- events
 
-uint64_t Shim::request(const std::string& method, const json& params) {
+uint64_t Shim::request(const std::string& method, const json& params, uint64_t client, uint32_t proc) {
     uint64_t id = next_req_++;
     json r = {{"id", id}, {"method", method}, {"params", params}};
     send(proto::encode(proto::Type::Request, 0, r.dump()));
+    pending_[id] = Pending{client, method, proc};
+    if (auto it = clients_.find(client); it != clients_.end()) it->second.busy = true;
     return id;
 }
 
-void Shim::reply(int fd, bool ok, const std::string& err) {
-    if (fd < 0) return;
+// Answer a client. One-shot clients are done after their reply; exec
+// sessions stay until their process exits.
+void Shim::reply(uint64_t cid, const json& r) {
+    auto it = clients_.find(cid);
+    if (it == clients_.end()) return;
+    it->second.busy = false;
+    (void)sys::write_all(it->second.fd.get(), r.dump() + "\n");
+    if (!it->second.session) drop_client(cid);
+}
+
+void Shim::reply(uint64_t cid, bool ok, const std::string& err) {
     json r = {{"ok", ok}};
     if (!ok) r["error"] = err;
-    (void)sys::write_all(fd, r.dump() + "\n");
-    for (auto it = clients_.begin(); it != clients_.end(); ++it)
-        if (it->fd.get() == fd) {
-            clients_.erase(it);
-            break;
-        }
+    reply(cid, r);
+}
+
+void Shim::drop_client(uint64_t cid) {
+    auto it = clients_.find(cid);
+    if (it == clients_.end()) return;
+    if (it->second.session)
+        if (auto p = procs_.find(it->second.proc); p != procs_.end() && p->second.waiter == cid) p->second.waiter = 0;
+    clients_.erase(it);
 }
 
 void Shim::set_status(const char* st) {
@@ -354,6 +454,10 @@ Result<void> Shim::on_channel_readable() {
 
 Result<void> Shim::on_frame(const proto::Frame& f) {
     using proto::Type;
+    auto proc_of = [&](uint32_t stream) -> Proc* {
+        auto it = procs_.find(proto::stream_process(stream));
+        return it == procs_.end() || !it->second.started ? nullptr : &it->second;
+    };
     switch (f.type) {
         case Type::Hello: {
             json h = json::parse(f.payload, nullptr, false);
@@ -363,7 +467,6 @@ Result<void> Shim::on_frame(const proto::Frame& f) {
                 return fail("agent speaks protocol " + h["version"].dump() + ", shim speaks " + std::to_string(proto::kVersion), EPROTO);
             send(proto::encode(Type::Hello, 0, json{{"version", proto::kVersion}}.dump()));
             create_req_ = request("create", agent_create_params(spec_, plan_));
-            pending_[create_req_] = -1;
             phase_ = Phase::Creating;
             log::debug("agent said hello");
             return {};
@@ -381,9 +484,9 @@ Result<void> Shim::on_frame(const proto::Frame& f) {
         }
         case Type::Data: {
             uint32_t fd = proto::stream_fd(f.stream);
-            if (proto::stream_process(f.stream) != 0 || (fd != 1 && fd != 2))
-                return fail("data on unknown stream " + std::to_string(f.stream), EPROTO);
-            auto& o = out_[fd];
+            Proc* p = proc_of(f.stream);
+            if (!p || (fd != 1 && fd != 2)) return fail("data on unknown stream " + std::to_string(f.stream), EPROTO);
+            auto& o = p->out[fd];
             if (o.eof) return fail("data after close on stream " + std::to_string(f.stream), EPROTO);
             // The agent may never exceed the credit we granted.
             if (o.data.size() + f.payload.size() > proto::kInitialCredit)
@@ -394,15 +497,18 @@ Result<void> Shim::on_frame(const proto::Frame& f) {
         }
         case Type::Credit: {
             uint32_t c = TRY(proto::decode_credit(f));
-            if (f.stream != proto::stream_id(0, proto::Stdin)) return {};
-            if (uint64_t(stdin_credit_) + c > proto::kInitialCredit) return fail("agent returned too much credit", EPROTO);
-            stdin_credit_ += c;
+            Proc* p = proc_of(f.stream);
+            if (!p || proto::stream_fd(f.stream) != proto::Stdin) return {};
+            if (uint64_t(p->stdin_credit) + c > proto::kInitialCredit) return fail("agent returned too much credit", EPROTO);
+            p->stdin_credit += c;
             return {};
         }
         case Type::Close: {
             uint32_t fd = proto::stream_fd(f.stream);
-            if (proto::stream_process(f.stream) == 0 && (fd == 1 || fd == 2)) out_[fd].eof = true;
-            else if (f.stream == proto::stream_id(0, proto::Stdin)) stdin_open_ = false;  // reader gone
+            Proc* p = proc_of(f.stream);
+            if (!p) return fail("close on unknown stream " + std::to_string(f.stream), EPROTO);
+            if (fd == 1 || fd == 2) p->out[fd].eof = true;
+            else if (fd == proto::Stdin) p->stdin_open = false;  // reader gone
             return {};
         }
         case Type::Request:
@@ -415,7 +521,7 @@ Result<void> Shim::on_response(const json& r) {
     uint64_t id = r["id"].get<uint64_t>();
     auto it = pending_.find(id);
     if (it == pending_.end()) return fail("response to unknown request " + std::to_string(id), EPROTO);
-    int client = it->second;
+    Pending pd = it->second;
     pending_.erase(it);
     bool ok = r.value("ok", false);
     std::string err = r.contains("error") && r["error"].is_string() ? r["error"].get<std::string>() : "agent error";
@@ -425,60 +531,174 @@ Result<void> Shim::on_response(const json& r) {
         report_created();
         return {};
     }
-    if (ok && r.contains("result") && r["result"].is_object() && r["result"].value("started", false) &&
-        phase_ == Phase::Created) {
+    if (pd.method == "start" && ok && phase_ == Phase::Created) {
         phase_ = Phase::Running;
+        procs_[0].started = true;
         set_status(status::kRunning);
     }
-    reply(client, ok, err);
+    if (pd.method == "exec") {
+        auto p = procs_.find(pd.proc);
+        if (!ok) {
+            procs_.erase(pd.proc);
+            reply(pd.client, false, err);
+            return {};
+        }
+        if (p == procs_.end()) return {};
+        p->second.started = true;
+        json result = r.contains("result") && r["result"].is_object() ? r["result"] : json::object();
+        reply(pd.client, json{{"ok", true}, {"pid", result.value("pid", 0)}});
+        return {};
+    }
+    reply(pd.client, ok, err);
     return {};
 }
 
 Result<void> Shim::on_event(const json& e) {
     std::string ev = e.value("event", "");
     if (ev == "exit") {
-        if (e.value("process", -1) != 0) return {};
-        if (e.contains("signal") && e["signal"].is_number_integer()) exit_sig_ = e["signal"].get<int>();
-        else if (e.contains("code") && e["code"].is_number_integer()) exit_code_ = e["code"].get<int>();
+        if (!e.contains("process") || !e["process"].is_number_unsigned()) return fail("malformed exit event", EPROTO);
+        auto it = procs_.find(e["process"].get<uint32_t>());
+        if (it == procs_.end() || !it->second.started || it->second.exited)
+            return fail("exit event for unknown process " + e["process"].dump(), EPROTO);
+        auto& p = it->second;
+        if (e.contains("signal") && e["signal"].is_number_integer()) p.sig = e["signal"].get<int>();
+        else if (e.contains("code") && e["code"].is_number_integer()) p.code = e["code"].get<int>();
         else return fail("malformed exit event", EPROTO);
-        log::debug("container exited: " + e.dump());
-        phase_ = Phase::Exiting;
+        p.exited = true;
+        log::debug("process exited: " + e.dump());
+        if (p.idx == 0) {
+            phase_ = Phase::Exiting;
+            exit_deadline_ = Clock::now() + std::chrono::seconds(5);
+        }
     } else if (ev == "log") {
         log::debug("agent: " + e.value("msg", ""));
     }
     return {};
 }
 
-void Shim::on_client(int idx) {
-    auto& c = clients_[size_t(idx)];
-    char buf[4096];
-    ssize_t n = ::read(c.fd.get(), buf, sizeof buf);
-    if (n <= 0 || c.in.size() > 65536) {
-        // Gone: a reply still pending for it must not go to whoever gets
-        // this fd number next.
-        for (auto& [id, fd] : pending_)
-            if (fd == c.fd.get()) fd = -1;
-        clients_.erase(clients_.begin() + idx);
+// Exec sessions whose process has exited and whose output is delivered
+// learn the status; the process is forgotten.
+void Shim::retire_execs() {
+    for (auto it = procs_.begin(); it != procs_.end();) {
+        auto& p = it->second;
+        if (p.idx == 0 || !p.exited || !p.drained()) {
+            ++it;
+            continue;
+        }
+        json ex = p.sig ? json{{"signal", *p.sig}} : json{{"code", p.code.value_or(255)}};
+        uint64_t w = p.waiter;
+        it = procs_.erase(it);
+        if (auto c = clients_.find(w); c != clients_.end()) {
+            (void)sys::write_all(c->second.fd.get(), json{{"exit", ex}}.dump() + "\n");
+            clients_.erase(c);
+        }
+    }
+}
+
+void Shim::on_client(uint64_t cid) {
+    auto& c = clients_[cid];
+    std::vector<sys::Fd> fds;
+    auto data = sys::recv_fds(c.fd.get(), 4096, fds);
+    for (auto& f : fds) c.fds.push_back(std::move(f));
+    if (!data || data->empty() || c.in.size() > 65536 || c.fds.size() > 3) {
+        // Gone (or abusive): a reply still pending for it goes nowhere.
+        for (auto& [id, pd] : pending_)
+            if (pd.client == cid) pd.client = 0;
+        drop_client(cid);
         return;
     }
-    c.in.append(buf, size_t(n));
-    auto nl = c.in.find('\n');
-    if (nl == std::string::npos) return;
-    json req = json::parse(c.in.substr(0, nl), nullptr, false);
-    int fd = c.fd.get();
-    if (!req.is_object() || !req.contains("op") || !req["op"].is_string()) return reply(fd, false, "malformed request");
-    std::string op = req["op"];
-    if (op == "start") {
-        if (phase_ != Phase::Created) return reply(fd, false, "container is not in created state");
-        pending_[request("start", {{"process", 0}})] = fd;
-    } else if (op == "kill") {
-        if (phase_ == Phase::Exiting) return reply(fd, false, "container not running");
-        if (phase_ != Phase::Created && phase_ != Phase::Running) return reply(fd, false, "container is not created yet");
-        int sig = req.value("signal", SIGTERM);
-        pending_[request("kill", {{"process", 0}, {"signal", sig}, {"all", req.value("all", false)}})] = fd;
-    } else {
-        reply(fd, false, "unknown op " + op);
+    c.in += *data;
+    for (;;) {
+        auto it = clients_.find(cid);
+        if (it == clients_.end() || it->second.busy) return;
+        auto nl = it->second.in.find('\n');
+        if (nl == std::string::npos) return;
+        std::string line = it->second.in.substr(0, nl);
+        it->second.in.erase(0, nl + 1);
+        on_client_line(cid, line);
     }
+}
+
+void Shim::on_client_line(uint64_t cid, const std::string& line) {
+    auto& c = clients_[cid];
+    json req = json::parse(line, nullptr, false);
+    if (!req.is_object() || !req.contains("op") || !req["op"].is_string()) return reply(cid, false, "malformed request");
+    std::string op = req["op"];
+    bool live = phase_ == Phase::Created || phase_ == Phase::Running;
+    if (c.session) {
+        // An exec session: signals and window sizes for its process.
+        auto p = procs_.find(c.proc);
+        if (p == procs_.end() || p->second.exited) return;
+        if (op == "signal" && req.contains("signal") && req["signal"].is_number_integer())
+            request("kill", {{"process", c.proc}, {"signal", req["signal"].get<int>()}, {"all", false}});
+        else if (op == "resize" && p->second.tty)
+            request("resize", {{"process", c.proc}, {"rows", req.value("rows", 0)}, {"cols", req.value("cols", 0)}});
+        return;
+    }
+    if (op == "start") {
+        if (phase_ != Phase::Created) return reply(cid, false, "container is not in created state");
+        if (procs_[0].tty) send_resize(0, tty_slave_.get());  // the caller's size, before the process looks
+        request("start", {{"process", 0}}, cid);
+    } else if (op == "kill") {
+        if (phase_ == Phase::Exiting) return reply(cid, false, "container not running");
+        if (!live) return reply(cid, false, "container is not created yet");
+        int sig = req.value("signal", SIGTERM);
+        request("kill", {{"process", 0}, {"signal", sig}, {"all", req.value("all", false)}}, cid);
+    } else if (op == "exec") {
+        if (!live) return reply(cid, false, phase_ == Phase::Exiting ? "container is stopping" : "container is not created yet");
+        start_exec(cid, req);
+    } else {
+        reply(cid, false, "unknown op " + op);
+    }
+}
+
+// An exec: stdio arrived as fds (stdin, stdout, stderr; one pty for a
+// terminal). The connection stays open as the session that gets the exit.
+void Shim::start_exec(uint64_t cid, const json& req) {
+    auto& c = clients_[cid];
+    if (!req.contains("process") || !req["process"].is_object()) return reply(cid, false, "exec: no process");
+    bool tty = req["process"].value("terminal", false);
+    if (c.fds.size() != (tty ? 1u : 3u)) return reply(cid, false, "exec: expected " + std::string(tty ? "1 fd" : "3 fds"));
+    uint32_t idx = next_proc_++;
+    Proc& p = procs_[idx];
+    p.idx = idx;
+    p.tty = tty;
+    p.waiter = cid;
+    auto setup = [&]() -> Result<void> {
+        if (tty) {
+            // The caller's pty slave: both directions, no stderr.
+            TRY(sys::set_nonblock(c.fds[0].get(), true));
+            p.in_own = TRY(sys::dup(c.fds[0].get()));
+            p.out[1].own = std::move(c.fds[0]);
+            p.out[2].eof = true;
+        } else {
+            p.in_own = std::move(c.fds[0]);
+            p.out[1].own = std::move(c.fds[1]);
+            p.out[2].own = std::move(c.fds[2]);
+        }
+        return {};
+    };
+    auto r = setup();
+    c.fds.clear();
+    if (!r) {
+        procs_.erase(idx);
+        return reply(cid, false, "exec: " + r.error().message);
+    }
+    p.in_fd = p.in_own.get();
+    for (int i = 1; i <= 2; ++i) {
+        p.out[i].fd = p.out[i].own ? p.out[i].own.get() : -1;
+        p.out[i].stream = proto::stream_id(idx, uint32_t(i));
+        if (!p.out[i].own) p.out[i].dead = true;
+    }
+    c.session = true;
+    c.proc = idx;
+    request("exec", {{"process_index", idx}, {"process", req["process"]}}, cid, idx);
+}
+
+void Shim::send_resize(uint32_t proc, int fd) {
+    struct winsize ws{};
+    if (::ioctl(fd, TIOCGWINSZ, &ws) == 0 && ws.ws_row && ws.ws_col)
+        request("resize", {{"process", proc}, {"rows", ws.ws_row}, {"cols", ws.ws_col}});
 }
 
 void Shim::on_signal() {
@@ -486,9 +706,15 @@ void Shim::on_signal() {
     while (::read(sig_fd_.get(), &si, sizeof si) == sizeof si) {
         int sig = int(si.ssi_signo);
         if (sig == SIGCHLD) continue;  // VMM liveness is checked every loop
+        bool live = phase_ == Phase::Created || phase_ == Phase::Running;
+        if (procs_[0].tty) {
+            // Our controlling terminal is the container's: a resize goes to
+            // the guest pty; a hangup reaches the guest when the stream ends.
+            if (sig == SIGWINCH && live) send_resize(0, tty_slave_.get());
+            if (sig == SIGWINCH || sig == SIGHUP || sig == SIGCONT) continue;
+        }
         // Signals sent to the shim go to the container, as with runc's init.
-        if (phase_ == Phase::Created || phase_ == Phase::Running)
-            pending_[request("kill", {{"process", 0}, {"signal", sig}, {"all", false}})] = -1;
+        if (live) request("kill", {{"process", 0}, {"signal", sig}, {"all", false}});
     }
 }
 
@@ -536,23 +762,64 @@ void Shim::finish(int code, int sig) {
 
 // ---------------------------------------------------------------- loop
 
-Result<void> Shim::loop() {
-    out_[1].fd = 1;
-    out_[1].stream = proto::stream_id(0, proto::Stdout);
-    out_[2].fd = 2;
-    out_[2].stream = proto::stream_id(0, proto::Stderr);
-    for (int i = 1; i <= 2; ++i) {
-        struct stat st;
-        if (fstat(i, &st) < 0) out_[i].dead = true;
-        else if (!S_ISFIFO(st.st_mode) && !S_ISSOCK(st.st_mode)) out_[i].chunk = 64 << 10;
+void Shim::read_stdin(Proc& p) {
+    char buf[proto::kMaxDataPayload];
+    size_t want = std::min<size_t>(sizeof buf, p.stdin_credit);
+    ssize_t r = ::read(p.in_fd, buf, want);
+    uint32_t s = proto::stream_id(p.idx, proto::Stdin);
+    if (r > 0) {
+        send(proto::encode(proto::Type::Data, s, std::string_view(buf, size_t(r))));
+        p.stdin_credit -= uint32_t(r);
+    } else if (r == 0 || (errno != EINTR && errno != EAGAIN)) {  // EIO: the pty's master is gone
+        send(proto::encode(proto::Type::Close, s, ""));
+        p.stdin_open = false;
     }
+}
 
+void Shim::write_out(Proc& p, int i) {
+    auto& o = p.out[i];
+    ssize_t w = ::write(o.fd, o.data.data(), std::min(o.data.size(), o.chunk));
+    if (w > 0) {
+        o.data.erase(0, size_t(w));
+        send(proto::encode_credit(o.stream, uint32_t(w)));
+    } else if (w < 0 && errno != EINTR && errno != EAGAIN) {
+        // Reader gone: keep draining the guest so it never blocks.
+        send(proto::encode_credit(o.stream, uint32_t(o.data.size())));
+        o.data.clear();
+        o.dead = true;
+    }
+}
+
+// Propagate EOF once a stream is drained.
+void Shim::close_drained(Proc& p) {
+    for (int i = 1; i <= 2; ++i) {
+        auto& o = p.out[i];
+        if (!o.eof || !o.data.empty() || o.fd < 0) continue;
+        if (o.own) {
+            o.own.reset();
+        } else {
+            ::close(o.fd);
+            int null = ::open("/dev/null", O_WRONLY | O_CLOEXEC);
+            if (null >= 0 && null != o.fd) {  // keep fds 1/2 occupied
+                dup2(null, o.fd);
+                ::close(null);
+            }
+        }
+        o.fd = -1;
+        o.dead = true;
+    }
+}
+
+Result<void> Shim::loop() {
     for (;;) {
-        // Done: the container exited and what it wrote has been delivered.
-        if (phase_ == Phase::Exiting && out_[1].data.empty() && out_[2].data.empty() &&
-            (out_[1].eof || out_[1].dead) && (out_[2].eof || out_[2].dead) && chan_out_.empty()) {
-            if (exit_sig_) finish(0, *exit_sig_);
-            finish(exit_code_.value_or(255), 0);
+        retire_execs();
+        // Done: the container exited, what it wrote has been delivered, and
+        // every exec has reported (or had its chance to).
+        Proc& init = procs_[0];
+        if (phase_ == Phase::Exiting && init.drained() && chan_out_.empty() &&
+            (procs_.size() == 1 || Clock::now() >= exit_deadline_)) {
+            if (init.sig) finish(0, *init.sig);
+            finish(init.code.value_or(255), 0);
         }
         if (vm_died_) {
             if (phase_ < Phase::Created) boot_failed("");
@@ -561,11 +828,16 @@ Result<void> Shim::loop() {
         }
 
         std::vector<pollfd> p;
-        enum Tag { kSig, kCon, kAgentL, kQmpL, kShimL, kChan, kStdin, kOut1, kOut2, kClient };
-        std::vector<std::pair<Tag, int>> tags;
-        auto add = [&](int fd, short ev, Tag t, int extra = 0) {
+        enum Tag { kSig, kCon, kAgentL, kQmpL, kShimL, kChan, kStdin, kOut, kClient };
+        struct T {
+            Tag tag;
+            uint64_t id;  // process index or client id
+            int fd;       // 1/2 for kOut
+        };
+        std::vector<T> tags;
+        auto add = [&](int fd, short ev, Tag t, uint64_t id = 0, int which = 0) {
             p.push_back({fd, ev, 0});
-            tags.push_back({t, extra});
+            tags.push_back({t, id, which});
         };
         add(sig_fd_.get(), POLLIN, kSig);
         if (console_r_) add(console_r_.get(), POLLIN, kCon);
@@ -573,10 +845,13 @@ Result<void> Shim::loop() {
         if (qmp_listen_) add(qmp_listen_.get(), POLLIN, kQmpL);
         if (phase_ >= Phase::Created) add(shim_listen_.get(), POLLIN, kShimL);
         if (chan_) add(chan_.get(), short(POLLIN | (chan_out_.empty() ? 0 : POLLOUT)), kChan);
-        if (phase_ >= Phase::Created && stdin_open_ && stdin_credit_ > 0) add(0, POLLIN, kStdin);
-        for (int i = 1; i <= 2; ++i)
-            if (!out_[i].data.empty() && !out_[i].dead) add(out_[i].fd, POLLOUT, i == 1 ? kOut1 : kOut2);
-        for (size_t i = 0; i < clients_.size(); ++i) add(clients_[i].fd.get(), POLLIN, kClient, int(i));
+        for (auto& [idx, pr] : procs_) {
+            bool reads = idx == 0 ? phase_ >= Phase::Created : pr.started;
+            if (reads && pr.stdin_open && pr.stdin_credit > 0 && pr.in_fd >= 0) add(pr.in_fd, POLLIN, kStdin, idx);
+            for (int i = 1; i <= 2; ++i)
+                if (!pr.out[i].data.empty() && !pr.out[i].dead) add(pr.out[i].fd, POLLOUT, kOut, idx, i);
+        }
+        for (auto& [cid, c] : clients_) add(c.fd.get(), POLLIN, kClient, cid);
 
         int timeout = -1;
         if (phase_ == Phase::Booting) {
@@ -589,6 +864,8 @@ Result<void> Shim::loop() {
                 if (auto c = vsock_connect(vsock_cid_, proto::kAgentVsockPort)) chan_ = std::move(*c);  // non-blocking
                 next_vsock_try_ = Clock::now() + std::chrono::milliseconds(50);
             }
+        } else if (phase_ == Phase::Exiting) {
+            timeout = 250;  // the exec grace period
         }
         int n = ::poll(p.data(), p.size(), timeout);
         if (n < 0 && errno != EINTR) return fail_errno("poll");
@@ -598,8 +875,8 @@ Result<void> Shim::loop() {
 
         for (size_t i = 0; i < p.size(); ++i) {
             if (!p[i].revents) continue;
-            auto [tag, extra] = tags[i];
-            switch (tag) {
+            auto t = tags[i];
+            switch (t.tag) {
                 case kSig: on_signal(); break;
                 case kCon: on_console_readable(); break;
                 case kAgentL:
@@ -616,7 +893,7 @@ Result<void> Shim::loop() {
                 }
                 case kShimL: {
                     auto c = sys::accept(shim_listen_.get());
-                    if (c) clients_.push_back({std::move(*c), {}});
+                    if (c) clients_[next_client_++].fd = std::move(*c);
                     break;
                 }
                 case kChan:
@@ -638,51 +915,18 @@ Result<void> Shim::loop() {
                         if (w > 0) chan_out_.erase(0, size_t(w));
                     }
                     break;
-                case kStdin: {
-                    char buf[proto::kMaxDataPayload];
-                    size_t want = std::min<size_t>(sizeof buf, stdin_credit_);
-                    ssize_t r = ::read(0, buf, want);
-                    uint32_t s = proto::stream_id(0, proto::Stdin);
-                    if (r > 0) {
-                        send(proto::encode(proto::Type::Data, s, std::string_view(buf, size_t(r))));
-                        stdin_credit_ -= uint32_t(r);
-                    } else if (r == 0 || (errno != EINTR && errno != EAGAIN)) {
-                        send(proto::encode(proto::Type::Close, s, ""));
-                        stdin_open_ = false;
-                    }
+                case kStdin:
+                    if (auto it = procs_.find(uint32_t(t.id)); it != procs_.end()) read_stdin(it->second);
                     break;
-                }
-                case kOut1:
-                case kOut2: {
-                    auto& o = out_[tag == kOut1 ? 1 : 2];
-                    ssize_t w = ::write(o.fd, o.data.data(), std::min(o.data.size(), o.chunk));
-                    if (w > 0) {
-                        o.data.erase(0, size_t(w));
-                        send(proto::encode_credit(o.stream, uint32_t(w)));
-                    } else if (w < 0 && errno != EINTR && errno != EAGAIN) {
-                        // Reader gone: keep draining the guest so it never blocks.
-                        send(proto::encode_credit(o.stream, uint32_t(o.data.size())));
-                        o.data.clear();
-                        o.dead = true;
-                    }
+                case kOut:
+                    if (auto it = procs_.find(uint32_t(t.id)); it != procs_.end()) write_out(it->second, t.fd);
                     break;
-                }
-                case kClient: on_client(extra); goto next_round;  // clients_ may have shifted
+                case kClient:
+                    if (clients_.count(t.id)) on_client(t.id);
+                    break;
             }
         }
-    next_round:
-        // Propagate EOF once a stream is drained.
-        for (int i = 1; i <= 2; ++i)
-            if (out_[i].eof && out_[i].data.empty() && out_[i].fd >= 0) {
-                ::close(out_[i].fd);
-                int null = ::open("/dev/null", O_WRONLY | O_CLOEXEC);
-                if (null >= 0 && null != i) {  // keep fds 1/2 occupied
-                    dup2(null, i);
-                    ::close(null);
-                }
-                out_[i].fd = -1;
-                out_[i].dead = true;
-            }
+        for (auto& [idx, pr] : procs_) close_drained(pr);
     }
 }
 

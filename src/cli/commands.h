@@ -26,6 +26,7 @@ void setup_run(CLI::App&, Globals&, Handler&);
 void setup_list(CLI::App&, Globals&, Handler&);
 void setup_spec(CLI::App&, Globals&, Handler&);
 void setup_features(CLI::App&, Globals&, Handler&);
+void setup_exec(CLI::App&, Globals&, Handler&);
 
 // Print "<verb> <id>: <message>" to stderr and --log; returns 1.
 int report(const std::string& verb, const std::string& id, const Error& e);

@@ -10,7 +10,9 @@
 
 #include <algorithm>
 #include <chrono>
+#include <optional>
 
+#include "husk/console.h"
 #include "husk/defaults.h"
 #include "husk/shim_client.h"
 #include "husk/spec.h"
@@ -23,11 +25,17 @@ static std::string owner_name() {
     return std::to_string(getuid());
 }
 
-static Result<std::string> absolute(const std::string& p) {
+Result<std::string> absolute(const std::string& p) {
     if (!p.empty() && p[0] == '/') return p;
     char cwd[4096];
     if (!getcwd(cwd, sizeof cwd)) return fail_errno("getcwd");
     return std::string(cwd) + "/" + p;
+}
+
+Result<void> write_pid_file(const std::string& path, pid_t pid) {
+    auto abs = TRY_CTX(absolute(path), "write pid file");
+    TRY_CTX(sys::write_file_atomic(abs, std::to_string(pid), 0644), "write pid file");
+    return {};
 }
 
 // Kill whatever a container left running: shim first (the VMM dies with
@@ -44,15 +52,17 @@ static void reap_leftovers(const State& s) {
 }
 
 // Spawn husk-shim with the caller's stdio; `sync_w` becomes its fd 3.
-static Result<pid_t> spawn_shim(const Globals& g, const std::string& id, const std::string& bundle, int sync_w) {
+static Result<pid_t> spawn_shim(const Globals& g, const std::string& id, const std::string& bundle,
+                                const CreateOptions& o, int sync_w) {
     std::vector<std::string> argv = {find_shim_binary(), "--root", g.root, "--id", id, "--bundle", bundle,
                                      "--sync-fd", "3"};
+    if (!o.console_socket.empty()) argv.insert(argv.end(), {"--console-socket", TRY(absolute(o.console_socket))});
     if (!g.log.path.empty()) argv.insert(argv.end(), {"--log", g.log.path});
     if (g.log.format == log::Format::Json) argv.insert(argv.end(), {"--log-format", "json"});
     if (g.log.debug) argv.push_back("--debug");
-    sys::SpawnOptions o;
-    o.fds = {{sync_w, 3}};
-    return sys::spawn(argv, o);
+    sys::SpawnOptions so;
+    so.fds = {{sync_w, 3}};
+    return sys::spawn(argv, so);
 }
 
 Result<pid_t> create_container(const Globals& g, const std::string& id, const CreateOptions& o) {
@@ -62,7 +72,6 @@ Result<pid_t> create_container(const Globals& g, const std::string& id, const Cr
     if (!spec.process) return fail("config.json: process: required to create a container", EINVAL);
     if (spec.process->terminal && o.console_socket.empty())
         return fail("config.json: process.terminal is true but no --console-socket was given", EINVAL);
-    if (spec.process->terminal) return fail("process.terminal=true is not supported yet", ENOTSUP);
     if (o.preserve_fds > 0) return fail("--preserve-fds is not supported yet", ENOTSUP);
     std::string rootfs = rootfs_path(bundle, spec);
     if (!sys::is_dir(rootfs)) return fail("rootfs " + rootfs + " does not exist", ENOENT);
@@ -96,19 +105,17 @@ Result<pid_t> create_container(const Globals& g, const std::string& id, const Cr
     auto pipe = sys::pipe(O_CLOEXEC);
     if (!pipe) return cleanup(pipe.error());
     auto [sync_r, sync_w] = std::move(*pipe);
-    auto pid = spawn_shim(g, id, bundle, sync_w.get());
+    auto pid = spawn_shim(g, id, bundle, o, sync_w.get());
     if (!pid) return cleanup(pid.error().context("start shim"));
     sync_w.reset();
     auto reply = sys::read_to_eof(sync_r.get(), 1 << 16);
     if (reply && reply->rfind("ok", 0) == 0) {
         if (!o.pid_file.empty()) {
-            auto pf = absolute(o.pid_file);
-            auto r = pf ? sys::write_file_atomic(*pf, std::to_string(*pid), 0644) : tl::unexpected(pf.error());
-            if (!r) {
+            if (auto r = write_pid_file(o.pid_file, *pid); !r) {
                 ::kill(*pid, SIGKILL);
                 ::waitpid(*pid, nullptr, 0);
                 if (auto s = read_state(paths)) reap_leftovers(*s);
-                return cleanup(r.error().context("write pid file"));
+                return cleanup(r.error());
             }
         }
         return *pid;
@@ -189,14 +196,36 @@ Result<int> run_container(const Globals& g, const std::string& id, const CreateO
     for (int s : {SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR1, SIGUSR2, SIGALRM, SIGCONT, SIGCHLD, SIGWINCH})
         sigaddset(&fwd, s);
     if (!detach) sigprocmask(SIG_BLOCK, &fwd, &old);
-    pid_t shim = TRY(create_container(g, id, o));
-    if (auto r = start_container(g, id); !r) {
+    // A terminal in the foreground: we show it, through our own console socket.
+    CreateOptions co = o;
+    std::optional<ConsoleSocket> console;
+    if (!detach && co.console_socket.empty()) {
+        std::string bundle = TRY_CTX(sys::realpath(o.bundle.empty() ? "." : o.bundle), "bundle");
+        if (auto spec = load_spec(bundle); spec && spec->process && spec->process->terminal) {
+            console = TRY(ConsoleSocket::create());
+            co.console_socket = console->path();
+        }
+    }
+    pid_t shim = TRY(create_container(g, id, co));
+    sys::Fd master;
+    if (console) {
+        auto m = console->receive(10000);
+        if (m) master = std::move(*m);
+    }
+    auto started = console && !master ? tl::unexpected(Error{EIO, "no terminal from the shim"}) : start_container(g, id);
+    if (!started) {
         (void)delete_container(g, id, true);
         ::waitpid(shim, nullptr, 0);
-        return tl::unexpected(r.error());
+        return tl::unexpected(started.error());
     }
     if (detach) return 0;
     int wst = 0;
+    if (master) {
+        auto r = relay_terminal(master.get(), shim);
+        if (!keep) (void)delete_container(g, id, true);
+        sigprocmask(SIG_SETMASK, &old, nullptr);
+        return r;
+    }
     for (;;) {
         pid_t r = ::waitpid(shim, &wst, WNOHANG);
         if (r == shim) break;

@@ -26,6 +26,19 @@ struct CreateOptions {
     int preserve_fds = 0;
 };
 
+struct ExecOptions {
+    std::string process_file;       // --process: an OCI process object
+    std::vector<std::string> args;  // or the command line
+    bool tty = false, tty_set = false;
+    bool detach = false;
+    std::string pid_file, console_socket, cwd, user;
+    std::vector<std::string> env;
+    std::vector<uint32_t> additional_gids;
+    bool no_new_privs = false;
+    int preserve_fds = 0;
+    bool ignore_paused = false;
+};
+
 // Fork the shim and return once the container is created (or failed,
 // leaving nothing behind). Returns the shim's pid, which is our child.
 Result<pid_t> create_container(const Globals& g, const std::string& id, const CreateOptions& o);
@@ -35,6 +48,14 @@ Result<void> delete_container(const Globals& g, const std::string& id, bool forc
 // create + start + (unless detach) wait and mirror the exit status.
 // Returns a wait status for the CLI to reproduce.
 Result<int> run_container(const Globals& g, const std::string& id, const CreateOptions& o, bool detach, bool keep);
+// Run a process in the container. Returns a wait status: the process's
+// own in the foreground; 0 once it started with --detach (the pid file
+// then names a process whose exit status will be the exec'd one's).
+Result<int> exec_container(const Globals& g, const std::string& id, const ExecOptions& o);
+// Relative paths are taken from our cwd, as runc takes them.
+Result<std::string> absolute(const std::string& path);
+// --pid-file: written atomically (callers poll for it).
+Result<void> write_pid_file(const std::string& path, pid_t pid);
 Result<State> load_state(const Globals& g, const std::string& id);
 Result<std::vector<State>> list_containers(const Globals& g);
 

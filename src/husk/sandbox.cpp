@@ -93,17 +93,24 @@ VmConfig make_vm_config(const Spec& spec, const HostFacts& host, const SandboxPa
     return c;
 }
 
+json agent_process_params(const SpecProcess& proc) {
+    json p = {{"args", proc.args},
+              {"env", proc.env},
+              {"cwd", proc.cwd},
+              {"uid", proc.user.uid},
+              {"gid", proc.user.gid},
+              {"additional_gids", proc.user.additional_gids},
+              {"no_new_privileges", proc.no_new_privileges},
+              {"terminal", proc.terminal}};
+    if (proc.user.umask) p["umask"] = *proc.user.umask;
+    if (proc.terminal && proc.console_height && proc.console_width)
+        p["console_size"] = {{"rows", proc.console_height}, {"cols", proc.console_width}};
+    return p;
+}
+
 json agent_create_params(const Spec& spec, const SharePlan& plan) {
     json p;
-    const auto& proc = *spec.process;
-    p["process"] = {{"args", proc.args},
-                    {"env", proc.env},
-                    {"cwd", proc.cwd},
-                    {"uid", proc.user.uid},
-                    {"gid", proc.user.gid},
-                    {"additional_gids", proc.user.additional_gids},
-                    {"no_new_privileges", proc.no_new_privileges}};
-    if (proc.user.umask) p["process"]["umask"] = *proc.user.umask;
+    p["process"] = agent_process_params(*spec.process);
     p["root"] = {{"share", plan.entries[0].name}, {"readonly", spec.root_readonly}};
     p["hostname"] = spec.hostname;
     json mounts = json::array();

@@ -49,6 +49,9 @@ uint64_t vm_memory_mib(const Spec& spec);
 unsigned vm_vcpus(const Spec& spec, unsigned host_cpus);
 VmConfig make_vm_config(const Spec& spec, const HostFacts& host, const SandboxPaths& paths);
 
+// The process part of the agent's "create" and "exec" params.
+nlohmann::json agent_process_params(const SpecProcess& proc);
+
 // The agent's "create" params: everything it needs to build the container,
 // with host paths replaced by share names.
 nlohmann::json agent_create_params(const Spec& spec, const SharePlan& plan);

@@ -26,10 +26,10 @@ const char* kind(const json& j) {
 
 // Walks the document keeping the JSON path for error messages.
 struct Reader {
-    std::string path;
+    std::string file = "config.json";
 
     tl::unexpected<Error> err(const std::string& p, const std::string& msg) const {
-        return fail("config.json: " + p + ": " + msg, EINVAL);
+        return fail(file + ": " + p + ": " + msg, EINVAL);
     }
     static std::string child(const std::string& p, const std::string& key) { return p.empty() ? key : p + "." + key; }
     static std::string index(const std::string& p, size_t i) { return p + "[" + std::to_string(i) + "]"; }
@@ -76,6 +76,49 @@ struct Reader {
 
 bool absolute(const std::string& s) { return !s.empty() && s[0] == '/'; }
 
+Result<SpecProcess> parse_process(const Reader& r, const json& proc_obj, const std::string& at) {
+    using vt = json::value_t;
+    const json* proc = &proc_obj;
+    auto sub = [&](const std::string& k) { return Reader::child(at, k); };
+    SpecProcess p;
+    if (auto t = TRY(r.field(*proc, at, "terminal", vt::boolean, false))) p.terminal = t->get<bool>();
+    if (auto cs = TRY(r.field(*proc, at, "consoleSize", vt::object, false))) {
+        p.console_height = TRY(r.u32(*cs, sub("consoleSize"), "height", true));
+        p.console_width = TRY(r.u32(*cs, sub("consoleSize"), "width", true));
+        if (p.console_height > 0xffff || p.console_width > 0xffff)
+            return r.err(sub("consoleSize"), "height and width must fit in 16 bits");
+    }
+    auto args = TRY(r.field(*proc, at, "args", vt::array, true));
+    p.args = TRY(r.strings(*args, sub("args")));
+    if (p.args.empty()) return r.err(sub("args"), "must not be empty");
+    if (auto env = TRY(r.field(*proc, at, "env", vt::array, false))) {
+        p.env = TRY(r.strings(*env, sub("env")));
+        for (size_t i = 0; i < p.env.size(); ++i)
+            if (p.env[i].find('=') == std::string::npos || p.env[i][0] == '=')
+                return r.err(Reader::index(sub("env"), i), "expected KEY=VALUE, got \"" + p.env[i] + "\"");
+    }
+    p.cwd = TRY(r.field(*proc, at, "cwd", vt::string, true))->get<std::string>();
+    if (!absolute(p.cwd)) return r.err(sub("cwd"), "must be an absolute path, got \"" + p.cwd + "\"");
+    if (auto user = TRY(r.field(*proc, at, "user", vt::object, false))) {
+        p.user.uid = TRY(r.u32(*user, sub("user"), "uid", false));
+        p.user.gid = TRY(r.u32(*user, sub("user"), "gid", false));
+        if (user->contains("umask") && !(*user)["umask"].is_null())
+            p.user.umask = TRY(r.u32(*user, sub("user"), "umask", false));
+        if (auto g = TRY(r.field(*user, sub("user"), "additionalGids", vt::array, false))) {
+            for (size_t i = 0; i < g->size(); ++i) {
+                const json& v = (*g)[i];
+                if (!v.is_number_integer() || v.get<int64_t>() < 0 || v.get<int64_t>() > 0xffffffffll)
+                    return r.err(Reader::index(sub("user.additionalGids"), i),
+                                 std::string("expected 32-bit unsigned integer, got ") + kind(v));
+                p.user.additional_gids.push_back(uint32_t(v.get<int64_t>()));
+            }
+        }
+    }
+    if (auto nnp = TRY(r.field(*proc, at, "noNewPrivileges", vt::boolean, false)))
+        p.no_new_privileges = nnp->get<bool>();
+    return p;
+}
+
 }  // namespace
 
 bool SpecMount::is_bind() const {
@@ -104,39 +147,7 @@ Result<Spec> parse_spec(const std::string& text) {
     if (s.root_path.empty()) return r.err("root.path", "must not be empty");
     if (auto ro = TRY(r.field(*root, "root", "readonly", vt::boolean, false))) s.root_readonly = ro->get<bool>();
 
-    if (auto proc = TRY(r.field(doc, "", "process", vt::object, false))) {
-        SpecProcess p;
-        if (auto t = TRY(r.field(*proc, "process", "terminal", vt::boolean, false))) p.terminal = t->get<bool>();
-        auto args = TRY(r.field(*proc, "process", "args", vt::array, true));
-        p.args = TRY(r.strings(*args, "process.args"));
-        if (p.args.empty()) return r.err("process.args", "must not be empty");
-        if (auto env = TRY(r.field(*proc, "process", "env", vt::array, false))) {
-            p.env = TRY(r.strings(*env, "process.env"));
-            for (size_t i = 0; i < p.env.size(); ++i)
-                if (p.env[i].find('=') == std::string::npos || p.env[i][0] == '=')
-                    return r.err(Reader::index("process.env", i), "expected KEY=VALUE, got \"" + p.env[i] + "\"");
-        }
-        p.cwd = TRY(r.field(*proc, "process", "cwd", vt::string, true))->get<std::string>();
-        if (!absolute(p.cwd)) return r.err("process.cwd", "must be an absolute path, got \"" + p.cwd + "\"");
-        if (auto user = TRY(r.field(*proc, "process", "user", vt::object, false))) {
-            p.user.uid = TRY(r.u32(*user, "process.user", "uid", false));
-            p.user.gid = TRY(r.u32(*user, "process.user", "gid", false));
-            if (user->contains("umask") && !(*user)["umask"].is_null())
-                p.user.umask = TRY(r.u32(*user, "process.user", "umask", false));
-            if (auto g = TRY(r.field(*user, "process.user", "additionalGids", vt::array, false))) {
-                for (size_t i = 0; i < g->size(); ++i) {
-                    const json& v = (*g)[i];
-                    if (!v.is_number_integer() || v.get<int64_t>() < 0 || v.get<int64_t>() > 0xffffffffll)
-                        return r.err(Reader::index("process.user.additionalGids", i),
-                                     std::string("expected 32-bit unsigned integer, got ") + kind(v));
-                    p.user.additional_gids.push_back(uint32_t(v.get<int64_t>()));
-                }
-            }
-        }
-        if (auto nnp = TRY(r.field(*proc, "process", "noNewPrivileges", vt::boolean, false)))
-            p.no_new_privileges = nnp->get<bool>();
-        s.process = std::move(p);
-    }
+    if (auto proc = TRY(r.field(doc, "", "process", vt::object, false))) s.process = TRY(parse_process(r, *proc, "process"));
 
     if (auto h = TRY(r.field(doc, "", "hostname", vt::string, false))) s.hostname = h->get<std::string>();
 
@@ -208,6 +219,15 @@ Result<Spec> parse_spec(const std::string& text) {
     }
     s.raw = std::move(doc);
     return s;
+}
+
+Result<SpecProcess> parse_process_file(const std::string& text, const std::string& file) {
+    json doc = json::parse(text, nullptr, false);
+    Reader r;
+    r.file = file;
+    if (doc.is_discarded()) return fail(file + ": not valid JSON", EINVAL);
+    if (!doc.is_object()) return r.err("$", std::string("expected object, got ") + kind(doc));
+    return parse_process(r, doc, "");
 }
 
 Result<Spec> load_spec(const std::string& bundle) {

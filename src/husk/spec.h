@@ -23,6 +23,7 @@ struct SpecUser {
 
 struct SpecProcess {
     bool terminal = false;
+    uint32_t console_height = 0, console_width = 0;  // process.consoleSize
     SpecUser user;
     std::vector<std::string> args;
     std::vector<std::string> env;
@@ -66,6 +67,8 @@ struct Spec {
 // Parse and validate. `text` is the file's content; errors read
 // "config.json: process.args[0]: expected string, got number".
 Result<Spec> parse_spec(const std::string& text);
+// A process object alone (`exec --process FILE`); errors name `file`.
+Result<SpecProcess> parse_process_file(const std::string& text, const std::string& file);
 // Read <bundle>/config.json and parse it.
 Result<Spec> load_spec(const std::string& bundle);
 // Absolute rootfs path for a bundle.

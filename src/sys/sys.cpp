@@ -6,6 +6,8 @@
 #include <poll.h>
 #include <signal.h>
 #include <sys/file.h>
+#include <sys/ioctl.h>
+#include <termios.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/mount.h>
@@ -174,6 +176,12 @@ Result<std::pair<Fd, Fd>> pipe(int flags) {
     return std::make_pair(Fd(p[0]), Fd(p[1]));
 }
 
+Result<Fd> dup(int fd) {
+    int n = ::fcntl(fd, F_DUPFD_CLOEXEC, 3);
+    if (n < 0) return fail_errno("dup");
+    return Fd(n);
+}
+
 Result<std::pair<Fd, Fd>> socketpair(int type) {
     int p[2];
     if (::socketpair(AF_UNIX, type | SOCK_CLOEXEC, 0, p) < 0) return fail_errno("socketpair");
@@ -235,8 +243,8 @@ Result<Fd> unix_listen(const std::string& path, int backlog) {
     return s;
 }
 
-Result<Fd> unix_connect(const std::string& path) {
-    Fd s(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+Result<Fd> unix_connect(const std::string& path, int type) {
+    Fd s(::socket(AF_UNIX, type | SOCK_CLOEXEC, 0));
     if (!s) return fail_errno("socket");
     sockaddr_un addr;
     Fd holder;
@@ -247,6 +255,86 @@ Result<Fd> unix_connect(const std::string& path) {
         return fail_errno("connect " + path);
     }
     return s;
+}
+
+Result<void> send_fds(int sock, const std::string& data, const std::vector<int>& fds) {
+    if (fds.size() > kMaxPassedFds) return fail("too many fds to pass", EINVAL);
+    char one = 0;
+    iovec iov{data.empty() ? &one : const_cast<char*>(data.data()), data.empty() ? 1 : data.size()};
+    alignas(cmsghdr) char ctl[CMSG_SPACE(sizeof(int) * kMaxPassedFds)];
+    msghdr msg{};
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    if (!fds.empty()) {
+        std::memset(ctl, 0, sizeof ctl);
+        msg.msg_control = ctl;
+        msg.msg_controllen = CMSG_SPACE(sizeof(int) * fds.size());
+        cmsghdr* c = CMSG_FIRSTHDR(&msg);
+        c->cmsg_level = SOL_SOCKET;
+        c->cmsg_type = SCM_RIGHTS;
+        c->cmsg_len = CMSG_LEN(sizeof(int) * fds.size());
+        std::memcpy(CMSG_DATA(c), fds.data(), sizeof(int) * fds.size());
+    }
+    for (;;) {
+        ssize_t n = ::sendmsg(sock, &msg, MSG_NOSIGNAL);
+        if (n >= 0) {
+            if (size_t(n) < iov.iov_len) TRY(write_all(sock, static_cast<char*>(iov.iov_base) + n, iov.iov_len - size_t(n)));
+            return {};
+        }
+        if (errno != EINTR) return fail_errno("sendmsg");
+    }
+}
+
+Result<std::string> recv_fds(int sock, size_t max, std::vector<Fd>& fds) {
+    std::string buf(max, '\0');
+    iovec iov{buf.data(), buf.size()};
+    alignas(cmsghdr) char ctl[CMSG_SPACE(sizeof(int) * kMaxPassedFds)];
+    msghdr msg{};
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = ctl;
+    msg.msg_controllen = sizeof ctl;
+    ssize_t n;
+    do n = ::recvmsg(sock, &msg, MSG_CMSG_CLOEXEC);
+    while (n < 0 && errno == EINTR);
+    if (n < 0) return fail_errno("recvmsg");
+    for (cmsghdr* c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c)) {
+        if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
+        size_t count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+        for (size_t i = 0; i < count; ++i) {
+            int fd;
+            std::memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof fd);
+            fds.emplace_back(fd);  // owned, so a truncated or surplus set is closed
+        }
+    }
+    if (msg.msg_flags & MSG_CTRUNC) return fail("passed fds were truncated", EMSGSIZE);
+    buf.resize(size_t(n));
+    return buf;
+}
+
+Result<Pty> open_pty(const std::string& ptmx) {
+    Pty p;
+    p.master = TRY(open(ptmx, O_RDWR | O_NOCTTY));
+    int unlock = 0;
+    if (::ioctl(p.master.get(), TIOCSPTLCK, &unlock) < 0) return fail_errno("unlock pty");
+    // TIOCGPTPEER opens the peer through the master itself: right even when
+    // `ptmx` belongs to another devpts instance than /dev/pts.
+    int fd = ::ioctl(p.master.get(), TIOCGPTPEER, O_RDWR | O_NOCTTY | O_CLOEXEC);
+    if (fd < 0) return fail_errno("open pty peer");
+    p.slave = Fd(fd);
+    unsigned n = 0;
+    if (::ioctl(p.master.get(), TIOCGPTN, &n) < 0) return fail_errno("pty number");
+    p.name = "/dev/pts/" + std::to_string(n);
+    return p;
+}
+
+Result<void> send_console(const std::string& socket_path, const Pty& pty) {
+    auto s = unix_connect(socket_path, SOCK_STREAM);
+    // Some callers listen with SOCK_SEQPACKET.
+    if (!s && s.error().code == EPROTOTYPE) s = unix_connect(socket_path, SOCK_SEQPACKET);
+    auto fd = TRY_CTX(std::move(s), "console socket");
+    TRY_CTX(send_fds(fd.get(), pty.name, {pty.master.get()}), "console socket");
+    return {};
 }
 
 Result<Fd> accept(int listen_fd, int flags) {

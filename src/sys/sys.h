@@ -2,6 +2,7 @@
 // calls mount, pivot_root, clone & co. directly.
 #pragma once
 #include <fcntl.h>
+#include <sys/socket.h>
 #include <sys/types.h>
 
 #include <chrono>
@@ -37,6 +38,7 @@ inline Result<void> write_all(int fd, const std::string& s) { return write_all(f
 Result<std::string> read_to_eof(int fd, size_t limit = 16 << 20);
 Result<std::pair<Fd, Fd>> pipe(int flags = O_CLOEXEC);
 Result<std::pair<Fd, Fd>> socketpair(int type);
+Result<Fd> dup(int fd);  // close-on-exec, never 0-2
 Result<void> set_nonblock(int fd, bool on);
 Result<void> set_cloexec(int fd, bool on);
 // poll() one fd for events; false on timeout.
@@ -45,7 +47,22 @@ Result<bool> wait_fd(int fd, short events, int timeout_ms);
 // Unix sockets. Paths longer than sun_path are reached through
 // /proc/self/fd/<dirfd>/<name>, so deep --root directories work.
 Result<Fd> unix_listen(const std::string& path, int backlog = 16);
-Result<Fd> unix_connect(const std::string& path);
+Result<Fd> unix_connect(const std::string& path, int type = SOCK_STREAM);
+// SCM_RIGHTS: `data` (at least one byte goes) with up to kMaxPassedFds fds.
+constexpr size_t kMaxPassedFds = 8;
+Result<void> send_fds(int sock, const std::string& data, const std::vector<int>& fds);
+// One recvmsg of up to `max` bytes; received fds are appended (owned) even
+// on error. Returns the bytes ("" at EOF).
+Result<std::string> recv_fds(int sock, size_t max, std::vector<Fd>& fds);
+
+// Terminals
+struct Pty {
+    Fd master, slave;
+    std::string name;  // "/dev/pts/N" as the devpts instance of `ptmx` sees it
+};
+Result<Pty> open_pty(const std::string& ptmx = "/dev/ptmx");
+// Hand the master to a runc-style --console-socket (the name goes along).
+Result<void> send_console(const std::string& socket_path, const Pty& pty);
 Result<Fd> accept(int listen_fd, int flags = 0);
 
 // Mounts and namespaces

@@ -84,3 +84,25 @@ TEST_CASE("rootfs path is relative to the bundle unless absolute", "[spec]") {
     s.root_path = "/abs";
     CHECK(rootfs_path("/b", s) == "/abs");
 }
+
+TEST_CASE("an exec process file is parsed alone, its errors named by the file", "[spec]") {
+    auto p = parse_process_file(R"({"args":["ls","-l"],"cwd":"/tmp","env":["A=1"],"terminal":true,
+                                    "consoleSize":{"height":24,"width":80},"user":{"uid":7}})", "proc.json");
+    REQUIRE(p);
+    CHECK(p->args == std::vector<std::string>{"ls", "-l"});
+    CHECK(p->cwd == "/tmp");
+    CHECK(p->terminal);
+    CHECK(p->console_height == 24);
+    CHECK(p->console_width == 80);
+    CHECK(p->user.uid == 7);
+    auto bad = parse_process_file(R"({"args":"ls","cwd":"/"})", "proc.json");
+    REQUIRE_FALSE(bad);
+    CHECK(bad.error().message == "proc.json: args: expected array, got string");
+    bad = parse_process_file(R"({"args":["ls"],"cwd":"rel"})", "p.json");
+    REQUIRE_FALSE(bad);
+    CHECK(bad.error().message == "p.json: cwd: must be an absolute path, got \"rel\"");
+    bad = parse_process_file("[1]", "p.json");
+    REQUIRE_FALSE(bad);
+    CHECK(bad.error().message == "p.json: $: expected object, got array");
+    CHECK_FALSE(parse_process_file("{", "p.json"));
+}

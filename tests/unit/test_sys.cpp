@@ -1,4 +1,6 @@
+#include <sys/socket.h>
 #include <sys/wait.h>
+#include <termios.h>
 #include <unistd.h>
 
 #include <catch2/catch.hpp>
@@ -43,4 +45,43 @@ TEST_CASE("spawn reports exec failure in the parent and reaps the child", "[sys]
     auto c = sys::spawn({"true"}, o);
     REQUIRE_FALSE(c);
     CHECK(c.error().message.rfind("chdir /nonexistent-dir", 0) == 0);
+}
+
+TEST_CASE("fds pass over a unix socket with their message; surplus and EOF are clean", "[sys]") {
+    auto sp = sys::socketpair(SOCK_STREAM).value();
+    auto p = sys::pipe().value();
+    REQUIRE(sys::send_fds(sp.first.get(), "hello\n", {p.second.get(), p.second.get()}));
+    std::vector<sys::Fd> got;
+    auto msg = sys::recv_fds(sp.second.get(), 4096, got);
+    REQUIRE(msg);
+    CHECK(*msg == "hello\n");
+    REQUIRE(got.size() == 2);
+    // The received fd is the pipe's write end: bytes written reach the reader.
+    p.second.reset();
+    REQUIRE(sys::write_all(got[0].get(), "via passed fd"));
+    got.clear();
+    CHECK(sys::read_to_eof(p.first.get()).value() == "via passed fd");
+    sp.first.reset();
+    got.clear();
+    msg = sys::recv_fds(sp.second.get(), 4096, got);
+    REQUIRE(msg);
+    CHECK(msg->empty());
+    CHECK(got.empty());
+}
+
+TEST_CASE("a pty pair carries bytes both ways and names its slave", "[sys]") {
+    auto pty = sys::open_pty();
+    REQUIRE(pty);
+    CHECK(pty->name.rfind("/dev/pts/", 0) == 0);
+    struct termios t;
+    REQUIRE(tcgetattr(pty->slave.get(), &t) == 0);
+    cfmakeraw(&t);
+    REQUIRE(tcsetattr(pty->slave.get(), TCSANOW, &t) == 0);
+    REQUIRE(sys::write_all(pty->master.get(), "in\x03"));
+    char buf[16] = {};
+    REQUIRE(read(pty->slave.get(), buf, sizeof buf) == 3);
+    CHECK(std::string(buf, 3) == "in\x03");  // raw: ^C is a byte, not a signal
+    REQUIRE(sys::write_all(pty->slave.get(), "out"));
+    REQUIRE(read(pty->master.get(), buf, sizeof buf) == 3);
+    CHECK(std::string(buf, 3) == "out");
 }

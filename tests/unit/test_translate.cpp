@@ -89,3 +89,27 @@ TEST_CASE("OCI -> agent create request (golden)", "[translate]") {
     auto plan = plan_shares(s, "/bundle", fake_is_dir);
     check_golden("translate/agent-create.json", agent_create_params(s, plan).dump(2) + "\n");
 }
+
+TEST_CASE("a terminal process carries its console size to the agent; a probe VM has no channel", "[translate]") {
+    SpecProcess p;
+    p.args = {"sh"};
+    p.terminal = true;
+    p.console_height = 24;
+    p.console_width = 80;
+    auto j = agent_process_params(p);
+    CHECK(j["terminal"] == true);
+    CHECK(j["console_size"] == nlohmann::json{{"rows", 24}, {"cols", 80}});
+    p.terminal = false;
+    CHECK_FALSE(agent_process_params(p).contains("console_size"));
+
+    VmConfig cfg;
+    cfg.kernel = "/k";
+    cfg.initrd = "/i";
+    cfg.channel.kind = ChannelKind::None;
+    qemu::Options opt;
+    opt.binary = "qemu";
+    opt.machine = "microvm";
+    auto argv = qemu::translate(cfg, opt);
+    CHECK(std::find(argv.begin(), argv.end(), "virtserialport,chardev=agent,name=husk.agent") == argv.end());
+    CHECK(std::none_of(argv.begin(), argv.end(), [](auto& a) { return a.find("vsock") != std::string::npos; }));
+}

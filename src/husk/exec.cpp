@@ -1,0 +1,289 @@
+// `husk exec`: a process in a running container. The exec'd process lives
+// in the guest, so the pid callers get is a host process that stands in
+// for it: it forwards signals (and terminal resizes) to it and exits with
+// its status. Its stdio never passes through it: the fds go to the shim
+// with SCM_RIGHTS and the shim relays them to the guest.
+#include <poll.h>
+#include <signal.h>
+#include <sys/ioctl.h>
+#include <sys/signalfd.h>
+#include <sys/wait.h>
+#include <termios.h>
+#include <unistd.h>
+
+#include <optional>
+
+#include "husk/console.h"
+#include "husk/lifecycle.h"
+#include "husk/sandbox.h"
+#include "husk/spec.h"
+#include "sys/sys.h"
+
+namespace husk {
+
+using nlohmann::json;
+
+namespace {
+
+// The process to run: --process FILE as is, or the container's own
+// process with the command line's changes (runc's rules: args replace,
+// env adds, cwd/user/gids replace, --tty sets the terminal).
+Result<SpecProcess> exec_process(const State& st, const ExecOptions& o) {
+    SpecProcess p;
+    if (!o.process_file.empty()) {
+        auto text = TRY_CTX(sys::read_file(o.process_file, 1 << 20), "process file");
+        p = TRY(parse_process_file(text, o.process_file));
+    } else {
+        if (o.args.empty()) return fail("no command given (ARGS or --process FILE)", EINVAL);
+        Spec spec = TRY_CTX(load_spec(st.bundle), "container config");
+        if (!spec.process) return fail("config.json has no process to base the exec on", EINVAL);
+        p = *spec.process;
+        p.args = o.args;
+        p.terminal = false;
+    }
+    if (o.tty_set) p.terminal = o.tty;
+    if (!o.cwd.empty()) {
+        if (o.cwd[0] != '/') return fail("--cwd must be an absolute path, got \"" + o.cwd + "\"", EINVAL);
+        p.cwd = o.cwd;
+    }
+    for (const auto& e : o.env) {
+        auto eq = e.find('=');
+        if (eq == std::string::npos || eq == 0) return fail("--env: expected KEY=VALUE, got \"" + e + "\"", EINVAL);
+        // A later value wins, as it does for runc's workload.
+        std::string key = e.substr(0, eq + 1);
+        std::erase_if(p.env, [&](const std::string& x) { return x.rfind(key, 0) == 0; });
+        p.env.push_back(e);
+    }
+    if (!o.user.empty()) {
+        auto colon = o.user.find(':');
+        try {
+            size_t used = 0;
+            std::string u = o.user.substr(0, colon);
+            p.user.uid = uint32_t(std::stoul(u, &used));
+            if (used != u.size()) throw std::invalid_argument("uid");
+            if (colon != std::string::npos) {
+                std::string g = o.user.substr(colon + 1);
+                p.user.gid = uint32_t(std::stoul(g, &used));
+                if (used != g.size()) throw std::invalid_argument("gid");
+            }
+        } catch (const std::exception&) {
+            return fail("--user: expected UID[:GID] as numbers, got \"" + o.user + "\"", EINVAL);
+        }
+    }
+    if (!o.additional_gids.empty()) p.user.additional_gids = o.additional_gids;
+    if (o.no_new_privs) p.no_new_privileges = true;
+    return p;
+}
+
+// The line-based exec session with the shim (see shim.cpp start_exec).
+class Session {
+public:
+    static Result<Session> start(const StatePaths& paths, const json& req, const std::vector<int>& fds) {
+        Session s;
+        s.fd_ = TRY_CTX(sys::unix_connect(paths.shim_sock), "contact shim");
+        TRY_CTX(sys::send_fds(s.fd_.get(), req.dump() + "\n", fds), "contact shim");
+        std::optional<std::string> line;
+        while (!(line = s.next_line())) {
+            if (!TRY(sys::wait_fd(s.fd_.get(), POLLIN, 120000))) return fail("shim did not answer", ETIMEDOUT);
+            if (!s.fill()) return fail("the container stopped before the process started", ESRCH);
+        }
+        json r = json::parse(*line, nullptr, false);
+        if (!r.is_object()) return fail("malformed reply from shim", EPROTO);
+        if (!r.value("ok", false)) return fail(r.value("error", std::string("shim refused")), EINVAL);
+        return s;
+    }
+
+    void send(const json& j) { (void)sys::write_all(fd_.get(), j.dump() + "\n"); }
+
+    // Until the exit line: forward signals from `sigfd`, and with a
+    // terminal (`tty` >= 0, our controlling one) its size on SIGWINCH.
+    int wait(int sigfd, int tty) {
+        if (tty >= 0) resize(tty);
+        for (;;) {
+            pollfd p[2] = {{fd_.get(), POLLIN, 0}, {sigfd, POLLIN, 0}};
+            if (::poll(p, 2, -1) < 0 && errno != EINTR) break;
+            if (p[1].revents) {
+                signalfd_siginfo si;
+                while (::read(sigfd, &si, sizeof si) == sizeof si) {
+                    int sig = int(si.ssi_signo);
+                    if (sig == SIGWINCH) {
+                        if (tty >= 0) resize(tty);
+                    } else if (sig != SIGCHLD) {
+                        send({{"op", "signal"}, {"signal", sig}});
+                    }
+                }
+            }
+            if (p[0].revents) {
+                if (!fill()) break;
+                while (auto line = next_line()) {
+                    json r = json::parse(*line, nullptr, false);
+                    if (!r.is_object() || !r.contains("exit") || !r["exit"].is_object()) continue;
+                    const json& e = r["exit"];
+                    if (e.contains("signal") && e["signal"].is_number_integer()) return e["signal"].get<int>() & 0x7f;
+                    return (e.value("code", 255) & 0xff) << 8;
+                }
+            }
+        }
+        log::error("exec: the container stopped before the process reported its exit");
+        return 255 << 8;
+    }
+
+private:
+    void resize(int tty) {
+        struct winsize ws{};
+        if (::ioctl(tty, TIOCGWINSZ, &ws) == 0 && ws.ws_row && ws.ws_col)
+            send({{"op", "resize"}, {"rows", ws.ws_row}, {"cols", ws.ws_col}});
+    }
+
+    // One read into the buffer; false at EOF or on error.
+    bool fill() {
+        char tmp[4096];
+        ssize_t n;
+        do n = ::read(fd_.get(), tmp, sizeof tmp);
+        while (n < 0 && errno == EINTR);
+        if (n <= 0 || buf_.size() > (1 << 20)) return false;
+        buf_.append(tmp, size_t(n));
+        return true;
+    }
+    std::optional<std::string> next_line() {
+        auto nl = buf_.find('\n');
+        if (nl == std::string::npos) return std::nullopt;
+        std::string l = buf_.substr(0, nl);
+        buf_.erase(0, nl + 1);
+        return l;
+    }
+
+    sys::Fd fd_;
+    std::string buf_;
+};
+
+sigset_t forwarded_signals() {
+    sigset_t set;
+    sigemptyset(&set);
+    for (int s : {SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR1, SIGUSR2, SIGALRM, SIGCONT, SIGCHLD, SIGWINCH})
+        sigaddset(&set, s);
+    return set;
+}
+
+// The relay child: detached, or owner of the terminal. A session leader,
+// so with a terminal the pty is its controlling one and resizes arrive as
+// SIGWINCH. Reports "ok\n" or "error: ...\n" on `report`, then stands in
+// for the exec'd process until it exits.
+[[noreturn]] void relay_child(const StatePaths& paths, json req, bool tty, const std::string& console, int report) {
+    setsid();
+    sigset_t set = forwarded_signals();
+    sigprocmask(SIG_BLOCK, &set, nullptr);
+    auto fail_with = [&](const Error& e) {
+        (void)sys::write_all(report, "error: " + e.message + "\n");
+        _exit(255);
+    };
+    sys::Fd sfd(signalfd(-1, &set, SFD_NONBLOCK | SFD_CLOEXEC));
+    if (!sfd) fail_with(Error{errno, "signalfd"});
+    std::optional<sys::Pty> pty;
+    std::vector<int> fds = {0, 1, 2};
+    if (tty) {
+        auto p = sys::open_pty();
+        if (!p) fail_with(p.error());
+        pty = std::move(*p);
+        struct termios t;
+        // Raw: the guest's pty alone does echo, line editing and ^C.
+        if (::tcgetattr(pty->slave.get(), &t) == 0) {
+            ::cfmakeraw(&t);
+            ::tcsetattr(pty->slave.get(), TCSANOW, &t);
+        }
+        if (::ioctl(pty->slave.get(), TIOCSCTTY, 0) < 0) fail_with(Error{errno, std::string("TIOCSCTTY: ") + strerror(errno)});
+        // In the foreground our stdin is the caller's terminal: its size is
+        // the process's from the start.
+        struct winsize ws{};
+        if (::ioctl(0, TIOCGWINSZ, &ws) == 0 && ws.ws_row && ws.ws_col) ::ioctl(pty->slave.get(), TIOCSWINSZ, &ws);
+        if (auto r = sys::send_console(console, *pty); !r) fail_with(r.error());
+        pty->master.reset();
+        fds = {pty->slave.get()};
+        if (::ioctl(fds[0], TIOCGWINSZ, &ws) == 0 && ws.ws_row && ws.ws_col)
+            req["process"]["console_size"] = {{"rows", ws.ws_row}, {"cols", ws.ws_col}};
+    }
+    auto sess = Session::start(paths, req, fds);
+    if (!sess) fail_with(sess.error());
+    (void)sys::write_all(report, "ok\n");
+    ::close(report);
+    // The shim has its own copies of our stdio; holding them would keep
+    // the caller's pipes open after the process ends.
+    int null = ::open("/dev/null", O_RDWR);
+    for (int i = 0; i < 3 && null >= 0; ++i) dup2(null, i);
+    if (null > 2) ::close(null);
+    int st = sess->wait(sfd.get(), pty ? pty->slave.get() : -1);
+    if (WIFSIGNALED(st)) sys::die_of_signal(WTERMSIG(st));
+    _exit(WEXITSTATUS(st));
+}
+
+}  // namespace
+
+Result<int> exec_container(const Globals& g, const std::string& id, const ExecOptions& o) {
+    auto st = TRY(load_state(g, id));
+    std::string s = effective_status(st);
+    if (s == status::kStopped) return fail("cannot exec in a stopped container", EINVAL);
+    if (s == status::kCreating) return fail("cannot exec in a container that is still being created", EINVAL);
+    if (s == status::kPaused && !o.ignore_paused) return fail("cannot exec in a paused container (use --ignore-paused)", EBUSY);
+    if (o.preserve_fds > 0) return fail("--preserve-fds is not supported yet", ENOTSUP);
+    SpecProcess proc = TRY(exec_process(st, o));
+    if (!o.console_socket.empty() && !proc.terminal)
+        return fail("--console-socket needs a terminal (--tty or process.terminal)", EINVAL);
+    if (proc.terminal && o.detach && o.console_socket.empty())
+        return fail("cannot allocate a terminal with --detach and no --console-socket", EINVAL);
+    json req = {{"op", "exec"}, {"process", agent_process_params(proc)}};
+    auto paths = state_paths(g.root, id);
+
+    if (!proc.terminal && !o.detach) {
+        // In the foreground without a terminal we stand in ourselves.
+        sigset_t set = forwarded_signals(), old;
+        sigprocmask(SIG_BLOCK, &set, &old);
+        sys::Fd sfd(signalfd(-1, &set, SFD_NONBLOCK | SFD_CLOEXEC));
+        if (!sfd) return fail_errno("signalfd");
+        auto sess = TRY(Session::start(paths, req, {0, 1, 2}));
+        if (!o.pid_file.empty()) TRY(write_pid_file(o.pid_file, getpid()));
+        int wst = sess.wait(sfd.get(), -1);
+        sigprocmask(SIG_SETMASK, &old, nullptr);
+        return wst;
+    }
+
+    std::optional<ConsoleSocket> own_console;
+    std::string console = o.console_socket.empty() ? "" : TRY(absolute(o.console_socket));
+    if (proc.terminal && console.empty()) {
+        own_console = TRY(ConsoleSocket::create());
+        console = own_console->path();
+    }
+    auto [rd, wr] = TRY(sys::pipe(O_CLOEXEC));
+    pid_t child = ::fork();
+    if (child < 0) return fail_errno("fork");
+    if (child == 0) {
+        rd.reset();
+        relay_child(paths, req, proc.terminal, console, wr.release());
+    }
+    wr.reset();
+    auto report = sys::read_to_eof(rd.get(), 1 << 16).value_or("");
+    if (report.rfind("ok", 0) != 0) {
+        int wst;
+        ::waitpid(child, &wst, 0);
+        std::string msg = report.rfind("error: ", 0) == 0 ? report.substr(7) : "exec relay died";
+        while (!msg.empty() && msg.back() == '\n') msg.pop_back();
+        return fail(msg, EIO);
+    }
+    if (!o.pid_file.empty()) {
+        if (auto r = write_pid_file(o.pid_file, child); !r) {
+            ::kill(child, SIGKILL);
+            ::waitpid(child, nullptr, 0);
+            return tl::unexpected(r.error());
+        }
+    }
+    if (o.detach) return 0;
+    // Foreground with a terminal: we show it.
+    auto master = own_console->receive(10000);
+    if (!master) {
+        ::kill(child, SIGKILL);
+        ::waitpid(child, nullptr, 0);
+        return tl::unexpected(master.error());
+    }
+    return relay_terminal(master->get(), child);
+}
+
+}  // namespace husk
