@@ -16,6 +16,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstring>
 #include <functional>
 #include <map>
@@ -220,6 +221,7 @@ private:
     Result<json> do_kill(const json& params);
     Result<json> do_exec(const json& params);
     Result<json> do_resize(const json& params);
+    Result<json> do_ps(const json& params);
     Result<Process> spawn(const json& proc, int flags, const std::function<void(int, const agent::Stdio&)>& child);
     void reap();
     void read_output(uint32_t idx, int fd, bool exited);
@@ -328,6 +330,60 @@ Result<json> Agent::do_exec(const json& params) {
     return json{{"pid", pid}};
 }
 
+// Every process in the init's pid namespace, with the pids that namespace
+// gives them (NSpid's last field), as `husk ps` shows them.
+Result<json> Agent::do_ps(const json&) {
+    auto init = procs_.find(0);
+    if (init == procs_.end() || init->second.status) return fail("container is not running", ESRCH);
+    auto nslink = [](pid_t pid) {
+        char link[256];
+        ssize_t l = ::readlink(("/proc/" + std::to_string(pid) + "/ns/pid").c_str(), link, sizeof link - 1);
+        return l > 0 ? std::string(link, size_t(l)) : std::string();
+    };
+    std::string ns = nslink(init->second.pid);
+    json out = json::array();
+    DIR* d = ::opendir("/proc");
+    if (!d) return fail_errno("open /proc");
+    while (auto* e = ::readdir(d)) {
+        pid_t q = pid_t(std::atoi(e->d_name));
+        if (q <= 1 || q == getpid() || nslink(q) != ns) continue;
+        std::string base = "/proc/" + std::to_string(q);
+        auto status = sys::read_file(base + "/status", 65536).value_or("");
+        auto field = [&](const std::string& key) {
+            size_t at = status.find("\n" + key + ":");
+            if (at == std::string::npos) return std::string();
+            size_t b = at + key.size() + 2, end = status.find('\n', b);
+            std::string v = status.substr(b, end - b);
+            while (!v.empty() && (v[0] == '\t' || v[0] == ' ')) v.erase(0, 1);
+            return v;
+        };
+        auto last = [](const std::string& v) {
+            auto sp = v.find_last_of("\t ");
+            return std::atoi((sp == std::string::npos ? v : v.substr(sp + 1)).c_str());
+        };
+        std::string cmd = sys::read_file(base + "/cmdline", 4096).value_or("");
+        for (auto& c : cmd)
+            if (c == '\0') c = ' ';
+        while (!cmd.empty() && cmd.back() == ' ') cmd.pop_back();
+        if (cmd.empty()) cmd = "[" + field("Name") + "]";
+        out.push_back({{"pid", last(field("NSpid"))},
+                       {"ppid", 0},
+                       {"uid", std::atoi(field("Uid").c_str())},
+                       {"state", field("State").substr(0, 1)},
+                       {"cmd", cmd}});
+        // The parent as the container sees it: its NSpid, if it is inside.
+        pid_t pp = std::atoi(field("PPid").c_str());
+        if (pp > 1 && nslink(pp) == ns) {
+            auto ps = sys::read_file("/proc/" + std::to_string(pp) + "/status", 65536).value_or("");
+            size_t at = ps.find("\nNSpid:");
+            if (at != std::string::npos) out.back()["ppid"] = last(ps.substr(at + 7, ps.find('\n', at + 1) - at - 7));
+        }
+    }
+    ::closedir(d);
+    std::sort(out.begin(), out.end(), [](const json& a, const json& b) { return a["pid"] < b["pid"]; });
+    return out;
+}
+
 Result<json> Agent::do_resize(const json& params) {
     uint32_t idx = params.at("process").get<uint32_t>();
     auto it = procs_.find(idx);
@@ -392,6 +448,7 @@ void Agent::on_request(const json& req) {
         else if (method == "kill") r = do_kill(params);
         else if (method == "exec") r = do_exec(params);
         else if (method == "resize") r = do_resize(params);
+        else if (method == "ps") r = do_ps(params);
     } catch (const json::exception& e) {
         r = fail(std::string("bad request: ") + e.what(), EINVAL);
     }

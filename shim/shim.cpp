@@ -147,6 +147,7 @@ private:
     void start_exec(uint64_t cid, const json& req);
     void on_signal();
     void send_resize(uint32_t proc, int fd);
+    Result<void> set_paused(bool on);
     void send(const std::string& frame) { chan_out_ += frame; }
     uint64_t request(const std::string& method, const json& params, uint64_t client = 0, uint32_t proc = 0);
     void reply(uint64_t cid, const json& r);
@@ -191,6 +192,7 @@ private:
     std::map<uint32_t, Proc> procs_;
     uint32_t next_proc_ = 1;
     sys::Fd tty_slave_;  // host side of the init's terminal (our controlling tty)
+    bool paused_ = false;
     bool vm_died_ = false;
 };
 
@@ -549,6 +551,10 @@ Result<void> Shim::on_response(const json& r) {
         reply(pd.client, json{{"ok", true}, {"pid", result.value("pid", 0)}});
         return {};
     }
+    if (pd.method == "ps" && ok) {
+        reply(pd.client, json{{"ok", true}, {"result", r.contains("result") ? r["result"] : json::array()}});
+        return {};
+    }
     reply(pd.client, ok, err);
     return {};
 }
@@ -643,7 +649,29 @@ void Shim::on_client_line(uint64_t cid, const std::string& line) {
         if (phase_ == Phase::Exiting) return reply(cid, false, "container not running");
         if (!live) return reply(cid, false, "container is not created yet");
         int sig = req.value("signal", SIGTERM);
-        request("kill", {{"process", 0}, {"signal", sig}, {"all", req.value("all", false)}}, cid);
+        json params = {{"process", 0}, {"signal", sig}, {"all", req.value("all", false)}};
+        if (paused_) {
+            // The agent cannot answer while the vCPUs are stopped. SIGKILL
+            // wakes the VM so the container dies (runc thaws for it too);
+            // any other signal waits in the channel until resume, as a
+            // frozen cgroup keeps it pending.
+            if (sig == SIGKILL) {
+                if (auto r = set_paused(false); !r) return reply(cid, false, r.error().message);
+            } else {
+                request("kill", params);
+                return reply(cid, true);
+            }
+        }
+        request("kill", params, cid);
+    } else if (op == "pause" || op == "resume") {
+        if (phase_ != Phase::Running) return reply(cid, false, "container is not running");
+        if (paused_ == (op == "pause")) return reply(cid, false, std::string("container is ") + (paused_ ? "already paused" : "not paused"));
+        auto r = set_paused(op == "pause");
+        reply(cid, bool(r), r ? "" : r.error().message);
+    } else if (op == "ps") {
+        if (!live) return reply(cid, false, "container is not running");
+        if (paused_) return reply(cid, false, "container is paused");
+        request("ps", {{"process", 0}}, cid);
     } else if (op == "exec") {
         if (!live) return reply(cid, false, phase_ == Phase::Exiting ? "container is stopping" : "container is not created yet");
         start_exec(cid, req);
@@ -693,6 +721,15 @@ void Shim::start_exec(uint64_t cid, const json& req) {
     c.session = true;
     c.proc = idx;
     request("exec", {{"process_index", idx}, {"process", req["process"]}}, cid, idx);
+}
+
+// Stop or restart the vCPUs: the whole guest, agent included, freezes.
+Result<void> Shim::set_paused(bool on) {
+    if (!vm_) return fail("no vm", ESRCH);
+    TRY_CTX(on ? vm_->pause() : vm_->resume(), on ? "pause vm" : "resume vm");
+    paused_ = on;
+    set_status(on ? status::kPaused : status::kRunning);
+    return {};
 }
 
 void Shim::send_resize(uint32_t proc, int fd) {

@@ -24,7 +24,8 @@ static const Command kCommands[] = {
     {"create", setup_create}, {"start", setup_start}, {"state", setup_state},
     {"kill", setup_kill},     {"delete", setup_delete}, {"run", setup_run},
     {"list", setup_list},     {"spec", setup_spec},     {"features", setup_features},
-    {"exec", setup_exec},
+    {"exec", setup_exec},     {"pause", setup_pause},   {"resume", setup_resume},
+    {"ps", setup_ps},
 };
 
 }  // namespace husk::cli

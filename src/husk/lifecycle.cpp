@@ -165,6 +165,26 @@ Result<void> kill_container(const Globals& g, const std::string& id, int sig, bo
     return {};
 }
 
+Result<void> pause_container(const Globals& g, const std::string& id, bool pause) {
+    TRY(validate_id(id));
+    auto paths = state_paths(g.root, id);
+    auto lock = TRY(ContainerLock::acquire(paths));
+    auto st = TRY(read_state(paths));
+    std::string s = effective_status(st);
+    if (pause && s != status::kRunning) return fail("container not running: " + s, EINVAL);
+    if (!pause && s != status::kPaused) return fail("container not paused: " + s, EINVAL);
+    TRY(shim_call(paths, {{"op", pause ? "pause" : "resume"}}, 30000));
+    return {};
+}
+
+Result<nlohmann::json> ps_container(const Globals& g, const std::string& id) {
+    auto st = TRY(load_state(g, id));
+    std::string s = effective_status(st);
+    if (s != status::kCreated && s != status::kRunning) return fail("container not running: " + s, EINVAL);
+    auto r = TRY(shim_call(state_paths(g.root, id), {{"op", "ps"}}, 30000));
+    return r.value("result", nlohmann::json::array());
+}
+
 Result<void> delete_container(const Globals& g, const std::string& id, bool force) {
     TRY(validate_id(id));
     auto paths = state_paths(g.root, id);

@@ -44,6 +44,10 @@ struct ExecOptions {
 Result<pid_t> create_container(const Globals& g, const std::string& id, const CreateOptions& o);
 Result<void> start_container(const Globals& g, const std::string& id);
 Result<void> kill_container(const Globals& g, const std::string& id, int sig, bool all);
+// Stop (pause=true) or restart the container's VM; state says paused.
+Result<void> pause_container(const Globals& g, const std::string& id, bool pause);
+// The container's processes as its pid namespace numbers them.
+Result<nlohmann::json> ps_container(const Globals& g, const std::string& id);
 Result<void> delete_container(const Globals& g, const std::string& id, bool force);
 // create + start + (unless detach) wait and mirror the exit status.
 // Returns a wait status for the CLI to reproduce.

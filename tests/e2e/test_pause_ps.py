@@ -1,0 +1,81 @@
+"""pause/resume stop the whole VM; ps lists the container's processes as
+its own pid namespace numbers them."""
+import json
+import os
+import time
+
+from conftest import new_id
+
+COUNTER = "i=0; while true; do i=$((i+1)); echo $i > /tmp/n; sleep 0.1; done"
+
+
+def counter(b):
+    # /tmp is in the rootfs, which the host shares: read it from here.
+    try:
+        return int(open(os.path.join(b, "rootfs", "tmp", "n")).read() or 0)
+    except (OSError, ValueError):
+        return 0
+
+
+def wait_counter_above(b, n, timeout=60):
+    deadline = time.time() + timeout
+    while counter(b) <= n:
+        assert time.time() < deadline, f"counter stuck at {counter(b)}"
+        time.sleep(0.1)
+    return counter(b)
+
+
+def test_pause_stops_the_clock_and_resume_restarts_it(husk, bundle):
+    cid = new_id()
+    b = bundle(["sh", "-c", COUNTER])
+    husk("run", "-d", "-b", b, cid, check=True)
+    wait_counter_above(b, 3)
+    husk("pause", cid, check=True)
+    assert husk.state(cid)["status"] == "paused"
+    frozen = counter(b)
+    time.sleep(2)
+    assert counter(b) == frozen, "the workload ran while paused"
+    # Refused in this state, with clear messages.
+    for args, msg in [(["pause", cid], b"container not running: paused"),
+                      (["start", cid], b"already running"),
+                      (["exec", cid, "true"], b"cannot exec in a paused container")]:
+        r = husk(*args)
+        assert r.returncode != 0 and msg in r.stderr, (args, r.stderr)
+    # A signal to a paused container is accepted and waits for resume.
+    t0 = time.time()
+    husk("kill", cid, "SIGCONT", check=True)
+    assert time.time() - t0 < 10
+    husk("resume", cid, check=True)
+    assert husk.state(cid)["status"] == "running"
+    wait_counter_above(b, frozen + 3)
+    r = husk("resume", cid)
+    assert r.returncode != 0 and b"container not paused: running" in r.stderr
+
+    # A paused container can still be deleted, at once.
+    husk("pause", cid, check=True)
+    t0 = time.time()
+    husk("delete", "--force", cid, check=True)
+    assert time.time() - t0 < 15
+
+
+def test_ps_lists_guest_processes(husk, bundle):
+    cid = new_id()
+    husk("run", "-d", "-b", bundle(["sh", "-c", "sleep 1000 & sleep 2000; true"]), cid, check=True)
+    deadline = time.time() + 60
+    while True:
+        r = husk("ps", "--format", "json", cid, check=True)
+        pids = json.loads(r.stdout)
+        if len(pids) >= 3:
+            break
+        assert time.time() < deadline, pids
+        time.sleep(0.2)
+    assert pids[0] == 1 and sorted(pids) == pids
+    table = husk("ps", cid, check=True).stdout.decode().splitlines()
+    assert table[0].split() == ["PID", "PPID", "UID", "S", "CMD"]
+    rows = {int(l.split()[0]): l for l in table[1:]}
+    assert rows[1].split()[4:] == ["sh", "-c", "sleep", "1000", "&", "sleep", "2000;", "true"]
+    children = sorted(l.split()[4:] for l in rows.values() if l.split()[1] == "1")  # parent: the init
+    assert children == [["sleep", "1000"], ["sleep", "2000"]]
+    husk("delete", "--force", cid, check=True)
+    r = husk("ps", cid)
+    assert r.returncode != 0 and b"container does not exist" in r.stderr
