@@ -229,6 +229,7 @@ private:
 
     sys::Fd chan_;
     sys::Fd own_pidns_;
+    json seccomp_;
     proto::Decoder dec_;
     std::string out_;
     std::map<uint32_t, Process> procs_;
@@ -289,6 +290,7 @@ Result<Process> Agent::spawn(const json& proc, int flags, const std::function<vo
 
 Result<json> Agent::do_create(const json& params) {
     if (procs_.count(0)) return fail("container already created", EEXIST);
+    seccomp_ = params.value("seccomp", json());  // execs get the container's profile too
     auto p = TRY(spawn(params.at("process"), agent::clone_flags(params),
                        [&](int sync, const agent::Stdio& io) { agent::container_init(params, sync, io); }));
     pid_t pid = p.pid;
@@ -307,7 +309,9 @@ Result<json> Agent::do_exec(const json& params) {
     // agent itself stays where it is and switches back right after.
     auto pidns = TRY(sys::open("/proc/" + std::to_string(init_pid) + "/ns/pid", O_RDONLY));
     if (::setns(pidns.get(), CLONE_NEWPID) < 0) return fail_errno("setns pid");
-    auto p = spawn(params.at("process"), 0, [&](int sync, const agent::Stdio& io) { agent::exec_init(params, init_pid, sync, io); });
+    json xp = params;
+    xp["seccomp"] = seccomp_;
+    auto p = spawn(params.at("process"), 0, [&](int sync, const agent::Stdio& io) { agent::exec_init(xp, init_pid, sync, io); });
     if (::setns(own_pidns_.get(), CLONE_NEWPID) < 0) fatal(std::string("setns back to own pid ns: ") + strerror(errno));
     if (!p) return tl::unexpected(p.error());
     // No start step for exec: go.

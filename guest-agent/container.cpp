@@ -4,7 +4,10 @@
 #include <grp.h>
 #include <linux/openat2.h>
 #include <sched.h>
+#include <linux/capability.h>
+#include <seccomp.h>
 #include <sys/ioctl.h>
+#include <sys/resource.h>
 #include <sys/mount.h>
 #include <sys/prctl.h>
 #include <sys/stat.h>
@@ -12,6 +15,8 @@
 #include <sys/sysmacros.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <cctype>
 #include <csignal>
 #include <cstring>
 #include <map>
@@ -256,6 +261,119 @@ Result<std::string> find_executable(const std::string& arg0, const std::vector<s
 
 namespace {
 
+Result<void> apply_bounding(const std::vector<int>& keep) {
+    for (int cap = 0; cap <= CAP_LAST_CAP; ++cap) {
+        if (std::find(keep.begin(), keep.end(), cap) != keep.end()) continue;
+        if (prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) < 0 && errno != EINVAL) return fail_errno("drop bounding cap " + std::to_string(cap));
+    }
+    return {};
+}
+
+Result<void> apply_caps(const json& caps) {
+    __user_cap_header_struct hdr{_LINUX_CAPABILITY_VERSION_3, 0};
+    __user_cap_data_struct data[2] = {};
+    auto fill = [&](const char* set, uint32_t __user_cap_data_struct::*field) {
+        for (int cap : caps.value(set, std::vector<int>{})) {
+            if (cap < 0 || cap > 63) continue;
+            data[cap / 32].*field |= 1u << (cap % 32);
+        }
+    };
+    fill("effective", &__user_cap_data_struct::effective);
+    fill("permitted", &__user_cap_data_struct::permitted);
+    fill("inheritable", &__user_cap_data_struct::inheritable);
+    if (::syscall(SYS_capset, &hdr, data) < 0) return fail_errno("capset");
+    prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0);
+    for (int cap : caps.value("ambient", std::vector<int>{}))
+        if (prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, cap, 0, 0) < 0)
+            return fail_errno("raise ambient cap " + std::to_string(cap) + " (it must be permitted and inheritable)");
+    return {};
+}
+
+uint32_t seccomp_action(const std::string& name, uint32_t errno_ret) {
+    if (name == "SCMP_ACT_KILL" || name == "SCMP_ACT_KILL_THREAD") return SCMP_ACT_KILL_THREAD;
+    if (name == "SCMP_ACT_KILL_PROCESS") return SCMP_ACT_KILL_PROCESS;
+    if (name == "SCMP_ACT_TRAP") return SCMP_ACT_TRAP;
+    if (name == "SCMP_ACT_ERRNO") return SCMP_ACT_ERRNO(errno_ret);
+    if (name == "SCMP_ACT_TRACE") return SCMP_ACT_TRACE(errno_ret);
+    if (name == "SCMP_ACT_LOG") return SCMP_ACT_LOG;
+    return SCMP_ACT_ALLOW;  // the host checked the name
+}
+
+// linux.seccomp with libseccomp, as runc builds it: unknown syscall names
+// are skipped (profiles name syscalls of newer kernels), rules equal to the
+// default action are redundant and skipped.
+Result<void> load_seccomp(const json& sec) {
+    uint32_t def_errno = sec.value("defaultErrnoRet", uint32_t(EPERM));
+    uint32_t def = seccomp_action(sec.at("defaultAction").get<std::string>(), def_errno);
+    scmp_filter_ctx ctx = seccomp_init(def);
+    if (!ctx) return fail("seccomp: init failed", EINVAL);
+    struct Release {
+        scmp_filter_ctx c;
+        ~Release() { seccomp_release(c); }
+    } release{ctx};
+    // libseccomp sets no_new_privs on load unless told not to; whether the
+    // process has it is process.noNewPrivileges's call alone.
+    if (int rc = seccomp_attr_set(ctx, SCMP_FLTATR_CTL_NNP, 0); rc < 0)
+        return fail(std::string("seccomp: ") + strerror(-rc), EINVAL);
+    for (const auto& a : sec.value("architectures", std::vector<std::string>{})) {
+        std::string n = a.rfind("SCMP_ARCH_", 0) == 0 ? a.substr(10) : a;
+        for (auto& ch : n) ch = char(std::tolower(static_cast<unsigned char>(ch)));
+        uint32_t arch = seccomp_arch_resolve_name(n.c_str());
+        if (!arch) continue;  // an architecture this libseccomp does not know
+        int rc = seccomp_arch_add(ctx, arch);
+        if (rc < 0 && rc != -EEXIST) return fail("seccomp: architecture " + a + ": " + strerror(-rc), EINVAL);
+    }
+    for (const auto& f : sec.value("flags", std::vector<std::string>{})) {
+        int rc = 0;
+        if (f == "SECCOMP_FILTER_FLAG_TSYNC") rc = seccomp_attr_set(ctx, SCMP_FLTATR_CTL_TSYNC, 1);
+        else if (f == "SECCOMP_FILTER_FLAG_LOG") rc = seccomp_attr_set(ctx, SCMP_FLTATR_CTL_LOG, 1);
+        else if (f == "SECCOMP_FILTER_FLAG_SPEC_ALLOW") rc = seccomp_attr_set(ctx, SCMP_FLTATR_CTL_SSB, 1);
+        else return fail("seccomp: unsupported flag " + f, EINVAL);
+        if (rc < 0) return fail("seccomp: flag " + f + ": " + strerror(-rc), EINVAL);
+    }
+    static const std::map<std::string, scmp_compare> ops = {
+        {"SCMP_CMP_NE", SCMP_CMP_NE}, {"SCMP_CMP_LT", SCMP_CMP_LT}, {"SCMP_CMP_LE", SCMP_CMP_LE},
+        {"SCMP_CMP_EQ", SCMP_CMP_EQ}, {"SCMP_CMP_GE", SCMP_CMP_GE}, {"SCMP_CMP_GT", SCMP_CMP_GT},
+        {"SCMP_CMP_MASKED_EQ", SCMP_CMP_MASKED_EQ}};
+    for (const auto& rule : sec.value("syscalls", json::array())) {
+        uint32_t act = seccomp_action(rule.at("action").get<std::string>(), rule.value("errnoRet", uint32_t(EPERM)));
+        if (act == def) continue;
+        std::vector<scmp_arg_cmp> args;
+        for (const auto& a : rule.value("args", json::array()))
+            args.push_back({a.at("index").get<unsigned>(), ops.at(a.at("op").get<std::string>()),
+                            a.at("value").get<uint64_t>(), a.value("valueTwo", uint64_t(0))});
+        for (const auto& name : rule.at("names")) {
+            int nr = seccomp_syscall_resolve_name(name.get<std::string>().c_str());
+            if (nr == __NR_SCMP_ERROR) continue;
+            int rc = seccomp_rule_add_array(ctx, act, nr, unsigned(args.size()), args.data());
+            if (rc < 0) return fail("seccomp: rule for " + name.get<std::string>() + ": " + strerror(-rc), EINVAL);
+        }
+    }
+    int rc = seccomp_load(ctx);
+    if (rc < 0) return fail(std::string("seccomp: load: ") + strerror(-rc), EINVAL);
+    return {};
+}
+
+// The home directory of `uid` in the container's /etc/passwd, or "/".
+std::string home_of(uid_t uid) {
+    auto text = sys::read_file("/etc/passwd", 1 << 20).value_or("");
+    size_t pos = 0;
+    while (pos < text.size()) {
+        size_t end = text.find('\n', pos);
+        if (end == std::string::npos) end = text.size();
+        std::vector<std::string> f;
+        size_t a = pos;
+        for (size_t i = pos; i <= end; ++i)
+            if (i == end || text[i] == ':') {
+                f.push_back(text.substr(a, i - a));
+                a = i + 1;
+            }
+        if (f.size() >= 6 && f[2] == std::to_string(uid) && !f[5].empty()) return f[5];
+        pos = end + 1;
+    }
+    return "/";
+}
+
 void reset_signals() {
     // The agent blocks signals for its signalfd; the workload must not inherit that.
     sigset_t none;
@@ -268,7 +386,7 @@ void reset_signals() {
 // container's namespaces and root: stdio (pipes, or a pty from the
 // container's own devpts), credentials, cwd, then "R" (with the pty master
 // attached), wait for "S", execve.
-[[noreturn]] void run_process(const json& proc, int sync_fd, const Stdio& io) {
+[[noreturn]] void run_process(const json& proc, const json& seccomp, int sync_fd, const Stdio& io) {
     setsid();
     std::optional<sys::Pty> pty;
     if (proc.value("terminal", false)) {
@@ -291,6 +409,27 @@ void reset_signals() {
     if (proc.contains("umask")) ::umask(mode_t(proc["umask"].get<uint32_t>()));
     else ::umask(022);
 
+    // runc's order: limits while still privileged; seccomp now if it cannot
+    // wait for no_new_privs (loading it then needs CAP_SYS_ADMIN); bounding
+    // set; user with caps kept; the configured caps; cwd; no_new_privs;
+    // seccomp last when no_new_privs lets it load unprivileged.
+    for (const auto& l : proc.value("rlimits", json::array())) {
+        struct rlimit rl{l.at("soft").get<rlim_t>(), l.at("hard").get<rlim_t>()};
+        if (::setrlimit(l.at("resource").get<int>(), &rl) < 0) die(sync_fd, std::string("setrlimit: ") + strerror(errno));
+    }
+    if (proc.contains("oom_score_adj"))
+        CHECK(sys::write_file("/proc/self/oom_score_adj", std::to_string(proc["oom_score_adj"].get<int>())));
+    auto env = proc.value("env", std::vector<std::string>{});
+    if (std::none_of(env.begin(), env.end(), [](const std::string& e) { return e.rfind("HOME=", 0) == 0; }))
+        env.push_back("HOME=" + home_of(proc.value("uid", 0u)));  // as runc, from the container's passwd
+    bool nnp = proc.value("no_new_privileges", false);
+    if (!seccomp.is_null() && !nnp) CHECK(load_seccomp(seccomp));
+    bool caps = proc.contains("capabilities");
+    if (caps) {
+        CHECK(apply_bounding(proc["capabilities"].value("bounding", std::vector<int>{})));
+        if (prctl(PR_SET_KEEPCAPS, 1, 0, 0, 0) < 0) die(sync_fd, std::string("keepcaps: ") + strerror(errno));
+    }
+
     std::vector<gid_t> groups;
     for (auto g : proc.value("additional_gids", std::vector<uint32_t>{})) groups.push_back(g);
     uid_t uid = proc.value("uid", 0u);
@@ -298,12 +437,14 @@ void reset_signals() {
     if (::setgroups(groups.size(), groups.data()) < 0) die(sync_fd, std::string("setgroups: ") + strerror(errno));
     if (::setresgid(gid, gid, gid) < 0) die(sync_fd, std::string("setgid: ") + strerror(errno));
     if (::setresuid(uid, uid, uid) < 0) die(sync_fd, std::string("setuid: ") + strerror(errno));
+    if (caps) {
+        prctl(PR_SET_KEEPCAPS, 0, 0, 0, 0);
+        CHECK(apply_caps(proc["capabilities"]));
+    }
     if (::chdir(cwd.c_str()) < 0) die(sync_fd, "chdir to cwd " + cwd + ": " + strerror(errno));
-    if (proc.value("no_new_privileges", false) && prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0)
-        die(sync_fd, std::string("no_new_privs: ") + strerror(errno));
+    if (nnp && prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0) die(sync_fd, std::string("no_new_privs: ") + strerror(errno));
 
     auto args = proc.at("args").get<std::vector<std::string>>();
-    auto env = proc.value("env", std::vector<std::string>{});
     std::string exe = CHECK(find_executable(args[0], env));
 
     std::vector<int> pass;
@@ -312,6 +453,7 @@ void reset_signals() {
     pty.reset();  // the agent holds the master now
     char c = 0;
     if (::read(sync_fd, &c, 1) != 1 || c != 'S') _exit(1);  // deleted before start
+    if (!seccomp.is_null() && nnp) CHECK(load_seccomp(seccomp));
 
     std::vector<char*> argv, envp;
     for (auto& a : args) argv.push_back(a.data());
@@ -352,6 +494,14 @@ void container_init(const json& params, int sync_fd, const Stdio& io) {
     std::string hostname = params.value("hostname", "");
     if (!hostname.empty() && sethostname(hostname.c_str(), hostname.size()) < 0)
         die(sync_fd, std::string("sethostname: ") + strerror(errno));
+    // The guest kernel is the container's own: every sysctl is its to set.
+    for (const auto& [k, v] : params.value("sysctl", std::map<std::string, std::string>{})) {
+        std::string path = "/proc/sys/" + k;
+        for (size_t i = 10; i < path.size(); ++i)
+            if (path[i] == '.') path[i] = '/';
+        auto r = sys::write_file(path, v);
+        if (!r) die(sync_fd, "sysctl " + k + ": " + r.error().message);
+    }
     for (const auto& p : params.value("masked_paths", std::vector<std::string>{})) {
         auto r = mask_path(p);
         if (!r) die(sync_fd, "mask " + p + ": " + r.error().message);
@@ -363,7 +513,7 @@ void container_init(const json& params, int sync_fd, const Stdio& io) {
     std::string cwd = proc.value("cwd", "/");
     if (!sys::is_dir(cwd)) CHECK(sys::mkdir_p(cwd, 0755));  // as runc, before the root goes read-only
     if (rootp.value("readonly", false)) CHECK(sys::mount("", "/", "", MS_BIND | MS_REMOUNT | MS_RDONLY));
-    run_process(proc, sync_fd, io);
+    run_process(proc, params.value("seccomp", json()), sync_fd, io);
 }
 
 void exec_init(const json& params, pid_t init_pid, int sync_fd, const Stdio& io) {
@@ -379,7 +529,7 @@ void exec_init(const json& params, pid_t init_pid, int sync_fd, const Stdio& io)
     for (auto& [fd, flag] : ns)
         if (::setns(fd.get(), flag) < 0) die(sync_fd, std::string("setns: ") + strerror(errno));
     ns.clear();
-    run_process(params.at("process"), sync_fd, io);
+    run_process(params.at("process"), params.value("seccomp", json()), sync_fd, io);
 }
 
 }  // namespace husk::agent

@@ -201,6 +201,8 @@ private:
 Result<void> Shim::prepare() {
     spec_ = TRY(load_spec(args_.bundle));
     if (!spec_.process) return fail("config.json: process: required", EINVAL);
+    for (const auto& c : unknown_capabilities(*spec_.process))
+        log::warn("process.capabilities: " + c + " is not a capability this host knows; ignored");
     state_ = TRY(read_state(paths_));
     state_.pid = getpid();
     state_.pid_start = sys::proc_start_time(getpid()).value_or(0);

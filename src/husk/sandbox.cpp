@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <cmath>
 
+#include <cap-ng.h>
+
 #include "husk/defaults.h"
 
 namespace husk {
@@ -93,6 +95,20 @@ VmConfig make_vm_config(const Spec& spec, const HostFacts& host, const SandboxPa
     return c;
 }
 
+int capability_number(const std::string& name) {
+    if (name.rfind("CAP_", 0) != 0) return -1;
+    return capng_name_to_capability(name.substr(4).c_str());
+}
+
+std::vector<std::string> unknown_capabilities(const SpecProcess& proc) {
+    std::vector<std::string> out;
+    if (!proc.capabilities) return out;
+    for (const auto& [set, names] : *proc.capabilities)
+        for (const auto& n : names)
+            if (capability_number(n) < 0 && std::find(out.begin(), out.end(), n) == out.end()) out.push_back(n);
+    return out;
+}
+
 json agent_process_params(const SpecProcess& proc) {
     json p = {{"args", proc.args},
               {"env", proc.env},
@@ -105,6 +121,25 @@ json agent_process_params(const SpecProcess& proc) {
     if (proc.user.umask) p["umask"] = *proc.user.umask;
     if (proc.terminal && proc.console_height && proc.console_width)
         p["console_size"] = {{"rows", proc.console_height}, {"cols", proc.console_width}};
+    if (proc.capabilities) {
+        // Names the host's libcap-ng does not know are skipped (the runtime
+        // spec asks for a warning, not a failure; the shim logs them).
+        json caps = json::object();
+        for (const auto& [set, names] : *proc.capabilities) {
+            json nums = json::array();
+            for (const auto& n : names)
+                if (int c = capability_number(n); c >= 0) nums.push_back(c);
+            caps[set] = nums;
+        }
+        p["capabilities"] = caps;
+    }
+    if (!proc.rlimits.empty()) {
+        json rl = json::array();
+        for (const auto& l : proc.rlimits)
+            rl.push_back({{"resource", rlimit_resource(l.type)}, {"soft", l.soft}, {"hard", l.hard}});
+        p["rlimits"] = rl;
+    }
+    if (proc.oom_score_adj) p["oom_score_adj"] = *proc.oom_score_adj;
     return p;
 }
 
@@ -131,6 +166,8 @@ json agent_create_params(const Spec& spec, const SharePlan& plan) {
         if (n.type != "network" && n.type != "user") ns.push_back(n.type);  // the VM is the network; userns: issue 4
     p["namespaces"] = ns;
     p["masked_paths"] = spec.masked_paths;
+    if (!spec.sysctl.empty()) p["sysctl"] = spec.sysctl;
+    if (!spec.seccomp.is_null()) p["seccomp"] = spec.seccomp;
     p["readonly_paths"] = spec.readonly_paths;
     return p;
 }

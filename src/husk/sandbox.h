@@ -49,6 +49,11 @@ uint64_t vm_memory_mib(const Spec& spec);
 unsigned vm_vcpus(const Spec& spec, unsigned host_cpus);
 VmConfig make_vm_config(const Spec& spec, const HostFacts& host, const SandboxPaths& paths);
 
+// CAP_* name -> number (libcap-ng's table), or -1.
+int capability_number(const std::string& name);
+// The capability names in a process that capability_number does not know.
+std::vector<std::string> unknown_capabilities(const SpecProcess& proc);
+
 // The process part of the agent's "create" and "exec" params.
 nlohmann::json agent_process_params(const SpecProcess& proc);
 

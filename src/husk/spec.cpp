@@ -1,5 +1,7 @@
 #include "husk/spec.h"
 
+#include <sys/resource.h>
+
 #include <algorithm>
 
 #include "sys/sys.h"
@@ -52,6 +54,17 @@ struct Reader {
             return err(cp, std::string("expected ") + w + ", got " + kind(*it));
         }
         return &*it;
+    }
+
+    // Call fn(element, its path) for each element of an array of objects.
+    template <typename F>
+    Result<void> each_object(const json& arr, const std::string& p, F&& fn) const {
+        for (size_t i = 0; i < arr.size(); ++i) {
+            std::string ep = index(p, i);
+            if (!arr[i].is_object()) return err(ep, std::string("expected object, got ") + kind(arr[i]));
+            TRY(fn(arr[i], ep));
+        }
+        return {};
     }
 
     Result<std::vector<std::string>> strings(const json& arr, const std::string& p) const {
@@ -116,10 +129,99 @@ Result<SpecProcess> parse_process(const Reader& r, const json& proc_obj, const s
     }
     if (auto nnp = TRY(r.field(*proc, at, "noNewPrivileges", vt::boolean, false)))
         p.no_new_privileges = nnp->get<bool>();
+    if (auto caps = TRY(r.field(*proc, at, "capabilities", vt::object, false))) {
+        std::map<std::string, std::vector<std::string>> sets;
+        for (const char* set : {"bounding", "effective", "permitted", "inheritable", "ambient"}) {
+            std::string cp = Reader::child(sub("capabilities"), set);
+            if (auto arr = TRY(r.field(*caps, sub("capabilities"), set, vt::array, false)))
+                sets[set] = TRY(r.strings(*arr, cp));
+            else
+                sets[set] = {};
+        }
+        p.capabilities = std::move(sets);
+    }
+    if (auto rl = TRY(r.field(*proc, at, "rlimits", vt::array, false))) {
+        TRY(r.each_object(*rl, sub("rlimits"), [&](const json& o, const std::string& rp) -> Result<void> {
+            SpecRlimit l;
+            l.type = TRY(r.field(o, rp, "type", vt::string, true))->get<std::string>();
+            if (rlimit_resource(l.type) < 0) return r.err(rp + ".type", "unknown rlimit \"" + l.type + "\"");
+            l.soft = TRY(r.field(o, rp, "soft", vt::number_unsigned, true))->get<uint64_t>();
+            l.hard = TRY(r.field(o, rp, "hard", vt::number_unsigned, true))->get<uint64_t>();
+            if (l.soft > l.hard) return r.err(rp, "soft limit above hard limit");
+            for (const auto& prev : p.rlimits)
+                if (prev.type == l.type) return r.err(rp + ".type", "duplicate rlimit \"" + l.type + "\"");
+            p.rlimits.push_back(l);
+            return {};
+        }));
+    }
+    if (auto o = TRY(r.field(*proc, at, "oomScoreAdj", vt::number_integer, false))) {
+        int64_t v = o->get<int64_t>();
+        if (v < -1000 || v > 1000) return r.err(sub("oomScoreAdj"), "must be between -1000 and 1000");
+        p.oom_score_adj = int(v);
+    }
     return p;
 }
 
+// linux.seccomp: the shape is checked here, on the host, so a bad profile
+// fails `create` with its JSON path; names of syscalls and actions are
+// resolved by libseccomp in the guest.
+Result<void> check_seccomp(const Reader& r, const json& sec) {
+    using vt = json::value_t;
+    const std::string at = "linux.seccomp";
+    auto action = [&](const json& o, const std::string& p, bool required) -> Result<void> {
+        auto a = TRY(r.field(o, p, required ? "action" : "defaultAction", vt::string, true));
+        static const char* known[] = {"SCMP_ACT_KILL", "SCMP_ACT_KILL_PROCESS", "SCMP_ACT_KILL_THREAD", "SCMP_ACT_TRAP",
+                                      "SCMP_ACT_ERRNO", "SCMP_ACT_TRACE", "SCMP_ACT_ALLOW", "SCMP_ACT_LOG"};
+        std::string v = a->get<std::string>();
+        if (std::none_of(std::begin(known), std::end(known), [&](auto k) { return v == k; }))
+            return r.err(Reader::child(p, required ? "action" : "defaultAction"),
+                         "unsupported action \"" + v + "\"" + (v == "SCMP_ACT_NOTIFY" ? " (no notify agent in the guest)" : ""));
+        return {};
+    };
+    TRY(action(sec, at, false));
+    TRY(r.field(sec, at, "defaultErrnoRet", vt::number_unsigned, false));
+    if (auto a = TRY(r.field(sec, at, "architectures", vt::array, false))) TRY(r.strings(*a, at + ".architectures"));
+    if (auto f = TRY(r.field(sec, at, "flags", vt::array, false))) TRY(r.strings(*f, at + ".flags"));
+    if (sec.contains("listenerPath") && !sec["listenerPath"].is_null())
+        return r.err(at + ".listenerPath", "seccomp notify is not supported");
+    auto arg = [&](const json& a, const std::string& ap) -> Result<void> {
+        auto idx = TRY(r.field(a, ap, "index", vt::number_unsigned, true));
+        if (idx->get<uint64_t>() > 5) return r.err(ap + ".index", "must be 0 to 5");
+        TRY(r.field(a, ap, "value", vt::number_unsigned, true));
+        TRY(r.field(a, ap, "valueTwo", vt::number_unsigned, false));
+        auto op = TRY(r.field(a, ap, "op", vt::string, true))->get<std::string>();
+        static const char* ops[] = {"SCMP_CMP_NE", "SCMP_CMP_LT", "SCMP_CMP_LE", "SCMP_CMP_EQ",
+                                    "SCMP_CMP_GE", "SCMP_CMP_GT", "SCMP_CMP_MASKED_EQ"};
+        if (std::none_of(std::begin(ops), std::end(ops), [&](auto k) { return op == k; }))
+            return r.err(ap + ".op", "unknown operator \"" + op + "\"");
+        return {};
+    };
+    auto rule = [&](const json& o, const std::string& p) -> Result<void> {
+        auto names = TRY(r.field(o, p, "names", vt::array, true));
+        TRY(r.strings(*names, p + ".names"));
+        TRY(action(o, p, true));
+        TRY(r.field(o, p, "errnoRet", vt::number_unsigned, false));
+        if (auto args = TRY(r.field(o, p, "args", vt::array, false))) TRY(r.each_object(*args, p + ".args", arg));
+        return {};
+    };
+    if (auto sc = TRY(r.field(sec, at, "syscalls", vt::array, false))) TRY(r.each_object(*sc, at + ".syscalls", rule));
+    return {};
+}
+
 }  // namespace
+
+int rlimit_resource(const std::string& name) {
+    static const std::map<std::string, int> table = {
+        {"RLIMIT_CPU", RLIMIT_CPU},         {"RLIMIT_FSIZE", RLIMIT_FSIZE},       {"RLIMIT_DATA", RLIMIT_DATA},
+        {"RLIMIT_STACK", RLIMIT_STACK},     {"RLIMIT_CORE", RLIMIT_CORE},         {"RLIMIT_RSS", RLIMIT_RSS},
+        {"RLIMIT_NPROC", RLIMIT_NPROC},     {"RLIMIT_NOFILE", RLIMIT_NOFILE},     {"RLIMIT_MEMLOCK", RLIMIT_MEMLOCK},
+        {"RLIMIT_AS", RLIMIT_AS},           {"RLIMIT_LOCKS", RLIMIT_LOCKS},       {"RLIMIT_SIGPENDING", RLIMIT_SIGPENDING},
+        {"RLIMIT_MSGQUEUE", RLIMIT_MSGQUEUE}, {"RLIMIT_NICE", RLIMIT_NICE},       {"RLIMIT_RTPRIO", RLIMIT_RTPRIO},
+        {"RLIMIT_RTTIME", RLIMIT_RTTIME},
+    };
+    auto it = table.find(name);
+    return it == table.end() ? -1 : it->second;
+}
 
 bool SpecMount::is_bind() const {
     if (type == "bind") return true;
@@ -216,6 +318,18 @@ Result<Spec> parse_spec(const std::string& text) {
             s.masked_paths = TRY(r.strings(*m, "linux.maskedPaths"));
         if (auto m = TRY(r.field(*linux, "linux", "readonlyPaths", vt::array, false)))
             s.readonly_paths = TRY(r.strings(*m, "linux.readonlyPaths"));
+        if (auto sc = TRY(r.field(*linux, "linux", "sysctl", vt::object, false))) {
+            for (auto& [k, v] : sc->items()) {
+                if (!v.is_string()) return r.err("linux.sysctl." + k, std::string("expected string, got ") + kind(v));
+                if (k.empty() || k.find("..") != std::string::npos || k[0] == '.' || k[0] == '/')
+                    return r.err("linux.sysctl", "invalid name \"" + k + "\"");
+                s.sysctl[k] = v.get<std::string>();
+            }
+        }
+        if (auto sec = TRY(r.field(*linux, "linux", "seccomp", vt::object, false))) {
+            TRY(check_seccomp(r, *sec));
+            s.seccomp = *sec;
+        }
     }
     s.raw = std::move(doc);
     return s;

@@ -21,6 +21,11 @@ struct SpecUser {
     std::vector<uint32_t> additional_gids;
 };
 
+struct SpecRlimit {
+    std::string type;  // "RLIMIT_NOFILE"
+    uint64_t soft = 0, hard = 0;
+};
+
 struct SpecProcess {
     bool terminal = false;
     uint32_t console_height = 0, console_width = 0;  // process.consoleSize
@@ -29,6 +34,11 @@ struct SpecProcess {
     std::vector<std::string> env;
     std::string cwd = "/";
     bool no_new_privileges = false;
+    // process.capabilities: set name ("bounding", "effective", ...) -> cap
+    // names. Absent: the process keeps what it has, as with runc.
+    std::optional<std::map<std::string, std::vector<std::string>>> capabilities;
+    std::vector<SpecRlimit> rlimits;
+    std::optional<int> oom_score_adj;
 };
 
 struct SpecMount {
@@ -59,10 +69,15 @@ struct Spec {
     std::string cpuset_cpus;
     std::vector<std::string> masked_paths;
     std::vector<std::string> readonly_paths;
+    std::map<std::string, std::string> sysctl;
+    nlohmann::json seccomp;  // linux.seccomp as written (checked), or null
     nlohmann::json raw;  // the whole document, for sections read later
 
     bool has_namespace(const std::string& type) const;
 };
+
+// RLIMIT_* by name, or -1.
+int rlimit_resource(const std::string& name);
 
 // Parse and validate. `text` is the file's content; errors read
 // "config.json: process.args[0]: expected string, got number".

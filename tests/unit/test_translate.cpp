@@ -113,3 +113,22 @@ TEST_CASE("a terminal process carries its console size to the agent; a probe VM 
     CHECK(std::find(argv.begin(), argv.end(), "virtserialport,chardev=agent,name=husk.agent") == argv.end());
     CHECK(std::none_of(argv.begin(), argv.end(), [](auto& a) { return a.find("vsock") != std::string::npos; }));
 }
+
+TEST_CASE("capabilities, rlimits and oomScoreAdj become numbers for the agent", "[translate]") {
+    auto p = parse_process_file(R"({"args":["sh"],"cwd":"/",
+        "capabilities":{"bounding":["CAP_CHOWN","CAP_SYS_ADMIN","CAP_BOGUS"],"ambient":["CAP_NET_BIND_SERVICE"]},
+        "rlimits":[{"type":"RLIMIT_NOFILE","soft":10,"hard":20},{"type":"RLIMIT_CORE","soft":0,"hard":18446744073709551615}],
+        "oomScoreAdj":-17})", "p.json");
+    REQUIRE(p);
+    auto j = agent_process_params(*p);
+    CHECK(j["capabilities"]["bounding"] == nlohmann::json{0, 21});  // CAP_BOGUS skipped
+    CHECK(j["capabilities"]["ambient"] == nlohmann::json{10});
+    CHECK(j["capabilities"]["effective"] == nlohmann::json::array());
+    CHECK(unknown_capabilities(*p) == std::vector<std::string>{"CAP_BOGUS"});
+    CHECK(j["rlimits"] == nlohmann::json::parse(R"([{"resource":7,"soft":10,"hard":20},
+                                                    {"resource":4,"soft":0,"hard":18446744073709551615}])"));
+    CHECK(j["oom_score_adj"] == -17);
+    // No capabilities object: the agent leaves them alone (runc does too).
+    auto q = parse_process_file(R"({"args":["sh"],"cwd":"/"})", "q.json");
+    CHECK_FALSE(agent_process_params(*q).contains("capabilities"));
+}
