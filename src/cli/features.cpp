@@ -1,3 +1,7 @@
+#include <cap-ng.h>
+#include <linux/capability.h>
+
+#include <cctype>
 #include <iostream>
 
 #include "cli/commands.h"
@@ -11,19 +15,34 @@ void setup_features(CLI::App& sub, Globals&, Handler& run) {
     sub.callback([&run] {
         run = [] {
             auto hv = make_hypervisor("qemu");
+            nlohmann::json cap_names = nlohmann::json::array();
+            for (int c = 0; c <= CAP_LAST_CAP; ++c)
+                if (const char* n = capng_capability_to_name(capng_type_t(c))) {
+                    std::string up = n;
+                    for (auto& ch : up) ch = char(std::toupper(static_cast<unsigned char>(ch)));
+                    cap_names.push_back("CAP_" + up);
+                }
             auto caps = hv->capabilities();
             nlohmann::json j = {
                 {"ociVersionMin", "1.0.0"},
                 {"ociVersionMax", HUSK_OCI_SPEC_VERSION},
-                {"hooks", nlohmann::json::array()},
+                {"hooks", {"prestart", "createRuntime", "poststart", "poststop"}},
                 {"mountOptions", {"ro", "rw", "bind", "rbind", "nosuid", "suid", "nodev", "dev", "noexec", "exec",
                                   "relatime", "norelatime", "strictatime", "noatime", "private", "rprivate",
                                   "shared", "rshared", "slave", "rslave"}},
                 {"linux",
                  {{"namespaces", {"pid", "mount", "ipc", "uts", "cgroup", "network"}},
-                  {"capabilities", nlohmann::json::array()},
+                  {"capabilities", cap_names},
                   {"cgroup", {{"v1", false}, {"v2", true}, {"systemd", false}, {"systemdUser", false}}},
-                  {"seccomp", {{"enabled", false}}},
+                  {"seccomp",
+                   {{"enabled", true},
+                    {"actions", {"SCMP_ACT_ALLOW", "SCMP_ACT_ERRNO", "SCMP_ACT_KILL", "SCMP_ACT_KILL_PROCESS",
+                                 "SCMP_ACT_KILL_THREAD", "SCMP_ACT_LOG", "SCMP_ACT_TRACE", "SCMP_ACT_TRAP"}},
+                    {"operators", {"SCMP_CMP_EQ", "SCMP_CMP_GE", "SCMP_CMP_GT", "SCMP_CMP_LE", "SCMP_CMP_LT",
+                                   "SCMP_CMP_MASKED_EQ", "SCMP_CMP_NE"}},
+                    {"archs", {"SCMP_ARCH_X86", "SCMP_ARCH_X86_64", "SCMP_ARCH_X32"}},
+                    {"supportedFlags", {"SECCOMP_FILTER_FLAG_TSYNC", "SECCOMP_FILTER_FLAG_LOG",
+                                        "SECCOMP_FILTER_FLAG_SPEC_ALLOW"}}}},
                   {"apparmor", {{"enabled", false}}},
                   {"selinux", {{"enabled", false}}}}},
                 {"annotations",

@@ -14,6 +14,7 @@
 
 #include "husk/console.h"
 #include "husk/defaults.h"
+#include "husk/hooks.h"
 #include "husk/shim_client.h"
 #include "husk/spec.h"
 #include "sys/sys.h"
@@ -75,6 +76,9 @@ Result<pid_t> create_container(const Globals& g, const std::string& id, const Cr
     if (o.preserve_fds > 0) return fail("--preserve-fds is not supported yet", ENOTSUP);
     std::string rootfs = rootfs_path(bundle, spec);
     if (!sys::is_dir(rootfs)) return fail("rootfs " + rootfs + " does not exist", ENOENT);
+    for (const char* stage : {"createContainer", "startContainer"})
+        if (spec.hooks.count(stage))
+            return fail(std::string("config.json: hooks.") + stage + ": not supported yet (these run inside the guest)", ENOTSUP);
 
     auto paths = state_paths(g.root, id);
     TRY(sys::mkdir_p(g.root, 0711));
@@ -98,6 +102,7 @@ Result<pid_t> create_container(const Globals& g, const std::string& id, const Cr
     st.created = now_rfc3339();
     st.owner = owner_name();
     st.annotations = spec.annotations;
+    st.hooks = spec.raw.contains("hooks") ? spec.raw["hooks"] : nlohmann::json();
     st.pid = getpid();  // until the shim takes over
     st.pid_start = sys::proc_start_time(getpid()).value_or(0);
     if (auto r = write_state(paths, st); !r) return cleanup(r.error());
@@ -110,13 +115,25 @@ Result<pid_t> create_container(const Globals& g, const std::string& id, const Cr
     sync_w.reset();
     auto reply = sys::read_to_eof(sync_r.get(), 1 << 16);
     if (reply && reply->rfind("ok", 0) == 0) {
-        if (!o.pid_file.empty()) {
-            if (auto r = write_pid_file(o.pid_file, *pid); !r) {
-                ::kill(*pid, SIGKILL);
-                ::waitpid(*pid, nullptr, 0);
-                if (auto s = read_state(paths)) reap_leftovers(*s);
-                return cleanup(r.error());
+        // The VM is up and the container built, its process parked: the
+        // runtime's create hooks run now, then the pid file says "created".
+        Result<void> ok = {};
+        if (spec.hooks.count("prestart") || spec.hooks.count("createRuntime")) {
+            auto now = read_state(paths);
+            if (!now) ok = tl::unexpected(now.error());
+            else {
+                auto hs = oci_state(*now);
+                hs["status"] = status::kCreating;
+                ok = run_hooks(spec.hooks["prestart"], "prestart", hs);
+                if (ok) ok = run_hooks(spec.hooks["createRuntime"], "createRuntime", hs);
             }
+        }
+        if (ok && !o.pid_file.empty()) ok = write_pid_file(o.pid_file, *pid);
+        if (!ok) {
+            ::kill(*pid, SIGKILL);
+            ::waitpid(*pid, nullptr, 0);
+            if (auto s = read_state(paths)) reap_leftovers(*s);
+            return cleanup(ok.error());
         }
         return *pid;
     }
@@ -152,6 +169,10 @@ Result<void> start_container(const Globals& g, const std::string& id) {
     if (s == status::kRunning || s == status::kPaused) return fail("cannot start an already running container", EINVAL);
     if (s != status::kCreated) return fail("cannot start a container in the " + s + " state", EINVAL);
     TRY(shim_call(paths, {{"op", "start"}}, 120000));
+    if (auto hooks = parse_hooks(st.hooks); hooks && hooks->count("poststart")) {
+        st.status = status::kRunning;
+        run_hooks_warn((*hooks)["poststart"], "poststart", oci_state(st));
+    }
     return {};
 }
 
@@ -205,6 +226,12 @@ Result<void> delete_container(const Globals& g, const std::string& id, bool forc
         return fail("read state: " + st.error().message + " (use --force to remove)", st.error().code);
     }
     TRY_CTX(sys::remove_all(paths.dir), "remove state");
+    if (st)
+        if (auto hooks = parse_hooks(st->hooks); hooks && hooks->count("poststop")) {
+            auto hs = oci_state(*st);
+            hs["status"] = status::kStopped;
+            run_hooks_warn((*hooks)["poststop"], "poststop", hs);
+        }
     return {};
 }
 

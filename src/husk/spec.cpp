@@ -208,7 +208,38 @@ Result<void> check_seccomp(const Reader& r, const json& sec) {
     return {};
 }
 
+Result<SpecHooks> read_hooks(const Reader& r, const json& h) {
+    using vt = json::value_t;
+    SpecHooks out;
+    for (const char* stage : {"prestart", "createRuntime", "createContainer", "startContainer", "poststart", "poststop"}) {
+        auto arr = TRY(r.field(h, "hooks", stage, vt::array, false));
+        if (!arr) continue;
+        std::string sp = Reader::child("hooks", stage);
+        TRY(r.each_object(*arr, sp, [&](const json& o, const std::string& p) -> Result<void> {
+            SpecHook hk;
+            hk.path = TRY(r.field(o, p, "path", vt::string, true))->get<std::string>();
+            if (!absolute(hk.path)) return r.err(p + ".path", "must be an absolute path, got \"" + hk.path + "\"");
+            if (auto a = TRY(r.field(o, p, "args", vt::array, false))) hk.args = TRY(r.strings(*a, p + ".args"));
+            if (auto e = TRY(r.field(o, p, "env", vt::array, false))) hk.env = TRY(r.strings(*e, p + ".env"));
+            if (auto t = TRY(r.field(o, p, "timeout", vt::number_integer, false))) {
+                if (t->get<int64_t>() <= 0 || t->get<int64_t>() > 86400) return r.err(p + ".timeout", "must be between 1 and 86400 seconds");
+                hk.timeout = int(t->get<int64_t>());
+            }
+            out[stage].push_back(std::move(hk));
+            return {};
+        }));
+    }
+    return out;
+}
+
 }  // namespace
+
+Result<SpecHooks> parse_hooks(const json& hooks) {
+    if (hooks.is_null()) return SpecHooks{};
+    Reader r;
+    if (!hooks.is_object()) return r.err("hooks", std::string("expected object, got ") + kind(hooks));
+    return read_hooks(r, hooks);
+}
 
 int rlimit_resource(const std::string& name) {
     static const std::map<std::string, int> table = {
@@ -252,6 +283,7 @@ Result<Spec> parse_spec(const std::string& text) {
     if (auto proc = TRY(r.field(doc, "", "process", vt::object, false))) s.process = TRY(parse_process(r, *proc, "process"));
 
     if (auto h = TRY(r.field(doc, "", "hostname", vt::string, false))) s.hostname = h->get<std::string>();
+    if (auto h = TRY(r.field(doc, "", "hooks", vt::object, false))) s.hooks = TRY(read_hooks(r, *h));
 
     if (auto mounts = TRY(r.field(doc, "", "mounts", vt::array, false))) {
         for (size_t i = 0; i < mounts->size(); ++i) {

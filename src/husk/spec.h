@@ -21,6 +21,15 @@ struct SpecUser {
     std::vector<uint32_t> additional_gids;
 };
 
+struct SpecHook {
+    std::string path;
+    std::vector<std::string> args, env;
+    int timeout = 0;  // seconds; 0: none
+};
+
+// config.json's hooks, by stage ("prestart", "createRuntime", ...).
+using SpecHooks = std::map<std::string, std::vector<SpecHook>>;
+
 struct SpecRlimit {
     std::string type;  // "RLIMIT_NOFILE"
     uint64_t soft = 0, hard = 0;
@@ -70,11 +79,15 @@ struct Spec {
     std::vector<std::string> masked_paths;
     std::vector<std::string> readonly_paths;
     std::map<std::string, std::string> sysctl;
+    SpecHooks hooks;
     nlohmann::json seccomp;  // linux.seccomp as written (checked), or null
     nlohmann::json raw;  // the whole document, for sections read later
 
     bool has_namespace(const std::string& type) const;
 };
+
+// The hooks object alone (state.json keeps it for start and delete).
+Result<SpecHooks> parse_hooks(const nlohmann::json& hooks);
 
 // RLIMIT_* by name, or -1.
 int rlimit_resource(const std::string& name);

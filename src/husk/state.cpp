@@ -18,6 +18,7 @@ json state_to_json(const State& s) {
     json j = {{"id", s.id},         {"bundle", s.bundle},       {"rootfs", s.rootfs},     {"status", s.status},
               {"created", s.created}, {"owner", s.owner},       {"pid", s.pid},           {"pid_start", s.pid_start},
               {"vmm_pid", s.vmm_pid}, {"vmm_start", s.vmm_start}, {"annotations", s.annotations}};
+    if (!s.hooks.is_null()) j["hooks"] = s.hooks;
     if (s.exit_code) j["exit_code"] = *s.exit_code;
     if (s.exit_signal) j["exit_signal"] = *s.exit_signal;
     return j;
@@ -39,6 +40,7 @@ Result<State> state_from_json(const json& j) {
         if (j.contains("exit_code")) s.exit_code = j["exit_code"].get<int>();
         if (j.contains("exit_signal")) s.exit_signal = j["exit_signal"].get<int>();
         if (j.contains("annotations")) s.annotations = j["annotations"].get<std::map<std::string, std::string>>();
+        if (j.contains("hooks")) s.hooks = j["hooks"];
         return s;
     } catch (const json::exception& e) {
         return fail(std::string("corrupt state: ") + e.what(), EINVAL);

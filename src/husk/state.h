@@ -37,6 +37,7 @@ struct State {
     std::optional<int> exit_code;    // set when stopped normally
     std::optional<int> exit_signal;  // set when killed by a signal
     std::map<std::string, std::string> annotations;
+    nlohmann::json hooks;  // config.json's hooks, for start and delete to run
 };
 
 nlohmann::json state_to_json(const State& s);

@@ -483,8 +483,15 @@ Result<pid_t> spawn(const std::vector<std::string>& argv, const SpawnOptions& o)
         for (int fd = first_free; fd < 1024; ++fd)
             if (fd != err_w.get()) ::close(fd);
         if (!o.cwd.empty() && ::chdir(o.cwd.c_str()) < 0) die("chdir " + o.cwd);
-        execvp(args[0], args.data());
-        die("exec " + argv[0]);
+        std::vector<char*> envp;
+        if (o.env) {
+            for (auto& e : *o.env) envp.push_back(const_cast<char*>(e.c_str()));
+            envp.push_back(nullptr);
+        }
+        if (!o.path.empty()) ::execve(o.path.c_str(), args.data(), o.env ? envp.data() : environ);
+        else if (o.env) ::execvpe(args[0], args.data(), envp.data());
+        else ::execvp(args[0], args.data());
+        die("exec " + (o.path.empty() ? argv[0] : o.path));
     }
     err_w.reset();
     auto msg = read_to_eof(err_r.get(), 4096);

@@ -149,6 +149,10 @@ def test_features_reports_acceleration(husk):
     j = json.loads(husk("features", check=True).stdout)
     ann = j["annotations"]
     assert j["ociVersionMax"].startswith("1.")
+    # Truthful about what landed: host hooks, seccomp, the capability names.
+    assert j["hooks"] == ["prestart", "createRuntime", "poststart", "poststop"]
+    assert j["linux"]["seccomp"]["enabled"] and "SCMP_CMP_MASKED_EQ" in j["linux"]["seccomp"]["operators"]
+    assert {"CAP_SYS_ADMIN", "CAP_NET_BIND_SERVICE", "CAP_CHOWN"} <= set(j["linux"]["capabilities"])
     if not os.access("/dev/kvm", os.R_OK | os.W_OK):
         assert (ann["org.husk.accel"], ann["org.husk.accel.reason"]) == ("tcg", "no usable /dev/kvm")
     else:
