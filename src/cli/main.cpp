@@ -1,4 +1,5 @@
 // husk: the runc CLI, flag for flag, over VM sandboxes.
+#include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -33,6 +34,9 @@ static const Command kCommands[] = {
 int main(int argc, char** argv) {
     using namespace husk;
     sys::ensure_std_fds();  // a closed stdin reads as empty, never as our own fds
+    // A shim or hook that goes away mid-write is an error to report, not a
+    // reason to die. (Children get the default back: see sys::spawn.)
+    signal(SIGPIPE, SIG_IGN);
     Globals g;
     CLI::App app{"husk: an OCI runtime that runs each container in its own virtual machine", "husk"};
     app.require_subcommand(0, 1);

@@ -1,5 +1,6 @@
 #include "husk/hooks.h"
 
+#include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
 #include <sys/wait.h>
@@ -18,6 +19,14 @@ Result<void> run_hook(const SpecHook& h, const std::string& stage, const std::st
     std::string what = stage + " hook " + h.path;
     auto [in_r, in_w] = TRY_CTX(sys::pipe(O_CLOEXEC), what);
     auto [out_r, out_w] = TRY_CTX(sys::pipe(O_CLOEXEC), what);
+    // The state goes into the pipe before the hook starts, so nothing is
+    // ever written to a hook that has exited (SIGPIPE) or does not read
+    // (a full pipe).
+    if (state.size() > 65536 && ::fcntl(in_w.get(), F_SETPIPE_SZ, int(state.size())) < 0)
+        return fail_errno(what + ": state of " + std::to_string(state.size()) + " bytes does not fit a pipe");
+    TRY(sys::set_nonblock(in_w.get(), true));
+    TRY_CTX(sys::write_all(in_w.get(), state), what + ": state");
+    in_w.reset();
     sys::SpawnOptions o;
     o.fds = {{in_r.get(), 0}, {out_w.get(), 1}, {out_w.get(), 2}};
     o.path = h.path;
@@ -26,11 +35,6 @@ Result<void> run_hook(const SpecHook& h, const std::string& stage, const std::st
     pid_t pid = TRY_CTX(sys::spawn(argv, o), what);
     in_r.reset();
     out_w.reset();
-    // The state is small (well under a pipe's buffer); a hook that does
-    // not read it must not block us.
-    (void)sys::set_nonblock(in_w.get(), true);
-    (void)sys::write_all(in_w.get(), state);
-    in_w.reset();
     TRY(sys::set_nonblock(out_r.get(), true));
     auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(h.timeout);
     std::string output;

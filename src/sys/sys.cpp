@@ -470,6 +470,7 @@ Result<pid_t> spawn(const std::vector<std::string>& argv, const SpawnOptions& o)
         sigset_t none;
         sigemptyset(&none);
         sigprocmask(SIG_SETMASK, &none, nullptr);
+        signal(SIGPIPE, SIG_DFL);  // an ignored SIGPIPE would survive exec
         // Park the sources above every target first, so one dup2 cannot
         // clobber a source another still needs; dup2 clears close-on-exec.
         std::vector<int> parked;

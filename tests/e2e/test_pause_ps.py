@@ -79,3 +79,24 @@ def test_ps_lists_guest_processes(husk, bundle):
     husk("delete", "--force", cid, check=True)
     r = husk("ps", cid)
     assert r.returncode != 0 and b"container does not exist" in r.stderr
+
+
+def test_kill_all_reaches_every_process(husk, bundle):
+    # The init (pid 1 of its namespace) ignores SIGTERM it has no handler
+    # for; its children do not. Without --all only the init is signalled.
+    cid = new_id()
+    husk("run", "-d", "-b", bundle(["sh", "-c", "sleep 1000 & sleep 2000; true"]), cid, check=True)
+    deadline = time.time() + 60
+    while len(json.loads(husk("ps", "--format", "json", cid, check=True).stdout)) < 3:
+        assert time.time() < deadline
+        time.sleep(0.2)
+    husk("kill", cid, "TERM", check=True)
+    time.sleep(2)
+    assert len(json.loads(husk("ps", "--format", "json", cid, check=True).stdout)) == 3
+    # With --all the sleeps die, the init's wait returns and it exits.
+    husk("kill", "--all", cid, "TERM", check=True)
+    deadline = time.time() + 30
+    while husk.state(cid)["status"] != "stopped":
+        assert time.time() < deadline, husk("ps", cid).stdout
+        time.sleep(0.1)
+    husk("delete", cid, check=True)

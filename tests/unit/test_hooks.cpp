@@ -56,3 +56,16 @@ TEST_CASE("a hook gets the state on stdin, its own env, and its failure says why
     CHECK(r.error().message == "poststop hook /nonexistent/hook: exec /nonexistent/hook: No such file or directory");
     (void)sys::remove_all(dir);
 }
+
+TEST_CASE("the whole state is in the hook's stdin before it runs; one that never reads is fine", "[hooks]") {
+    char tmpl[] = "/tmp/husk-hook-XXXXXX";
+    REQUIRE(mkdtemp(tmpl));
+    std::string dir = tmpl;
+    // Larger than a default pipe: it must still arrive whole.
+    nlohmann::json state = {{"id", "c1"}, {"pad", std::string(200000, 'x')}};
+    REQUIRE(run_hooks({sh("/bin/cat > " + dir + "/state")}, "prestart", state));
+    CHECK(sys::read_file(dir + "/state").value() == state.dump());
+    // Hooks that exit at once without reading: never a write to a gone reader.
+    for (int i = 0; i < 20; ++i) CHECK(run_hooks({SpecHook{"/bin/true", {}, {}, 0}}, "poststop", state));
+    (void)sys::remove_all(dir);
+}
