@@ -255,11 +255,7 @@ Result<void> Shim::build_shares() {
 Result<void> Shim::setup_terminal() {
     if (args_.console_socket.empty()) return fail("process.terminal is true but no --console-socket was given", EINVAL);
     auto pty = TRY(sys::open_pty());
-    struct termios t;
-    if (::tcgetattr(pty.slave.get(), &t) < 0) return fail_errno("tcgetattr");
-    ::cfmakeraw(&t);
-    if (::tcsetattr(pty.slave.get(), TCSANOW, &t) < 0) return fail_errno("tcsetattr");
-    if (::ioctl(pty.slave.get(), TIOCSCTTY, 0) < 0) return fail_errno("TIOCSCTTY");
+    TRY(sys::take_relay_tty(pty.slave.get()));
     TRY(sys::set_nonblock(pty.slave.get(), true));
     TRY(sys::send_console(args_.console_socket, pty));
     Proc& init = procs_[0];
@@ -735,9 +731,7 @@ Result<void> Shim::set_paused(bool on) {
 }
 
 void Shim::send_resize(uint32_t proc, int fd) {
-    struct winsize ws{};
-    if (::ioctl(fd, TIOCGWINSZ, &ws) == 0 && ws.ws_row && ws.ws_col)
-        request("resize", {{"process", proc}, {"rows", ws.ws_row}, {"cols", ws.ws_col}});
+    if (auto ws = sys::window_size(fd)) request("resize", {{"process", proc}, {"rows", ws->ws_row}, {"cols", ws->ws_col}});
 }
 
 void Shim::on_signal() {

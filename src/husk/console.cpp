@@ -9,6 +9,7 @@
 #include <termios.h>
 #include <unistd.h>
 
+#include "husk/signals.h"
 #include "sys/sys.h"
 
 namespace husk {
@@ -64,17 +65,13 @@ private:
 };
 
 void copy_winsize(int from, int to) {
-    struct winsize ws{};
-    if (::ioctl(from, TIOCGWINSZ, &ws) == 0 && ws.ws_row && ws.ws_col) ::ioctl(to, TIOCSWINSZ, &ws);
+    if (auto ws = sys::window_size(from)) ::ioctl(to, TIOCSWINSZ, &*ws);
 }
 
 }  // namespace
 
 Result<int> relay_terminal(int master, pid_t child) {
-    sigset_t set, old;
-    sigemptyset(&set);
-    for (int s : {SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR1, SIGUSR2, SIGALRM, SIGCONT, SIGCHLD, SIGWINCH})
-        sigaddset(&set, s);
+    sigset_t set = forwarded_signals(), old;
     sigprocmask(SIG_BLOCK, &set, &old);
     sys::Fd sfd(signalfd(-1, &set, SFD_NONBLOCK | SFD_CLOEXEC));
     if (!sfd) return fail_errno("signalfd");

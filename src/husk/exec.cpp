@@ -16,6 +16,7 @@
 #include "husk/console.h"
 #include "husk/lifecycle.h"
 #include "husk/sandbox.h"
+#include "husk/signals.h"
 #include "husk/spec.h"
 #include "sys/sys.h"
 
@@ -130,9 +131,7 @@ public:
 
 private:
     void resize(int tty) {
-        struct winsize ws{};
-        if (::ioctl(tty, TIOCGWINSZ, &ws) == 0 && ws.ws_row && ws.ws_col)
-            send({{"op", "resize"}, {"rows", ws.ws_row}, {"cols", ws.ws_col}});
+        if (auto ws = sys::window_size(tty)) send({{"op", "resize"}, {"rows", ws->ws_row}, {"cols", ws->ws_col}});
     }
 
     // One read into the buffer; false at EOF or on error.
@@ -157,14 +156,6 @@ private:
     std::string buf_;
 };
 
-sigset_t forwarded_signals() {
-    sigset_t set;
-    sigemptyset(&set);
-    for (int s : {SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR1, SIGUSR2, SIGALRM, SIGCONT, SIGCHLD, SIGWINCH})
-        sigaddset(&set, s);
-    return set;
-}
-
 // The relay child: detached, or owner of the terminal. A session leader,
 // so with a terminal the pty is its controlling one and resizes arrive as
 // SIGWINCH. Reports "ok\n" or "error: ...\n" on `report`, then stands in
@@ -185,22 +176,15 @@ sigset_t forwarded_signals() {
         auto p = sys::open_pty();
         if (!p) fail_with(p.error());
         pty = std::move(*p);
-        struct termios t;
-        // Raw: the guest's pty alone does echo, line editing and ^C.
-        if (::tcgetattr(pty->slave.get(), &t) == 0) {
-            ::cfmakeraw(&t);
-            ::tcsetattr(pty->slave.get(), TCSANOW, &t);
-        }
-        if (::ioctl(pty->slave.get(), TIOCSCTTY, 0) < 0) fail_with(Error{errno, std::string("TIOCSCTTY: ") + strerror(errno)});
+        if (auto r = sys::take_relay_tty(pty->slave.get()); !r) fail_with(r.error());
         // In the foreground our stdin is the caller's terminal: its size is
         // the process's from the start.
-        struct winsize ws{};
-        if (::ioctl(0, TIOCGWINSZ, &ws) == 0 && ws.ws_row && ws.ws_col) ::ioctl(pty->slave.get(), TIOCSWINSZ, &ws);
+        if (auto ws = sys::window_size(0)) ::ioctl(pty->slave.get(), TIOCSWINSZ, &*ws);
         if (auto r = sys::send_console(console, *pty); !r) fail_with(r.error());
         pty->master.reset();
         fds = {pty->slave.get()};
-        if (::ioctl(fds[0], TIOCGWINSZ, &ws) == 0 && ws.ws_row && ws.ws_col)
-            req["process"]["console_size"] = {{"rows", ws.ws_row}, {"cols", ws.ws_col}};
+        if (auto ws = sys::window_size(fds[0]))
+            req["process"]["console_size"] = {{"rows", ws->ws_row}, {"cols", ws->ws_col}};
     }
     auto sess = Session::start(paths, req, fds);
     if (!sess) fail_with(sess.error());

@@ -16,6 +16,7 @@
 #include "husk/defaults.h"
 #include "husk/hooks.h"
 #include "husk/shim_client.h"
+#include "husk/signals.h"
 #include "husk/spec.h"
 #include "sys/sys.h"
 
@@ -238,10 +239,7 @@ Result<void> delete_container(const Globals& g, const std::string& id, bool forc
 Result<int> run_container(const Globals& g, const std::string& id, const CreateOptions& o, bool detach, bool keep) {
     // Signals that arrive while we run go to the container; block them
     // now so none is lost between create and the wait loop.
-    sigset_t fwd, old;
-    sigemptyset(&fwd);
-    for (int s : {SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR1, SIGUSR2, SIGALRM, SIGCONT, SIGCHLD, SIGWINCH})
-        sigaddset(&fwd, s);
+    sigset_t fwd = forwarded_signals(), old;
     if (!detach) sigprocmask(SIG_BLOCK, &fwd, &old);
     // A terminal in the foreground: we show it, through our own console socket.
     CreateOptions co = o;

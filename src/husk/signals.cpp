@@ -63,4 +63,12 @@ std::string signal_name(int sig) {
     return "signal " + std::to_string(sig);
 }
 
+sigset_t forwarded_signals() {
+    sigset_t set;
+    sigemptyset(&set);
+    for (int s : {SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR1, SIGUSR2, SIGALRM, SIGCONT, SIGCHLD, SIGWINCH})
+        sigaddset(&set, s);
+    return set;
+}
+
 }  // namespace husk

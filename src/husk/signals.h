@@ -1,4 +1,6 @@
 #pragma once
+#include <signal.h>
+
 #include <string>
 
 #include "husk/result.h"
@@ -9,5 +11,9 @@ namespace husk {
 Result<int> parse_signal(const std::string& s);
 // 15 -> "SIGTERM"
 std::string signal_name(int sig);
+// What a process standing in for a container process (husk run, exec,
+// the terminal relay) blocks and passes on; SIGCHLD and SIGWINCH are in
+// the set for its own use, never forwarded as such.
+sigset_t forwarded_signals();
 
 }  // namespace husk

@@ -328,6 +328,21 @@ Result<Pty> open_pty(const std::string& ptmx) {
     return p;
 }
 
+Result<void> take_relay_tty(int slave) {
+    struct termios t;
+    if (::tcgetattr(slave, &t) < 0) return fail_errno("tcgetattr");
+    ::cfmakeraw(&t);
+    if (::tcsetattr(slave, TCSANOW, &t) < 0) return fail_errno("tcsetattr");
+    if (::ioctl(slave, TIOCSCTTY, 0) < 0) return fail_errno("TIOCSCTTY");
+    return {};
+}
+
+std::optional<struct winsize> window_size(int fd) {
+    struct winsize ws{};
+    if (::ioctl(fd, TIOCGWINSZ, &ws) < 0 || !ws.ws_row || !ws.ws_col) return std::nullopt;
+    return ws;
+}
+
 Result<void> send_console(const std::string& socket_path, const Pty& pty) {
     auto s = unix_connect(socket_path, SOCK_STREAM);
     // Some callers listen with SOCK_SEQPACKET.

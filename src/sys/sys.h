@@ -2,6 +2,7 @@
 // calls mount, pivot_root, clone & co. directly.
 #pragma once
 #include <fcntl.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/types.h>
 
@@ -61,6 +62,12 @@ struct Pty {
     std::string name;  // "/dev/pts/N" as the devpts instance of `ptmx` sees it
 };
 Result<Pty> open_pty(const std::string& ptmx = "/dev/ptmx");
+// The host side of a relayed terminal: raw (the guest's pty alone does
+// echo, line editing and ^C) and our controlling tty (we are a session
+// leader), so the caller's resizes reach us as SIGWINCH.
+Result<void> take_relay_tty(int slave);
+// A terminal's size, if it is one and the size is set (rows and cols > 0).
+std::optional<struct winsize> window_size(int fd);
 // Hand the master to a runc-style --console-socket (the name goes along).
 Result<void> send_console(const std::string& socket_path, const Pty& pty);
 Result<Fd> accept(int listen_fd, int flags = 0);
