@@ -25,6 +25,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "guest-agent/cgroup.h"
 #include "guest-agent/container.h"
 #include "husk/hypervisor.h"
 #include "protocol/protocol.h"
@@ -140,6 +141,7 @@ Result<void> early_init() {
     TRY(sys::chroot("."));
     TRY(sys::chdir("/"));
 
+    TRY(agent::init_cgroups());
     TRY(sys::mkdir_p(agent::kShareMount, 0755));
     TRY(sys::mount("husk", agent::kShareMount, "9p", 0,
                    "trans=virtio,version=9p2000.L,msize=262144,access=client,posixacl"));
@@ -222,6 +224,8 @@ private:
     Result<json> do_exec(const json& params);
     Result<json> do_resize(const json& params);
     Result<json> do_ps(const json& params);
+    Result<json> do_update(const json& params);
+    Result<json> do_stats(const json& params);
     Result<Process> spawn(const json& proc, int flags, const std::function<void(int, const agent::Stdio&)>& child);
     void reap();
     void read_output(uint32_t idx, int fd, bool exited);
@@ -230,6 +234,7 @@ private:
     sys::Fd chan_;
     sys::Fd own_pidns_;
     json seccomp_;
+    sys::Fd cgroup_;  // the container's cgroup: every process of it is born there
     proto::Decoder dec_;
     std::string out_;
     std::map<uint32_t, Process> procs_;
@@ -245,8 +250,19 @@ Result<Process> Agent::spawn(const json& proc, int flags, const std::function<vo
     auto [out_r, out_w] = TRY(sys::pipe(O_CLOEXEC));
     auto [err_r, err_w] = TRY(sys::pipe(O_CLOEXEC));
     auto [sync_p, sync_c] = TRY(sys::socketpair(SOCK_STREAM));
-    pid_t pid = pid_t(::syscall(SYS_clone, flags | SIGCHLD, nullptr, nullptr, nullptr, 0));
-    if (pid < 0) return fail_errno("clone");
+    // clone3 so the child starts life in the container's cgroup (the
+    // agent itself stays in the root group).
+    struct {
+        uint64_t flags, pidfd, child_tid, parent_tid, exit_signal, stack, stack_size, tls, set_tid, set_tid_size, cgroup;
+    } args{};
+    args.flags = uint64_t(flags);
+    args.exit_signal = SIGCHLD;
+    if (cgroup_) {
+        args.flags |= 0x200000000ULL;  // CLONE_INTO_CGROUP
+        args.cgroup = uint64_t(cgroup_.get());
+    }
+    pid_t pid = pid_t(::syscall(SYS_clone3, &args, sizeof args));
+    if (pid < 0) return fail_errno("clone3");
     if (pid == 0) {
         sync_p.reset();
         child(sync_c.get(), agent::Stdio{in_r.get(), out_w.get(), err_w.get()});
@@ -291,6 +307,9 @@ Result<Process> Agent::spawn(const json& proc, int flags, const std::function<vo
 Result<json> Agent::do_create(const json& params) {
     if (procs_.count(0)) return fail("container already created", EEXIST);
     seccomp_ = params.value("seccomp", json());  // execs get the container's profile too
+    if (params.contains("cgroup") && !cgroup_)
+        cgroup_ = TRY(agent::create_container_cgroup(params["cgroup"].value("files", json::array()),
+                                                    params["cgroup"].value("devices", json())));
     auto p = TRY(spawn(params.at("process"), agent::clone_flags(params),
                        [&](int sync, const agent::Stdio& io) { agent::container_init(params, sync, io); }));
     pid_t pid = p.pid;
@@ -403,6 +422,17 @@ Result<json> Agent::do_ps(const json&) {
     return out;
 }
 
+Result<json> Agent::do_update(const json& params) {
+    if (!cgroup_) return fail("container has no cgroup", ENOENT);
+    TRY(agent::write_cgroup_files(params.value("files", json::array())));
+    return json::object();
+}
+
+Result<json> Agent::do_stats(const json& params) {
+    if (!cgroup_) return fail("container has no cgroup", ENOENT);
+    return agent::read_cgroup_files(params.value("files", std::vector<std::string>{}));
+}
+
 Result<json> Agent::do_resize(const json& params) {
     uint32_t idx = params.at("process").get<uint32_t>();
     auto it = procs_.find(idx);
@@ -455,6 +485,8 @@ void Agent::on_request(const json& req) {
         else if (method == "exec") r = do_exec(params);
         else if (method == "resize") r = do_resize(params);
         else if (method == "ps") r = do_ps(params);
+        else if (method == "update") r = do_update(params);
+        else if (method == "stats") r = do_stats(params);
     } catch (const json::exception& e) {
         r = fail(std::string("bad request: ") + e.what(), EINVAL);
     }

@@ -22,6 +22,7 @@
 #include <map>
 #include <optional>
 
+#include "husk/hooks.h"
 #include "sys/sys.h"
 
 namespace husk::agent {
@@ -75,7 +76,6 @@ int clone_flags(const json& params) {
         if (t == "pid") f |= CLONE_NEWPID;
         else if (t == "uts") f |= CLONE_NEWUTS;
         else if (t == "ipc") f |= CLONE_NEWIPC;
-        else if (t == "cgroup") f |= CLONE_NEWCGROUP;
     }
     return f;
 }
@@ -218,6 +218,29 @@ Result<void> populate_dev() {
         if (::symlink(to, from) < 0 && errno != EEXIST) return fail_errno(std::string("symlink ") + from);
     if (sys::exists("/proc/kcore") && ::symlink("/proc/kcore", "/dev/core") < 0 && errno != EEXIST)
         return fail_errno("symlink /dev/core");
+    return {};
+}
+
+// linux.devices: made after pivot_root, so every path is the container's.
+Result<void> make_devices(const json& devices) {
+    mode_t old = ::umask(0);
+    for (const auto& d : devices) {
+        std::string path = d.at("path");
+        std::string type = d.at("type");
+        mode_t kind = type == "b" ? S_IFBLK : type == "p" ? S_IFIFO : S_IFCHR;
+        mode_t mode = mode_t(d.value("file_mode", 0666u));
+        TRY(sys::mkdir_p(sys::dirname(path), 0755));
+        ::unlink(path.c_str());  // runc replaces what the image had there
+        if (::mknod(path.c_str(), kind | mode, makedev(d.value("major", 0u), d.value("minor", 0u))) < 0) {
+            ::umask(old);
+            return fail_errno("mknod " + path);
+        }
+        if (::chown(path.c_str(), d.value("uid", 0u), d.value("gid", 0u)) < 0) {
+            ::umask(old);
+            return fail_errno("chown " + path);
+        }
+    }
+    ::umask(old);
     return {};
 }
 
@@ -386,7 +409,8 @@ void reset_signals() {
 // container's namespaces and root: stdio (pipes, or a pty from the
 // container's own devpts), credentials, cwd, then "R" (with the pty master
 // attached), wait for "S", execve.
-[[noreturn]] void run_process(const json& proc, const json& seccomp, int sync_fd, const Stdio& io) {
+[[noreturn]] void run_process(const json& proc, const json& seccomp, int sync_fd, const Stdio& io,
+                              const json& start_hooks = json()) {
     setsid();
     std::optional<sys::Pty> pty;
     if (proc.value("terminal", false)) {
@@ -453,6 +477,12 @@ void reset_signals() {
     pty.reset();  // the agent holds the master now
     char c = 0;
     if (::read(sync_fd, &c, 1) != 1 || c != 'S') _exit(1);  // deleted before start
+    // startContainer hooks: as runc, once the process is what it will be,
+    // right before its program starts.
+    if (!start_hooks.is_null()) {
+        auto r = run_hooks(hooks_from_json(start_hooks["hooks"]), "startContainer", start_hooks["state"]);
+        if (!r) die(sync_fd, r.error().message);
+    }
     if (!seccomp.is_null() && nnp) CHECK(load_seccomp(seccomp));
 
     std::vector<char*> argv, envp;
@@ -468,6 +498,10 @@ void reset_signals() {
 
 void container_init(const json& params, int sync_fd, const Stdio& io) {
     reset_signals();
+    // A new cgroup namespace here, not in clone(): its root must be the
+    // container's group, which clone3 placed us in after copying namespaces.
+    for (const auto& n : params.value("namespaces", json::array()))
+        if (n == "cgroup" && ::unshare(CLONE_NEWCGROUP) < 0) die(sync_fd, std::string("unshare cgroup: ") + strerror(errno));
     const json& proc = params.at("process");
     const json& rootp = params.at("root");
 
@@ -489,6 +523,7 @@ void container_init(const json& params, int sync_fd, const Stdio& io) {
         CHECK(sys::umount(".", MNT_DETACH));
         CHECK(sys::chdir("/"));
         if (dev_tmpfs) CHECK(populate_dev());
+        CHECK(make_devices(params.value("devices", json::array())));
     }
 
     std::string hostname = params.value("hostname", "");
@@ -510,10 +545,22 @@ void container_init(const json& params, int sync_fd, const Stdio& io) {
         auto r = readonly_path(p);
         if (!r) die(sync_fd, "readonly " + p + ": " + r.error().message);
     }
+    // createContainer hooks: in the container's namespaces, like runc's;
+    // but the only filesystem a guest has is the container's, so their
+    // paths resolve there (after pivot_root, where runc is still before).
+    if (auto h = params.value("hooks", json::object()); h.contains("createContainer")) {
+        auto r = run_hooks(hooks_from_json(h["createContainer"]), "createContainer", params.value("hook_state", json::object()));
+        if (!r) die(sync_fd, r.error().message);
+    }
     std::string cwd = proc.value("cwd", "/");
     if (!sys::is_dir(cwd)) CHECK(sys::mkdir_p(cwd, 0755));  // as runc, before the root goes read-only
     if (rootp.value("readonly", false)) CHECK(sys::mount("", "/", "", MS_BIND | MS_REMOUNT | MS_RDONLY));
-    run_process(proc, params.value("seccomp", json()), sync_fd, io);
+    json start_hooks;
+    if (auto h = params.value("hooks", json::object()); h.contains("startContainer")) {
+        start_hooks = {{"hooks", h["startContainer"]}, {"state", params.value("hook_state", json::object())}};
+        start_hooks["state"]["status"] = "created";
+    }
+    run_process(proc, params.value("seccomp", json()), sync_fd, io, start_hooks);
 }
 
 void exec_init(const json& params, pid_t init_pid, int sync_fd, const Stdio& io) {

@@ -27,6 +27,7 @@
 #include <nlohmann/json.hpp>
 
 #include "husk/defaults.h"
+#include "husk/hooks.h"
 #include "husk/hypervisor.h"
 #include "husk/log.h"
 #include "husk/paths.h"
@@ -136,6 +137,7 @@ private:
     Result<void> build_shares();
     Result<void> setup_terminal();
     Result<void> launch_vm();
+    json create_params() const;
     Result<void> loop();
     Result<void> on_channel_readable();
     Result<void> on_frame(const proto::Frame& f);
@@ -169,6 +171,7 @@ private:
     StatePaths paths_;
     Spec spec_;
     SharePlan plan_;
+    CgroupFiles cgroup_;
     State state_;
     Phase phase_ = Phase::Booting;
     std::unique_ptr<Hypervisor> hv_;
@@ -203,6 +206,8 @@ Result<void> Shim::prepare() {
     if (!spec_.process) return fail("config.json: process: required", EINVAL);
     for (const auto& c : unknown_capabilities(*spec_.process))
         log::warn("process.capabilities: " + c + " is not a capability this host knows; ignored");
+    cgroup_ = TRY(guest_cgroup_files(spec_.resources.is_object() ? spec_.resources : json::object(), "linux.resources"));
+    for (const auto& w : cgroup_.warnings) log::warn(w);
     state_ = TRY(read_state(paths_));
     state_.pid = getpid();
     state_.pid_start = sys::proc_start_time(getpid()).value_or(0);
@@ -268,6 +273,20 @@ Result<void> Shim::setup_terminal() {
     init.out[2].eof = true;  // a terminal has no separate stderr
     tty_slave_ = std::move(pty.slave);
     return {};
+}
+
+// The agent's create request. The hooks that run in the guest come with
+// the state they are to read (the init's pid, as callers see it, is ours).
+json Shim::create_params() const {
+    json p = agent_create_params(spec_, plan_, cgroup_);
+    for (const char* stage : {"createContainer", "startContainer"})
+        if (auto it = spec_.hooks.find(stage); it != spec_.hooks.end() && !it->second.empty()) {
+            p["hooks"][stage] = hooks_to_json(it->second);
+            json st = oci_state(state_);
+            st["status"] = status::kCreating;
+            p["hook_state"] = st;
+        }
+    return p;
 }
 
 Result<void> Shim::launch_vm() {
@@ -466,7 +485,7 @@ Result<void> Shim::on_frame(const proto::Frame& f) {
             if (h["version"].get<uint32_t>() != proto::kVersion)
                 return fail("agent speaks protocol " + h["version"].dump() + ", shim speaks " + std::to_string(proto::kVersion), EPROTO);
             send(proto::encode(Type::Hello, 0, json{{"version", proto::kVersion}}.dump()));
-            create_req_ = request("create", agent_create_params(spec_, plan_));
+            create_req_ = request("create", create_params());
             phase_ = Phase::Creating;
             log::debug("agent said hello");
             return {};
@@ -549,7 +568,7 @@ Result<void> Shim::on_response(const json& r) {
         reply(pd.client, json{{"ok", true}, {"pid", result.value("pid", 0)}});
         return {};
     }
-    if (pd.method == "ps" && ok) {
+    if ((pd.method == "ps" || pd.method == "stats") && ok) {
         reply(pd.client, json{{"ok", true}, {"result", r.contains("result") ? r["result"] : json::array()}});
         return {};
     }
@@ -670,6 +689,11 @@ void Shim::on_client_line(uint64_t cid, const std::string& line) {
         if (!live) return reply(cid, false, "container is not running");
         if (paused_) return reply(cid, false, "container is paused");
         request("ps", {{"process", 0}}, cid);
+    } else if (op == "update" || op == "stats") {
+        if (!live) return reply(cid, false, "container is not running");
+        if (paused_) return reply(cid, false, "container is paused (its guest cannot answer until resumed)");
+        if (op == "update") request("update", {{"files", req.value("files", json::array())}}, cid);
+        else request("stats", {{"files", stats_files()}}, cid);
     } else if (op == "exec") {
         if (!live) return reply(cid, false, phase_ == Phase::Exiting ? "container is stopping" : "container is not created yet");
         start_exec(cid, req);

@@ -26,7 +26,7 @@ static const Command kCommands[] = {
     {"kill", setup_kill},     {"delete", setup_delete}, {"run", setup_run},
     {"list", setup_list},     {"spec", setup_spec},     {"features", setup_features},
     {"exec", setup_exec},     {"pause", setup_pause},   {"resume", setup_resume},
-    {"ps", setup_ps},
+    {"ps", setup_ps},         {"update", setup_update}, {"events", setup_events},
 };
 
 }  // namespace husk::cli
@@ -43,12 +43,11 @@ int main(int argc, char** argv) {
     app.set_version_flag("-v,--version",
                          std::string("husk version ") + HUSK_VERSION + "\nspec: " + HUSK_OCI_SPEC_VERSION);
     std::string log_format = "text";
-    bool systemd_cgroup = false;
     app.add_option("--root", g.root, "state directory")->capture_default_str();
     app.add_option("--log", g.log.path, "log file (errors and debug go here too)");
     app.add_option("--log-format", log_format, "text or json")->check(CLI::IsMember({"text", "json"}));
     app.add_flag("--debug", g.log.debug, "debug output, including the guest console");
-    app.add_flag("--systemd-cgroup", systemd_cgroup, "accepted for compatibility; cgroups live in the guest");
+    app.add_flag("--systemd-cgroup", g.systemd_cgroup, "cgroupsPath is slice:prefix:name (the shim and VMM go there)");
 
     cli::Handler handler;
     for (const auto& c : cli::kCommands) {

@@ -8,7 +8,6 @@
 
 #include <chrono>
 
-#include "husk/log.h"
 #include "sys/sys.h"
 
 namespace husk {
@@ -68,10 +67,26 @@ Result<void> run_hooks(const std::vector<SpecHook>& hooks, const std::string& st
     return {};
 }
 
-void run_hooks_warn(const std::vector<SpecHook>& hooks, const std::string& stage, const nlohmann::json& state) {
+std::vector<std::string> run_all_hooks(const std::vector<SpecHook>& hooks, const std::string& stage, const nlohmann::json& state) {
     std::string s = state.dump();
+    std::vector<std::string> errors;
     for (const auto& h : hooks)
-        if (auto r = run_hook(h, stage, s); !r) log::warn(r.error().message);
+        if (auto r = run_hook(h, stage, s); !r) errors.push_back(r.error().message);
+    return errors;
+}
+
+nlohmann::json hooks_to_json(const std::vector<SpecHook>& hooks) {
+    nlohmann::json out = nlohmann::json::array();
+    for (const auto& h : hooks) out.push_back({{"path", h.path}, {"args", h.args}, {"env", h.env}, {"timeout", h.timeout}});
+    return out;
+}
+
+std::vector<SpecHook> hooks_from_json(const nlohmann::json& j) {
+    std::vector<SpecHook> out;
+    for (const auto& h : j)
+        out.push_back(SpecHook{h.value("path", ""), h.value("args", std::vector<std::string>{}),
+                               h.value("env", std::vector<std::string>{}), h.value("timeout", 0)});
+    return out;
 }
 
 }  // namespace husk

@@ -12,6 +12,7 @@
 #include <chrono>
 #include <optional>
 
+#include "husk/cgroups.h"
 #include "husk/console.h"
 #include "husk/defaults.h"
 #include "husk/hooks.h"
@@ -55,7 +56,7 @@ static void reap_leftovers(const State& s) {
 
 // Spawn husk-shim with the caller's stdio; `sync_w` becomes its fd 3.
 static Result<pid_t> spawn_shim(const Globals& g, const std::string& id, const std::string& bundle,
-                                const CreateOptions& o, int sync_w) {
+                                const CreateOptions& o, int sync_w, const std::vector<std::string>& cgroups) {
     std::vector<std::string> argv = {find_shim_binary(), "--root", g.root, "--id", id, "--bundle", bundle,
                                      "--sync-fd", "3"};
     if (!o.console_socket.empty()) argv.insert(argv.end(), {"--console-socket", TRY(absolute(o.console_socket))});
@@ -64,7 +65,29 @@ static Result<pid_t> spawn_shim(const Globals& g, const std::string& id, const s
     if (g.log.debug) argv.push_back("--debug");
     sys::SpawnOptions so;
     so.fds = {{sync_w, 3}};
+    so.cgroups = cgroups;  // the VMM inherits them from the shim
     return sys::spawn(argv, so);
+}
+
+// cgroupsPath on the host: created here, joined by the shim before it
+// starts the VMM. Root must get them; a rootless caller without a
+// delegated hierarchy runs without, as rootless runc does.
+static Result<std::vector<std::string>> host_cgroups(const Globals& g, const Spec& spec) {
+    if (spec.cgroups_path.empty()) return std::vector<std::string>{};
+    if (g.systemd_cgroup && (spec.cgroups_path[0] == '/' || std::count(spec.cgroups_path.begin(), spec.cgroups_path.end(), ':') != 2))
+        return fail("config.json: linux.cgroupsPath: with --systemd-cgroup it must be slice:prefix:name, got \"" +
+                        spec.cgroups_path + "\"", EINVAL);
+    auto dirs = host_cgroup_dirs(spec.cgroups_path, sys::read_file("/proc/self/mountinfo").value_or(""),
+                                 sys::read_file("/proc/self/cgroup").value_or(""));
+    if (dirs) {
+        auto made = make_host_cgroups(*dirs);
+        if (made) return dirs;
+        remove_host_cgroups(*dirs);
+        dirs = tl::unexpected(made.error());
+    }
+    if (geteuid() == 0) return tl::unexpected(dirs.error().context("config.json: linux.cgroupsPath"));
+    log::warn("linux.cgroupsPath: " + dirs.error().message + "; running without a host cgroup (rootless)");
+    return std::vector<std::string>{};
 }
 
 Result<pid_t> create_container(const Globals& g, const std::string& id, const CreateOptions& o) {
@@ -75,11 +98,9 @@ Result<pid_t> create_container(const Globals& g, const std::string& id, const Cr
     if (spec.process->terminal && o.console_socket.empty())
         return fail("config.json: process.terminal is true but no --console-socket was given", EINVAL);
     if (o.preserve_fds > 0) return fail("--preserve-fds is not supported yet", ENOTSUP);
+    TRY(guest_cgroup_files(spec.resources.is_object() ? spec.resources : nlohmann::json::object(), "linux.resources"));
     std::string rootfs = rootfs_path(bundle, spec);
     if (!sys::is_dir(rootfs)) return fail("rootfs " + rootfs + " does not exist", ENOENT);
-    for (const char* stage : {"createContainer", "startContainer"})
-        if (spec.hooks.count(stage))
-            return fail(std::string("config.json: hooks.") + stage + ": not supported yet (these run inside the guest)", ENOTSUP);
 
     auto paths = state_paths(g.root, id);
     TRY(sys::mkdir_p(g.root, 0711));
@@ -87,15 +108,16 @@ Result<pid_t> create_container(const Globals& g, const std::string& id, const Cr
         if (errno == EEXIST) return fail("container with id exists: " + id, EEXIST);
         return fail_errno("mkdir " + paths.dir);
     }
-    // From here on a failure removes the directory again.
+    // From here on a failure removes the directory (and cgroups) again.
+    State st;
     auto cleanup = [&](Error e) -> Result<pid_t> {
+        remove_host_cgroups(st.cgroups);
         (void)sys::remove_all(paths.dir);
         return tl::unexpected(std::move(e));
     };
     auto lock = ContainerLock::acquire_new(paths);
     if (!lock) return cleanup(lock.error());
 
-    State st;
     st.id = id;
     st.bundle = bundle;
     st.rootfs = rootfs;
@@ -104,6 +126,8 @@ Result<pid_t> create_container(const Globals& g, const std::string& id, const Cr
     st.owner = owner_name();
     st.annotations = spec.annotations;
     st.hooks = spec.raw.contains("hooks") ? spec.raw["hooks"] : nlohmann::json();
+    if (auto dirs = host_cgroups(g, spec); !dirs) return cleanup(dirs.error());
+    else st.cgroups = *dirs;
     st.pid = getpid();  // until the shim takes over
     st.pid_start = sys::proc_start_time(getpid()).value_or(0);
     if (auto r = write_state(paths, st); !r) return cleanup(r.error());
@@ -111,7 +135,7 @@ Result<pid_t> create_container(const Globals& g, const std::string& id, const Cr
     auto pipe = sys::pipe(O_CLOEXEC);
     if (!pipe) return cleanup(pipe.error());
     auto [sync_r, sync_w] = std::move(*pipe);
-    auto pid = spawn_shim(g, id, bundle, o, sync_w.get());
+    auto pid = spawn_shim(g, id, bundle, o, sync_w.get(), st.cgroups);
     if (!pid) return cleanup(pid.error().context("start shim"));
     sync_w.reset();
     auto reply = sys::read_to_eof(sync_r.get(), 1 << 16);
@@ -172,7 +196,7 @@ Result<void> start_container(const Globals& g, const std::string& id) {
     TRY(shim_call(paths, {{"op", "start"}}, 120000));
     if (auto hooks = parse_hooks(st.hooks); hooks && hooks->count("poststart")) {
         st.status = status::kRunning;
-        run_hooks_warn((*hooks)["poststart"], "poststart", oci_state(st));
+        for (const auto& w : run_all_hooks((*hooks)["poststart"], "poststart", oci_state(st))) log::warn(w);
     }
     return {};
 }
@@ -207,6 +231,42 @@ Result<nlohmann::json> ps_container(const Globals& g, const std::string& id) {
     return r.value("result", nlohmann::json::array());
 }
 
+// Both talk to a live container's guest; paused VMs cannot answer.
+static Result<StatePaths> live_container(const Globals& g, const std::string& id) {
+    auto st = TRY(load_state(g, id));
+    std::string s = effective_status(st);
+    if (s == status::kPaused) return fail("container is paused", EINVAL);
+    if (s != status::kCreated && s != status::kRunning) return fail("container not running: " + s, EINVAL);
+    return state_paths(g.root, id);
+}
+
+Result<std::vector<std::string>> update_container(const Globals& g, const std::string& id, const nlohmann::json& given) {
+    auto paths = TRY(live_container(g, id));
+    nlohmann::json resources = given;
+    if (resources.contains("memory") && resources["memory"].contains("swap") && !resources["memory"].contains("limit")) {
+        // Swap counts memory plus swap: measure it against the limit the
+        // container has now, as runc does.
+        auto r = TRY(shim_call(paths, {{"op", "stats"}}, 30000));
+        auto cur = r.value("result", nlohmann::json::object()).value("memory.max", "max");
+        try {
+            if (cur.rfind("max", 0) != 0) resources["memory"]["limit"] = std::stoll(cur);
+        } catch (const std::exception&) {
+        }
+    }
+    auto files = TRY(guest_cgroup_files(resources, ""));
+    nlohmann::json writes = nlohmann::json::array();
+    for (const auto& [f, v] : files.writes) writes.push_back({f, v});
+    if (resources.contains("devices")) files.warnings.push_back("devices: device rules cannot be changed after create; ignored");
+    TRY(shim_call(paths, {{"op", "update"}, {"files", writes}}, 30000));
+    return files.warnings;
+}
+
+Result<nlohmann::json> stats_container(const Globals& g, const std::string& id) {
+    auto paths = TRY(live_container(g, id));
+    auto r = TRY(shim_call(paths, {{"op", "stats"}}, 30000));
+    return r.value("result", nlohmann::json::object());
+}
+
 Result<void> delete_container(const Globals& g, const std::string& id, bool force) {
     TRY(validate_id(id));
     auto paths = state_paths(g.root, id);
@@ -223,6 +283,7 @@ Result<void> delete_container(const Globals& g, const std::string& id, bool forc
             sys::wait_process_exit(st->pid, st->pid_start, std::chrono::milliseconds(defaults::kStopTimeoutMs));
         }
         reap_leftovers(*st);
+        remove_host_cgroups(st->cgroups);
     } else if (st.error().code != ENOENT && !force) {
         return fail("read state: " + st.error().message + " (use --force to remove)", st.error().code);
     }
@@ -231,7 +292,7 @@ Result<void> delete_container(const Globals& g, const std::string& id, bool forc
         if (auto hooks = parse_hooks(st->hooks); hooks && hooks->count("poststop")) {
             auto hs = oci_state(*st);
             hs["status"] = status::kStopped;
-            run_hooks_warn((*hooks)["poststop"], "poststop", hs);
+            for (const auto& w : run_all_hooks((*hooks)["poststop"], "poststop", hs)) log::warn(w);
         }
     return {};
 }

@@ -17,6 +17,7 @@ namespace husk {
 struct Globals {
     std::string root = "/run/husk";
     log::Config log;
+    bool systemd_cgroup = false;  // cgroupsPath is "slice:prefix:name"
 };
 
 struct CreateOptions {
@@ -48,6 +49,11 @@ Result<void> kill_container(const Globals& g, const std::string& id, int sig, bo
 Result<void> pause_container(const Globals& g, const std::string& id, bool pause);
 // The container's processes as its pid namespace numbers them.
 Result<nlohmann::json> ps_container(const Globals& g, const std::string& id);
+// Apply a LinuxResources object to the container's guest cgroup (runc
+// update). Returns the warnings for what the guest cannot apply.
+Result<std::vector<std::string>> update_container(const Globals& g, const std::string& id, const nlohmann::json& resources);
+// The guest cgroup's stats files, name -> content (runc_stats shapes them).
+Result<nlohmann::json> stats_container(const Globals& g, const std::string& id);
 Result<void> delete_container(const Globals& g, const std::string& id, bool force);
 // create + start + (unless detach) wait and mirror the exit status.
 // Returns a wait status for the CLI to reproduce.

@@ -143,7 +143,7 @@ json agent_process_params(const SpecProcess& proc) {
     return p;
 }
 
-json agent_create_params(const Spec& spec, const SharePlan& plan) {
+json agent_create_params(const Spec& spec, const SharePlan& plan, const CgroupFiles& cgroup) {
     json p;
     p["process"] = agent_process_params(*spec.process);
     p["root"] = {{"share", plan.entries[0].name}, {"readonly", spec.root_readonly}};
@@ -169,6 +169,18 @@ json agent_create_params(const Spec& spec, const SharePlan& plan) {
     if (!spec.sysctl.empty()) p["sysctl"] = spec.sysctl;
     if (!spec.seccomp.is_null()) p["seccomp"] = spec.seccomp;
     p["readonly_paths"] = spec.readonly_paths;
+    json files = json::array();
+    for (const auto& [f, v] : cgroup.writes) files.push_back({f, v});
+    p["cgroup"] = {{"files", files}, {"devices", guest_device_rules(spec.resources.is_object() ? spec.resources : json::object())}};
+    if (!spec.devices.empty()) {
+        json devs = json::array();
+        for (const auto& d : spec.devices) {
+            json jd = {{"path", d.path}, {"type", d.type}, {"major", d.major}, {"minor", d.minor}, {"uid", d.uid}, {"gid", d.gid}};
+            if (d.file_mode) jd["file_mode"] = *d.file_mode;
+            devs.push_back(jd);
+        }
+        p["devices"] = devs;
+    }
     return p;
 }
 

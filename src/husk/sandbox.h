@@ -6,6 +6,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "husk/cgroups.h"
 #include "husk/hypervisor.h"
 #include "husk/spec.h"
 
@@ -58,7 +59,8 @@ std::vector<std::string> unknown_capabilities(const SpecProcess& proc);
 nlohmann::json agent_process_params(const SpecProcess& proc);
 
 // The agent's "create" params: everything it needs to build the container,
-// with host paths replaced by share names.
-nlohmann::json agent_create_params(const Spec& spec, const SharePlan& plan);
+// with host paths replaced by share names, and the container's guest
+// cgroup (guest_cgroup_files of linux.resources) with its device rules.
+nlohmann::json agent_create_params(const Spec& spec, const SharePlan& plan, const CgroupFiles& cgroup);
 
 }  // namespace husk

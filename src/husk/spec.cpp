@@ -208,6 +208,105 @@ Result<void> check_seccomp(const Reader& r, const json& sec) {
     return {};
 }
 
+// linux.resources (or `update --resources`): every field's type, with its
+// JSON path. The values are turned into cgroup v2 files in cgroups.cpp.
+Result<void> check_resources(const Reader& r, const json& res, const std::string& at) {
+    using vt = json::value_t;
+    struct F {
+        const char* section;
+        const char* key;
+        vt type;
+    };
+    static const F fields[] = {
+        {"memory", "limit", vt::number_integer},        {"memory", "reservation", vt::number_integer},
+        {"memory", "swap", vt::number_integer},         {"memory", "kernel", vt::number_integer},
+        {"memory", "kernelTCP", vt::number_integer},    {"memory", "swappiness", vt::number_unsigned},
+        {"memory", "disableOOMKiller", vt::boolean},    {"memory", "useHierarchy", vt::boolean},
+        {"memory", "checkBeforeUpdate", vt::boolean},   {"cpu", "shares", vt::number_unsigned},
+        {"cpu", "quota", vt::number_integer},           {"cpu", "burst", vt::number_unsigned},
+        {"cpu", "period", vt::number_unsigned},         {"cpu", "realtimeRuntime", vt::number_integer},
+        {"cpu", "realtimePeriod", vt::number_unsigned}, {"cpu", "cpus", vt::string},
+        {"cpu", "mems", vt::string},                    {"cpu", "idle", vt::number_integer},
+        {"pids", "limit", vt::number_integer},          {"blockIO", "weight", vt::number_unsigned},
+        {"blockIO", "leafWeight", vt::number_unsigned},
+    };
+    for (const char* section : {"memory", "cpu", "pids", "blockIO", "network", "rdma", "unified"}) {
+        auto sec = TRY(r.field(res, at, section, vt::object, false));
+        if (!sec) continue;
+        std::string sp = Reader::child(at, section);
+        for (const auto& f : fields)
+            if (std::string(f.section) == section) TRY(r.field(*sec, sp, f.key, f.type, false));
+        if (std::string(section) == "unified")
+            for (auto& [k, v] : sec->items()) {
+                if (!v.is_string()) return r.err(Reader::child(sp, k), std::string("expected string, got ") + kind(v));
+                if (k.empty() || k.find('/') != std::string::npos || k[0] == '.')
+                    return r.err(sp, "invalid cgroup file name \"" + k + "\"");
+            }
+        if (std::string(section) == "blockIO")
+            for (const char* list : {"weightDevice", "throttleReadBpsDevice", "throttleWriteBpsDevice",
+                                     "throttleReadIOPSDevice", "throttleWriteIOPSDevice"})
+                if (auto a = TRY(r.field(*sec, sp, list, vt::array, false)))
+                    TRY(r.each_object(*a, Reader::child(sp, list), [&](const json& o, const std::string& op) -> Result<void> {
+                        TRY(r.field(o, op, "major", vt::number_integer, true));
+                        TRY(r.field(o, op, "minor", vt::number_integer, true));
+                        return {};
+                    }));
+    }
+    if (auto m = res.find("memory"); m != res.end() && m->is_object())
+        if (auto lim = m->find("limit"); lim != m->end() && lim->is_number_integer() && lim->get<int64_t>() < -1)
+            return r.err(Reader::child(at, "memory.limit"), "must be positive (or -1 for unlimited)");
+    if (auto h = TRY(r.field(res, at, "hugepageLimits", vt::array, false)))
+        TRY(r.each_object(*h, Reader::child(at, "hugepageLimits"), [&](const json& o, const std::string& hp) -> Result<void> {
+            TRY(r.field(o, hp, "pageSize", vt::string, true));
+            TRY(r.field(o, hp, "limit", vt::number_unsigned, true));
+            return {};
+        }));
+    if (auto d = TRY(r.field(res, at, "devices", vt::array, false)))
+        TRY(r.each_object(*d, Reader::child(at, "devices"), [&](const json& o, const std::string& dp) -> Result<void> {
+            TRY(r.field(o, dp, "allow", vt::boolean, true));
+            if (auto t = TRY(r.field(o, dp, "type", vt::string, false))) {
+                std::string v = t->get<std::string>();
+                if (v != "a" && v != "b" && v != "c") return r.err(dp + ".type", "must be \"a\", \"b\" or \"c\", got \"" + v + "\"");
+            }
+            TRY(r.field(o, dp, "major", vt::number_integer, false));
+            TRY(r.field(o, dp, "minor", vt::number_integer, false));
+            if (auto a = TRY(r.field(o, dp, "access", vt::string, false))) {
+                std::string v = a->get<std::string>();
+                if (v.find_first_not_of("rwm") != std::string::npos)
+                    return r.err(dp + ".access", "must be made of r, w and m, got \"" + v + "\"");
+            }
+            return {};
+        }));
+    return {};
+}
+
+// linux.devices: nodes the guest creates in the container's /dev.
+Result<std::vector<SpecDevice>> read_devices(const Reader& r, const json& arr) {
+    using vt = json::value_t;
+    std::vector<SpecDevice> out;
+    TRY(r.each_object(arr, "linux.devices", [&](const json& o, const std::string& dp) -> Result<void> {
+        SpecDevice d;
+        d.path = TRY(r.field(o, dp, "path", vt::string, true))->get<std::string>();
+        if (!absolute(d.path) || d.path.find("/../") != std::string::npos || d.path.size() < 3 ||
+            d.path.substr(d.path.size() - 3) == "/..")
+            return r.err(dp + ".path", "must be an absolute path without \"..\", got \"" + d.path + "\"");
+        d.type = TRY(r.field(o, dp, "type", vt::string, true))->get<std::string>();
+        if (d.type != "c" && d.type != "b" && d.type != "u" && d.type != "p")
+            return r.err(dp + ".type", "must be \"c\", \"b\", \"u\" or \"p\", got \"" + d.type + "\"");
+        if (d.type != "p") {
+            d.major = TRY(r.field(o, dp, "major", vt::number_integer, true))->get<int64_t>();
+            d.minor = TRY(r.field(o, dp, "minor", vt::number_integer, true))->get<int64_t>();
+            if (d.major < 0 || d.minor < 0) return r.err(dp, "major and minor must not be negative");
+        }
+        if (auto m = TRY(r.field(o, dp, "fileMode", vt::number_unsigned, false))) d.file_mode = uint32_t(m->get<uint64_t>() & 07777);
+        d.uid = TRY(r.u32(o, dp, "uid", false));
+        d.gid = TRY(r.u32(o, dp, "gid", false));
+        out.push_back(d);
+        return {};
+    }));
+    return out;
+}
+
 Result<SpecHooks> read_hooks(const Reader& r, const json& h) {
     using vt = json::value_t;
     SpecHooks out;
@@ -329,23 +428,18 @@ Result<Spec> parse_spec(const std::string& text) {
             }
         }
         if (auto res = TRY(r.field(*linux, "linux", "resources", vt::object, false))) {
-            if (auto mem = TRY(r.field(*res, "linux.resources", "memory", vt::object, false))) {
-                if (auto lim = TRY(r.field(*mem, "linux.resources.memory", "limit", vt::number_integer, false))) {
-                    int64_t v = lim->get<int64_t>();
-                    if (v > 0) s.memory_limit = v;
-                    else if (v != -1 && v != 0)
-                        return r.err("linux.resources.memory.limit", "must be positive (or -1 for unlimited)");
-                }
-            }
-            if (auto cpu = TRY(r.field(*res, "linux.resources", "cpu", vt::object, false))) {
-                if (auto q = TRY(r.field(*cpu, "linux.resources.cpu", "quota", vt::number_integer, false)))
-                    s.cpu_quota = q->get<int64_t>();
-                if (auto p = TRY(r.field(*cpu, "linux.resources.cpu", "period", vt::number_unsigned, false)))
-                    s.cpu_period = p->get<uint64_t>();
-                if (auto c = TRY(r.field(*cpu, "linux.resources.cpu", "cpus", vt::string, false)))
-                    s.cpuset_cpus = c->get<std::string>();
-            }
+            TRY(check_resources(r, *res, "linux.resources"));
+            s.resources = *res;
+            const json none = json::object();
+            const json& mem = res->contains("memory") ? (*res)["memory"] : none;
+            if (int64_t v = mem.value("limit", int64_t(0)); v > 0) s.memory_limit = v;
+            const json& cpu = res->contains("cpu") ? (*res)["cpu"] : none;
+            if (cpu.contains("quota")) s.cpu_quota = cpu["quota"].get<int64_t>();
+            if (cpu.contains("period")) s.cpu_period = cpu["period"].get<uint64_t>();
+            s.cpuset_cpus = cpu.value("cpus", "");
         }
+        if (auto d = TRY(r.field(*linux, "linux", "devices", vt::array, false))) s.devices = TRY(read_devices(r, *d));
+        if (auto c = TRY(r.field(*linux, "linux", "cgroupsPath", vt::string, false))) s.cgroups_path = c->get<std::string>();
         if (auto m = TRY(r.field(*linux, "linux", "maskedPaths", vt::array, false)))
             s.masked_paths = TRY(r.strings(*m, "linux.maskedPaths"));
         if (auto m = TRY(r.field(*linux, "linux", "readonlyPaths", vt::array, false)))
@@ -374,6 +468,16 @@ Result<SpecProcess> parse_process_file(const std::string& text, const std::strin
     if (doc.is_discarded()) return fail(file + ": not valid JSON", EINVAL);
     if (!doc.is_object()) return r.err("$", std::string("expected object, got ") + kind(doc));
     return parse_process(r, doc, "");
+}
+
+Result<json> parse_resources_file(const std::string& text, const std::string& file) {
+    json doc = json::parse(text, nullptr, false);
+    Reader r;
+    r.file = file;
+    if (doc.is_discarded()) return fail(file + ": not valid JSON", EINVAL);
+    if (!doc.is_object()) return r.err("$", std::string("expected object, got ") + kind(doc));
+    TRY(check_resources(r, doc, ""));
+    return doc;
 }
 
 Result<Spec> load_spec(const std::string& bundle) {

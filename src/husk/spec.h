@@ -58,6 +58,15 @@ struct SpecMount {
     bool is_bind() const;
 };
 
+// linux.devices[i]
+struct SpecDevice {
+    std::string path;
+    std::string type;  // c, b, u or p
+    int64_t major = 0, minor = 0;
+    std::optional<uint32_t> file_mode;
+    uint32_t uid = 0, gid = 0;
+};
+
 struct SpecNamespace {
     std::string type;
     std::string path;
@@ -76,6 +85,9 @@ struct Spec {
     std::optional<int64_t> cpu_quota;
     std::optional<uint64_t> cpu_period;
     std::string cpuset_cpus;
+    std::string cgroups_path;  // linux.cgroupsPath
+    nlohmann::json resources;  // linux.resources as written (checked), or null
+    std::vector<SpecDevice> devices;
     std::vector<std::string> masked_paths;
     std::vector<std::string> readonly_paths;
     std::map<std::string, std::string> sysctl;
@@ -97,6 +109,8 @@ int rlimit_resource(const std::string& name);
 Result<Spec> parse_spec(const std::string& text);
 // A process object alone (`exec --process FILE`); errors name `file`.
 Result<SpecProcess> parse_process_file(const std::string& text, const std::string& file);
+// A LinuxResources object alone (`update --resources FILE`), checked.
+Result<nlohmann::json> parse_resources_file(const std::string& text, const std::string& file);
 // Read <bundle>/config.json and parse it.
 Result<Spec> load_spec(const std::string& bundle);
 // Absolute rootfs path for a bundle.

@@ -19,6 +19,7 @@ json state_to_json(const State& s) {
               {"created", s.created}, {"owner", s.owner},       {"pid", s.pid},           {"pid_start", s.pid_start},
               {"vmm_pid", s.vmm_pid}, {"vmm_start", s.vmm_start}, {"annotations", s.annotations}};
     if (!s.hooks.is_null()) j["hooks"] = s.hooks;
+    if (!s.cgroups.empty()) j["cgroups"] = s.cgroups;
     if (s.exit_code) j["exit_code"] = *s.exit_code;
     if (s.exit_signal) j["exit_signal"] = *s.exit_signal;
     return j;
@@ -41,6 +42,7 @@ Result<State> state_from_json(const json& j) {
         if (j.contains("exit_signal")) s.exit_signal = j["exit_signal"].get<int>();
         if (j.contains("annotations")) s.annotations = j["annotations"].get<std::map<std::string, std::string>>();
         if (j.contains("hooks")) s.hooks = j["hooks"];
+        if (j.contains("cgroups")) s.cgroups = j["cgroups"].get<std::vector<std::string>>();
         return s;
     } catch (const json::exception& e) {
         return fail(std::string("corrupt state: ") + e.what(), EINVAL);

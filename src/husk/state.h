@@ -6,6 +6,7 @@
 #include <map>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 
@@ -38,6 +39,7 @@ struct State {
     std::optional<int> exit_signal;  // set when killed by a signal
     std::map<std::string, std::string> annotations;
     nlohmann::json hooks;  // config.json's hooks, for start and delete to run
+    std::vector<std::string> cgroups;  // host cgroup dirs the shim and VMM run in (cgroupsPath)
 };
 
 nlohmann::json state_to_json(const State& s);

@@ -499,6 +499,11 @@ Result<pid_t> spawn(const std::vector<std::string>& argv, const SpawnOptions& o)
         for (int fd = first_free; fd < 1024; ++fd)
             if (fd != err_w.get()) ::close(fd);
         if (!o.cwd.empty() && ::chdir(o.cwd.c_str()) < 0) die("chdir " + o.cwd);
+        for (const auto& cg : o.cgroups) {
+            int fd = ::open((cg + "/cgroup.procs").c_str(), O_WRONLY | O_CLOEXEC);
+            if (fd < 0 || ::write(fd, "0", 1) != 1) die("join cgroup " + cg);
+            ::close(fd);
+        }
         std::vector<char*> envp;
         if (o.env) {
             for (auto& e : *o.env) envp.push_back(const_cast<char*>(e.c_str()));

@@ -104,6 +104,7 @@ struct SpawnOptions {
     bool die_with_parent = false;   // PR_SET_PDEATHSIG=SIGKILL
     std::string path;               // execve this (argv[0] is then only the name); else execvp(argv[0])
     std::optional<std::vector<std::string>> env;  // the whole environment; else ours
+    std::vector<std::string> cgroups;  // cgroup directories the child joins before exec
 };
 // fork + execvp with an empty signal mask. A failure before or at exec is
 // reported here (the child is reaped), never by a child that runs on.

@@ -1,5 +1,6 @@
 """OCI hooks on the host: prestart and createRuntime during create,
-poststart after start, poststop after delete; the state on stdin, the
+poststart after start, poststop after delete; in the guest, in the
+container: createContainer and startContainer. The state on stdin, the
 hook's own args and env, timeouts, and the runtime spec's failure rules."""
 import json
 import time
@@ -74,8 +75,64 @@ def test_hook_failures(husk, bundle, tmp_path):
     for edit, msg in [(lambda c: c.update(hooks={"prestart": [{"path": "rel/hook"}]}),
                        b'hooks.prestart[0].path: must be an absolute path, got "rel/hook"'),
                       (lambda c: c.update(hooks={"poststop": [{"path": "/bin/true", "timeout": 0}]}),
-                       b"hooks.poststop[0].timeout: must be between 1 and 86400 seconds"),
-                      (lambda c: c.update(hooks={"createContainer": [{"path": "/bin/true"}]}),
-                       b"hooks.createContainer: not supported yet")]:
+                       b"hooks.poststop[0].timeout: must be between 1 and 86400 seconds")]:
         r = husk("create", "-b", bundle(["true"], edit=edit), new_id())
         assert r.returncode != 0 and msg in r.stderr, (msg, r.stderr)
+
+
+def guest_hook(stage, script="", timeout=None):
+    # Runs inside the container: paths are the container's, and /tmp is its
+    # rootfs, which the host shares.
+    h = {"path": "/bin/sh",
+         "args": ["sh", "-c", f"cat > /tmp/{stage}.json; echo {stage} $(cat /proc/self/cgroup) "
+                              f"$(hostname) $(id -u) >> /tmp/order; env > /tmp/{stage}.env; " + script],
+         "env": ["HOOK=" + stage]}
+    if timeout:
+        h["timeout"] = timeout
+    return h
+
+
+def test_container_hooks_run_in_the_guest(husk, bundle):
+    def edit(c):
+        c["process"]["user"] = {"uid": 1000, "gid": 1000}
+        c["hooks"] = {"createContainer": [guest_hook("createContainer")],
+                      "startContainer": [guest_hook("startContainer")]}
+    cid = new_id()
+    b = bundle(["sh", "-c", "echo workload >> /tmp/order"], edit=edit)
+    import os
+    os.chmod(os.path.join(b, "rootfs", "tmp"), 0o1777)
+    order = os.path.join(b, "rootfs", "tmp", "order")
+    open(order, "w").close()
+    os.chmod(order, 0o666)  # uid 1000 appends too
+    husk("create", "-b", b, cid, check=True)
+    assert open(order).read().split("\n")[0] == "createContainer 0::/ husk-test 0"
+    st = json.loads(open(os.path.join(b, "rootfs", "tmp", "createContainer.json")).read())
+    assert (st["id"], st["status"], st["pid"], st["bundle"]) == (cid, "creating", husk.state(cid)["pid"], b)
+    assert "HOOK=createContainer" in open(os.path.join(b, "rootfs", "tmp", "createContainer.env")).read().split()
+    husk("start", cid, check=True)
+    deadline = time.time() + 60
+    while husk.state(cid)["status"] != "stopped":
+        assert time.time() < deadline
+        time.sleep(0.2)
+    # startContainer runs as the process will, just before its program.
+    assert open(order).read().split("\n")[1:3] == ["startContainer 0::/ husk-test 1000", "workload"]
+    st = json.loads(open(os.path.join(b, "rootfs", "tmp", "startContainer.json")).read())
+    assert (st["id"], st["status"]) == (cid, "created")
+    husk("delete", cid, check=True)
+
+    # A failing createContainer hook fails create, leaving nothing; a
+    # failing startContainer hook fails start, and the program never runs.
+    def failing(c):
+        c["hooks"] = {"createContainer": [guest_hook("createContainer", "echo boom >&2; exit 5")]}
+    r = husk("create", "-b", bundle(["true"], edit=failing), new_id())
+    assert r.returncode != 0 and b"createContainer hook /bin/sh: exit status 5: boom" in r.stderr, r.stderr
+
+    def failing_start(c):
+        c["hooks"] = {"startContainer": [guest_hook("startContainer", "exit 6")]}
+    cid = new_id()
+    b = bundle(["sh", "-c", "echo workload >> /tmp/order"], edit=failing_start)
+    husk("create", "-b", b, cid, check=True)
+    r = husk("start", cid)
+    assert r.returncode != 0 and b"startContainer hook /bin/sh: exit status 6" in r.stderr, r.stderr
+    assert "workload" not in open(os.path.join(b, "rootfs", "tmp", "order")).read()
+    husk("delete", "--force", cid, check=True)

@@ -26,7 +26,9 @@ static const char* kBundle = R"({
   ],
   "linux": {
     "namespaces": [{"type": "pid"}, {"type": "network"}, {"type": "mount"}, {"type": "uts"}],
-    "resources": {"memory": {"limit": 268435456}, "cpu": {"quota": 150000, "period": 100000}},
+    "resources": {"memory": {"limit": 268435456}, "cpu": {"quota": 150000, "period": 100000},
+                  "devices": [{"allow": false, "access": "rwm"}, {"allow": true, "type": "c", "major": 10, "minor": 229, "access": "rw"}]},
+    "devices": [{"path": "/dev/fuse", "type": "c", "major": 10, "minor": 229, "fileMode": 438, "uid": 0, "gid": 0}],
     "maskedPaths": ["/proc/kcore"], "readonlyPaths": ["/proc/sys"]
   }
 })";
@@ -87,7 +89,9 @@ TEST_CASE("OCI -> VmConfig -> QEMU argv (golden)", "[translate]") {
 TEST_CASE("OCI -> agent create request (golden)", "[translate]") {
     Spec s = spec_from(kBundle);
     auto plan = plan_shares(s, "/bundle", fake_is_dir);
-    check_golden("translate/agent-create.json", agent_create_params(s, plan).dump(2) + "\n");
+    auto cg = guest_cgroup_files(s.resources.is_object() ? s.resources : nlohmann::json::object(), "linux.resources");
+    REQUIRE(cg);
+    check_golden("translate/agent-create.json", agent_create_params(s, plan, *cg).dump(2) + "\n");
 }
 
 TEST_CASE("a terminal process carries its console size to the agent; a probe VM has no channel", "[translate]") {

@@ -1,0 +1,172 @@
+#include "guest-agent/cgroup.h"
+
+#include <fcntl.h>
+#include <linux/bpf.h>
+#include <sys/mount.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <sstream>
+
+#include "sys/sys.h"
+
+namespace husk::agent {
+
+using nlohmann::json;
+
+Result<void> init_cgroups() {
+    TRY(sys::mkdir_p(kCgroupRoot, 0755));
+    TRY(sys::mount("cgroup2", kCgroupRoot, "cgroup2", MS_NOSUID | MS_NODEV | MS_NOEXEC, "nsdelegate"));
+    std::string have = TRY(sys::read_file(std::string(kCgroupRoot) + "/cgroup.controllers"));
+    std::istringstream in(have);
+    std::string c;
+    while (in >> c)  // one at a time: a controller the kernel refuses does not block the rest
+        (void)sys::write_file(std::string(kCgroupRoot) + "/cgroup.subtree_control", "+" + c);
+    return {};
+}
+
+static Result<std::string> file_path(const json& name) {
+    if (!name.is_string()) return fail("cgroup file name must be a string", EINVAL);
+    std::string n = name.get<std::string>();
+    if (n.empty() || n.find('/') != std::string::npos || n[0] == '.') return fail("bad cgroup file name " + n, EINVAL);
+    return std::string(kContainerCgroup) + "/" + n;
+}
+
+Result<void> write_cgroup_files(const json& files) {
+    for (const auto& f : files) {
+        if (!f.is_array() || f.size() != 2 || !f[1].is_string()) return fail("bad cgroup write", EINVAL);
+        std::string path = TRY(file_path(f[0]));
+        if (auto r = sys::write_file(path, f[1].get<std::string>()); !r) {
+            std::string why = r.error().code == ENOENT ? "not supported by the guest kernel" : std::strerror(r.error().code);
+            return fail("cgroup " + f[0].get<std::string>() + " = " + f[1].get<std::string>() + ": " + why, r.error().code);
+        }
+    }
+    return {};
+}
+
+json read_cgroup_files(const std::vector<std::string>& names) {
+    json out = json::object();
+    for (const auto& n : names) {
+        auto path = file_path(n);
+        if (!path) continue;
+        if (auto t = sys::read_file(*path, 1 << 16)) out[n] = *t;
+    }
+    return out;
+}
+
+namespace {
+
+uint64_t insn(uint8_t code, uint8_t dst, uint8_t src, int16_t off, int32_t imm) {
+    struct bpf_insn i;
+    std::memset(&i, 0, sizeof i);
+    i.code = code;
+    i.dst_reg = dst & 0xf;
+    i.src_reg = src & 0xf;
+    i.off = off;
+    i.imm = imm;
+    uint64_t raw;
+    static_assert(sizeof raw == sizeof i);
+    std::memcpy(&raw, &i, sizeof raw);
+    return raw;
+}
+
+uint64_t ld_ctx(uint8_t dst, int16_t off) { return insn(BPF_LDX | BPF_MEM | BPF_W, dst, 1, off, 0); }
+uint64_t alu_k(uint8_t op, uint8_t dst, int32_t imm) { return insn(BPF_ALU | op | BPF_K, dst, 0, 0, imm); }
+uint64_t jne(uint8_t dst, int32_t imm) { return insn(BPF_JMP | BPF_JNE | BPF_K, dst, 0, 0, imm); }  // off patched
+uint64_t ret(int32_t v) { return insn(BPF_ALU64 | BPF_MOV | BPF_K, 0, 0, 0, v); }
+uint64_t exit_insn() { return insn(BPF_JMP | BPF_EXIT, 0, 0, 0, 0); }
+
+bool is_jump(uint64_t raw) {
+    struct bpf_insn i;
+    std::memcpy(&i, &raw, sizeof i);
+    return BPF_CLASS(i.code) == BPF_JMP && BPF_OP(i.code) != BPF_EXIT;
+}
+
+void set_off(uint64_t& raw, int16_t off) {
+    struct bpf_insn i;
+    std::memcpy(&i, &raw, sizeof i);
+    i.off = off;
+    std::memcpy(&raw, &i, sizeof i);
+}
+
+}  // namespace
+
+std::vector<uint64_t> device_program(const json& rules) {
+    // r2 = device type, r3 = access bits, r4 = major, r5 = minor
+    // (struct bpf_cgroup_dev_ctx: access_type = type | access << 16).
+    std::vector<uint64_t> p = {ld_ctx(2, 0), alu_k(BPF_AND, 2, 0xffff), ld_ctx(3, 0), alu_k(BPF_RSH, 3, 16),
+                               ld_ctx(4, 4), ld_ctx(5, 8)};
+    // First match wins, so the last rule is checked first.
+    for (auto it = rules.rbegin(); it != rules.rend(); ++it) {
+        const json& r = *it;
+        std::vector<uint64_t> b;
+        std::string type = r.value("type", "a");
+        if (type == "c") b.push_back(jne(2, BPF_DEVCG_DEV_CHAR));
+        else if (type == "b") b.push_back(jne(2, BPF_DEVCG_DEV_BLOCK));
+        int32_t acc = 0;
+        for (char c : r.value("access", std::string("rwm")))
+            acc |= c == 'r' ? BPF_DEVCG_ACC_READ : c == 'w' ? BPF_DEVCG_ACC_WRITE : c == 'm' ? BPF_DEVCG_ACC_MKNOD : 0;
+        if (acc != (BPF_DEVCG_ACC_READ | BPF_DEVCG_ACC_WRITE | BPF_DEVCG_ACC_MKNOD)) {
+            // Matches only if every requested bit is one the rule names.
+            b.push_back(insn(BPF_ALU | BPF_MOV | BPF_X, 1, 3, 0, 0));
+            b.push_back(alu_k(BPF_AND, 1, ~acc));
+            b.push_back(jne(1, 0));
+        }
+        if (int64_t maj = r.value("major", int64_t(-1)); maj >= 0) b.push_back(jne(4, int32_t(maj)));
+        if (int64_t min = r.value("minor", int64_t(-1)); min >= 0) b.push_back(jne(5, int32_t(min)));
+        size_t body = b.size();
+        b.push_back(ret(r.value("allow", false) ? 1 : 0));
+        b.push_back(exit_insn());
+        for (size_t i = 0; i < body; ++i)  // each test jumps to the next rule
+            if (is_jump(b[i])) set_off(b[i], int16_t(b.size() - i - 1));
+        p.insert(p.end(), b.begin(), b.end());
+        // A rule that matches everything (a deny-all, typically) decides
+        // alone: earlier rules could never be reached, and the verifier
+        // refuses unreachable code.
+        if (body == 0) return p;
+    }
+    p.push_back(ret(0));
+    p.push_back(exit_insn());
+    return p;
+}
+
+Result<sys::Fd> load_device_program(const json& rules) {
+    auto prog = device_program(rules);
+    static char log[16384];
+    union bpf_attr load;
+    std::memset(&load, 0, sizeof load);
+    load.prog_type = BPF_PROG_TYPE_CGROUP_DEVICE;
+    load.insns = uint64_t(uintptr_t(prog.data()));
+    load.insn_cnt = uint32_t(prog.size());
+    load.license = uint64_t(uintptr_t("Apache"));
+    load.log_buf = uint64_t(uintptr_t(log));
+    load.log_size = sizeof log;
+    load.log_level = 1;
+    int pfd = int(::syscall(SYS_bpf, BPF_PROG_LOAD, &load, sizeof load));
+    if (pfd < 0) return fail_errno(std::string("load device filter: ") + log);
+    return sys::Fd(pfd);
+}
+
+static Result<void> attach_device_filter(int cgroup_fd, const json& rules) {
+    auto prog_fd = TRY(load_device_program(rules));
+    union bpf_attr at;
+    std::memset(&at, 0, sizeof at);
+    at.target_fd = uint32_t(cgroup_fd);
+    at.attach_bpf_fd = uint32_t(prog_fd.get());
+    at.attach_type = BPF_CGROUP_DEVICE;
+    at.attach_flags = BPF_F_ALLOW_MULTI;
+    if (::syscall(SYS_bpf, BPF_PROG_ATTACH, &at, sizeof at) < 0) return fail_errno("attach device filter");
+    return {};
+}
+
+Result<sys::Fd> create_container_cgroup(const json& files, const json& device_rules) {
+    if (::mkdir(kContainerCgroup, 0755) < 0 && errno != EEXIST) return fail_errno(std::string("mkdir ") + kContainerCgroup);
+    TRY(write_cgroup_files(files));
+    auto fd = TRY(sys::open(kContainerCgroup, O_RDONLY | O_DIRECTORY));
+    if (device_rules.is_array()) TRY(attach_device_filter(fd.get(), device_rules));
+    return fd;
+}
+
+}  // namespace husk::agent

@@ -1,0 +1,36 @@
+// The container's cgroup in the guest (v2 only): /sys/fs/cgroup/container.
+#pragma once
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "husk/result.h"
+#include "sys/fd.h"
+
+namespace husk::agent {
+
+constexpr const char* kCgroupRoot = "/sys/fs/cgroup";
+constexpr const char* kContainerCgroup = "/sys/fs/cgroup/container";
+
+// Mount cgroup2 and hand every controller the kernel has to the children.
+Result<void> init_cgroups();
+
+// Create the container's group, write `files` ([[name, value], ...]) and
+// attach the device filter for `device_rules`. Returns an fd for
+// clone3(CLONE_INTO_CGROUP).
+Result<sys::Fd> create_container_cgroup(const nlohmann::json& files, const nlohmann::json& device_rules);
+
+// Write [[name, value], ...] into the container's group.
+Result<void> write_cgroup_files(const nlohmann::json& files);
+
+// name -> content for each readable file of `names` (missing ones left out).
+nlohmann::json read_cgroup_files(const std::vector<std::string>& names);
+
+// The eBPF instructions of a cgroup device program for `rules` (later
+// rules win; nothing matched: denied), as raw struct bpf_insn bytes.
+std::vector<uint64_t> device_program(const nlohmann::json& rules);
+// Load it into the kernel (the verifier's log in the error).
+Result<sys::Fd> load_device_program(const nlohmann::json& rules);
+
+}  // namespace husk::agent

@@ -1,0 +1,55 @@
+// Cgroups, twice over. In the guest the container gets a cgroup v2 group
+// of its own, whose files husk computes here from linux.resources (runc's
+// conversions from the OCI values). On the host the shim and its VMM go
+// into the cgroup the caller named in cgroupsPath, so host accounting
+// (podman stats, systemd, the caller's limits) still sees the container.
+#pragma once
+#include <string>
+#include <utility>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "husk/result.h"
+
+namespace husk {
+
+struct CgroupFiles {
+    // (file name in the container's guest cgroup, value), in write order.
+    std::vector<std::pair<std::string, std::string>> writes;
+    // What the guest cannot apply (a VM has no host block devices, v1-only
+    // knobs): the shim logs these, as runc warns.
+    std::vector<std::string> warnings;
+};
+
+// Translate a checked LinuxResources object. `at` is its JSON path for
+// messages ("linux.resources", or "" for `update --resources`).
+Result<CgroupFiles> guest_cgroup_files(const nlohmann::json& resources, const std::string& at);
+
+// The device rules the guest enforces (with an eBPF device program, as
+// runc does on cgroup v2): the spec's rules, then runc's defaults (the
+// standard nodes, ptys, mknod of anything). Later rules win.
+nlohmann::json guest_device_rules(const nlohmann::json& resources);
+
+// `husk events` data from the guest cgroup's files (name -> content), in
+// the shape of runc's types.Stats.
+nlohmann::json runc_stats(const nlohmann::json& files);
+// OOM kills so far (memory.events oom_kill) in those files.
+uint64_t oom_kills(const nlohmann::json& files);
+// The cgroup files the guest reads for runc_stats.
+const std::vector<std::string>& stats_files();
+
+// Host cgroup directories for cgroupsPath: one per mounted hierarchy
+// (v1 controllers and the v2 tree). A relative path is under the
+// caller's own cgroup; "slice:prefix:name" (systemd) becomes the
+// directories systemd would use. Pure: takes /proc/self/mountinfo and
+// /proc/self/cgroup as text.
+Result<std::vector<std::string>> host_cgroup_dirs(const std::string& cgroups_path, const std::string& mountinfo,
+                                                  const std::string& self_cgroup);
+// Create them (cpuset ones inherit cpus and mems from their parent, as v1
+// needs before a process may join).
+Result<void> make_host_cgroups(const std::vector<std::string>& dirs);
+// Remove them, deepest first; the ones that are busy or gone are left.
+void remove_host_cgroups(const std::vector<std::string>& dirs);
+
+}  // namespace husk
