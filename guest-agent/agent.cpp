@@ -226,7 +226,8 @@ private:
     Result<json> do_ps(const json& params);
     Result<json> do_update(const json& params);
     Result<json> do_stats(const json& params);
-    Result<Process> spawn(const json& proc, int flags, const std::function<void(int, const agent::Stdio&)>& child);
+    Result<Process> spawn(const json& proc, int flags, const std::function<void(int, const agent::Stdio&)>& child,
+                          const json& userns = json());
     void reap();
     void read_output(uint32_t idx, int fd, bool exited);
     void maybe_send_exit(uint32_t idx);
@@ -234,6 +235,7 @@ private:
     sys::Fd chan_;
     sys::Fd own_pidns_;
     json seccomp_;
+    bool userns_ = false;
     sys::Fd cgroup_;  // the container's cgroup: every process of it is born there
     proto::Decoder dec_;
     std::string out_;
@@ -244,7 +246,8 @@ private:
 // clone() a child that runs `child(sync_fd, stdio)` with `flags`, and wait
 // for its "R" (or "E<message>"). A started process's output waits in its
 // pipes until the shim is told it exists.
-Result<Process> Agent::spawn(const json& proc, int flags, const std::function<void(int, const agent::Stdio&)>& child) {
+Result<Process> Agent::spawn(const json& proc, int flags, const std::function<void(int, const agent::Stdio&)>& child,
+                             const json& userns) {
     bool tty = proc.value("terminal", false);
     auto [in_r, in_w] = TRY(sys::pipe(O_CLOEXEC));
     auto [out_r, out_w] = TRY(sys::pipe(O_CLOEXEC));
@@ -274,6 +277,18 @@ Result<Process> Agent::spawn(const json& proc, int flags, const std::function<vo
     p.sync = std::move(sync_p);
     std::vector<sys::Fd> fds;
     auto msg = sys::recv_fds(p.sync.get(), 4096, fds);
+    if (msg && *msg == "U" && userns.is_object()) {
+        // The child made its user namespace: map it, and let it go on.
+        std::string base = "/proc/" + std::to_string(pid);
+        auto ok = sys::write_file(base + "/uid_map", userns.value("uid_map", ""));
+        if (ok) ok = sys::write_file(base + "/gid_map", userns.value("gid_map", ""));
+        if (!ok) {
+            ::kill(pid, SIGKILL);
+            ::waitpid(pid, nullptr, 0);
+            return fail("user namespace id mappings: " + ok.error().message, EINVAL);
+        }
+        if (::write(p.sync.get(), "M", 1) == 1) msg = sys::recv_fds(p.sync.get(), 4096, fds);
+    }
     if (!msg || msg->empty() || (*msg)[0] != 'R' || (tty && fds.size() != 1)) {
         ::kill(pid, SIGKILL);
         ::waitpid(pid, nullptr, 0);
@@ -307,11 +322,13 @@ Result<Process> Agent::spawn(const json& proc, int flags, const std::function<vo
 Result<json> Agent::do_create(const json& params) {
     if (procs_.count(0)) return fail("container already created", EEXIST);
     seccomp_ = params.value("seccomp", json());  // execs get the container's profile too
+    userns_ = params.contains("userns");
     if (params.contains("cgroup") && !cgroup_)
         cgroup_ = TRY(agent::create_container_cgroup(params["cgroup"].value("files", json::array()),
                                                     params["cgroup"].value("devices", json())));
     auto p = TRY(spawn(params.at("process"), agent::clone_flags(params),
-                       [&](int sync, const agent::Stdio& io) { agent::container_init(params, sync, io); }));
+                       [&](int sync, const agent::Stdio& io) { agent::container_init(params, sync, io); },
+                       params.value("userns", json())));
     pid_t pid = p.pid;
     procs_[0] = std::move(p);
     say("container created, pid " + std::to_string(pid));
@@ -330,6 +347,7 @@ Result<json> Agent::do_exec(const json& params) {
     if (::setns(pidns.get(), CLONE_NEWPID) < 0) return fail_errno("setns pid");
     json xp = params;
     xp["seccomp"] = seccomp_;
+    xp["userns"] = userns_;
     auto p = spawn(params.at("process"), 0, [&](int sync, const agent::Stdio& io) { agent::exec_init(xp, init_pid, sync, io); });
     if (::setns(own_pidns_.get(), CLONE_NEWPID) < 0) fatal(std::string("setns back to own pid ns: ") + strerror(errno));
     if (!p) return tl::unexpected(p.error());

@@ -496,6 +496,27 @@ void reset_signals() {
 
 }  // namespace
 
+// The user namespace comes last, once the container is built: mounts,
+// device nodes, sysctls and pivot_root were done as the guest's root, as
+// runc's init does them before it drops into the namespace's view. The
+// container then gets mount, uts and cgroup namespaces of its own inside
+// it (copies of what was built, every mount locked as it is), so its root
+// may mount, set the hostname and so on there, as in runc's containers.
+// The agent writes the id maps between "U" and "M".
+void enter_userns(const json& params, int sync_fd) {
+    if (::unshare(CLONE_NEWUSER) < 0) die(sync_fd, std::string("unshare user namespace: ") + strerror(errno));
+    char c = 0;
+    if (::write(sync_fd, "U", 1) != 1 || ::read(sync_fd, &c, 1) != 1 || c != 'M') _exit(1);
+    if (::setresgid(0, 0, 0) < 0 || ::setresuid(0, 0, 0) < 0)
+        die(sync_fd, std::string("become root of the user namespace: ") + strerror(errno));
+    int again = CLONE_NEWNS;
+    for (const auto& n : params.value("namespaces", json::array())) {
+        if (n == "uts") again |= CLONE_NEWUTS;
+        if (n == "cgroup") again |= CLONE_NEWCGROUP;
+    }
+    if (::unshare(again) < 0) die(sync_fd, std::string("unshare in the user namespace: ") + strerror(errno));
+}
+
 void container_init(const json& params, int sync_fd, const Stdio& io) {
     reset_signals();
     // A new cgroup namespace here, not in clone(): its root must be the
@@ -555,6 +576,7 @@ void container_init(const json& params, int sync_fd, const Stdio& io) {
     std::string cwd = proc.value("cwd", "/");
     if (!sys::is_dir(cwd)) CHECK(sys::mkdir_p(cwd, 0755));  // as runc, before the root goes read-only
     if (rootp.value("readonly", false)) CHECK(sys::mount("", "/", "", MS_BIND | MS_REMOUNT | MS_RDONLY));
+    if (params.contains("userns")) enter_userns(params, sync_fd);
     json start_hooks;
     if (auto h = params.value("hooks", json::object()); h.contains("startContainer")) {
         start_hooks = {{"hooks", h["startContainer"]}, {"state", params.value("hook_state", json::object())}};
@@ -568,11 +590,18 @@ void exec_init(const json& params, pid_t init_pid, int sync_fd, const Stdio& io)
     // The pid namespace was entered by the agent before clone(); join the
     // rest of the init's. Open them all first: after setns(mnt), /proc is
     // the container's.
-    static const std::pair<const char*, int> kinds[] = {
-        {"ipc", CLONE_NEWIPC}, {"uts", CLONE_NEWUTS}, {"cgroup", CLONE_NEWCGROUP}, {"mnt", CLONE_NEWNS}};
+    // The user namespace last: the guest's root may enter the others from
+    // outside it, and inside it could not enter those it does not own.
+    static const std::pair<const char*, int> kinds[] = {{"ipc", CLONE_NEWIPC},
+                                                        {"uts", CLONE_NEWUTS},
+                                                        {"cgroup", CLONE_NEWCGROUP},
+                                                        {"mnt", CLONE_NEWNS},
+                                                        {"user", CLONE_NEWUSER}};
     std::vector<std::pair<sys::Fd, int>> ns;
-    for (auto [name, flag] : kinds)
+    for (auto [name, flag] : kinds) {
+        if (flag == CLONE_NEWUSER && !params.value("userns", false)) continue;
         ns.emplace_back(CHECK(sys::open("/proc/" + std::to_string(init_pid) + "/ns/" + name, O_RDONLY)), flag);
+    }
     for (auto& [fd, flag] : ns)
         if (::setns(fd.get(), flag) < 0) die(sync_fd, std::string("setns: ") + strerror(errno));
     ns.clear();

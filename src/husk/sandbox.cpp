@@ -163,8 +163,17 @@ json agent_create_params(const Spec& spec, const SharePlan& plan, const CgroupFi
     p["mounts"] = mounts;
     json ns = json::array();
     for (const auto& n : spec.namespaces)
-        if (n.type != "network" && n.type != "user") ns.push_back(n.type);  // the VM is the network; userns: issue 4
+        if (n.type != "network") ns.push_back(n.type);  // the VM is the network
     p["namespaces"] = ns;
+    if (spec.has_namespace("user")) {
+        auto lines = [](const std::vector<SpecIdMap>& maps) {
+            std::string out;
+            for (const auto& m : maps)
+                out += std::to_string(m.container_id) + " " + std::to_string(m.host_id) + " " + std::to_string(m.size) + "\n";
+            return out;
+        };
+        p["userns"] = {{"uid_map", lines(spec.uid_mappings)}, {"gid_map", lines(spec.gid_mappings)}};
+    }
     p["masked_paths"] = spec.masked_paths;
     if (!spec.sysctl.empty()) p["sysctl"] = spec.sysctl;
     if (!spec.seccomp.is_null()) p["seccomp"] = spec.seccomp;

@@ -440,6 +440,32 @@ Result<Spec> parse_spec(const std::string& text) {
         }
         if (auto d = TRY(r.field(*linux, "linux", "devices", vt::array, false))) s.devices = TRY(read_devices(r, *d));
         if (auto c = TRY(r.field(*linux, "linux", "cgroupsPath", vt::string, false))) s.cgroups_path = c->get<std::string>();
+        for (auto [key, out] : {std::pair{"uidMappings", &s.uid_mappings}, std::pair{"gidMappings", &s.gid_mappings}}) {
+            auto a = TRY(r.field(*linux, "linux", key, vt::array, false));
+            if (!a) continue;
+            std::string ap = Reader::child("linux", key);
+            TRY(r.each_object(*a, ap, [&](const json& o, const std::string& mp) -> Result<void> {
+                SpecIdMap m{TRY(r.u32(o, mp, "containerID", true)), TRY(r.u32(o, mp, "hostID", true)), TRY(r.u32(o, mp, "size", true))};
+                if (m.size == 0) return r.err(mp + ".size", "must not be 0");
+                out->push_back(m);
+                return {};
+            }));
+        }
+        // A VM cannot join the host's namespaces; the network one is
+        // carried into the VM instead (issue 7).
+        for (size_t i = 0; i < s.namespaces.size(); ++i)
+            if (!s.namespaces[i].path.empty() && s.namespaces[i].type != "network")
+                return r.err(Reader::index("linux.namespaces", i) + ".path",
+                             "joining an existing " + s.namespaces[i].type + " namespace is not possible from inside a VM");
+        bool userns = s.has_namespace("user");
+        for (auto [key, maps] : {std::pair{"uidMappings", &s.uid_mappings}, std::pair{"gidMappings", &s.gid_mappings}}) {
+            std::string ap = Reader::child("linux", key);
+            if (!userns && !maps->empty()) return r.err(ap, "given, but linux.namespaces has no user namespace");
+            if (userns && maps->empty()) return r.err(ap, "required with a user namespace");
+            if (userns && std::none_of(maps->begin(), maps->end(), [](auto& m) { return m.container_id == 0; }))
+                return r.err(ap, "must map the container's id 0 (husk builds the container as its root)");
+            if (maps->size() > 340) return r.err(ap, "at most 340 ranges");
+        }
         if (auto m = TRY(r.field(*linux, "linux", "maskedPaths", vt::array, false)))
             s.masked_paths = TRY(r.strings(*m, "linux.maskedPaths"));
         if (auto m = TRY(r.field(*linux, "linux", "readonlyPaths", vt::array, false)))

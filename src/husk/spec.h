@@ -67,6 +67,11 @@ struct SpecDevice {
     uint32_t uid = 0, gid = 0;
 };
 
+// linux.uidMappings[i] / gidMappings[i]
+struct SpecIdMap {
+    uint32_t container_id = 0, host_id = 0, size = 0;
+};
+
 struct SpecNamespace {
     std::string type;
     std::string path;
@@ -86,6 +91,7 @@ struct Spec {
     std::optional<uint64_t> cpu_period;
     std::string cpuset_cpus;
     std::string cgroups_path;  // linux.cgroupsPath
+    std::vector<SpecIdMap> uid_mappings, gid_mappings;
     nlohmann::json resources;  // linux.resources as written (checked), or null
     std::vector<SpecDevice> devices;
     std::vector<std::string> masked_paths;
