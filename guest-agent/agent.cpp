@@ -3,6 +3,7 @@
 #include <dirent.h>
 #include <fcntl.h>
 #include <linux/vm_sockets.h>
+#include <net/if.h>
 #include <poll.h>
 #include <sched.h>
 #include <signal.h>
@@ -93,6 +94,20 @@ void free_initramfs(const std::string& dir, dev_t dev, const std::string& keep) 
     }
 }
 
+// The guest's network is the container's: its loopback is up, as the
+// network setup of runc's callers leaves it in a new netns.
+Result<void> loopback_up() {
+    sys::Fd s(::socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0));
+    if (!s) return fail_errno("socket");
+    struct ifreq ifr;
+    std::memset(&ifr, 0, sizeof ifr);
+    std::strncpy(ifr.ifr_name, "lo", IFNAMSIZ - 1);
+    if (::ioctl(s.get(), SIOCGIFFLAGS, &ifr) < 0) return fail_errno("lo: get flags");
+    ifr.ifr_flags = short(ifr.ifr_flags | IFF_UP);
+    if (::ioctl(s.get(), SIOCSIFFLAGS, &ifr) < 0) return fail_errno("lo: up");
+    return {};
+}
+
 Result<void> early_init() {
     ::mkdir("/dev", 0755);
     ::mkdir("/proc", 0555);
@@ -146,6 +161,7 @@ Result<void> early_init() {
     TRY(sys::mount("husk", agent::kShareMount, "9p", 0,
                    "trans=virtio,version=9p2000.L,msize=262144,access=client,posixacl"));
     say("share mounted");
+    TRY(loopback_up());
     return {};
 }
 

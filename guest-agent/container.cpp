@@ -1,5 +1,6 @@
 #include "guest-agent/container.h"
 
+#include <dirent.h>
 #include <fcntl.h>
 #include <grp.h>
 #include <linux/openat2.h>
@@ -20,6 +21,7 @@
 #include <csignal>
 #include <cstring>
 #include <map>
+#include <memory>
 #include <optional>
 
 #include "husk/hooks.h"
@@ -160,10 +162,60 @@ Result<sys::Fd> make_mountpoint(int root, const std::string& dest, bool file, in
 
 std::string fd_path(const sys::Fd& fd) { return "/proc/self/fd/" + std::to_string(fd.get()); }
 
+// Copy the tree under `from` into `to` (both directory fds): files,
+// directories, symlinks, with modes and owners. For tmpcopyup.
+Result<void> copy_tree(int from, int to, int depth = 0) {
+    if (depth > 64) return fail("tmpcopyup: tree too deep", ELOOP);
+    int dup = ::fcntl(from, F_DUPFD_CLOEXEC, 3);
+    if (dup < 0) return fail_errno("tmpcopyup: dup");
+    DIR* d = ::fdopendir(dup);
+    if (!d) {
+        ::close(dup);
+        return fail_errno("tmpcopyup: opendir");
+    }
+    std::unique_ptr<DIR, int (*)(DIR*)> guard(d, ::closedir);
+    while (auto* e = ::readdir(d)) {
+        std::string n = e->d_name;
+        if (n == "." || n == "..") continue;
+        struct stat st;
+        if (::fstatat(from, n.c_str(), &st, AT_SYMLINK_NOFOLLOW) < 0) return fail_errno("tmpcopyup: stat " + n);
+        if (S_ISDIR(st.st_mode)) {
+            if (::mkdirat(to, n.c_str(), st.st_mode & 07777) < 0 && errno != EEXIST) return fail_errno("tmpcopyup: mkdir " + n);
+            sys::Fd s(::openat(from, n.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
+            sys::Fd t(::openat(to, n.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
+            if (!s || !t) return fail_errno("tmpcopyup: open " + n);
+            TRY(copy_tree(s.get(), t.get(), depth + 1));
+        } else if (S_ISLNK(st.st_mode)) {
+            char link[4096];
+            ssize_t l = ::readlinkat(from, n.c_str(), link, sizeof link - 1);
+            if (l < 0) return fail_errno("tmpcopyup: readlink " + n);
+            link[l] = 0;
+            if (::symlinkat(link, to, n.c_str()) < 0) return fail_errno("tmpcopyup: symlink " + n);
+        } else if (S_ISREG(st.st_mode)) {
+            sys::Fd s(::openat(from, n.c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC));
+            sys::Fd t(::openat(to, n.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, st.st_mode & 07777));
+            if (!s || !t) return fail_errno("tmpcopyup: copy " + n);
+            char buf[65536];
+            ssize_t r;
+            while ((r = ::read(s.get(), buf, sizeof buf)) > 0) TRY(sys::write_all(t.get(), buf, size_t(r)));
+            if (r < 0) return fail_errno("tmpcopyup: read " + n);
+        } else {
+            continue;  // device nodes, fifos and sockets are not copied up
+        }
+        if (::fchownat(to, n.c_str(), st.st_uid, st.st_gid, AT_SYMLINK_NOFOLLOW) < 0) return fail_errno("tmpcopyup: chown " + n);
+        if (!S_ISLNK(st.st_mode) && ::fchmodat(to, n.c_str(), st.st_mode & 07777, 0) < 0)
+            return fail_errno("tmpcopyup: chmod " + n);
+    }
+    return {};
+}
+
 Result<void> do_mount(int root, const json& m) {
     std::string dest = m.at("destination");
     std::string type = m.value("type", "");
     std::vector<std::string> opts = m.value("options", std::vector<std::string>{});
+    // runc's extension: a tmpfs starts with what the image had there.
+    bool copyup = std::find(opts.begin(), opts.end(), "tmpcopyup") != opts.end();
+    opts.erase(std::remove(opts.begin(), opts.end(), "tmpcopyup"), opts.end());
     MountFlags mf = parse_mount_options(opts);
     if (m.contains("share")) {
         std::string src = std::string(kShareMount) + "/" + m["share"].get<std::string>();
@@ -185,7 +237,13 @@ Result<void> do_mount(int root, const json& m) {
         source = "cgroup2";
     }
     auto target = TRY(make_mountpoint(root, dest, false));
+    sys::Fd below;  // what the tmpfs is about to cover, still readable through this
+    if (copyup && type == "tmpfs") below = TRY(sys::open(fd_path(target), O_RDONLY | O_DIRECTORY));
     TRY(sys::mount(source.empty() ? type : source, fd_path(target), type, mf.flags & ~MS_REMOUNT, mf.data));
+    if (below) {
+        auto top = TRY(openat2_in_root(root, dest, O_RDONLY | O_DIRECTORY));
+        TRY(copy_tree(below.get(), top.get()));
+    }
     if (mf.propagation) {
         auto mounted = TRY(openat2_in_root(root, dest, O_PATH));
         TRY(sys::mount("", fd_path(mounted), "", mf.propagation));

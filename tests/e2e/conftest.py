@@ -9,11 +9,15 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 import uuid
 
 import pytest
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "lib"))
+from husktest import processes_mentioning  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BUILD = os.environ.get("HUSK_BUILD", os.path.join(ROOT, "build"))
@@ -116,23 +120,6 @@ def husk(tmp_path):
     reap()
     assert_no_leaks(root)
     assert not leftover, f"test left containers behind: {leftover}"
-
-
-def processes_mentioning(needle):
-    found = []
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
-            with open(f"/proc/{pid}/stat") as f:
-                st = f.read().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if needle in cmd and st != "Z":
-            found.append((int(pid), cmd))
-    return found
 
 
 def assert_no_leaks(root):

@@ -121,3 +121,18 @@ def test_dotdot_in_mount_destination_is_refused(husk, bundle):
     b = bundle(["true"], edit=lambda c: c["mounts"].append({"destination": "/x/../../y", "type": "tmpfs"}))
     r = husk("run", "-b", b, new_id())
     assert r.returncode != 0 and b'contains ".."' in r.stderr
+
+
+def test_tmpcopyup_and_loopback(husk, bundle):
+    # podman --read-only mounts tmpfs with runc's "tmpcopyup": the tmpfs
+    # starts with what the image had there. The container's loopback is up.
+    def edit(c):
+        c["root"]["readonly"] = True
+        c["mounts"].append({"destination": "/etc", "type": "tmpfs", "source": "tmpfs",
+                            "options": ["rw", "rprivate", "nosuid", "nodev", "tmpcopyup"]})
+    b = bundle(["sh", "-c", "grep -c : /etc/passwd; ls -ln /etc/group | cut -c1-10; touch /etc/new && echo etc-writable; "
+                            "touch /x 2>/dev/null || echo root-ro; ip addr show lo | grep -o 'inet 127.0.0.1'"], edit=edit)
+    r = husk("run", "-b", b, new_id())
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.decode().split("\n")[:5] == ["2", "-rw-r--r--", "etc-writable", "root-ro", "inet 127.0.0.1"], r.stdout
+    assert not os.path.exists(os.path.join(b, "rootfs", "etc", "new"))  # written to the tmpfs only

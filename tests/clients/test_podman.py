@@ -1,0 +1,148 @@
+"""podman with husk as its OCI runtime: `podman --runtime PATH` and a
+containers.conf runtime entry, driving the real podman (conmon calls
+husk create/start/exec/kill/pause/resume/delete)."""
+import json
+import os
+import subprocess
+import time
+
+import pytest
+
+from conftest import HUSK, assert_nothing_left, have, run
+
+IMAGE = "localhost/husk-test-busybox:latest"
+
+pytestmark = pytest.mark.skipif(not have("podman"), reason="podman is not installed (scripts/deps installs it)")
+
+
+@pytest.fixture(scope="module")
+def image(rootfs_tar):
+    run(["podman", "import", rootfs_tar, IMAGE])
+    yield IMAGE
+    run(["podman", "rmi", "-f", IMAGE], check=False)
+
+
+@pytest.fixture
+def podman(image):
+    names = []
+
+    def p(*args, check=False, input=None, timeout=300, runtime=True):
+        cmd = ["podman"] + (["--runtime", HUSK] if runtime else []) + list(args)
+        if args and args[0] == "run" and "--name" in args:
+            names.append(args[args.index("--name") + 1])
+        return run(cmd, check=check, input=input, timeout=timeout)
+    yield p
+    for n in names:
+        run(["podman", "rm", "-f", "-t", "0", n], check=False)
+    assert_nothing_left()
+
+
+def test_run_output_exit_code_and_stdin(podman, image):
+    r = podman("run", "--rm", image, "echo", "hello from a VM")
+    assert r.returncode == 0 and r.stdout == b"hello from a VM\n", r.stderr
+    r = podman("run", "--rm", image, "sh", "-c", "echo out; echo err >&2; exit 7")
+    assert r.returncode == 7 and r.stdout == b"out\n" and b"err\n" in r.stderr
+    r = podman("run", "--rm", "-i", image, "sh", "-c", "wc -c; cat /proc/1/cmdline | tr '\\0' ' '",
+               input=b"x" * 100000)
+    assert r.returncode == 0 and r.stdout.split(b"\n")[0].strip() == b"100000", r.stdout[:200]
+    # The workload really is in a VM: its own kernel, not the host's.
+    r = podman("run", "--rm", image, "sh", "-c", "cat /proc/cmdline")
+    assert b"husk.channel=" in r.stdout, r.stdout
+
+
+def test_process_options_volumes_and_read_only(podman, image, tmp_path):
+    (tmp_path / "f").write_text("from the host\n")
+    os.chmod(tmp_path, 0o755)  # readable, not writable, by uid 1000
+    r = podman("run", "--rm", "--user", "1000:1000", "--env", "FOO=bar", "--workdir", "/tmp",
+               "-v", f"{tmp_path}:/data", image, "sh", "-c",
+               "id -u; echo $FOO; pwd; cat /data/f; echo back > /data/g 2>/dev/null || echo denied")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.decode().split("\n")[:5] == ["1000", "bar", "/tmp", "from the host", "denied"], r.stdout
+    os.chmod(tmp_path, 0o777)
+    r = podman("run", "--rm", "-v", f"{tmp_path}:/data", image, "sh", "-c", "echo back > /data/g")
+    assert r.returncode == 0 and (tmp_path / "g").read_text() == "back\n"
+    # --read-only: the root is read-only, podman's tmpfs /tmp (tmpcopyup) is not.
+    r = podman("run", "--rm", "--read-only", image, "sh", "-c",
+               "touch /x 2>/dev/null || echo root-ro; touch /tmp/y && echo tmp-rw")
+    assert r.returncode == 0 and r.stdout == b"root-ro\ntmp-rw\n", (r.stdout, r.stderr)
+    r = podman("run", "--rm", "--network", "none", image, "sh", "-c", "ip -o link | cut -d: -f2")
+    assert r.returncode == 0 and r.stdout.split() == [b"lo"], r.stdout
+
+
+def wait_for(pred, timeout=60, what=""):
+    deadline = time.time() + timeout
+    while not pred():
+        assert time.time() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
+
+
+def inspect(podman, name):
+    return json.loads(podman("inspect", name, check=True).stdout)[0]
+
+
+def test_detached_lifecycle_logs_exec_pause_kill_stop(podman, image):
+    script = ('trap "echo got-term; exit 3" TERM; trap "echo got-usr1" USR1; echo started; '
+              'while true; do sleep 0.2; done')
+    r = podman("run", "-d", "--name", "hk-life", image, "sh", "-c", script)
+    assert r.returncode == 0, r.stderr
+    wait_for(lambda: b"started" in podman("logs", "hk-life").stdout, what="started in logs")
+    assert inspect(podman, "hk-life")["State"]["Status"] == "running"
+
+    r = podman("exec", "hk-life", "sh", "-c", "echo in-exec; exit 4")
+    assert r.returncode == 4 and r.stdout == b"in-exec\n"
+    r = podman("exec", "-i", "hk-life", "cat", input=b"through exec\n")
+    assert r.stdout == b"through exec\n"
+    r = podman("exec", "--user", "1000", "--env", "E=1", "--workdir", "/tmp", "hk-life", "sh", "-c", "id -u; echo $E; pwd")
+    assert r.stdout == b"1000\n1\n/tmp\n", r.stdout
+
+    podman("kill", "-s", "USR1", "hk-life", check=True)
+    wait_for(lambda: b"got-usr1" in podman("logs", "hk-life").stdout, what="USR1 in logs")
+
+    podman("pause", "hk-life", check=True)
+    assert inspect(podman, "hk-life")["State"]["Status"] == "paused"
+    podman("unpause", "hk-life", check=True)
+    assert inspect(podman, "hk-life")["State"]["Status"] == "running"
+
+    t0 = time.time()
+    podman("stop", "-t", "10", "hk-life", check=True)
+    assert time.time() - t0 < 10  # SIGTERM was enough: the trap ran
+    st = inspect(podman, "hk-life")["State"]
+    assert st["Status"] == "exited" and st["ExitCode"] == 3
+    assert b"got-term" in podman("logs", "hk-life").stdout
+    podman("rm", "hk-life", check=True)
+
+
+def test_stop_escalates_to_sigkill_and_rm_force(podman, image):
+    # `sleep` as pid 1 ignores SIGTERM (no handler), as under runc.
+    podman("run", "-d", "--name", "hk-stubborn", image, "sleep", "1000", check=True)
+    t0 = time.time()
+    podman("stop", "-t", "2", "hk-stubborn", check=True)
+    assert 2 <= time.time() - t0 < 30
+    assert inspect(podman, "hk-stubborn")["State"]["ExitCode"] == 137
+    podman("rm", "hk-stubborn", check=True)
+    podman("run", "-d", "--name", "hk-rmf", image, "sleep", "1000", check=True)
+    podman("rm", "-f", "-t", "0", "hk-rmf", check=True)
+    assert podman("ps", "-a", "--format", "{{.Names}}").stdout.split().count(b"hk-rmf") == 0
+
+
+def in_tty(cmd, timeout=120):
+    # podman -t needs a terminal: script(1) gives it one.
+    r = subprocess.run(["script", "-qec", " ".join(cmd), "/dev/null"], capture_output=True, timeout=timeout,
+                       stdin=subprocess.DEVNULL)
+    return r.returncode, r.stdout.replace(b"\r", b"")
+
+
+def test_terminals(podman, image):
+    rc, out = in_tty(["podman", "--runtime", HUSK, "run", "--rm", "-t", image, "tty"])
+    assert rc == 0 and b"/dev/pts/0" in out, out
+    podman("run", "-d", "--name", "hk-tty", image, "sleep", "1000", check=True)
+    rc, out = in_tty(["podman", "--runtime", HUSK, "exec", "-t", "hk-tty", "sh", "-c", "'tty; exit 5'"])
+    assert rc == 5 and b"/dev/pts/" in out, out
+
+
+def test_containers_conf_runtime_entry(podman, image, tmp_path):
+    conf = tmp_path / "containers.conf"
+    conf.write_text(f'[engine.runtimes]\nhusk = ["{HUSK}"]\n')
+    env = dict(os.environ, CONTAINERS_CONF=str(conf))
+    r = run(["podman", "run", "--rm", "--runtime", "husk", image, "sh", "-c", "cat /proc/cmdline"], env=env, check=False)
+    assert r.returncode == 0 and b"husk.channel=" in r.stdout, (r.stdout, r.stderr)
