@@ -218,6 +218,20 @@ Result<void> Shim::prepare() {
     TRY_CTX(sys::unshare(CLONE_NEWNS), "mount namespace");
     TRY(sys::mount("", "/", "", MS_REC | MS_SLAVE));
     TRY_CTX(build_shares(), "share rootfs");
+    // The container's network namespace is where the shim and the VMM
+    // live: the one the caller made (podman, CNI), or a new one, so that
+    // hooks that look at the state's pid (docker's libnetwork) configure
+    // the container's namespace, not the host's. The VM's NICs come from
+    // it (issue 7).
+    for (const auto& n : spec_.namespaces) {
+        if (n.type != "network") continue;
+        if (n.path.empty()) {
+            TRY_CTX(sys::unshare(CLONE_NEWNET), "network namespace");
+        } else {
+            auto fd = TRY_CTX(sys::open(n.path, O_RDONLY), "network namespace");
+            if (::setns(fd.get(), CLONE_NEWNET) < 0) return fail_errno("join network namespace " + n.path);
+        }
+    }
 
     // The init's stdio: our own fds 0-2, or a terminal.
     Proc& init = procs_[0];
@@ -263,6 +277,12 @@ Result<void> Shim::setup_terminal() {
     TRY(sys::take_relay_tty(pty.slave.get()));
     TRY(sys::set_nonblock(pty.slave.get(), true));
     TRY(sys::send_console(args_.console_socket, pty));
+    // The caller's stdio is not the container's: let go of it, as runc's
+    // init does, or a caller that reads `create`'s output to EOF
+    // (containerd's runc shim) waits for as long as we live.
+    auto null = TRY(sys::open("/dev/null", O_RDWR));
+    for (int fd = 0; fd <= 2; ++fd)
+        if (::dup2(null.get(), fd) < 0) return fail_errno("stdio to /dev/null");
     Proc& init = procs_[0];
     init.tty = true;
     init.in_own = TRY(sys::dup(pty.slave.get()));

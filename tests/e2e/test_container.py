@@ -1,5 +1,6 @@
 """What the workload sees inside the guest: root, mounts, user, cwd, env."""
 import os
+import subprocess
 
 from conftest import new_id
 
@@ -121,6 +122,34 @@ def test_dotdot_in_mount_destination_is_refused(husk, bundle):
     b = bundle(["true"], edit=lambda c: c["mounts"].append({"destination": "/x/../../y", "type": "tmpfs"}))
     r = husk("run", "-b", b, new_id())
     assert r.returncode != 0 and b'contains ".."' in r.stderr
+
+
+def test_network_namespace_holds_the_shim_and_vmm(husk, bundle, tmp_path):
+    # A new network namespace in the spec: the shim (state.pid) and QEMU
+    # live in one of their own, where hooks such as docker's libnetwork
+    # put the container's interfaces. A path: they join it.
+    def ns_of(pid):
+        return os.readlink(f"/proc/{pid}/ns/net")
+    cid = new_id()
+    husk("create", "-b", bundle(["true"]), cid, check=True)
+    mine = ns_of(os.getpid())
+    shim = husk.state(cid)["pid"]
+    assert ns_of(shim) != mine
+    husk("delete", "--force", cid, check=True)
+
+    name = "husk-" + new_id()
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    try:
+        def edit(c):
+            for n in c["linux"]["namespaces"]:
+                if n["type"] == "network":
+                    n["path"] = f"/run/netns/{name}"
+        cid = new_id()
+        husk("create", "-b", bundle(["true"], edit=edit), cid, check=True)
+        assert os.stat(f"/proc/{husk.state(cid)['pid']}/ns/net").st_ino == os.stat(f"/run/netns/{name}").st_ino
+        husk("delete", "--force", cid, check=True)
+    finally:
+        subprocess.run(["ip", "netns", "delete", name], check=False)
 
 
 def test_tmpcopyup_and_loopback(husk, bundle):

@@ -9,6 +9,7 @@ import select
 import signal
 import socket
 import struct
+import subprocess
 import termios
 import threading
 import time
@@ -102,8 +103,13 @@ def test_console_socket_on_create(husk, bundle, tmp_path):
         c["process"]["consoleSize"] = {"height": 20, "width": 70}
     cid = new_id()
     cs = ConsoleSocket(tmp_path / "console.sock")
-    r = husk("create", "--console-socket", cs.path, "-b", bundle(["sh"], edit=edit), cid)
-    assert r.returncode == 0, r.stderr
+    # create's stdout and stderr reach EOF when it exits: with a terminal,
+    # nothing left behind holds the caller's stdio (containerd's runc shim
+    # reads them to EOF before it goes on).
+    p = subprocess.Popen(husk.cmd("create", "--console-socket", cs.path, "-b", bundle(["sh"], edit=edit), cid),
+                         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    out, err = p.communicate(timeout=240)
+    assert p.returncode == 0, err
     t = cs.receive()
     assert cs.name.startswith("/dev/pts/")
     husk("start", cid, check=True)
