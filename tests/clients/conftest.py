@@ -28,11 +28,13 @@ def husk_processes():
             if "husk-shim" in cmd or (cmd.startswith("qemu-system") and HUSK_STATE in cmd)]
 
 
-def assert_nothing_left():
+def assert_nothing_left(*roots):
+    """No shim, no QEMU, and no container state under /run/husk or `roots`
+    (the --root a client passes to husk)."""
     deadline = time.time() + 15
     while True:
         procs = husk_processes()
-        state = os.listdir(HUSK_STATE) if os.path.isdir(HUSK_STATE) else []
+        state = [os.path.join(r, n) for r in (HUSK_STATE, *roots) if os.path.isdir(r) for n in os.listdir(r)]
         if not procs and not state:
             return
         if time.time() > deadline:
@@ -59,3 +61,45 @@ def rootfs_tar(tmp_path_factory):
 
 def have(binary):
     return shutil.which(binary) is not None
+
+
+def wait_for(pred, timeout=60, what=""):
+    deadline = time.time() + timeout
+    while not pred():
+        assert time.time() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
+
+
+def in_tty(cmd, timeout=120, input=None):
+    """Run `cmd` (a list) on a fresh terminal (script(1)): returns its
+    status and what the terminal showed."""
+    import shlex
+    r = subprocess.run(["script", "-qec", shlex.join(cmd), "/dev/null"], capture_output=True, timeout=timeout,
+                       stdin=subprocess.DEVNULL)
+    return r.returncode, r.stdout.replace(b"\r", b"")
+
+
+def daemon(cmd, ready, log_path, timeout=90):
+    """Start a daemon (cmd) and wait until ready() is true; None (with the
+    log's tail) if it never gets there."""
+    log = open(log_path, "wb")
+    p = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if p.poll() is not None:
+            break
+        if ready():
+            return p
+        time.sleep(0.5)
+    stop_daemon(p)
+    return None
+
+
+def stop_daemon(p):
+    if p.poll() is None:
+        p.terminate()
+        try:
+            p.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()

@@ -3,12 +3,11 @@ containers.conf runtime entry, driving the real podman (conmon calls
 husk create/start/exec/kill/pause/resume/delete)."""
 import json
 import os
-import subprocess
 import time
 
 import pytest
 
-from conftest import HUSK, assert_nothing_left, have, run
+from conftest import HUSK, assert_nothing_left, have, in_tty, run, wait_for
 
 IMAGE = "localhost/husk-test-busybox:latest"
 
@@ -69,13 +68,6 @@ def test_process_options_volumes_and_read_only(podman, image, tmp_path):
     assert r.returncode == 0 and r.stdout.split() == [b"lo"], r.stdout
 
 
-def wait_for(pred, timeout=60, what=""):
-    deadline = time.time() + timeout
-    while not pred():
-        assert time.time() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.2)
-
-
 def inspect(podman, name):
     return json.loads(podman("inspect", name, check=True).stdout)[0]
 
@@ -125,18 +117,11 @@ def test_stop_escalates_to_sigkill_and_rm_force(podman, image):
     assert podman("ps", "-a", "--format", "{{.Names}}").stdout.split().count(b"hk-rmf") == 0
 
 
-def in_tty(cmd, timeout=120):
-    # podman -t needs a terminal: script(1) gives it one.
-    r = subprocess.run(["script", "-qec", " ".join(cmd), "/dev/null"], capture_output=True, timeout=timeout,
-                       stdin=subprocess.DEVNULL)
-    return r.returncode, r.stdout.replace(b"\r", b"")
-
-
 def test_terminals(podman, image):
     rc, out = in_tty(["podman", "--runtime", HUSK, "run", "--rm", "-t", image, "tty"])
     assert rc == 0 and b"/dev/pts/0" in out, out
     podman("run", "-d", "--name", "hk-tty", image, "sleep", "1000", check=True)
-    rc, out = in_tty(["podman", "--runtime", HUSK, "exec", "-t", "hk-tty", "sh", "-c", "'tty; exit 5'"])
+    rc, out = in_tty(["podman", "--runtime", HUSK, "exec", "-t", "hk-tty", "sh", "-c", "tty; exit 5"])
     assert rc == 5 and b"/dev/pts/" in out, out
 
 

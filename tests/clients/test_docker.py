@@ -1,0 +1,99 @@
+"""docker with husk as a runtime from daemon.json, through dockerd and
+containerd's runc shim (containerd-shim-runc-v2 calls husk with --root,
+--log and --log-format json). A private dockerd per module: its own data
+root, exec root and socket."""
+import json
+import os
+import time
+
+import pytest
+
+from conftest import HUSK, assert_nothing_left, daemon, have, in_tty, run, stop_daemon, wait_for
+
+pytestmark = pytest.mark.skipif(not have("dockerd"), reason="docker.io is not installed (scripts/deps installs it)")
+
+IMAGE = "husk-test-busybox:latest"
+
+
+@pytest.fixture(scope="module")
+def dockerd(tmp_path_factory, rootfs_tar):
+    d = tmp_path_factory.mktemp("docker")
+    sock = f"unix://{d}/docker.sock"
+    cfg = {"runtimes": {"husk": {"path": HUSK}}, "data-root": str(d / "data"), "exec-root": str(d / "exec"),
+           "pidfile": str(d / "docker.pid"), "hosts": [sock]}
+    (d / "daemon.json").write_text(json.dumps(cfg))
+
+    def ready():
+        return run(["docker", "-H", sock, "info"], check=False, timeout=30).returncode == 0
+    p = daemon(["dockerd", "--config-file", str(d / "daemon.json")], ready, d / "dockerd.log")
+    if p is None:
+        pytest.skip("dockerd does not start on this machine: " + (d / "dockerd.log").read_text()[-2000:])
+    run(["docker", "-H", sock, "import", rootfs_tar, IMAGE])
+    yield sock, str(d / "exec" / "runtime-runc" / "moby")
+    stop_daemon(p)
+
+
+@pytest.fixture
+def docker(dockerd):
+    sock, husk_root = dockerd
+    names = []
+
+    def dk(*args, check=False, input=None, timeout=300):
+        if args and args[0] == "run" and "--name" in args:
+            names.append(args[args.index("--name") + 1])
+        return run(["docker", "-H", sock] + list(args), check=check, input=input, timeout=timeout)
+    dk.sock = sock
+    yield dk
+    for n in names:
+        run(["docker", "-H", sock, "rm", "-f", n], check=False)
+    assert_nothing_left(husk_root)
+
+
+def test_run_exit_code_stdin_and_network(docker):
+    r = docker("run", "--rm", "--runtime", "husk", IMAGE, "sh", "-c", "echo out; echo err >&2; cat /proc/cmdline")
+    assert r.returncode == 0 and r.stdout.startswith(b"out\n") and b"husk.channel=" in r.stdout, (r.stdout, r.stderr)
+    assert r.stderr == b"err\n"
+    r = docker("run", "--rm", "--runtime", "husk", IMAGE, "sh", "-c", "exit 7")
+    assert r.returncode == 7
+    r = docker("run", "--rm", "-i", "--runtime", "husk", IMAGE, "wc", "-c", input=b"y" * 50000)
+    assert r.stdout.strip() == b"50000"
+    # docker's default bridge network: libnetwork's prestart hook configures
+    # the namespace the shim and VM live in; the container is named there.
+    r = docker("run", "--rm", "--runtime", "husk", "--hostname", "boxy", IMAGE, "sh", "-c", "hostname; grep -c boxy /etc/hosts")
+    assert r.returncode == 0 and r.stdout.split() == [b"boxy", b"1"], (r.stdout, r.stderr)
+
+
+def test_detached_exec_kill_pause_stop(docker):
+    script = 'trap "echo got-term; exit 3" TERM; trap "echo got-usr1" USR1; echo started; while true; do sleep 0.2; done'
+    docker("run", "-d", "--runtime", "husk", "--name", "hk-dk", IMAGE, "sh", "-c", script, check=True)
+    wait_for(lambda: b"started" in docker("logs", "hk-dk").stdout, what="logs")
+    r = docker("exec", "hk-dk", "sh", "-c", "echo in-exec; exit 4")
+    assert r.returncode == 4 and r.stdout == b"in-exec\n"
+    r = docker("exec", "-i", "-u", "1000", "-w", "/tmp", "-e", "E=2", "hk-dk", "sh", "-c", "cat; id -u; pwd; echo $E",
+               input=b"piped\n")
+    assert r.stdout == b"piped\n1000\n/tmp\n2\n", r.stdout
+    docker("kill", "-s", "USR1", "hk-dk", check=True)
+    wait_for(lambda: b"got-usr1" in docker("logs", "hk-dk").stdout, what="USR1")
+    docker("pause", "hk-dk", check=True)
+    assert docker("inspect", "-f", "{{.State.Status}}", "hk-dk").stdout.strip() == b"paused"
+    docker("unpause", "hk-dk", check=True)
+    t0 = time.time()
+    docker("stop", "-t", "10", "hk-dk", check=True)
+    assert time.time() - t0 < 10
+    assert docker("inspect", "-f", "{{.State.Status}} {{.State.ExitCode}}", "hk-dk").stdout.split() == [b"exited", b"3"]
+    docker("rm", "hk-dk", check=True)
+    # stop escalates to SIGKILL when SIGTERM does nothing; rm -f ends it.
+    docker("run", "-d", "--runtime", "husk", "--name", "hk-dk2", IMAGE, "sleep", "1000", check=True)
+    docker("stop", "-t", "1", "hk-dk2", check=True)
+    assert docker("inspect", "-f", "{{.State.ExitCode}}", "hk-dk2").stdout.strip() == b"137"
+    docker("rm", "hk-dk2", check=True)
+    docker("run", "-d", "--runtime", "husk", "--name", "hk-dk3", IMAGE, "sleep", "1000", check=True)
+    docker("rm", "-f", "hk-dk3", check=True)
+
+
+def test_terminals(docker):
+    rc, out = in_tty(["docker", "-H", docker.sock, "run", "--rm", "-t", "--runtime", "husk", IMAGE, "tty"])
+    assert rc == 0 and b"/dev/pts/0" in out, out
+    docker("run", "-d", "--runtime", "husk", "--name", "hk-dktty", IMAGE, "sleep", "1000", check=True)
+    rc, out = in_tty(["docker", "-H", docker.sock, "exec", "-t", "hk-dktty", "sh", "-c", "tty; exit 5"])
+    assert rc == 5 and b"/dev/pts/" in out, out
