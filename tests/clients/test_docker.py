@@ -63,6 +63,21 @@ def test_run_exit_code_stdin_and_network(docker):
     assert r.returncode == 0 and r.stdout.split() == [b"boxy", b"1"], (r.stdout, r.stderr)
 
 
+def test_process_options_volumes_and_read_only(docker, tmp_path):
+    (tmp_path / "f").write_text("from the host\n")
+    os.chmod(tmp_path, 0o777)
+    r = docker("run", "--rm", "--runtime", "husk", "-u", "1000:1000", "-e", "FOO=bar", "-w", "/tmp",
+               "-v", f"{tmp_path}:/data", IMAGE, "sh", "-c", "id -u; echo $FOO; pwd; cat /data/f; echo back > /data/g")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.decode().split("\n")[:4] == ["1000", "bar", "/tmp", "from the host"], r.stdout
+    assert (tmp_path / "g").read_text() == "back\n" and (tmp_path / "g").stat().st_uid == 1000
+    r = docker("run", "--rm", "--runtime", "husk", "--read-only", "--tmpfs", "/run", IMAGE, "sh", "-c",
+               "touch /x 2>/dev/null || echo root-ro; touch /run/y && echo run-rw")
+    assert r.returncode == 0 and r.stdout == b"root-ro\nrun-rw\n", (r.stdout, r.stderr)
+    r = docker("run", "--rm", "--runtime", "husk", "--network", "none", IMAGE, "sh", "-c", "ip -o link | cut -d: -f2")
+    assert r.returncode == 0 and r.stdout.split() == [b"lo"], r.stdout
+
+
 def test_detached_exec_kill_pause_stop(docker):
     script = 'trap "echo got-term; exit 3" TERM; trap "echo got-usr1" USR1; echo started; while true; do sleep 0.2; done'
     docker("run", "-d", "--runtime", "husk", "--name", "hk-dk", IMAGE, "sh", "-c", script, check=True)
