@@ -236,6 +236,7 @@ private:
     void on_request(const json& req);
     Result<json> do_create(const json& params);
     Result<json> do_start(const json& params);
+    Result<void> release(Process& p);
     Result<json> do_kill(const json& params);
     Result<json> do_exec(const json& params);
     Result<json> do_resize(const json& params);
@@ -368,19 +369,11 @@ Result<json> Agent::do_exec(const json& params) {
     if (::setns(own_pidns_.get(), CLONE_NEWPID) < 0) fatal(std::string("setns back to own pid ns: ") + strerror(errno));
     if (!p) return tl::unexpected(p.error());
     // No start step for exec: go.
-    if (::write(p->sync.get(), "S", 1) != 1) {
-        ::kill(p->pid, SIGKILL);
-        return fail_errno("start exec");
-    }
-    char buf[4096];
-    ssize_t n;
-    do n = ::read(p->sync.get(), buf, sizeof buf);
-    while (n < 0 && errno == EINTR);
-    p->sync.reset();
     pid_t pid = p->pid;
-    if (n > 1 && buf[0] == 'E') {  // execve itself failed; the child is exiting
+    if (auto r = release(*p); !r) {
+        ::kill(pid, SIGKILL);  // the child is exiting anyway if execve failed
         ::waitpid(pid, nullptr, 0);
-        return fail(std::string(buf + 1, size_t(n - 1)), ENOEXEC);
+        return tl::unexpected(r.error());
     }
     procs_[idx] = std::move(*p);
     say("exec " + std::to_string(idx) + " started, pid " + std::to_string(pid));
@@ -478,19 +471,24 @@ Result<json> Agent::do_resize(const json& params) {
     return json::object();
 }
 
-Result<json> Agent::do_start(const json& params) {
-    uint32_t idx = params.value("process", 0u);
-    auto it = procs_.find(idx);
-    if (it == procs_.end() || !it->second.sync) return fail("process not waiting for start", ESRCH);
-    auto& p = it->second;
+// Tell a parked process "S" and wait until it has exec'd (EOF: its
+// close-on-exec end is gone) or failed ("E<message>").
+Result<void> Agent::release(Process& p) {
     if (::write(p.sync.get(), "S", 1) != 1) return fail_errno("signal start");
     char buf[4096];
     ssize_t n;
     do n = ::read(p.sync.get(), buf, sizeof buf);
     while (n < 0 && errno == EINTR);
     p.sync.reset();
-    // EOF: close-on-exec closed the socket, the workload is running.
     if (n > 1 && buf[0] == 'E') return fail(std::string(buf + 1, size_t(n - 1)), ENOEXEC);
+    return {};
+}
+
+Result<json> Agent::do_start(const json& params) {
+    uint32_t idx = params.value("process", 0u);
+    auto it = procs_.find(idx);
+    if (it == procs_.end() || !it->second.sync) return fail("process not waiting for start", ESRCH);
+    TRY(release(it->second));
     return json{{"started", true}};
 }
 
