@@ -251,6 +251,14 @@ Result<void> do_mount(int root, const json& m) {
     return {};
 }
 
+// One node at `path`, with exactly `mode` (whatever the umask) and owner.
+Result<void> make_node(const std::string& path, mode_t kind, mode_t mode, dev_t dev, uid_t uid = 0, gid_t gid = 0) {
+    if (::mknod(path.c_str(), kind | mode, dev) < 0) return fail_errno("mknod " + path);
+    if (::chmod(path.c_str(), mode) < 0) return fail_errno("chmod " + path);
+    if (::chown(path.c_str(), uid, gid) < 0) return fail_errno("chown " + path);
+    return {};
+}
+
 // What runc puts in a tmpfs /dev: the standard nodes and links.
 Result<void> populate_dev() {
     struct Node {
@@ -259,15 +267,10 @@ Result<void> populate_dev() {
     };
     static const Node nodes[] = {{"null", 1, 3}, {"zero", 1, 5}, {"full", 1, 7},
                                  {"random", 1, 8}, {"urandom", 1, 9}, {"tty", 5, 0}};
-    mode_t old = ::umask(0);
     for (auto& n : nodes) {
         std::string p = std::string("/dev/") + n.name;
-        if (::mknod(p.c_str(), S_IFCHR | 0666, makedev(n.maj, n.min)) < 0 && errno != EEXIST) {
-            ::umask(old);
-            return fail_errno("mknod " + p);
-        }
+        if (!sys::exists(p)) TRY(make_node(p, S_IFCHR, 0666, makedev(n.maj, n.min)));  // a spec mount may be there
     }
-    ::umask(old);
     static const std::pair<const char*, const char*> links[] = {
         {"/proc/self/fd", "/dev/fd"},          {"/proc/self/fd/0", "/dev/stdin"}, {"/proc/self/fd/1", "/dev/stdout"},
         {"/proc/self/fd/2", "/dev/stderr"},    {"pts/ptmx", "/dev/ptmx"},
@@ -281,24 +284,15 @@ Result<void> populate_dev() {
 
 // linux.devices: made after pivot_root, so every path is the container's.
 Result<void> make_devices(const json& devices) {
-    mode_t old = ::umask(0);
     for (const auto& d : devices) {
         std::string path = d.at("path");
         std::string type = d.at("type");
         mode_t kind = type == "b" ? S_IFBLK : type == "p" ? S_IFIFO : S_IFCHR;
-        mode_t mode = mode_t(d.value("file_mode", 0666u));
         TRY(sys::mkdir_p(sys::dirname(path), 0755));
         ::unlink(path.c_str());  // runc replaces what the image had there
-        if (::mknod(path.c_str(), kind | mode, makedev(d.value("major", 0u), d.value("minor", 0u))) < 0) {
-            ::umask(old);
-            return fail_errno("mknod " + path);
-        }
-        if (::chown(path.c_str(), d.value("uid", 0u), d.value("gid", 0u)) < 0) {
-            ::umask(old);
-            return fail_errno("chown " + path);
-        }
+        TRY(make_node(path, kind, mode_t(d.value("file_mode", 0666u)), makedev(d.value("major", 0u), d.value("minor", 0u)),
+                      d.value("uid", 0u), d.value("gid", 0u)));
     }
-    ::umask(old);
     return {};
 }
 

@@ -300,12 +300,12 @@ Result<void> Shim::setup_terminal() {
 json Shim::create_params() const {
     json p = agent_create_params(spec_, plan_, cgroup_);
     for (const char* stage : {"createContainer", "startContainer"})
-        if (auto it = spec_.hooks.find(stage); it != spec_.hooks.end() && !it->second.empty()) {
+        if (auto it = spec_.hooks.find(stage); it != spec_.hooks.end() && !it->second.empty())
             p["hooks"][stage] = hooks_to_json(it->second);
-            json st = oci_state(state_);
-            st["status"] = status::kCreating;
-            p["hook_state"] = st;
-        }
+    if (p.contains("hooks")) {
+        p["hook_state"] = oci_state(state_);
+        p["hook_state"]["status"] = status::kCreating;
+    }
     return p;
 }
 
@@ -705,15 +705,14 @@ void Shim::on_client_line(uint64_t cid, const std::string& line) {
         if (paused_ == (op == "pause")) return reply(cid, false, std::string("container is ") + (paused_ ? "already paused" : "not paused"));
         auto r = set_paused(op == "pause");
         reply(cid, bool(r), r ? "" : r.error().message);
-    } else if (op == "ps") {
+    } else if (op == "ps" || op == "update" || op == "stats") {
+        // Questions for the guest, which cannot answer while paused.
         if (!live) return reply(cid, false, "container is not running");
         if (paused_) return reply(cid, false, "container is paused");
-        request("ps", {{"process", 0}}, cid);
-    } else if (op == "update" || op == "stats") {
-        if (!live) return reply(cid, false, "container is not running");
-        if (paused_) return reply(cid, false, "container is paused (its guest cannot answer until resumed)");
-        if (op == "update") request("update", {{"files", req.value("files", json::array())}}, cid);
-        else request("stats", {{"files", stats_files()}}, cid);
+        json params = op == "ps"       ? json{{"process", 0}}
+                      : op == "update" ? json{{"files", req.value("files", json::array())}}
+                                       : json{{"files", stats_files()}};
+        request(op, params, cid);
     } else if (op == "exec") {
         if (!live) return reply(cid, false, phase_ == Phase::Exiting ? "container is stopping" : "container is not created yet");
         start_exec(cid, req);

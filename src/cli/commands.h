@@ -2,6 +2,8 @@
 // returns the handler to run if it was chosen.
 #pragma once
 #include <functional>
+#include <initializer_list>
+#include <optional>
 #include <string>
 
 #include <CLI/CLI.hpp>
@@ -35,6 +37,9 @@ void setup_events(CLI::App&, Globals&, Handler&);
 
 // Print "<verb> <id>: <message>" to stderr and --log; returns 1.
 int report(const std::string& verb, const std::string& id, const Error& e);
+// A number followed by one of `units` (suffix -> factor), as runc's flags
+// take sizes ("512m") and durations ("500ms"); nothing if it is neither.
+std::optional<double> scaled_number(const std::string& v, std::initializer_list<std::pair<const char*, double>> units);
 // Exit with a wait status: same code, or die of the same signal.
 [[noreturn]] void exit_like(int wait_status);
 

@@ -9,18 +9,9 @@ namespace husk::cli {
 
 // Go-style durations as runc takes them: "5s", "500ms", "1m", "1.5s".
 static Result<std::chrono::milliseconds> parse_interval(const std::string& v) {
-    size_t i = 0;
-    while (i < v.size() && (std::isdigit(static_cast<unsigned char>(v[i])) || v[i] == '.')) ++i;
-    std::string unit = v.substr(i);
-    double n = 0;
-    try {
-        n = std::stod(v.substr(0, i));
-    } catch (...) {
-        return fail("--interval: invalid duration \"" + v + "\"", EINVAL);
-    }
-    double ms = unit == "ms" ? n : unit == "s" ? n * 1000 : unit == "m" ? n * 60000 : unit == "h" ? n * 3600000 : -1;
-    if (ms <= 0) return fail("--interval: invalid duration \"" + v + "\" (use e.g. 5s or 500ms)", EINVAL);
-    return std::chrono::milliseconds(int64_t(ms));
+    auto ms = scaled_number(v, {{"ms", 1}, {"s", 1000}, {"m", 60000}, {"h", 3600000}});
+    if (!ms || *ms <= 0) return fail("--interval: invalid duration \"" + v + "\" (use e.g. 5s or 500ms)", EINVAL);
+    return std::chrono::milliseconds(int64_t(*ms));
 }
 
 void setup_events(CLI::App& sub, Globals& g, Handler& run) {

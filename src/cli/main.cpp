@@ -16,6 +16,21 @@ int report(const std::string& verb, const std::string& id, const Error& e) {
     return 1;
 }
 
+std::optional<double> scaled_number(const std::string& v, std::initializer_list<std::pair<const char*, double>> units) {
+    size_t i = 0;
+    while (i < v.size() && (std::isdigit(static_cast<unsigned char>(v[i])) || v[i] == '.')) ++i;
+    if (i == 0) return std::nullopt;
+    for (auto [suffix, factor] : units)
+        if (v.compare(i, std::string::npos, suffix) == 0) {
+            try {
+                return std::stod(v.substr(0, i)) * factor;
+            } catch (...) {
+                return std::nullopt;
+            }
+        }
+    return std::nullopt;
+}
+
 void exit_like(int wst) {
     if (WIFSIGNALED(wst)) sys::die_of_signal(WTERMSIG(wst));
     _exit(WEXITSTATUS(wst));

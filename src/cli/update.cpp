@@ -12,22 +12,12 @@ namespace husk::cli {
 // optional trailing "b" or "ib"), powers of 1024.
 static Result<int64_t> parse_size(const std::string& flag, const std::string& v) {
     if (v == "-1") return -1;
-    size_t i = 0;
-    while (i < v.size() && (std::isdigit(static_cast<unsigned char>(v[i])) || v[i] == '.')) ++i;
-    std::string num = v.substr(0, i), unit;
-    for (char c : v.substr(i)) unit += char(std::tolower(static_cast<unsigned char>(c)));
-    static const std::pair<const char*, int> units[] = {{"", 0},  {"b", 0},  {"k", 1},  {"kb", 1}, {"kib", 1},
-                                                        {"m", 2}, {"mb", 2}, {"mib", 2}, {"g", 3}, {"gb", 3},
-                                                        {"gib", 3}, {"t", 4}, {"tb", 4}, {"tib", 4}};
-    for (auto [name, shift] : units)
-        if (unit == name && !num.empty()) {
-            try {
-                double d = std::stod(num);
-                for (int s = 0; s < shift; ++s) d *= 1024;
-                return int64_t(d);
-            } catch (...) {
-            }
-        }
+    std::string lower;
+    for (char c : v) lower += char(std::tolower(static_cast<unsigned char>(c)));
+    constexpr double K = 1024, M = K * K, G = M * K, T = G * K;
+    if (auto n = scaled_number(lower, {{"", 1}, {"b", 1}, {"k", K}, {"kb", K}, {"kib", K}, {"m", M}, {"mb", M},
+                                        {"mib", M}, {"g", G}, {"gb", G}, {"gib", G}, {"t", T}, {"tb", T}, {"tib", T}}))
+        return int64_t(*n);
     return fail("--" + flag + ": invalid size \"" + v + "\"", EINVAL);
 }
 

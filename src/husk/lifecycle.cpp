@@ -223,21 +223,20 @@ Result<void> pause_container(const Globals& g, const std::string& id, bool pause
     return {};
 }
 
-Result<nlohmann::json> ps_container(const Globals& g, const std::string& id) {
-    auto st = TRY(load_state(g, id));
-    std::string s = effective_status(st);
-    if (s != status::kCreated && s != status::kRunning) return fail("container not running: " + s, EINVAL);
-    auto r = TRY(shim_call(state_paths(g.root, id), {{"op", "ps"}}, 30000));
-    return r.value("result", nlohmann::json::array());
-}
-
-// Both talk to a live container's guest; paused VMs cannot answer.
+// ps, update and events talk to a live container's guest; a paused VM
+// cannot answer.
 static Result<StatePaths> live_container(const Globals& g, const std::string& id) {
     auto st = TRY(load_state(g, id));
     std::string s = effective_status(st);
     if (s == status::kPaused) return fail("container is paused", EINVAL);
     if (s != status::kCreated && s != status::kRunning) return fail("container not running: " + s, EINVAL);
     return state_paths(g.root, id);
+}
+
+Result<nlohmann::json> ps_container(const Globals& g, const std::string& id) {
+    auto paths = TRY(live_container(g, id));
+    auto r = TRY(shim_call(paths, {{"op", "ps"}}, 30000));
+    return r.value("result", nlohmann::json::array());
 }
 
 Result<std::vector<std::string>> update_container(const Globals& g, const std::string& id, const nlohmann::json& given) {

@@ -56,6 +56,14 @@ struct Reader {
         return &*it;
     }
 
+    // The whole file: valid JSON, and an object.
+    Result<json> document(const std::string& text) const {
+        json doc = json::parse(text, nullptr, false);
+        if (doc.is_discarded()) return fail(file + ": not valid JSON", EINVAL);
+        if (!doc.is_object()) return err("$", std::string("expected object, got ") + kind(doc));
+        return doc;
+    }
+
     // Call fn(element, its path) for each element of an array of objects.
     template <typename F>
     Result<void> each_object(const json& arr, const std::string& p, F&& fn) const {
@@ -363,10 +371,8 @@ bool Spec::has_namespace(const std::string& t) const {
 }
 
 Result<Spec> parse_spec(const std::string& text) {
-    json doc = json::parse(text, nullptr, false);
-    if (doc.is_discarded()) return fail("config.json: not valid JSON", EINVAL);
     Reader r;
-    if (!doc.is_object()) return r.err("$", std::string("expected object, got ") + kind(doc));
+    json doc = TRY(r.document(text));
     Spec s;
     using vt = json::value_t;
 
@@ -488,20 +494,16 @@ Result<Spec> parse_spec(const std::string& text) {
 }
 
 Result<SpecProcess> parse_process_file(const std::string& text, const std::string& file) {
-    json doc = json::parse(text, nullptr, false);
     Reader r;
     r.file = file;
-    if (doc.is_discarded()) return fail(file + ": not valid JSON", EINVAL);
-    if (!doc.is_object()) return r.err("$", std::string("expected object, got ") + kind(doc));
+    json doc = TRY(r.document(text));
     return parse_process(r, doc, "");
 }
 
 Result<json> parse_resources_file(const std::string& text, const std::string& file) {
-    json doc = json::parse(text, nullptr, false);
     Reader r;
     r.file = file;
-    if (doc.is_discarded()) return fail(file + ": not valid JSON", EINVAL);
-    if (!doc.is_object()) return r.err("$", std::string("expected object, got ") + kind(doc));
+    json doc = TRY(r.document(text));
     TRY(check_resources(r, doc, ""));
     return doc;
 }
