@@ -29,13 +29,18 @@
 #include "guest-agent/cgroup.h"
 #include "guest-agent/container.h"
 #include "husk/hypervisor.h"
+#include "husk/network.h"
 #include "protocol/protocol.h"
+#include "sys/netlink.h"
 #include "sys/sys.h"
 
 using namespace husk;
 using nlohmann::json;
 
 namespace {
+
+// How long virtio_net may take to probe the NICs the shim announced.
+constexpr int kNicTimeoutMs = 10000;
 
 bool g_debug = false;
 
@@ -129,6 +134,7 @@ Result<void> early_init() {
     // Modules, in the order rootfs-builder wrote (dependencies first).
     auto order = sys::read_file("/lib/modules/order").value_or("");
     if (cmdline_param(cmdline, "husk.channel") == "vsock") order += sys::read_file("/lib/modules/order.vsock").value_or("");
+    if (cmdline_param(cmdline, "husk.net") == "1") order += sys::read_file("/lib/modules/order.net").value_or("");
     size_t pos = 0;
     while (pos < order.size()) {
         size_t e = order.find('\n', pos);
@@ -340,6 +346,13 @@ Result<json> Agent::do_create(const json& params) {
     if (procs_.count(0)) return fail("container already created", EEXIST);
     seccomp_ = params.value("seccomp", json());  // execs get the container's profile too
     userns_ = params.contains("userns");
+    // The NICs first: createContainer hooks and the workload see the
+    // network the container's netns had on the host.
+    if (params.contains("network")) {
+        auto ifs = TRY(interfaces_from_json(params["network"]));
+        TRY_CTX(sys::configure_interfaces(ifs, kNicTimeoutMs), "network");
+        say("network configured: " + std::to_string(ifs.size()) + " interface(s)");
+    }
     if (params.contains("cgroup") && !cgroup_)
         cgroup_ = TRY(agent::create_container_cgroup(params["cgroup"].value("files", json::array()),
                                                     params["cgroup"].value("devices", json())));

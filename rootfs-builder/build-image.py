@@ -21,6 +21,8 @@ import tarfile
 # What the agent needs; dependencies are added from each module's modinfo.
 MODULES = ["virtio_mmio", "virtio_pci", "virtio_console", "9pnet_virtio", "9p"]
 VSOCK_MODULES = ["vmw_vsock_virtio_transport"]
+# Loaded only when the VM has NICs (husk.net=1).
+NET_MODULES = ["virtio_net"]
 KERNEL_META = "linux-image-amd64"
 
 
@@ -154,6 +156,7 @@ def main():
 
     base_mods = resolve(MODULES, index)
     vsock_mods = [n for n in resolve(VSOCK_MODULES, index) if n not in base_mods]
+    net_mods = [n for n in resolve(NET_MODULES, index) if n not in base_mods]
     with open(a.agent, "rb") as f:
         agent = f.read()
 
@@ -164,10 +167,11 @@ def main():
         ("lib/modules", 0o040755, None),
         ("lib/modules/order", 0o100644, "".join(f"{n}.ko\n" for n in base_mods).encode()),
         ("lib/modules/order.vsock", 0o100644, "".join(f"{n}.ko\n" for n in vsock_mods).encode()),
+        ("lib/modules/order.net", 0o100644, "".join(f"{n}.ko\n" for n in net_mods).encode()),
         ("proc", 0o040755, None),
         ("sys", 0o040755, None),
     ]
-    for n in base_mods + vsock_mods:
+    for n in base_mods + vsock_mods + net_mods:
         entries.append((f"lib/modules/{n}.ko", 0o100644, index[n][1]))
     entries.sort(key=lambda e: e[0])
 
@@ -178,7 +182,7 @@ def main():
         f.write(cpio_newc(entries))
     os.replace(tmp_k, a.kernel_out)
     os.replace(tmp_i, a.initrd_out)
-    log(f"{os.path.basename(deb)}: modules {' '.join(base_mods)} (+vsock: {' '.join(vsock_mods)})")
+    log(f"{os.path.basename(deb)}: modules {' '.join(base_mods)} (+vsock: {' '.join(vsock_mods)}; +net: {' '.join(net_mods)})")
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@
 // for the agent's HELLO) -> Creating (create request sent) -> Created
 // (creator told, waiting for start) -> Running -> Exiting.
 #include <fcntl.h>
+#include <net/if.h>
 #include <poll.h>
 #include <signal.h>
 #include <sys/ioctl.h>
@@ -30,12 +31,14 @@
 #include "husk/hooks.h"
 #include "husk/hypervisor.h"
 #include "husk/log.h"
+#include "husk/network.h"
 #include "husk/paths.h"
 #include "husk/sandbox.h"
 #include "husk/spec.h"
 #include "husk/state.h"
 #include "protocol/protocol.h"
 #include "shim/vsock.h"
+#include "sys/netlink.h"
 #include "sys/sys.h"
 
 using namespace husk;
@@ -47,6 +50,7 @@ namespace {
 struct Args {
     std::string root, id, bundle, console_socket;
     int sync_fd = -1;
+    bool wait_hooks = false;  // husk runs create hooks before we start the VM
     log::Config log;
 };
 
@@ -68,6 +72,7 @@ Result<Args> parse_args(int argc, char** argv) {
         else if (k == "--log") a.log.path = TRY(val());
         else if (k == "--log-format") a.log.format = TRY(val()) == "json" ? log::Format::Json : log::Format::Text;
         else if (k == "--debug") a.log.debug = true;
+        else if (k == "--wait-hooks") a.wait_hooks = true;
         else return fail("unknown argument " + k, EINVAL);
     }
     if (a.root.empty() || a.id.empty() || a.bundle.empty() || a.sync_fd < 0)
@@ -135,6 +140,10 @@ public:
 private:
     Result<void> prepare();
     Result<void> build_shares();
+    Result<void> wait_for_hooks();
+    Result<void> setup_network();
+    void teardown_network();
+    [[noreturn]] void creator_gone();
     Result<void> setup_terminal();
     Result<void> launch_vm();
     json create_params() const;
@@ -197,6 +206,8 @@ private:
     sys::Fd tty_slave_;  // host side of the init's terminal (our controlling tty)
     bool paused_ = false;
     bool vm_died_ = false;
+    std::vector<NetInterface> nics_;  // the netns's interfaces the VM carries
+    std::vector<sys::Fd> taps_;       // theirs, until the VMM has them
 };
 
 // ---------------------------------------------------------------- setup
@@ -230,8 +241,11 @@ Result<void> Shim::prepare() {
         } else {
             auto fd = TRY_CTX(sys::open(n.path, O_RDONLY), "network namespace");
             if (::setns(fd.get(), CLONE_NEWNET) < 0) return fail_errno("join network namespace " + n.path);
+            state_.netns = n.path;
         }
     }
+    if (args_.wait_hooks) TRY(wait_for_hooks());
+    TRY_CTX(setup_network(), "network");
 
     // The init's stdio: our own fds 0-2, or a terminal.
     Proc& init = procs_[0];
@@ -246,6 +260,75 @@ Result<void> Shim::prepare() {
     if (spec_.process->terminal) TRY_CTX(setup_terminal(), "terminal");
     TRY_CTX(launch_vm(), "start vm");
     return {};
+}
+
+// husk runs prestart/createRuntime hooks now, while we sit in the
+// container's namespaces with no VM yet: what they plug into the netns is
+// what the VM's NICs are made from.
+Result<void> Shim::wait_for_hooks() {
+    TRY(sys::write_all(args_.sync_fd, "hooks\n"));
+    std::string go;
+    char c;
+    while (go.size() < 8) {
+        ssize_t n = ::read(args_.sync_fd, &c, 1);
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) creator_gone();
+        if (c == '\n') break;
+        go.push_back(c);
+    }
+    if (go != "go") return fail("unexpected reply from husk: " + go, EPROTO);
+    return {};
+}
+
+// Every Ethernet interface of the container's netns gets a tap of its own
+// and tc redirects both ways between the two (Kata's "tcfilter"): no
+// bridge, no extra hop, and the netns looks to its owner as before.
+Result<void> Shim::setup_network() {
+    bool has_netns = false;
+    for (const auto& n : spec_.namespaces) has_netns |= n.type == "network";
+    if (!has_netns) return {};  // loopback only, in the guest
+    for (auto& i : TRY(sys::scan_interfaces())) {
+        // One veth feeds one VM: a second container in the same netns (a
+        // pod's) cannot have it too.
+        if (sys::has_redirect(i.name))
+            log::warn("network: " + i.name + " is carried by another VM in this namespace; this one gets loopback only");
+        else
+            nics_.push_back(std::move(i));
+    }
+    for (size_t i = 0; i < nics_.size(); ++i) {
+        // Recorded first: whatever part of this exists gets undone.
+        if (!state_.netns.empty()) {
+            state_.net_links.push_back(nics_[i].name);
+            TRY(write_state(paths_, state_));
+        }
+        size_t k = taps_.size();
+        while (if_nametoindex(tap_name(k).c_str())) ++k;  // a pod sibling's
+        taps_.push_back(TRY(sys::create_tap(tap_name(k), nics_[i].mtu)));
+        TRY(sys::redirect_both_ways(nics_[i].name, tap_name(k)));
+        log::debug("network: " + nics_[i].name + " (" + nics_[i].mac + ", mtu " + std::to_string(nics_[i].mtu) +
+                   ") <-> " + tap_name(k));
+    }
+    return {};
+}
+
+// Our redirects off the caller's links. The taps go with their last fd; a
+// netns we made goes with us.
+void Shim::teardown_network() {
+    taps_.clear();
+    std::vector<std::string> links;
+    for (const auto& n : nics_) links.push_back(n.name);
+    if (!links.empty()) sys::remove_redirects(links);
+}
+
+// The creator died before hearing back: nobody owns this container, so it
+// must not outlive the failed create.
+void Shim::creator_gone() {
+    log::error("creator went away during create; tearing down");
+    if (vm_) (void)vm_->stop();
+    vm_.reset();
+    teardown_network();
+    (void)sys::remove_all(paths_.dir);
+    _exit(1);
 }
 
 Result<void> Shim::build_shares() {
@@ -299,6 +382,7 @@ Result<void> Shim::setup_terminal() {
 // the state they are to read (the init's pid, as callers see it, is ours).
 json Shim::create_params() const {
     json p = agent_create_params(spec_, plan_, cgroup_);
+    if (!nics_.empty()) p["network"] = interfaces_to_json(nics_);
     for (const char* stage : {"createContainer", "startContainer"})
         if (auto it = spec_.hooks.find(stage); it != spec_.hooks.end() && !it->second.empty())
             p["hooks"][stage] = hooks_to_json(it->second);
@@ -323,7 +407,12 @@ Result<void> Shim::launch_vm() {
     // The VMM runs in the state dir: socket paths are relative to stay
     // under sun_path's 108 bytes whatever --root is.
     SandboxPaths sp{paths_.shared, "agent.sock", "qmp.sock"};
-    VmConfig cfg = make_vm_config(spec_, host, sp);
+    VmConfig cfg = make_vm_config(spec_, host, sp, nics_);
+    bool vhost = ::access("/dev/vhost-net", R_OK | W_OK) == 0;
+    for (size_t i = 0; i < cfg.nics.size(); ++i) {
+        cfg.nics[i].fd = taps_[i].get();
+        cfg.nics[i].vhost = vhost;
+    }
     if (host.vsock) {
         std::random_device rd;
         vsock_cid_ = 3 + rd() % 0x7ffffff0u;
@@ -341,6 +430,7 @@ Result<void> Shim::launch_vm() {
                std::to_string(cfg.memory_mib) + " MiB, channel " + (host.vsock ? "vsock" : "virtio-serial"));
     vm_ = TRY(hv_->launch(cfg, paths_.dir, paths_.vmm_log));
     console_w_.reset();
+    taps_.clear();  // the VMM's now: a tap lives as long as the VMM does
     state_.vmm_pid = vm_->pid();
     state_.vmm_start = sys::proc_start_time(vm_->pid()).value_or(0);
     TRY(write_state(paths_, state_));
@@ -798,14 +888,7 @@ void Shim::report_created() {
     state_.status = status::kCreated;
     if (auto r = write_state(paths_, state_); !r) abort_create(r.error());
     std::string ok = "ok\n";
-    if (::write(args_.sync_fd, ok.data(), ok.size()) != ssize_t(ok.size())) {
-        // The creator died before hearing back: nobody owns this
-        // container, so it must not outlive the failed create.
-        log::error("creator went away during create; tearing down");
-        if (vm_) (void)vm_->stop();
-        (void)sys::remove_all(paths_.dir);
-        _exit(1);
-    }
+    if (::write(args_.sync_fd, ok.data(), ok.size()) != ssize_t(ok.size())) creator_gone();
     ::close(args_.sync_fd);
     args_.sync_fd = -1;
 }
@@ -816,6 +899,7 @@ void Shim::abort_create(const Error& e) {
         (void)vm_->stop();
         vm_.reset();
     }
+    teardown_network();
     if (args_.sync_fd >= 0) {
         std::string m = "error: " + e.message + "\n";
         (void)sys::write_all(args_.sync_fd, m);
@@ -831,6 +915,7 @@ void Shim::finish(int code, int sig) {
         (void)vm_->stop();
         vm_.reset();
     }
+    teardown_network();
     ::unlink(paths_.shim_sock.c_str());
     if (sig) sys::die_of_signal(sig);  // the caller's wait status matches
     _exit(code);

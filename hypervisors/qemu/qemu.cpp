@@ -61,8 +61,12 @@ std::vector<std::string> translate(const VmConfig& cfg, const Options& opt) {
     }
     for (size_t i = 0; i < cfg.nics.size(); ++i) {
         std::string id = "net" + std::to_string(i);
-        add({"-netdev", "tap,id=" + id + ",ifname=" + cfg.nics[i].tap + ",script=no,downscript=no"});
-        add({"-device", virtio(opt, "virtio-net") + ",netdev=" + id + ",mac=" + cfg.nics[i].mac});
+        const auto& n = cfg.nics[i];
+        std::string tap = n.fd >= 0 ? "fd=" + std::to_string(kFirstNicFd + int(i))
+                                    : "ifname=" + n.tap + ",script=no,downscript=no";
+        add({"-netdev", "tap,id=" + id + "," + tap + (n.vhost && cfg.accel == Accel::Kvm ? ",vhost=on" : "")});
+        add({"-device", virtio(opt, "virtio-net") + ",netdev=" + id + ",mac=" + n.mac +
+                            (n.mtu != 1500 ? ",host_mtu=" + std::to_string(n.mtu) : "")});
     }
     if (!cfg.control_socket.empty()) {
         add({"-chardev", "socket,id=qmp,path=" + escape(cfg.control_socket)});
@@ -137,6 +141,8 @@ Result<std::unique_ptr<Vm>> QemuHypervisor::launch(const VmConfig& cfg, const st
     sys::SpawnOptions o;
     o.fds = {{devnull.get(), 0}, {log.get(), 1}, {log.get(), 2}};
     if (cfg.console_fd >= 0) o.fds.push_back({cfg.console_fd, kConsoleFd});
+    for (size_t i = 0; i < cfg.nics.size(); ++i)
+        if (cfg.nics[i].fd >= 0) o.fds.push_back({cfg.nics[i].fd, kFirstNicFd + int(i)});
     o.cwd = workdir;
     o.die_with_parent = true;  // the VMM must not outlive its shim
     pid_t pid = TRY_CTX(sys::spawn(translate(cfg, opt_), o), "launch qemu");

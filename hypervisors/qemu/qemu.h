@@ -13,8 +13,9 @@ struct Options {
     bool sandbox = true;  // QEMU's seccomp filter (-sandbox on,...)
 };
 
-// The console is expected at fd 3 in the VMM (see kConsoleFd).
+// The console is expected at fd 3 in the VMM; taps given as fds at 4, 5...
 constexpr int kConsoleFd = 3;
+constexpr int kFirstNicFd = 4;
 
 std::vector<std::string> translate(const VmConfig& cfg, const Options& opt);
 

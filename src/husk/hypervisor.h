@@ -30,6 +30,8 @@ struct Nic {
     std::string tap;
     std::string mac;
     unsigned mtu = 1500;
+    int fd = -1;         // the tap, opened by the caller (the VMM needs no /dev/net/tun)
+    bool vhost = false;  // in-kernel virtio-net datapath (/dev/vhost-net, KVM only)
 };
 
 struct Channel {

@@ -4,6 +4,8 @@
 #include <fcntl.h>
 #include <pwd.h>
 #include <signal.h>
+#include <sched.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -19,6 +21,7 @@
 #include "husk/shim_client.h"
 #include "husk/signals.h"
 #include "husk/spec.h"
+#include "sys/netlink.h"
 #include "sys/sys.h"
 
 namespace husk {
@@ -52,13 +55,45 @@ static void reap_leftovers(const State& s) {
         ::kill(s.vmm_pid, SIGKILL);
         sys::wait_process_exit(s.vmm_pid, s.vmm_start, std::chrono::milliseconds(defaults::kStopTimeoutMs));
     }
+    // A shim that was killed left its tc redirects on the caller's links.
+    if (!s.net_links.empty()) {
+        pid_t child = ::fork();
+        if (child == 0) {
+            int fd = ::open(s.netns.c_str(), O_RDONLY | O_CLOEXEC);
+            if (fd >= 0 && ::setns(fd, CLONE_NEWNET) == 0) sys::remove_redirects(s.net_links);
+            _exit(0);
+        }
+        if (child > 0)
+            while (::waitpid(child, nullptr, 0) < 0 && errno == EINTR) {
+            }
+    }
+}
+
+// What the shim says on its sync socket: "hooks\n" when it waits for the
+// create hooks to run ("go\n" back), else "ok\n" or "error: <why>\n"
+// and EOF.
+static constexpr const char* kShimHooksReady = "hooks\n";
+static Result<std::string> read_shim_reply(int fd) {
+    std::string out;
+    char buf[4096];
+    while (out.size() < (1 << 16)) {
+        ssize_t n = ::read(fd, buf, sizeof buf);
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0) return fail_errno("read from shim");
+        if (n == 0) break;
+        out.append(buf, size_t(n));
+        if (out == kShimHooksReady) break;
+    }
+    return out;
 }
 
 // Spawn husk-shim with the caller's stdio; `sync_w` becomes its fd 3.
 static Result<pid_t> spawn_shim(const Globals& g, const std::string& id, const std::string& bundle,
-                                const CreateOptions& o, int sync_w, const std::vector<std::string>& cgroups) {
+                                const CreateOptions& o, int sync_w, const std::vector<std::string>& cgroups,
+                                bool hooks) {
     std::vector<std::string> argv = {find_shim_binary(), "--root", g.root, "--id", id, "--bundle", bundle,
                                      "--sync-fd", "3"};
+    if (hooks) argv.push_back("--wait-hooks");
     if (!o.console_socket.empty()) argv.insert(argv.end(), {"--console-socket", TRY(absolute(o.console_socket))});
     if (!g.log.path.empty()) argv.insert(argv.end(), {"--log", g.log.path});
     if (g.log.format == log::Format::Json) argv.insert(argv.end(), {"--log-format", "json"});
@@ -132,35 +167,42 @@ Result<pid_t> create_container(const Globals& g, const std::string& id, const Cr
     st.pid_start = sys::proc_start_time(getpid()).value_or(0);
     if (auto r = write_state(paths, st); !r) return cleanup(r.error());
 
-    auto pipe = sys::pipe(O_CLOEXEC);
-    if (!pipe) return cleanup(pipe.error());
-    auto [sync_r, sync_w] = std::move(*pipe);
-    auto pid = spawn_shim(g, id, bundle, o, sync_w.get(), st.cgroups);
+    auto pair = sys::socketpair(SOCK_STREAM);
+    if (!pair) return cleanup(pair.error());
+    auto [sync, sync_shim] = std::move(*pair);
+    bool hooks = spec.hooks.count("prestart") || spec.hooks.count("createRuntime");
+    auto pid = spawn_shim(g, id, bundle, o, sync_shim.get(), st.cgroups, hooks);
     if (!pid) return cleanup(pid.error().context("start shim"));
-    sync_w.reset();
-    auto reply = sys::read_to_eof(sync_r.get(), 1 << 16);
-    if (reply && reply->rfind("ok", 0) == 0) {
+    sync_shim.reset();
+    auto reply = read_shim_reply(sync.get());
+    Result<void> ok = {};
+    if (hooks && reply && *reply == kShimHooksReady) {
+        // The shim is in the container's namespaces, its VM not started:
+        // the runtime's create hooks run now, so that the network they set
+        // up (docker's libnetwork) is there for the VM's NICs.
+        auto now = read_state(paths);
+        if (!now) ok = tl::unexpected(now.error());
+        else {
+            auto hs = oci_state(*now);
+            hs["status"] = status::kCreating;
+            ok = run_hooks(spec.hooks["prestart"], "prestart", hs);
+            if (ok) ok = run_hooks(spec.hooks["createRuntime"], "createRuntime", hs);
+        }
+        if (ok) ok = sys::write_all(sync.get(), "go\n");
+        if (ok) ::shutdown(sync.get(), SHUT_WR);
+        if (ok) reply = read_shim_reply(sync.get());
+    }
+    if (ok && reply && reply->rfind("ok", 0) == 0) {
         // The VM is up and the container built, its process parked: the
-        // runtime's create hooks run now, then the pid file says "created".
-        Result<void> ok = {};
-        if (spec.hooks.count("prestart") || spec.hooks.count("createRuntime")) {
-            auto now = read_state(paths);
-            if (!now) ok = tl::unexpected(now.error());
-            else {
-                auto hs = oci_state(*now);
-                hs["status"] = status::kCreating;
-                ok = run_hooks(spec.hooks["prestart"], "prestart", hs);
-                if (ok) ok = run_hooks(spec.hooks["createRuntime"], "createRuntime", hs);
-            }
-        }
-        if (ok && !o.pid_file.empty()) ok = write_pid_file(o.pid_file, *pid);
-        if (!ok) {
-            ::kill(*pid, SIGKILL);
-            ::waitpid(*pid, nullptr, 0);
-            if (auto s = read_state(paths)) reap_leftovers(*s);
-            return cleanup(ok.error());
-        }
-        return *pid;
+        // pid file says "created".
+        if (!o.pid_file.empty()) ok = write_pid_file(o.pid_file, *pid);
+        if (ok) return *pid;
+    }
+    if (!ok) {
+        ::kill(*pid, SIGKILL);
+        ::waitpid(*pid, nullptr, 0);
+        if (auto s = read_state(paths)) reap_leftovers(*s);
+        return cleanup(ok.error());
     }
     // The shim failed: it has stopped its VM; make sure, then clean up.
     int wst = 0;

@@ -77,7 +77,8 @@ unsigned vm_vcpus(const Spec& spec, unsigned host_cpus) {
     return std::max(1u, n);
 }
 
-VmConfig make_vm_config(const Spec& spec, const HostFacts& host, const SandboxPaths& paths) {
+VmConfig make_vm_config(const Spec& spec, const HostFacts& host, const SandboxPaths& paths,
+                        const std::vector<NetInterface>& nics) {
     VmConfig c;
     c.kernel = host.kernel;
     c.initrd = host.initrd;
@@ -92,6 +93,8 @@ VmConfig make_vm_config(const Spec& spec, const HostFacts& host, const SandboxPa
     // serial byte costs boot time.
     c.cmdline = std::string(defaults::kKernelCmdline) + (host.debug ? " husk.debug=1" : " quiet") +
                 " husk.channel=" + (host.vsock ? "vsock" : "serial");
+    for (size_t i = 0; i < nics.size(); ++i) c.nics.push_back({tap_name(i), nics[i].mac, nics[i].mtu});
+    if (!nics.empty()) c.cmdline += " husk.net=1";  // the agent loads virtio_net
     return c;
 }
 

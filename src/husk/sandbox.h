@@ -8,6 +8,7 @@
 
 #include "husk/cgroups.h"
 #include "husk/hypervisor.h"
+#include "husk/network.h"
 #include "husk/spec.h"
 
 namespace husk {
@@ -48,7 +49,9 @@ struct SandboxPaths {
 
 uint64_t vm_memory_mib(const Spec& spec);
 unsigned vm_vcpus(const Spec& spec, unsigned host_cpus);
-VmConfig make_vm_config(const Spec& spec, const HostFacts& host, const SandboxPaths& paths);
+// `nics`: the container netns's interfaces, each behind tap_name(i).
+VmConfig make_vm_config(const Spec& spec, const HostFacts& host, const SandboxPaths& paths,
+                        const std::vector<NetInterface>& nics = {});
 
 // CAP_* name -> number (libcap-ng's table), or -1.
 int capability_number(const std::string& name);

@@ -20,6 +20,7 @@ json state_to_json(const State& s) {
               {"vmm_pid", s.vmm_pid}, {"vmm_start", s.vmm_start}, {"annotations", s.annotations}};
     if (!s.hooks.is_null()) j["hooks"] = s.hooks;
     if (!s.cgroups.empty()) j["cgroups"] = s.cgroups;
+    if (!s.net_links.empty()) j["network"] = {{"netns", s.netns}, {"links", s.net_links}};
     if (s.exit_code) j["exit_code"] = *s.exit_code;
     if (s.exit_signal) j["exit_signal"] = *s.exit_signal;
     return j;
@@ -43,6 +44,10 @@ Result<State> state_from_json(const json& j) {
         if (j.contains("annotations")) s.annotations = j["annotations"].get<std::map<std::string, std::string>>();
         if (j.contains("hooks")) s.hooks = j["hooks"];
         if (j.contains("cgroups")) s.cgroups = j["cgroups"].get<std::vector<std::string>>();
+        if (j.contains("network")) {
+            s.netns = j["network"].at("netns").get<std::string>();
+            s.net_links = j["network"].at("links").get<std::vector<std::string>>();
+        }
         return s;
     } catch (const json::exception& e) {
         return fail(std::string("corrupt state: ") + e.what(), EINVAL);

@@ -40,6 +40,10 @@ struct State {
     std::map<std::string, std::string> annotations;
     nlohmann::json hooks;  // config.json's hooks, for start and delete to run
     std::vector<std::string> cgroups;  // host cgroup dirs the shim and VMM run in (cgroupsPath)
+    // A network namespace given by path outlives us: the links in it that
+    // carry our tc redirects, for delete to clean if the shim could not.
+    std::string netns;
+    std::vector<std::string> net_links;
 };
 
 nlohmann::json state_to_json(const State& s);

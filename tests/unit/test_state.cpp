@@ -50,6 +50,8 @@ TEST_CASE("state round-trips atomically", "[state]") {
     s.pid_start = sys::proc_start_time(getpid()).value();
     s.exit_code = 3;
     s.annotations["k"] = "v";
+    s.netns = "/run/netns/n1";
+    s.net_links = {"eth0"};
     REQUIRE(write_state(p, s));
     CHECK_FALSE(sys::exists(p.state_json + ".tmp"));
     auto r = read_state(p);
@@ -57,6 +59,8 @@ TEST_CASE("state round-trips atomically", "[state]") {
     CHECK(r->id == "c1");
     CHECK(r->exit_code == 3);
     CHECK(r->annotations.at("k") == "v");
+    CHECK(r->netns == "/run/netns/n1");  // delete cleans redirects a killed shim left there
+    CHECK(r->net_links == std::vector<std::string>{"eth0"});
     CHECK(effective_status(*r) == status::kCreated);
     auto j = oci_state(*r);
     CHECK(j["ociVersion"] == "1.0.2");

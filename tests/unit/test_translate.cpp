@@ -77,9 +77,15 @@ TEST_CASE("OCI -> VmConfig -> QEMU argv (golden)", "[translate]") {
     host.accel = Accel::Kvm;
     host.vsock = true;
     host.debug = true;
-    cfg = make_vm_config(spec_from(kBundle), host, {"/state/c,1/shared", "agent.sock", "qmp.sock"});
+    // Two interfaces in the container's netns: the shim passes the first's
+    // tap as an fd (vhost under KVM); the second is opened by name.
+    NetInterface eth0, eth1;
+    eth0.name = "eth0", eth0.mac = "02:00:00:00:00:01", eth0.mtu = 1400;
+    eth1.name = "eth1", eth1.mac = "02:00:00:00:00:02";
+    cfg = make_vm_config(spec_from(kBundle), host, {"/state/c,1/shared", "agent.sock", "qmp.sock"}, {eth0, eth1});
     cfg.channel.vsock_cid = 42;
-    cfg.nics.push_back({"tap0", "02:00:00:00:00:01", 1500});
+    cfg.nics[0].fd = 9;
+    cfg.nics[0].vhost = true;
     cfg.disks.push_back({"/img/disk.raw", true});
     opt.machine = "q35";
     opt.sandbox = false;

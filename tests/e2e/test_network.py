@@ -1,0 +1,185 @@
+"""Networking: the container's network namespace carried into the VM.
+
+Each veth in the netns gets a tap and tc redirects both ways; the guest
+gets a virtio-net NIC with the veth's MAC and MTU, and the addresses and
+routes the veth had. No network namespace in the spec: loopback only.
+Every address lives in namespaces the test creates."""
+import json
+import os
+import signal
+import subprocess
+import time
+import uuid
+
+import pytest
+
+from conftest import new_id
+
+
+def sh(*args, check=True, **kw):
+    return subprocess.run(list(args), capture_output=True, text=True, check=check, **kw)
+
+
+def link(ns, dev):
+    return json.loads(sh("ip", "-n", ns, "-j", "link", "show", dev).stdout)[0]
+
+
+def assert_untouched(ns, dev="eth0"):
+    """Nothing of ours is left in the caller's netns: no tap, no qdisc, no filter."""
+    names = [l["ifname"] for l in json.loads(sh("ip", "-n", ns, "-j", "link").stdout)]
+    assert sorted(names) == sorted(["lo", dev]), names
+    assert "ingress" not in sh("tc", "-n", ns, "qdisc", "show", "dev", dev).stdout
+    assert sh("tc", "-n", ns, "filter", "show", "dev", dev, "ingress").stdout.strip() == ""
+
+
+@pytest.fixture
+def netpair():
+    """A container netns with eth0 (10.N.0.2/24, fd00:N::2/64, MTU 1400,
+    default route via .1) whose veth peer sits in a second "peer" netns."""
+    tag = uuid.uuid4().hex[:6]
+    n = 100 + int(tag[:2], 16) % 100
+    ctr, peer = f"husk-c{tag}", f"husk-p{tag}"
+    for ns in (ctr, peer):
+        sh("ip", "netns", "add", ns)
+    try:
+        sh("ip", "link", "add", f"hc{tag}", "type", "veth", "peer", "name", f"hp{tag}")
+        sh("ip", "link", "set", f"hc{tag}", "netns", ctr)
+        sh("ip", "link", "set", f"hp{tag}", "netns", peer)
+        sh("ip", "-n", ctr, "link", "set", f"hc{tag}", "name", "eth0")
+        for ns, dev, host in ((ctr, "eth0", 2), (peer, f"hp{tag}", 1)):
+            sh("ip", "-n", ns, "link", "set", dev, "mtu", "1400", "up")
+            sh("ip", "-n", ns, "addr", "add", f"10.{n}.0.{host}/24", "dev", dev)
+            sh("ip", "-n", ns, "addr", "add", f"fd00:{n}::{host}/64", "dev", dev, "nodad")
+            sh("ip", "-n", ns, "link", "set", "lo", "up") if ns == peer else None
+        sh("ip", "-n", ctr, "route", "add", "default", "via", f"10.{n}.0.1")
+        sh("ip", "-n", ctr, "route", "add", "192.0.2.0/24", "via", f"10.{n}.0.1", "metric", "7")
+        yield {"ctr": ctr, "peer": peer, "addr": f"10.{n}.0.2", "gw": f"10.{n}.0.1", "addr6": f"fd00:{n}::2",
+               "path": f"/run/netns/{ctr}"}
+    finally:
+        for ns in (ctr, peer):
+            sh("ip", "netns", "delete", ns, check=False)
+
+
+def in_netns(path):
+    def edit(c):
+        for n in c["linux"]["namespaces"]:
+            if n["type"] == "network":
+                n["path"] = path
+    return edit
+
+
+def wait_for(pred, what, timeout=60):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if pred():
+            return
+        time.sleep(0.3)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_veth_netns_carried_into_the_vm(husk, bundle, netpair, tmp_path):
+    ctr, peer = netpair["ctr"], netpair["peer"]
+    host_eth0 = link(ctr, "eth0")
+    b = bundle(["sh", "-c", "cat /sys/class/net/eth0/address /sys/class/net/eth0/mtu > /tmp/nic; "
+                            "ip -o addr show eth0 > /tmp/addr; ip route > /tmp/route; ip -6 route > /tmp/route6; "
+                            "exec nc -ll -p 7000 -e cat"], edit=in_netns(netpair["path"]))
+    cid = new_id()
+    husk("run", "-d", "-b", b, cid, check=True)
+    rootfs = os.path.join(b, "rootfs")
+    wait_for(lambda: os.path.exists(os.path.join(rootfs, "tmp", "route6")), "the container's report")
+    # Same MAC and MTU as the host's eth0; its addresses and routes.
+    mac, mtu = open(os.path.join(rootfs, "tmp", "nic")).read().split()
+    assert (mac, int(mtu)) == (host_eth0["address"], 1400)
+    addrs = open(os.path.join(rootfs, "tmp", "addr")).read()
+    assert f"inet {netpair['addr']}/24" in addrs and f"inet6 {netpair['addr6']}/64" in addrs, addrs
+    routes = open(os.path.join(rootfs, "tmp", "route")).read()
+    assert f"default via {netpair['gw']} dev eth0" in routes, routes
+    assert f"192.0.2.0/24 via {netpair['gw']} dev eth0" in routes and "metric 7" in routes, routes
+    # The host side: the shim's tap, redirected both ways.
+    taps = [l["ifname"] for l in json.loads(sh("ip", "-n", ctr, "-j", "link").stdout) if l["ifname"].endswith("_husk")]
+    assert taps == ["tap0_husk"]
+    assert "mirred" in sh("tc", "-n", ctr, "filter", "show", "dev", "eth0", "ingress").stdout
+
+    # Reached from the peer namespace: ping (v4 and v6) and a TCP echo.
+    r = sh("ip", "netns", "exec", peer, "busybox", "ping", "-c", "3", "-W", "5", netpair["addr"], check=False)
+    assert r.returncode == 0 and " 0% packet loss" in r.stdout, r.stdout + r.stderr
+    r = sh("ip", "netns", "exec", peer, "busybox", "ping6", "-c", "2", "-W", "5", netpair["addr6"], check=False)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+    def echo():
+        r = subprocess.run(["ip", "netns", "exec", peer, "busybox", "nc", "-w", "5", netpair["addr"], "7000"],
+                           input=b"hello through the vm\n", capture_output=True, timeout=30)
+        return r.stdout
+    wait_for(lambda: echo() == b"hello through the vm\n", "the TCP echo")
+
+    husk("kill", cid, "KILL", check=True)
+    wait_for(lambda: husk.state(cid)["status"] == "stopped", "the container to stop")
+    husk("delete", cid, check=True)
+    assert_untouched(ctr)
+
+
+def test_killed_shim_leaves_nothing_after_delete(husk, bundle, netpair):
+    # A shim and VMM killed outright cannot tidy the caller's netns:
+    # `delete` does.
+    cid = new_id()
+    husk("run", "-d", "-b", bundle(["sleep", "1000"], edit=in_netns(netpair["path"])), cid, check=True)
+    assert "mirred" in sh("tc", "-n", netpair["ctr"], "filter", "show", "dev", "eth0", "ingress").stdout
+    st = husk.state(cid)
+    os.kill(st["pid"], signal.SIGKILL)
+    wait_for(lambda: husk.state(cid)["status"] == "stopped", "the container to be reported stopped")
+    husk("delete", cid, check=True)
+    assert_untouched(netpair["ctr"])
+
+
+def test_prestart_hook_plugs_the_network(husk, bundle, tmp_path):
+    # docker's way: the runtime makes a new netns, and a prestart hook
+    # moves a veth into it through the state's pid. The VM's NIC comes
+    # from what the hook put there.
+    tag = uuid.uuid4().hex[:6]
+    peer = f"husk-p{tag}"
+    sh("ip", "netns", "add", peer)
+    try:
+        hook = tmp_path / "plug.sh"
+        hook.write_text(f"""#!/bin/sh
+set -e
+pid=$(sed -n 's/.*"pid": *\\([0-9]*\\).*/\\1/p')
+ip link add hc{tag} type veth peer name hp{tag}
+ip link set hp{tag} netns {peer}
+ip link set hc{tag} netns $pid
+nsenter -t $pid -n ip link set hc{tag} name eth0
+nsenter -t $pid -n ip addr add 10.77.0.2/24 dev eth0
+nsenter -t $pid -n ip link set eth0 up
+""")
+        hook.chmod(0o755)
+
+        def edit(c):
+            c["hooks"] = {"prestart": [{"path": str(hook), "env": ["PATH=/usr/sbin:/usr/bin:/sbin:/bin"]}]}
+        cid = new_id()
+        husk("run", "-d", "-b", bundle(["sleep", "1000"], edit=edit), cid, check=True)
+        sh("ip", "-n", peer, "addr", "add", "10.77.0.1/24", "dev", f"hp{tag}")
+        sh("ip", "-n", peer, "link", "set", f"hp{tag}", "up")
+        r = sh("ip", "netns", "exec", peer, "busybox", "ping", "-c", "2", "-W", "5", "10.77.0.2", check=False)
+        assert r.returncode == 0, r.stdout + r.stderr
+        husk("delete", "--force", cid, check=True)
+        # The netns was the shim's: it went with it, and the veth with it.
+        wait_for(lambda: f"hp{tag}" not in sh("ip", "-n", peer, "link").stdout, "the veth to go")
+    finally:
+        sh("ip", "netns", "delete", peer, check=False)
+
+
+def test_no_netns_means_loopback_only(husk, bundle):
+    # Without a network namespace entry the VM has no NIC at all, and two
+    # such containers cannot reach each other even on the same port.
+    def no_netns(c):
+        c["linux"]["namespaces"] = [n for n in c["linux"]["namespaces"] if n["type"] != "network"]
+    a = new_id()
+    husk("run", "-d", "-b", bundle(["nc", "-ll", "-p", "7001", "-e", "echo", "A"], edit=no_netns), a, check=True)
+    b = bundle(["sh", "-c", "ls /sys/class/net; nc -w 3 127.0.0.1 7001 </dev/null && echo reached || echo isolated"],
+               edit=no_netns)
+    r = husk("run", "-b", b, new_id())
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.decode().split() == ["lo", "isolated"], r.stdout
+    # A new, empty netns is the same: loopback only.
+    r = husk("run", "-b", bundle(["ls", "/sys/class/net"]), new_id())
+    assert r.stdout.decode().split() == ["lo"], r.stdout
+    husk("delete", "--force", a, check=True)
