@@ -5,6 +5,7 @@ import shutil
 import subprocess
 import sys
 import time
+import urllib.request
 
 import pytest
 
@@ -103,3 +104,15 @@ def stop_daemon(p):
         except subprocess.TimeoutExpired:
             p.kill()
             p.wait()
+
+
+# busybox httpd serving one page: what the port-publishing tests fetch.
+WEB = "mkdir -p /www && echo hello-from-husk > /www/index.html && exec httpd -f -p 80 -h /www"
+
+
+def http_get(url, timeout=5):
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:
+            return r.read()
+    except OSError:
+        return b""
