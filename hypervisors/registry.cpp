@@ -69,7 +69,7 @@ AccelInfo probe_kvm() {
 }
 
 std::string probe_cache_path() {
-    if (::geteuid() == 0) return "/run/husk-accel.json";
+    if (!rootless()) return "/run/husk-accel.json";
     const char* x = ::getenv("XDG_RUNTIME_DIR");
     return x && *x ? std::string(x) + "/husk-accel.json" : "";
 }

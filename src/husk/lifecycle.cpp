@@ -120,7 +120,7 @@ static Result<std::vector<std::string>> host_cgroups(const Globals& g, const Spe
         remove_host_cgroups(*dirs);
         dirs = tl::unexpected(made.error());
     }
-    if (geteuid() == 0) return tl::unexpected(dirs.error().context("config.json: linux.cgroupsPath"));
+    if (!rootless()) return tl::unexpected(dirs.error().context("config.json: linux.cgroupsPath"));
     log::warn("linux.cgroupsPath: " + dirs.error().message + "; running without a host cgroup (rootless)");
     return std::vector<std::string>{};
 }

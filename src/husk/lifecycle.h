@@ -15,7 +15,7 @@
 namespace husk {
 
 struct Globals {
-    std::string root = "/run/husk";
+    std::string root = default_state_root();
     log::Config log;
     bool systemd_cgroup = false;  // cgroupsPath is "slice:prefix:name"
 };

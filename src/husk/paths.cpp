@@ -1,7 +1,11 @@
 #include "husk/paths.h"
 
-#include <cstdlib>
+#include <unistd.h>
 
+#include <cstdlib>
+#include <sstream>
+
+#include "husk/defaults.h"
 #include "sys/sys.h"
 
 #ifndef HUSK_DATADIR
@@ -53,5 +57,25 @@ static std::string locate(const char* env, const std::string& name, const std::s
 std::string find_shim_binary() { return locate("HUSK_SHIM", "husk-shim", HUSK_LIBEXECDIR, "shim"); }
 std::string find_guest_kernel() { return locate("HUSK_KERNEL", "vmlinuz", HUSK_DATADIR, "rootfs-builder"); }
 std::string find_guest_initrd() { return locate("HUSK_INITRD", "initramfs.img", HUSK_DATADIR, "rootfs-builder"); }
+
+bool rootless() {
+    if (::geteuid() != 0) return true;
+    // The initial user namespace maps every id onto itself.
+    auto map = sys::read_file("/proc/self/uid_map").value_or("");
+    std::istringstream in(map);
+    unsigned long long inside = 1, outside = 1, count = 0;
+    in >> inside >> outside >> count;
+    return !(inside == 0 && outside == 0 && count == 4294967295ull);
+}
+
+std::string default_state_root() {
+    const char* xdg = ::getenv("XDG_RUNTIME_DIR");
+    if (!xdg || !*xdg || !rootless()) return defaults::kStateRoot;
+    if (::geteuid() == 0) {
+        const char* user = ::getenv("USER");
+        if (user && std::string(user) == "root") return defaults::kStateRoot;
+    }
+    return std::string(xdg) + "/husk";
+}
 
 }  // namespace husk

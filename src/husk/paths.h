@@ -20,6 +20,13 @@ struct StatePaths {
 
 StatePaths state_paths(const std::string& root, const std::string& id);
 
+// Whether we run without the host's root: a non-zero euid, or root of a
+// user namespace (rootless podman runs its runtime as "root" in one).
+bool rootless();
+// --root's default, by runc's rule: /run/husk, or $XDG_RUNTIME_DIR/husk
+// when rootless with XDG_RUNTIME_DIR set (unless USER is root).
+std::string default_state_root();
+
 // runc's rule: ^[\w+-\.]+$ (and not "." or "..").
 Result<void> validate_id(const std::string& id);
 

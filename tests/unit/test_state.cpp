@@ -1,3 +1,4 @@
+#include <sched.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <sys/wait.h>
@@ -136,4 +137,27 @@ TEST_CASE("the lock serialises and notices deletion", "[state]") {
     CHECK(WEXITSTATUS(st) == 0);
     close(ready[0]);
     close(ready[1]);
+}
+
+TEST_CASE("--root defaults to /run/husk, or $XDG_RUNTIME_DIR/husk when rootless (runc's rule)", "[state]") {
+    setenv("XDG_RUNTIME_DIR", "/run/user/1000", 1);
+    CHECK_FALSE(rootless());  // the test runs as the host's root
+    CHECK(default_state_root() == "/run/husk");
+    // In a fresh user namespace we are nobody until mapped: rootless.
+    int fds[2];
+    REQUIRE(pipe(fds) == 0);
+    pid_t pid = fork();
+    if (pid == 0) {
+        std::string r = unshare(CLONE_NEWUSER) == 0 ? default_state_root() : "unshare failed";
+        (void)!write(fds[1], r.data(), r.size());
+        _exit(0);
+    }
+    close(fds[1]);
+    char buf[256] = {};
+    (void)!read(fds[0], buf, sizeof buf - 1);
+    close(fds[0]);
+    waitpid(pid, nullptr, 0);
+    CHECK(std::string(buf) == "/run/user/1000/husk");
+    unsetenv("XDG_RUNTIME_DIR");
+    CHECK(default_state_root() == "/run/husk");
 }
