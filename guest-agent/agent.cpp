@@ -40,7 +40,7 @@ using nlohmann::json;
 namespace {
 
 // How long virtio_net may take to probe the NICs the shim announced.
-constexpr int kNicTimeoutMs = 10000;
+constexpr int kNicTimeoutMs = 60000;
 
 bool g_debug = false;
 

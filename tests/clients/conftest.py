@@ -116,3 +116,21 @@ def http_get(url, timeout=5):
             return r.read()
     except OSError:
         return b""
+
+
+def check_published_web(client, name, port, info):
+    """A container serving WEB behind `-p port:80`: the page arrives over
+    the published port; in the guest, eth0 has the MAC and address the
+    client reports (`info` is its inspect output), and resolv.conf, hosts
+    and hostname are the files the client wrote."""
+    wait_for(lambda: http_get(f"http://127.0.0.1:{port}/") == b"hello-from-husk\n", timeout=90,
+             what="the published port")
+    net = info()["NetworkSettings"]
+    r = client("exec", name, "sh", "-c", "cat /sys/class/net/eth0/address; ip -o -4 addr show eth0")
+    mac, addr = r.stdout.decode().split("\n")[:2]
+    assert mac == net["MacAddress"] and f"inet {net['IPAddress']}/" in addr, (r.stdout, net)
+    for path, key in (("/etc/resolv.conf", "ResolvConfPath"), ("/etc/hosts", "HostsPath"),
+                      ("/etc/hostname", "HostnamePath")):
+        with open(info()[key], "rb") as f:
+            assert client("exec", name, "cat", path).stdout == f.read(), path
+    return net

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from conftest import HUSK, WEB, assert_nothing_left, daemon, have, http_get, in_tty, run, stop_daemon, wait_for
+from conftest import HUSK, WEB, assert_nothing_left, check_published_web, daemon, have, in_tty, run, stop_daemon, wait_for
 
 pytestmark = pytest.mark.skipif(not have("dockerd"), reason="docker.io is not installed (scripts/deps installs it)")
 
@@ -119,14 +119,5 @@ def test_published_port_and_dns_files(docker):
     # netns before the VM starts, and the NIC follows it; `-p` reaches
     # busybox httpd in the guest through docker's DNAT.
     docker("run", "-d", "--runtime", "husk", "--name", "hk-dkweb", "-p", "18081:80", IMAGE, "sh", "-c", WEB, check=True)
-    wait_for(lambda: http_get("http://127.0.0.1:18081/") == b"hello-from-husk\n", timeout=90, what="the published port")
-    info = json.loads(docker("inspect", "hk-dkweb", check=True).stdout)[0]
-    net = info["NetworkSettings"]
-    r = docker("exec", "hk-dkweb", "sh", "-c", "cat /sys/class/net/eth0/address; ip -o -4 addr show eth0")
-    mac, addr = r.stdout.decode().split("\n")[:2]
-    assert mac == net["MacAddress"] and f"inet {net['IPAddress']}/" in addr, (r.stdout, net)
-    for path, key in (("/etc/resolv.conf", "ResolvConfPath"), ("/etc/hosts", "HostsPath"),
-                      ("/etc/hostname", "HostnamePath")):
-        with open(info[key], "rb") as f:
-            assert docker("exec", "hk-dkweb", "cat", path).stdout == f.read(), path
+    check_published_web(docker, "hk-dkweb", 18081, lambda: json.loads(docker("inspect", "hk-dkweb", check=True).stdout)[0])
     docker("rm", "-f", "hk-dkweb", check=True)

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from conftest import HUSK, WEB, assert_nothing_left, have, http_get, in_tty, run, wait_for
+from conftest import HUSK, WEB, assert_nothing_left, check_published_web, have, in_tty, run, wait_for
 
 IMAGE = "localhost/husk-test-busybox:latest"
 
@@ -138,17 +138,7 @@ def test_network_published_port_and_dns_files(podman, image):
     # into the container's netns carries the VM's NIC, so a published port
     # reaches busybox httpd in the guest.
     podman("run", "-d", "--name", "hk-web", "-p", "18080:80", image, "sh", "-c", WEB, check=True)
-    wait_for(lambda: http_get("http://127.0.0.1:18080/") == b"hello-from-husk\n", timeout=90, what="the published port")
-    info = inspect(podman, "hk-web")
-    net = info["NetworkSettings"]
-    r = podman("exec", "hk-web", "sh", "-c", "cat /sys/class/net/eth0/address; ip -o -4 addr show eth0")
-    mac, addr = r.stdout.decode().split("\n")[:2]
-    assert mac == net["MacAddress"] and f"inet {net['IPAddress']}/" in addr, (r.stdout, net)
-    # The workload sees the resolv.conf, hosts and hostname podman wrote.
-    for path, key in (("/etc/resolv.conf", "ResolvConfPath"), ("/etc/hosts", "HostsPath"),
-                      ("/etc/hostname", "HostnamePath")):
-        with open(info[key], "rb") as f:
-            assert podman("exec", "hk-web", "cat", path).stdout == f.read(), path
+    net = check_published_web(podman, "hk-web", 18080, lambda: inspect(podman, "hk-web"))
     # Another container on the same network reaches it, VM to VM.
     r = podman("run", "--rm", image, "wget", "-q", "-O", "-", f"http://{net['IPAddress']}/")
     assert r.returncode == 0 and r.stdout == b"hello-from-husk\n", (r.stdout, r.stderr)
