@@ -19,7 +19,7 @@ import sys
 import tarfile
 
 # What the agent needs; dependencies are added from each module's modinfo.
-MODULES = ["virtio_mmio", "virtio_pci", "virtio_console", "9pnet_virtio", "9p"]
+MODULES = ["virtio_mmio", "virtio_pci", "virtio_console", "9pnet_virtio", "9p", "virtio_balloon"]
 VSOCK_MODULES = ["vmw_vsock_virtio_transport"]
 # Loaded only when the VM has NICs (husk.net=1).
 NET_MODULES = ["virtio_net"]

@@ -68,6 +68,7 @@ std::vector<std::string> translate(const VmConfig& cfg, const Options& opt) {
         add({"-device", virtio(opt, "virtio-net") + ",netdev=" + id + ",mac=" + n.mac +
                             (n.mtu != 1500 ? ",host_mtu=" + std::to_string(n.mtu) : "")});
     }
+    if (cfg.free_page_reporting) add({"-device", virtio(opt, "virtio-balloon") + ",free-page-reporting=on"});
     if (!cfg.control_socket.empty()) {
         add({"-chardev", "socket,id=qmp,path=" + escape(cfg.control_socket)});
         add({"-mon", "chardev=qmp,mode=control"});

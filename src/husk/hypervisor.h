@@ -50,6 +50,9 @@ struct VmConfig {
     std::vector<Share> shares;
     std::vector<Disk> disks;
     std::vector<Nic> nics;
+    // A balloon that only reports free pages: guest memory the container
+    // frees goes back to the host (the VM's size stays what the spec says).
+    bool free_page_reporting = true;
     Channel channel;
     int console_fd = -1;      // the VMM writes the guest serial console here
     std::string control_socket;  // QMP / API socket; the VMM connects here

@@ -28,12 +28,12 @@ def test_image_is_reproducible_and_minimal(tmp_path):
                              check=True).stdout.decode().split()
     assert listing == sorted(listing)
     mods = [l for l in listing if l.endswith(".ko")]
-    # virtio transports, console, 9p, vsock and virtio-net with their
+    # virtio transports, console, 9p, balloon, vsock and virtio-net with their
     # dependencies; nothing else.
     assert set(os.path.basename(m)[:-3] for m in mods) == {
         "virtio_ring", "virtio", "virtio_mmio", "virtio_pci_modern_dev", "virtio_pci_legacy_dev", "virtio_pci",
         "virtio_console", "9pnet", "9pnet_virtio", "netfs", "fscache", "9p", "vsock",
-        "vmw_vsock_virtio_transport_common", "vmw_vsock_virtio_transport",
+        "vmw_vsock_virtio_transport_common", "vmw_vsock_virtio_transport", "virtio_balloon",
         "failover", "net_failover", "virtio_net"}
     assert "init" in listing and not any(l.startswith("bin/") for l in listing)
     verbose = subprocess.run(["cpio", "-itv", "--quiet"], stdin=open(i1, "rb"), capture_output=True,
