@@ -8,6 +8,7 @@
 #include <chrono>
 #include <thread>
 
+#include "husk/defaults.h"
 #include "hypervisors/qemu/qmp.h"
 #include "sys/sys.h"
 
@@ -34,7 +35,7 @@ std::vector<std::string> translate(const VmConfig& cfg, const Options& opt) {
     add({"-name", "husk"});
     add({"-M", opt.machine});
     if (cfg.accel == Accel::Kvm) add({"-accel", "kvm", "-cpu", "host"});
-    else add({"-accel", "tcg"});
+    else add({"-accel", "tcg,tb-size=" + std::to_string(defaults::kTcgCodeCacheMiB)});
     add({"-m", std::to_string(cfg.memory_mib), "-smp", std::to_string(cfg.vcpus)});
     add({"-nodefaults", "-no-user-config", "-nographic", "-no-reboot"});
     add({"-kernel", cfg.kernel, "-initrd", cfg.initrd, "-append", cfg.cmdline});
