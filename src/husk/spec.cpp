@@ -446,7 +446,9 @@ Result<Spec> parse_spec(const std::string& text) {
         }
         if (auto d = TRY(r.field(*linux, "linux", "devices", vt::array, false))) s.devices = TRY(read_devices(r, *d));
         if (auto c = TRY(r.field(*linux, "linux", "cgroupsPath", vt::string, false))) s.cgroups_path = c->get<std::string>();
-        for (auto [key, out] : {std::pair{"uidMappings", &s.uid_mappings}, std::pair{"gidMappings", &s.gid_mappings}}) {
+        for (auto km : {std::pair{"uidMappings", &s.uid_mappings}, std::pair{"gidMappings", &s.gid_mappings}}) {
+            const char* key = km.first;
+            auto* out = km.second;  // not a structured binding: clang 14 cannot capture one
             auto a = TRY(r.field(*linux, "linux", key, vt::array, false));
             if (!a) continue;
             std::string ap = Reader::child("linux", key);
@@ -458,7 +460,7 @@ Result<Spec> parse_spec(const std::string& text) {
             }));
         }
         // A VM cannot join the host's namespaces; the network one is
-        // carried into the VM instead (issue 7).
+        // where the shim and VMM run, and its links become the VM's NICs.
         for (size_t i = 0; i < s.namespaces.size(); ++i)
             if (!s.namespaces[i].path.empty() && s.namespaces[i].type != "network")
                 return r.err(Reader::index("linux.namespaces", i) + ".path",

@@ -463,7 +463,8 @@ std::string self_exe_dir() {
 
 Result<pid_t> spawn(const std::vector<std::string>& argv, const SpawnOptions& o) {
     // The child writes why it failed into this pipe; exec closes it.
-    auto [err_r, err_w] = TRY(pipe(O_CLOEXEC));
+    auto [err_r, err_w_] = TRY(pipe(O_CLOEXEC));
+    int err_w = err_w_.get();  // a plain int: clang 14 cannot capture a structured binding
     std::vector<char*> args;
     for (auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
     args.push_back(nullptr);
@@ -475,7 +476,7 @@ Result<pid_t> spawn(const std::vector<std::string>& argv, const SpawnOptions& o)
     if (pid == 0) {
         auto die = [&](const std::string& what) {
             std::string m = what + ": " + std::strerror(errno);
-            (void)!::write(err_w.get(), m.data(), m.size());
+            (void)!::write(err_w, m.data(), m.size());
             _exit(127);
         };
         if (o.die_with_parent) {
@@ -490,14 +491,14 @@ Result<pid_t> spawn(const std::vector<std::string>& argv, const SpawnOptions& o)
         // clobber a source another still needs; dup2 clears close-on-exec.
         std::vector<int> parked;
         for (auto& [from, to] : o.fds) {
-            int p = ::fcntl(from, F_DUPFD_CLOEXEC, std::max(first_free, err_w.get() + 1));
+            int p = ::fcntl(from, F_DUPFD_CLOEXEC, std::max(first_free, err_w + 1));
             if (p < 0) die("dup fd " + std::to_string(from));
             parked.push_back(p);
         }
         for (size_t i = 0; i < o.fds.size(); ++i)
             if (::dup2(parked[i], o.fds[i].second) < 0) die("dup2 fd " + std::to_string(o.fds[i].second));
         for (int fd = first_free; fd < 1024; ++fd)
-            if (fd != err_w.get()) ::close(fd);
+            if (fd != err_w) ::close(fd);
         if (!o.cwd.empty() && ::chdir(o.cwd.c_str()) < 0) die("chdir " + o.cwd);
         for (const auto& cg : o.cgroups) {
             int fd = ::open((cg + "/cgroup.procs").c_str(), O_WRONLY | O_CLOEXEC);
@@ -514,7 +515,7 @@ Result<pid_t> spawn(const std::vector<std::string>& argv, const SpawnOptions& o)
         else ::execvp(args[0], args.data());
         die("exec " + (o.path.empty() ? argv[0] : o.path));
     }
-    err_w.reset();
+    err_w_.reset();
     auto msg = read_to_eof(err_r.get(), 4096);
     if (!msg || !msg->empty()) {
         int st;
