@@ -327,7 +327,12 @@ void Shim::creator_gone() {
     if (vm_) (void)vm_->stop();
     vm_.reset();
     teardown_network();
-    (void)sys::remove_all(paths_.dir);
+    // Our bind mounts first: removing the state dir must never reach into
+    // the bundle's rootfs or a volume through them (remove_all also
+    // refuses to cross a mount).
+    for (auto it = plan_.entries.rbegin(); it != plan_.entries.rend(); ++it)
+        (void)sys::umount(paths_.shared + "/" + it->name, MNT_DETACH);
+    if (auto r = sys::remove_all(paths_.dir); !r) log::error("remove state: " + r.error().message);
     _exit(1);
 }
 

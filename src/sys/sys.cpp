@@ -105,7 +105,12 @@ static Result<void> remove_at(int dirfd, const std::string& name, dev_t dev, con
         return fail_errno("stat " + shown);
     }
     if (S_ISDIR(st.st_mode)) {
-        if (st.st_dev != dev) return fail("remove " + shown + ": is a mount point", EBUSY);
+        // Never into a mount: a bind mount of the same filesystem has the
+        // same st_dev, so ask the kernel whether this is a mount's root.
+        struct statx sx;
+        bool mount_root = ::statx(dirfd, name.c_str(), AT_SYMLINK_NOFOLLOW, 0, &sx) == 0 &&
+                          (sx.stx_attributes_mask & STATX_ATTR_MOUNT_ROOT) && (sx.stx_attributes & STATX_ATTR_MOUNT_ROOT);
+        if (st.st_dev != dev || mount_root) return fail("remove " + shown + ": is a mount point", EBUSY);
         int fd = ::openat(dirfd, name.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
         if (fd < 0) return fail_errno("open " + shown);
         DIR* d = ::fdopendir(fd);

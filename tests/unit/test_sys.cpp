@@ -1,3 +1,4 @@
+#include <sys/mount.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <termios.h>
@@ -84,4 +85,23 @@ TEST_CASE("a pty pair carries bytes both ways and names its slave", "[sys]") {
     REQUIRE(sys::write_all(pty->slave.get(), "out"));
     REQUIRE(read(pty->master.get(), buf, sizeof buf) == 3);
     CHECK(std::string(buf, 3) == "out");
+}
+
+TEST_CASE("remove_all never reaches through a bind mount of the same filesystem", "[sys]") {
+    char tmpl[] = "/tmp/husk-rm-XXXXXX";
+    REQUIRE(mkdtemp(tmpl));
+    std::string t = tmpl;
+    REQUIRE(sys::mkdir_p(t + "/keep/sub"));
+    REQUIRE(sys::write_file(t + "/keep/sub/precious", "data"));
+    REQUIRE(sys::mkdir_p(t + "/state/shared/rootfs"));
+    REQUIRE(sys::write_file(t + "/state/file", "x"));
+    REQUIRE(sys::mount(t + "/keep", t + "/state/shared/rootfs", "", MS_BIND));
+    auto r = sys::remove_all(t + "/state");
+    CHECK_FALSE(r);
+    if (!r) CHECK(r.error().message.find("is a mount point") != std::string::npos);
+    CHECK(sys::read_file(t + "/keep/sub/precious").value_or("") == "data");
+    REQUIRE(sys::umount(t + "/state/shared/rootfs", MNT_DETACH));
+    CHECK(sys::remove_all(t + "/state"));
+    CHECK_FALSE(sys::exists(t + "/state"));
+    CHECK(sys::remove_all(t));
 }
