@@ -100,7 +100,18 @@ public:
     // terminal (`tty` >= 0, our controlling one) its size on SIGWINCH.
     int wait(int sigfd, int tty) {
         if (tty >= 0) resize(tty);
+        bool eof = false;
         for (;;) {
+            // The exit line may already be buffered: a quick process's exit
+            // can arrive in the same read as the reply that started it.
+            while (auto line = next_line()) {
+                json r = json::parse(*line, nullptr, false);
+                if (!r.is_object() || !r.contains("exit") || !r["exit"].is_object()) continue;
+                const json& e = r["exit"];
+                if (e.contains("signal") && e["signal"].is_number_integer()) return e["signal"].get<int>() & 0x7f;
+                return (e.value("code", 255) & 0xff) << 8;
+            }
+            if (eof) break;
             pollfd p[2] = {{fd_.get(), POLLIN, 0}, {sigfd, POLLIN, 0}};
             if (::poll(p, 2, -1) < 0 && errno != EINTR) break;
             if (p[1].revents) {
@@ -114,16 +125,7 @@ public:
                     }
                 }
             }
-            if (p[0].revents) {
-                if (!fill()) break;
-                while (auto line = next_line()) {
-                    json r = json::parse(*line, nullptr, false);
-                    if (!r.is_object() || !r.contains("exit") || !r["exit"].is_object()) continue;
-                    const json& e = r["exit"];
-                    if (e.contains("signal") && e["signal"].is_number_integer()) return e["signal"].get<int>() & 0x7f;
-                    return (e.value("code", 255) & 0xff) << 8;
-                }
-            }
+            if (p[0].revents && !fill()) eof = true;
         }
         log::error("exec: the container stopped before the process reported its exit");
         return 255 << 8;

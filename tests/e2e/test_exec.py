@@ -146,3 +146,22 @@ def test_exec_in_created_container(husk, bundle, tmp_path):
     assert r.returncode == 255 and b"container does not exist" in r.stderr
     husk("delete", cid, check=True)
     assert open(tmp_path / "out", "rb").read() == b""
+
+
+def test_many_quick_execs_at_once_all_report_their_status(husk, bundle):
+    # A process that exits at once: its exit can reach the caller in the
+    # same read as the reply that started it. With several busy VMs that is
+    # common; every caller must still get its own status (it once got 255).
+    cids = [new_id() for _ in range(3)]
+    procs = [subprocess.Popen(husk.cmd("run", "-d", "-b", bundle(["sleep", "1000"]), c), stdin=subprocess.DEVNULL,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for c in cids]
+    assert [p.wait(timeout=300) for p in procs] == [0, 0, 0]
+    for _ in range(3):
+        procs = [(i, subprocess.Popen(husk.cmd("exec", c, "sh", "-c", f"exit {i}"), stdin=subprocess.DEVNULL,
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
+                 for c in cids for i in range(6)]
+        for i, p in procs:
+            _, err = p.communicate(timeout=120)
+            assert p.returncode == i, (i, p.returncode, err)
+    for c in cids:
+        husk("delete", "--force", c, check=True)
