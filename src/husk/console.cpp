@@ -34,6 +34,10 @@ ConsoleSocket::~ConsoleSocket() {
 Result<sys::Fd> ConsoleSocket::receive(int timeout_ms) {
     if (!TRY(sys::wait_fd(listen_.get(), POLLIN, timeout_ms))) return fail("no terminal was sent to the console socket", ETIMEDOUT);
     auto conn = TRY(sys::accept(listen_.get()));
+    // The shim is connected: the path has done its job. Gone now, it is
+    // not left behind if we are killed before the destructor runs.
+    ::unlink(path_.c_str());
+    ::rmdir(dir_.c_str());
     if (!TRY(sys::wait_fd(conn.get(), POLLIN, timeout_ms))) return fail("no terminal was sent to the console socket", ETIMEDOUT);
     std::vector<sys::Fd> fds;
     TRY(sys::recv_fds(conn.get(), 4096, fds));

@@ -87,9 +87,18 @@ def test_run_shows_the_terminal_in_the_foreground(husk, bundle):
     def edit(c):
         c["process"]["terminal"] = True
     b = bundle(["sh", "-c", "tty; stty size; read x; echo got-$x; exit 4"], edit=edit)
-    pid, t = spawn_in_pty(husk.cmd("run", "-b", b, new_id()), rows=33, cols=111)
+    tmp = os.path.join(b, "tmpdir")
+    os.mkdir(tmp)
+    os.environ["TMPDIR"] = tmp  # where husk puts its console socket
+    try:
+        pid, t = spawn_in_pty(husk.cmd("run", "-b", b, new_id()), rows=33, cols=111)
+    finally:
+        del os.environ["TMPDIR"]
     t.expect(b"33 111")
     assert b"/dev/pts/0" in t.seen
+    # The socket has done its job once the terminal arrived: nothing of it
+    # is left for a SIGKILLed husk to leave behind.
+    assert os.listdir(tmp) == []
     t.send(b"abc\r")
     out = t.expect(b"got-abc")
     assert b"abc\r\n" in out  # the guest's terminal echoed it
