@@ -284,9 +284,7 @@ Result<void> Shim::wait_for_hooks() {
 // and tc redirects both ways between the two (Kata's "tcfilter"): no
 // bridge, no extra hop, and the netns looks to its owner as before.
 Result<void> Shim::setup_network() {
-    bool has_netns = false;
-    for (const auto& n : spec_.namespaces) has_netns |= n.type == "network";
-    if (!has_netns) return {};  // loopback only, in the guest
+    if (!spec_.has_namespace("network")) return {};  // loopback only, in the guest
     for (auto& i : TRY(sys::scan_interfaces())) {
         // One veth feeds one VM: a second container in the same netns (a
         // pod's) cannot have it too.

@@ -49,7 +49,9 @@ struct SandboxPaths {
 
 uint64_t vm_memory_mib(const Spec& spec);
 unsigned vm_vcpus(const Spec& spec, unsigned host_cpus);
-// `nics`: the container netns's interfaces, each behind tap_name(i).
+// `nics`: the container netns's interfaces, each behind a tap; a caller
+// that opened the taps itself sets Nic::fd, which the VMM uses instead of
+// the name filled in here.
 VmConfig make_vm_config(const Spec& spec, const HostFacts& host, const SandboxPaths& paths,
                         const std::vector<NetInterface>& nics = {});
 

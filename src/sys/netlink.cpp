@@ -167,32 +167,57 @@ Result<Fd> create_tap(const std::string& name, unsigned mtu) {
     return fd;
 }
 
+// The ingress qdisc's handle, and so the parent of every filter on it.
+constexpr uint32_t kIngress = TC_HANDLE(0xffff, 0);
+
+// Link `idx`'s ingress qdisc, named as adding and deleting it need.
+static Result<Qdisc> ingress_qdisc(int idx) {
+    Qdisc q(rtnl_qdisc_alloc());
+    if (!q) return fail("netlink: out of memory", ENOMEM);
+    rtnl_tc_set_ifindex(TC_CAST(q.get()), idx);
+    rtnl_tc_set_parent(TC_CAST(q.get()), TC_H_INGRESS);
+    rtnl_tc_set_handle(TC_CAST(q.get()), kIngress);
+    if (int e = rtnl_tc_set_kind(TC_CAST(q.get()), "ingress"); e < 0) return nl_fail("ingress qdisc", e);
+    return q;
+}
+
+// Our filter on link `idx`'s ingress (priority kRedirectPrio, every
+// protocol), named as adding and deleting it need.
+static Result<Cls> our_filter(int idx) {
+    Cls c(rtnl_cls_alloc());
+    if (!c) return fail("netlink: out of memory", ENOMEM);
+    rtnl_tc_set_ifindex(TC_CAST(c.get()), idx);
+    rtnl_tc_set_parent(TC_CAST(c.get()), kIngress);
+    rtnl_cls_set_prio(c.get(), kRedirectPrio);
+    rtnl_cls_set_protocol(c.get(), ETH_P_ALL);
+    return c;
+}
+
+// Every filter on link `idx`'s ingress.
+static Result<Cache> ingress_filters(nl_sock* sk, int idx) {
+    nl_cache* cc = nullptr;
+    if (int e = rtnl_cls_alloc_cache(sk, idx, kIngress, &cc); e < 0) return nl_fail("list filters", e);
+    return Cache(cc);
+}
+
 static Result<void> redirect(nl_sock* sk, const std::string& from, const std::string& to) {
     int fi = ifindex(from), ti = ifindex(to);
     if (!fi) return fail_errno("link " + from);
     if (!ti) return fail_errno("link " + to);
-    Qdisc q(rtnl_qdisc_alloc());
-    Cls c(rtnl_cls_alloc());
-    Act a(rtnl_act_alloc());
-    if (!q || !c || !a) return fail("netlink: out of memory", ENOMEM);
-    rtnl_tc_set_ifindex(TC_CAST(q.get()), fi);
-    rtnl_tc_set_parent(TC_CAST(q.get()), TC_H_INGRESS);
-    rtnl_tc_set_handle(TC_CAST(q.get()), TC_HANDLE(0xffff, 0));
-    if (int e = rtnl_tc_set_kind(TC_CAST(q.get()), "ingress"); e < 0) return nl_fail("ingress qdisc", e);
+    auto q = TRY(ingress_qdisc(fi));
     if (int e = rtnl_qdisc_add(sk, q.get(), NLM_F_CREATE); e < 0 && e != -NLE_EXIST)
         return nl_fail("add ingress qdisc on " + from, e);
 
+    Act a(rtnl_act_alloc());
+    if (!a) return fail("netlink: out of memory", ENOMEM);
     if (int e = rtnl_tc_set_kind(TC_CAST(a.get()), "mirred"); e < 0) return nl_fail("mirred action", e);
     rtnl_mirred_set_action(a.get(), TCA_EGRESS_REDIR);
     rtnl_mirred_set_policy(a.get(), TC_ACT_STOLEN);
     rtnl_mirred_set_ifindex(a.get(), uint32_t(ti));
-    rtnl_tc_set_ifindex(TC_CAST(c.get()), fi);
-    rtnl_tc_set_parent(TC_CAST(c.get()), TC_HANDLE(0xffff, 0));
+    auto c = TRY(our_filter(fi));
     // u32 with one empty key matches everything; matchall would say so
     // more plainly but is not in every kernel (not in this one).
     if (int e = rtnl_tc_set_kind(TC_CAST(c.get()), "u32"); e < 0) return nl_fail("u32 filter", e);
-    rtnl_cls_set_prio(c.get(), kRedirectPrio);
-    rtnl_cls_set_protocol(c.get(), ETH_P_ALL);
     if (int e = rtnl_u32_add_key_uint32(c.get(), 0, 0, 0, 0); e < 0) return nl_fail("u32 filter", e);
     if (int e = rtnl_u32_set_cls_terminal(c.get()); e < 0) return nl_fail("u32 filter", e);
     if (int e = rtnl_u32_add_action(c.get(), a.get()); e < 0) return nl_fail("u32 filter", e);
@@ -211,11 +236,11 @@ Result<void> redirect_both_ways(const std::string& a, const std::string& b) {
 bool has_redirect(const std::string& link) {
     auto sk = connect();
     int idx = ifindex(link);
-    nl_cache* cc = nullptr;
-    if (!sk || !idx || rtnl_cls_alloc_cache(sk->get(), idx, TC_HANDLE(0xffff, 0), &cc) < 0) return false;
-    Cache filters(cc);
+    if (!sk || !idx) return false;
+    auto filters = ingress_filters(sk->get(), idx);
+    if (!filters) return false;
     bool found = false;
-    each<rtnl_cls>(filters.get(), [&](rtnl_cls* c) { found |= rtnl_cls_get_prio(c) == kRedirectPrio; });
+    each<rtnl_cls>(filters->get(), [&](rtnl_cls* c) { found |= rtnl_cls_get_prio(c) == kRedirectPrio; });
     return found;
 }
 
@@ -225,24 +250,10 @@ void remove_redirects(const std::vector<std::string>& links) {
     for (const auto& name : links) {
         int idx = ifindex(name);
         if (!idx) continue;
-        Cls c(rtnl_cls_alloc());
-        if (!c) return;
-        rtnl_tc_set_ifindex(TC_CAST(c.get()), idx);
-        rtnl_tc_set_parent(TC_CAST(c.get()), TC_HANDLE(0xffff, 0));
-        rtnl_cls_set_prio(c.get(), kRedirectPrio);
-        rtnl_cls_set_protocol(c.get(), ETH_P_ALL);
-        (void)rtnl_cls_delete(sk->get(), c.get(), 0);
-        nl_cache* cc = nullptr;
-        if (rtnl_cls_alloc_cache(sk->get(), idx, TC_HANDLE(0xffff, 0), &cc) < 0) continue;
-        Cache left(cc);
-        if (nl_cache_nitems(left.get()) > 0) continue;
-        Qdisc q(rtnl_qdisc_alloc());
-        if (!q) return;
-        rtnl_tc_set_ifindex(TC_CAST(q.get()), idx);
-        rtnl_tc_set_parent(TC_CAST(q.get()), TC_H_INGRESS);
-        rtnl_tc_set_handle(TC_CAST(q.get()), TC_HANDLE(0xffff, 0));
-        (void)rtnl_tc_set_kind(TC_CAST(q.get()), "ingress");
-        (void)rtnl_qdisc_delete(sk->get(), q.get());
+        if (auto c = our_filter(idx)) (void)rtnl_cls_delete(sk->get(), c->get(), 0);
+        auto left = ingress_filters(sk->get(), idx);
+        if (!left || nl_cache_nitems(left->get()) > 0) continue;
+        if (auto q = ingress_qdisc(idx)) (void)rtnl_qdisc_delete(sk->get(), q->get());
     }
 }
 
