@@ -39,25 +39,28 @@ def rootless(rootfs_tar):
     # slirp4netns for any runtime. Put Debian's mode back for the test.
     tun_mode = stat.S_IMODE(os.stat("/dev/net/tun").st_mode)
     os.chmod("/dev/net/tun", 0o666)
-    tar = os.path.join(pw.pw_dir, "busybox.tar")
-    shutil.copy(rootfs_tar, tar)
-    os.chown(tar, pw.pw_uid, pw.pw_gid)
     env = {"HOME": pw.pw_dir, "USER": USER, "XDG_RUNTIME_DIR": xdg, "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
 
     def as_user(*args, check=False, timeout=300):
         return run(["setpriv", f"--reuid={pw.pw_uid}", f"--regid={pw.pw_gid}", "--init-groups", "--reset-env",
                     "env", *[f"{k}={v}" for k, v in env.items()], *args], check=check, timeout=timeout)
-    as_user("podman", "import", tar, IMAGE, check=True)
     as_user.state = os.path.join(xdg, "husk")
-    yield as_user
-    as_user("podman", "rm", "-a", "-f", "-t", "0")
-    as_user("podman", "rmi", "-f", IMAGE)
-    os.chmod("/dev/net/tun", tun_mode)
-    if made:
-        subprocess.run(["pkill", "-KILL", "-u", USER], check=False)
-        run(["userdel", "-r", USER], check=False)
-        shutil.rmtree(xdg, ignore_errors=True)
-
+    # Whatever fails from here on, the host gets its tun mode back and
+    # loses the user the test made.
+    try:
+        tar = os.path.join(pw.pw_dir, "busybox.tar")
+        shutil.copy(rootfs_tar, tar)
+        os.chown(tar, pw.pw_uid, pw.pw_gid)
+        as_user("podman", "import", tar, IMAGE, check=True)
+        yield as_user
+        as_user("podman", "rm", "-a", "-f", "-t", "0")
+        as_user("podman", "rmi", "-f", IMAGE)
+    finally:
+        os.chmod("/dev/net/tun", tun_mode)
+        if made:
+            subprocess.run(["pkill", "-KILL", "-u", USER], check=False)
+            run(["userdel", "-r", USER], check=False)
+            shutil.rmtree(xdg, ignore_errors=True)
 
 def assert_no_user_state(rootless):
     wait_for(lambda: not os.path.isdir(rootless.state) or not os.listdir(rootless.state), timeout=15,

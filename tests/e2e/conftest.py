@@ -106,6 +106,11 @@ class Husk:
         r = self("state", cid, check=True)
         return json.loads(r.stdout)
 
+    def state_file(self, cid):
+        """husk's own state.json (the VMM's pid, exit status, ...)."""
+        with open(os.path.join(self.root, cid, "state.json")) as f:
+            return json.load(f)
+
 
 @pytest.fixture
 def husk(tmp_path):
@@ -153,6 +158,15 @@ def bundle(tmp_path, rootfs_template):
         (b / "config.json").write_text(json.dumps(c, indent=1))
         return str(b)
     return make
+
+
+def wait_for(pred, what, timeout=60, interval=0.3):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if pred():
+            return
+        time.sleep(interval)
+    raise AssertionError(f"timed out waiting for {what}")
 
 
 def new_id():

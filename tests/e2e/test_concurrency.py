@@ -1,11 +1,9 @@
 """Concurrency: many containers at once; racing commands on one id."""
 import concurrent.futures as cf
-import json
 import os
 import subprocess
-import time
 
-from conftest import new_id
+from conftest import new_id, wait_for
 
 
 def test_ten_containers_run_concurrently(husk, bundle):
@@ -52,13 +50,6 @@ def test_racing_start_and_delete(husk, bundle):
         husk("delete", "--force", cid, check=True)
 
 
-def _wait_gone(path, timeout=180):
-    deadline = time.time() + timeout
-    while os.path.exists(path) and time.time() < deadline:
-        time.sleep(0.2)
-    return not os.path.exists(path)
-
-
 def test_caller_killed_during_create_leaves_nothing(husk, bundle, tmp_path):
     # The caller (conmon, containerd's shim) dies while the VM boots: the
     # shim finds nobody to report to, stops the VM and removes the state.
@@ -66,21 +57,16 @@ def test_caller_killed_during_create_leaves_nothing(husk, bundle, tmp_path):
     b = bundle(["sleep", "100"])
     p = subprocess.Popen(husk.cmd("create", "-b", b, cid), stdin=subprocess.DEVNULL,
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    state = os.path.join(husk.root, cid, "state.json")
 
     def booting():
         try:
-            with open(state) as f:
-                return json.load(f).get("vmm_pid", 0) > 0
+            return husk.state_file(cid).get("vmm_pid", 0) > 0
         except (OSError, ValueError):
             return False
-    deadline = time.time() + 60
-    while not booting() and time.time() < deadline:
-        time.sleep(0.05)
-    assert booting()
+    wait_for(booting, "the VM to be launched", interval=0.05)
     p.kill()
     p.wait()
-    assert _wait_gone(os.path.join(husk.root, cid)), "the shim kept the state of an orphaned create"
+    wait_for(lambda: not os.path.exists(os.path.join(husk.root, cid)), "the shim to remove an orphaned create", 180)
     # Tearing down the state never reaches through the shim's bind mounts
     # into the bundle (it once did).
     assert os.path.exists(os.path.join(b, "rootfs", "bin", "busybox"))
@@ -93,10 +79,7 @@ def test_caller_killed_during_create_leaves_nothing(husk, bundle, tmp_path):
         c["hooks"] = {"prestart": [{"path": "/bin/sh", "args": ["sh", "-c", f"touch {started}; exec sleep 30"]}]}
     p = subprocess.Popen(husk.cmd("create", "-b", bundle(["sleep", "100"], edit=hook), cid),
                          stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 60
-    while not started.exists() and time.time() < deadline:
-        time.sleep(0.05)
-    assert started.exists()
+    wait_for(started.exists, "the create hook to start", interval=0.05)
     p.kill()
     p.wait()
-    assert _wait_gone(os.path.join(husk.root, cid)), "the shim kept the state of an orphaned create"
+    wait_for(lambda: not os.path.exists(os.path.join(husk.root, cid)), "the shim to remove an orphaned create", 180)

@@ -12,13 +12,7 @@ import os
 import signal
 import subprocess
 
-from conftest import new_id
-from test_network import wait_for
-
-
-def state_file(husk, cid):
-    with open(os.path.join(husk.root, cid, "state.json")) as f:
-        return json.load(f)
+from conftest import new_id, wait_for
 
 
 def pid_gone(pid):
@@ -45,14 +39,14 @@ def run_detached_with_exec(husk, bundle):
 def assert_stopped_255(husk, cid, ex):
     wait_for(lambda: husk.state(cid)["status"] == "stopped", "the container to be reported stopped")
     assert ex.wait(timeout=60) != 0  # the exec relay ends too, with a failure
-    st = state_file(husk, cid)
+    st = husk.state_file(cid)
     assert st.get("exit_code") == 255, st
     husk("delete", cid, check=True)
 
 
 def test_vmm_killed(husk, bundle):
     cid, ex = run_detached_with_exec(husk, bundle)
-    st = state_file(husk, cid)
+    st = husk.state_file(cid)
     os.kill(st["vmm_pid"], signal.SIGKILL)
     assert_stopped_255(husk, cid, ex)
     assert pid_gone(st["pid"])
@@ -61,7 +55,7 @@ def test_vmm_killed(husk, bundle):
 def test_shim_killed(husk, bundle):
     # The VMM dies with its shim (PR_SET_PDEATHSIG): no orphaned VM.
     cid, ex = run_detached_with_exec(husk, bundle)
-    st = state_file(husk, cid)
+    st = husk.state_file(cid)
     os.kill(st["pid"], signal.SIGKILL)
     wait_for(lambda: pid_gone(st["vmm_pid"]), "the VMM to die with its shim")
     assert husk.state(cid)["status"] == "stopped"
@@ -79,7 +73,7 @@ def test_guest_kernel_panic(husk, bundle):
     b = bundle(["sh", "-c", "sleep 2; echo c > /proc/sysrq-trigger; sleep 1000"], edit=edit)
     husk("run", "-d", "-b", b, cid, check=True)
     wait_for(lambda: husk.state(cid)["status"] == "stopped", "the panicked container to be reported stopped", 120)
-    assert state_file(husk, cid).get("exit_code") == 255
+    assert husk.state_file(cid).get("exit_code") == 255
     with open(os.path.join(husk.root, cid, "console.log"), errors="replace") as f:
         assert "sysrq" in f.read().lower()  # the console kept the panic for whoever looks
     husk("delete", cid, check=True)
@@ -91,7 +85,7 @@ def test_state_root_wiped_then_same_id(husk, bundle):
     # reads as stopped, can be deleted, and the id can be used again.
     cid = new_id()
     husk("run", "-d", "-b", bundle(["sleep", "1000"]), cid, check=True)
-    st = state_file(husk, cid)
+    st = husk.state_file(cid)
     os.kill(st["pid"], signal.SIGKILL)
     wait_for(lambda: pid_gone(st["vmm_pid"]), "the VM to go")
     # Make it look like another boot: the recorded pid now names a live,
@@ -108,7 +102,7 @@ def test_state_root_wiped_then_same_id(husk, bundle):
     assert r.returncode == 0 and r.stdout == b"again\n", r.stderr
     # A reboot proper: every process gone and /run emptied.
     husk("run", "-d", "-b", bundle(["sleep", "1000"]), cid, check=True)
-    st = state_file(husk, cid)
+    st = husk.state_file(cid)
     os.kill(st["pid"], signal.SIGKILL)
     wait_for(lambda: pid_gone(st["vmm_pid"]), "the old VM to go")
     subprocess.run(["rm", "-rf", os.path.join(husk.root, cid)], check=True)

@@ -2,17 +2,13 @@
 virtio-balloon with free page reporting, so QEMU drops pages the guest
 kernel reports free (bench/ measures the footprint; this only checks that
 the memory comes back at all)."""
-import json
 import os
 
-from conftest import new_id
-from test_network import wait_for
+from conftest import new_id, wait_for
 
 
 def vmm_rss_kib(husk, cid):
-    with open(os.path.join(husk.root, cid, "state.json")) as f:
-        vmm = json.load(f)["vmm_pid"]
-    with open(f"/proc/{vmm}/status") as f:
+    with open(f"/proc/{husk.state_file(cid)['vmm_pid']}/status") as f:
         return next(int(l.split()[1]) for l in f if l.startswith("VmRSS:"))
 
 

@@ -8,12 +8,11 @@ import json
 import os
 import signal
 import subprocess
-import time
 import uuid
 
 import pytest
 
-from conftest import new_id
+from conftest import new_id, wait_for
 
 
 def sh(*args, check=True, **kw):
@@ -66,15 +65,6 @@ def in_netns(path):
             if n["type"] == "network":
                 n["path"] = path
     return edit
-
-
-def wait_for(pred, what, timeout=60):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if pred():
-            return
-        time.sleep(0.3)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_veth_netns_carried_into_the_vm(husk, bundle, netpair, tmp_path):
