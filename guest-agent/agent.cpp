@@ -15,6 +15,7 @@
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
+#include <termios.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -131,10 +132,12 @@ Result<void> early_init() {
     }
     say("started");
 
-    // Modules, in the order rootfs-builder wrote (dependencies first).
-    auto order = sys::read_file("/lib/modules/order").value_or("");
-    if (cmdline_param(cmdline, "husk.channel") == "vsock") order += sys::read_file("/lib/modules/order.vsock").value_or("");
-    if (cmdline_param(cmdline, "husk.net") == "1") order += sys::read_file("/lib/modules/order.net").value_or("");
+    // Modules, in the order rootfs-builder wrote (dependencies first). A
+    // UML guest runs its own kernel, with what it needs built in.
+    bool uml = cmdline_param(cmdline, "husk.vmm") == "uml";
+    auto order = uml ? std::string() : sys::read_file("/lib/modules/order").value_or("");
+    if (!uml && cmdline_param(cmdline, "husk.channel") == "vsock") order += sys::read_file("/lib/modules/order.vsock").value_or("");
+    if (!uml && cmdline_param(cmdline, "husk.net") == "1") order += sys::read_file("/lib/modules/order.net").value_or("");
     size_t pos = 0;
     while (pos < order.size()) {
         size_t e = order.find('\n', pos);
@@ -164,8 +167,13 @@ Result<void> early_init() {
 
     TRY(agent::init_cgroups());
     TRY(sys::mkdir_p(agent::kShareMount, 0755));
-    TRY(sys::mount("husk", agent::kShareMount, "9p", 0,
-                   "trans=virtio,version=9p2000.L,msize=262144,access=client,posixacl"));
+    // UML shares a host directory through hostfs (its path in the VMM's
+    // jail is on the command line); every other VMM through 9p.
+    if (std::string hostfs = cmdline_param(cmdline, "husk.hostfs"); !hostfs.empty())
+        TRY(sys::mount("none", agent::kShareMount, "hostfs", 0, hostfs.c_str()));
+    else
+        TRY(sys::mount("husk", agent::kShareMount, "9p", 0,
+                       "trans=virtio,version=9p2000.L,msize=262144,access=client,posixacl"));
     say("share mounted");
     TRY(loopback_up());
     return {};
@@ -191,6 +199,21 @@ Result<sys::Fd> open_serial_channel() {
         std::this_thread::sleep_for(std::chrono::milliseconds(10));
     }
     return fail("virtio-serial port " + std::string(proto::kSerialPortName) + " not found", ENODEV);
+}
+
+// A UML console line (conN=fd:...) carries the channel: a tty, made
+// 8-bit clean before anything is sent on it.
+Result<sys::Fd> open_tty_channel(const std::string& name) {
+    if (name.size() < 4 || name.compare(0, 3, "tty") != 0 ||
+        !std::all_of(name.begin() + 3, name.end(), [](char c) { return c >= '0' && c <= '9'; }))
+        return fail("bad channel name " + name, EINVAL);
+    auto fd = TRY(sys::open("/dev/" + name, O_RDWR | O_NONBLOCK | O_NOCTTY));
+    struct termios t;
+    if (::tcgetattr(fd.get(), &t) < 0) return fail_errno("tcgetattr /dev/" + name);
+    ::cfmakeraw(&t);
+    if (::tcsetattr(fd.get(), TCSANOW, &t) < 0) return fail_errno("tcsetattr /dev/" + name);
+    (void)::tcflush(fd.get(), TCIOFLUSH);
+    return fd;
 }
 
 Result<sys::Fd> open_vsock_channel() {
@@ -729,7 +752,9 @@ int main() {
     auto cmdline = sys::read_file("/proc/cmdline").value_or("");
     g_debug = cmdline_param(cmdline, "husk.debug") == "1";
     std::string kind = cmdline_param(cmdline, "husk.channel");
-    auto chan = kind == "vsock" ? open_vsock_channel() : open_serial_channel();
+    auto chan = kind == "vsock"               ? open_vsock_channel()
+                : kind.rfind("tty", 0) == 0   ? open_tty_channel(kind)
+                                              : open_serial_channel();
     if (!chan) fatal(chan.error().message);
     say("channel open (" + (kind.empty() ? std::string("serial") : kind) + ")");
     auto pidns = sys::open("/proc/self/ns/pid", O_RDONLY);

@@ -7,6 +7,7 @@
 #include <poll.h>
 #include <sys/file.h>
 
+#include <algorithm>
 #include <chrono>
 #include <optional>
 
@@ -17,6 +18,7 @@
 #include "sys/sys.h"
 #include "husk/hypervisor.h"
 #include "hypervisors/qemu/qemu.h"
+#include "hypervisors/uml/uml.h"
 
 namespace husk {
 
@@ -118,7 +120,28 @@ bool vsock_available() { return ::access("/dev/vhost-vsock", R_OK | W_OK) == 0; 
 
 const char* accel_name(Accel a) { return a == Accel::Kvm ? "kvm" : "tcg"; }
 
+const std::vector<std::string>& hypervisor_names() {
+    static const std::vector<std::string> names = {"qemu", "uml"};
+    return names;
+}
+
+Result<std::string> choose_hypervisor(const std::map<std::string, std::string>& annotations, const std::string& global,
+                                      const std::string& origin) {
+    std::string name = global.empty() ? hypervisor_names().front() : global;
+    std::string from = global.empty() ? "default" : origin;
+    if (auto it = annotations.find(kAnnotationHypervisor); it != annotations.end()) {
+        name = it->second;
+        from = std::string("annotation ") + kAnnotationHypervisor;
+    }
+    const auto& known = hypervisor_names();
+    if (std::find(known.begin(), known.end(), name) != known.end()) return name;
+    std::string list;
+    for (const auto& k : known) list += (list.empty() ? "" : ", ") + k;
+    return fail(from + ": unknown hypervisor \"" + name + "\" (known: " + list + ")", EINVAL);
+}
+
 std::unique_ptr<Hypervisor> make_hypervisor(const std::string& name) {
+    if (name == "uml") return std::make_unique<uml::UmlHypervisor>();
     if (name == "qemu" || name.empty()) {
         qemu::Options o;
         o.binary = defaults::kQemuBinary;

@@ -51,6 +51,7 @@ struct Args {
     std::string root, id, bundle, console_socket;
     int sync_fd = -1;
     bool wait_hooks = false;  // husk runs create hooks before we start the VM
+    std::string hypervisor = "qemu";  // husk create chose it (choose_hypervisor)
     log::Config log;
 };
 
@@ -73,6 +74,7 @@ Result<Args> parse_args(int argc, char** argv) {
         else if (k == "--log-format") a.log.format = TRY(val()) == "json" ? log::Format::Json : log::Format::Text;
         else if (k == "--debug") a.log.debug = true;
         else if (k == "--wait-hooks") a.wait_hooks = true;
+        else if (k == "--hypervisor") a.hypervisor = TRY(val());
         else return fail("unknown argument " + k, EINVAL);
     }
     if (a.root.empty() || a.id.empty() || a.bundle.empty() || a.sync_fd < 0)
@@ -397,12 +399,15 @@ json Shim::create_params() const {
 }
 
 Result<void> Shim::launch_vm() {
-    hv_ = make_hypervisor("qemu");
+    hv_ = make_hypervisor(args_.hypervisor);
+    if (!hv_) return fail("unknown hypervisor " + args_.hypervisor, EINVAL);
+    if (auto why = hv_->unavailable(); !why.empty()) return fail("hypervisor " + hv_->name() + ": " + why, ENOENT);
+    auto caps = hv_->capabilities();
     HostFacts host;
-    host.accel = detect_accel();
-    host.vsock = vsock_available();
+    host.accel = caps.kvm ? Accel::Kvm : Accel::Tcg;
+    host.vsock = caps.vsock;
     host.host_cpus = unsigned(sysconf(_SC_NPROCESSORS_ONLN));
-    host.kernel = find_guest_kernel();
+    host.kernel = hv_->guest_kernel();
     host.initrd = find_guest_initrd();
     host.debug = args_.log.debug;
     for (auto& f : {host.kernel, host.initrd})
@@ -423,13 +428,13 @@ Result<void> Shim::launch_vm() {
     } else {
         agent_listen_ = TRY(sys::unix_listen(paths_.agent_sock, 1));
     }
-    qmp_listen_ = TRY(sys::unix_listen(paths_.qmp_sock, 1));
+    if (caps.control_socket) qmp_listen_ = TRY(sys::unix_listen(paths_.qmp_sock, 1));
     auto [cr, cw] = TRY(sys::pipe(O_CLOEXEC));
     console_r_ = std::move(cr);
     console_w_ = std::move(cw);
     cfg.console_fd = console_w_.get();
     console_log_ = TRY(sys::open(paths_.console_log, O_WRONLY | O_CREAT | O_TRUNC, 0600));
-    log::debug(std::string("vm: ") + accel_name(host.accel) + ", " + std::to_string(cfg.vcpus) + " vcpu, " +
+    log::debug("vm: " + hv_->name() + (hv_->name() == "qemu" ? std::string(" ") + accel_name(host.accel) : "") + ", " + std::to_string(cfg.vcpus) + " vcpu, " +
                std::to_string(cfg.memory_mib) + " MiB, channel " + (host.vsock ? "vsock" : "virtio-serial"));
     vm_ = TRY(hv_->launch(cfg, paths_.dir, paths_.vmm_log));
     console_w_.reset();

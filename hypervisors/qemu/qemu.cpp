@@ -2,13 +2,12 @@
 
 #include <fcntl.h>
 #include <signal.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
-#include <chrono>
-#include <thread>
 
 #include "husk/defaults.h"
+#include "husk/paths.h"
+#include "hypervisors/process_vm.h"
 #include "hypervisors/qemu/qmp.h"
 #include "sys/sys.h"
 
@@ -38,7 +37,10 @@ std::vector<std::string> translate(const VmConfig& cfg, const Options& opt) {
     else add({"-accel", "tcg,tb-size=" + std::to_string(defaults::kTcgCodeCacheMiB)});
     add({"-m", std::to_string(cfg.memory_mib), "-smp", std::to_string(cfg.vcpus)});
     add({"-nodefaults", "-no-user-config", "-nographic", "-no-reboot"});
-    add({"-kernel", cfg.kernel, "-initrd", cfg.initrd, "-append", cfg.cmdline});
+    std::string cmdline = cfg.cmdline + " console=ttyS0";
+    if (cfg.channel.kind != ChannelKind::None)
+        cmdline += std::string(" husk.channel=") + (cfg.channel.kind == ChannelKind::Vsock ? "vsock" : "serial");
+    add({"-kernel", cfg.kernel, "-initrd", cfg.initrd, "-append", cmdline});
     add({"-chardev", "file,id=con,path=/proc/self/fd/" + std::to_string(kConsoleFd), "-serial", "chardev:con"});
     if (cfg.channel.kind == ChannelKind::VirtioSerial) {
         add({"-device", virtio(opt, "virtio-serial") + ",max_ports=2"});
@@ -84,16 +86,22 @@ Capabilities QemuHypervisor::capabilities() const {
     c.shares = true;
     c.vsock = vsock_available();
     c.kvm = detect_accel() == Accel::Kvm;
+    c.network = true;
+    c.control_socket = true;
     return c;
+}
+
+std::string QemuHypervisor::guest_kernel() const { return find_guest_kernel(); }
+
+std::string QemuHypervisor::unavailable() const {
+    return sys::find_program(opt_.binary) ? "" : opt_.binary + " not found (apt install qemu-system-x86)";
 }
 
 namespace {
 
-class QemuVm : public Vm {
+class QemuVm : public ProcessVm {
 public:
-    QemuVm(pid_t pid) : pid_(pid) {}
-    ~QemuVm() override { kill_now(); }
-    pid_t pid() const override { return pid_; }
+    explicit QemuVm(pid_t pid) : ProcessVm(pid) {}
 
     Result<void> attach_control(int fd) override {
         qmp_ = Qmp(sys::Fd(fd));
@@ -104,17 +112,7 @@ public:
         if (pid_ <= 0) return {};
         if (qmp_.connected()) (void)qmp_.execute("quit", nullptr, 1000);
         else ::kill(pid_, SIGTERM);
-        auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(2);
-        while (std::chrono::steady_clock::now() < deadline) {
-            int st;
-            pid_t r = ::waitpid(pid_, &st, WNOHANG);
-            if (r == pid_ || (r < 0 && errno == ECHILD)) {
-                pid_ = -1;
-                return {};
-            }
-            std::this_thread::sleep_for(std::chrono::milliseconds(5));
-        }
-        kill_now();
+        if (!wait_exit(2000)) kill_now();
         return {};
     }
 
@@ -122,15 +120,6 @@ public:
     Result<void> resume() override { return qmp_.execute("cont").map([](auto&&) {}); }
 
 private:
-    void kill_now() {
-        if (pid_ <= 0) return;
-        ::kill(pid_, SIGKILL);
-        int st;
-        while (::waitpid(pid_, &st, 0) < 0 && errno == EINTR) {
-        }
-        pid_ = -1;
-    }
-    pid_t pid_;
     Qmp qmp_;
 };
 

@@ -24,6 +24,8 @@ public:
     explicit QemuHypervisor(Options opt) : opt_(std::move(opt)) {}
     std::string name() const override { return "qemu"; }
     Capabilities capabilities() const override;
+    std::string guest_kernel() const override;
+    std::string unavailable() const override;
     Result<std::unique_ptr<Vm>> launch(const VmConfig& cfg, const std::string& workdir,
                                        const std::string& log_path) override;
 

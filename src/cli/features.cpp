@@ -14,7 +14,7 @@ void setup_features(CLI::App& sub, Globals&, Handler& run) {
     sub.description("print what this runtime and host support (runtime-spec features JSON)");
     sub.callback([&run] {
         run = [] {
-            auto hv = make_hypervisor("qemu");
+            auto hv = make_hypervisor(hypervisor_names().front());
             nlohmann::json cap_names = nlohmann::json::array();
             for (int c = 0; c <= CAP_LAST_CAP; ++c)
                 if (const char* n = capng_capability_to_name(capng_type_t(c))) {
@@ -46,12 +46,18 @@ void setup_features(CLI::App& sub, Globals&, Handler& run) {
                   {"apparmor", {{"enabled", false}}},
                   {"selinux", {{"enabled", false}}}}},
                 {"annotations",
-                 {{"org.husk.hypervisor", "qemu"},
+                 {{"org.husk.hypervisor", hv->name()},
                   {"org.husk.accel", accel_name(detect_accel())},
                   {"org.husk.accel.reason", detect_accel_info().why},
                   {"org.husk.channel", caps.vsock ? "vsock" : "virtio-serial"},
                   {"org.husk.kvm", caps.kvm ? "true" : "false"}}},
             };
+            // Every driver, and whether this host can run it: "available",
+            // or "unavailable: <why>".
+            for (const auto& n : hypervisor_names()) {
+                auto why = make_hypervisor(n)->unavailable();
+                j["annotations"]["org.husk.hypervisor." + n] = why.empty() ? "available" : "unavailable: " + why;
+            }
             std::cout << j.dump(2) << "\n";
             return 0;
         };

@@ -62,6 +62,8 @@ int main(int argc, char** argv) {
     app.add_option("--log", g.log.path, "log file (errors and debug go here too)");
     app.add_option("--log-format", log_format, "text or json")->check(CLI::IsMember({"text", "json"}));
     app.add_flag("--debug", g.log.debug, "debug output, including the guest console");
+    app.add_option("--hypervisor", g.hypervisor, "VMM driver for new containers: qemu or uml (annotation org.husk.hypervisor overrides)")
+        ->envname("HUSK_HYPERVISOR");
     app.add_flag("--systemd-cgroup", g.systemd_cgroup, "cgroupsPath is slice:prefix:name (the shim and VMM go there)");
 
     cli::Handler handler;

@@ -35,7 +35,8 @@ inline constexpr const char* kQemuMachineTcg = "q35,sata=off,smbus=off";
 // no measurable boot or exec cost (16 MiB: -45 MiB; bench/README.md).
 inline constexpr unsigned kTcgCodeCacheMiB = 32;
 inline constexpr const char* kShareTag = "husk";
-inline constexpr const char* kKernelCmdline = "console=ttyS0 panic=-1";
+// The driver adds its console and channel (console=, husk.channel=).
+inline constexpr const char* kKernelCmdline = "panic=-1";
 
 // Annotations husk reads from config.json.
 inline constexpr const char* kAnnotationBootTimeout = "org.husk.boot-timeout";  // seconds

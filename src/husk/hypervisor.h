@@ -4,6 +4,7 @@
 #include <sys/types.h>
 
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -63,6 +64,10 @@ struct Capabilities {
     bool vsock = false;
     bool shares = false;
     bool kvm = false;
+    bool network = false;
+    // The VMM connects to VmConfig::control_socket (QMP); the caller
+    // listens there and hands the connection to Vm::attach_control.
+    bool control_socket = false;
 };
 
 // A launched VM. Destroying it kills the VMM.
@@ -82,6 +87,11 @@ public:
     virtual ~Hypervisor() = default;
     virtual std::string name() const = 0;
     virtual Capabilities capabilities() const = 0;
+    // The guest kernel this driver boots: rootfs-builder's vmlinuz for a
+    // machine emulator, the UML binary for UML.
+    virtual std::string guest_kernel() const = 0;
+    // Why this host cannot run the driver, or "" when it can.
+    virtual std::string unavailable() const = 0;
     // Start the VMM. `keep_fds` are passed through to the child at their
     // numbers; everything else is closed. stdout/stderr go to `log_path`.
     virtual Result<std::unique_ptr<Vm>> launch(const VmConfig& cfg, const std::string& workdir,
@@ -103,6 +113,16 @@ inline constexpr const char* kProbeMarker = "HUSK-PROBE-OK";
 bool vsock_available();
 const char* accel_name(Accel a);
 
+// Every driver husk has, default first.
+const std::vector<std::string>& hypervisor_names();
+// The driver by name; nullptr for a name not in hypervisor_names().
 std::unique_ptr<Hypervisor> make_hypervisor(const std::string& name);
+// The annotation that picks a container's driver, over the global choice.
+inline constexpr const char* kAnnotationHypervisor = "org.husk.hypervisor";
+// The container's driver: its annotation, else `global` (--hypervisor, or
+// the config file's default: `origin` says which), else the default; an
+// unknown name is an error naming where it came from.
+Result<std::string> choose_hypervisor(const std::map<std::string, std::string>& annotations, const std::string& global,
+                                      const std::string& origin = "--hypervisor");
 
 }  // namespace husk

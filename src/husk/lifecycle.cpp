@@ -15,9 +15,11 @@
 #include <optional>
 
 #include "husk/cgroups.h"
+#include "husk/config.h"
 #include "husk/console.h"
 #include "husk/defaults.h"
 #include "husk/hooks.h"
+#include "husk/hypervisor.h"
 #include "husk/shim_client.h"
 #include "husk/signals.h"
 #include "husk/spec.h"
@@ -90,9 +92,9 @@ static Result<std::string> read_shim_reply(int fd) {
 // Spawn husk-shim with the caller's stdio; `sync_w` becomes its fd 3.
 static Result<pid_t> spawn_shim(const Globals& g, const std::string& id, const std::string& bundle,
                                 const CreateOptions& o, int sync_w, const std::vector<std::string>& cgroups,
-                                bool hooks) {
+                                bool hooks, const std::string& hypervisor) {
     std::vector<std::string> argv = {find_shim_binary(), "--root", g.root, "--id", id, "--bundle", bundle,
-                                     "--sync-fd", "3"};
+                                     "--sync-fd", "3", "--hypervisor", hypervisor};
     if (hooks) argv.push_back("--wait-hooks");
     if (!o.console_socket.empty()) argv.insert(argv.end(), {"--console-socket", TRY(absolute(o.console_socket))});
     if (!g.log.path.empty()) argv.insert(argv.end(), {"--log", g.log.path});
@@ -136,6 +138,11 @@ Result<pid_t> create_container(const Globals& g, const std::string& id, const Cr
     TRY(guest_cgroup_files(spec.resources.is_object() ? spec.resources : nlohmann::json::object(), "linux.resources"));
     std::string rootfs = rootfs_path(bundle, spec);
     if (!sys::is_dir(rootfs)) return fail("rootfs " + rootfs + " does not exist", ENOENT);
+    std::string global = g.hypervisor, origin = "--hypervisor";
+    if (global.empty()) global = TRY(load_config()).hypervisor, origin = config_path();
+    std::string hypervisor = TRY(choose_hypervisor(spec.annotations, global, origin));
+    if (auto why = make_hypervisor(hypervisor)->unavailable(); !why.empty())
+        return fail("hypervisor " + hypervisor + ": " + why, ENOENT);
 
     auto paths = state_paths(g.root, id);
     TRY(sys::mkdir_p(g.root, 0711));
@@ -171,7 +178,7 @@ Result<pid_t> create_container(const Globals& g, const std::string& id, const Cr
     if (!pair) return cleanup(pair.error());
     auto [sync, sync_shim] = std::move(*pair);
     bool hooks = spec.hooks.count("prestart") || spec.hooks.count("createRuntime");
-    auto pid = spawn_shim(g, id, bundle, o, sync_shim.get(), st.cgroups, hooks);
+    auto pid = spawn_shim(g, id, bundle, o, sync_shim.get(), st.cgroups, hooks, hypervisor);
     if (!pid) return cleanup(pid.error().context("start shim"));
     sync_shim.reset();
     auto reply = read_shim_reply(sync.get());

@@ -18,6 +18,7 @@ struct Globals {
     std::string root = default_state_root();
     log::Config log;
     bool systemd_cgroup = false;  // cgroupsPath is "slice:prefix:name"
+    std::string hypervisor;  // --hypervisor; "" = the default (choose_hypervisor)
 };
 
 struct CreateOptions {

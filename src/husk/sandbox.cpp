@@ -91,8 +91,7 @@ VmConfig make_vm_config(const Spec& spec, const HostFacts& host, const SandboxPa
     c.control_socket = paths.control_sock;
     // The console is quiet unless debugging: under TCG every emulated
     // serial byte costs boot time.
-    c.cmdline = std::string(defaults::kKernelCmdline) + (host.debug ? " husk.debug=1" : " quiet") +
-                " husk.channel=" + (host.vsock ? "vsock" : "serial");
+    c.cmdline = std::string(defaults::kKernelCmdline) + (host.debug ? " husk.debug=1" : " quiet");
     for (size_t i = 0; i < nics.size(); ++i) c.nics.push_back({tap_name(i), nics[i].mac, nics[i].mtu});
     if (!nics.empty()) c.cmdline += " husk.net=1";  // the agent loads virtio_net
     return c;

@@ -46,6 +46,28 @@ Result<std::string> read_to_eof(int fd, size_t limit) {
     return out;
 }
 
+Result<std::string> read_link(const std::string& path) {
+    char buf[PATH_MAX];
+    ssize_t n = ::readlink(path.c_str(), buf, sizeof buf);
+    if (n < 0) return fail_errno("readlink " + path);
+    return std::string(buf, size_t(n));
+}
+
+std::optional<std::string> find_program(const std::string& name) {
+    if (name.find('/') != std::string::npos) return ::access(name.c_str(), X_OK) == 0 ? std::optional(name) : std::nullopt;
+    const char* env = ::getenv("PATH");
+    std::string path = env && *env ? env : "/usr/local/bin:/usr/bin:/bin";
+    size_t pos = 0;
+    for (;;) {
+        size_t e = path.find(':', pos);
+        std::string dir = path.substr(pos, e == std::string::npos ? std::string::npos : e - pos);
+        std::string full = (dir.empty() ? "." : dir) + "/" + name;
+        if (::access(full.c_str(), X_OK) == 0) return full;
+        if (e == std::string::npos) return std::nullopt;
+        pos = e + 1;
+    }
+}
+
 Result<std::string> read_file(const std::string& path, size_t limit) {
     auto fd = TRY(open(path, O_RDONLY));
     return with_context(read_to_eof(fd.get(), limit), "read " + path);
@@ -476,8 +498,20 @@ Result<pid_t> spawn(const std::vector<std::string>& argv, const SpawnOptions& o)
     int first_free = 3;
     for (auto& [from, to] : o.fds) first_free = std::max(first_free, to + 1);
     pid_t parent = getpid();
-    pid_t pid = fork();
-    if (pid < 0) return fail_errno("fork");
+    pid_t pid;
+    if (o.clone_flags) {
+        // struct clone_args, version 0 (<linux/sched.h> clashes with <sched.h>).
+        struct {
+            uint64_t flags, pidfd, child_tid, parent_tid, exit_signal, stack, stack_size, tls;
+        } ca{};
+        ca.flags = o.clone_flags;
+        ca.exit_signal = SIGCHLD;
+        pid = pid_t(::syscall(SYS_clone3, &ca, sizeof ca));
+        if (pid < 0) return fail_errno("clone3");
+    } else {
+        pid = fork();
+        if (pid < 0) return fail_errno("fork");
+    }
     if (pid == 0) {
         auto die = [&](const std::string& what) {
             std::string m = what + ": " + std::strerror(errno);
@@ -486,7 +520,7 @@ Result<pid_t> spawn(const std::vector<std::string>& argv, const SpawnOptions& o)
         };
         if (o.die_with_parent) {
             if (prctl(PR_SET_PDEATHSIG, SIGKILL) < 0) die("prctl");
-            if (getppid() != parent) _exit(1);  // already orphaned
+            if (!(o.clone_flags & CLONE_NEWPID) && getppid() != parent) _exit(1);  // already orphaned
         }
         sigset_t none;
         sigemptyset(&none);
@@ -504,6 +538,11 @@ Result<pid_t> spawn(const std::vector<std::string>& argv, const SpawnOptions& o)
             if (::dup2(parked[i], o.fds[i].second) < 0) die("dup2 fd " + std::to_string(o.fds[i].second));
         for (int fd = first_free; fd < 1024; ++fd)
             if (fd != err_w) ::close(fd);
+        if (o.in_child)
+            if (std::string why = o.in_child(); !why.empty()) {
+                (void)!::write(err_w, why.data(), why.size());
+                _exit(127);
+            }
         if (!o.cwd.empty() && ::chdir(o.cwd.c_str()) < 0) die("chdir " + o.cwd);
         for (const auto& cg : o.cgroups) {
             int fd = ::open((cg + "/cgroup.procs").c_str(), O_WRONLY | O_CLOEXEC);

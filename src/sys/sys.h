@@ -7,6 +7,7 @@
 #include <sys/types.h>
 
 #include <chrono>
+#include <functional>
 #include <optional>
 #include <string>
 #include <utility>
@@ -20,6 +21,9 @@ namespace husk::sys {
 // Files
 Result<Fd> open(const std::string& path, int flags, mode_t mode = 0);
 Result<std::string> read_file(const std::string& path, size_t limit = 16 << 20);
+Result<std::string> read_link(const std::string& path);
+// An executable by name, as execvp finds it (a name with '/' as it is).
+std::optional<std::string> find_program(const std::string& name);
 Result<void> write_file(const std::string& path, const std::string& data, mode_t mode = 0644);
 // write to "<path>.tmp" then rename: readers never see a partial file.
 Result<void> write_file_atomic(const std::string& path, const std::string& data, mode_t mode = 0644);
@@ -105,6 +109,13 @@ struct SpawnOptions {
     std::string path;               // execve this (argv[0] is then only the name); else execvp(argv[0])
     std::optional<std::vector<std::string>> env;  // the whole environment; else ours
     std::vector<std::string> cgroups;  // cgroup directories the child joins before exec
+    // Namespaces the child starts in (CLONE_NEW*; clone3 instead of fork).
+    // A child in a new pid namespace has no parent there to check on.
+    uint64_t clone_flags = 0;
+    // Runs in the child after its fds are in place and before cwd/exec:
+    // returns what failed ("" when all is well). The child is
+    // single-threaded and may allocate.
+    std::function<std::string()> in_child;
 };
 // fork + execvp with an empty signal mask. A failure before or at exec is
 // reported here (the child is reaped), never by a child that runs on.

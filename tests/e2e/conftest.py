@@ -26,9 +26,22 @@ BUSYBOX = shutil.which("busybox") or "/bin/busybox"
 TIMEOUT = 240
 
 PR_SET_CHILD_SUBREAPER = 36
+# The suite runs once per driver (scripts/test): HUSK_HYPERVISOR picks it,
+# as it does for husk itself.
+DRIVER = os.environ.get("HUSK_HYPERVISOR") or "qemu"
+
+
+def pytest_collection_modifyitems(config, items):
+    # What a driver cannot do is in README's support table, with why; its
+    # tests are skipped, saying so, on that driver only.
+    for item in items:
+        for m in item.iter_markers("not_on"):
+            if m.args[0] == DRIVER:
+                item.add_marker(pytest.mark.skip(reason=f"{DRIVER}: {m.kwargs['reason']}"))
 
 
 def pytest_configure(config):
+    config.addinivalue_line("markers", "not_on(driver, reason=...): the driver cannot do this (README support table)")
     # Like conmon and containerd-shim: detached shims reparent to us, and
     # we reap them, so exited shims never linger as zombies.
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)

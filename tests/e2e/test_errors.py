@@ -137,6 +137,7 @@ def test_bad_boot_timeout_annotation(husk, bundle):
     assert_clean_failure(husk("create", "-b", b, new_id()), "org.husk.boot-timeout")
 
 
+@pytest.mark.not_on("uml", reason='the UML kernel is HUSK_UML, not HUSK_KERNEL')
 def test_missing_guest_image(husk, bundle, tmp_path):
     env = dict(os.environ, HUSK_KERNEL=str(tmp_path / "no-kernel"))
     assert_clean_failure(husk("create", "-b", bundle(["true"]), new_id(), env=env), "guest image", "not found")

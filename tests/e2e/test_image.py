@@ -1,9 +1,12 @@
 """The guest image: reproducible, and only what the agent needs."""
+import pytest
 import hashlib
 import os
 import subprocess
 
 from conftest import BUILD, ROOT
+
+pytestmark = pytest.mark.not_on("uml", reason="checks the QEMU guest image's modules")
 
 
 def build(tmp, name):

@@ -1,4 +1,5 @@
 """The runc lifecycle, step by step: create, state, list, start, kill, delete."""
+import pytest
 import json
 import os
 import signal
@@ -175,6 +176,7 @@ def test_list_empty(husk):
     assert husk("list", "-q", check=True).stdout == b""
 
 
+@pytest.mark.not_on("uml", reason="the test reads QEMU's serial console text")
 def test_debug_shows_the_guest_console(husk, bundle):
     r = husk("run", "-b", bundle(["true"]), new_id(), glob=("--debug",))
     assert r.returncode == 0, r.stderr

@@ -2,9 +2,12 @@
 virtio-balloon with free page reporting, so QEMU drops pages the guest
 kernel reports free (bench/ measures the footprint; this only checks that
 the memory comes back at all)."""
+import pytest
 import os
 
 from conftest import new_id, wait_for
+
+pytestmark = pytest.mark.not_on("uml", reason='UML has no balloon')
 
 
 def vmm_rss_kib(husk, cid):

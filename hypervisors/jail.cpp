@@ -1,0 +1,156 @@
+#include "hypervisors/jail.h"
+
+#include <fcntl.h>
+#include <linux/capability.h>
+#include <sched.h>
+#include <sys/mount.h>
+#include <sys/prctl.h>
+#include <sys/stat.h>
+#include <sys/statvfs.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+
+namespace husk {
+
+namespace {
+
+std::string failed(const std::string& what) { return "jail: " + what + ": " + std::strerror(errno); }
+
+std::string write_proc(const std::string& path, const std::string& value) {
+    int fd = ::open(path.c_str(), O_WRONLY | O_CLOEXEC);
+    if (fd < 0) return failed("open " + path);
+    bool ok = ::write(fd, value.data(), value.size()) == ssize_t(value.size());
+    int e = errno;
+    ::close(fd);
+    errno = e;
+    return ok ? "" : failed("write " + path);
+}
+
+// mkdir -p of `path`'s parents inside the jail (all on its tmpfs).
+void make_parents(const std::string& path) {
+    for (size_t i = 1; (i = path.find('/', i)) != std::string::npos; ++i) ::mkdir(path.substr(0, i).c_str(), 0755);
+}
+
+// A read-only remount keeps the flags the kernel locks on a bind mount
+// made in a user namespace (nosuid, nodev, noexec of the source).
+std::string remount_readonly(const std::string& target) {
+    struct statvfs sv;
+    if (::statvfs(target.c_str(), &sv) < 0) return failed("statvfs " + target);
+    unsigned long keep = 0;
+    if (sv.f_flag & ST_NOSUID) keep |= MS_NOSUID;
+    if (sv.f_flag & ST_NODEV) keep |= MS_NODEV;
+    if (sv.f_flag & ST_NOEXEC) keep |= MS_NOEXEC;
+    if (::mount(nullptr, target.c_str(), nullptr, MS_BIND | MS_REMOUNT | MS_RDONLY | keep, nullptr) < 0)
+        return failed("read-only " + target);
+    return "";
+}
+
+std::string bind_into(const std::string& source, const std::string& target, bool readonly, bool recursive) {
+    struct stat st;
+    if (::stat(source.c_str(), &st) < 0) return failed("stat " + source);
+    make_parents(target);
+    if (S_ISDIR(st.st_mode)) {
+        if (::mkdir(target.c_str(), 0755) < 0 && errno != EEXIST) return failed("mkdir " + target);
+    } else {
+        int fd = ::open(target.c_str(), O_WRONLY | O_CREAT | O_CLOEXEC, 0600);
+        if (fd < 0) return failed("create " + target);
+        ::close(fd);
+    }
+    if (::mount(source.c_str(), target.c_str(), nullptr, MS_BIND | (recursive ? MS_REC : 0), nullptr) < 0)
+        return failed("bind " + source);
+    return readonly ? remount_readonly(target) : "";
+}
+
+std::string enter(const Jail& j, uid_t uid, gid_t gid) {
+    if (j.user_ns) {
+        for (auto r : {write_proc("/proc/self/setgroups", "deny"),
+                       write_proc("/proc/self/uid_map", "0 " + std::to_string(uid) + " 1\n"),
+                       write_proc("/proc/self/gid_map", "0 " + std::to_string(gid) + " 1\n")})
+            if (!r.empty()) return r;
+    }
+    // Nothing mounted here may reach the host, nor anything there reach us.
+    if (::mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr) < 0) return failed("make / private");
+    const std::string& r = j.root;
+    if (::mount("tmpfs", r.c_str(), "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755") < 0) return failed("tmpfs on " + r);
+    for (const auto& m : j.mounts)
+        if (auto e = bind_into(m.source, r + m.target, m.readonly, m.recursive); !e.empty()) return e;
+    for (const auto& [path, target] : j.links)
+        if (::symlink(target.c_str(), (r + path).c_str()) < 0) return failed("symlink " + path);
+    for (const auto& d : j.devices)
+        if (auto e = bind_into(d, r + d, false, false); !e.empty()) return e;
+    ::mkdir((r + "/tmp").c_str(), 0755);
+    if (::mount("tmpfs", (r + "/tmp").c_str(), "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777") < 0) return failed("tmpfs on /tmp");
+    // A fresh proc of the jail's own pid namespace: the host's would show
+    // /proc/1/root, the whole host.
+    ::mkdir((r + "/proc").c_str(), 0555);
+    if (::mount("proc", (r + "/proc").c_str(), "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, nullptr) < 0)
+        return failed("mount proc");
+    if (::chdir(r.c_str()) < 0) return failed("chdir " + r);
+    if (::syscall(SYS_pivot_root, ".", ".") < 0) return failed("pivot_root");
+    if (::umount2(".", MNT_DETACH) < 0) return failed("detach the host's root");
+    if (::chdir("/") < 0) return failed("chdir /");
+    if (::mount(nullptr, "/", nullptr, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV, nullptr) < 0)
+        return failed("read-only /");
+    if (::prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0) return failed("no_new_privs");
+    for (int c = 0; c <= CAP_LAST_CAP; ++c)
+        if (std::find(j.keep_caps.begin(), j.keep_caps.end(), c) == j.keep_caps.end() &&
+            ::prctl(PR_CAPBSET_DROP, c, 0, 0, 0) < 0 && errno != EINVAL)
+            return failed("drop capability " + std::to_string(c));
+    return "";
+}
+
+}  // namespace
+
+Jail base_jail(const std::string& root) {
+    Jail j;
+    j.root = root;
+    j.mounts.push_back({"/usr", "/usr", true, false});
+    for (const char* d : {"/lib", "/lib64", "/bin", "/sbin"}) {
+        struct stat st;
+        if (::lstat(d, &st) < 0) continue;
+        if (S_ISLNK(st.st_mode)) {
+            if (auto t = sys::read_link(d)) j.links.push_back({d, *t});
+        } else if (S_ISDIR(st.st_mode)) {
+            j.mounts.push_back({d, d, true, false});
+        }
+    }
+    j.devices = {"/dev/null", "/dev/zero", "/dev/urandom"};
+    j.user_ns = ::geteuid() != 0;
+    return j;
+}
+
+std::vector<int> file_server_caps() {
+    return {CAP_CHOWN, CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH, CAP_FOWNER, CAP_FSETID, CAP_MKNOD};
+}
+
+void jail_spawn(const Jail& jail, sys::SpawnOptions& o) {
+    o.clone_flags = CLONE_NEWNS | CLONE_NEWPID | (jail.user_ns ? CLONE_NEWUSER : 0);
+    uid_t uid = ::geteuid();
+    gid_t gid = ::getegid();
+    o.in_child = [jail, uid, gid] {
+        if (auto e = enter(jail, uid, gid); !e.empty()) return e;
+        // We are pid 1 of the jail's pid namespace, which the kernel shields
+        // from every signal it has no handler for, its own abort() included
+        // (UML aborts on a guest panic, and would then spin). So pid 1 stays
+        // a reaper and the VMM runs as its child; the reaper exits with the
+        // VMM's status, and killing it takes the whole namespace.
+        pid_t vmm = ::fork();
+        if (vmm < 0) return failed("fork");
+        if (vmm == 0) return std::string();
+        ::prctl(PR_SET_NAME, "husk-jail-init", 0, 0, 0);
+        ::syscall(SYS_close_range, 3, ~0U, 0);  // the spawn's error pipe too: the VMM reports exec failures
+        for (;;) {
+            int st;
+            pid_t r = ::waitpid(-1, &st, 0);
+            if (r == vmm) ::_exit(WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st));
+            if (r < 0 && errno == ECHILD) ::_exit(127);
+        }
+    };
+}
+
+}  // namespace husk

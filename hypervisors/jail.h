@@ -1,0 +1,50 @@
+// The VMM's jail: what a VMM process sees of the host. It runs in its own
+// mount and pid namespaces (and user namespace when the caller is not
+// root), with a fresh tmpfs as its root that holds only what it serves
+// (the sandbox's shared directory) and what it needs to run (/usr read-only,
+// a few device nodes, its own /tmp and /proc). Firecracker's jailer has the
+// same idea; UML needs it most, because hostfs can open any host path the
+// UML process can see.
+#pragma once
+#include <sys/types.h>
+
+#include <cstdint>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "sys/sys.h"
+
+namespace husk {
+
+struct JailMount {
+    std::string source;  // host path (file or directory)
+    std::string target;  // absolute path inside the jail
+    bool readonly = true;
+    bool recursive = false;  // bring the submounts along (the shared dir has them)
+};
+
+struct Jail {
+    // An empty host directory the jail's tmpfs root is mounted on (in the
+    // jail's namespace only: the host keeps seeing it empty).
+    std::string root;
+    std::vector<JailMount> mounts;  // in order, after /usr and the /lib links
+    std::vector<std::pair<std::string, std::string>> links;  // symlinks made in the jail: (path, target)
+    std::vector<std::string> devices;  // host device nodes, bound at the same path
+    std::vector<int> keep_caps;  // the bounding set left after entering; the rest go
+    bool user_ns = false;  // the caller is not root: become root of a new user namespace
+};
+
+// What an ordinary VMM needs besides its own files: /usr (libraries,
+// firmware) and the /lib, /lib64, /bin links a merged-/usr host has.
+Jail base_jail(const std::string& root);
+
+// The file-owner capabilities a VMM that serves a shared directory keeps:
+// it creates and chowns files there for the guest.
+std::vector<int> file_server_caps();
+
+// Set up `spawn` to start its child inside `jail`: the clone flags and the
+// in-child step. The child's cwd is then a path inside the jail.
+void jail_spawn(const Jail& jail, sys::SpawnOptions& o);
+
+}  // namespace husk

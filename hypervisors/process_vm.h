@@ -1,0 +1,23 @@
+// A VMM that is one child process of the shim. Whatever a driver's
+// graceful stop does, SIGKILL and a reap are its last word.
+#pragma once
+#include <sys/types.h>
+
+#include "husk/hypervisor.h"
+
+namespace husk {
+
+class ProcessVm : public Vm {
+public:
+    explicit ProcessVm(pid_t pid) : pid_(pid) {}
+    ~ProcessVm() override { kill_now(); }
+    pid_t pid() const override { return pid_; }
+
+protected:
+    // Wait up to `ms` for the VMM to exit on its own; true once reaped.
+    bool wait_exit(int ms);
+    void kill_now();
+    pid_t pid_;
+};
+
+}  // namespace husk

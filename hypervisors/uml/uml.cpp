@@ -1,0 +1,117 @@
+#include "hypervisors/uml/uml.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <sstream>
+
+#include "hypervisors/jail.h"
+#include "hypervisors/process_vm.h"
+#include "hypervisors/uml/mconsole.h"
+#include "sys/sys.h"
+
+namespace husk::uml {
+
+std::string kernel_path() {
+    const char* env = ::getenv("HUSK_UML");
+    return env && *env ? env : kDefaultKernel;
+}
+
+std::vector<std::string> translate(const VmConfig& cfg) {
+    std::vector<std::string> a = {kArgv0, "mem=" + std::to_string(cfg.memory_mib) + "M",
+                                  std::string("initrd=") + kJailInitrd, std::string("uml_dir=") + kJailVmmDir,
+                                  std::string("umid=") + kUmid};
+    // Every line is off but the two we use: con0 is the kernel console
+    // (output only), con1 the agent's channel.
+    a.insert(a.end(), {"con=null", "ssl=null", "con0=null,fd:" + std::to_string(kConsoleFd)});
+    if (cfg.channel.kind != ChannelKind::None)
+        a.push_back("con1=fd:" + std::to_string(kChannelFd) + ",fd:" + std::to_string(kChannelFd));
+    for (size_t i = 0; i < cfg.disks.size(); ++i)
+        a.push_back("ubd" + std::to_string(i) + (cfg.disks[i].readonly ? "r" : "") + "=/disk" + std::to_string(i));
+    std::istringstream words(cfg.cmdline);
+    for (std::string w; words >> w;) a.push_back(w);
+    a.insert(a.end(), {"console=tty0", "husk.vmm=uml"});
+    if (cfg.channel.kind != ChannelKind::None) a.push_back("husk.channel=tty1");
+    if (!cfg.shares.empty()) a.push_back(std::string("husk.hostfs=") + kJailShare);
+    return a;
+}
+
+Capabilities UmlHypervisor::capabilities() const {
+    Capabilities c;
+    c.pause = true;
+    c.shares = true;
+    return c;
+}
+
+std::string UmlHypervisor::unavailable() const {
+    std::string k = kernel_path();
+    return ::access(k.c_str(), X_OK) == 0 ? "" : k + " not found (apt install user-mode-linux)";
+}
+
+namespace {
+
+class UmlVm : public ProcessVm {
+public:
+    UmlVm(pid_t pid, std::string mconsole) : ProcessVm(pid), mconsole_(std::move(mconsole)) {}
+    Result<void> attach_control(int fd) override {
+        ::close(fd);
+        return {};
+    }
+    // Our child is pid 1 of the jail's pid namespace (UML's parent):
+    // killing it takes every UML host process with it.
+    Result<void> stop() override {
+        kill_now();
+        return {};
+    }
+    Result<void> pause() override { return mconsole_command(mconsole_, "stop", 5000).map([](auto&&) {}); }
+    Result<void> resume() override { return mconsole_command(mconsole_, "go", 5000).map([](auto&&) {}); }
+
+private:
+    std::string mconsole_;
+};
+
+}  // namespace
+
+Result<std::unique_ptr<Vm>> UmlHypervisor::launch(const VmConfig& cfg, const std::string& workdir,
+                                                  const std::string& log_path) {
+    if (cfg.shares.size() > 1) return fail("uml: one shared directory at most", EINVAL);
+    if (!cfg.nics.empty()) return fail("uml: networking is not supported yet", ENOTSUP);
+    auto log = TRY(sys::open(log_path, O_WRONLY | O_CREAT | O_APPEND, 0600));
+    auto devnull = TRY(sys::open("/dev/null", O_RDONLY));
+    std::string root = workdir + "/vmm-root", vmm_dir = workdir + "/vmm";
+    for (const auto& d : {root, vmm_dir})
+        if (::mkdir(d.c_str(), 0700) < 0 && errno != EEXIST) return fail_errno("mkdir " + d);
+
+    Jail j = base_jail(root);
+    j.mounts.push_back({cfg.kernel, kJailKernel, true, false});
+    j.mounts.push_back({cfg.initrd, kJailInitrd, true, false});
+    j.mounts.push_back({vmm_dir, kJailVmmDir, false, false});
+    if (!cfg.shares.empty()) j.mounts.push_back({cfg.shares[0].host_path, kJailShare, cfg.shares[0].readonly, true});
+    for (size_t i = 0; i < cfg.disks.size(); ++i)
+        j.mounts.push_back({cfg.disks[i].path, "/disk" + std::to_string(i), cfg.disks[i].readonly, false});
+    j.keep_caps = file_server_caps();
+
+    sys::SpawnOptions o;
+    o.fds = {{devnull.get(), 0}, {log.get(), 1}, {log.get(), 2}};
+    if (cfg.console_fd >= 0) o.fds.push_back({cfg.console_fd, kConsoleFd});
+    sys::Fd chan;
+    if (cfg.channel.kind != ChannelKind::None) {
+        // UML has no socket client: connect for it and hand it the stream.
+        std::string sock = cfg.channel.socket_path;
+        if (!sock.empty() && sock[0] != '/') sock = workdir + "/" + sock;
+        chan = TRY_CTX(sys::unix_connect(sock), "uml channel");
+        o.fds.push_back({chan.get(), kChannelFd});
+    }
+    o.cwd = "/";
+    o.path = kJailKernel;
+    o.env = std::vector<std::string>{"PATH=/usr/bin:/bin", "TMPDIR=/tmp"};
+    o.die_with_parent = true;  // the VMM must not outlive its shim
+    jail_spawn(j, o);
+    pid_t pid = TRY_CTX(sys::spawn(translate(cfg), o), "launch uml");
+    return std::unique_ptr<Vm>(
+        std::make_unique<UmlVm>(pid, vmm_dir + "/" + kUmid + "/mconsole"));
+}
+
+}  // namespace husk::uml

@@ -1,0 +1,161 @@
+// The UML driver's pure parts, the driver choice, and the VMM jail (run
+// for real: a jailed child must not see the host).
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstring>
+#include <fstream>
+
+#include "golden.h"
+#include "husk/config.h"
+#include "husk/sandbox.h"
+#include "hypervisors/jail.h"
+#include "hypervisors/uml/mconsole.h"
+#include "hypervisors/uml/uml.h"
+#include "sys/sys.h"
+
+using namespace husk;
+
+static std::string lines(const std::vector<std::string>& v) {
+    std::string s;
+    for (auto& x : v) s += x + "\n";
+    return s;
+}
+
+TEST_CASE("VmConfig -> UML command line (golden)", "[uml]") {
+    auto spec = parse_spec(R"({"ociVersion": "1.0.2", "root": {"path": "rootfs"}, "process": {"args": ["true"], "cwd": "/"},
+                              "linux": {"resources": {"memory": {"limit": 67108864}}}})");
+    REQUIRE(spec);
+    HostFacts host{Accel::Tcg, false, 4, "/usr/bin/linux.uml", "/img/initramfs.img", false};
+    VmConfig cfg = make_vm_config(*spec, host, {"/state/c1/shared", "agent.sock", "qmp.sock"});
+    cfg.console_fd = 7;
+    cfg.disks.push_back({"/img/disk.raw", true});
+    check_golden("translate/uml.argv", lines(uml::translate(cfg)));
+
+    // A probe-style VM: no channel, so no line and no husk.channel.
+    cfg.channel.kind = ChannelKind::None;
+    cfg.shares.clear();
+    auto argv = uml::translate(cfg);
+    CHECK(std::none_of(argv.begin(), argv.end(), [](auto& a) { return a.rfind("con1=", 0) == 0 || a.rfind("husk.channel", 0) == 0 || a.rfind("husk.hostfs", 0) == 0; }));
+}
+
+TEST_CASE("mconsole: request layout and reply checks", "[uml]") {
+    auto r = uml::mconsole_request("stop");
+    REQUIRE(r);
+    REQUIRE(r->size() == 12 + uml::kMconsoleMaxData);
+    uint32_t head[3];
+    std::memcpy(head, r->data(), sizeof head);
+    CHECK(head[0] == uml::kMconsoleMagic);
+    CHECK(head[1] == uml::kMconsoleVersion);
+    CHECK(head[2] == 4);
+    CHECK(r->substr(12, 4) == "stop");
+    CHECK_FALSE(uml::mconsole_request(std::string(uml::kMconsoleMaxData, 'x')));
+
+    uint32_t ok[3] = {0, 0, 2};
+    std::string reply(reinterpret_cast<char*>(ok), sizeof ok);
+    reply += "hi";
+    auto p = uml::mconsole_parse_reply(reply.data(), reply.size());
+    REQUIRE(p);
+    CHECK(p->data == "hi");
+    CHECK_FALSE(p->more);
+    // A length past the datagram, or a datagram shorter than the header,
+    // is refused rather than read beyond.
+    uint32_t lying[3] = {0, 0, 400};
+    std::string bad(reinterpret_cast<char*>(lying), sizeof lying);
+    bad += "short";
+    CHECK_FALSE(uml::mconsole_parse_reply(bad.data(), bad.size()));
+    CHECK_FALSE(uml::mconsole_parse_reply(bad.data(), 5));
+}
+
+TEST_CASE("the driver: annotation over --hypervisor over the default", "[uml]") {
+    CHECK(choose_hypervisor({}, "") == std::string("qemu"));
+    CHECK(choose_hypervisor({}, "uml") == std::string("uml"));
+    CHECK(choose_hypervisor({{kAnnotationHypervisor, "uml"}}, "qemu") == std::string("uml"));
+    CHECK(choose_hypervisor({{kAnnotationHypervisor, "qemu"}}, "uml") == std::string("qemu"));
+    auto bad = choose_hypervisor({}, "vmware");
+    REQUIRE_FALSE(bad);
+    CHECK(bad.error().message == "--hypervisor: unknown hypervisor \"vmware\" (known: qemu, uml)");
+    bad = choose_hypervisor({{kAnnotationHypervisor, ""}}, "");
+    REQUIRE_FALSE(bad);
+    CHECK(bad.error().message.find("annotation org.husk.hypervisor") == 0);
+    for (const auto& n : hypervisor_names()) {
+        auto hv = make_hypervisor(n);
+        REQUIRE(hv);
+        CHECK(hv->name() == n);
+    }
+    CHECK_FALSE(make_hypervisor("vmware"));
+}
+
+TEST_CASE("a jailed process sees only what its jail names", "[uml][jail]") {
+    REQUIRE(::geteuid() == 0);  // the unit suite runs as root (scripts/test)
+    auto busybox = sys::find_program("busybox");
+    REQUIRE(busybox);
+    REQUIRE(busybox->rfind("/usr/", 0) == 0);  // what the jail shows of the host is /usr
+    char tmpl[] = "/tmp/husk-jail-XXXXXX";
+    REQUIRE(::mkdtemp(tmpl));
+    std::string dir = tmpl;
+    REQUIRE(sys::mkdir_p(dir + "/root", 0700));
+    REQUIRE(sys::mkdir_p(dir + "/served", 0755));
+    REQUIRE(sys::write_file_atomic(dir + "/served/inside", "shared\n", 0644));
+    REQUIRE(sys::write_file_atomic(dir + "/secret", "host only\n", 0600));
+
+    Jail j = base_jail(dir + "/root");
+    j.mounts.push_back({dir + "/served", "/share", false, true});
+    j.keep_caps = file_server_caps();
+    sys::SpawnOptions o;
+    auto out = sys::open(dir + "/out", O_WRONLY | O_CREAT | O_TRUNC, 0600);
+    REQUIRE(out);
+    o.fds = {{out->get(), 1}, {out->get(), 2}};
+    o.cwd = "/";
+    jail_spawn(j, o);
+    // What it sees at /, its pid, the served file, the host's file through
+    // every path that could lead there, and its bounding set.
+    std::string script =
+        "ls / | tr '\\n' ' '; echo; echo pid=$$; cat /share/inside; "
+        "cat " + dir + "/secret 2>/dev/null || echo no-secret; "
+        "cat /share/../../" + dir.substr(1) + "/secret 2>/dev/null || echo no-dotdot; "
+        "cat /proc/1/root" + dir + "/secret 2>/dev/null || echo no-proc-root; "
+        "(echo x > /written) 2>/dev/null || echo root-ro; "
+        "grep CapBnd /proc/self/status";
+    auto pid = sys::spawn({*busybox, "sh", "-c", script}, o);
+    REQUIRE(pid);
+    out->reset();
+    int st = 0;
+    REQUIRE(::waitpid(*pid, &st, 0) == *pid);
+    auto text = sys::read_file(dir + "/out");
+    REQUIRE(text);
+    INFO(*text);
+    CHECK(WIFEXITED(st));
+    CHECK(text->find("bin dev lib lib64 proc sbin share tmp usr \n") == 0);
+    CHECK(text->find("pid=2\n") != std::string::npos);  // pid 1 is the jail's reaper
+    CHECK(text->find("shared\n") != std::string::npos);
+    CHECK(text->find("host only") == std::string::npos);
+    CHECK(text->find("no-secret\nno-dotdot\nno-proc-root\nroot-ro\n") != std::string::npos);
+    // CHOWN DAC_OVERRIDE DAC_READ_SEARCH FOWNER FSETID MKNOD = bits 0-4, 27.
+    CHECK(text->find("CapBnd:\t000000000800001f") != std::string::npos);
+    // The host still sees the jail's root empty: nothing was mounted here.
+    CHECK(sys::read_file("/proc/self/mountinfo")->find(dir) == std::string::npos);
+    REQUIRE(sys::remove_all(dir));
+}
+
+TEST_CASE("config file: the default driver, strictly", "[config]") {
+    auto c = parse_config("# husk\nhypervisor = \"uml\"\n", "/etc/husk/config.toml");
+    REQUIRE(c);
+    CHECK(c->hypervisor == "uml");
+    CHECK(parse_config("", "x")->hypervisor.empty());
+    auto bad = parse_config("hypervisor = 3\n", "c.toml");
+    REQUIRE_FALSE(bad);
+    CHECK(bad.error().message == "c.toml: hypervisor: expected a string");
+    bad = parse_config("hypervsior = \"uml\"\n", "c.toml");
+    REQUIRE_FALSE(bad);
+    CHECK(bad.error().message == "c.toml: unknown key \"hypervsior\"");
+    bad = parse_config("hypervisor = \n", "c.toml");
+    REQUIRE_FALSE(bad);
+    CHECK(bad.error().message.rfind("c.toml:1:", 0) == 0);
+    // Where it came from is in the error of an unknown name.
+    auto unknown = choose_hypervisor({}, "kvmtool", "/etc/husk/config.toml");
+    REQUIRE_FALSE(unknown);
+    CHECK(unknown.error().message.rfind("/etc/husk/config.toml: unknown hypervisor \"kvmtool\"", 0) == 0);
+}
