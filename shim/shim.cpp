@@ -434,7 +434,8 @@ Result<void> Shim::launch_vm() {
     console_w_ = std::move(cw);
     cfg.console_fd = console_w_.get();
     console_log_ = TRY(sys::open(paths_.console_log, O_WRONLY | O_CREAT | O_TRUNC, 0600));
-    log::debug("vm: " + hv_->name() + (hv_->name() == "qemu" ? std::string(" ") + accel_name(host.accel) : "") + ", " + std::to_string(cfg.vcpus) + " vcpu, " +
+    // QEMU says its accelerator (tests and users read "vm: tcg"); others their name.
+    log::debug("vm: " + (hv_->name() == "qemu" ? std::string(accel_name(host.accel)) : hv_->name()) + ", " + std::to_string(cfg.vcpus) + " vcpu, " +
                std::to_string(cfg.memory_mib) + " MiB, channel " + (host.vsock ? "vsock" : "virtio-serial"));
     vm_ = TRY(hv_->launch(cfg, paths_.dir, paths_.vmm_log));
     console_w_.reset();
