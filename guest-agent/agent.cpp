@@ -114,6 +114,17 @@ Result<void> loopback_up() {
     return {};
 }
 
+// The first disk holds the share as ext4. Its node appears once the block
+// driver has probed (virtio_blk; UML's ubd is built in): wait briefly.
+Result<void> mount_share_disk() {
+    for (int i = 0; i < 500; ++i) {
+        for (const char* dev : {"/dev/vda", "/dev/ubda"})
+            if (sys::exists(dev)) return sys::mount(dev, agent::kShareMount, "ext4", MS_NOATIME, "");
+        ::usleep(10000);
+    }
+    return fail("the share's disk (/dev/vda) never appeared", ENODEV);
+}
+
 Result<void> early_init() {
     ::mkdir("/dev", 0755);
     ::mkdir("/proc", 0555);
@@ -134,10 +145,13 @@ Result<void> early_init() {
 
     // Modules, in the order rootfs-builder wrote (dependencies first). A
     // UML guest runs its own kernel, with what it needs built in.
-    bool uml = cmdline_param(cmdline, "husk.vmm") == "uml";
-    auto order = uml ? std::string() : sys::read_file("/lib/modules/order").value_or("");
-    if (!uml && cmdline_param(cmdline, "husk.channel") == "vsock") order += sys::read_file("/lib/modules/order.vsock").value_or("");
-    if (!uml && cmdline_param(cmdline, "husk.net") == "1") order += sys::read_file("/lib/modules/order.net").value_or("");
+    std::string order;
+    if (cmdline_param(cmdline, "husk.vmm") != "uml") {
+        order = sys::read_file("/lib/modules/order").value_or("");
+        if (cmdline_param(cmdline, "husk.channel") == "vsock") order += sys::read_file("/lib/modules/order.vsock").value_or("");
+        if (cmdline_param(cmdline, "husk.net") == "1") order += sys::read_file("/lib/modules/order.net").value_or("");
+        if (cmdline_param(cmdline, "husk.share") == "disk") order += sys::read_file("/lib/modules/order.disk").value_or("");
+    }
     size_t pos = 0;
     while (pos < order.size()) {
         size_t e = order.find('\n', pos);
@@ -167,9 +181,12 @@ Result<void> early_init() {
 
     TRY(agent::init_cgroups());
     TRY(sys::mkdir_p(agent::kShareMount, 0755));
-    // UML shares a host directory through hostfs (its path in the VMM's
-    // jail is on the command line); every other VMM through 9p.
-    if (std::string hostfs = cmdline_param(cmdline, "husk.hostfs"); !hostfs.empty())
+    // The share: a copy on the first disk (husk.share=disk: VMMs with no
+    // shared filesystem), or UML's hostfs (its path in the VMM's jail is on
+    // the command line), or 9p.
+    if (cmdline_param(cmdline, "husk.share") == "disk")
+        TRY(mount_share_disk());
+    else if (std::string hostfs = cmdline_param(cmdline, "husk.hostfs"); !hostfs.empty())
         TRY(sys::mount("none", agent::kShareMount, "hostfs", 0, hostfs.c_str()));
     else
         TRY(sys::mount("husk", agent::kShareMount, "9p", 0,

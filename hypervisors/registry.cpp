@@ -19,6 +19,8 @@
 #include "husk/hypervisor.h"
 #include "hypervisors/qemu/qemu.h"
 #include "hypervisors/uml/uml.h"
+#include "hypervisors/firecracker/firecracker.h"
+#include "hypervisors/cloud-hypervisor/cloud_hypervisor.h"
 
 namespace husk {
 
@@ -121,7 +123,7 @@ bool vsock_available() { return ::access("/dev/vhost-vsock", R_OK | W_OK) == 0; 
 const char* accel_name(Accel a) { return a == Accel::Kvm ? "kvm" : "tcg"; }
 
 const std::vector<std::string>& hypervisor_names() {
-    static const std::vector<std::string> names = {"qemu", "uml"};
+    static const std::vector<std::string> names = {"qemu", "uml", "firecracker", "cloud-hypervisor"};
     return names;
 }
 
@@ -142,6 +144,8 @@ Result<std::string> choose_hypervisor(const std::map<std::string, std::string>& 
 
 std::unique_ptr<Hypervisor> make_hypervisor(const std::string& name) {
     if (name == "uml") return std::make_unique<uml::UmlHypervisor>();
+    if (name == "firecracker") return std::make_unique<firecracker::FirecrackerHypervisor>();
+    if (name == "cloud-hypervisor") return std::make_unique<cloud_hypervisor::CloudHypervisor>();
     if (name == "qemu" || name.empty()) {
         qemu::Options o;
         o.binary = defaults::kQemuBinary;

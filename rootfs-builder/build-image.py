@@ -1,11 +1,13 @@
 #!/usr/bin/env python3
-"""Build the guest image: vmlinuz + initramfs.img.
+"""Build the guest image: vmlinuz + initramfs.img (+ vmlinux).
 
 The kernel comes from Debian's linux-image-amd64 package (downloaded with
 `apt-get download` and unpacked here, never installed on the host). The
 cloud kernel cannot be used: it has no 9p at all. The initramfs holds the
 static husk-agent as /init and just the modules it loads, in dependency
 order. Output is reproducible: sorted entries, fixed mtimes and owners.
+vmlinux is the same kernel uncompressed (an ELF with a PVH entry), which
+Firecracker and Cloud Hypervisor boot directly.
 """
 import argparse
 import glob
@@ -23,6 +25,9 @@ MODULES = ["virtio_mmio", "virtio_pci", "virtio_console", "9pnet_virtio", "9p", 
 VSOCK_MODULES = ["vmw_vsock_virtio_transport"]
 # Loaded only when the VM has NICs (husk.net=1).
 NET_MODULES = ["virtio_net"]
+# Loaded only when the rootfs comes on a disk (husk.share=disk): every VMM
+# without a shared filesystem (Firecracker, Cloud Hypervisor), or on request.
+DISK_MODULES = ["virtio_blk", "crc32c_generic", "ext4"]  # ext4 asks the crypto API for crc32c
 KERNEL_META = "linux-image-amd64"
 
 
@@ -86,7 +91,7 @@ def norm(name):
     return name.replace("-", "_")
 
 
-def resolve(wanted, index):
+def resolve(wanted, index, builtin=frozenset()):
     order, seen = [], set()
 
     def visit(n):
@@ -95,6 +100,8 @@ def resolve(wanted, index):
             return
         seen.add(n)
         if n not in index:
+            if n in builtin:
+                return
             sys.exit(f"build-image: module {n} not in the kernel package")
         for d in modinfo_depends(index[n][1]):
             visit(d)
@@ -103,6 +110,29 @@ def resolve(wanted, index):
     for w in wanted:
         visit(w)
     return order
+
+
+def extract_vmlinux(bzimage):
+    """The ELF inside a bzImage: its payload is the first compressed stream
+    (xz, gzip or zstd) that unpacks to an ELF."""
+    import zlib
+    magics = [(b"\xfd7zXZ\x00", "xz"), (b"\x1f\x8b\x08", "gzip"), (b"\x28\xb5\x2f\xfd", "zstd")]
+    for magic, kind in magics:
+        off = bzimage.find(magic)
+        while off >= 0:
+            try:
+                if kind == "xz":
+                    out = lzma.LZMADecompressor().decompress(bzimage[off:])
+                elif kind == "gzip":
+                    out = zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(bzimage[off:])
+                else:
+                    out = subprocess.run(["zstd", "-dc"], input=bzimage[off:], capture_output=True).stdout
+            except (lzma.LZMAError, zlib.error, OSError):
+                out = b""
+            if out[:4] == b"\x7fELF":
+                return out
+            off = bzimage.find(magic, off + 1)
+    sys.exit("build-image: no ELF kernel found inside vmlinuz")
 
 
 def cpio_newc(entries):
@@ -133,12 +163,13 @@ def main():
     ap.add_argument("--agent", required=True)
     ap.add_argument("--kernel-out", required=True)
     ap.add_argument("--initrd-out", required=True)
+    ap.add_argument("--vmlinux-out", required=True)
     ap.add_argument("--cache", default=os.environ.get("HUSK_CACHE", os.path.expanduser("~/.cache/husk")))
     a = ap.parse_args()
 
     deb = find_deb(a.cache)
     tar = deb_data(deb)
-    vmlinuz, index = None, {}
+    vmlinuz, index, builtin = None, {}, set()
     for m in tar.getmembers():
         if not m.isfile():
             continue
@@ -151,12 +182,16 @@ def main():
             if base.endswith(".xz"):
                 data = lzma.decompress(data)
             index[name] = (base, data)
+        elif base == "modules.builtin":
+            builtin = {norm(os.path.basename(l.strip()).split(".ko")[0])
+                       for l in tar.extractfile(m).read().decode().splitlines() if l.strip()}
     if vmlinuz is None:
         sys.exit(f"build-image: no vmlinuz in {deb}")
 
     base_mods = resolve(MODULES, index)
     vsock_mods = [n for n in resolve(VSOCK_MODULES, index) if n not in base_mods]
     net_mods = [n for n in resolve(NET_MODULES, index) if n not in base_mods]
+    disk_mods = [n for n in resolve(DISK_MODULES, index, builtin) if n not in base_mods]
     with open(a.agent, "rb") as f:
         agent = f.read()
 
@@ -168,21 +203,25 @@ def main():
         ("lib/modules/order", 0o100644, "".join(f"{n}.ko\n" for n in base_mods).encode()),
         ("lib/modules/order.vsock", 0o100644, "".join(f"{n}.ko\n" for n in vsock_mods).encode()),
         ("lib/modules/order.net", 0o100644, "".join(f"{n}.ko\n" for n in net_mods).encode()),
+        ("lib/modules/order.disk", 0o100644, "".join(f"{n}.ko\n" for n in disk_mods).encode()),
         ("proc", 0o040755, None),
         ("sys", 0o040755, None),
     ]
-    for n in base_mods + vsock_mods + net_mods:
+    for n in base_mods + vsock_mods + net_mods + disk_mods:
         entries.append((f"lib/modules/{n}.ko", 0o100644, index[n][1]))
     entries.sort(key=lambda e: e[0])
 
-    tmp_k, tmp_i = a.kernel_out + ".tmp", a.initrd_out + ".tmp"
+    tmp_k, tmp_i, tmp_x = a.kernel_out + ".tmp", a.initrd_out + ".tmp", a.vmlinux_out + ".tmp"
     with open(tmp_k, "wb") as f:
         f.write(vmlinuz)
+    with open(tmp_x, "wb") as f:
+        f.write(extract_vmlinux(vmlinuz))
     with open(tmp_i, "wb") as f:
         f.write(cpio_newc(entries))
     os.replace(tmp_k, a.kernel_out)
     os.replace(tmp_i, a.initrd_out)
-    log(f"{os.path.basename(deb)}: modules {' '.join(base_mods)} (+vsock: {' '.join(vsock_mods)}; +net: {' '.join(net_mods)})")
+    os.replace(tmp_x, a.vmlinux_out)
+    log(f"{os.path.basename(deb)}: modules {' '.join(base_mods)} (+vsock: {' '.join(vsock_mods)}; +net: {' '.join(net_mods)}; +disk: {' '.join(disk_mods)})")
 
 
 if __name__ == "__main__":

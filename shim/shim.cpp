@@ -37,7 +37,8 @@
 #include "husk/spec.h"
 #include "husk/state.h"
 #include "protocol/protocol.h"
-#include "shim/vsock.h"
+#include "husk/disk_image.h"
+#include "hypervisors/vsock.h"
 #include "sys/netlink.h"
 #include "sys/sys.h"
 
@@ -189,6 +190,7 @@ private:
     std::unique_ptr<Vm> vm_;
     sys::Fd agent_listen_, qmp_listen_, shim_listen_, chan_, console_r_, console_w_, sig_fd_, console_log_;
     uint32_t vsock_cid_ = 0;
+    std::string hybrid_vsock_;  // the VMM's hybrid vsock socket, when that is the channel
     Clock::time_point boot_deadline_;
     int boot_timeout_ms_ = 0;
     Clock::time_point next_vsock_try_;
@@ -400,12 +402,12 @@ json Shim::create_params() const {
 
 Result<void> Shim::launch_vm() {
     hv_ = make_hypervisor(args_.hypervisor);
-    if (!hv_) return fail("unknown hypervisor " + args_.hypervisor, EINVAL);
-    if (auto why = hv_->unavailable(); !why.empty()) return fail("hypervisor " + hv_->name() + ": " + why, ENOENT);
+    if (!hv_) return fail("unknown hypervisor " + args_.hypervisor, EINVAL);  // husk create checked it can run
     auto caps = hv_->capabilities();
     HostFacts host;
     host.accel = caps.kvm ? Accel::Kvm : Accel::Tcg;
-    host.vsock = caps.vsock;
+    host.vsock = caps.vsock && !caps.hybrid_vsock;
+    host.hybrid_vsock = caps.hybrid_vsock;
     host.host_cpus = unsigned(sysconf(_SC_NPROCESSORS_ONLN));
     host.kernel = hv_->guest_kernel();
     host.initrd = find_guest_initrd();
@@ -414,7 +416,11 @@ Result<void> Shim::launch_vm() {
         if (!sys::exists(f)) return fail("guest image " + f + " not found (build rootfs-builder or set HUSK_KERNEL/HUSK_INITRD)", ENOENT);
     // The VMM runs in the state dir: socket paths are relative to stay
     // under sun_path's 108 bytes whatever --root is.
-    SandboxPaths sp{paths_.shared, "agent.sock", "qmp.sock"};
+    if (TRY(rootfs_on_disk(spec_, hv_->name(), caps.shares))) {
+        host.share_disk = paths_.dir + "/share.img";
+        TRY_CTX(make_share_image(paths_.shared, host.share_disk), "rootfs disk");
+    }
+    SandboxPaths sp{paths_.shared, "agent.sock", "qmp.sock", "vsock.sock"};
     VmConfig cfg = make_vm_config(spec_, host, sp, nics_);
     bool vhost = ::access("/dev/vhost-net", R_OK | W_OK) == 0;
     for (size_t i = 0; i < cfg.nics.size(); ++i) {
@@ -425,6 +431,8 @@ Result<void> Shim::launch_vm() {
         std::random_device rd;
         vsock_cid_ = 3 + rd() % 0x7ffffff0u;
         cfg.channel.vsock_cid = vsock_cid_;
+    } else if (host.hybrid_vsock) {
+        hybrid_vsock_ = paths_.dir + "/" + sp.vsock_sock;
     } else {
         agent_listen_ = TRY(sys::unix_listen(paths_.agent_sock, 1));
     }
@@ -435,8 +443,13 @@ Result<void> Shim::launch_vm() {
     cfg.console_fd = console_w_.get();
     console_log_ = TRY(sys::open(paths_.console_log, O_WRONLY | O_CREAT | O_TRUNC, 0600));
     // QEMU says its accelerator (tests and users read "vm: tcg"); others their name.
-    log::debug("vm: " + (hv_->name() == "qemu" ? std::string(accel_name(host.accel)) : hv_->name()) + ", " + std::to_string(cfg.vcpus) + " vcpu, " +
-               std::to_string(cfg.memory_mib) + " MiB, channel " + (host.vsock ? "vsock" : "virtio-serial"));
+    std::string channel = host.hybrid_vsock ? "hybrid vsock"
+                          : host.vsock      ? "vsock"
+                          : hv_->name() == "uml" ? "console line"
+                                                 : "virtio-serial";
+    log::debug("vm: " + (hv_->name() == "qemu" ? std::string(accel_name(host.accel)) : hv_->name()) + ", " +
+               std::to_string(cfg.vcpus) + " vcpu, " + std::to_string(cfg.memory_mib) + " MiB, channel " + channel +
+               (host.share_disk.empty() ? "" : ", rootfs on a disk"));
     vm_ = TRY(hv_->launch(cfg, paths_.dir, paths_.vmm_log));
     console_w_.reset();
     taps_.clear();  // the VMM's now: a tap lives as long as the VMM does
@@ -1029,9 +1042,12 @@ Result<void> Shim::loop() {
             if (left <= 0)
                 abort_create(Error{ETIMEDOUT, boot_failure("the agent did not answer within " +
                                                            std::to_string(boot_timeout_ms_ / 1000.0).substr(0, 5) + "s")});
-            timeout = int(std::min<long long>(left, vsock_cid_ ? 50 : 250));
-            if (vsock_cid_ && !chan_ && Clock::now() >= next_vsock_try_) {
-                if (auto c = vsock_connect(vsock_cid_, proto::kAgentVsockPort)) chan_ = std::move(*c);  // non-blocking
+            bool dials = vsock_cid_ || !hybrid_vsock_.empty();  // we connect to the agent, retrying
+            timeout = int(std::min<long long>(left, dials ? 50 : 250));
+            if (dials && !chan_ && Clock::now() >= next_vsock_try_) {
+                auto c = vsock_cid_ ? vsock_connect(vsock_cid_, proto::kAgentVsockPort)
+                                    : hybrid_vsock_connect(hybrid_vsock_, proto::kAgentVsockPort, 1000);
+                if (c) chan_ = std::move(*c);  // non-blocking
                 next_vsock_try_ = Clock::now() + std::chrono::milliseconds(50);
             }
         } else if (phase_ == Phase::Exiting) {

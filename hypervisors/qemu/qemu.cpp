@@ -86,7 +86,6 @@ Capabilities QemuHypervisor::capabilities() const {
     c.shares = true;
     c.vsock = vsock_available();
     c.kvm = detect_accel() == Accel::Kvm;
-    c.network = true;
     c.control_socket = true;
     return c;
 }

@@ -37,7 +37,9 @@ struct Nic {
 
 struct Channel {
     ChannelKind kind = ChannelKind::VirtioSerial;
-    std::string socket_path;  // virtio-serial: the VMM connects here
+    // virtio-serial: the VMM connects here. Hybrid vsock: the unix socket
+    // the VMM creates (relative to its working directory).
+    std::string socket_path;
     uint32_t vsock_cid = 0;   // vsock: the guest's CID
 };
 
@@ -62,12 +64,14 @@ struct VmConfig {
 struct Capabilities {
     bool pause = false;
     bool vsock = false;
-    bool shares = false;
+    bool shares = false;  // directories shared with the guest (else the rootfs goes on a disk)
     bool kvm = false;
-    bool network = false;
     // The VMM connects to VmConfig::control_socket (QMP); the caller
     // listens there and hands the connection to Vm::attach_control.
     bool control_socket = false;
+    // The channel is the VMM's hybrid vsock (Firecracker, Cloud
+    // Hypervisor): a unix socket where "CONNECT <port>" reaches the guest.
+    bool hybrid_vsock = false;
 };
 
 // A launched VM. Destroying it kills the VMM.

@@ -34,5 +34,8 @@ Result<void> validate_id(const std::string& id);
 std::string find_shim_binary();
 std::string find_guest_kernel();
 std::string find_guest_initrd();
+// The same kernel uncompressed (an ELF vmlinux): what Firecracker and Cloud
+// Hypervisor boot directly. HUSK_VMLINUX overrides.
+std::string find_guest_vmlinux();
 
 }  // namespace husk

@@ -85,16 +85,34 @@ VmConfig make_vm_config(const Spec& spec, const HostFacts& host, const SandboxPa
     c.accel = host.accel;
     c.vcpus = vm_vcpus(spec, host.host_cpus);
     c.memory_mib = vm_memory_mib(spec);
-    c.shares.push_back({defaults::kShareTag, paths.shared, false});
-    c.channel.kind = host.vsock ? ChannelKind::Vsock : ChannelKind::VirtioSerial;
-    c.channel.socket_path = paths.agent_sock;
+    if (host.share_disk.empty()) c.shares.push_back({defaults::kShareTag, paths.shared, false});
+    else c.disks.push_back({host.share_disk, false});
+    c.channel.kind = host.vsock || host.hybrid_vsock ? ChannelKind::Vsock : ChannelKind::VirtioSerial;
+    c.channel.socket_path = host.hybrid_vsock ? paths.vsock_sock : paths.agent_sock;
+    if (host.hybrid_vsock) c.channel.vsock_cid = 3;  // the VMM's own: any CID will do
     c.control_socket = paths.control_sock;
     // The console is quiet unless debugging: under TCG every emulated
     // serial byte costs boot time.
     c.cmdline = std::string(defaults::kKernelCmdline) + (host.debug ? " husk.debug=1" : " quiet");
     for (size_t i = 0; i < nics.size(); ++i) c.nics.push_back({tap_name(i), nics[i].mac, nics[i].mtu});
     if (!nics.empty()) c.cmdline += " husk.net=1";  // the agent loads virtio_net
+    if (!host.share_disk.empty()) c.cmdline += " husk.share=disk";
     return c;
+}
+
+Result<bool> rootfs_on_disk(const Spec& spec, const std::string& driver, bool driver_shares) {
+    auto it = spec.annotations.find(kAnnotationRootfs);
+    std::string want = it == spec.annotations.end() ? "" : it->second;
+    if (want.empty()) return !driver_shares;
+    if (want == "disk") return true;
+    if (want != "shared")
+        return fail(std::string("annotation ") + kAnnotationRootfs + ": expected \"shared\" or \"disk\", got \"" + want + "\"",
+                    EINVAL);
+    if (!driver_shares)
+        return fail(std::string("annotation ") + kAnnotationRootfs + "=shared: " + driver +
+                        " cannot share a directory with its guest (its rootfs goes on a disk)",
+                    EINVAL);
+    return false;
 }
 
 int capability_number(const std::string& name) {

@@ -39,13 +39,25 @@ struct HostFacts {
     std::string kernel;
     std::string initrd;
     bool debug = false;
+    bool hybrid_vsock = false;  // the VMM's unix socket stands for vsock
+    // The share as a disk image (rootfs_on_disk), instead of shared.
+    std::string share_disk;
 };
 
 struct SandboxPaths {
     std::string shared;
     std::string agent_sock;
     std::string control_sock;
+    std::string vsock_sock;  // hybrid vsock: the VMM creates it
 };
+
+// The annotation that puts the rootfs on a disk: "disk" (a copy of the
+// share in an ext4 image; what is written stays in the VM) or "shared"
+// (the default where the driver can share a directory).
+inline constexpr const char* kAnnotationRootfs = "org.husk.rootfs";
+// Whether the share goes to the guest as a disk image: a driver that
+// cannot share a directory, or the annotation's choice.
+Result<bool> rootfs_on_disk(const Spec& spec, const std::string& driver, bool driver_shares);
 
 uint64_t vm_memory_mib(const Spec& spec);
 unsigned vm_vcpus(const Spec& spec, unsigned host_cpus);

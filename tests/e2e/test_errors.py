@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from conftest import BUSYBOX, new_id
+from conftest import BUSYBOX, DRIVER, new_id
 
 
 def assert_clean_failure(r, *needles):
@@ -137,10 +137,15 @@ def test_bad_boot_timeout_annotation(husk, bundle):
     assert_clean_failure(husk("create", "-b", b, new_id()), "org.husk.boot-timeout")
 
 
-@pytest.mark.not_on("uml", reason='the UML kernel is HUSK_UML, not HUSK_KERNEL')
+# Each driver's kernel, and what create says when it is missing.
+GUEST_KERNEL = {"qemu": ("HUSK_KERNEL", "guest image"), "uml": ("HUSK_UML", "hypervisor uml"),
+                "firecracker": ("HUSK_VMLINUX", "guest image"), "cloud-hypervisor": ("HUSK_VMLINUX", "guest image")}
+
+
 def test_missing_guest_image(husk, bundle, tmp_path):
-    env = dict(os.environ, HUSK_KERNEL=str(tmp_path / "no-kernel"))
-    assert_clean_failure(husk("create", "-b", bundle(["true"]), new_id(), env=env), "guest image", "not found")
+    var, says = GUEST_KERNEL[DRIVER]
+    env = dict(os.environ, **{var: str(tmp_path / "no-kernel")})
+    assert_clean_failure(husk("create", "-b", bundle(["true"]), new_id(), env=env), says, "not found")
 
 
 def test_missing_shim_binary(husk, bundle, tmp_path):

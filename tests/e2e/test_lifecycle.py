@@ -6,7 +6,7 @@ import signal
 import subprocess
 import time
 
-from conftest import new_id
+from conftest import DRIVER, new_id
 
 
 def wait_status(husk, cid, want, timeout=30):
@@ -183,7 +183,10 @@ def test_debug_shows_the_guest_console(husk, bundle):
     err = r.stderr.decode(errors="replace")
     assert "Linux version 6.1" in err        # the guest kernel's banner
     assert "husk-agent: started" in err      # the agent's own trace
-    assert "vm: tcg" in err or "vm: kvm" in err
+    if DRIVER == "qemu":
+        assert "vm: tcg" in err or "vm: kvm" in err
+    else:
+        assert f"vm: {DRIVER}," in err
 
 
 def test_log_file_gets_debug_lines_not_stderr(husk, bundle, tmp_path):

@@ -68,8 +68,9 @@ TEST_CASE("VM size follows the spec", "[translate]") {
 }
 
 TEST_CASE("OCI -> VmConfig -> QEMU argv (golden)", "[translate]") {
-    HostFacts host{Accel::Tcg, false, 4, "/img/vmlinuz", "/img/initramfs.img", false};
-    VmConfig cfg = make_vm_config(spec_from(kBundle), host, {"/state/c1/shared", "agent.sock", "qmp.sock"});
+    HostFacts host;
+    host.host_cpus = 4, host.kernel = "/img/vmlinuz", host.initrd = "/img/initramfs.img";
+    VmConfig cfg = make_vm_config(spec_from(kBundle), host, {"/state/c1/shared", "agent.sock", "qmp.sock", "vsock.sock"});
     cfg.console_fd = 7;
     qemu::Options opt;
     check_golden("translate/qemu-microvm-tcg.argv", lines(qemu::translate(cfg, opt)));
@@ -82,7 +83,7 @@ TEST_CASE("OCI -> VmConfig -> QEMU argv (golden)", "[translate]") {
     NetInterface eth0, eth1;
     eth0.name = "eth0", eth0.mac = "02:00:00:00:00:01", eth0.mtu = 1400;
     eth1.name = "eth1", eth1.mac = "02:00:00:00:00:02";
-    cfg = make_vm_config(spec_from(kBundle), host, {"/state/c,1/shared", "agent.sock", "qmp.sock"}, {eth0, eth1});
+    cfg = make_vm_config(spec_from(kBundle), host, {"/state/c,1/shared", "agent.sock", "qmp.sock", "vsock.sock"}, {eth0, eth1});
     cfg.channel.vsock_cid = 42;
     cfg.nics[0].fd = 9;
     cfg.nics[0].vhost = true;

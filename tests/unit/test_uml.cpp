@@ -28,8 +28,9 @@ TEST_CASE("VmConfig -> UML command line (golden)", "[uml]") {
     auto spec = parse_spec(R"({"ociVersion": "1.0.2", "root": {"path": "rootfs"}, "process": {"args": ["true"], "cwd": "/"},
                               "linux": {"resources": {"memory": {"limit": 67108864}}}})");
     REQUIRE(spec);
-    HostFacts host{Accel::Tcg, false, 4, "/usr/bin/linux.uml", "/img/initramfs.img", false};
-    VmConfig cfg = make_vm_config(*spec, host, {"/state/c1/shared", "agent.sock", "qmp.sock"});
+    HostFacts host;
+    host.host_cpus = 4, host.kernel = "/usr/bin/linux.uml", host.initrd = "/img/initramfs.img";
+    VmConfig cfg = make_vm_config(*spec, host, {"/state/c1/shared", "agent.sock", "qmp.sock", "vsock.sock"});
     cfg.console_fd = 7;
     cfg.disks.push_back({"/img/disk.raw", true});
     check_golden("translate/uml.argv", lines(uml::translate(cfg)));
@@ -76,7 +77,7 @@ TEST_CASE("the driver: annotation over --hypervisor over the default", "[uml]") 
     CHECK(choose_hypervisor({{kAnnotationHypervisor, "qemu"}}, "uml") == std::string("qemu"));
     auto bad = choose_hypervisor({}, "vmware");
     REQUIRE_FALSE(bad);
-    CHECK(bad.error().message == "--hypervisor: unknown hypervisor \"vmware\" (known: qemu, uml)");
+    CHECK(bad.error().message == "--hypervisor: unknown hypervisor \"vmware\" (known: qemu, uml, firecracker, cloud-hypervisor)");
     bad = choose_hypervisor({{kAnnotationHypervisor, ""}}, "");
     REQUIRE_FALSE(bad);
     CHECK(bad.error().message.find("annotation org.husk.hypervisor") == 0);

@@ -1,0 +1,137 @@
+#include "hypervisors/api_vmm.h"
+
+#include <fcntl.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <thread>
+
+#include "husk/paths.h"
+#include "sys/sys.h"
+
+namespace husk {
+
+using nlohmann::json;
+
+json calls_to_json(const std::vector<ApiCall>& calls) {
+    json a = json::array();
+    for (const auto& c : calls) {
+        json j = {{"method", c.method}, {"path", c.path}};
+        if (!c.body.is_null()) j["body"] = c.body;
+        a.push_back(j);
+    }
+    return a;
+}
+
+std::string api_error_message(const std::string& body) {
+    auto j = json::parse(body, nullptr, false);
+    if (j.is_object() && j.contains("fault_message") && j["fault_message"].is_string())
+        return j["fault_message"].get<std::string>();
+    std::string s = body.substr(0, 512);
+    for (char& c : s)
+        if (c == '\n' || c == '\r' || static_cast<unsigned char>(c) < 0x20) c = ' ';
+    while (!s.empty() && s.back() == ' ') s.pop_back();
+    return s.empty() ? "(no message)" : s;
+}
+
+Result<http::Response> api_call(const std::string& socket, const ApiCall& call, int timeout_ms) {
+    std::string what = call.method + " " + call.path;
+    auto r = TRY_CTX(http::request(socket, call.method, call.path, call.body.is_null() ? "" : call.body.dump(), timeout_ms),
+                     what);
+    if (r.status < 200 || r.status > 299)
+        return fail(what + ": " + std::to_string(r.status) + ": " + api_error_message(r.body), EIO);
+    return r;
+}
+
+Result<void> ApiVm::attach_control(int fd) {
+    ::close(fd);
+    return {};
+}
+
+Result<void> ApiVm::stop() {
+    kill_now();
+    return {};
+}
+
+Result<void> ApiVm::pause() { return api_call(socket_, pause_).map([](auto&&) {}); }
+Result<void> ApiVm::resume() { return api_call(socket_, resume_).map([](auto&&) {}); }
+
+namespace {
+
+std::string log_tail(const std::string& path) {
+    std::string s = sys::read_file(path).value_or("");
+    if (s.size() > 1024) s = s.substr(s.size() - 1024);
+    while (!s.empty() && (s.back() == '\n' || s.back() == ' ')) s.pop_back();
+    return s.empty() ? "" : "; its log ends:\n" + s;
+}
+
+// The API socket answers, or the VMM died, or time ran out.
+Result<void> wait_for_api(const std::string& socket, pid_t pid, int timeout_ms) {
+    auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
+    for (;;) {
+        if (sys::unix_connect(socket)) return {};
+        siginfo_t info{};  // WNOWAIT: the Vm reaps it
+        if (::waitid(P_PID, id_t(pid), &info, WEXITED | WNOHANG | WNOWAIT) == 0 && info.si_pid == pid)
+            return fail("exited before serving its API", ECHILD);
+        if (std::chrono::steady_clock::now() >= deadline) return fail("its API socket never appeared", ETIMEDOUT);
+        std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+}
+
+}  // namespace
+
+Result<std::unique_ptr<Vm>> launch_api_vmm(const ApiVmmLaunch& l, const VmConfig& cfg, const std::string& workdir,
+                                           const std::string& log_path) {
+    if (!cfg.shares.empty()) return fail(l.name + ": no shared directories (the rootfs goes on a disk)", EINVAL);
+    if (!cfg.nics.empty()) return fail(l.name + ": networking is not supported yet", ENOTSUP);
+    auto log = TRY(sys::open(log_path, O_WRONLY | O_CREAT | O_APPEND, 0600));
+    auto devnull = TRY(sys::open("/dev/null", O_RDWR));
+    std::string socket = l.socket[0] == '/' ? l.socket : workdir + "/" + l.socket;
+    ::unlink(socket.c_str());
+    sys::SpawnOptions o;
+    o.fds = {{devnull.get(), 0}, {cfg.console_fd >= 0 ? cfg.console_fd : devnull.get(), 1}, {log.get(), 2}};
+    o.cwd = workdir;
+    o.die_with_parent = true;  // the VMM must not outlive its shim
+    pid_t pid = TRY_CTX(sys::spawn(l.argv, o), "launch " + l.name);
+    auto vm = std::make_unique<ApiVm>(pid, socket, l.pause, l.resume);
+    auto fail_with_log = [&](const Error& e) { return fail(l.name + ": " + e.message + log_tail(log_path), e.code); };
+    if (auto r = wait_for_api(socket, pid, 5000); !r) return fail_with_log(r.error());
+    for (const auto& c : l.calls)
+        if (auto r = api_call(socket, c, 10000); !r) return fail_with_log(r.error());
+    return std::unique_ptr<Vm>(std::move(vm));
+}
+
+Capabilities ApiHypervisor::capabilities() const {
+    Capabilities c;
+    c.pause = true;
+    c.vsock = true;
+    c.hybrid_vsock = true;
+    c.kvm = true;
+    return c;
+}
+
+std::string ApiHypervisor::guest_kernel() const { return find_guest_vmlinux(); }
+
+Result<std::unique_ptr<Vm>> ApiHypervisor::launch(const VmConfig& cfg, const std::string& workdir,
+                                                  const std::string& log_path) {
+    return launch_api_vmm(plan(cfg, log_path), cfg, workdir, log_path);
+}
+
+std::string find_vmm_binary(const char* env, const char* name) {
+    if (const char* e = ::getenv(env); e && *e) return e;
+    return sys::find_program(name).value_or("");
+}
+
+std::string kvm_vmm_unavailable(const std::string& binary, const char* package_hint) {
+    if (binary.empty() || ::access(binary.c_str(), X_OK) != 0)
+        return (binary.empty() ? std::string("binary") : binary) + " not found (" + package_hint + ")";
+    // The test suite's stand-in VMM (tests/lib/standin_vmm.py) speaks the
+    // API and runs the guest under QEMU TCG: it needs no KVM.
+    const char* standin = ::getenv("HUSK_TEST_VMM_STANDIN");
+    bool kvm_needed = !(standin && std::string(standin) == "1");
+    if (kvm_needed && ::access("/dev/kvm", R_OK | W_OK) != 0) return "needs /dev/kvm, which this host does not have";
+    return "";
+}
+
+}  // namespace husk

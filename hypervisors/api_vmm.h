@@ -1,0 +1,81 @@
+// What Firecracker and Cloud Hypervisor share: a VMM process that serves a
+// REST API on a unix socket it creates, configured by a list of calls and
+// paused/resumed by more. Their drivers are the translation (a pure
+// VmConfig -> calls function, golden-tested) plus this.
+#pragma once
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "husk/hypervisor.h"
+#include "hypervisors/http.h"
+#include "hypervisors/process_vm.h"
+
+namespace husk {
+
+struct ApiCall {
+    std::string method;
+    std::string path;
+    nlohmann::json body;  // null: no body
+};
+// All calls as one JSON document (the golden files).
+nlohmann::json calls_to_json(const std::vector<ApiCall>& calls);
+
+// Make one call; a status other than 2xx is an error naming the call and
+// carrying the VMM's own message (Firecracker's fault_message, Cloud
+// Hypervisor's text).
+Result<http::Response> api_call(const std::string& socket, const ApiCall& call, int timeout_ms = 5000);
+// The VMM's message in an error response body. Pure.
+std::string api_error_message(const std::string& body);
+
+struct ApiVmmLaunch {
+    std::string name;                 // "firecracker": error prefix
+    std::vector<std::string> argv;    // argv[0] is the binary
+    std::string socket;               // the API socket, relative to workdir
+    std::vector<ApiCall> calls;       // configure and boot
+    ApiCall pause, resume;
+};
+
+class ApiVm : public ProcessVm {
+public:
+    ApiVm(pid_t pid, std::string socket, ApiCall pause, ApiCall resume)
+        : ProcessVm(pid), socket_(std::move(socket)), pause_(std::move(pause)), resume_(std::move(resume)) {}
+    Result<void> attach_control(int fd) override;
+    // The guest has nothing to flush: the container is gone when we stop.
+    Result<void> stop() override;
+    Result<void> pause() override;
+    Result<void> resume() override;
+
+private:
+    std::string socket_;
+    ApiCall pause_, resume_;
+};
+
+// Spawn the VMM in `workdir` (stdout: the guest serial console, stderr:
+// `log_path`), wait for its API socket, make the calls. Any failure kills
+// the VMM; its message ends with the tail of its log.
+Result<std::unique_ptr<Vm>> launch_api_vmm(const ApiVmmLaunch& l, const VmConfig& cfg, const std::string& workdir,
+                                           const std::string& log_path);
+
+// What both REST-API drivers are: KVM only, the channel over hybrid vsock,
+// no shared directories (the rootfs goes on a disk), the uncompressed
+// vmlinux. A driver names itself, says why it cannot run, and plans.
+class ApiHypervisor : public Hypervisor {
+public:
+    Capabilities capabilities() const override;
+    std::string guest_kernel() const override;
+    Result<std::unique_ptr<Vm>> launch(const VmConfig& cfg, const std::string& workdir,
+                                       const std::string& log_path) override;
+
+protected:
+    virtual ApiVmmLaunch plan(const VmConfig& cfg, const std::string& log_path) const = 0;
+};
+
+// The binary `name` (env `env` overrides): its path, or "".
+std::string find_vmm_binary(const char* env, const char* name);
+// Why a KVM-only VMM cannot run here ("" when it can): `binary` missing,
+// no usable /dev/kvm.
+std::string kvm_vmm_unavailable(const std::string& binary, const char* package_hint);
+
+}  // namespace husk

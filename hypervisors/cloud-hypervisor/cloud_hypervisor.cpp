@@ -1,0 +1,53 @@
+#include "hypervisors/cloud-hypervisor/cloud_hypervisor.h"
+
+namespace husk::cloud_hypervisor {
+
+using nlohmann::json;
+
+std::string binary_path() { return find_vmm_binary("HUSK_CLOUD_HYPERVISOR", "cloud-hypervisor"); }
+
+std::vector<ApiCall> translate(const VmConfig& cfg) {
+    std::string cmdline = cfg.cmdline + " console=ttyS0 husk.vmm=cloud-hypervisor";
+    if (cfg.channel.kind != ChannelKind::None) cmdline += " husk.channel=vsock";
+    json payload = {{"kernel", cfg.kernel}, {"cmdline", cmdline}};
+    if (!cfg.initrd.empty()) payload["initramfs"] = cfg.initrd;
+    json vm = {
+        {"cpus", {{"boot_vcpus", cfg.vcpus}, {"max_vcpus", cfg.vcpus}}},
+        {"memory", {{"size", cfg.memory_mib << 20}}},
+        {"payload", payload},
+        // The 8250 at ttyS0 writes to our stdout; no virtio-console.
+        {"serial", {{"mode", "Tty"}}},
+        {"console", {{"mode", "Off"}}},
+    };
+    if (!cfg.disks.empty()) {
+        json disks = json::array();
+        for (size_t i = 0; i < cfg.disks.size(); ++i)
+            disks.push_back({{"id", "disk" + std::to_string(i)}, {"path", cfg.disks[i].path}, {"readonly", cfg.disks[i].readonly}});
+        vm["disks"] = disks;
+    }
+    if (cfg.channel.kind != ChannelKind::None)
+        vm["vsock"] = {{"cid", cfg.channel.vsock_cid}, {"socket", cfg.channel.socket_path}};
+    if (cfg.free_page_reporting) vm["balloon"] = {{"size", 0}, {"deflate_on_oom", true}, {"free_page_reporting", true}};
+    return {{"PUT", "/api/v1/vm.create", vm}, {"PUT", "/api/v1/vm.boot", nullptr}};
+}
+
+std::vector<std::string> command(const std::string& binary) {
+    return {binary, "--api-socket", std::string("path=") + kApiSocket};
+}
+
+std::string CloudHypervisor::unavailable() const {
+    return kvm_vmm_unavailable(binary_path(), "install Cloud Hypervisor's release binary or set HUSK_CLOUD_HYPERVISOR");
+}
+
+ApiVmmLaunch CloudHypervisor::plan(const VmConfig& cfg, const std::string& /*log_path*/) const {
+    ApiVmmLaunch l;
+    l.name = "cloud-hypervisor";
+    l.argv = command(binary_path());
+    l.socket = kApiSocket;
+    l.calls = translate(cfg);
+    l.pause = {"PUT", "/api/v1/vm.pause", nullptr};
+    l.resume = {"PUT", "/api/v1/vm.resume", nullptr};
+    return l;
+}
+
+}  // namespace husk::cloud_hypervisor

@@ -1,0 +1,31 @@
+// Cloud Hypervisor driver: a VmConfig document sent to vm.create, then
+// vm.boot, through its REST API on a unix socket (the published OpenAPI
+// definition); channel over hybrid vsock; rootfs on a virtio-blk disk.
+// Needs KVM; boots the uncompressed vmlinux.
+#pragma once
+#include <string>
+#include <vector>
+
+#include "husk/hypervisor.h"
+#include "hypervisors/api_vmm.h"
+
+namespace husk::cloud_hypervisor {
+
+// `cloud-hypervisor` on PATH; HUSK_CLOUD_HYPERVISOR overrides.
+std::string binary_path();
+inline constexpr const char* kApiSocket = "api.sock";
+
+// VmConfig -> the API calls that create and boot the VM. Pure.
+std::vector<ApiCall> translate(const VmConfig& cfg);
+std::vector<std::string> command(const std::string& binary);
+
+class CloudHypervisor : public ApiHypervisor {
+public:
+    std::string name() const override { return "cloud-hypervisor"; }
+    std::string unavailable() const override;
+
+protected:
+    ApiVmmLaunch plan(const VmConfig& cfg, const std::string& log_path) const override;
+};
+
+}  // namespace husk::cloud_hypervisor

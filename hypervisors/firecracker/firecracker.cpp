@@ -1,0 +1,57 @@
+#include "hypervisors/firecracker/firecracker.h"
+
+namespace husk::firecracker {
+
+using nlohmann::json;
+
+std::string binary_path() { return find_vmm_binary("HUSK_FIRECRACKER", "firecracker"); }
+
+std::vector<ApiCall> translate(const VmConfig& cfg) {
+    std::vector<ApiCall> c;
+    // The serial console is ttyS0 (Firecracker's stdout); there is no PCI
+    // bus, devices are virtio-mmio (Firecracker adds virtio_mmio.device=
+    // for each to the command line).
+    std::string cmdline = cfg.cmdline + " console=ttyS0 pci=off husk.vmm=firecracker";
+    if (cfg.channel.kind != ChannelKind::None) cmdline += " husk.channel=vsock";
+    c.push_back({"PUT", "/machine-config", {{"vcpu_count", cfg.vcpus}, {"mem_size_mib", cfg.memory_mib}, {"smt", false}}});
+    json boot = {{"kernel_image_path", cfg.kernel}, {"boot_args", cmdline}};
+    if (!cfg.initrd.empty()) boot["initrd_path"] = cfg.initrd;
+    c.push_back({"PUT", "/boot-source", boot});
+    for (size_t i = 0; i < cfg.disks.size(); ++i) {
+        std::string id = "disk" + std::to_string(i);
+        c.push_back({"PUT", "/drives/" + id,
+                     {{"drive_id", id},
+                      {"path_on_host", cfg.disks[i].path},
+                      {"is_root_device", false},
+                      {"is_read_only", cfg.disks[i].readonly}}});
+    }
+    if (cfg.channel.kind != ChannelKind::None)
+        c.push_back({"PUT", "/vsock", {{"guest_cid", cfg.channel.vsock_cid}, {"uds_path", cfg.channel.socket_path}}});
+    if (cfg.free_page_reporting)
+        c.push_back({"PUT", "/balloon", {{"amount_mib", 0}, {"deflate_on_oom", true}, {"free_page_reporting", true}}});
+    c.push_back({"PUT", "/actions", {{"action_type", "InstanceStart"}}});
+    return c;
+}
+
+std::vector<std::string> command(const std::string& binary, const std::string& log_path) {
+    // --log-path: Firecracker's own messages go to the VMM log, so its
+    // stdout carries nothing but the guest console.
+    return {binary, "--api-sock", kApiSocket, "--id", "husk", "--log-path", log_path, "--level", "Warning"};
+}
+
+std::string FirecrackerHypervisor::unavailable() const {
+    return kvm_vmm_unavailable(binary_path(), "install Firecracker's release binary or set HUSK_FIRECRACKER");
+}
+
+ApiVmmLaunch FirecrackerHypervisor::plan(const VmConfig& cfg, const std::string& log_path) const {
+    ApiVmmLaunch l;
+    l.name = "firecracker";
+    l.argv = command(binary_path(), log_path);
+    l.socket = kApiSocket;
+    l.calls = translate(cfg);
+    l.pause = {"PATCH", "/vm", {{"state", "Paused"}}};
+    l.resume = {"PATCH", "/vm", {{"state", "Resumed"}}};
+    return l;
+}
+
+}  // namespace husk::firecracker

@@ -1,0 +1,64 @@
+#include "hypervisors/vsock.h"
+
+#include <linux/vm_sockets.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstring>
+
+#include "sys/sys.h"
+
+namespace husk {
+
+Result<sys::Fd> vsock_connect(uint32_t cid, uint32_t port) {
+    sys::Fd s(::socket(AF_VSOCK, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
+    if (!s) return fail_errno("vsock socket");
+    sockaddr_vm addr;
+    std::memset(&addr, 0, sizeof addr);
+    addr.svm_family = AF_VSOCK;
+    addr.svm_cid = cid;
+    addr.svm_port = port;
+    if (::connect(s.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr) < 0) {
+        if (errno != EINPROGRESS) return fail_errno("vsock connect");
+        if (!TRY(sys::wait_fd(s.get(), POLLOUT, 100))) return fail("vsock connect: timed out", ETIMEDOUT);
+        int err = 0;
+        socklen_t len = sizeof err;
+        getsockopt(s.get(), SOL_SOCKET, SO_ERROR, &err, &len);
+        if (err) return fail_errno("vsock connect", err);
+    }
+    return s;
+}
+
+Result<void> parse_hybrid_vsock_reply(std::string_view line) {
+    // "OK <the host-side port the VMM assigned>"
+    if (line.size() < 4 || line.substr(0, 3) != "OK ") return fail("hybrid vsock: unexpected answer", EPROTO);
+    for (char c : line.substr(3))
+        if (c < '0' || c > '9') return fail("hybrid vsock: unexpected answer", EPROTO);
+    return {};
+}
+
+Result<sys::Fd> hybrid_vsock_connect(const std::string& uds, uint32_t port, int timeout_ms) {
+    auto s = TRY_CTX(sys::unix_connect(uds), "hybrid vsock");
+    TRY_CTX(sys::write_all(s.get(), "CONNECT " + std::to_string(port) + "\n"), "hybrid vsock");
+    auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
+    std::string line;
+    for (;;) {
+        int left = int(std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now()).count());
+        if (left <= 0 || !TRY(sys::wait_fd(s.get(), POLLIN, left))) return fail("hybrid vsock: no answer", ETIMEDOUT);
+        char c;  // a byte at a time: what follows the line is the agent's
+        ssize_t n = ::read(s.get(), &c, 1);
+        if (n < 0 && (errno == EINTR || errno == EAGAIN)) continue;
+        if (n < 0) return fail_errno("hybrid vsock: read");
+        if (n == 0) return fail("hybrid vsock: the guest is not listening yet", ECONNREFUSED);
+        if (c == '\n') break;
+        if (line.size() >= 32) return fail("hybrid vsock: unexpected answer", EPROTO);
+        line += c;
+    }
+    TRY(parse_hybrid_vsock_reply(line));
+    TRY(sys::set_nonblock(s.get(), true));
+    return s;
+}
+
+}  // namespace husk

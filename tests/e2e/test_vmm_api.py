@@ -1,0 +1,198 @@
+"""The REST-API drivers (Firecracker, Cloud Hypervisor) against the stand-in
+VMM (tests/lib/standin_vmm.py): it holds each request to the published API
+definition and runs the guest under QEMU TCG, so here, with no KVM and
+neither binary, the drivers' calls, the hybrid vsock channel and the rootfs
+disk run end to end. Where the real binary and /dev/kvm exist, scripts/test
+runs the suite on them too."""
+import json
+import os
+import socket
+
+import pytest
+
+from conftest import ROOT, new_id, wait_for
+
+STANDIN = os.path.join(ROOT, "tests", "lib", "standin_vmm.py")
+ENV_BINARY = {"firecracker": "HUSK_FIRECRACKER", "cloud-hypervisor": "HUSK_CLOUD_HYPERVISOR"}
+
+
+@pytest.fixture
+def standin(tmp_path):
+    """env(flavour) -> the environment that points husk at the stand-in."""
+    d = tmp_path / "standin"
+    d.mkdir()
+    record = tmp_path / "calls.jsonl"
+
+    def env(flavour, **extra):
+        link = d / flavour
+        if not link.exists():
+            link.symlink_to(STANDIN)
+        e = dict(os.environ, HUSK_TEST_VMM_STANDIN="1", HUSK_STANDIN_RECORD=str(record))
+        e[ENV_BINARY[flavour]] = str(link)
+        e.update(extra)
+        return e
+
+    env.calls = lambda: [json.loads(l) for l in record.read_text().splitlines()] if record.exists() else []
+    return env
+
+
+def on(flavour):
+    return lambda c: c.setdefault("annotations", {}).update({"org.husk.hypervisor": flavour})
+
+
+def api(sock, method, path, body=None):
+    """One raw HTTP request to a stand-in: (status, body text)."""
+    data = b"" if body is None else json.dumps(body).encode()
+    s = socket.socket(socket.AF_UNIX)
+    s.connect(sock)
+    s.sendall(f"{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: {len(data)}\r\n\r\n".encode() + data)
+    f = s.makefile("rb")
+    status = int(f.readline().split()[1])
+    length = 0
+    while True:
+        h = f.readline().decode()
+        if h in ("\r\n", ""):
+            break
+        if h.lower().startswith("content-length:"):
+            length = int(h.split(":")[1])
+    text = f.read(length).decode() if length else ""
+    s.close()
+    return status, text
+
+
+@pytest.fixture
+def raw_standin(tmp_path):
+    """start(flavour) -> the API socket of a stand-in run by hand."""
+    import subprocess
+    procs = []
+
+    def start(flavour):
+        sock = str(tmp_path / f"{flavour}.sock")
+        p = subprocess.Popen(["/usr/bin/python3", STANDIN, flavour,
+                              "--api-sock" if flavour == "firecracker" else "--api-socket",
+                              sock if flavour == "firecracker" else f"path={sock}"])
+        procs.append(p)
+        wait_for(lambda: os.path.exists(sock), "the stand-in's API socket", timeout=10, interval=0.05)
+        return sock
+
+    yield start
+    for p in procs:
+        p.kill()
+        p.wait()
+
+
+def test_the_standin_holds_firecracker_requests_to_the_definition(raw_standin, tmp_path):
+    sock = raw_standin("firecracker")
+    kernel = tmp_path / "k"
+    kernel.write_bytes(b"x")
+    assert api(sock, "PUT", "/machine-config", {"vcpu_count": 1, "mem_size_mib": 128})[0] == 204
+    status, text = api(sock, "PUT", "/machine-config", {"vcpu_count": 1, "mem_size_mib": 128, "vcpus": 2})
+    assert status == 400 and "Additional properties are not allowed ('vcpus'" in json.loads(text)["fault_message"]
+    status, text = api(sock, "PUT", "/machine-config", {"mem_size_mib": 128})
+    assert status == 400 and "'vcpu_count' is a required property" in text
+    status, text = api(sock, "PUT", "/machine-config", {"vcpu_count": 64, "mem_size_mib": 128})
+    assert status == 400 and "64 is greater than the maximum of 32" in text
+    status, text = api(sock, "PUT", "/boot-source", {"kernel_image_path": 7})
+    assert status == 400 and "7 is not of type 'string'" in text
+    status, text = api(sock, "PUT", "/drives/a", {"drive_id": "b", "is_root_device": False, "path_on_host": str(kernel)})
+    assert status == 400 and "does not match" in text
+    assert api(sock, "PATCH", "/vm", {"state": "Paused"})[0] == 400  # not started
+    assert api(sock, "PUT", "/actions", {"action_type": "InstanceStart"})[0] == 400  # no kernel yet
+    assert api(sock, "PUT", "/nonsense", {})[0] == 400
+    assert api(sock, "PUT", "/actions", {"action_type": "Reboot"})[0] == 400
+
+
+def test_the_standin_holds_cloud_hypervisor_requests_to_the_definition(raw_standin, tmp_path):
+    sock = raw_standin("cloud-hypervisor")
+    kernel = tmp_path / "k"
+    kernel.write_bytes(b"x")
+    assert api(sock, "PUT", "/api/v1/vm.boot")[0] == 404  # not created
+    status, text = api(sock, "PUT", "/api/v1/vm.create", {"payload": {"kernel": str(kernel)}, "cpus": {"boot_vcpus": 1}})
+    assert status == 400 and "'max_vcpus' is a required property" in text
+    status, text = api(sock, "PUT", "/api/v1/vm.create", {"payload": {"kernel": str(kernel)}, "serial": {"mode": "Stdout"}})
+    assert status == 400 and "'Stdout' is not one of" in text
+    status, text = api(sock, "PUT", "/api/v1/vm.create", {"payload": {"kernel": str(kernel)}, "memory": {"size": 1, "huge": True}})
+    assert status == 400 and "Additional properties are not allowed ('huge'" in text
+    status, _ = api(sock, "PUT", "/api/v1/vm.create", {"payload": {"kernel": str(kernel)},
+                                                       "cpus": {"boot_vcpus": 2, "max_vcpus": 1}})
+    assert status == 400
+    assert api(sock, "PUT", "/api/v1/vm.create", {"payload": {"kernel": str(kernel)}})[0] == 204
+    assert api(sock, "PUT", "/api/v1/vm.create", {"payload": {"kernel": str(kernel)}})[0] == 500  # twice
+    assert api(sock, "PUT", "/api/v1/vm.pause")[0] == 405  # not running
+
+
+EXPECTED = {
+    "firecracker": [("PUT", "/machine-config"), ("PUT", "/boot-source"), ("PUT", "/drives/disk0"), ("PUT", "/vsock"),
+                    ("PUT", "/balloon"), ("PUT", "/actions")],
+    "cloud-hypervisor": [("PUT", "/api/v1/vm.create"), ("PUT", "/api/v1/vm.boot")],
+}
+PAUSE = {"firecracker": [("PATCH", "/vm")] * 2, "cloud-hypervisor": [("PUT", "/api/v1/vm.pause"), ("PUT", "/api/v1/vm.resume")]}
+
+
+@pytest.mark.parametrize("flavour", ["firecracker", "cloud-hypervisor"])
+def test_husk_runs_a_container_through_the_api(husk, bundle, standin, flavour):
+    b = bundle(["sh", "-c", "echo hello; grep ' / ' /proc/mounts; cat /proc/cmdline; nproc"],
+               edit=lambda c: (on(flavour)(c), c["linux"].setdefault("resources", {}).update(
+                   memory={"limit": 300 << 20}, cpu={"quota": 200000, "period": 100000})))
+    r = husk("run", "-b", b, new_id(), env=standin(flavour))
+    assert r.returncode == 0, r.stderr
+    out = r.stdout.decode().splitlines()
+    assert out[0] == "hello"
+    assert " ext4 " in out[1]  # the rootfs came on the disk
+    assert f"husk.vmm={flavour}" in out[2]
+    assert out[3] == "2"
+    calls = standin.calls()
+    assert [(c["method"], c["path"]) for c in calls] == EXPECTED[flavour]
+    if flavour == "firecracker":
+        assert calls[0]["body"]["vcpu_count"] == 2 and calls[0]["body"]["mem_size_mib"] >= 300
+        assert calls[3]["body"]["uds_path"] == "vsock.sock"
+    else:
+        vm = calls[0]["body"]
+        assert vm["cpus"] == {"boot_vcpus": 2, "max_vcpus": 2} and vm["memory"]["size"] >= 300 << 20
+        assert vm["disks"][0]["path"].endswith("/share.img") and vm["vsock"]["socket"] == "vsock.sock"
+
+
+@pytest.mark.parametrize("flavour", ["firecracker", "cloud-hypervisor"])
+def test_pause_and_resume_go_through_the_api(husk, bundle, standin, flavour):
+    cid = new_id()
+    env = standin(flavour)
+    b = bundle(["sh", "-c", "i=0; while :; do i=$((i+1)); echo $i > /tmp/tick; sleep 0.2; done"], edit=on(flavour))
+    husk("create", "-b", b, cid, check=True, env=env)
+    husk("start", cid, check=True, env=env)
+
+    def tick():
+        r = husk("exec", cid, "cat", "/tmp/tick", env=env)
+        return int(r.stdout) if r.returncode == 0 and r.stdout.strip().isdigit() else 0
+
+    wait_for(lambda: tick() > 0, "the workload's first tick")
+    husk("pause", cid, check=True, env=env)
+    assert husk.state(cid)["status"] == "paused"
+    husk("resume", cid, check=True, env=env)
+    assert husk.state(cid)["status"] == "running"
+    t = tick()
+    wait_for(lambda: tick() > t, "the workload to run on after resume")
+    husk("delete", "--force", cid, check=True, env=env)
+    calls = [(c["method"], c["path"]) for c in standin.calls()]
+    assert calls[len(EXPECTED[flavour]):] == PAUSE[flavour]
+    bodies = [c["body"] for c in standin.calls()[len(EXPECTED[flavour]):]]
+    if flavour == "firecracker":
+        assert bodies == [{"state": "Paused"}, {"state": "Resumed"}]
+
+
+def test_an_api_error_reaches_the_caller_and_nothing_is_left(husk, bundle, standin):
+    b = bundle(["true"], edit=on("firecracker"))
+    r = husk("run", "-b", b, new_id(), env=standin("firecracker", HUSK_STANDIN_FAIL="PUT /drives/disk0"))
+    assert r.returncode != 0
+    assert "firecracker: PUT /drives/disk0: 400: the stand-in was told to fail this call" in r.stderr.decode()
+    # (the husk fixture asserts no state dir, VMM, QEMU or mount is left)
+
+
+@pytest.mark.skipif(os.access("/dev/kvm", os.W_OK), reason="this host has /dev/kvm")
+def test_without_kvm_the_drivers_are_refused_saying_why(husk, bundle, standin):
+    env = standin("firecracker")
+    del env["HUSK_TEST_VMM_STANDIN"]
+    features = json.loads(husk("features", check=True, env=env).stdout)["annotations"]
+    assert features["org.husk.hypervisor.firecracker"] == "unavailable: needs /dev/kvm, which this host does not have"
+    r = husk("run", "-b", bundle(["true"], edit=on("firecracker")), new_id(), env=env)
+    assert r.returncode != 0
+    assert "needs /dev/kvm" in r.stderr.decode()

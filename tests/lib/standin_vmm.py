@@ -1,0 +1,477 @@
+#!/usr/bin/python3
+"""A stand-in for Firecracker or Cloud Hypervisor, for hosts that have
+neither (this one: no binary, no /dev/kvm).
+
+It serves the VMM's REST API on the unix socket named on its command line,
+as the real one does, and holds every request to the API definition: the
+paths and methods, the request bodies (schemas below, written from
+Firecracker's swagger definition v1.x and Cloud Hypervisor's OpenAPI
+definition, strict: an unknown field is an error, as serde's
+deny_unknown_fields makes it in both), and the order (pre-boot calls
+only before the start, pause only while running, ...). A bad request gets
+the VMM's error response: 400 and {"fault_message"} for Firecracker, an
+error status and text for Cloud Hypervisor.
+
+On start it boots the guest for real, under QEMU TCG on q35: the
+uncompressed vmlinux by its PVH entry (as both VMMs boot it), the
+configured drives, the serial console on our stdout. The hybrid vsock
+socket is served here: "CONNECT <port>" is answered "OK <n>" and bridged
+to the agent's port, which under QEMU is a virtio-serial port. Liberties
+taken on the guest command line, both because this is QEMU and not the
+real device model: husk.channel=vsock becomes serial, and Firecracker's
+pci=off is dropped (its devices are virtio-mmio; here they are PCI,
+because QEMU's microvm machine hangs now and then under TCG calibrating
+the TSC: it has no HPET to calibrate against). Pause and resume go to
+QEMU's QMP.
+
+Usage: standin_vmm.py firecracker --api-sock PATH [--log-path F] [...]
+       standin_vmm.py cloud-hypervisor --api-socket path=PATH
+(or run it through a symlink named firecracker / cloud-hypervisor).
+Every request is appended as a JSON line to $HUSK_STANDIN_RECORD if set.
+$HUSK_STANDIN_FAIL="METHOD PATH" makes that call fail as the VMM would.
+"""
+import ctypes
+import json
+import os
+import queue
+import select
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+import jsonschema
+
+
+def obj(required, **props):
+    return {"type": "object", "required": required, "properties": props, "additionalProperties": False}
+
+
+STR, BOOL, INT = {"type": "string"}, {"type": "boolean"}, {"type": "integer"}
+TOKEN_BUCKET = obj(["size", "refill_time"], size=INT, one_time_burst=INT, refill_time=INT)
+RATE_LIMITER = obj([], bandwidth=TOKEN_BUCKET, ops=TOKEN_BUCKET)
+
+# Firecracker: swagger 2.0 definitions (src/firecracker/swagger/firecracker.yaml).
+FC = {
+    ("PUT", "/machine-config"): obj(
+        ["mem_size_mib", "vcpu_count"], mem_size_mib=INT, vcpu_count={"type": "integer", "minimum": 1, "maximum": 32},
+        smt=BOOL, track_dirty_pages=BOOL, cpu_template={"enum": ["C3", "T2", "T2S", "T2CL", "T2A", "V1N1", "None"]},
+        huge_pages={"enum": ["None", "Transparent", "2M"]}),
+    ("PUT", "/boot-source"): obj(["kernel_image_path"], kernel_image_path=STR, boot_args=STR, initrd_path=STR),
+    ("PUT", "/drives/{id}"): obj(
+        ["drive_id", "is_root_device"], drive_id=STR, partuuid=STR, is_root_device=BOOL,
+        cache_type={"enum": ["Unsafe", "Writeback"]}, is_read_only=BOOL, path_on_host=STR, rate_limiter=RATE_LIMITER,
+        io_engine={"enum": ["Sync", "Async"]}, socket=STR),
+    ("PUT", "/network-interfaces/{id}"): obj(
+        ["host_dev_name", "iface_id"], guest_mac=STR, host_dev_name=STR, iface_id=STR,
+        mtu={"type": "integer", "minimum": 68, "maximum": 65535}, rx_rate_limiter=RATE_LIMITER,
+        tx_rate_limiter=RATE_LIMITER),
+    ("PUT", "/vsock"): obj(["guest_cid", "uds_path"], guest_cid={"type": "integer", "minimum": 3}, uds_path=STR,
+                           vsock_id=STR),
+    ("PUT", "/balloon"): obj(["amount_mib", "deflate_on_oom"], amount_mib=INT, deflate_on_oom=BOOL,
+                             stats_polling_interval_s=INT, free_page_hinting=BOOL, free_page_reporting=BOOL),
+    ("PUT", "/logger"): obj([], level={"enum": ["Error", "Warning", "Info", "Debug", "Trace", "Off"]}, log_path=STR,
+                            show_level=BOOL, show_log_origin=BOOL, module=STR),
+    ("PUT", "/actions"): obj(["action_type"], action_type={"enum": ["FlushMetrics", "InstanceStart", "SendCtrlAltDel"]}),
+    ("PATCH", "/vm"): obj(["state"], state={"enum": ["Paused", "Resumed"]}),
+    ("GET", "/"): None,
+}
+
+# Cloud Hypervisor: OpenAPI 3 schemas (vmm/src/api/openapi/cloud-hypervisor.yaml).
+CONSOLE = obj(["mode"], file=STR, socket=STR, mode={"enum": ["Off", "Pty", "Tty", "File", "Socket", "Null"]},
+              iommu=BOOL, id=STR, pci_segment=INT, pci_device_id=INT)
+SERIAL = obj(["mode"], file=STR, socket=STR, mode={"enum": ["Off", "Pty", "Tty", "File", "Socket", "Null"]})
+CH_VM = obj(
+    ["payload"],
+    cpus=obj(["boot_vcpus", "max_vcpus"], boot_vcpus={"type": "integer", "minimum": 1},
+             max_vcpus={"type": "integer", "minimum": 1}, kvm_hyperv=BOOL, max_phys_bits=INT, nested=BOOL),
+    memory=obj(["size"], size=INT, hotplug_size=INT, hotplugged_size=INT, mergeable=BOOL, hotplug_method=STR,
+               shared=BOOL, hugepages=BOOL, hugepage_size=INT, prefault=BOOL, reserve=BOOL, thp=BOOL),
+    payload=obj([], firmware=STR, kernel=STR, cmdline=STR, initramfs=STR, igvm=STR, host_data=STR),
+    disks={"type": "array", "items": obj(
+        [], path=STR, readonly=BOOL, direct=BOOL, iommu=BOOL, num_queues=INT, queue_size=INT, vhost_user=BOOL,
+        vhost_socket=STR, rate_limiter_config=RATE_LIMITER, pci_segment=INT, pci_device_id=INT, id=STR, serial=STR,
+        rate_limit_group=STR, backing_files=BOOL, sparse=BOOL,
+        image_type={"enum": ["FlatVmdk", "FixedVhd", "Qcow2", "Raw", "Vhdx", "Unknown"]})},
+    net={"type": "array", "items": obj(
+        [], tap=STR, ip=STR, mask=STR, mac=STR, host_mac=STR, mtu=INT, iommu=BOOL, num_queues=INT, queue_size=INT,
+        vhost_user=BOOL, vhost_socket=STR, vhost_mode=STR, id=STR, pci_segment=INT, pci_device_id=INT,
+        rate_limiter_config=RATE_LIMITER, offload_tso=BOOL, offload_ufo=BOOL, offload_csum=BOOL)},
+    rng=obj(["src"], id=STR, pci_segment=INT, pci_device_id=INT, iommu=BOOL, src=STR),
+    balloon=obj(["size"], id=STR, pci_segment=INT, pci_device_id=INT, iommu=BOOL, size=INT, deflate_on_oom=BOOL,
+                free_page_reporting=BOOL),
+    serial=SERIAL,
+    console=CONSOLE,
+    vsock=obj(["cid", "socket"], cid={"type": "integer", "minimum": 3}, socket=STR, iommu=BOOL, pci_segment=INT,
+              pci_device_id=INT, id=STR),
+    iommu=BOOL, watchdog=BOOL, pvpanic=BOOL, landlock_enable=BOOL,
+)
+CH = {
+    ("PUT", "/api/v1/vm.create"): CH_VM,
+    ("PUT", "/api/v1/vm.boot"): None,
+    ("PUT", "/api/v1/vm.pause"): None,
+    ("PUT", "/api/v1/vm.resume"): None,
+    ("PUT", "/api/v1/vm.shutdown"): None,
+    ("PUT", "/api/v1/vmm.shutdown"): None,
+    ("GET", "/api/v1/vmm.ping"): None,
+    ("GET", "/api/v1/vm.info"): None,
+}
+
+
+class ApiError(Exception):
+    def __init__(self, status, message):
+        super().__init__(message)
+        self.status = status
+
+
+class StandIn:
+    def __init__(self, flavour, api_sock, log_path):
+        self.flavour = flavour
+        self.api_sock = api_sock
+        self.log = open(log_path, "a") if log_path else sys.stderr
+        self.defs = FC if flavour == "firecracker" else CH
+        self.config = {"drives": {}}
+        self.state = "Not started"  # then Running / Paused
+        self.qemu = None
+        self.qmp = None
+        self.tmp = tempfile.mkdtemp(prefix="husk-standin-")
+        self.lock = threading.Lock()
+
+    def say(self, msg):
+        print(f"standin-{self.flavour}: {msg}", file=self.log, flush=True)
+
+    # ---------------------------------------------------------------- API
+
+    def route(self, method, path):
+        for (m, p), schema in self.defs.items():
+            if m != method:
+                continue
+            if p == path or (p.endswith("/{id}") and path.startswith(p[:-4]) and "/" not in path[len(p) - 4:]
+                             and len(path) > len(p) - 4):
+                return p, schema
+        raise ApiError(400 if self.flavour == "firecracker" else 404, f"Invalid request method and/or path: {method} {path}")
+
+    def handle(self, method, path, body):
+        record = os.environ.get("HUSK_STANDIN_RECORD")
+        if record:
+            with open(record, "a") as f:
+                f.write(json.dumps({"method": method, "path": path, "body": body}) + "\n")
+        if os.environ.get("HUSK_STANDIN_FAIL") == f"{method} {path}":
+            raise ApiError(400 if self.flavour == "firecracker" else 500, "the stand-in was told to fail this call")
+        route, schema = self.route(method, path)
+        if schema is None and body is not None:
+            raise ApiError(400, f"{method} {path} takes no body")
+        if schema is not None:
+            if body is None:
+                raise ApiError(400, "Missing body")
+            try:
+                jsonschema.validate(body, schema)
+            except jsonschema.ValidationError as e:
+                where = "/".join(str(p) for p in e.absolute_path) or "(body)"
+                raise ApiError(400, f"invalid {route} body at {where}: {e.message}")
+        with self.lock:
+            return (self.firecracker if self.flavour == "firecracker" else self.cloud_hypervisor)(method, route, path, body)
+
+    def must_exist(self, path, what):
+        if not os.path.exists(path):
+            raise ApiError(400, f"{what} {path}: No such file or directory")
+
+    def firecracker(self, method, route, path, body):
+        preboot = method == "PUT" and route != "/actions"
+        if preboot and self.state != "Not started":
+            raise ApiError(400, "The requested operation is not supported after starting the microVM.")
+        if route == "/machine-config":
+            self.config["machine"] = body
+        elif route == "/boot-source":
+            self.must_exist(body["kernel_image_path"], "kernel")
+            if "initrd_path" in body:
+                self.must_exist(body["initrd_path"], "initrd")
+            self.config["boot"] = body
+        elif route == "/drives/{id}":
+            if body["drive_id"] != path.rsplit("/", 1)[1]:
+                raise ApiError(400, "The id from the path does not match the id from the body!")
+            self.must_exist(body.get("path_on_host", ""), "drive")
+            self.config["drives"][body["drive_id"]] = body
+        elif route == "/vsock":
+            self.config["vsock"] = body
+        elif route == "/balloon":
+            self.config["balloon"] = body
+        elif route == "/actions" and body["action_type"] == "InstanceStart":
+            if self.state != "Not started":
+                raise ApiError(400, "The requested operation is not supported after starting the microVM.")
+            if "boot" not in self.config:
+                raise ApiError(400, "Cannot start microvm without kernel configuration.")
+            m = self.config.get("machine", {"vcpu_count": 1, "mem_size_mib": 128})
+            cmdline = self.config["boot"].get("boot_args", "")
+            self.boot(kernel=self.config["boot"]["kernel_image_path"], initrd=self.config["boot"].get("initrd_path"),
+                      cmdline=cmdline, vcpus=m["vcpu_count"], mem_mib=m["mem_size_mib"],
+                      drives=[(d["path_on_host"], d.get("is_read_only", False)) for d in self.config["drives"].values()],
+                      vsock=self.config.get("vsock", {}).get("uds_path"), balloon="balloon" in self.config)
+        elif route == "/vm":
+            if self.state == "Not started":
+                raise ApiError(400, "The requested operation is not supported before starting the microVM.")
+            self.set_paused(body["state"] == "Paused")
+        elif route == "/":
+            return 200, {"id": "husk", "state": self.state, "vmm_version": "stand-in", "app_name": "Firecracker"}
+        return 204, None
+
+    def cloud_hypervisor(self, method, route, path, body):
+        if route == "/api/v1/vm.create":
+            if "vm" in self.config:
+                raise ApiError(500, "Error from API: The VM could not be created: VM is already created")
+            cpus = body.get("cpus", {"boot_vcpus": 1, "max_vcpus": 1})
+            if cpus["boot_vcpus"] > cpus["max_vcpus"]:
+                raise ApiError(400, "Error from API: Max vCPUs lower than boot vCPUs")
+            p = body["payload"]
+            if "kernel" not in p and "firmware" not in p:
+                raise ApiError(400, "Error from API: No kernel or firmware in payload")
+            for k in ("kernel", "initramfs"):
+                if k in p:
+                    self.must_exist(p[k], k)
+            for d in body.get("disks", []):
+                self.must_exist(d.get("path", ""), "disk")
+            self.config["vm"] = body
+        elif route == "/api/v1/vm.boot":
+            if "vm" not in self.config:
+                raise ApiError(404, "Error from API: The VM could not boot: VM is not created")
+            if self.state != "Not started":
+                raise ApiError(405, "Error from API: The VM could not boot: VM is already running")
+            vm = self.config["vm"]
+            self.boot(kernel=vm["payload"]["kernel"], initrd=vm["payload"].get("initramfs"),
+                      cmdline=vm["payload"].get("cmdline", ""), vcpus=vm.get("cpus", {}).get("boot_vcpus", 1),
+                      mem_mib=vm.get("memory", {}).get("size", 512 << 20) >> 20,
+                      drives=[(d["path"], d.get("readonly", False)) for d in vm.get("disks", [])],
+                      vsock=vm.get("vsock", {}).get("socket"), balloon="balloon" in vm)
+        elif route == "/api/v1/vm.pause":
+            if self.state != "Running":
+                raise ApiError(405, "Error from API: The VM could not be paused: VM is not running")
+            self.set_paused(True)
+        elif route == "/api/v1/vm.resume":
+            if self.state != "Paused":
+                raise ApiError(405, "Error from API: The VM could not be resumed: VM is not paused")
+            self.set_paused(False)
+        elif route in ("/api/v1/vm.shutdown", "/api/v1/vmm.shutdown"):
+            if self.qemu:
+                self.qemu.kill()
+            if route == "/api/v1/vmm.shutdown":
+                threading.Thread(target=lambda: (time.sleep(0.1), os._exit(0))).start()
+        elif route == "/api/v1/vmm.ping":
+            return 200, {"version": "stand-in"}
+        elif route == "/api/v1/vm.info":
+            if "vm" not in self.config:
+                raise ApiError(404, "VM is not created")
+            return 200, {"config": self.config["vm"], "state": self.state}
+        return 204, None
+
+    # ---------------------------------------------------------------- the guest
+
+    def boot(self, kernel, initrd, cmdline, vcpus, mem_mib, drives, vsock, balloon):
+        def dev(d):
+            return d + "-pci"
+        agent = os.path.join(self.tmp, "agent.sock")
+        qmp = os.path.join(self.tmp, "qmp.sock")
+        words = ["husk.channel=serial" if w == "husk.channel=vsock" else w for w in cmdline.split() if w != "pci=off"]
+        argv = ["qemu-system-x86_64", "-name", f"husk-standin-{self.flavour}",
+                "-M", "q35,sata=off,smbus=off", "-accel", "tcg",
+                "-m", str(mem_mib), "-smp", str(vcpus), "-nodefaults", "-no-user-config", "-nographic", "-no-reboot",
+                "-kernel", kernel, "-append", " ".join(words),
+                "-chardev", "file,id=con,path=/proc/self/fd/1", "-serial", "chardev:con",
+                "-qmp", f"unix:{qmp},server=on,wait=off"]
+        if initrd:
+            argv += ["-initrd", initrd]
+        for i, (path, ro) in enumerate(drives):
+            argv += ["-drive", f"file={path},if=none,id=d{i},format=raw" + (",readonly=on" if ro else ""),
+                     "-device", f"{dev('virtio-blk')},drive=d{i}"]
+        if vsock:
+            argv += ["-device", f"{dev('virtio-serial')},max_ports=2",
+                     "-chardev", f"socket,id=agent,path={agent},server=on,wait=off",
+                     "-device", "virtserialport,chardev=agent,name=husk.agent"]
+        if balloon:
+            argv += ["-device", f"{dev('virtio-balloon')},free-page-reporting=on"]
+        self.say("boot: " + " ".join(argv))
+        libc = ctypes.CDLL(None, use_errno=True)
+        # QEMU dies with us (the shim SIGKILLs the VMM it launched). The
+        # parent-death signal follows the forking thread, so the main
+        # thread, which lives as long as we do, forks it.
+        self.qemu = on_main_thread(lambda: subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stderr=self.log, preexec_fn=lambda: libc.prctl(1, signal.SIGKILL)))
+        self.wait_for(qmp)
+        self.qmp = socket.socket(socket.AF_UNIX)
+        self.qmp.connect(qmp)
+        self.qmp_file = self.qmp.makefile("rw")
+        self.qmp_file.readline()
+        self.qmp_cmd("qmp_capabilities")
+        self.state = "Running"
+        if vsock:
+            self.serve_vsock(vsock, agent)
+        threading.Thread(target=self.reap, daemon=True).start()
+
+    def wait_for(self, path):
+        for _ in range(500):
+            if os.path.exists(path):
+                return
+            if self.qemu.poll() is not None:
+                raise ApiError(400, f"the guest could not start (qemu exited {self.qemu.returncode})")
+            time.sleep(0.01)
+        raise ApiError(400, "the guest could not start")
+
+    def qmp_cmd(self, cmd):
+        self.qmp_file.write(json.dumps({"execute": cmd}) + "\n")
+        self.qmp_file.flush()
+        while True:
+            r = json.loads(self.qmp_file.readline())
+            if "return" in r:
+                return
+            if "error" in r:
+                raise ApiError(400, r["error"].get("desc", "qmp error"))
+
+    def set_paused(self, paused):
+        self.qmp_cmd("stop" if paused else "cont")
+        self.state = "Paused" if paused else "Running"
+
+    def reap(self):
+        rc = self.qemu.wait()
+        self.say(f"the guest's machine exited ({rc})")
+        os._exit(0)
+
+    def serve_vsock(self, uds, agent):
+        """Host-initiated hybrid vsock: CONNECT <port>, OK <n>, bytes."""
+        listener = socket.socket(socket.AF_UNIX)
+        listener.bind(uds)
+        listener.listen(4)
+        self.wait_for(agent)
+        used = [False]
+
+        def conn(c):
+            line = b""
+            while not line.endswith(b"\n") and len(line) < 64:
+                b = c.recv(1)
+                if not b:
+                    return c.close()
+                line += b
+            parts = line.decode(errors="replace").split()
+            if len(parts) != 2 or parts[0] != "CONNECT" or not parts[1].isdigit() or used[0]:
+                return c.close()  # as a guest with no listener there
+            used[0] = True
+            q = socket.socket(socket.AF_UNIX)
+            q.connect(agent)
+            c.sendall(b"OK 1073741824\n")
+            pump(c, q)
+
+        def accept():
+            while True:
+                c, _ = listener.accept()
+                threading.Thread(target=conn, args=(c,), daemon=True).start()
+
+        threading.Thread(target=accept, daemon=True).start()
+
+
+MAIN = queue.Queue()
+
+
+def on_main_thread(fn):
+    done = queue.Queue()
+    MAIN.put((fn, done))
+    ok, value = done.get()
+    if not ok:
+        raise value
+    return value
+
+
+def pump(a, b):
+    socks = [a, b]
+    while True:
+        r, _, _ = select.select(socks, [], [])
+        for s in r:
+            data = s.recv(65536)
+            if not data:
+                return
+            (b if s is a else a).sendall(data)
+
+
+def serve_api(standin):
+    srv = socket.socket(socket.AF_UNIX)
+    if os.path.exists(standin.api_sock):
+        os.unlink(standin.api_sock)
+    srv.bind(standin.api_sock)
+    srv.listen(16)
+    while True:
+        c, _ = srv.accept()
+        threading.Thread(target=serve_conn, args=(standin, c), daemon=True).start()
+
+
+def serve_conn(standin, c):
+    f = c.makefile("rb")
+    while True:
+        line = f.readline()
+        if not line:
+            return
+        try:
+            method, path, _ = line.decode().split(" ", 2)
+        except ValueError:
+            return c.close()
+        length = 0
+        while True:
+            h = f.readline().decode()
+            if h in ("\r\n", "\n", ""):
+                break
+            name, _, value = h.partition(":")
+            if name.strip().lower() == "content-length":
+                length = int(value.strip())
+        raw = f.read(length) if length else b""
+        try:
+            body = json.loads(raw) if raw else None
+        except ValueError:
+            status, out = 400, {"fault_message": "body is not JSON"}
+        else:
+            try:
+                status, out = standin.handle(method, path, body)
+            except ApiError as e:
+                standin.say(f"{method} {path}: {e.status}: {e}")
+                status = e.status
+                out = {"fault_message": str(e)} if standin.flavour == "firecracker" else str(e)
+        data = b"" if out is None else (json.dumps(out) if isinstance(out, dict) else out).encode()
+        reason = {200: "OK", 204: "No Content", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
+                  500: "Internal Server Error"}.get(status, "Error")
+        head = f"HTTP/1.1 {status} {reason}\r\nServer: stand-in\r\n"
+        if status != 204:
+            head += f"Content-Type: application/json\r\nContent-Length: {len(data)}\r\n"
+        c.sendall((head + "\r\n").encode() + data)
+
+
+def main():
+    args = sys.argv[1:]
+    flavour = os.path.basename(sys.argv[0])
+    if flavour not in ("firecracker", "cloud-hypervisor"):
+        flavour = args.pop(0)
+    api_sock, log_path = None, None
+    i = 0
+    while i < len(args):
+        a = args[i]
+        if a in ("--api-sock", "--log-path", "--id", "--level", "--api-socket"):
+            v = args[i + 1]
+            i += 2
+            if a == "--api-sock":
+                api_sock = v
+            elif a == "--api-socket":
+                api_sock = v[5:] if v.startswith("path=") else v
+            elif a == "--log-path":
+                log_path = v
+            continue
+        sys.exit(f"standin-{flavour}: unknown argument {a}")
+    if not api_sock:
+        sys.exit(f"standin-{flavour}: no API socket given")
+    threading.Thread(target=serve_api, args=(StandIn(flavour, api_sock, log_path),), daemon=True).start()
+    while True:
+        fn, done = MAIN.get()
+        try:
+            done.put((True, fn()))
+        except Exception as e:  # noqa: BLE001 - handed back to the caller
+            done.put((False, e))
+
+
+if __name__ == "__main__":
+    main()

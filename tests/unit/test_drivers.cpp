@@ -1,0 +1,199 @@
+// The REST-API drivers (Firecracker, Cloud Hypervisor): their translation
+// (golden), the HTTP framing, the hybrid vsock handshake (against a real
+// unix socket), and the rootfs disk image (built for real, read back with
+// debugfs).
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <thread>
+
+#include "golden.h"
+#include "husk/disk_image.h"
+#include "husk/sandbox.h"
+#include "hypervisors/api_vmm.h"
+#include "hypervisors/cloud-hypervisor/cloud_hypervisor.h"
+#include "hypervisors/firecracker/firecracker.h"
+#include "hypervisors/http.h"
+#include "hypervisors/vsock.h"
+#include "sys/sys.h"
+
+using namespace husk;
+
+namespace {
+
+Spec small_spec(const std::string& annotations = "{}") {
+    auto s = parse_spec(R"({"ociVersion": "1.0.2", "root": {"path": "rootfs"}, "process": {"args": ["true"], "cwd": "/"},
+                            "annotations": )" + annotations + R"(,
+                            "linux": {"resources": {"memory": {"limit": 268435456}, "cpu": {"quota": 200000, "period": 100000}}}})");
+    REQUIRE(s);
+    return *s;
+}
+
+VmConfig api_vm_config() {
+    HostFacts host;
+    host.host_cpus = 4, host.kernel = "/img/vmlinux", host.initrd = "/img/initramfs.img";
+    host.hybrid_vsock = true;
+    host.share_disk = "/state/c1/share.img";
+    return make_vm_config(small_spec(), host, {"/state/c1/shared", "agent.sock", "qmp.sock", "vsock.sock"});
+}
+
+std::string tmpdir() {
+    char t[] = "/tmp/husk-unit-XXXXXX";
+    REQUIRE(::mkdtemp(t));
+    return t;
+}
+
+}  // namespace
+
+TEST_CASE("VmConfig -> Firecracker API calls (golden)", "[drivers]") {
+    VmConfig cfg = api_vm_config();
+    REQUIRE(cfg.shares.empty());
+    REQUIRE(cfg.disks.size() == 1);
+    REQUIRE(cfg.channel.kind == ChannelKind::Vsock);
+    REQUIRE(cfg.channel.socket_path == "vsock.sock");
+    check_golden("translate/firecracker.json", calls_to_json(firecracker::translate(cfg)).dump(2) + "\n");
+    auto argv = firecracker::command("/usr/bin/firecracker", "/state/c1/vmm.log");
+    CHECK(argv == std::vector<std::string>{"/usr/bin/firecracker", "--api-sock", "api.sock", "--id", "husk", "--log-path",
+                                           "/state/c1/vmm.log", "--level", "Warning"});
+}
+
+TEST_CASE("VmConfig -> Cloud Hypervisor API calls (golden)", "[drivers]") {
+    VmConfig cfg = api_vm_config();
+    check_golden("translate/cloud-hypervisor.json", calls_to_json(cloud_hypervisor::translate(cfg)).dump(2) + "\n");
+    CHECK(cloud_hypervisor::command("ch") == std::vector<std::string>{"ch", "--api-socket", "path=api.sock"});
+}
+
+TEST_CASE("the drivers say why they cannot run here", "[drivers]") {
+    ::setenv("HUSK_FIRECRACKER", "/nonexistent/firecracker", 1);
+    CHECK(firecracker::FirecrackerHypervisor().unavailable().find("/nonexistent/firecracker not found") == 0);
+    ::setenv("HUSK_FIRECRACKER", "/bin/true", 1);
+    bool kvm = ::access("/dev/kvm", R_OK | W_OK) == 0;
+    CHECK(firecracker::FirecrackerHypervisor().unavailable() == (kvm ? "" : "needs /dev/kvm, which this host does not have"));
+    ::unsetenv("HUSK_FIRECRACKER");
+    ::setenv("HUSK_CLOUD_HYPERVISOR", "/nonexistent/ch", 1);
+    CHECK(cloud_hypervisor::CloudHypervisor().unavailable().find("/nonexistent/ch not found") == 0);
+    ::unsetenv("HUSK_CLOUD_HYPERVISOR");
+    auto caps = firecracker::FirecrackerHypervisor().capabilities();
+    CHECK((caps.hybrid_vsock && !caps.shares && caps.pause && !caps.control_socket));
+}
+
+TEST_CASE("rootfs on a disk: the driver's need, or the annotation", "[drivers]") {
+    CHECK(rootfs_on_disk(small_spec(), "qemu", true).value() == false);
+    CHECK(rootfs_on_disk(small_spec(), "firecracker", false).value() == true);
+    CHECK(rootfs_on_disk(small_spec(R"({"org.husk.rootfs": "disk"})"), "qemu", true).value() == true);
+    CHECK(rootfs_on_disk(small_spec(R"({"org.husk.rootfs": "shared"})"), "qemu", true).value() == false);
+    auto no = rootfs_on_disk(small_spec(R"({"org.husk.rootfs": "shared"})"), "firecracker", false);
+    REQUIRE(!no);
+    CHECK(no.error().message == "annotation org.husk.rootfs=shared: firecracker cannot share a directory with its guest "
+                                "(its rootfs goes on a disk)");
+    auto bad = rootfs_on_disk(small_spec(R"({"org.husk.rootfs": "nfs"})"), "qemu", true);
+    REQUIRE(!bad);
+    CHECK(bad.error().message == "annotation org.husk.rootfs: expected \"shared\" or \"disk\", got \"nfs\"");
+}
+
+TEST_CASE("HTTP responses: framing and hostile servers", "[drivers]") {
+    CHECK(http::format_request("PUT", "/vm", "{}") ==
+          "PUT /vm HTTP/1.1\r\nHost: localhost\r\nAccept: application/json\r\nContent-Type: application/json\r\n"
+          "Content-Length: 2\r\n\r\n{}");
+    auto r = http::parse_response("HTTP/1.1 204 No Content\r\nServer: Firecracker API\r\n\r\n", false);
+    REQUIRE(r);
+    REQUIRE(*r);
+    CHECK((*r)->status == 204);
+    std::string full = "HTTP/1.1 400 Bad Request\r\ncontent-length: 26\r\n\r\n{\"fault_message\":\"no kvm\"}xx";
+    // Incomplete at every cut before the end of the body.
+    for (size_t cut = 0; cut < full.size() - 2; ++cut) CHECK(!http::parse_response(full.substr(0, cut), false).has_value());
+    r = http::parse_response(full, false);
+    REQUIRE((r && *r));
+    CHECK((*r)->status == 400);
+    CHECK(api_error_message((*r)->body) == "no kvm");
+    CHECK(api_error_message("Error from API\nbad\tconfig") == "Error from API bad config");
+    // A body without a length ends with the connection.
+    CHECK(!http::parse_response("HTTP/1.0 200 OK\r\n\r\nabc", false).has_value());
+    CHECK((*http::parse_response("HTTP/1.0 200 OK\r\n\r\nabc", true))->body == "abc");
+    for (const char* bad : {"HTTP/2 200 OK\r\n\r\n", "HTTP/1.1 2x0 OK\r\n\r\n", "garbage\r\n\r\n",
+                            "HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n", "HTTP/1.1 200 OK\r\nno colon\r\n\r\n",
+                            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+                            "HTTP/1.1 200 OK\r\nContent-Length: 99999999\r\n\r\n"}) {
+        auto e = http::parse_response(bad, false);
+        INFO(bad);
+        REQUIRE(e.has_value());
+        CHECK(!*e);
+    }
+    CHECK(!*http::parse_response(std::string(http::kMaxHeader + 1, 'a'), false));
+    CHECK(!*http::parse_response("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nab", true));
+}
+
+TEST_CASE("hybrid vsock: CONNECT, OK, and nothing more read", "[drivers]") {
+    CHECK(parse_hybrid_vsock_reply("OK 1073741824"));
+    for (const char* bad : {"OK", "OK ", "ok 5", "OK 5x", "ERROR connection refused", ""}) CHECK(!parse_hybrid_vsock_reply(bad));
+
+    std::string dir = tmpdir(), sock = dir + "/vsock.sock";
+    auto listener = sys::unix_listen(sock, 4);
+    REQUIRE(listener);
+    // The fake VMM answers each connection in turn: OK then the agent's
+    // first bytes; a guest not listening yet (close); garbage; silence.
+    std::thread vmm([&] {
+        const char* answers[] = {"OK 1073741824\nHELLO", nullptr, "NOPE\n", ""};
+        for (const char* a : answers) {
+            auto c = sys::accept(listener->get());
+            REQUIRE(c);
+            char buf[64];
+            ssize_t n = ::read(c->get(), buf, sizeof buf);
+            CHECK(std::string(buf, size_t(std::max<ssize_t>(n, 0))) == "CONNECT 1024\n");
+            if (a && *a) (void)!::write(c->get(), a, strlen(a));
+            if (a && !*a) ::usleep(300000);  // silence until the client gives up
+        }
+    });
+    auto ok = hybrid_vsock_connect(sock, 1024, 2000);
+    REQUIRE(ok);
+    ::usleep(50000);
+    char buf[16];
+    ssize_t n = ::read(ok->get(), buf, sizeof buf);
+    CHECK(std::string(buf, size_t(std::max<ssize_t>(n, 0))) == "HELLO");
+    auto refused = hybrid_vsock_connect(sock, 1024, 2000);
+    REQUIRE(!refused);
+    CHECK(refused.error().code == ECONNREFUSED);
+    auto garbage = hybrid_vsock_connect(sock, 1024, 2000);
+    REQUIRE(!garbage);
+    CHECK(garbage.error().code == EPROTO);
+    auto silent = hybrid_vsock_connect(sock, 1024, 100);
+    REQUIRE(!silent);
+    CHECK(silent.error().code == ETIMEDOUT);
+    vmm.join();
+    (void)sys::remove_all(dir);
+}
+
+TEST_CASE("the share as an ext4 image holds a copy of the tree", "[drivers]") {
+    std::string dir = tmpdir(), tree = dir + "/shared", img = dir + "/share.img";
+    REQUIRE(sys::mkdir_p(tree + "/rootfs/etc", 0755));
+    REQUIRE(sys::write_file(tree + "/rootfs/etc/hostname", "husk-disk\n"));
+    REQUIRE(sys::write_file(tree + "/rootfs/big", std::string(300000, 'x')));
+    REQUIRE(::symlink("etc/hostname", (tree + "/rootfs/link").c_str()) == 0);
+    auto t = tree_size(tree);
+    REQUIRE(t);
+    CHECK(t->inodes == 6);  // shared, rootfs, etc, hostname, big, link
+    CHECK(t->bytes == 4096 + 303104 + 4096);
+    CHECK(share_image_bytes(*t, 0) == 1u << 20);
+    CHECK(share_image_bytes(*t) == 257u << 20);
+    REQUIRE(make_share_image(tree, img, 8));
+    struct stat st;
+    REQUIRE(::stat(img.c_str(), &st) == 0);
+    CHECK(st.st_size == 9 << 20);
+    CHECK(uint64_t(st.st_blocks) * 512 < uint64_t(st.st_size));  // sparse
+    // Read it back with e2fsprogs' debugfs, as the guest's ext4 would.
+    auto out = tmpdir();
+    std::string cmd = "/sbin/debugfs -R 'cat /rootfs/etc/hostname' " + img + " > " + out + "/h 2>/dev/null; " +
+                      "/sbin/debugfs -R 'stat /rootfs/link' " + img + " > " + out + "/l 2>/dev/null";
+    REQUIRE(std::system(cmd.c_str()) == 0);
+    CHECK(sys::read_file(out + "/h").value_or("") == "husk-disk\n");
+    CHECK(sys::read_file(out + "/l").value_or("").find("Fast link dest: \"etc/hostname\"") != std::string::npos);
+    // A tree that is not there: a clear error and no image left behind.
+    auto bad = make_share_image(dir + "/missing", dir + "/bad.img", 8);
+    REQUIRE(!bad);
+    CHECK(!sys::exists(dir + "/bad.img"));
+    (void)sys::remove_all(dir);
+    (void)sys::remove_all(out);
+}
