@@ -21,16 +21,6 @@ namespace {
 
 std::string failed(const std::string& what) { return "jail: " + what + ": " + std::strerror(errno); }
 
-std::string write_proc(const std::string& path, const std::string& value) {
-    int fd = ::open(path.c_str(), O_WRONLY | O_CLOEXEC);
-    if (fd < 0) return failed("open " + path);
-    bool ok = ::write(fd, value.data(), value.size()) == ssize_t(value.size());
-    int e = errno;
-    ::close(fd);
-    errno = e;
-    return ok ? "" : failed("write " + path);
-}
-
 // mkdir -p of `path`'s parents inside the jail (all on its tmpfs).
 void make_parents(const std::string& path) {
     for (size_t i = 1; (i = path.find('/', i)) != std::string::npos; ++i) ::mkdir(path.substr(0, i).c_str(), 0755);
@@ -67,12 +57,8 @@ std::string bind_into(const std::string& source, const std::string& target, bool
 }
 
 std::string enter(const Jail& j, uid_t uid, gid_t gid) {
-    if (j.user_ns) {
-        for (auto r : {write_proc("/proc/self/setgroups", "deny"),
-                       write_proc("/proc/self/uid_map", "0 " + std::to_string(uid) + " 1\n"),
-                       write_proc("/proc/self/gid_map", "0 " + std::to_string(gid) + " 1\n")})
-            if (!r.empty()) return r;
-    }
+    if (j.user_ns)
+        if (auto e = sys::map_ids_to_root(uid, gid); !e.empty()) return "jail: " + e;
     // Nothing mounted here may reach the host, nor anything there reach us.
     if (::mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr) < 0) return failed("make / private");
     const std::string& r = j.root;

@@ -228,6 +228,13 @@ Result<void> Shim::prepare() {
     state_.pid_start = sys::proc_start_time(getpid()).value_or(0);
     TRY(write_state(paths_, state_));
 
+    // A plain user (not rootless podman, which runs us as root of its user
+    // namespace): the shim becomes root of a user namespace of its own,
+    // the caller's ids mapped to 0, as `unshare -r` does; the mount and
+    // network namespaces below need no more. (runc wants config.json to
+    // ask for a user namespace; ours is the sandbox's, not the container's.)
+    if (::geteuid() != 0) TRY_CTX(sys::become_userns_root(), "rootless");
+
     // Our own mount namespace: the share's bind mounts exist only here and
     // in the VMM, and vanish with them. Slave, so host mounts still reach us.
     TRY_CTX(sys::unshare(CLONE_NEWNS), "mount namespace");

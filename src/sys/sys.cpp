@@ -411,6 +411,44 @@ Result<void> unshare(int flags) {
     return {};
 }
 
+std::string map_ids_to_root(uid_t uid, gid_t gid) {
+    // Decimal by hand: no allocation before the message.
+    auto line = [](char* buf, unsigned long id) {
+        char digits[24];
+        int n = 0;
+        do digits[n++] = char('0' + id % 10); while ((id /= 10) && n < 23);
+        int k = 0;
+        buf[k++] = '0', buf[k++] = ' ';
+        while (n) buf[k++] = digits[--n];
+        buf[k++] = ' ', buf[k++] = '1', buf[k++] = '\n';
+        return k;
+    };
+    char ubuf[40], gbuf[40];
+    struct {
+        const char* path;
+        const char* data;
+        int len;
+    } writes[] = {{"/proc/self/setgroups", "deny", 4},
+                  {"/proc/self/uid_map", ubuf, line(ubuf, uid)},
+                  {"/proc/self/gid_map", gbuf, line(gbuf, gid)}};
+    for (const auto& w : writes) {
+        int fd = ::open(w.path, O_WRONLY | O_CLOEXEC);
+        bool ok = fd >= 0 && ::write(fd, w.data, size_t(w.len)) == w.len;
+        int e = errno;
+        if (fd >= 0) ::close(fd);
+        if (!ok) return std::string("write ") + w.path + ": " + std::strerror(e);
+    }
+    return "";
+}
+
+Result<void> become_userns_root() {
+    uid_t uid = ::geteuid();
+    gid_t gid = ::getegid();
+    if (::unshare(CLONE_NEWUSER) < 0) return fail_errno("unshare user namespace");
+    if (auto e = map_ids_to_root(uid, gid); !e.empty()) return fail(e, EPERM);
+    return {};
+}
+
 Result<void> chroot(const std::string& path) {
     if (::chroot(path.c_str()) < 0) return fail_errno("chroot " + path);
     return {};

@@ -82,6 +82,13 @@ Result<void> mount(const std::string& src, const std::string& dst, const std::st
 Result<void> umount(const std::string& target, int flags = 0);
 Result<void> pivot_root(const std::string& new_root, const std::string& put_old);
 Result<void> unshare(int flags);
+// In a fresh user namespace: map `uid`/`gid` (ids outside) to 0, denying
+// setgroups as an unprivileged process must. "" or what failed; safe in
+// a child between clone and exec (no allocation but the message).
+std::string map_ids_to_root(uid_t uid, gid_t gid);
+// Become root of a user namespace of our own, our ids mapped to 0, as
+// `unshare -r` does. The process must be single-threaded.
+Result<void> become_userns_root();
 Result<void> chroot(const std::string& path);
 Result<void> chdir(const std::string& path);
 

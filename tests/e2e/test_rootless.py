@@ -1,0 +1,106 @@
+"""husk as a plain unprivileged user (a user the test makes), on QEMU TCG and
+on UML: state under $XDG_RUNTIME_DIR/husk, no host cgroups, the shim root
+of a user namespace of its own (the caller's ids mapped to 0), no tap
+(the container gets a network namespace of its own with no links)."""
+import json
+import os
+import pwd
+import shutil
+import subprocess
+import tempfile
+
+import pytest
+
+from conftest import BUSYBOX, HUSK, base_config, new_id, reap, wait_for
+
+USER = "husk-plain"
+
+
+@pytest.fixture(scope="module")
+def plain_user():
+    made = False
+    try:
+        pwd.getpwnam(USER)
+    except KeyError:
+        subprocess.run(["useradd", "-m", USER], check=True)
+        made = True
+    pw = pwd.getpwnam(USER)
+    xdg = f"/run/user/{pw.pw_uid}"
+    os.makedirs(xdg, exist_ok=True)
+    os.chown(xdg, pw.pw_uid, pw.pw_gid)
+    os.chmod(xdg, 0o700)
+    env = {"HOME": pw.pw_dir, "USER": USER, "XDG_RUNTIME_DIR": xdg, "PATH": "/usr/bin:/bin"}
+    for k in ("HUSK_BUILD", "HUSK_KERNEL", "HUSK_INITRD", "HUSK_UML"):
+        if k in os.environ:
+            env[k] = os.environ[k]
+
+    def as_user(*args, timeout=240):
+        # Files, not pipes: after create the shim keeps stdout/stderr open.
+        with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+            p = subprocess.run(["setpriv", f"--reuid={pw.pw_uid}", f"--regid={pw.pw_gid}", "--init-groups",
+                                "--reset-env", "env", *[f"{k}={v}" for k, v in env.items()], HUSK, *args],
+                               stdout=out, stderr=err, timeout=timeout, stdin=subprocess.DEVNULL)
+            out.seek(0)
+            err.seek(0)
+            return subprocess.CompletedProcess(p.args, p.returncode, out.read(), err.read())
+    as_user.pw = pw
+    as_user.state = os.path.join(xdg, "husk")
+    try:
+        yield as_user
+    finally:
+        subprocess.run(["pkill", "-KILL", "-u", USER], check=False)
+        if made:
+            subprocess.run(["userdel", "-r", USER], check=False)
+            shutil.rmtree(xdg, ignore_errors=True)
+
+
+def user_bundle(user, args):
+    """A bundle the user owns, in their home."""
+    b = os.path.join(user.pw.pw_dir, f"bundle-{new_id()}")
+    for d in ("bin", "proc", "dev", "sys", "tmp", "etc"):
+        os.makedirs(os.path.join(b, "rootfs", d))
+    shutil.copy(BUSYBOX, os.path.join(b, "rootfs", "bin", "busybox"))
+    for a in ("sh", "cat", "id", "echo", "sleep", "ls"):
+        os.symlink("busybox", os.path.join(b, "rootfs", "bin", a))
+    c = base_config(args)
+    with open(os.path.join(b, "config.json"), "w") as f:
+        json.dump(c, f)
+    subprocess.run(["chown", "-R", f"{user.pw.pw_uid}:{user.pw.pw_gid}", b], check=True)
+    return b
+
+
+def no_processes_of(user):
+    reap()  # exited detached shims are our children (we are a subreaper)
+    r = subprocess.run(["pgrep", "-u", USER, "-a"], capture_output=True, text=True)
+    return r.stdout.strip() == ""
+
+
+@pytest.mark.parametrize("driver", ["qemu", "uml"])
+def test_a_plain_user_runs_a_container(plain_user, driver):
+    b = user_bundle(plain_user, ["sh", "-c", "echo hello from $(id -u); exit 3"])
+    r = plain_user("--hypervisor", driver, "run", "-b", b, new_id())
+    assert r.returncode == 3, r.stderr
+    assert r.stdout == b"hello from 0\n"
+    wait_for(lambda: no_processes_of(plain_user), "the user's husk processes to go", timeout=20)
+    assert not os.listdir(plain_user.state)
+    shutil.rmtree(b)
+
+
+@pytest.mark.parametrize("driver", ["qemu", "uml"])
+def test_a_plain_user_creates_starts_kills_and_deletes(plain_user, driver):
+    cid = new_id()
+    b = user_bundle(plain_user, ["sleep", "300"])
+    r = plain_user("--hypervisor", driver, "create", "-b", b, cid)
+    assert r.returncode == 0, r.stderr
+    st = os.stat(os.path.join(plain_user.state, cid))
+    assert st.st_uid == plain_user.pw.pw_uid  # the user's own state, under XDG_RUNTIME_DIR
+    assert plain_user("start", cid).returncode == 0
+    state = json.loads(plain_user("state", cid).stdout)
+    assert state["status"] == "running"
+    assert plain_user("kill", cid, "KILL").returncode == 0
+    wait_for(lambda: json.loads(plain_user("state", cid).stdout)["status"] == "stopped", "the container to stop")
+    r = plain_user("delete", cid)
+    assert r.returncode == 0, r.stderr
+    assert not os.path.exists(os.path.join(plain_user.state, cid))
+    wait_for(lambda: no_processes_of(plain_user), "the user's husk processes to go", timeout=20)
+    shutil.rmtree(b)
