@@ -5,7 +5,6 @@ without host cgroups, and QEMU runs under TCG unprivileged. slirp4netns
 puts a tap in the container's netns, and husk carries it into the VM like
 any veth."""
 import os
-import pwd
 import shutil
 import stat
 import subprocess
@@ -13,6 +12,7 @@ import subprocess
 import pytest
 
 from conftest import HUSK, WEB, have, http_get, run, wait_for
+from husktest import make_user, remove_user
 
 USER = "husk-rootless"
 IMAGE = "localhost/husk-rootless-busybox:latest"
@@ -23,17 +23,7 @@ pytestmark = pytest.mark.skipif(not have("podman") or not have("slirp4netns"),
 
 @pytest.fixture(scope="module")
 def rootless(rootfs_tar):
-    made = False
-    try:
-        pwd.getpwnam(USER)
-    except KeyError:
-        run(["useradd", "-m", USER])
-        made = True
-    pw = pwd.getpwnam(USER)
-    xdg = f"/run/user/{pw.pw_uid}"
-    os.makedirs(xdg, exist_ok=True)
-    os.chown(xdg, pw.pw_uid, pw.pw_gid)
-    os.chmod(xdg, 0o700)
+    pw, xdg, made = make_user(USER)
     # Debian makes /dev/net/tun 0666 (the kernel checks CAP_NET_ADMIN in
     # the netns's owner); some sandboxes make it 0600, which stops
     # slirp4netns for any runtime. Put Debian's mode back for the test.
@@ -57,10 +47,7 @@ def rootless(rootfs_tar):
         as_user("podman", "rmi", "-f", IMAGE)
     finally:
         os.chmod("/dev/net/tun", tun_mode)
-        if made:
-            subprocess.run(["pkill", "-KILL", "-u", USER], check=False)
-            run(["userdel", "-r", USER], check=False)
-            shutil.rmtree(xdg, ignore_errors=True)
+        remove_user(USER, xdg, made)
 
 def assert_no_user_state(rootless):
     wait_for(lambda: not os.path.isdir(rootless.state) or not os.listdir(rootless.state), timeout=15,

@@ -4,7 +4,6 @@ of a user namespace of its own (the caller's ids mapped to 0), no tap
 (the container gets a network namespace of its own with no links)."""
 import json
 import os
-import pwd
 import shutil
 import subprocess
 import tempfile
@@ -12,23 +11,14 @@ import tempfile
 import pytest
 
 from conftest import BUSYBOX, HUSK, base_config, new_id, reap, wait_for
+from husktest import make_user, remove_user
 
 USER = "husk-plain"
 
 
 @pytest.fixture(scope="module")
 def plain_user():
-    made = False
-    try:
-        pwd.getpwnam(USER)
-    except KeyError:
-        subprocess.run(["useradd", "-m", USER], check=True)
-        made = True
-    pw = pwd.getpwnam(USER)
-    xdg = f"/run/user/{pw.pw_uid}"
-    os.makedirs(xdg, exist_ok=True)
-    os.chown(xdg, pw.pw_uid, pw.pw_gid)
-    os.chmod(xdg, 0o700)
+    pw, xdg, made = make_user(USER)
     env = {"HOME": pw.pw_dir, "USER": USER, "XDG_RUNTIME_DIR": xdg, "PATH": "/usr/bin:/bin"}
     for k in ("HUSK_BUILD", "HUSK_KERNEL", "HUSK_INITRD", "HUSK_UML"):
         if k in os.environ:
@@ -48,10 +38,7 @@ def plain_user():
     try:
         yield as_user
     finally:
-        subprocess.run(["pkill", "-KILL", "-u", USER], check=False)
-        if made:
-            subprocess.run(["userdel", "-r", USER], check=False)
-            shutil.rmtree(xdg, ignore_errors=True)
+        remove_user(USER, xdg, made)
 
 
 def user_bundle(user, args):

@@ -28,3 +28,32 @@ def processes_mentioning(needle):
         if needle in cmd or ("husk.vmm=uml" in cmd and _mounts_mention(pid, needle)):
             found.append((int(pid), cmd))
     return found
+
+
+def make_user(name):
+    """A local user for rootless tests, and its $XDG_RUNTIME_DIR:
+    (pwd entry, xdg dir, whether we made the user)."""
+    import pwd
+    import subprocess
+    made = False
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        subprocess.run(["useradd", "-m", name], check=True, capture_output=True)
+        made = True
+    pw = pwd.getpwnam(name)
+    xdg = f"/run/user/{pw.pw_uid}"
+    os.makedirs(xdg, exist_ok=True)
+    os.chown(xdg, pw.pw_uid, pw.pw_gid)
+    os.chmod(xdg, 0o700)
+    return pw, xdg, made
+
+
+def remove_user(name, xdg, made):
+    """Undo make_user: the user's processes, and the user if we made it."""
+    import shutil
+    import subprocess
+    subprocess.run(["pkill", "-KILL", "-u", name], check=False)
+    if made:
+        subprocess.run(["userdel", "-r", name], check=False, capture_output=True)
+        shutil.rmtree(xdg, ignore_errors=True)
