@@ -191,6 +191,7 @@ private:
     sys::Fd agent_listen_, qmp_listen_, shim_listen_, chan_, console_r_, console_w_, sig_fd_, console_log_;
     uint32_t vsock_cid_ = 0;
     std::string hybrid_vsock_;  // the VMM's hybrid vsock socket, when that is the channel
+    uint32_t stdin_window_ = proto::kInitialCredit;  // stdin bytes in flight per process
     Clock::time_point boot_deadline_;
     int boot_timeout_ms_ = 0;
     Clock::time_point next_vsock_try_;
@@ -415,6 +416,7 @@ Result<void> Shim::launch_vm() {
     host.accel = caps.kvm ? Accel::Kvm : Accel::Tcg;
     host.vsock = caps.vsock && !caps.hybrid_vsock;
     host.hybrid_vsock = caps.hybrid_vsock;
+    if (caps.stdin_window) stdin_window_ = procs_[0].stdin_credit = caps.stdin_window;
     host.host_cpus = unsigned(sysconf(_SC_NPROCESSORS_ONLN));
     host.kernel = hv_->guest_kernel();
     host.initrd = find_guest_initrd();
@@ -657,7 +659,7 @@ Result<void> Shim::on_frame(const proto::Frame& f) {
             uint32_t c = TRY(proto::decode_credit(f));
             Proc* p = proc_of(f.stream);
             if (!p || proto::stream_fd(f.stream) != proto::Stdin) return {};
-            if (uint64_t(p->stdin_credit) + c > proto::kInitialCredit) return fail("agent returned too much credit", EPROTO);
+            if (uint64_t(p->stdin_credit) + c > stdin_window_) return fail("agent returned too much credit", EPROTO);
             p->stdin_credit += c;
             return {};
         }
@@ -849,6 +851,7 @@ void Shim::start_exec(uint64_t cid, const json& req) {
     if (c.fds.size() != (tty ? 1u : 3u)) return reply(cid, false, "exec: expected " + std::string(tty ? "1 fd" : "3 fds"));
     uint32_t idx = next_proc_++;
     Proc& p = procs_[idx];
+    p.stdin_credit = stdin_window_;
     p.idx = idx;
     p.tty = tty;
     p.waiter = cid;

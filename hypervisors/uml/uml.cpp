@@ -42,6 +42,11 @@ Capabilities UmlHypervisor::capabilities() const {
     Capabilities c;
     c.pause = true;
     c.shares = true;
+    // UML's line driver deactivates its input interrupt when the guest's
+    // tty throttles (4 KiB unread in n_tty) and never reactivates it on
+    // unthrottle: input stops for good. A window well under 4 KiB keeps
+    // the tty from ever throttling.
+    c.stdin_window = 2048;
     return c;
 }
 

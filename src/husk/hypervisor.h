@@ -72,6 +72,10 @@ struct Capabilities {
     // The channel is the VMM's hybrid vsock (Firecracker, Cloud
     // Hypervisor): a unix socket where "CONNECT <port>" reaches the guest.
     bool hybrid_vsock = false;
+    // At most this many stdin bytes in flight to the agent per process
+    // (0: the protocol's window), for channels that lose data or stall
+    // when the guest's side fills up.
+    uint32_t stdin_window = 0;
 };
 
 // A launched VM. Destroying it kills the VMM.

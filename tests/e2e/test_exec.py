@@ -22,7 +22,6 @@ def wait_for(path, text, timeout=60):
         time.sleep(0.1)
 
 
-@pytest.mark.not_on("uml", reason="UML's console line stops reading its input under heavy traffic both ways at once (under investigation, README)")
 def test_exec_stdio_status_and_namespaces(husk, bundle, tmp_path):
     cid = running(husk, bundle, edit=lambda c: c.update(hostname="box"))
     r = husk("exec", cid, "sh", "-c", "echo out; echo err >&2; exit 7")

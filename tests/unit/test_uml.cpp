@@ -160,3 +160,10 @@ TEST_CASE("config file: the default driver, strictly", "[config]") {
     REQUIRE_FALSE(unknown);
     CHECK(unknown.error().message.rfind("/etc/husk/config.toml: unknown hypervisor \"kvmtool\"", 0) == 0);
 }
+
+TEST_CASE("UML keeps the guest tty from throttling: a stdin window under n_tty's 4 KiB", "[uml]") {
+    // line_throttle drops UML's input interrupt for good (see docs/design.md).
+    auto w = uml::UmlHypervisor().capabilities().stdin_window;
+    CHECK(w > 0);
+    CHECK(w < 4096 - 128);  // n_tty throttles with under 128 bytes of room
+}
