@@ -7,6 +7,7 @@ runs the suite on them too."""
 import json
 import os
 import socket
+import subprocess
 
 import pytest
 
@@ -63,7 +64,6 @@ def api(sock, method, path, body=None):
 @pytest.fixture
 def raw_standin(tmp_path):
     """start(flavour) -> the API socket of a stand-in run by hand."""
-    import subprocess
     procs = []
 
     def start(flavour):

@@ -39,7 +39,6 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 
@@ -137,7 +136,6 @@ class StandIn:
         self.state = "Not started"  # then Running / Paused
         self.qemu = None
         self.qmp = None
-        self.tmp = tempfile.mkdtemp(prefix="husk-standin-")
         self.lock = threading.Lock()
 
     def say(self, msg):
@@ -271,8 +269,11 @@ class StandIn:
     def boot(self, kernel, initrd, cmdline, vcpus, mem_mib, drives, vsock, balloon):
         def dev(d):
             return d + "-pci"
-        agent = os.path.join(self.tmp, "agent.sock")
-        qmp = os.path.join(self.tmp, "qmp.sock")
+        # QEMU's sockets, relative to our working directory (the VMM's,
+        # which husk removes at delete): short paths, nothing left behind.
+        os.makedirs("standin", exist_ok=True)
+        agent = os.path.join("standin", "agent.sock")
+        qmp = os.path.join("standin", "qmp.sock")
         words = ["husk.channel=serial" if w == "husk.channel=vsock" else w for w in cmdline.split() if w != "pci=off"]
         argv = ["qemu-system-x86_64", "-name", f"husk-standin-{self.flavour}",
                 "-M", "q35,sata=off,smbus=off", "-accel", "tcg",
