@@ -44,16 +44,6 @@ Result<http::Response> api_call(const std::string& socket, const ApiCall& call, 
     return r;
 }
 
-Result<void> ApiVm::attach_control(int fd) {
-    ::close(fd);
-    return {};
-}
-
-Result<void> ApiVm::stop() {
-    kill_now();
-    return {};
-}
-
 Result<void> ApiVm::pause() { return api_call(socket_, pause_).map([](auto&&) {}); }
 Result<void> ApiVm::resume() { return api_call(socket_, resume_).map([](auto&&) {}); }
 

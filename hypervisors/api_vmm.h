@@ -41,9 +41,6 @@ class ApiVm : public ProcessVm {
 public:
     ApiVm(pid_t pid, std::string socket, ApiCall pause, ApiCall resume)
         : ProcessVm(pid), socket_(std::move(socket)), pause_(std::move(pause)), resume_(std::move(resume)) {}
-    Result<void> attach_control(int fd) override;
-    // The guest has nothing to flush: the container is gone when we stop.
-    Result<void> stop() override;
     Result<void> pause() override;
     Result<void> resume() override;
 

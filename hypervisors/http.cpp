@@ -88,7 +88,7 @@ Result<Response> request(const std::string& socket, const std::string& method, c
     bool eof = false;
     for (;;) {
         if (auto r = parse_response(buf, eof)) return std::move(*r);
-        int left = int(std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now()).count());
+        int left = sys::ms_left(deadline);
         if (left <= 0 || !TRY(sys::wait_fd(s.get(), POLLIN, left))) return fail("http: no response", ETIMEDOUT);
         char tmp[4096];
         ssize_t n = ::read(s.get(), tmp, sizeof tmp);

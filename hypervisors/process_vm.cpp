@@ -2,6 +2,7 @@
 
 #include <signal.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include <cerrno>
 #include <chrono>
@@ -22,6 +23,16 @@ bool ProcessVm::wait_exit(int ms) {
         if (std::chrono::steady_clock::now() >= deadline) return false;
         std::this_thread::sleep_for(std::chrono::milliseconds(5));
     }
+}
+
+Result<void> ProcessVm::attach_control(int fd) {
+    ::close(fd);
+    return {};
+}
+
+Result<void> ProcessVm::stop() {
+    kill_now();
+    return {};
 }
 
 void ProcessVm::kill_now() {

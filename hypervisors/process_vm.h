@@ -12,6 +12,10 @@ public:
     explicit ProcessVm(pid_t pid) : pid_(pid) {}
     ~ProcessVm() override { kill_now(); }
     pid_t pid() const override { return pid_; }
+    // No control connection to keep (only QEMU's QMP needs one).
+    Result<void> attach_control(int fd) override;
+    // The container is gone when we stop: nothing in the guest to flush.
+    Result<void> stop() override;
 
 protected:
     // Wait up to `ms` for the VMM to exit on its own; true once reaped.

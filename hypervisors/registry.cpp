@@ -58,7 +58,7 @@ AccelInfo probe_kvm() {
     std::string seen;
     auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(defaults::kKvmProbeTimeoutMs);
     for (;;) {
-        int left = int(std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now()).count());
+        int left = sys::ms_left(deadline);
         if (left <= 0) return {Accel::Tcg, "/dev/kvm is present but a guest did not boot under it within " +
                                                std::to_string(defaults::kKvmProbeTimeoutMs / 1000) + " s"};
         auto ready = sys::wait_fd(pipe->first.get(), POLLIN, left);

@@ -45,7 +45,7 @@ Result<sys::Fd> hybrid_vsock_connect(const std::string& uds, uint32_t port, int 
     auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
     std::string line;
     for (;;) {
-        int left = int(std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now()).count());
+        int left = sys::ms_left(deadline);
         if (left <= 0 || !TRY(sys::wait_fd(s.get(), POLLIN, left))) return fail("hybrid vsock: no answer", ETIMEDOUT);
         char c;  // a byte at a time: what follows the line is the agent's
         ssize_t n = ::read(s.get(), &c, 1);

@@ -28,7 +28,7 @@ Result<json> Qmp::read_message(int timeout_ms) {
             return parse_qmp_line(line);
         }
         if (buf_.size() > (1u << 20)) return fail("qmp: message too large", EPROTO);
-        int left = int(std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now()).count());
+        int left = sys::ms_left(deadline);
         if (left <= 0) return fail("qmp: timed out", ETIMEDOUT);
         if (!TRY(sys::wait_fd(fd_.get(), POLLIN, left))) return fail("qmp: timed out", ETIMEDOUT);
         char tmp[4096];

@@ -56,7 +56,7 @@ Result<std::string> mconsole_command(const std::string& socket_path, const std::
     std::string text;
     auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
     for (;;) {
-        int left = int(std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now()).count());
+        int left = sys::ms_left(deadline);
         if (left <= 0 || !TRY(sys::wait_fd(s.get(), POLLIN, left))) return fail("mconsole: no reply to " + command, ETIMEDOUT);
         char buf[sizeof(Reply)];
         ssize_t n = ::recv(s.get(), buf, sizeof buf, 0);

@@ -60,16 +60,8 @@ namespace {
 class UmlVm : public ProcessVm {
 public:
     UmlVm(pid_t pid, std::string mconsole) : ProcessVm(pid), mconsole_(std::move(mconsole)) {}
-    Result<void> attach_control(int fd) override {
-        ::close(fd);
-        return {};
-    }
-    // Our child is pid 1 of the jail's pid namespace (UML's parent):
-    // killing it takes every UML host process with it.
-    Result<void> stop() override {
-        kill_now();
-        return {};
-    }
+    // stop() kills our child, pid 1 of the jail's pid namespace (UML's
+    // parent): that takes every UML host process with it.
     Result<void> pause() override { return mconsole_command(mconsole_, "stop", 5000).map([](auto&&) {}); }
     Result<void> resume() override { return mconsole_command(mconsole_, "go", 5000).map([](auto&&) {}); }
 

@@ -15,7 +15,7 @@ Result<nlohmann::json> shim_call(const StatePaths& p, const nlohmann::json& req,
     std::string buf;
     auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
     while (buf.find('\n') == std::string::npos) {
-        int left = int(std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now()).count());
+        int left = sys::ms_left(deadline);
         if (left <= 0 || !TRY(sys::wait_fd(fd.get(), POLLIN, left))) return fail("shim did not answer", ETIMEDOUT);
         char tmp[4096];
         ssize_t n = ::read(fd.get(), tmp, sizeof tmp);

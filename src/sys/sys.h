@@ -48,6 +48,10 @@ Result<void> set_nonblock(int fd, bool on);
 Result<void> set_cloexec(int fd, bool on);
 // poll() one fd for events; false on timeout.
 Result<bool> wait_fd(int fd, short events, int timeout_ms);
+// Milliseconds from now until `deadline` (<= 0 once it has passed).
+inline int ms_left(std::chrono::steady_clock::time_point deadline) {
+    return int(std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now()).count());
+}
 
 // Unix sockets. Paths longer than sun_path are reached through
 // /proc/self/fd/<dirfd>/<name>, so deep --root directories work.
