@@ -74,7 +74,6 @@ Result<void> wait_for_api(const std::string& socket, pid_t pid, int timeout_ms) 
 Result<std::unique_ptr<Vm>> launch_api_vmm(const ApiVmmLaunch& l, const VmConfig& cfg, const std::string& workdir,
                                            const std::string& log_path) {
     if (!cfg.shares.empty()) return fail(l.name + ": no shared directories (the rootfs goes on a disk)", EINVAL);
-    if (!cfg.nics.empty()) return fail(l.name + ": networking is not supported yet", ENOTSUP);
     auto log = TRY(sys::open(log_path, O_WRONLY | O_CREAT | O_APPEND, 0600));
     auto devnull = TRY(sys::open("/dev/null", O_RDWR));
     std::string socket = l.socket[0] == '/' ? l.socket : workdir + "/" + l.socket;

@@ -19,6 +19,7 @@ import shutil
 import subprocess
 import sys
 import tarfile
+import tempfile
 
 # What the agent needs; dependencies are added from each module's modinfo.
 MODULES = ["virtio_mmio", "virtio_pci", "virtio_console", "9pnet_virtio", "9p", "virtio_balloon"]
@@ -29,6 +30,12 @@ NET_MODULES = ["virtio_net"]
 # without a shared filesystem (Firecracker, Cloud Hypervisor), or on request.
 DISK_MODULES = ["virtio_blk", "crc32c_generic", "ext4"]  # ext4 asks the crypto API for crc32c
 KERNEL_META = "linux-image-amd64"
+# A UML guest runs the host's user-mode-linux kernel, which has IPv6 as a
+# module: its modules go in lib/modules/uml, loaded only by a UML guest
+# with NICs. Left out (UML guests get IPv4 only) where the package is not
+# installed when the image is built.
+UML_MODULES_DIR = "/usr/lib/uml/modules"
+UML_NET_MODULES = ["ipv6"]
 
 
 def log(msg):
@@ -112,6 +119,31 @@ def resolve(wanted, index, builtin=frozenset()):
     return order
 
 
+def uml_modules():
+    """(order, index) of UML_NET_MODULES from the installed UML kernel, debug info stripped."""
+    dirs = sorted(glob.glob(os.path.join(UML_MODULES_DIR, "*", "modules.builtin")))
+    if not dirs:
+        log(f"no {UML_MODULES_DIR}: UML guests get no IPv6")
+        return [], {}
+    top = os.path.dirname(dirs[-1])
+    with open(dirs[-1]) as f:
+        builtin = {norm(os.path.basename(l.strip()).split(".ko")[0]) for l in f if l.strip()}
+    index = {}
+    for path in glob.glob(os.path.join(top, "kernel", "**", "*.ko"), recursive=True):
+        with open(path, "rb") as f:
+            index[norm(os.path.basename(path)[:-3])] = (os.path.basename(path), f.read())
+    order = resolve(UML_NET_MODULES, index, builtin)
+    with tempfile.TemporaryDirectory() as tmp:
+        for n in order:
+            src, dst = os.path.join(tmp, "in.ko"), os.path.join(tmp, "out.ko")
+            with open(src, "wb") as f:
+                f.write(index[n][1])
+            if subprocess.run(["objcopy", "--strip-debug", src, dst], capture_output=True).returncode == 0:
+                with open(dst, "rb") as f:
+                    index[n] = (index[n][0], f.read())
+    return order, index
+
+
 def extract_vmlinux(bzimage):
     """The ELF inside a bzImage: its payload is the first compressed stream
     (xz, gzip or zstd) that unpacks to an ELF."""
@@ -192,6 +224,7 @@ def main():
     vsock_mods = [n for n in resolve(VSOCK_MODULES, index) if n not in base_mods]
     net_mods = [n for n in resolve(NET_MODULES, index) if n not in base_mods]
     disk_mods = [n for n in resolve(DISK_MODULES, index, builtin) if n not in base_mods]
+    uml_net_mods, uml_index = uml_modules()
     with open(a.agent, "rb") as f:
         agent = f.read()
 
@@ -204,11 +237,15 @@ def main():
         ("lib/modules/order.vsock", 0o100644, "".join(f"{n}.ko\n" for n in vsock_mods).encode()),
         ("lib/modules/order.net", 0o100644, "".join(f"{n}.ko\n" for n in net_mods).encode()),
         ("lib/modules/order.disk", 0o100644, "".join(f"{n}.ko\n" for n in disk_mods).encode()),
+        ("lib/modules/uml", 0o040755, None),
+        ("lib/modules/uml/order.net", 0o100644, "".join(f"uml/{n}.ko\n" for n in uml_net_mods).encode()),
         ("proc", 0o040755, None),
         ("sys", 0o040755, None),
     ]
     for n in base_mods + vsock_mods + net_mods + disk_mods:
         entries.append((f"lib/modules/{n}.ko", 0o100644, index[n][1]))
+    for n in uml_net_mods:
+        entries.append((f"lib/modules/uml/{n}.ko", 0o100644, uml_index[n][1]))
     entries.sort(key=lambda e: e[0])
 
     tmp_k, tmp_i, tmp_x = a.kernel_out + ".tmp", a.initrd_out + ".tmp", a.vmlinux_out + ".tmp"
@@ -221,7 +258,7 @@ def main():
     os.replace(tmp_k, a.kernel_out)
     os.replace(tmp_i, a.initrd_out)
     os.replace(tmp_x, a.vmlinux_out)
-    log(f"{os.path.basename(deb)}: modules {' '.join(base_mods)} (+vsock: {' '.join(vsock_mods)}; +net: {' '.join(net_mods)}; +disk: {' '.join(disk_mods)})")
+    log(f"{os.path.basename(deb)}: modules {' '.join(base_mods)} (+vsock: {' '.join(vsock_mods)}; +net: {' '.join(net_mods)}; +disk: {' '.join(disk_mods)}; UML +net: {' '.join(uml_net_mods)})")
 
 
 if __name__ == "__main__":

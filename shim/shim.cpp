@@ -212,7 +212,9 @@ private:
     bool paused_ = false;
     bool vm_died_ = false;
     std::vector<NetInterface> nics_;  // the netns's interfaces the VM carries
-    std::vector<sys::Fd> taps_;       // theirs, until the VMM has them
+    std::vector<sys::Fd> taps_;       // theirs, until the VMM has them (a VMM that takes fds)
+    std::vector<std::string> tap_names_;  // taps_'s names, or the persistent taps we must delete
+    bool taps_persist_ = false;           // the VMM opens its taps by name
 };
 
 // ---------------------------------------------------------------- setup
@@ -257,6 +259,8 @@ Result<void> Shim::prepare() {
         }
     }
     if (args_.wait_hooks) TRY(wait_for_hooks());
+    hv_ = make_hypervisor(args_.hypervisor);
+    if (!hv_) return fail("unknown hypervisor " + args_.hypervisor, EINVAL);  // husk create checked it can run
     TRY_CTX(setup_network(), "network");
 
     // The init's stdio: our own fds 0-2, or a terminal.
@@ -294,8 +298,12 @@ Result<void> Shim::wait_for_hooks() {
 
 // Every Ethernet interface of the container's netns gets a tap of its own
 // and tc redirects both ways between the two (Kata's "tcfilter"): no
-// bridge, no extra hop, and the netns looks to its owner as before.
+// bridge, no extra hop, and the netns looks to its owner as before. A VMM
+// that takes fds gets the taps open and they go with it; one that opens
+// them by name finds them persistent, owned by the uid it runs as (ours,
+// in its jail), and we delete them when it is gone.
 Result<void> Shim::setup_network() {
+    taps_persist_ = !hv_->capabilities().nic_fd;
     if (!spec_.has_namespace("network")) return {};  // loopback only, in the guest
     for (auto& i : TRY(sys::scan_interfaces())) {
         // One veth feeds one VM: a second container in the same netns (a
@@ -311,20 +319,45 @@ Result<void> Shim::setup_network() {
             state_.net_links.push_back(nics_[i].name);
             TRY(write_state(paths_, state_));
         }
-        size_t k = taps_.size();
-        while (if_nametoindex(tap_name(k).c_str())) ++k;  // a pod sibling's
-        taps_.push_back(TRY(sys::create_tap(tap_name(k), nics_[i].mtu)));
-        TRY(sys::redirect_both_ways(nics_[i].name, tap_name(k)));
+        // A free name: a pod sibling's taps are taken, even one made
+        // between our look and our create (which is exclusive).
+        std::string tap;
+        sys::Fd fd;
+        for (size_t k = tap_names_.size();; ++k) {
+            tap = tap_name(k);
+            if (if_nametoindex(tap.c_str())) continue;
+            bool record = taps_persist_ && !state_.netns.empty();
+            if (record) {
+                state_.net_taps.push_back(tap);
+                TRY(write_state(paths_, state_));
+            }
+            auto r = sys::create_tap(tap, nics_[i].mtu);
+            if (r) {
+                fd = std::move(*r);
+                break;
+            }
+            if (record) {  // not ours: `delete` must leave it be
+                state_.net_taps.pop_back();
+                TRY(write_state(paths_, state_));
+            }
+            if (r.error().code != EBUSY || k >= 99) return tl::unexpected(r.error());
+        }
+        tap_names_.push_back(tap);
+        if (taps_persist_) TRY(sys::persist_tap(fd.get(), ::geteuid()));
+        else taps_.push_back(std::move(fd));
+        TRY(sys::redirect_both_ways(nics_[i].name, tap));
         log::debug("network: " + nics_[i].name + " (" + nics_[i].mac + ", mtu " + std::to_string(nics_[i].mtu) +
-                   ") <-> " + tap_name(k));
+                   ") <-> " + tap + (taps_persist_ ? " (by name)" : ""));
     }
     return {};
 }
 
-// Our redirects off the caller's links. The taps go with their last fd; a
-// netns we made goes with us.
+// Our redirects off the caller's links, and our persistent taps (the VMM
+// is gone). Other taps go with their last fd; a netns we made goes with us.
 void Shim::teardown_network() {
     taps_.clear();
+    if (taps_persist_) sys::delete_taps(tap_names_);
+    tap_names_.clear();
     std::vector<std::string> links;
     for (const auto& n : nics_) links.push_back(n.name);
     if (!links.empty()) sys::remove_redirects(links);
@@ -409,8 +442,6 @@ json Shim::create_params() const {
 }
 
 Result<void> Shim::launch_vm() {
-    hv_ = make_hypervisor(args_.hypervisor);
-    if (!hv_) return fail("unknown hypervisor " + args_.hypervisor, EINVAL);  // husk create checked it can run
     auto caps = hv_->capabilities();
     HostFacts host;
     host.accel = caps.kvm ? Accel::Kvm : Accel::Tcg;
@@ -430,9 +461,9 @@ Result<void> Shim::launch_vm() {
         TRY_CTX(make_share_image(paths_.shared, host.share_disk), "rootfs disk");
     }
     SandboxPaths sp{paths_.shared, "agent.sock", "qmp.sock", "vsock.sock"};
-    VmConfig cfg = make_vm_config(spec_, host, sp, nics_);
+    VmConfig cfg = make_vm_config(spec_, host, sp, nics_, tap_names_);
     bool vhost = ::access("/dev/vhost-net", R_OK | W_OK) == 0;
-    for (size_t i = 0; i < cfg.nics.size(); ++i) {
+    for (size_t i = 0; i < taps_.size(); ++i) {
         cfg.nics[i].fd = taps_[i].get();
         cfg.nics[i].vhost = vhost;
     }
@@ -948,6 +979,13 @@ void Shim::finish(int code, int sig) {
         vm_.reset();
     }
     teardown_network();
+    if (!state_.net_links.empty()) {
+        // Undone: `delete` must not undo it again, on a pod sibling that
+        // has since taken the link or the tap's name.
+        state_.net_links.clear();
+        state_.net_taps.clear();
+        (void)write_state(paths_, state_);
+    }
     ::unlink(paths_.shim_sock.c_str());
     if (sig) sys::die_of_signal(sig);  // the caller's wait status matches
     _exit(code);

@@ -25,6 +25,15 @@ std::vector<ApiCall> translate(const VmConfig& cfg) {
             disks.push_back({{"id", "disk" + std::to_string(i)}, {"path", cfg.disks[i].path}, {"readonly", cfg.disks[i].readonly}});
         vm["disks"] = disks;
     }
+    if (!cfg.nics.empty()) {
+        // Opened by name; no ip/mask, or Cloud Hypervisor would address
+        // the host's side of the tap.
+        json nets = json::array();
+        for (size_t i = 0; i < cfg.nics.size(); ++i)
+            nets.push_back({{"id", "net" + std::to_string(i)}, {"tap", cfg.nics[i].tap}, {"mac", cfg.nics[i].mac},
+                            {"mtu", cfg.nics[i].mtu}});
+        vm["net"] = nets;
+    }
     if (cfg.channel.kind != ChannelKind::None)
         vm["vsock"] = {{"cid", cfg.channel.vsock_cid}, {"socket", cfg.channel.socket_path}};
     if (cfg.free_page_reporting) vm["balloon"] = {{"size", 0}, {"deflate_on_oom", true}, {"free_page_reporting", true}};

@@ -25,6 +25,12 @@ std::vector<ApiCall> translate(const VmConfig& cfg) {
                       {"is_root_device", false},
                       {"is_read_only", cfg.disks[i].readonly}}});
     }
+    // Firecracker opens each tap by name; the guest sets the MTU itself.
+    for (size_t i = 0; i < cfg.nics.size(); ++i) {
+        std::string id = "net" + std::to_string(i);
+        c.push_back({"PUT", "/network-interfaces/" + id,
+                     {{"iface_id", id}, {"host_dev_name", cfg.nics[i].tap}, {"guest_mac", cfg.nics[i].mac}}});
+    }
     if (cfg.channel.kind != ChannelKind::None)
         c.push_back({"PUT", "/vsock", {{"guest_cid", cfg.channel.vsock_cid}, {"uds_path", cfg.channel.socket_path}}});
     if (cfg.free_page_reporting)

@@ -87,6 +87,7 @@ Capabilities QemuHypervisor::capabilities() const {
     c.vsock = vsock_available();
     c.kvm = detect_accel() == Accel::Kvm;
     c.control_socket = true;
+    c.nic_fd = true;  // -netdev tap,fd=N
     return c;
 }
 

@@ -28,6 +28,10 @@ std::vector<std::string> translate(const VmConfig& cfg) {
     a.insert(a.end(), {"con=null", "ssl=null", "con0=null,fd:" + std::to_string(kConsoleFd)});
     if (cfg.channel.kind != ChannelKind::None)
         a.push_back("con1=fd:" + std::to_string(kChannelFd) + ",fd:" + std::to_string(kChannelFd));
+    // UML's tuntap transport attaches to the (persistent) tap by name; the
+    // guest's ethN carries the container's MAC.
+    for (size_t i = 0; i < cfg.nics.size(); ++i)
+        a.push_back("eth" + std::to_string(i) + "=tuntap," + cfg.nics[i].tap + "," + cfg.nics[i].mac);
     for (size_t i = 0; i < cfg.disks.size(); ++i)
         a.push_back("ubd" + std::to_string(i) + (cfg.disks[i].readonly ? "r" : "") + "=/disk" + std::to_string(i));
     std::istringstream words(cfg.cmdline);
@@ -74,7 +78,6 @@ private:
 Result<std::unique_ptr<Vm>> UmlHypervisor::launch(const VmConfig& cfg, const std::string& workdir,
                                                   const std::string& log_path) {
     if (cfg.shares.size() > 1) return fail("uml: one shared directory at most", EINVAL);
-    if (!cfg.nics.empty()) return fail("uml: networking is not supported yet", ENOTSUP);
     auto log = TRY(sys::open(log_path, O_WRONLY | O_CREAT | O_APPEND, 0600));
     auto devnull = TRY(sys::open("/dev/null", O_RDONLY));
     std::string root = workdir + "/vmm-root", vmm_dir = workdir + "/vmm";
@@ -89,6 +92,7 @@ Result<std::unique_ptr<Vm>> UmlHypervisor::launch(const VmConfig& cfg, const std
     for (size_t i = 0; i < cfg.disks.size(); ++i)
         j.mounts.push_back({cfg.disks[i].path, "/disk" + std::to_string(i), cfg.disks[i].readonly, false});
     j.keep_caps = file_server_caps();
+    if (!cfg.nics.empty()) j.devices.push_back("/dev/net/tun");
 
     sys::SpawnOptions o;
     o.fds = {{devnull.get(), 0}, {log.get(), 1}, {log.get(), 2}};

@@ -76,6 +76,9 @@ struct Capabilities {
     // (0: the protocol's window), for channels that lose data or stall
     // when the guest's side fills up.
     uint32_t stdin_window = 0;
+    // The VMM takes each tap as an open fd (Nic::fd). Else it opens the
+    // tap by name, so the caller makes it persistent and deletes it.
+    bool nic_fd = false;
 };
 
 // A launched VM. Destroying it kills the VMM.

@@ -57,12 +57,16 @@ static void reap_leftovers(const State& s) {
         ::kill(s.vmm_pid, SIGKILL);
         sys::wait_process_exit(s.vmm_pid, s.vmm_start, std::chrono::milliseconds(defaults::kStopTimeoutMs));
     }
-    // A shim that was killed left its tc redirects on the caller's links.
+    // A shim that was killed left its tc redirects on the caller's links,
+    // and the taps a VMM that opens by name needed.
     if (!s.net_links.empty()) {
         pid_t child = ::fork();
         if (child == 0) {
             int fd = ::open(s.netns.c_str(), O_RDONLY | O_CLOEXEC);
-            if (fd >= 0 && ::setns(fd, CLONE_NEWNET) == 0) sys::remove_redirects(s.net_links);
+            if (fd >= 0 && ::setns(fd, CLONE_NEWNET) == 0) {
+                sys::remove_redirects(s.net_links);
+                sys::delete_taps(s.net_taps);
+            }
             _exit(0);
         }
         if (child > 0)

@@ -78,7 +78,7 @@ unsigned vm_vcpus(const Spec& spec, unsigned host_cpus) {
 }
 
 VmConfig make_vm_config(const Spec& spec, const HostFacts& host, const SandboxPaths& paths,
-                        const std::vector<NetInterface>& nics) {
+                        const std::vector<NetInterface>& nics, const std::vector<std::string>& taps) {
     VmConfig c;
     c.kernel = host.kernel;
     c.initrd = host.initrd;
@@ -94,7 +94,8 @@ VmConfig make_vm_config(const Spec& spec, const HostFacts& host, const SandboxPa
     // The console is quiet unless debugging: under TCG every emulated
     // serial byte costs boot time.
     c.cmdline = std::string(defaults::kKernelCmdline) + (host.debug ? " husk.debug=1" : " quiet");
-    for (size_t i = 0; i < nics.size(); ++i) c.nics.push_back({tap_name(i), nics[i].mac, nics[i].mtu});
+    for (size_t i = 0; i < nics.size(); ++i)
+        c.nics.push_back({i < taps.size() ? taps[i] : tap_name(i), nics[i].mac, nics[i].mtu});
     if (!nics.empty()) c.cmdline += " husk.net=1";  // the agent loads virtio_net
     if (!host.share_disk.empty()) c.cmdline += " husk.share=disk";
     return c;

@@ -61,11 +61,11 @@ Result<bool> rootfs_on_disk(const Spec& spec, const std::string& driver, bool dr
 
 uint64_t vm_memory_mib(const Spec& spec);
 unsigned vm_vcpus(const Spec& spec, unsigned host_cpus);
-// `nics`: the container netns's interfaces, each behind a tap; a caller
-// that opened the taps itself sets Nic::fd, which the VMM uses instead of
-// the name filled in here.
+// `nics`: the container netns's interfaces, each behind the tap named in
+// `taps` (tap_name(i) where `taps` has none); a caller that opened the
+// taps itself sets Nic::fd, which a VMM that can uses instead of the name.
 VmConfig make_vm_config(const Spec& spec, const HostFacts& host, const SandboxPaths& paths,
-                        const std::vector<NetInterface>& nics = {});
+                        const std::vector<NetInterface>& nics = {}, const std::vector<std::string>& taps = {});
 
 // CAP_* name -> number (libcap-ng's table), or -1.
 int capability_number(const std::string& name);

@@ -21,6 +21,7 @@ json state_to_json(const State& s) {
     if (!s.hooks.is_null()) j["hooks"] = s.hooks;
     if (!s.cgroups.empty()) j["cgroups"] = s.cgroups;
     if (!s.net_links.empty()) j["network"] = {{"netns", s.netns}, {"links", s.net_links}};
+    if (!s.net_taps.empty()) j["network"]["taps"] = s.net_taps;
     if (s.exit_code) j["exit_code"] = *s.exit_code;
     if (s.exit_signal) j["exit_signal"] = *s.exit_signal;
     return j;
@@ -47,6 +48,7 @@ Result<State> state_from_json(const json& j) {
         if (j.contains("network")) {
             s.netns = j["network"].at("netns").get<std::string>();
             s.net_links = j["network"].at("links").get<std::vector<std::string>>();
+            s.net_taps = j["network"].value("taps", std::vector<std::string>{});
         }
         return s;
     } catch (const json::exception& e) {

@@ -44,6 +44,7 @@ struct State {
     // carry our tc redirects, for delete to clean if the shim could not.
     std::string netns;
     std::vector<std::string> net_links;
+    std::vector<std::string> net_taps;  // persistent taps made there (a VMM that opens by name)
 };
 
 nlohmann::json state_to_json(const State& s);

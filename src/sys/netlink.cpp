@@ -152,7 +152,7 @@ Result<Fd> create_tap(const std::string& name, unsigned mtu) {
     auto fd = TRY(open("/dev/net/tun", O_RDWR | O_CLOEXEC));
     struct ifreq ifr = {};
     std::snprintf(ifr.ifr_name, IFNAMSIZ, "%s", name.c_str());
-    ifr.ifr_flags = IFF_TAP | IFF_NO_PI | IFF_VNET_HDR;
+    ifr.ifr_flags = IFF_TAP | IFF_NO_PI | IFF_VNET_HDR | IFF_TUN_EXCL;  // never someone else's
     if (::ioctl(fd.get(), TUNSETIFF, &ifr) < 0) return fail_errno("create tap " + name);
     // The netns's own stack has no business on the tap: no IPv6 autoconf
     // chatter towards the guest.
@@ -165,6 +165,24 @@ Result<Fd> create_tap(const std::string& name, unsigned mtu) {
     ifr.ifr_flags = short(ifr.ifr_flags | IFF_UP);
     if (::ioctl(s.get(), SIOCSIFFLAGS, &ifr) < 0) return fail_errno("tap " + name + ": up");
     return fd;
+}
+
+Result<void> persist_tap(int fd, uid_t owner) {
+    if (::ioctl(fd, TUNSETOWNER, static_cast<unsigned long>(owner)) < 0) return fail_errno("tap: set owner");
+    if (::ioctl(fd, TUNSETPERSIST, 1) < 0) return fail_errno("tap: make persistent");
+    return {};
+}
+
+void delete_taps(const std::vector<std::string>& names) {
+    auto sk = connect();
+    if (!sk) return;
+    for (const auto& name : names) {
+        if (!ours(name) || !ifindex(name)) continue;
+        Link l(rtnl_link_alloc());
+        if (!l) return;
+        rtnl_link_set_name(l.get(), name.c_str());
+        (void)rtnl_link_delete(sk->get(), l.get());
+    }
 }
 
 // The ingress qdisc's handle, and so the parent of every filter on it.
@@ -290,6 +308,9 @@ static Result<void> set_link(nl_sock* sk, int idx, const std::string& name, unsi
 Result<void> configure_interfaces(const std::vector<NetInterface>& ifs, int timeout_ms) {
     auto sk = TRY(connect());
     auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
+    // A guest kernel without IPv6 (UML's, when its module would not load)
+    // gets the IPv4 part; the agent has said why.
+    bool v6 = exists("/proc/sys/net/ipv6");
     // Out of the way first: the guest kernel's own "eth0" may be the NIC
     // that is to be called "eth1". Renaming needs the link down.
     std::vector<int> index;
@@ -305,6 +326,7 @@ Result<void> configure_interfaces(const std::vector<NetInterface>& ifs, int time
         for (const auto& cidr : i.addresses) {
             IfAddr a(rtnl_addr_alloc());
             auto local = TRY_CTX(parse_addr(cidr, AF_UNSPEC), i.name);
+            if (nl_addr_get_family(local.get()) == AF_INET6 && !v6) continue;
             rtnl_addr_set_ifindex(a.get(), idx);
             if (int e = rtnl_addr_set_local(a.get(), local.get()); e < 0) return nl_fail(i.name + ": " + cidr, e);
             // The host interface already owns the address: nothing to detect.
@@ -317,6 +339,7 @@ Result<void> configure_interfaces(const std::vector<NetInterface>& ifs, int time
     for (size_t n = 0; n < ifs.size(); ++n) {
         if (!ifs[n].up) continue;
         for (const auto& r : ifs[n].routes) {
+            if (r.family == AF_INET6 && !v6) continue;
             Route rt(rtnl_route_alloc());
             auto dst = TRY_CTX(parse_addr(r.dst, r.family), ifs[n].name + ": route");
             rtnl_route_set_family(rt.get(), uint8_t(r.family));

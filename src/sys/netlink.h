@@ -3,6 +3,8 @@
 // configures the guest's NICs. Everything acts on the calling thread's
 // current network namespace.
 #pragma once
+#include <sys/types.h>
+
 #include <string>
 #include <vector>
 
@@ -20,7 +22,17 @@ Result<std::vector<NetInterface>> scan_interfaces();
 
 // A tap named `name`, up, with `mtu`, IPv6 off, with virtio-net headers.
 // Not persistent: it vanishes with the last fd, i.e. with the shim and VMM.
+// A tap of that name already there: EBUSY.
 Result<Fd> create_tap(const std::string& name, unsigned mtu);
+
+// For a VMM that opens its tap by name (UML, Firecracker, Cloud
+// Hypervisor) rather than taking the fd: the tap outlives `fd`, and
+// `owner` (a VMM that has no CAP_NET_ADMIN) may attach to it. Whoever
+// made it must delete_taps it.
+Result<void> persist_tap(int fd, uid_t owner);
+
+// Delete these taps (ours only: names ending in _husk). Gone is fine.
+void delete_taps(const std::vector<std::string>& names);
 
 // Everything that arrives on `a` leaves by `b` and the other way round:
 // an ingress qdisc on each with a match-everything u32 filter (priority

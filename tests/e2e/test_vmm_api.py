@@ -12,6 +12,7 @@ import subprocess
 import pytest
 
 from conftest import ROOT, new_id, wait_for
+from test_network import assert_untouched, in_netns, link, netpair, sh  # noqa: F401 (netpair is a fixture)
 
 STANDIN = os.path.join(ROOT, "tests", "lib", "standin_vmm.py")
 ENV_BINARY = {"firecracker": "HUSK_FIRECRACKER", "cloud-hypervisor": "HUSK_CLOUD_HYPERVISOR"}
@@ -177,6 +178,28 @@ def test_pause_and_resume_go_through_the_api(husk, bundle, standin, flavour):
     bodies = [c["body"] for c in standin.calls()[len(EXPECTED[flavour]):]]
     if flavour == "firecracker":
         assert bodies == [{"state": "Paused"}, {"state": "Resumed"}]
+
+
+@pytest.mark.parametrize("flavour", ["firecracker", "cloud-hypervisor"])
+def test_the_container_network_goes_to_the_vmm_by_tap_name(husk, bundle, standin, flavour, netpair):
+    # Both VMMs open their taps by name: the shim leaves a persistent tap
+    # (owned by the VMM's uid) for each link of the netns, names it in the
+    # config, and deletes it when the VM is gone.
+    cid, env = new_id(), standin(flavour)
+    b = bundle(["sleep", "1000"], edit=lambda c: (on(flavour)(c), in_netns(netpair["path"])(c)))
+    husk("run", "-d", "-b", b, cid, check=True, env=env)
+    r = sh("ip", "netns", "exec", netpair["peer"], "busybox", "ping", "-c", "2", "-W", "5", netpair["addr"], check=False)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "persist on" in sh("ip", "-n", netpair["ctr"], "-d", "link", "show", "tap0_husk").stdout
+    mac = link(netpair["ctr"], "eth0")["address"]
+    calls = standin.calls()
+    if flavour == "firecracker":
+        nets = [c["body"] for c in calls if c["path"].startswith("/network-interfaces/")]
+        assert nets == [{"iface_id": "net0", "host_dev_name": "tap0_husk", "guest_mac": mac}]
+    else:
+        assert calls[0]["body"]["net"] == [{"id": "net0", "tap": "tap0_husk", "mac": mac, "mtu": 1400}]
+    husk("delete", "--force", cid, check=True, env=env)
+    assert_untouched(netpair["ctr"])
 
 
 def test_an_api_error_reaches_the_caller_and_nothing_is_left(husk, bundle, standin):

@@ -14,7 +14,8 @@ error status and text for Cloud Hypervisor.
 
 On start it boots the guest for real, under QEMU TCG on q35: the
 uncompressed vmlinux by its PVH entry (as both VMMs boot it), the
-configured drives, the serial console on our stdout. The hybrid vsock
+configured drives and NICs (the taps opened by name, as both VMMs do:
+husk must have made them), the serial console on our stdout. The hybrid vsock
 socket is served here: "CONNECT <port>" is answered "OK <n>" and bridged
 to the agent's port, which under QEMU is a virtio-serial port. Liberties
 taken on the guest command line, both because this is QEMU and not the
@@ -132,7 +133,7 @@ class StandIn:
         self.api_sock = api_sock
         self.log = open(log_path, "a") if log_path else sys.stderr
         self.defs = FC if flavour == "firecracker" else CH
-        self.config = {"drives": {}}
+        self.config = {"drives": {}, "nets": {}}
         self.state = "Not started"  # then Running / Paused
         self.qemu = None
         self.qmp = None
@@ -177,6 +178,16 @@ class StandIn:
         if not os.path.exists(path):
             raise ApiError(400, f"{what} {path}: No such file or directory")
 
+    def must_be_tap(self, name):
+        # Both VMMs open the tap by name in their network namespace; the
+        # stand-in holds husk to having made it (QEMU would make one).
+        # (if_nametoindex: /sys shows the netns that mounted it, not ours.)
+        try:
+            socket.if_nametoindex(name)
+        except OSError:
+            raise ApiError(400, f"Could not create the network device: Open tap device failed: {name}: "
+                                "No such device") from None
+
     def firecracker(self, method, route, path, body):
         preboot = method == "PUT" and route != "/actions"
         if preboot and self.state != "Not started":
@@ -193,6 +204,11 @@ class StandIn:
                 raise ApiError(400, "The id from the path does not match the id from the body!")
             self.must_exist(body.get("path_on_host", ""), "drive")
             self.config["drives"][body["drive_id"]] = body
+        elif route == "/network-interfaces/{id}":
+            if body["iface_id"] != path.rsplit("/", 1)[1]:
+                raise ApiError(400, "The id from the path does not match the id from the body!")
+            self.must_be_tap(body["host_dev_name"])
+            self.config["nets"][body["iface_id"]] = body
         elif route == "/vsock":
             self.config["vsock"] = body
         elif route == "/balloon":
@@ -207,6 +223,7 @@ class StandIn:
             self.boot(kernel=self.config["boot"]["kernel_image_path"], initrd=self.config["boot"].get("initrd_path"),
                       cmdline=cmdline, vcpus=m["vcpu_count"], mem_mib=m["mem_size_mib"],
                       drives=[(d["path_on_host"], d.get("is_read_only", False)) for d in self.config["drives"].values()],
+                      nics=[(n["host_dev_name"], n.get("guest_mac"), None) for n in self.config["nets"].values()],
                       vsock=self.config.get("vsock", {}).get("uds_path"), balloon="balloon" in self.config)
         elif route == "/vm":
             if self.state == "Not started":
@@ -231,6 +248,8 @@ class StandIn:
                     self.must_exist(p[k], k)
             for d in body.get("disks", []):
                 self.must_exist(d.get("path", ""), "disk")
+            for n in body.get("net", []):
+                self.must_be_tap(n.get("tap", ""))
             self.config["vm"] = body
         elif route == "/api/v1/vm.boot":
             if "vm" not in self.config:
@@ -242,6 +261,7 @@ class StandIn:
                       cmdline=vm["payload"].get("cmdline", ""), vcpus=vm.get("cpus", {}).get("boot_vcpus", 1),
                       mem_mib=vm.get("memory", {}).get("size", 512 << 20) >> 20,
                       drives=[(d["path"], d.get("readonly", False)) for d in vm.get("disks", [])],
+                      nics=[(n["tap"], n.get("mac"), n.get("mtu")) for n in vm.get("net", [])],
                       vsock=vm.get("vsock", {}).get("socket"), balloon="balloon" in vm)
         elif route == "/api/v1/vm.pause":
             if self.state != "Running":
@@ -266,7 +286,7 @@ class StandIn:
 
     # ---------------------------------------------------------------- the guest
 
-    def boot(self, kernel, initrd, cmdline, vcpus, mem_mib, drives, vsock, balloon):
+    def boot(self, kernel, initrd, cmdline, vcpus, mem_mib, drives, nics, vsock, balloon):
         def dev(d):
             return d + "-pci"
         # QEMU's sockets, relative to our working directory (the VMM's,
@@ -286,6 +306,10 @@ class StandIn:
         for i, (path, ro) in enumerate(drives):
             argv += ["-drive", f"file={path},if=none,id=d{i},format=raw" + (",readonly=on" if ro else ""),
                      "-device", f"{dev('virtio-blk')},drive=d{i}"]
+        for i, (tap, mac, mtu) in enumerate(nics):
+            argv += ["-netdev", f"tap,id=n{i},ifname={tap},script=no,downscript=no",
+                     "-device", f"{dev('virtio-net')},netdev=n{i}" + (f",mac={mac}" if mac else "") +
+                     (f",host_mtu={mtu}" if mtu else "")]
         if vsock:
             argv += ["-device", f"{dev('virtio-serial')},max_ports=2",
                      "-chardev", f"socket,id=agent,path={agent},server=on,wait=off",

@@ -37,7 +37,11 @@ VmConfig api_vm_config() {
     host.host_cpus = 4, host.kernel = "/img/vmlinux", host.initrd = "/img/initramfs.img";
     host.hybrid_vsock = true;
     host.share_disk = "/state/c1/share.img";
-    return make_vm_config(small_spec(), host, {"/state/c1/shared", "agent.sock", "qmp.sock", "vsock.sock"});
+    NetInterface eth0;
+    eth0.name = "eth0", eth0.mac = "02:42:ac:11:00:02", eth0.mtu = 1400;
+    // The tap's name is the shim's pick (tap0_husk was a pod sibling's).
+    return make_vm_config(small_spec(), host, {"/state/c1/shared", "agent.sock", "qmp.sock", "vsock.sock"}, {eth0},
+                          {"tap1_husk"});
 }
 
 std::string tmpdir() {
@@ -78,6 +82,7 @@ TEST_CASE("the drivers say why they cannot run here", "[drivers]") {
     ::unsetenv("HUSK_CLOUD_HYPERVISOR");
     auto caps = firecracker::FirecrackerHypervisor().capabilities();
     CHECK((caps.hybrid_vsock && !caps.shares && caps.pause && !caps.control_socket));
+    CHECK_FALSE(caps.nic_fd);  // it opens taps by name: the shim makes them persistent
 }
 
 TEST_CASE("rootfs on a disk: the driver's need, or the annotation", "[drivers]") {

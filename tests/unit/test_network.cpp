@@ -73,6 +73,8 @@ TEST_CASE("connected routes go before the routes that need them", "[network]") {
 // The netlink side, in a private network namespace of a forked child:
 // what scan_interfaces reads from a veth set up with iproute2, and that
 // redirects come and go without a trace.
+#include <net/if.h>
+#include <pwd.h>
 #include <sched.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -137,4 +139,44 @@ TEST_CASE("scan_interfaces reads a veth's MAC, MTU, addresses and routes; redire
     CHECK(r["after"] == 2);  // eth0 and peer0, not the tap
     CHECK(r["removed"] == true);
     CHECK(r["qdisc_left"] == false);
+}
+
+TEST_CASE("a persistent tap outlives its fd, is never taken over, and delete_taps removes only ours", "[network][netlink]") {
+    json r = in_private_netns([] {
+        json out;
+        {
+            auto tap = sys::create_tap("tap0_husk", 1500);
+            if (!tap) return json{{"error", tap.error().message}};
+            if (auto p = sys::persist_tap(tap->get(), ::geteuid()); !p) return json{{"error", p.error().message}};
+        }
+        out["persists"] = if_nametoindex("tap0_husk") != 0;
+        // A second create of the name must fail, not attach to it (a pod
+        // sibling's tap whose VMM has not opened it yet).
+        auto again = sys::create_tap("tap0_husk", 1500);
+        out["exclusive"] = !again && again.error().code == EBUSY;
+        // A VMM without CAP_NET_ADMIN attaches by name as the owner.
+        // (ip, not /sys: sysfs shows the netns that mounted it.)
+        FILE* ip = popen("ip -d link show tap0_husk", "r");
+        if (!ip) return json{{"error", "popen"}};
+        char buf[4096] = {};
+        size_t n = fread(buf, 1, sizeof buf - 1, ip);
+        pclose(ip);
+        std::string d(buf, n);
+        out["details"] = d;
+        struct passwd* pw = getpwuid(::geteuid());  // ip prints the owner's name
+        std::string who = pw ? pw->pw_name : std::to_string(::geteuid());
+        out["persist_owner"] = d.find("persist on user " + who + " ") != std::string::npos;
+        if (system("ip tuntap add dev tapx mode tap") != 0) return json{{"error", "ip tuntap"}};
+        sys::delete_taps({"tap0_husk", "tapx", "tap9_husk"});  // tapx is not ours; tap9_husk is not there
+        out["deleted"] = if_nametoindex("tap0_husk") == 0;
+        out["others_kept"] = if_nametoindex("tapx") != 0;
+        return out;
+    });
+    REQUIRE_FALSE(r.contains("error"));
+    CHECK(r["persists"] == true);
+    CHECK(r["exclusive"] == true);
+    INFO(r["details"]);
+    CHECK(r["persist_owner"] == true);
+    CHECK(r["deleted"] == true);
+    CHECK(r["others_kept"] == true);
 }

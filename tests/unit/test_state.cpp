@@ -53,6 +53,7 @@ TEST_CASE("state round-trips atomically", "[state]") {
     s.annotations["k"] = "v";
     s.netns = "/run/netns/n1";
     s.net_links = {"eth0"};
+    s.net_taps = {"tap0_husk"};
     REQUIRE(write_state(p, s));
     CHECK_FALSE(sys::exists(p.state_json + ".tmp"));
     auto r = read_state(p);
@@ -62,6 +63,7 @@ TEST_CASE("state round-trips atomically", "[state]") {
     CHECK(r->annotations.at("k") == "v");
     CHECK(r->netns == "/run/netns/n1");  // delete cleans redirects a killed shim left there
     CHECK(r->net_links == std::vector<std::string>{"eth0"});
+    CHECK(r->net_taps == std::vector<std::string>{"tap0_husk"});  // and the persistent taps
     CHECK(effective_status(*r) == status::kCreated);
     auto j = oci_state(*r);
     CHECK(j["ociVersion"] == "1.0.2");

@@ -30,7 +30,10 @@ TEST_CASE("VmConfig -> UML command line (golden)", "[uml]") {
     REQUIRE(spec);
     HostFacts host;
     host.host_cpus = 4, host.kernel = "/usr/bin/linux.uml", host.initrd = "/img/initramfs.img";
-    VmConfig cfg = make_vm_config(*spec, host, {"/state/c1/shared", "agent.sock", "qmp.sock", "vsock.sock"});
+    NetInterface eth0;
+    eth0.name = "eth0", eth0.mac = "02:42:ac:11:00:02";
+    VmConfig cfg = make_vm_config(*spec, host, {"/state/c1/shared", "agent.sock", "qmp.sock", "vsock.sock"}, {eth0},
+                                  {"tap1_husk"});
     cfg.console_fd = 7;
     cfg.disks.push_back({"/img/disk.raw", true});
     check_golden("translate/uml.argv", lines(uml::translate(cfg)));
