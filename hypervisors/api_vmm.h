@@ -49,9 +49,22 @@ private:
     ApiCall pause_, resume_;
 };
 
-// Spawn the VMM in `workdir` (stdout: the guest serial console, stderr:
-// `log_path`), wait for its API socket, make the calls. Any failure kills
-// the VMM; its message ends with the tail of its log.
+// Where a REST-API VMM's jail puts what it is given (jail.h).
+inline constexpr const char* kApiVmmDir = "vmm";  // under the state dir: its sockets
+inline constexpr const char* kApiJailVmmDir = "/vmm";  // ... seen from the jail: its working directory
+inline constexpr const char* kApiJailBin = "/vmm-bin";
+inline constexpr const char* kApiJailKernel = "/vmlinux";
+inline constexpr const char* kApiJailInitrd = "/initrd.img";
+inline constexpr const char* kApiJailLog = "/vmm.log";
+
+// `cfg` as the jailed VMM sees it: kernel, initrd and disks at their jail
+// paths, the vsock socket in its working directory. Pure.
+VmConfig jailed_config(const VmConfig& cfg);
+
+// Spawn the VMM jailed, in `workdir`/vmm (stdout: the guest serial
+// console, stderr: `log_path`), wait for its API socket, make the calls
+// (`l`, planned with jailed_config). Any failure kills the VMM; its
+// message ends with the tail of its log.
 Result<std::unique_ptr<Vm>> launch_api_vmm(const ApiVmmLaunch& l, const VmConfig& cfg, const std::string& workdir,
                                            const std::string& log_path);
 

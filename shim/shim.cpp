@@ -460,7 +460,9 @@ Result<void> Shim::launch_vm() {
         host.share_disk = paths_.dir + "/share.img";
         TRY_CTX(make_share_image(paths_.shared, host.share_disk), "rootfs disk");
     }
-    SandboxPaths sp{paths_.shared, "agent.sock", "qmp.sock", "vsock.sock"};
+    // (A REST-API VMM's hybrid vsock socket is in its jail's working
+    // directory, vmm/.)
+    SandboxPaths sp{paths_.shared, "agent.sock", "qmp.sock", "vmm/vsock.sock"};
     VmConfig cfg = make_vm_config(spec_, host, sp, nics_, tap_names_);
     bool vhost = ::access("/dev/vhost-net", R_OK | W_OK) == 0;
     for (size_t i = 0; i < taps_.size(); ++i) {

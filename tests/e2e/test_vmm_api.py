@@ -150,7 +150,9 @@ def test_husk_runs_a_container_through_the_api(husk, bundle, standin, flavour):
     else:
         vm = calls[0]["body"]
         assert vm["cpus"] == {"boot_vcpus": 2, "max_vcpus": 2} and vm["memory"]["size"] >= 300 << 20
-        assert vm["disks"][0]["path"].endswith("/share.img") and vm["vsock"]["socket"] == "vsock.sock"
+        # The paths the VMM sees in its jail.
+        assert vm["payload"]["kernel"] == "/vmlinux" and vm["payload"]["initramfs"] == "/initrd.img"
+        assert vm["disks"][0]["path"] == "/disk0" and vm["vsock"]["socket"] == "vsock.sock"
 
 
 @pytest.mark.parametrize("flavour", ["firecracker", "cloud-hypervisor"])
@@ -200,6 +202,28 @@ def test_the_container_network_goes_to_the_vmm_by_tap_name(husk, bundle, standin
         assert calls[0]["body"]["net"] == [{"id": "net0", "tap": "tap0_husk", "mac": mac, "mtu": 1400}]
     husk("delete", "--force", cid, check=True, env=env)
     assert_untouched(netpair["ctr"])
+
+
+@pytest.mark.parametrize("flavour", ["firecracker", "cloud-hypervisor"])
+def test_the_vmm_runs_jailed(husk, bundle, standin, flavour):
+    # Its own mount and pid namespaces, a root that holds only what it
+    # serves and needs, no capabilities, no new privileges.
+    cid, env = new_id(), standin(flavour)
+    husk("run", "-d", "-b", bundle(["sleep", "1000"], edit=on(flavour)), cid, check=True, env=env)
+    init = husk.state_file(cid)["vmm_pid"]
+    vmm = int(open(f"/proc/{init}/task/{init}/children").read().split()[0])
+    root = sorted(os.listdir(f"/proc/{vmm}/root"))
+    assert {"vmlinux", "initrd.img", "disk0", "vmm", "vmm-bin", "vmm.log", "usr", "dev", "proc", "tmp"} <= set(root)
+    assert not {"etc", "home", "root", "run", "var", "boot"} & set(root), root
+    assert sorted(os.listdir(f"/proc/{vmm}/root/dev")) == ["null", "urandom", "zero"]  # no /dev/kvm here, no NIC
+    # Its sockets are the state dir's vmm/ on the host.
+    assert {"api.sock", "vsock.sock"} <= set(os.listdir(os.path.join(husk.root, cid, "vmm")))
+    st = dict(l.split(":", 1) for l in open(f"/proc/{vmm}/status").read().splitlines() if ":" in l)
+    assert int(st["CapBnd"].strip(), 16) == 0 and int(st["CapEff"].strip(), 16) == 0
+    assert st["NoNewPrivs"].strip() == "1"
+    assert st["NSpid"].split()[-1] == "2"  # pid 2 of its own namespace (1 is the jail's reaper)
+    assert os.readlink(f"/proc/{vmm}/ns/mnt") != os.readlink("/proc/self/ns/mnt")
+    husk("delete", "--force", cid, check=True, env=env)
 
 
 def test_an_api_error_reaches_the_caller_and_nothing_is_left(husk, bundle, standin):

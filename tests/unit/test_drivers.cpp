@@ -202,3 +202,20 @@ TEST_CASE("the share as an ext4 image holds a copy of the tree", "[drivers]") {
     (void)sys::remove_all(dir);
     (void)sys::remove_all(out);
 }
+
+TEST_CASE("a REST-API VMM is configured with the paths of its jail", "[drivers]") {
+    VmConfig cfg = api_vm_config();
+    cfg.channel.socket_path = "vmm/vsock.sock";  // the shim's view: state/<id>/vmm/
+    VmConfig in = jailed_config(cfg);
+    CHECK(in.kernel == "/vmlinux");
+    CHECK(in.initrd == "/initrd.img");
+    REQUIRE(in.disks.size() == 1);
+    CHECK(in.disks[0].path == "/disk0");
+    CHECK_FALSE(in.disks[0].readonly);
+    CHECK(in.channel.socket_path == "vsock.sock");  // in its working directory, the jail's /vmm
+    CHECK(in.nics[0].tap == "tap1_husk");           // taps are named in its netns, not its filesystem
+    CHECK(in.memory_mib == cfg.memory_mib);
+    auto calls = calls_to_json(firecracker::translate(in)).dump();
+    CHECK(calls.find("/state/") == std::string::npos);  // no host path reaches the VMM
+    CHECK(calls.find("/img/") == std::string::npos);
+}
