@@ -38,7 +38,7 @@ std::vector<std::string> translate(const VmConfig& cfg) {
     for (std::string w; words >> w;) a.push_back(w);
     a.insert(a.end(), {"console=tty0", "husk.vmm=uml"});
     if (cfg.channel.kind != ChannelKind::None) a.push_back("husk.channel=tty1");
-    if (!cfg.shares.empty()) a.push_back(std::string("husk.hostfs=") + kJailShare);
+    if (!cfg.shares.empty()) a.push_back("husk.hostfs=" + std::string(kJailShare));
     return a;
 }
 

@@ -5,6 +5,7 @@
 #include <fstream>
 #include <sstream>
 #include <string>
+#include <vector>
 
 #include <catch2/catch.hpp>
 
@@ -15,6 +16,13 @@ inline std::string read_text(const std::string& path) {
     std::stringstream ss;
     ss << f.rdbuf();
     return ss.str();
+}
+
+// An argv as a golden file: one word per line.
+inline std::string lines(const std::vector<std::string>& v) {
+    std::string s;
+    for (auto& x : v) s += x + "\n";
+    return s;
 }
 
 inline void check_golden(const std::string& name, const std::string& actual) {

@@ -33,12 +33,6 @@ static const char* kBundle = R"({
   }
 })";
 
-static std::string lines(const std::vector<std::string>& v) {
-    std::string s;
-    for (auto& x : v) s += x + "\n";
-    return s;
-}
-
 TEST_CASE("share plan: rootfs first, one entry per bind mount", "[translate]") {
     auto plan = plan_shares(spec_from(kBundle), "/bundle", fake_is_dir);
     REQUIRE(plan.entries.size() == 4);

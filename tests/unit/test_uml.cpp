@@ -18,12 +18,6 @@
 
 using namespace husk;
 
-static std::string lines(const std::vector<std::string>& v) {
-    std::string s;
-    for (auto& x : v) s += x + "\n";
-    return s;
-}
-
 TEST_CASE("VmConfig -> UML command line (golden)", "[uml]") {
     auto spec = parse_spec(R"({"ociVersion": "1.0.2", "root": {"path": "rootfs"}, "process": {"args": ["true"], "cwd": "/"},
                               "linux": {"resources": {"memory": {"limit": 67108864}}}})");
