@@ -1,5 +1,4 @@
 """husk exec: processes in a running container, as runc runs them."""
-import pytest
 import json
 import os
 import signal

@@ -10,63 +10,7 @@ import signal
 import subprocess
 import uuid
 
-import pytest
-
-from conftest import new_id, wait_for
-
-pytestmark = []
-
-
-def sh(*args, check=True, **kw):
-    return subprocess.run(list(args), capture_output=True, text=True, check=check, **kw)
-
-
-def link(ns, dev):
-    return json.loads(sh("ip", "-n", ns, "-j", "link", "show", dev).stdout)[0]
-
-
-def assert_untouched(ns, dev="eth0"):
-    """Nothing of ours is left in the caller's netns: no tap, no qdisc, no filter."""
-    names = [l["ifname"] for l in json.loads(sh("ip", "-n", ns, "-j", "link").stdout)]
-    assert sorted(names) == sorted(["lo", dev]), names
-    assert "ingress" not in sh("tc", "-n", ns, "qdisc", "show", "dev", dev).stdout
-    assert sh("tc", "-n", ns, "filter", "show", "dev", dev, "ingress").stdout.strip() == ""
-
-
-@pytest.fixture
-def netpair():
-    """A container netns with eth0 (10.N.0.2/24, fd00:N::2/64, MTU 1400,
-    default route via .1) whose veth peer sits in a second "peer" netns."""
-    tag = uuid.uuid4().hex[:6]
-    n = 100 + int(tag[:2], 16) % 100
-    ctr, peer = f"husk-c{tag}", f"husk-p{tag}"
-    for ns in (ctr, peer):
-        sh("ip", "netns", "add", ns)
-    try:
-        sh("ip", "link", "add", f"hc{tag}", "type", "veth", "peer", "name", f"hp{tag}")
-        sh("ip", "link", "set", f"hc{tag}", "netns", ctr)
-        sh("ip", "link", "set", f"hp{tag}", "netns", peer)
-        sh("ip", "-n", ctr, "link", "set", f"hc{tag}", "name", "eth0")
-        for ns, dev, host in ((ctr, "eth0", 2), (peer, f"hp{tag}", 1)):
-            sh("ip", "-n", ns, "link", "set", dev, "mtu", "1400", "up")
-            sh("ip", "-n", ns, "addr", "add", f"10.{n}.0.{host}/24", "dev", dev)
-            sh("ip", "-n", ns, "addr", "add", f"fd00:{n}::{host}/64", "dev", dev, "nodad")
-            sh("ip", "-n", ns, "link", "set", "lo", "up") if ns == peer else None
-        sh("ip", "-n", ctr, "route", "add", "default", "via", f"10.{n}.0.1")
-        sh("ip", "-n", ctr, "route", "add", "192.0.2.0/24", "via", f"10.{n}.0.1", "metric", "7")
-        yield {"ctr": ctr, "peer": peer, "addr": f"10.{n}.0.2", "gw": f"10.{n}.0.1", "addr6": f"fd00:{n}::2",
-               "path": f"/run/netns/{ctr}"}
-    finally:
-        for ns in (ctr, peer):
-            sh("ip", "netns", "delete", ns, check=False)
-
-
-def in_netns(path):
-    def edit(c):
-        for n in c["linux"]["namespaces"]:
-            if n["type"] == "network":
-                n["path"] = path
-    return edit
+from conftest import assert_untouched, in_netns, link, new_id, sh, wait_for
 
 
 def test_veth_netns_carried_into_the_vm(husk, bundle, netpair):

@@ -10,8 +10,11 @@ import tempfile
 
 import pytest
 
-from conftest import BUSYBOX, HUSK, base_config, new_id, reap, wait_for
+from conftest import BUSYBOX, DRIVER, HUSK, base_config, new_id, reap, wait_for
 from husktest import make_user, remove_user
+
+# It runs QEMU and UML itself: once, in the default pass.
+pytestmark = pytest.mark.skipif(DRIVER != "qemu", reason="picks its drivers itself; runs in the default pass")
 
 USER = "husk-plain"
 

@@ -1,5 +1,4 @@
 """husk run: output from the guest, stdio both ways, exit codes, signals."""
-import pytest
 import hashlib
 import os
 import signal
