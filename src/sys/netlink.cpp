@@ -152,7 +152,8 @@ Result<Fd> create_tap(const std::string& name, unsigned mtu) {
     auto fd = TRY(open("/dev/net/tun", O_RDWR | O_CLOEXEC));
     struct ifreq ifr = {};
     std::snprintf(ifr.ifr_name, IFNAMSIZ, "%s", name.c_str());
-    ifr.ifr_flags = IFF_TAP | IFF_NO_PI | IFF_VNET_HDR | IFF_TUN_EXCL;  // never someone else's
+    // IFF_TUN_EXCL: never someone else's (0x8000: the short's sign bit).
+    ifr.ifr_flags = static_cast<short>(IFF_TAP | IFF_NO_PI | IFF_VNET_HDR | IFF_TUN_EXCL);
     if (::ioctl(fd.get(), TUNSETIFF, &ifr) < 0) return fail_errno("create tap " + name);
     // The netns's own stack has no business on the tap: no IPv6 autoconf
     // chatter towards the guest.
