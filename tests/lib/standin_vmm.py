@@ -323,9 +323,7 @@ class StandIn:
         # thread, which lives as long as we do, forks it.
         self.qemu = on_main_thread(lambda: subprocess.Popen(
             argv, stdin=subprocess.DEVNULL, stderr=self.log, preexec_fn=lambda: libc.prctl(1, signal.SIGKILL)))
-        self.wait_for(qmp)
-        self.qmp = socket.socket(socket.AF_UNIX)
-        self.qmp.connect(qmp)
+        self.qmp = self.connect(qmp)
         self.qmp_file = self.qmp.makefile("rw")
         self.qmp_file.readline()
         self.qmp_cmd("qmp_capabilities")
@@ -334,10 +332,16 @@ class StandIn:
             self.serve_vsock(vsock, agent)
         threading.Thread(target=self.reap, daemon=True).start()
 
-    def wait_for(self, path):
+    def connect(self, path):
+        """A connection to one of QEMU's listening sockets. QEMU binds (the
+        file appears) a moment before it listens: refused is retried too."""
         for _ in range(500):
-            if os.path.exists(path):
-                return
+            s = socket.socket(socket.AF_UNIX)
+            try:
+                s.connect(path)
+                return s
+            except (FileNotFoundError, ConnectionRefusedError):
+                s.close()
             if self.qemu.poll() is not None:
                 raise ApiError(400, f"the guest could not start (qemu exited {self.qemu.returncode})")
             time.sleep(0.01)
@@ -367,7 +371,7 @@ class StandIn:
         listener = socket.socket(socket.AF_UNIX)
         listener.bind(uds)
         listener.listen(4)
-        self.wait_for(agent)
+        # (QEMU made its chardevs before QMP answered; conn() retries anyway.)
         used = [False]
 
         def conn(c):
@@ -381,8 +385,7 @@ class StandIn:
             if len(parts) != 2 or parts[0] != "CONNECT" or not parts[1].isdigit() or used[0]:
                 return c.close()  # as a guest with no listener there
             used[0] = True
-            q = socket.socket(socket.AF_UNIX)
-            q.connect(agent)
+            q = self.connect(agent)
             c.sendall(b"OK 1073741824\n")
             pump(c, q)
 
