@@ -73,55 +73,22 @@ Result<void> wait_for_api(const std::string& socket, pid_t pid, int timeout_ms) 
 
 }  // namespace
 
-static std::string base_name(const std::string& path) { return path.substr(path.rfind('/') + 1); }
-
-VmConfig jailed_config(const VmConfig& cfg) {
-    VmConfig in = cfg;
-    in.kernel = kApiJailKernel;
-    if (!cfg.initrd.empty()) in.initrd = kApiJailInitrd;
-    for (size_t i = 0; i < in.disks.size(); ++i) in.disks[i].path = "/disk" + std::to_string(i);
-    // Its sockets go in its working directory, the jail's /vmm.
-    auto slash = cfg.channel.socket_path.rfind('/');
-    if (slash != std::string::npos) in.channel.socket_path = cfg.channel.socket_path.substr(slash + 1);
-    return in;
-}
-
-static Jail api_vmm_jail(const std::string& binary, const VmConfig& cfg, const std::string& workdir,
-                         const std::string& log_path) {
-    Jail j = base_jail(workdir + "/vmm-root");
-    j.mounts.push_back({sys::realpath(binary).value_or(binary), std::string(kApiJailBin) + "/" + base_name(binary),
-                        true, false});
-    j.mounts.push_back({cfg.kernel, kApiJailKernel, true, false});
-    if (!cfg.initrd.empty()) j.mounts.push_back({cfg.initrd, kApiJailInitrd, true, false});
-    for (size_t i = 0; i < cfg.disks.size(); ++i)
-        j.mounts.push_back({cfg.disks[i].path, "/disk" + std::to_string(i), cfg.disks[i].readonly, false});
-    j.mounts.push_back({workdir + "/" + kApiVmmDir, kApiJailVmmDir, false, false});
-    j.mounts.push_back({log_path, kApiJailLog, false, false});
-    if (sys::exists("/dev/kvm")) j.devices.push_back("/dev/kvm");
-    if (!cfg.nics.empty()) j.devices.push_back("/dev/net/tun");  // its taps, opened by name
-    j.keep_caps = {};  // /dev/kvm, its files and its taps are root's, which it is; nothing more
-    return j;
-}
-
 Result<std::unique_ptr<Vm>> launch_api_vmm(const ApiVmmLaunch& l, const VmConfig& cfg, const std::string& workdir,
                                            const std::string& log_path) {
     if (!cfg.shares.empty()) return fail(l.name + ": no shared directories (the rootfs goes on a disk)", EINVAL);
     auto log = TRY(sys::open(log_path, O_WRONLY | O_CREAT | O_APPEND, 0600));
     auto devnull = TRY(sys::open("/dev/null", O_RDWR));
-    std::string vmm_dir = workdir + "/" + kApiVmmDir, root = workdir + "/vmm-root";
-    for (const auto& d : {vmm_dir, root})
-        if (::mkdir(d.c_str(), 0700) < 0 && errno != EEXIST) return fail_errno("mkdir " + d);
-    std::string socket = vmm_dir + "/" + l.socket;
-    ::unlink(socket.c_str());
-
     // The VMM runs jailed (jail.h): its own mount and pid namespaces, a
     // tmpfs root with the binary, kernel, initrd, disks, its working
     // directory and log, /usr read-only, /dev/kvm and /dev/net/tun; no
     // capabilities. What it serves from its working directory (the API
     // and vsock sockets) is state/<id>/vmm/ on the host.
-    Jail j = api_vmm_jail(l.argv[0], cfg, workdir, log_path);
+    auto [j, binary] = TRY(vmm_jail(cfg, workdir, l.argv[0]));
+    j.mounts.push_back({log_path, kApiJailLog, false, false});
+    std::string socket = workdir + "/" + kVmmDirName + "/" + l.socket;
+    ::unlink(socket.c_str());
     std::vector<std::string> argv = l.argv;
-    argv[0] = std::string(kApiJailBin) + "/" + base_name(l.argv[0]);
+    argv[0] = binary;
     sys::SpawnOptions o;
     o.fds = {{devnull.get(), 0}, {cfg.console_fd >= 0 ? cfg.console_fd : devnull.get(), 1}, {log.get(), 2}};
     o.path = argv[0];
@@ -140,7 +107,7 @@ Result<std::unique_ptr<Vm>> launch_api_vmm(const ApiVmmLaunch& l, const VmConfig
         o.env = env;
     }
     jail_spawn(j, o);
-    o.cwd = kApiJailVmmDir;  // inside the jail
+    o.cwd = kJailVmmDir;  // inside the jail
     pid_t pid = TRY_CTX(sys::spawn(argv, o), "launch " + l.name);
     auto vm = std::make_unique<ApiVm>(pid, socket, l.pause, l.resume);
     auto fail_with_log = [&](const Error& e) { return fail(l.name + ": " + e.message + log_tail(log_path), e.code); };

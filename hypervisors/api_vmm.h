@@ -49,17 +49,8 @@ private:
     ApiCall pause_, resume_;
 };
 
-// Where a REST-API VMM's jail puts what it is given (jail.h).
-inline constexpr const char* kApiVmmDir = "vmm";  // under the state dir: its sockets
-inline constexpr const char* kApiJailVmmDir = "/vmm";  // ... seen from the jail: its working directory
-inline constexpr const char* kApiJailBin = "/vmm-bin";
-inline constexpr const char* kApiJailKernel = "/vmlinux";
-inline constexpr const char* kApiJailInitrd = "/initrd.img";
+// Where a REST-API VMM's jail puts its log (the rest: jail.h).
 inline constexpr const char* kApiJailLog = "/vmm.log";
-
-// `cfg` as the jailed VMM sees it: kernel, initrd and disks at their jail
-// paths, the vsock socket in its working directory. Pure.
-VmConfig jailed_config(const VmConfig& cfg);
 
 // Spawn the VMM jailed, in `workdir`/vmm (stdout: the guest serial
 // console, stderr: `log_path`), wait for its API socket, make the calls

@@ -15,6 +15,8 @@
 #include <cerrno>
 #include <cstring>
 
+#include "husk/paths.h"
+
 namespace husk {
 
 namespace {
@@ -137,6 +139,62 @@ void jail_spawn(const Jail& jail, sys::SpawnOptions& o) {
             if (r < 0 && errno == ECHILD) ::_exit(127);
         }
     };
+}
+
+std::string jail_disk_path(size_t i) { return "/disk" + std::to_string(i); }
+std::string jail_share_path(size_t i) { return "/share" + std::to_string(i); }
+
+VmConfig jailed_config(const VmConfig& cfg) {
+    VmConfig in = cfg;
+    in.kernel = kJailKernel;
+    if (!cfg.initrd.empty()) in.initrd = kJailInitrd;
+    for (size_t i = 0; i < in.disks.size(); ++i) in.disks[i].path = jail_disk_path(i);
+    for (size_t i = 0; i < in.shares.size(); ++i) in.shares[i].host_path = jail_share_path(i);
+    // Its sockets are in its working directory, the jail's /vmm.
+    if (!in.channel.socket_path.empty()) in.channel.socket_path = sys::basename(in.channel.socket_path);
+    if (!in.control_socket.empty()) in.control_socket = sys::basename(in.control_socket);
+    return in;
+}
+
+Result<VmmJail> vmm_jail(const VmConfig& cfg, const std::string& workdir, const std::string& binary) {
+    std::string root = workdir + "/vmm-root", vmm_dir = workdir + "/" + kVmmDirName;
+    for (const auto& d : {root, vmm_dir})
+        if (::mkdir(d.c_str(), 0700) < 0 && errno != EEXIST) return fail_errno("mkdir " + d);
+    VmmJail v{base_jail(root), ""};
+    Jail& j = v.jail;
+    if (!binary.empty()) {
+        // The VMM runs from /usr, which the jail has; one from elsewhere
+        // (a test's stand-in, a /usr/local build) is bound in on its own.
+        std::string real = sys::find_program(binary).value_or(binary);
+        real = sys::realpath(real).value_or(real);
+        if (real.rfind("/usr/", 0) == 0) {
+            v.binary = real;
+        } else {
+            v.binary = std::string(kJailBin) + "/" + sys::basename(binary);
+            j.mounts.push_back({real, v.binary, true, false});
+        }
+    }
+    j.mounts.push_back({cfg.kernel, kJailKernel, true, false});
+    if (!cfg.initrd.empty()) j.mounts.push_back({cfg.initrd, kJailInitrd, true, false});
+    for (size_t i = 0; i < cfg.disks.size(); ++i)
+        j.mounts.push_back({cfg.disks[i].path, jail_disk_path(i), cfg.disks[i].readonly, false});
+    // A share brings its submounts (the rootfs and the spec's binds).
+    for (size_t i = 0; i < cfg.shares.size(); ++i)
+        j.mounts.push_back({cfg.shares[i].host_path, jail_share_path(i), cfg.shares[i].readonly, true});
+    j.mounts.push_back({vmm_dir, kJailVmmDir, false, false});
+    if (cfg.accel == Accel::Kvm && sys::exists("/dev/kvm")) j.devices.push_back("/dev/kvm");
+    if (cfg.channel.kind == ChannelKind::Vsock && cfg.channel.socket_path.empty()) j.devices.push_back("/dev/vhost-vsock");
+    bool by_name = false, vhost = false;
+    for (const auto& n : cfg.nics) {
+        by_name |= n.fd < 0;
+        vhost |= n.vhost && cfg.accel == Accel::Kvm;
+    }
+    if (by_name) j.devices.push_back("/dev/net/tun");  // a persistent tap, opened by name
+    if (vhost) j.devices.push_back("/dev/vhost-net");
+    // Serving a share, it creates and chowns files there for the guest.
+    // Else its files, devices and taps are root's, which it is: nothing more.
+    if (!cfg.shares.empty()) j.keep_caps = file_server_caps();
+    return v;
 }
 
 }  // namespace husk

@@ -13,6 +13,7 @@
 #include <utility>
 #include <vector>
 
+#include "husk/hypervisor.h"
 #include "sys/sys.h"
 
 namespace husk {
@@ -46,5 +47,33 @@ std::vector<int> file_server_caps();
 // Set up `spawn` to start its child inside `jail`: the clone flags and the
 // in-child step. The child's cwd is then a path inside the jail.
 void jail_spawn(const Jail& jail, sys::SpawnOptions& o);
+
+// Every driver's VMM runs in a jail laid out alike: what it is given at
+// fixed paths, and <workdir>/vmm (where all its sockets are, the ones it
+// serves and the ones it connects to) as its working directory.
+inline constexpr const char* kJailVmmDir = "/vmm";
+inline constexpr const char* kJailBin = "/vmm-bin";  // a VMM binary from outside /usr
+inline constexpr const char* kJailKernel = "/kernel";
+inline constexpr const char* kJailInitrd = "/initrd.img";
+std::string jail_disk_path(size_t i);   // /disk<i>
+std::string jail_share_path(size_t i);  // /share<i>
+
+// `cfg` as the jailed VMM sees it: kernel, initrd, disks and shares at
+// their jail paths, its sockets by name in its working directory. Pure.
+VmConfig jailed_config(const VmConfig& cfg);
+
+struct VmmJail {
+    Jail jail;
+    std::string binary;  // `binary` as the jail sees it ("" when none was given)
+};
+
+// The jail for a VMM that runs `cfg` (host paths) in `workdir`: base_jail
+// plus the kernel, initrd, disks and shares at jailed_config's paths,
+// <workdir>/vmm at /vmm, the VMM binary when it lives outside /usr, and
+// the devices `cfg` needs (/dev/kvm, /dev/vhost-vsock, /dev/vhost-net,
+// /dev/net/tun for taps opened by name). It keeps the file-owner
+// capabilities when it serves a share, none otherwise. Makes
+// <workdir>/vmm-root and <workdir>/vmm.
+Result<VmmJail> vmm_jail(const VmConfig& cfg, const std::string& workdir, const std::string& binary = "");
 
 }  // namespace husk

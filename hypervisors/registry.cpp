@@ -51,6 +51,7 @@ AccelInfo probe_kvm() {
     qemu::Options o;
     o.binary = defaults::kQemuBinary;
     o.machine = defaults::kQemuMachineKvm;
+    o.jail = false;  // nothing shared, no sockets, our own image, a moment: and no workdir to jail it in
     qemu::QemuHypervisor hv(o);
     auto vm = hv.launch(cfg, "/", "/dev/null");
     pipe->second.reset();

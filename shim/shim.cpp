@@ -454,15 +454,14 @@ Result<void> Shim::launch_vm() {
     host.debug = args_.log.debug;
     for (auto& f : {host.kernel, host.initrd})
         if (!sys::exists(f)) return fail("guest image " + f + " not found (build rootfs-builder or set HUSK_KERNEL/HUSK_INITRD)", ENOENT);
-    // The VMM runs in the state dir: socket paths are relative to stay
-    // under sun_path's 108 bytes whatever --root is.
     if (TRY(rootfs_on_disk(spec_, hv_->name(), caps.shares))) {
         host.share_disk = paths_.dir + "/share.img";
         TRY_CTX(make_share_image(paths_.shared, host.share_disk), "rootfs disk");
     }
-    // (A REST-API VMM's hybrid vsock socket is in its jail's working
-    // directory, vmm/.)
-    SandboxPaths sp{paths_.shared, "agent.sock", "qmp.sock", "vmm/vsock.sock"};
+    // Every socket of the VMM's is in vmm/, its jail's working directory
+    // (the VMM sees them by name: sun_path's 108 bytes whatever --root is).
+    if (::mkdir(paths_.vmm_dir.c_str(), 0700) < 0 && errno != EEXIST) return fail_errno("mkdir " + paths_.vmm_dir);
+    SandboxPaths sp{paths_.shared, paths_.agent_sock, paths_.qmp_sock, paths_.vsock_sock};
     VmConfig cfg = make_vm_config(spec_, host, sp, nics_, tap_names_);
     bool vhost = ::access("/dev/vhost-net", R_OK | W_OK) == 0;
     for (size_t i = 0; i < taps_.size(); ++i) {
@@ -474,7 +473,7 @@ Result<void> Shim::launch_vm() {
         vsock_cid_ = 3 + rd() % 0x7ffffff0u;
         cfg.channel.vsock_cid = vsock_cid_;
     } else if (host.hybrid_vsock) {
-        hybrid_vsock_ = paths_.dir + "/" + sp.vsock_sock;
+        hybrid_vsock_ = paths_.vsock_sock;
     } else {
         agent_listen_ = TRY(sys::unix_listen(paths_.agent_sock, 1));
     }

@@ -7,6 +7,7 @@
 
 #include "husk/defaults.h"
 #include "husk/paths.h"
+#include "hypervisors/jail.h"
 #include "hypervisors/process_vm.h"
 #include "hypervisors/qemu/qmp.h"
 #include "sys/sys.h"
@@ -134,9 +135,23 @@ Result<std::unique_ptr<Vm>> QemuHypervisor::launch(const VmConfig& cfg, const st
     if (cfg.console_fd >= 0) o.fds.push_back({cfg.console_fd, kConsoleFd});
     for (size_t i = 0; i < cfg.nics.size(); ++i)
         if (cfg.nics[i].fd >= 0) o.fds.push_back({cfg.nics[i].fd, kFirstNicFd + int(i)});
-    o.cwd = workdir;
     o.die_with_parent = true;  // the VMM must not outlive its shim
-    pid_t pid = TRY_CTX(sys::spawn(translate(cfg, opt_), o), "launch qemu");
+    std::vector<std::string> argv;
+    if (opt_.jail) {
+        // Its own mount and pid namespaces, a root that shows only what it
+        // serves (jail.h), on top of its seccomp sandbox.
+        auto [j, binary] = TRY(vmm_jail(cfg, workdir, opt_.binary));
+        Options in = opt_;
+        in.binary = binary;
+        argv = translate(jailed_config(cfg), in);
+        o.path = binary;
+        jail_spawn(j, o);
+        o.cwd = kJailVmmDir;
+    } else {
+        argv = translate(cfg, opt_);
+        o.cwd = workdir;
+    }
+    pid_t pid = TRY_CTX(sys::spawn(argv, o), "launch qemu");
     return std::unique_ptr<Vm>(std::make_unique<QemuVm>(pid));
 }
 

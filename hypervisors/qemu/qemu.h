@@ -11,12 +11,17 @@ struct Options {
     std::string binary = "qemu-system-x86_64";
     std::string machine = "microvm";  // or "q35,...": picks virtio-mmio vs -pci
     bool sandbox = true;  // QEMU's seccomp filter (-sandbox on,...)
+    // Run in the VMM jail (hypervisors/jail.h), configured with the jail's
+    // paths. Only the KVM probe, which boots husk's own image with nothing
+    // shared for a moment, runs without.
+    bool jail = true;
 };
 
 // The console is expected at fd 3 in the VMM; taps given as fds at 4, 5...
 constexpr int kConsoleFd = 3;
 constexpr int kFirstNicFd = 4;
 
+// VmConfig (jailed_config's, when it runs jailed) -> QEMU's argv. Pure.
 std::vector<std::string> translate(const VmConfig& cfg, const Options& opt);
 
 class QemuHypervisor : public Hypervisor {

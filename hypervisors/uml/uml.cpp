@@ -9,6 +9,7 @@
 
 #include "hypervisors/jail.h"
 #include "hypervisors/process_vm.h"
+#include "husk/paths.h"
 #include "hypervisors/uml/mconsole.h"
 #include "sys/sys.h"
 
@@ -20,8 +21,8 @@ std::string kernel_path() {
 }
 
 std::vector<std::string> translate(const VmConfig& cfg) {
-    std::vector<std::string> a = {kArgv0, "mem=" + std::to_string(cfg.memory_mib) + "M",
-                                  std::string("initrd=") + kJailInitrd, std::string("uml_dir=") + kJailVmmDir,
+    std::vector<std::string> a = {kArgv0, "mem=" + std::to_string(cfg.memory_mib) + "M", "initrd=" + cfg.initrd,
+                                  std::string("uml_dir=") + kJailVmmDir,
                                   std::string("umid=") + kUmid};
     // Every line is off but the two we use: con0 is the kernel console
     // (output only), con1 the agent's channel.
@@ -33,12 +34,12 @@ std::vector<std::string> translate(const VmConfig& cfg) {
     for (size_t i = 0; i < cfg.nics.size(); ++i)
         a.push_back("eth" + std::to_string(i) + "=tuntap," + cfg.nics[i].tap + "," + cfg.nics[i].mac);
     for (size_t i = 0; i < cfg.disks.size(); ++i)
-        a.push_back("ubd" + std::to_string(i) + (cfg.disks[i].readonly ? "r" : "") + "=/disk" + std::to_string(i));
+        a.push_back("ubd" + std::to_string(i) + (cfg.disks[i].readonly ? "r" : "") + "=" + cfg.disks[i].path);
     std::istringstream words(cfg.cmdline);
     for (std::string w; words >> w;) a.push_back(w);
     a.insert(a.end(), {"console=tty0", "husk.vmm=uml"});
     if (cfg.channel.kind != ChannelKind::None) a.push_back("husk.channel=tty1");
-    if (!cfg.shares.empty()) a.push_back("husk.hostfs=" + std::string(kJailShare));
+    if (!cfg.shares.empty()) a.push_back("husk.hostfs=" + cfg.shares[0].host_path);
     return a;
 }
 
@@ -80,29 +81,16 @@ Result<std::unique_ptr<Vm>> UmlHypervisor::launch(const VmConfig& cfg, const std
     if (cfg.shares.size() > 1) return fail("uml: one shared directory at most", EINVAL);
     auto log = TRY(sys::open(log_path, O_WRONLY | O_CREAT | O_APPEND, 0600));
     auto devnull = TRY(sys::open("/dev/null", O_RDONLY));
-    std::string root = workdir + "/vmm-root", vmm_dir = workdir + "/vmm";
-    for (const auto& d : {root, vmm_dir})
-        if (::mkdir(d.c_str(), 0700) < 0 && errno != EEXIST) return fail_errno("mkdir " + d);
-
-    Jail j = base_jail(root);
-    j.mounts.push_back({cfg.kernel, kJailKernel, true, false});
-    j.mounts.push_back({cfg.initrd, kJailInitrd, true, false});
-    j.mounts.push_back({vmm_dir, kJailVmmDir, false, false});
-    if (!cfg.shares.empty()) j.mounts.push_back({cfg.shares[0].host_path, kJailShare, cfg.shares[0].readonly, true});
-    for (size_t i = 0; i < cfg.disks.size(); ++i)
-        j.mounts.push_back({cfg.disks[i].path, "/disk" + std::to_string(i), cfg.disks[i].readonly, false});
-    j.keep_caps = file_server_caps();
-    if (!cfg.nics.empty()) j.devices.push_back("/dev/net/tun");
-
+    // Jailed (jail.h): hostfs can open any path the UML process can see.
+    // UML is its own binary: the kernel.
+    Jail j = TRY(vmm_jail(cfg, workdir)).jail;
     sys::SpawnOptions o;
     o.fds = {{devnull.get(), 0}, {log.get(), 1}, {log.get(), 2}};
     if (cfg.console_fd >= 0) o.fds.push_back({cfg.console_fd, kConsoleFd});
     sys::Fd chan;
     if (cfg.channel.kind != ChannelKind::None) {
         // UML has no socket client: connect for it and hand it the stream.
-        std::string sock = cfg.channel.socket_path;
-        if (!sock.empty() && sock[0] != '/') sock = workdir + "/" + sock;
-        chan = TRY_CTX(sys::unix_connect(sock), "uml channel");
+        chan = TRY_CTX(sys::unix_connect(cfg.channel.socket_path), "uml channel");
         o.fds.push_back({chan.get(), kChannelFd});
     }
     o.cwd = "/";
@@ -110,9 +98,9 @@ Result<std::unique_ptr<Vm>> UmlHypervisor::launch(const VmConfig& cfg, const std
     o.env = std::vector<std::string>{"PATH=/usr/bin:/bin", "TMPDIR=/tmp"};
     o.die_with_parent = true;  // the VMM must not outlive its shim
     jail_spawn(j, o);
-    pid_t pid = TRY_CTX(sys::spawn(translate(cfg), o), "launch uml");
+    pid_t pid = TRY_CTX(sys::spawn(translate(jailed_config(cfg)), o), "launch uml");
     return std::unique_ptr<Vm>(
-        std::make_unique<UmlVm>(pid, vmm_dir + "/" + kUmid + "/mconsole"));
+        std::make_unique<UmlVm>(pid, workdir + "/" + kVmmDirName + "/" + kUmid + "/mconsole"));
 }
 
 }  // namespace husk::uml

@@ -16,11 +16,8 @@ namespace husk::uml {
 inline constexpr const char* kDefaultKernel = "/usr/bin/linux.uml";
 std::string kernel_path();
 
-// What the UML process sees in its jail.
-inline constexpr const char* kJailKernel = "/linux";
-inline constexpr const char* kJailInitrd = "/initrd.img";
-inline constexpr const char* kJailShare = "/share";
-inline constexpr const char* kJailVmmDir = "/vmm";  // uml_dir: the mconsole socket, on the host too
+// uml_dir is the jail's /vmm (jail.h): the mconsole socket is
+// <workdir>/vmm/<umid>/mconsole on the host.
 inline constexpr const char* kUmid = "husk";
 // UML "reboots" (a panic, with panic=-1) by exec'ing its argv[0] again. Our
 // argv[0] names nothing in the jail, so that exec fails and UML exits, as
@@ -31,7 +28,8 @@ constexpr int kConsoleFd = 3;
 constexpr int kChannelFd = 4;
 constexpr int kFirstNicFd = 5;
 
-// VmConfig -> UML's command line (its kernel command line too). Pure.
+// VmConfig (as its jail sees it: jailed_config) -> UML's command line
+// (its kernel command line too). Pure.
 std::vector<std::string> translate(const VmConfig& cfg);
 
 class UmlHypervisor : public Hypervisor {

@@ -38,7 +38,8 @@ struct Nic {
 struct Channel {
     ChannelKind kind = ChannelKind::VirtioSerial;
     // virtio-serial: the VMM connects here. Hybrid vsock: the unix socket
-    // the VMM creates (relative to its working directory).
+    // the VMM creates. Both in <workdir>/vmm, which the jailed VMM sees as
+    // its working directory (jail.h: jailed_config).
     std::string socket_path;
     uint32_t vsock_cid = 0;   // vsock: the guest's CID
 };

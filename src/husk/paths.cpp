@@ -23,8 +23,10 @@ StatePaths state_paths(const std::string& root, const std::string& id) {
     p.dir = root + "/" + id;
     p.state_json = p.dir + "/state.json";
     p.shim_sock = p.dir + "/shim.sock";
-    p.agent_sock = p.dir + "/agent.sock";
-    p.qmp_sock = p.dir + "/qmp.sock";
+    p.vmm_dir = p.dir + "/" + kVmmDirName;
+    p.agent_sock = p.vmm_dir + "/agent.sock";
+    p.qmp_sock = p.vmm_dir + "/qmp.sock";
+    p.vsock_sock = p.vmm_dir + "/vsock.sock";
     p.console_log = p.dir + "/console.log";
     p.vmm_log = p.dir + "/vmm.log";
     p.shared = p.dir + "/shared";

@@ -6,13 +6,19 @@
 
 namespace husk {
 
+// <dir>/vmm: the VMM's working directory, holding every socket it serves
+// or connects to (its jail's /vmm: hypervisors/jail.h).
+inline constexpr const char* kVmmDirName = "vmm";
+
 struct StatePaths {
     std::string root;        // --root
     std::string dir;         // <root>/<id>
     std::string state_json;  // written atomically by husk/shim
     std::string shim_sock;   // control socket served by the shim
-    std::string agent_sock;  // host end of the virtio-serial channel
-    std::string qmp_sock;    // QEMU's QMP connects here
+    std::string vmm_dir;     // <dir>/vmm
+    std::string agent_sock;  // host end of the virtio-serial channel (in vmm/)
+    std::string qmp_sock;    // QEMU's QMP connects here (in vmm/)
+    std::string vsock_sock;  // a hybrid vsock: the VMM serves it (in vmm/)
     std::string console_log; // guest serial console
     std::string vmm_log;     // VMM's own stdout/stderr
     std::string shared;      // the directory exported to the guest

@@ -185,6 +185,16 @@ def wait_for(pred, what, timeout=60, interval=0.3):
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def jailed_vmm(husk, cid):
+    """The VMM process itself. Every driver runs its VMM in a jail whose
+    pid 1, the reaper, is what state.json records (and what is killed)."""
+    init = husk.state_file(cid)["vmm_pid"]
+    with open(f"/proc/{init}/comm") as f:
+        assert f.read().strip() == "husk-jail-init"
+    with open(f"/proc/{init}/task/{init}/children") as f:
+        return int(f.read().split()[0])
+
+
 def new_id():
     return "t" + uuid.uuid4().hex[:8]
 

@@ -5,7 +5,7 @@ import os
 import subprocess
 import time
 
-from conftest import new_id
+from conftest import jailed_vmm, new_id
 
 MiB = 1 << 20
 
@@ -156,7 +156,7 @@ def test_shim_and_vmm_run_in_the_host_cgroup_of_cgroups_path(husk, bundle):
         shim = husk.state(cid)["pid"]
         procs = cgroup_procs(mem)
         assert shim in procs
-        assert husk.state_file(cid)["vmm_pid"] in procs
+        assert husk.state_file(cid)["vmm_pid"] in procs and jailed_vmm(husk, cid) in procs
         assert cgroup_procs(unified) == procs
         # Host accounting sees the VM: its guest RAM is charged here.
         with open(os.path.join(mem, "memory.usage_in_bytes")) as f:

@@ -5,13 +5,13 @@ the memory comes back at all)."""
 import pytest
 import os
 
-from conftest import new_id, wait_for
+from conftest import jailed_vmm, new_id, wait_for
 
 pytestmark = pytest.mark.not_on("uml", reason='UML has no balloon')
 
 
 def vmm_rss_kib(husk, cid):
-    with open(f"/proc/{husk.state_file(cid)['vmm_pid']}/status") as f:
+    with open(f"/proc/{jailed_vmm(husk, cid)}/status") as f:
         return next(int(l.split()[1]) for l in f if l.startswith("VmRSS:"))
 
 

@@ -11,7 +11,7 @@ import subprocess
 
 import pytest
 
-from conftest import DRIVER, ROOT, assert_untouched, in_netns, link, new_id, sh, wait_for
+from conftest import DRIVER, ROOT, assert_untouched, in_netns, jailed_vmm, link, new_id, sh, wait_for
 
 # It runs both API drivers itself: once, in the default pass.
 pytestmark = pytest.mark.skipif(DRIVER != "qemu", reason="picks its drivers itself; runs in the default pass")
@@ -153,7 +153,7 @@ def test_husk_runs_a_container_through_the_api(husk, bundle, standin, flavour):
         vm = calls[0]["body"]
         assert vm["cpus"] == {"boot_vcpus": 2, "max_vcpus": 2} and vm["memory"]["size"] >= 300 << 20
         # The paths the VMM sees in its jail.
-        assert vm["payload"]["kernel"] == "/vmlinux" and vm["payload"]["initramfs"] == "/initrd.img"
+        assert vm["payload"]["kernel"] == "/kernel" and vm["payload"]["initramfs"] == "/initrd.img"
         assert vm["disks"][0]["path"] == "/disk0" and vm["vsock"]["socket"] == "vsock.sock"
 
 
@@ -212,10 +212,9 @@ def test_the_vmm_runs_jailed(husk, bundle, standin, flavour):
     # serves and needs, no capabilities, no new privileges.
     cid, env = new_id(), standin(flavour)
     husk("run", "-d", "-b", bundle(["sleep", "1000"], edit=on(flavour)), cid, check=True, env=env)
-    init = husk.state_file(cid)["vmm_pid"]
-    vmm = int(open(f"/proc/{init}/task/{init}/children").read().split()[0])
+    vmm = jailed_vmm(husk, cid)
     root = sorted(os.listdir(f"/proc/{vmm}/root"))
-    assert {"vmlinux", "initrd.img", "disk0", "vmm", "vmm-bin", "vmm.log", "usr", "dev", "proc", "tmp"} <= set(root)
+    assert {"kernel", "initrd.img", "disk0", "vmm", "vmm-bin", "vmm.log", "usr", "dev", "proc", "tmp"} <= set(root)
     assert not {"etc", "home", "root", "run", "var", "boot"} & set(root), root
     assert sorted(os.listdir(f"/proc/{vmm}/root/dev")) == ["null", "urandom", "zero"]  # no /dev/kvm here, no NIC
     # Its sockets are the state dir's vmm/ on the host.

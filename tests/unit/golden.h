@@ -9,6 +9,8 @@
 
 #include <catch2/catch.hpp>
 
+#include "husk/sandbox.h"
+
 inline std::string golden_path(const std::string& name) { return std::string(HUSK_GOLDEN_DIR) + "/" + name; }
 
 inline std::string read_text(const std::string& path) {
@@ -23,6 +25,11 @@ inline std::string lines(const std::vector<std::string>& v) {
     std::string s;
     for (auto& x : v) s += x + "\n";
     return s;
+}
+
+// A container's state dir as the shim passes it to make_vm_config.
+inline husk::SandboxPaths state_sandbox_paths(const std::string& dir = "/state/c1") {
+    return {dir + "/shared", dir + "/vmm/agent.sock", dir + "/vmm/qmp.sock", dir + "/vmm/vsock.sock"};
 }
 
 inline void check_golden(const std::string& name, const std::string& actual) {

@@ -17,6 +17,7 @@
 #include "hypervisors/cloud-hypervisor/cloud_hypervisor.h"
 #include "hypervisors/firecracker/firecracker.h"
 #include "hypervisors/http.h"
+#include "hypervisors/jail.h"
 #include "hypervisors/vsock.h"
 #include "sys/sys.h"
 
@@ -40,7 +41,7 @@ VmConfig api_vm_config() {
     NetInterface eth0;
     eth0.name = "eth0", eth0.mac = "02:42:ac:11:00:02", eth0.mtu = 1400;
     // The tap's name is the shim's pick (tap0_husk was a pod sibling's).
-    return make_vm_config(small_spec(), host, {"/state/c1/shared", "agent.sock", "qmp.sock", "vsock.sock"}, {eth0},
+    return make_vm_config(small_spec(), host, state_sandbox_paths(), {eth0},
                           {"tap1_husk"});
 }
 
@@ -57,8 +58,8 @@ TEST_CASE("VmConfig -> Firecracker API calls (golden)", "[drivers]") {
     REQUIRE(cfg.shares.empty());
     REQUIRE(cfg.disks.size() == 1);
     REQUIRE(cfg.channel.kind == ChannelKind::Vsock);
-    REQUIRE(cfg.channel.socket_path == "vsock.sock");
-    check_golden("translate/firecracker.json", calls_to_json(firecracker::translate(cfg)).dump(2) + "\n");
+    REQUIRE(cfg.channel.socket_path == "/state/c1/vmm/vsock.sock");
+    check_golden("translate/firecracker.json", calls_to_json(firecracker::translate(jailed_config(cfg))).dump(2) + "\n");
     auto argv = firecracker::command("/usr/bin/firecracker", "/state/c1/vmm.log");
     CHECK(argv == std::vector<std::string>{"/usr/bin/firecracker", "--api-sock", "api.sock", "--id", "husk", "--log-path",
                                            "/state/c1/vmm.log", "--level", "Warning"});
@@ -66,7 +67,8 @@ TEST_CASE("VmConfig -> Firecracker API calls (golden)", "[drivers]") {
 
 TEST_CASE("VmConfig -> Cloud Hypervisor API calls (golden)", "[drivers]") {
     VmConfig cfg = api_vm_config();
-    check_golden("translate/cloud-hypervisor.json", calls_to_json(cloud_hypervisor::translate(cfg)).dump(2) + "\n");
+    check_golden("translate/cloud-hypervisor.json",
+                 calls_to_json(cloud_hypervisor::translate(jailed_config(cfg))).dump(2) + "\n");
     CHECK(cloud_hypervisor::command("ch") == std::vector<std::string>{"ch", "--api-socket", "path=api.sock"});
 }
 
@@ -205,9 +207,8 @@ TEST_CASE("the share as an ext4 image holds a copy of the tree", "[drivers]") {
 
 TEST_CASE("a REST-API VMM is configured with the paths of its jail", "[drivers]") {
     VmConfig cfg = api_vm_config();
-    cfg.channel.socket_path = "vmm/vsock.sock";  // the shim's view: state/<id>/vmm/
     VmConfig in = jailed_config(cfg);
-    CHECK(in.kernel == "/vmlinux");
+    CHECK(in.kernel == "/kernel");
     CHECK(in.initrd == "/initrd.img");
     REQUIRE(in.disks.size() == 1);
     CHECK(in.disks[0].path == "/disk0");

@@ -1,5 +1,6 @@
 #include "golden.h"
 #include "husk/sandbox.h"
+#include "hypervisors/jail.h"
 #include "hypervisors/qemu/qemu.h"
 
 using namespace husk;
@@ -64,10 +65,10 @@ TEST_CASE("VM size follows the spec", "[translate]") {
 TEST_CASE("OCI -> VmConfig -> QEMU argv (golden)", "[translate]") {
     HostFacts host;
     host.host_cpus = 4, host.kernel = "/img/vmlinuz", host.initrd = "/img/initramfs.img";
-    VmConfig cfg = make_vm_config(spec_from(kBundle), host, {"/state/c1/shared", "agent.sock", "qmp.sock", "vsock.sock"});
+    VmConfig cfg = make_vm_config(spec_from(kBundle), host, state_sandbox_paths());
     cfg.console_fd = 7;
     qemu::Options opt;
-    check_golden("translate/qemu-microvm-tcg.argv", lines(qemu::translate(cfg, opt)));
+    check_golden("translate/qemu-microvm-tcg.argv", lines(qemu::translate(jailed_config(cfg), opt)));
 
     host.accel = Accel::Kvm;
     host.vsock = true;
@@ -77,14 +78,18 @@ TEST_CASE("OCI -> VmConfig -> QEMU argv (golden)", "[translate]") {
     NetInterface eth0, eth1;
     eth0.name = "eth0", eth0.mac = "02:00:00:00:00:01", eth0.mtu = 1400;
     eth1.name = "eth1", eth1.mac = "02:00:00:00:00:02";
-    cfg = make_vm_config(spec_from(kBundle), host, {"/state/c,1/shared", "agent.sock", "qmp.sock", "vsock.sock"}, {eth0, eth1});
+    cfg = make_vm_config(spec_from(kBundle), host, state_sandbox_paths("/state/c,1"), {eth0, eth1});
     cfg.channel.vsock_cid = 42;
     cfg.nics[0].fd = 9;
     cfg.nics[0].vhost = true;
     cfg.disks.push_back({"/img/disk.raw", true});
     opt.machine = "q35";
     opt.sandbox = false;
-    check_golden("translate/qemu-q35-kvm-vsock.argv", lines(qemu::translate(cfg, opt)));
+    check_golden("translate/qemu-q35-kvm-vsock.argv", lines(qemu::translate(jailed_config(cfg), opt)));
+    // Unjailed (the KVM probe), host paths reach QEMU: a comma in one is doubled.
+    auto raw = qemu::translate(cfg, opt);
+    CHECK(std::find(raw.begin(), raw.end(),
+                    "local,id=fs0,path=/state/c,,1/shared,security_model=passthrough,multidevs=remap") != raw.end());
 }
 
 TEST_CASE("OCI -> agent create request (golden)", "[translate]") {

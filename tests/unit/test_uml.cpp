@@ -26,11 +26,11 @@ TEST_CASE("VmConfig -> UML command line (golden)", "[uml]") {
     host.host_cpus = 4, host.kernel = "/usr/bin/linux.uml", host.initrd = "/img/initramfs.img";
     NetInterface eth0;
     eth0.name = "eth0", eth0.mac = "02:42:ac:11:00:02";
-    VmConfig cfg = make_vm_config(*spec, host, {"/state/c1/shared", "agent.sock", "qmp.sock", "vsock.sock"}, {eth0},
+    VmConfig cfg = make_vm_config(*spec, host, state_sandbox_paths(), {eth0},
                                   {"tap1_husk"});
     cfg.console_fd = 7;
     cfg.disks.push_back({"/img/disk.raw", true});
-    check_golden("translate/uml.argv", lines(uml::translate(cfg)));
+    check_golden("translate/uml.argv", lines(uml::translate(jailed_config(cfg))));
 
     // A probe-style VM: no channel, so no line and no husk.channel.
     cfg.channel.kind = ChannelKind::None;
