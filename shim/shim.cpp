@@ -37,6 +37,7 @@
 #include "husk/spec.h"
 #include "husk/state.h"
 #include "protocol/protocol.h"
+#include "shim/session.h"
 #include "husk/disk_image.h"
 #include "hypervisors/vsock.h"
 #include "sys/netlink.h"
@@ -44,7 +45,9 @@
 
 using namespace husk;
 using nlohmann::json;
-using Clock = std::chrono::steady_clock;
+using shim::Clock;
+using shim::Phase;
+using shim::Proc;
 
 namespace {
 
@@ -83,39 +86,6 @@ Result<Args> parse_args(int argc, char** argv) {
     return a;
 }
 
-// Bytes waiting for a destination fd, with the stream they came from so
-// credit can be returned as they drain.
-struct OutBuf {
-    int fd = -1;
-    sys::Fd own;  // set when the shim owns `fd` (exec stdio, a pty)
-    uint32_t stream = 0;
-    std::string data;
-    bool eof = false;   // CLOSE received: close fd once drained
-    bool dead = false;  // destination gone (EPIPE): drop further data
-    size_t chunk = 4096;
-};
-
-// One process in the guest: the container's init (index 0) or an exec.
-struct Proc {
-    uint32_t idx = 0;
-    bool started = false;
-    bool tty = false;
-    int in_fd = -1;
-    sys::Fd in_own;
-    bool stdin_open = true;
-    uint32_t stdin_credit = proto::kInitialCredit;
-    OutBuf out[3];  // [1] stdout, [2] stderr
-    bool exited = false;
-    std::optional<int> code, sig;
-    uint64_t waiter = 0;  // exec session told of the exit (0: none)
-
-    bool drained() const {
-        for (int i = 1; i <= 2; ++i)
-            if (!out[i].data.empty() || !(out[i].eof || out[i].dead)) return false;
-        return true;
-    }
-};
-
 // A connection on shim.sock: one request and its reply, or an exec
 // session that stays open until its process exits.
 struct Client {
@@ -127,15 +97,7 @@ struct Client {
     bool busy = false;         // a request of its is with the agent
 };
 
-struct Pending {
-    uint64_t client = 0;  // 0: internal
-    std::string method;
-    uint32_t proc = 0;
-};
-
-enum class Phase { Booting, Creating, Created, Running, Exiting };
-
-class Shim {
+class Shim : public shim::SessionHost {
 public:
     explicit Shim(Args a) : args_(std::move(a)), paths_(state_paths(args_.root, args_.id)) {}
     int main();
@@ -149,12 +111,13 @@ private:
     [[noreturn]] void creator_gone();
     Result<void> setup_terminal();
     Result<void> launch_vm();
-    json create_params() const;
+    // SessionHost: what the agent session asks of us.
+    json create_params() override;
+    void created(bool ok, const std::string& error) override;
+    void running() override { set_status(status::kRunning); }
+    void busy(uint64_t client) override;
     Result<void> loop();
     Result<void> on_channel_readable();
-    Result<void> on_frame(const proto::Frame& f);
-    Result<void> on_response(const json& r);
-    Result<void> on_event(const json& e);
     void on_console_readable();
     void on_client(uint64_t cid);
     void on_client_line(uint64_t cid, const std::string& line);
@@ -162,9 +125,7 @@ private:
     void on_signal();
     void send_resize(uint32_t proc, int fd);
     Result<void> set_paused(bool on);
-    void send(const std::string& frame) { chan_out_ += frame; }
-    uint64_t request(const std::string& method, const json& params, uint64_t client = 0, uint32_t proc = 0);
-    void reply(uint64_t cid, const json& r);
+    void reply(uint64_t cid, const json& r) override;
     void reply(uint64_t cid, bool ok, const std::string& err = "");
     void drop_client(uint64_t cid);
     void read_stdin(Proc& p);
@@ -185,28 +146,20 @@ private:
     SharePlan plan_;
     CgroupFiles cgroup_;
     State state_;
-    Phase phase_ = Phase::Booting;
     std::unique_ptr<Hypervisor> hv_;
     std::unique_ptr<Vm> vm_;
+    shim::Session ses_{*this};  // the agent protocol: phase, requests, processes
     sys::Fd agent_listen_, qmp_listen_, shim_listen_, chan_, console_r_, console_w_, sig_fd_, console_log_;
     uint32_t vsock_cid_ = 0;
     std::string hybrid_vsock_;  // the VMM's hybrid vsock socket, when that is the channel
-    uint32_t stdin_window_ = proto::kInitialCredit;  // stdin bytes in flight per process
     Clock::time_point boot_deadline_;
     int boot_timeout_ms_ = 0;
     Clock::time_point next_vsock_try_;
-    Clock::time_point exit_deadline_;  // init exited: execs get this long to report
-    proto::Decoder dec_;
-    std::string chan_out_;
     std::string console_tail_;
     std::string console_line_;  // --debug: the line being assembled
     size_t console_written_ = 0;
-    uint64_t next_req_ = 1;
-    uint64_t create_req_ = 0;
-    std::map<uint64_t, Pending> pending_;
     std::map<uint64_t, Client> clients_;
     uint64_t next_client_ = 1;
-    std::map<uint32_t, Proc> procs_;
     uint32_t next_proc_ = 1;
     sys::Fd tty_slave_;  // host side of the init's terminal (our controlling tty)
     bool paused_ = false;
@@ -264,7 +217,7 @@ Result<void> Shim::prepare() {
     TRY_CTX(setup_network(), "network");
 
     // The init's stdio: our own fds 0-2, or a terminal.
-    Proc& init = procs_[0];
+    Proc& init = ses_.procs[0];
     init.in_fd = 0;
     for (int i = 1; i <= 2; ++i) {
         init.out[i].fd = i;
@@ -414,7 +367,7 @@ Result<void> Shim::setup_terminal() {
     auto null = TRY(sys::open("/dev/null", O_RDWR));
     for (int fd = 0; fd <= 2; ++fd)
         if (::dup2(null.get(), fd) < 0) return fail_errno("stdio to /dev/null");
-    Proc& init = procs_[0];
+    Proc& init = ses_.procs[0];
     init.tty = true;
     init.in_own = TRY(sys::dup(pty.slave.get()));
     init.in_fd = init.in_own.get();
@@ -428,7 +381,7 @@ Result<void> Shim::setup_terminal() {
 
 // The agent's create request. The hooks that run in the guest come with
 // the state they are to read (the init's pid, as callers see it, is ours).
-json Shim::create_params() const {
+json Shim::create_params() {
     json p = agent_create_params(spec_, plan_, cgroup_);
     if (!nics_.empty()) p["network"] = interfaces_to_json(nics_);
     for (const char* stage : {"createContainer", "startContainer"})
@@ -447,7 +400,7 @@ Result<void> Shim::launch_vm() {
     host.accel = caps.kvm ? Accel::Kvm : Accel::Tcg;
     host.vsock = caps.vsock && !caps.hybrid_vsock;
     host.hybrid_vsock = caps.hybrid_vsock;
-    if (caps.stdin_window) stdin_window_ = procs_[0].stdin_credit = caps.stdin_window;
+    if (caps.stdin_window) ses_.stdin_window = ses_.procs[0].stdin_credit = caps.stdin_window;
     host.host_cpus = unsigned(sysconf(_SC_NPROCESSORS_ONLN));
     host.kernel = hv_->guest_kernel();
     host.initrd = find_guest_initrd();
@@ -514,13 +467,13 @@ Result<void> Shim::launch_vm() {
 
 // ---------------------------------------------------------------- events
 
-uint64_t Shim::request(const std::string& method, const json& params, uint64_t client, uint32_t proc) {
-    uint64_t id = next_req_++;
-    json r = {{"id", id}, {"method", method}, {"params", params}};
-    send(proto::encode(proto::Type::Request, 0, r.dump()));
-    pending_[id] = Pending{client, method, proc};
+void Shim::busy(uint64_t client) {
     if (auto it = clients_.find(client); it != clients_.end()) it->second.busy = true;
-    return id;
+}
+
+void Shim::created(bool ok, const std::string& error) {
+    if (!ok) abort_create(Error{EINVAL, error});
+    report_created();
 }
 
 // Answer a client. One-shot clients are done after their reply; exec
@@ -543,7 +496,7 @@ void Shim::drop_client(uint64_t cid) {
     auto it = clients_.find(cid);
     if (it == clients_.end()) return;
     if (it->second.session)
-        if (auto p = procs_.find(it->second.proc); p != procs_.end() && p->second.waiter == cid) p->second.waiter = 0;
+        if (auto p = ses_.procs.find(it->second.proc); p != ses_.procs.end() && p->second.waiter == cid) p->second.waiter = 0;
     clients_.erase(it);
 }
 
@@ -635,147 +588,13 @@ Result<void> Shim::on_channel_readable() {
         return fail_errno("read channel");
     }
     if (n == 0) return fail("agent closed the channel", ECONNRESET);
-    dec_.feed(buf, size_t(n));
-    for (;;) {
-        auto f = TRY(dec_.next());
-        if (!f) break;
-        TRY(on_frame(*f));
-    }
-    return {};
-}
-
-Result<void> Shim::on_frame(const proto::Frame& f) {
-    using proto::Type;
-    auto proc_of = [&](uint32_t stream) -> Proc* {
-        auto it = procs_.find(proto::stream_process(stream));
-        return it == procs_.end() || !it->second.started ? nullptr : &it->second;
-    };
-    switch (f.type) {
-        case Type::Hello: {
-            json h = json::parse(f.payload, nullptr, false);
-            if (phase_ != Phase::Booting || !h.is_object() || !h.contains("version") || !h["version"].is_number_unsigned())
-                return fail("unexpected HELLO from agent", EPROTO);
-            if (h["version"].get<uint32_t>() != proto::kVersion)
-                return fail("agent speaks protocol " + h["version"].dump() + ", shim speaks " + std::to_string(proto::kVersion), EPROTO);
-            send(proto::encode(Type::Hello, 0, json{{"version", proto::kVersion}}.dump()));
-            create_req_ = request("create", create_params());
-            phase_ = Phase::Creating;
-            log::debug("agent said hello");
-            return {};
-        }
-        case Type::Response: {
-            json r = json::parse(f.payload, nullptr, false);
-            if (!r.is_object() || !r.contains("id") || !r["id"].is_number_unsigned())
-                return fail("malformed response from agent", EPROTO);
-            return on_response(r);
-        }
-        case Type::Event: {
-            json e = json::parse(f.payload, nullptr, false);
-            if (!e.is_object()) return fail("malformed event from agent", EPROTO);
-            return on_event(e);
-        }
-        case Type::Data: {
-            uint32_t fd = proto::stream_fd(f.stream);
-            Proc* p = proc_of(f.stream);
-            if (!p || (fd != 1 && fd != 2)) return fail("data on unknown stream " + std::to_string(f.stream), EPROTO);
-            auto& o = p->out[fd];
-            if (o.eof) return fail("data after close on stream " + std::to_string(f.stream), EPROTO);
-            // The agent may never exceed the credit we granted.
-            if (o.data.size() + f.payload.size() > proto::kInitialCredit)
-                return fail("agent overran its credit on stream " + std::to_string(f.stream), EPROTO);
-            if (o.dead) send(proto::encode_credit(f.stream, uint32_t(f.payload.size())));
-            else o.data += f.payload;
-            return {};
-        }
-        case Type::Credit: {
-            uint32_t c = TRY(proto::decode_credit(f));
-            Proc* p = proc_of(f.stream);
-            if (!p || proto::stream_fd(f.stream) != proto::Stdin) return {};
-            if (uint64_t(p->stdin_credit) + c > stdin_window_) return fail("agent returned too much credit", EPROTO);
-            p->stdin_credit += c;
-            return {};
-        }
-        case Type::Close: {
-            uint32_t fd = proto::stream_fd(f.stream);
-            Proc* p = proc_of(f.stream);
-            if (!p) return fail("close on unknown stream " + std::to_string(f.stream), EPROTO);
-            if (fd == 1 || fd == 2) p->out[fd].eof = true;
-            else if (fd == proto::Stdin) p->stdin_open = false;  // reader gone
-            return {};
-        }
-        case Type::Request:
-            return fail("agent sent a request", EPROTO);
-    }
-    return {};
-}
-
-Result<void> Shim::on_response(const json& r) {
-    uint64_t id = r["id"].get<uint64_t>();
-    auto it = pending_.find(id);
-    if (it == pending_.end()) return fail("response to unknown request " + std::to_string(id), EPROTO);
-    Pending pd = it->second;
-    pending_.erase(it);
-    bool ok = r.value("ok", false);
-    std::string err = r.contains("error") && r["error"].is_string() ? r["error"].get<std::string>() : "agent error";
-    if (id == create_req_) {
-        if (!ok) abort_create(Error{EINVAL, "create container in guest: " + err});
-        phase_ = Phase::Created;
-        report_created();
-        return {};
-    }
-    if (pd.method == "start" && ok && phase_ == Phase::Created) {
-        phase_ = Phase::Running;
-        procs_[0].started = true;
-        set_status(status::kRunning);
-    }
-    if (pd.method == "exec") {
-        auto p = procs_.find(pd.proc);
-        if (!ok) {
-            procs_.erase(pd.proc);
-            reply(pd.client, false, err);
-            return {};
-        }
-        if (p == procs_.end()) return {};
-        p->second.started = true;
-        json result = r.contains("result") && r["result"].is_object() ? r["result"] : json::object();
-        reply(pd.client, json{{"ok", true}, {"pid", result.value("pid", 0)}});
-        return {};
-    }
-    if ((pd.method == "ps" || pd.method == "stats") && ok) {
-        reply(pd.client, json{{"ok", true}, {"result", r.contains("result") ? r["result"] : json::array()}});
-        return {};
-    }
-    reply(pd.client, ok, err);
-    return {};
-}
-
-Result<void> Shim::on_event(const json& e) {
-    std::string ev = e.value("event", "");
-    if (ev == "exit") {
-        if (!e.contains("process") || !e["process"].is_number_unsigned()) return fail("malformed exit event", EPROTO);
-        auto it = procs_.find(e["process"].get<uint32_t>());
-        if (it == procs_.end() || !it->second.started || it->second.exited)
-            return fail("exit event for unknown process " + e["process"].dump(), EPROTO);
-        auto& p = it->second;
-        if (e.contains("signal") && e["signal"].is_number_integer()) p.sig = e["signal"].get<int>();
-        else if (e.contains("code") && e["code"].is_number_integer()) p.code = e["code"].get<int>();
-        else return fail("malformed exit event", EPROTO);
-        p.exited = true;
-        log::debug("process exited: " + e.dump());
-        if (p.idx == 0) {
-            phase_ = Phase::Exiting;
-            exit_deadline_ = Clock::now() + std::chrono::seconds(5);
-        }
-    } else if (ev == "log") {
-        log::debug("agent: " + e.value("msg", ""));
-    }
-    return {};
+    return ses_.feed(buf, size_t(n));
 }
 
 // Exec sessions whose process has exited and whose output is delivered
 // learn the status; the process is forgotten.
 void Shim::retire_execs() {
-    for (auto it = procs_.begin(); it != procs_.end();) {
+    for (auto it = ses_.procs.begin(); it != ses_.procs.end();) {
         auto& p = it->second;
         if (p.idx == 0 || !p.exited || !p.drained()) {
             ++it;
@@ -783,7 +602,7 @@ void Shim::retire_execs() {
         }
         json ex = p.sig ? json{{"signal", *p.sig}} : json{{"code", p.code.value_or(255)}};
         uint64_t w = p.waiter;
-        it = procs_.erase(it);
+        it = ses_.procs.erase(it);
         if (auto c = clients_.find(w); c != clients_.end()) {
             (void)sys::write_all(c->second.fd.get(), json{{"exit", ex}}.dump() + "\n");
             clients_.erase(c);
@@ -798,8 +617,7 @@ void Shim::on_client(uint64_t cid) {
     for (auto& f : fds) c.fds.push_back(std::move(f));
     if (!data || data->empty() || c.in.size() > 65536 || c.fds.size() > 3) {
         // Gone (or abusive): a reply still pending for it goes nowhere.
-        for (auto& [id, pd] : pending_)
-            if (pd.client == cid) pd.client = 0;
+        ses_.forget_client(cid);
         drop_client(cid);
         return;
     }
@@ -820,23 +638,23 @@ void Shim::on_client_line(uint64_t cid, const std::string& line) {
     json req = json::parse(line, nullptr, false);
     if (!req.is_object() || !req.contains("op") || !req["op"].is_string()) return reply(cid, false, "malformed request");
     std::string op = req["op"];
-    bool live = phase_ == Phase::Created || phase_ == Phase::Running;
+    bool live = ses_.phase == Phase::Created || ses_.phase == Phase::Running;
     if (c.session) {
         // An exec session: signals and window sizes for its process.
-        auto p = procs_.find(c.proc);
-        if (p == procs_.end() || p->second.exited) return;
+        auto p = ses_.procs.find(c.proc);
+        if (p == ses_.procs.end() || p->second.exited) return;
         if (op == "signal" && req.contains("signal") && req["signal"].is_number_integer())
-            request("kill", {{"process", c.proc}, {"signal", req["signal"].get<int>()}, {"all", false}});
+            ses_.request("kill", {{"process", c.proc}, {"signal", req["signal"].get<int>()}, {"all", false}});
         else if (op == "resize" && p->second.tty)
-            request("resize", {{"process", c.proc}, {"rows", req.value("rows", 0)}, {"cols", req.value("cols", 0)}});
+            ses_.request("resize", {{"process", c.proc}, {"rows", req.value("rows", 0)}, {"cols", req.value("cols", 0)}});
         return;
     }
     if (op == "start") {
-        if (phase_ != Phase::Created) return reply(cid, false, "container is not in created state");
-        if (procs_[0].tty) send_resize(0, tty_slave_.get());  // the caller's size, before the process looks
-        request("start", {{"process", 0}}, cid);
+        if (ses_.phase != Phase::Created) return reply(cid, false, "container is not in created state");
+        if (ses_.procs[0].tty) send_resize(0, tty_slave_.get());  // the caller's size, before the process looks
+        ses_.request("start", {{"process", 0}}, cid);
     } else if (op == "kill") {
-        if (phase_ == Phase::Exiting) return reply(cid, false, "container not running");
+        if (ses_.phase == Phase::Exiting) return reply(cid, false, "container not running");
         if (!live) return reply(cid, false, "container is not created yet");
         int sig = req.value("signal", SIGTERM);
         json params = {{"process", 0}, {"signal", sig}, {"all", req.value("all", false)}};
@@ -848,13 +666,13 @@ void Shim::on_client_line(uint64_t cid, const std::string& line) {
             if (sig == SIGKILL) {
                 if (auto r = set_paused(false); !r) return reply(cid, false, r.error().message);
             } else {
-                request("kill", params);
+                ses_.request("kill", params);
                 return reply(cid, true);
             }
         }
-        request("kill", params, cid);
+        ses_.request("kill", params, cid);
     } else if (op == "pause" || op == "resume") {
-        if (phase_ != Phase::Running) return reply(cid, false, "container is not running");
+        if (ses_.phase != Phase::Running) return reply(cid, false, "container is not running");
         if (paused_ == (op == "pause")) return reply(cid, false, std::string("container is ") + (paused_ ? "already paused" : "not paused"));
         auto r = set_paused(op == "pause");
         reply(cid, bool(r), r ? "" : r.error().message);
@@ -865,9 +683,9 @@ void Shim::on_client_line(uint64_t cid, const std::string& line) {
         json params = op == "ps"       ? json{{"process", 0}}
                       : op == "update" ? json{{"files", req.value("files", json::array())}}
                                        : json{{"files", stats_files()}};
-        request(op, params, cid);
+        ses_.request(op, params, cid);
     } else if (op == "exec") {
-        if (!live) return reply(cid, false, phase_ == Phase::Exiting ? "container is stopping" : "container is not created yet");
+        if (!live) return reply(cid, false, ses_.phase == Phase::Exiting ? "container is stopping" : "container is not created yet");
         start_exec(cid, req);
     } else {
         reply(cid, false, "unknown op " + op);
@@ -882,8 +700,8 @@ void Shim::start_exec(uint64_t cid, const json& req) {
     bool tty = req["process"].value("terminal", false);
     if (c.fds.size() != (tty ? 1u : 3u)) return reply(cid, false, "exec: expected " + std::string(tty ? "1 fd" : "3 fds"));
     uint32_t idx = next_proc_++;
-    Proc& p = procs_[idx];
-    p.stdin_credit = stdin_window_;
+    Proc& p = ses_.procs[idx];
+    p.stdin_credit = ses_.stdin_window;
     p.idx = idx;
     p.tty = tty;
     p.waiter = cid;
@@ -904,7 +722,7 @@ void Shim::start_exec(uint64_t cid, const json& req) {
     auto r = setup();
     c.fds.clear();
     if (!r) {
-        procs_.erase(idx);
+        ses_.procs.erase(idx);
         return reply(cid, false, "exec: " + r.error().message);
     }
     p.in_fd = p.in_own.get();
@@ -915,7 +733,7 @@ void Shim::start_exec(uint64_t cid, const json& req) {
     }
     c.session = true;
     c.proc = idx;
-    request("exec", {{"process_index", idx}, {"process", req["process"]}}, cid, idx);
+    ses_.request("exec", {{"process_index", idx}, {"process", req["process"]}}, cid, idx);
 }
 
 // Stop or restart the vCPUs: the whole guest, agent included, freezes.
@@ -928,7 +746,7 @@ Result<void> Shim::set_paused(bool on) {
 }
 
 void Shim::send_resize(uint32_t proc, int fd) {
-    if (auto ws = sys::window_size(fd)) request("resize", {{"process", proc}, {"rows", ws->ws_row}, {"cols", ws->ws_col}});
+    if (auto ws = sys::window_size(fd)) ses_.request("resize", {{"process", proc}, {"rows", ws->ws_row}, {"cols", ws->ws_col}});
 }
 
 void Shim::on_signal() {
@@ -936,15 +754,15 @@ void Shim::on_signal() {
     while (::read(sig_fd_.get(), &si, sizeof si) == sizeof si) {
         int sig = int(si.ssi_signo);
         if (sig == SIGCHLD) continue;  // VMM liveness is checked every loop
-        bool live = phase_ == Phase::Created || phase_ == Phase::Running;
-        if (procs_[0].tty) {
+        bool live = ses_.phase == Phase::Created || ses_.phase == Phase::Running;
+        if (ses_.procs[0].tty) {
             // Our controlling terminal is the container's: a resize goes to
             // the guest pty; a hangup reaches the guest when the stream ends.
             if (sig == SIGWINCH && live) send_resize(0, tty_slave_.get());
             if (sig == SIGWINCH || sig == SIGHUP || sig == SIGCONT) continue;
         }
         // Signals sent to the shim go to the container, as with runc's init.
-        if (live) request("kill", {{"process", 0}, {"signal", sig}, {"all", false}});
+        if (live) ses_.request("kill", {{"process", 0}, {"signal", sig}, {"all", false}});
     }
 }
 
@@ -1000,10 +818,10 @@ void Shim::read_stdin(Proc& p) {
     ssize_t r = ::read(p.in_fd, buf, want);
     uint32_t s = proto::stream_id(p.idx, proto::Stdin);
     if (r > 0) {
-        send(proto::encode(proto::Type::Data, s, std::string_view(buf, size_t(r))));
+        ses_.send(proto::encode(proto::Type::Data, s, std::string_view(buf, size_t(r))));
         p.stdin_credit -= uint32_t(r);
     } else if (r == 0 || (errno != EINTR && errno != EAGAIN)) {  // EIO: the pty's master is gone
-        send(proto::encode(proto::Type::Close, s, ""));
+        ses_.send(proto::encode(proto::Type::Close, s, ""));
         p.stdin_open = false;
     }
 }
@@ -1013,10 +831,10 @@ void Shim::write_out(Proc& p, int i) {
     ssize_t w = ::write(o.fd, o.data.data(), std::min(o.data.size(), o.chunk));
     if (w > 0) {
         o.data.erase(0, size_t(w));
-        send(proto::encode_credit(o.stream, uint32_t(w)));
+        ses_.send(proto::encode_credit(o.stream, uint32_t(w)));
     } else if (w < 0 && errno != EINTR && errno != EAGAIN) {
         // Reader gone: keep draining the guest so it never blocks.
-        send(proto::encode_credit(o.stream, uint32_t(o.data.size())));
+        ses_.send(proto::encode_credit(o.stream, uint32_t(o.data.size())));
         o.data.clear();
         o.dead = true;
     }
@@ -1047,14 +865,14 @@ Result<void> Shim::loop() {
         retire_execs();
         // Done: the container exited, what it wrote has been delivered, and
         // every exec has reported (or had its chance to).
-        Proc& init = procs_[0];
-        if (phase_ == Phase::Exiting && init.drained() && chan_out_.empty() &&
-            (procs_.size() == 1 || Clock::now() >= exit_deadline_)) {
+        Proc& init = ses_.procs[0];
+        if (ses_.phase == Phase::Exiting && init.drained() && ses_.out.empty() &&
+            (ses_.procs.size() == 1 || Clock::now() >= ses_.exit_deadline)) {
             if (init.sig) finish(0, *init.sig);
             finish(init.code.value_or(255), 0);
         }
         if (vm_died_) {
-            if (phase_ < Phase::Created) boot_failed("");
+            if (ses_.phase < Phase::Created) boot_failed("");
             log::error(boot_failure("vm exited unexpectedly"));
             finish(255, 0);
         }
@@ -1075,10 +893,10 @@ Result<void> Shim::loop() {
         if (console_r_) add(console_r_.get(), POLLIN, kCon);
         if (agent_listen_) add(agent_listen_.get(), POLLIN, kAgentL);
         if (qmp_listen_) add(qmp_listen_.get(), POLLIN, kQmpL);
-        if (phase_ >= Phase::Created) add(shim_listen_.get(), POLLIN, kShimL);
-        if (chan_) add(chan_.get(), short(POLLIN | (chan_out_.empty() ? 0 : POLLOUT)), kChan);
-        for (auto& [idx, pr] : procs_) {
-            bool reads = idx == 0 ? phase_ >= Phase::Created : pr.started;
+        if (ses_.phase >= Phase::Created) add(shim_listen_.get(), POLLIN, kShimL);
+        if (chan_) add(chan_.get(), short(POLLIN | (ses_.out.empty() ? 0 : POLLOUT)), kChan);
+        for (auto& [idx, pr] : ses_.procs) {
+            bool reads = idx == 0 ? ses_.phase >= Phase::Created : pr.started;
             if (reads && pr.stdin_open && pr.stdin_credit > 0 && pr.in_fd >= 0) add(pr.in_fd, POLLIN, kStdin, idx);
             for (int i = 1; i <= 2; ++i)
                 if (!pr.out[i].data.empty() && !pr.out[i].dead) add(pr.out[i].fd, POLLOUT, kOut, idx, i);
@@ -1086,7 +904,7 @@ Result<void> Shim::loop() {
         for (auto& [cid, c] : clients_) add(c.fd.get(), POLLIN, kClient, cid);
 
         int timeout = -1;
-        if (phase_ == Phase::Booting) {
+        if (ses_.phase == Phase::Booting) {
             auto left = std::chrono::duration_cast<std::chrono::milliseconds>(boot_deadline_ - Clock::now()).count();
             if (left <= 0)
                 abort_create(Error{ETIMEDOUT, boot_failure("the agent did not answer within " +
@@ -1099,7 +917,7 @@ Result<void> Shim::loop() {
                 if (c) chan_ = std::move(*c);  // non-blocking
                 next_vsock_try_ = Clock::now() + std::chrono::milliseconds(50);
             }
-        } else if (phase_ == Phase::Exiting) {
+        } else if (ses_.phase == Phase::Exiting) {
             timeout = 250;  // the exec grace period
         }
         int n = ::poll(p.data(), p.size(), timeout);
@@ -1135,33 +953,33 @@ Result<void> Shim::loop() {
                     if (p[i].revents & (POLLIN | POLLHUP | POLLERR)) {
                         auto r = on_channel_readable();
                         if (!r) {
-                            if (phase_ < Phase::Created) boot_failed(r.error().message);
-                            if (phase_ == Phase::Exiting) {
+                            if (ses_.phase < Phase::Created) boot_failed(r.error().message);
+                            if (ses_.phase == Phase::Exiting) {
                                 chan_.reset();
-                                chan_out_.clear();
+                                ses_.out.clear();
                                 break;
                             }
                             log::error("channel: " + r.error().message);
                             finish(255, 0);
                         }
                     }
-                    if (chan_ && (p[i].revents & POLLOUT) && !chan_out_.empty()) {
-                        ssize_t w = ::write(chan_.get(), chan_out_.data(), chan_out_.size());
-                        if (w > 0) chan_out_.erase(0, size_t(w));
+                    if (chan_ && (p[i].revents & POLLOUT) && !ses_.out.empty()) {
+                        ssize_t w = ::write(chan_.get(), ses_.out.data(), ses_.out.size());
+                        if (w > 0) ses_.out.erase(0, size_t(w));
                     }
                     break;
                 case kStdin:
-                    if (auto it = procs_.find(uint32_t(t.id)); it != procs_.end()) read_stdin(it->second);
+                    if (auto it = ses_.procs.find(uint32_t(t.id)); it != ses_.procs.end()) read_stdin(it->second);
                     break;
                 case kOut:
-                    if (auto it = procs_.find(uint32_t(t.id)); it != procs_.end()) write_out(it->second, t.fd);
+                    if (auto it = ses_.procs.find(uint32_t(t.id)); it != ses_.procs.end()) write_out(it->second, t.fd);
                     break;
                 case kClient:
                     if (clients_.count(t.id)) on_client(t.id);
                     break;
             }
         }
-        for (auto& [idx, pr] : procs_) close_drained(pr);
+        for (auto& [idx, pr] : ses_.procs) close_drained(pr);
     }
 }
 
@@ -1180,7 +998,7 @@ int Shim::main() {
     if (auto r = prepare(); !r) abort_create(r.error());
     auto r = loop();
     log::error("shim: " + r.error().message);
-    if (phase_ < Phase::Created) abort_create(r.error());
+    if (ses_.phase < Phase::Created) abort_create(r.error());
     finish(255, 0);
 }
 

@@ -299,7 +299,10 @@ Result<std::vector<std::string>> update_container(const Globals& g, const std::s
         // Swap counts memory plus swap: measure it against the limit the
         // container has now, as runc does.
         auto r = TRY(shim_call(paths, {{"op", "stats"}}, 30000));
-        auto cur = r.value("result", nlohmann::json::object()).value("memory.max", "max");
+        // (What the guest reported: any shape.)
+        const auto& res = r.contains("result") ? r["result"] : nlohmann::json();
+        std::string cur = res.is_object() && res.contains("memory.max") && res["memory.max"].is_string()
+                              ? res["memory.max"].get<std::string>() : "max";
         try {
             if (cur.rfind("max", 0) != 0) resources["memory"]["limit"] = std::stoll(cur);
         } catch (const std::exception&) {

@@ -1,0 +1,183 @@
+#include "shim/session.h"
+
+#include "husk/log.h"
+
+namespace husk::shim {
+
+using nlohmann::json;
+
+Result<void> Session::feed(const char* data, size_t n) {
+    if (failed_) return tl::unexpected(*failed_);
+    dec_.feed(data, n);
+    for (;;) {
+        auto f = dec_.next();
+        Result<void> r = f ? (*f ? on_frame(**f) : Result<void>()) : tl::unexpected(f.error());
+        if (!r) {
+            failed_ = r.error();  // final: nothing more is taken from this guest
+            return r;
+        }
+        if (!*f) return {};
+    }
+}
+
+uint64_t Session::request(const std::string& method, const json& params, uint64_t client, uint32_t proc) {
+    uint64_t id = next_req_++;
+    json r = {{"id", id}, {"method", method}, {"params", params}};
+    send(proto::encode(proto::Type::Request, 0, r.dump()));
+    pending_[id] = Pending{client, method, proc};
+    if (client) host_.busy(client);
+    return id;
+}
+
+void Session::forget_client(uint64_t client) {
+    for (auto& [id, pd] : pending_)
+        if (pd.client == client) pd.client = 0;
+}
+
+void Session::answer(uint64_t client, const json& r) {
+    if (client) host_.reply(client, r);
+}
+
+void Session::answer(uint64_t client, bool ok, const std::string& err) {
+    json r = {{"ok", ok}};
+    if (!ok) r["error"] = err;
+    answer(client, r);
+}
+
+Result<void> Session::on_frame(const proto::Frame& f) {
+    using proto::Type;
+    auto proc_of = [&](uint32_t stream) -> Proc* {
+        auto it = procs.find(proto::stream_process(stream));
+        return it == procs.end() || !it->second.started ? nullptr : &it->second;
+    };
+    switch (f.type) {
+        case Type::Hello: {
+            json h = json::parse(f.payload, nullptr, false);
+            if (phase != Phase::Booting || !h.is_object() || !h.contains("version") || !h["version"].is_number_unsigned())
+                return fail("unexpected HELLO from agent", EPROTO);
+            if (h["version"].get<uint32_t>() != proto::kVersion)
+                return fail("agent speaks protocol " + h["version"].dump() + ", shim speaks " + std::to_string(proto::kVersion), EPROTO);
+            send(proto::encode(Type::Hello, 0, json{{"version", proto::kVersion}}.dump()));
+            create_req_ = request("create", host_.create_params());
+            phase = Phase::Creating;
+            log::debug("agent said hello");
+            return {};
+        }
+        case Type::Response: {
+            json r = json::parse(f.payload, nullptr, false);
+            if (!r.is_object() || !r.contains("id") || !r["id"].is_number_unsigned())
+                return fail("malformed response from agent", EPROTO);
+            return on_response(r);
+        }
+        case Type::Event: {
+            json e = json::parse(f.payload, nullptr, false);
+            if (!e.is_object()) return fail("malformed event from agent", EPROTO);
+            return on_event(e);
+        }
+        case Type::Data: {
+            uint32_t fd = proto::stream_fd(f.stream);
+            Proc* p = proc_of(f.stream);
+            if (!p || (fd != 1 && fd != 2)) return fail("data on unknown stream " + std::to_string(f.stream), EPROTO);
+            auto& o = p->out[fd];
+            if (o.eof) return fail("data after close on stream " + std::to_string(f.stream), EPROTO);
+            // The agent may never exceed the credit we granted.
+            if (o.data.size() + f.payload.size() > proto::kInitialCredit)
+                return fail("agent overran its credit on stream " + std::to_string(f.stream), EPROTO);
+            if (o.dead) send(proto::encode_credit(f.stream, uint32_t(f.payload.size())));
+            else o.data += f.payload;
+            return {};
+        }
+        case Type::Credit: {
+            uint32_t c = TRY(proto::decode_credit(f));
+            Proc* p = proc_of(f.stream);
+            if (!p || proto::stream_fd(f.stream) != proto::Stdin) return {};
+            if (uint64_t(p->stdin_credit) + c > stdin_window) return fail("agent returned too much credit", EPROTO);
+            p->stdin_credit += c;
+            return {};
+        }
+        case Type::Close: {
+            uint32_t fd = proto::stream_fd(f.stream);
+            Proc* p = proc_of(f.stream);
+            if (!p) return fail("close on unknown stream " + std::to_string(f.stream), EPROTO);
+            if (fd == 1 || fd == 2) p->out[fd].eof = true;
+            else if (fd == proto::Stdin) p->stdin_open = false;  // reader gone
+            return {};
+        }
+        case Type::Request:
+            return fail("agent sent a request", EPROTO);
+    }
+    return {};
+}
+
+Result<void> Session::on_response(const json& r) {
+    uint64_t id = r["id"].get<uint64_t>();
+    auto it = pending_.find(id);
+    if (it == pending_.end()) return fail("response to unknown request " + std::to_string(id), EPROTO);
+    Pending pd = it->second;
+    pending_.erase(it);
+    // (json::value() throws on a present field of another type: never on
+    // what the guest sent.)
+    if (r.contains("ok") && !r["ok"].is_boolean()) return fail("malformed response from agent", EPROTO);
+    bool ok = r.contains("ok") && r["ok"].get<bool>();
+    std::string err = r.contains("error") && r["error"].is_string() ? r["error"].get<std::string>() : "agent error";
+    if (id == create_req_) {
+        if (!ok) {
+            host_.created(false, "create container in guest: " + err);
+            return fail("create container in guest: " + err, EINVAL);
+        }
+        if (phase != Phase::Creating) return fail("unexpected answer to create", EPROTO);
+        phase = Phase::Created;
+        host_.created(true, "");
+        return {};
+    }
+    if (pd.method == "start" && ok && phase == Phase::Created) {
+        phase = Phase::Running;
+        procs[0].started = true;
+        host_.running();
+    }
+    if (pd.method == "exec") {
+        auto p = procs.find(pd.proc);
+        if (!ok) {
+            procs.erase(pd.proc);
+            answer(pd.client, false, err);
+            return {};
+        }
+        if (p == procs.end()) return {};
+        p->second.started = true;
+        const json* pid = r.contains("result") && r["result"].is_object() && r["result"].contains("pid")
+                              ? &r["result"]["pid"] : nullptr;
+        answer(pd.client, json{{"ok", true}, {"pid", pid && pid->is_number_integer() ? pid->get<int64_t>() : 0}});
+        return {};
+    }
+    if ((pd.method == "ps" || pd.method == "stats") && ok) {
+        answer(pd.client, json{{"ok", true}, {"result", r.contains("result") ? r["result"] : json::array()}});
+        return {};
+    }
+    answer(pd.client, ok, err);
+    return {};
+}
+
+Result<void> Session::on_event(const json& e) {
+    std::string ev = e.contains("event") && e["event"].is_string() ? e["event"].get<std::string>() : "";
+    if (ev == "exit") {
+        if (!e.contains("process") || !e["process"].is_number_unsigned()) return fail("malformed exit event", EPROTO);
+        auto it = procs.find(e["process"].get<uint32_t>());
+        if (it == procs.end() || !it->second.started || it->second.exited)
+            return fail("exit event for unknown process " + e["process"].dump(), EPROTO);
+        auto& p = it->second;
+        if (e.contains("signal") && e["signal"].is_number_integer()) p.sig = e["signal"].get<int>();
+        else if (e.contains("code") && e["code"].is_number_integer()) p.code = e["code"].get<int>();
+        else return fail("malformed exit event", EPROTO);
+        p.exited = true;
+        log::debug("process exited: " + e.dump());
+        if (p.idx == 0) {
+            phase = Phase::Exiting;
+            exit_deadline = Clock::now() + std::chrono::seconds(5);
+        }
+    } else if (ev == "log") {
+        if (e.contains("msg") && e["msg"].is_string()) log::debug("agent: " + e["msg"].get<std::string>());
+    }
+    return {};
+}
+
+}  // namespace husk::shim

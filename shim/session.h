@@ -1,0 +1,117 @@
+// The shim's side of the agent protocol, with no I/O: bytes from the guest
+// in (feed), frames for the guest out (out), and the state they move: the
+// requests in flight, the processes and their buffered output. The guest
+// is untrusted: every frame is checked against what the shim asked for and
+// granted, and anything else ends the session with an error (the shim then
+// stops the VM). Kept apart from shim.cpp so that the fuzzer
+// (tests/fuzz/fuzz_session.cpp) and the unit tests can drive it.
+#pragma once
+#include <chrono>
+#include <cstdint>
+#include <map>
+#include <optional>
+#include <string>
+
+#include <nlohmann/json.hpp>
+
+#include "husk/result.h"
+#include "protocol/protocol.h"
+#include "sys/sys.h"
+
+namespace husk::shim {
+
+using Clock = std::chrono::steady_clock;
+
+// Bytes waiting for a destination fd, with the stream they came from so
+// credit can be returned as they drain.
+struct OutBuf {
+    int fd = -1;
+    sys::Fd own;  // set when the shim owns `fd` (exec stdio, a pty)
+    uint32_t stream = 0;
+    std::string data;
+    bool eof = false;   // CLOSE received: close fd once drained
+    bool dead = false;  // destination gone (EPIPE): drop further data
+    size_t chunk = 4096;
+};
+
+// One process in the guest: the container's init (index 0) or an exec.
+struct Proc {
+    uint32_t idx = 0;
+    bool started = false;
+    bool tty = false;
+    int in_fd = -1;
+    sys::Fd in_own;
+    bool stdin_open = true;
+    uint32_t stdin_credit = proto::kInitialCredit;
+    OutBuf out[3];  // [1] stdout, [2] stderr
+    bool exited = false;
+    std::optional<int> code, sig;
+    uint64_t waiter = 0;  // exec session told of the exit (0: none)
+
+    bool drained() const {
+        for (int i = 1; i <= 2; ++i)
+            if (!out[i].data.empty() || !(out[i].eof || out[i].dead)) return false;
+        return true;
+    }
+};
+
+struct Pending {
+    uint64_t client = 0;  // 0: internal
+    std::string method;
+    uint32_t proc = 0;
+};
+
+enum class Phase { Booting, Creating, Created, Running, Exiting };
+
+// What the session needs from the shim around it.
+class SessionHost {
+public:
+    virtual ~SessionHost() = default;
+    // HELLO arrived: the create request's parameters.
+    virtual nlohmann::json create_params() = 0;
+    // The create request's answer (the session is Created when `ok`).
+    virtual void created(bool ok, const std::string& error) = 0;
+    // The container's process started (the session is Running).
+    virtual void running() = 0;
+    // A client's request was answered (`client` is never 0).
+    virtual void reply(uint64_t client, const nlohmann::json& r) = 0;
+    // A request of the client's went to the agent.
+    virtual void busy(uint64_t client) = 0;
+};
+
+class Session {
+public:
+    explicit Session(SessionHost& host) : host_(host) {}
+
+    // Bytes from the guest. An error is the guest's fault and final: every
+    // later feed returns it again.
+    Result<void> feed(const char* data, size_t n);
+    // A request to the agent; its answer goes to `client` (0: nobody).
+    uint64_t request(const std::string& method, const nlohmann::json& params, uint64_t client = 0, uint32_t proc = 0);
+    void send(const std::string& frame) { out += frame; }
+    size_t in_flight() const { return pending_.size(); }
+    // The client is gone: answers to its requests go nowhere.
+    void forget_client(uint64_t client);
+
+    Phase phase = Phase::Booting;
+    std::map<uint32_t, Proc> procs;
+    std::string out;  // frames for the agent, not yet written
+    uint32_t stdin_window = proto::kInitialCredit;  // stdin bytes in flight per process
+    Clock::time_point exit_deadline;                  // init exited: execs get this long to report
+
+private:
+    Result<void> on_frame(const proto::Frame& f);
+    Result<void> on_response(const nlohmann::json& r);
+    Result<void> on_event(const nlohmann::json& e);
+    void answer(uint64_t client, const nlohmann::json& r);
+    void answer(uint64_t client, bool ok, const std::string& err);
+
+    SessionHost& host_;
+    proto::Decoder dec_;
+    std::optional<Error> failed_;
+    uint64_t next_req_ = 1;
+    uint64_t create_req_ = 0;
+    std::map<uint64_t, Pending> pending_;
+};
+
+}  // namespace husk::shim

@@ -1,0 +1,129 @@
+// The shim's agent session (shim/session.h): the happy path through every
+// phase, and a guest that lies. tests/fuzz/fuzz_session.cpp drives the
+// same code with arbitrary input.
+#include <catch2/catch.hpp>
+
+#include "protocol/protocol.h"
+#include "shim/session.h"
+
+using namespace husk;
+using nlohmann::json;
+
+namespace {
+
+struct Host : shim::SessionHost {
+    std::vector<std::pair<uint64_t, json>> replies;
+    std::vector<std::string> created_errors;
+    int created_ok = 0, running_calls = 0;
+    json create_params() override { return {{"bundle", "b"}}; }
+    void created(bool ok, const std::string& e) override { ok ? ++created_ok : (created_errors.push_back(e), 0); }
+    void running() override { ++running_calls; }
+    void busy(uint64_t) override {}
+    void reply(uint64_t c, const json& r) override { replies.emplace_back(c, r); }
+};
+
+std::string frame(proto::Type t, uint32_t stream, const json& j) { return proto::encode(t, stream, j.dump()); }
+std::string response(const json& j) { return frame(proto::Type::Response, 0, j); }
+
+Result<void> feed(shim::Session& s, const std::string& bytes) { return s.feed(bytes.data(), bytes.size()); }
+
+// A session the agent said HELLO to and created the container in.
+void created(shim::Session& s) {
+    s.procs[0].idx = 0;
+    REQUIRE(feed(s, frame(proto::Type::Hello, 0, {{"version", proto::kVersion}})));
+    REQUIRE(s.out.find(R"("method":"create","params":{"bundle":"b"})") != std::string::npos);
+    REQUIRE(feed(s, response({{"id", 1}, {"ok", true}})));
+    REQUIRE(s.phase == shim::Phase::Created);
+}
+
+}  // namespace
+
+TEST_CASE("session: hello, create, start, output, exec, exit", "[session]") {
+    Host h;
+    shim::Session s(h);
+    created(s);
+    CHECK(h.created_ok == 1);
+    s.request("start", {{"process", 0}}, 7);
+    REQUIRE(feed(s, response({{"id", 2}, {"ok", true}})));
+    CHECK(s.phase == shim::Phase::Running);
+    CHECK(h.running_calls == 1);
+    REQUIRE(h.replies.size() == 1);
+    CHECK(h.replies[0] == std::pair<uint64_t, json>{7, {{"ok", true}}});
+    REQUIRE(feed(s, proto::encode(proto::Type::Data, proto::stream_id(0, 1), "hello")));
+    CHECK(s.procs[0].out[1].data == "hello");
+    // An exec's pid comes back to its client.
+    s.procs[1].idx = 1;
+    s.request("exec", json::object(), 8, 1);
+    REQUIRE(feed(s, response({{"id", 3}, {"ok", true}, {"result", {{"pid", 42}}}})));
+    CHECK(h.replies.back() == std::pair<uint64_t, json>{8, {{"ok", true}, {"pid", 42}}});
+    REQUIRE(feed(s, frame(proto::Type::Event, 0, {{"event", "exit"}, {"process", 0}, {"signal", 9}})));
+    CHECK(s.phase == shim::Phase::Exiting);
+    CHECK(s.procs[0].sig == 9);
+    CHECK(s.in_flight() == 0);
+}
+
+TEST_CASE("session: a guest that lies is refused with an error, never a crash", "[session]") {
+    struct Case {
+        const char* what;
+        std::string bytes;
+        const char* error;
+    };
+    const Case cases[] = {
+        // json::value() would throw on these: the shim died of it once.
+        {"ok of the wrong type", response({{"id", 3}, {"ok", "yes"}}), "malformed response from agent"},
+        {"an answer nobody asked for", response({{"id", 99}, {"ok", true}}), "response to unknown request 99"},
+        {"a second hello", frame(proto::Type::Hello, 0, {{"version", proto::kVersion}}), "unexpected HELLO from agent"},
+        {"output for a process never started", proto::encode(proto::Type::Data, proto::stream_id(5, 1), "x"),
+         "data on unknown stream 21"},
+        {"output to the container's stdin", proto::encode(proto::Type::Data, proto::stream_id(0, 0), "x"),
+         "data on unknown stream 0"},
+        {"more output than granted", std::string(), "agent overran its credit on stream 1"},
+        {"an exit for no process", frame(proto::Type::Event, 0, {{"event", "exit"}, {"process", 3}, {"code", 0}}),
+         "exit event for unknown process 3"},
+        {"an exit without a status", frame(proto::Type::Event, 0, {{"event", "exit"}, {"process", 0}, {"code", "0"}}),
+         "malformed exit event"},
+        {"a request to the shim", frame(proto::Type::Request, 0, {{"id", 1}}), "agent sent a request"},
+        {"too much stdin credit", proto::encode_credit(proto::stream_id(0, 0), 1), "agent returned too much credit"},
+    };
+    for (const auto& c : cases) {
+        INFO(c.what);
+        Host h;
+        shim::Session s(h);
+        created(s);
+        s.request("start", {{"process", 0}}, 7);
+        REQUIRE(feed(s, response({{"id", 2}, {"ok", true}})));
+        s.request("ps", {{"process", 0}}, 8);  // id 3
+        std::string bytes = c.bytes;
+        if (bytes.empty()) {
+            // All the credit it was granted, then one byte more.
+            std::string chunk(proto::kMaxDataPayload, 'x');
+            for (uint32_t sent = 0; sent < proto::kInitialCredit; sent += proto::kMaxDataPayload)
+                REQUIRE(feed(s, proto::encode(proto::Type::Data, proto::stream_id(0, 1), chunk)));
+            bytes = proto::encode(proto::Type::Data, proto::stream_id(0, 1), "x");
+        }
+        auto r = feed(s, bytes);
+        REQUIRE_FALSE(r);
+        CHECK(r.error().message == c.error);
+        CHECK(s.procs[0].out[1].data.size() <= proto::kInitialCredit);
+        // Errors are final: nothing more is taken from this guest.
+        CHECK_FALSE(feed(s, response({{"id", 3}, {"ok", true}})));
+    }
+}
+
+TEST_CASE("session: a refused create reaches the shim; a forgotten client gets nothing", "[session]") {
+    Host h;
+    shim::Session s(h);
+    s.procs[0].idx = 0;
+    REQUIRE(feed(s, frame(proto::Type::Hello, 0, {{"version", proto::kVersion}})));
+    auto r = feed(s, response({{"id", 1}, {"ok", false}, {"error", "no such file"}}));
+    REQUIRE_FALSE(r);
+    CHECK(h.created_errors == std::vector<std::string>{"create container in guest: no such file"});
+
+    Host h2;
+    shim::Session s2(h2);
+    created(s2);
+    s2.request("ps", {{"process", 0}}, 9);
+    s2.forget_client(9);
+    REQUIRE(feed(s2, response({{"id", 2}, {"ok", true}, {"result", json::array()}})));
+    CHECK(h2.replies.empty());
+}
