@@ -29,6 +29,18 @@ uint64_t Session::request(const std::string& method, const json& params, uint64_
     return id;
 }
 
+void Session::answer_pending(const std::string& method, const json& r) {
+    for (auto it = pending_.begin(); it != pending_.end();) {
+        if (it->second.method != method) {
+            ++it;
+            continue;
+        }
+        uint64_t client = it->second.client;
+        it = pending_.erase(it);
+        answer(client, r);
+    }
+}
+
 void Session::forget_client(uint64_t client) {
     for (auto& [id, pd] : pending_)
         if (pd.client == client) pd.client = 0;

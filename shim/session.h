@@ -90,6 +90,10 @@ public:
     uint64_t request(const std::string& method, const nlohmann::json& params, uint64_t client = 0, uint32_t proc = 0);
     void send(const std::string& frame) { out += frame; }
     size_t in_flight() const { return pending_.size(); }
+    // Answer every request of `method` in flight with `r`, now, and forget
+    // them (the agent's answers would then be to unknown requests: the
+    // caller is done with the guest).
+    void answer_pending(const std::string& method, const nlohmann::json& r);
     // The client is gone: answers to its requests go nowhere.
     void forget_client(uint64_t client);
 

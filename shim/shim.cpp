@@ -163,6 +163,7 @@ private:
     uint32_t next_proc_ = 1;
     sys::Fd tty_slave_;  // host side of the init's terminal (our controlling tty)
     bool paused_ = false;
+    std::optional<Clock::time_point> kill_deadline_;  // SIGKILL sent: the guest has until then
     bool vm_died_ = false;
     std::vector<NetInterface> nics_;  // the netns's interfaces the VM carries
     std::vector<sys::Fd> taps_;       // theirs, until the VMM has them (a VMM that takes fds)
@@ -671,6 +672,10 @@ void Shim::on_client_line(uint64_t cid, const std::string& line) {
             }
         }
         ses_.request("kill", params, cid);
+        // SIGKILL always kills, as with runc: a guest that does not act on
+        // it in time (hung, or its agent wedged) loses its VM instead.
+        if (sig == SIGKILL && !kill_deadline_)
+            kill_deadline_ = Clock::now() + std::chrono::milliseconds(defaults::kGuestKillTimeoutMs);
     } else if (op == "pause" || op == "resume") {
         if (ses_.phase != Phase::Running) return reply(cid, false, "container is not running");
         if (paused_ == (op == "pause")) return reply(cid, false, std::string("container is ") + (paused_ ? "already paused" : "not paused"));
@@ -919,6 +924,16 @@ Result<void> Shim::loop() {
             }
         } else if (ses_.phase == Phase::Exiting) {
             timeout = 250;  // the exec grace period
+        }
+        if (kill_deadline_ && ses_.phase != Phase::Exiting) {
+            auto left = std::chrono::duration_cast<std::chrono::milliseconds>(*kill_deadline_ - Clock::now()).count();
+            if (left <= 0) {
+                log::warn("the guest did not act on SIGKILL within " + std::to_string(defaults::kGuestKillTimeoutMs / 1000) +
+                          " s: stopping its VM");
+                ses_.answer_pending("kill", json{{"ok", true}});  // killed it is
+                finish(0, SIGKILL);
+            }
+            timeout = timeout < 0 ? int(left) : std::min(timeout, int(left));
         }
         int n = ::poll(p.data(), p.size(), timeout);
         if (n < 0 && errno != EINTR) return fail_errno("poll");

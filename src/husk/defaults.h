@@ -15,6 +15,9 @@ inline constexpr unsigned kMaxVcpus = 64;
 inline constexpr int kBootTimeoutMs = 180000;
 // How long `delete --force` and friends wait for a shim to go.
 inline constexpr int kStopTimeoutMs = 15000;
+// A guest that has not acted on SIGKILL for the container after this long
+// (hung, or its agent wedged) has its VM stopped: SIGKILL always kills.
+inline constexpr int kGuestKillTimeoutMs = 10000;
 // Console bytes kept in memory for error messages.
 inline constexpr size_t kConsoleTail = 2048;
 inline constexpr size_t kConsoleLogMax = 1u << 20;

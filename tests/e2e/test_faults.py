@@ -63,6 +63,42 @@ def test_shim_killed(husk, bundle):
     husk("delete", cid, check=True)
 
 
+def jail_processes(init):
+    """Every process in a VMM's jail but its reaper (UML is several)."""
+    kids = {}
+    for d in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{d}/stat") as f:
+                kids.setdefault(int(f.read().rsplit(")", 1)[1].split()[1]), []).append(int(d))
+        except (OSError, ValueError):
+            pass
+    out, todo = [], list(kids.get(init, []))
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo += kids.get(p, [])
+    return out
+
+
+def test_a_hung_guest_still_dies_of_sigkill(husk, bundle):
+    # The VM stops answering (its VMM frozen): SIGKILL must still kill the
+    # container, as it does under runc. The shim gives the guest 10 s to
+    # act on it, then stops the VM; the container died of SIGKILL.
+    cid, ex = run_detached_with_exec(husk, bundle)
+    st = husk.state_file(cid)
+    frozen = jail_processes(st["vmm_pid"])
+    assert frozen
+    for p in frozen:
+        os.kill(p, signal.SIGSTOP)
+    r = husk("kill", cid, "KILL")
+    assert r.returncode == 0, r.stderr
+    wait_for(lambda: husk.state(cid)["status"] == "stopped", "the container to be reported stopped")
+    assert husk.state_file(cid).get("exit_signal") == 9
+    assert ex.wait(timeout=60) != 0
+    wait_for(lambda: pid_gone(st["vmm_pid"]) and pid_gone(st["pid"]), "the VMM and the shim to go")
+    husk("delete", cid, check=True)
+
+
 def test_guest_kernel_panic(husk, bundle):
     # The workload crashes the guest kernel (sysrq "c"): QEMU exits
     # (-no-reboot), the shim reports the container stopped.

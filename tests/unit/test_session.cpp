@@ -126,4 +126,11 @@ TEST_CASE("session: a refused create reaches the shim; a forgotten client gets n
     s2.forget_client(9);
     REQUIRE(feed(s2, response({{"id", 2}, {"ok", true}, {"result", json::array()}})));
     CHECK(h2.replies.empty());
+
+    // The shim answers a kill itself when it stops a hung guest's VM.
+    s2.request("kill", {{"signal", 9}}, 10);
+    s2.request("ps", {{"process", 0}}, 11);
+    s2.answer_pending("kill", {{"ok", true}});
+    CHECK(h2.replies == std::vector<std::pair<uint64_t, json>>{{10, {{"ok", true}}}});
+    CHECK(s2.in_flight() == 1);  // the ps is still the guest's to answer
 }
