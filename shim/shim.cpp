@@ -339,15 +339,19 @@ Result<void> Shim::build_shares() {
     for (size_t i = 0; i < plan_.entries.size(); ++i) {
         const auto& e = plan_.entries[i];
         std::string what = i == 0 ? "rootfs" : "mount source";
-        if (!sys::exists(e.host_path)) return fail(what + " " + e.host_path + " does not exist", ENOENT);
+        // Opened once: what is checked is what is bound.
+        auto src = sys::open_bind_source(e.host_path);
+        if (!src && src.error().code == ENOENT) return fail(what + " " + e.host_path + " does not exist", ENOENT);
+        if (!src) return fail(what + " " + e.host_path + ": " + src.error().message, src.error().code);
+        if (src->directory != e.directory)
+            return fail(what + " " + e.host_path + " changed while the container was being created", EBUSY);
         std::string target = paths_.shared + "/" + e.name;
         if (e.directory) {
             TRY(sys::mkdir_p(target, 0755));
         } else {
             TRY(sys::write_file(target, "", 0644));
         }
-        TRY(sys::mount(e.host_path, target, "", MS_BIND | (e.recursive ? MS_REC : 0)));
-        if (e.readonly) TRY(sys::mount("", target, "", MS_BIND | MS_REMOUNT | MS_RDONLY | (e.recursive ? MS_REC : 0)));
+        TRY(sys::bind_mount(*src, target, e.recursive, e.readonly));
     }
     return {};
 }

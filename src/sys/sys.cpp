@@ -396,6 +396,22 @@ Result<void> mount(const std::string& src, const std::string& dst, const std::st
     return {};
 }
 
+Result<BindSource> open_bind_source(const std::string& path) {
+    BindSource b;
+    b.fd = TRY(open(path, O_PATH | O_CLOEXEC));
+    struct stat st;
+    if (::fstat(b.fd.get(), &st) < 0) return fail_errno("stat " + path);
+    b.directory = S_ISDIR(st.st_mode);
+    return b;
+}
+
+Result<void> bind_mount(const BindSource& src, const std::string& dst, bool recursive, bool readonly) {
+    unsigned long rec = recursive ? MS_REC : 0;
+    TRY(mount("/proc/self/fd/" + std::to_string(src.fd.get()), dst, "", MS_BIND | rec));
+    if (readonly) TRY(mount("", dst, "", MS_BIND | MS_REMOUNT | MS_RDONLY | rec));
+    return {};
+}
+
 Result<void> umount(const std::string& target, int flags) {
     if (::umount2(target.c_str(), flags) < 0) return fail_errno("umount " + target);
     return {};

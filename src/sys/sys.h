@@ -84,6 +84,16 @@ Result<Fd> accept(int listen_fd, int flags = 0);
 Result<void> mount(const std::string& src, const std::string& dst, const std::string& type,
                    unsigned long flags, const std::string& data = "");
 Result<void> umount(const std::string& target, int flags = 0);
+// A bind source opened once (O_PATH, following symlinks as runc does) and
+// what it is: the check and the bind act on the same file, so a path
+// swapped for a symlink after the open binds nothing else.
+struct BindSource {
+    Fd fd;
+    bool directory = false;
+};
+Result<BindSource> open_bind_source(const std::string& path);
+// Bind `src` on `dst` (MS_REC with `recursive`; then read-only if asked).
+Result<void> bind_mount(const BindSource& src, const std::string& dst, bool recursive, bool readonly);
 Result<void> pivot_root(const std::string& new_root, const std::string& put_old);
 Result<void> unshare(int flags);
 // In a fresh user namespace: map `uid`/`gid` (ids outside) to 0, denying

@@ -1,3 +1,4 @@
+#include <fcntl.h>
 #include <sys/mount.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
@@ -85,6 +86,33 @@ TEST_CASE("a pty pair carries bytes both ways and names its slave", "[sys]") {
     REQUIRE(sys::write_all(pty->slave.get(), "out"));
     REQUIRE(read(pty->master.get(), buf, sizeof buf) == 3);
     CHECK(std::string(buf, 3) == "out");
+}
+
+TEST_CASE("a bind source swapped for a symlink after it was opened binds the original", "[sys]") {
+    char tmpl[] = "/tmp/husk-bind-XXXXXX";
+    REQUIRE(mkdtemp(tmpl));
+    std::string t = tmpl;
+    REQUIRE(sys::mkdir_p(t + "/volume"));
+    REQUIRE(sys::write_file(t + "/volume/mine", "container data"));
+    REQUIRE(sys::mkdir_p(t + "/secret"));
+    REQUIRE(sys::write_file(t + "/secret/shadow", "host only"));
+    REQUIRE(sys::mkdir_p(t + "/target"));
+    auto src = sys::open_bind_source(t + "/volume");
+    REQUIRE(src);
+    CHECK(src->directory);
+    // The swap: the path now names somewhere else.
+    REQUIRE(::rename((t + "/volume").c_str(), (t + "/volume.old").c_str()) == 0);
+    REQUIRE(::symlink((t + "/secret").c_str(), (t + "/volume").c_str()) == 0);
+    REQUIRE(sys::bind_mount(*src, t + "/target", false, true));
+    CHECK(sys::read_file(t + "/target/mine").value_or("") == "container data");
+    CHECK_FALSE(sys::exists(t + "/target/shadow"));
+    CHECK(::open((t + "/target/new").c_str(), O_WRONLY | O_CREAT | O_CLOEXEC, 0600) < 0);  // read-only
+    CHECK(errno == EROFS);
+    REQUIRE(sys::umount(t + "/target", MNT_DETACH));
+    auto gone = sys::open_bind_source(t + "/nothing-here");
+    REQUIRE_FALSE(gone);
+    CHECK(gone.error().code == ENOENT);
+    CHECK(sys::remove_all(t));
 }
 
 TEST_CASE("remove_all never reaches through a bind mount of the same filesystem", "[sys]") {
