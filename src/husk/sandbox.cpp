@@ -94,8 +94,7 @@ VmConfig make_vm_config(const Spec& spec, const HostFacts& host, const SandboxPa
     // The console is quiet unless debugging: under TCG every emulated
     // serial byte costs boot time.
     c.cmdline = std::string(defaults::kKernelCmdline) + (host.debug ? " husk.debug=1" : " quiet");
-    for (size_t i = 0; i < nics.size(); ++i)
-        c.nics.push_back({i < taps.size() ? taps[i] : tap_name(i), nics[i].mac, nics[i].mtu});
+    for (size_t i = 0; i < nics.size() && i < taps.size(); ++i) c.nics.push_back({taps[i], nics[i].mac, nics[i].mtu});
     if (!nics.empty()) c.cmdline += " husk.net=1";  // the agent loads virtio_net
     if (!host.share_disk.empty()) c.cmdline += " husk.share=disk";
     return c;

@@ -61,9 +61,10 @@ Result<bool> rootfs_on_disk(const Spec& spec, const std::string& driver, bool dr
 
 uint64_t vm_memory_mib(const Spec& spec);
 unsigned vm_vcpus(const Spec& spec, unsigned host_cpus);
-// `nics`: the container netns's interfaces, each behind the tap named in
-// `taps` (tap_name(i) where `taps` has none); a caller that opened the
-// taps itself sets Nic::fd, which a VMM that can uses instead of the name.
+// `nics`: the container netns's interfaces, nics[i] behind the tap named
+// taps[i] (the shim's pick; both lists the same length). A caller that
+// opened the taps itself sets Nic::fd, which a VMM that can uses instead
+// of the name.
 VmConfig make_vm_config(const Spec& spec, const HostFacts& host, const SandboxPaths& paths,
                         const std::vector<NetInterface>& nics = {}, const std::vector<std::string>& taps = {});
 

@@ -78,7 +78,8 @@ TEST_CASE("OCI -> VmConfig -> QEMU argv (golden)", "[translate]") {
     NetInterface eth0, eth1;
     eth0.name = "eth0", eth0.mac = "02:00:00:00:00:01", eth0.mtu = 1400;
     eth1.name = "eth1", eth1.mac = "02:00:00:00:00:02";
-    cfg = make_vm_config(spec_from(kBundle), host, state_sandbox_paths("/state/c,1"), {eth0, eth1});
+    cfg = make_vm_config(spec_from(kBundle), host, state_sandbox_paths("/state/c,1"), {eth0, eth1},
+                         {"tap0_husk", "tap1_husk"});
     cfg.channel.vsock_cid = 42;
     cfg.nics[0].fd = 9;
     cfg.nics[0].vhost = true;
