@@ -638,7 +638,13 @@ void Shim::on_client(uint64_t cid) {
         if (nl == std::string::npos) return;
         std::string line = it->second.in.substr(0, nl);
         it->second.in.erase(0, nl + 1);
-        on_client_line(cid, line);
+        try {
+            on_client_line(cid, line);
+        } catch (const json::exception&) {
+            // A field of the wrong type (json::value() throws): the client's
+            // mistake, never the end of the container.
+            reply(cid, false, "malformed request");
+        }
     }
 }
 

@@ -7,9 +7,9 @@
 #include <cstdlib>
 #include <sstream>
 
+#include "husk/paths.h"
 #include "hypervisors/jail.h"
 #include "hypervisors/process_vm.h"
-#include "husk/paths.h"
 #include "hypervisors/uml/mconsole.h"
 #include "sys/sys.h"
 

@@ -4,6 +4,7 @@ each test)."""
 import json
 import os
 import shutil
+import socket
 import subprocess
 
 import pytest
@@ -151,3 +152,18 @@ def test_missing_guest_image(husk, bundle, tmp_path):
 def test_missing_shim_binary(husk, bundle, tmp_path):
     env = dict(os.environ, HUSK_SHIM=str(tmp_path / "no-shim"))
     assert_clean_failure(husk("create", "-b", bundle(["true"]), new_id(), env=env), "start shim", "exec ")
+
+
+def test_a_malformed_request_on_shim_sock_is_refused_and_the_container_lives_on(husk, bundle):
+    # Fields of the wrong type (json::value() would throw): an error reply,
+    # never the end of the shim and its container.
+    cid = new_id()
+    husk("run", "-d", "-b", bundle(["sleep", "1000"]), cid, check=True)
+    for req in (b'{"op":"kill","signal":"TERM"}\n', b'{"op":"kill","all":1}\n', b'{"op":"update","files":7}\n'):
+        with socket.socket(socket.AF_UNIX) as s:
+            s.connect(os.path.join(husk.root, cid, "shim.sock"))
+            s.sendall(req)
+            reply = json.loads(s.makefile().readline())
+        assert reply["ok"] is False, (req, reply)
+        assert husk.state(cid)["status"] == "running"
+    husk("delete", "--force", cid, check=True)
