@@ -50,10 +50,12 @@ void Session::answer(uint64_t client, const json& r) {
     if (client) host_.reply(client, r);
 }
 
-void Session::answer(uint64_t client, bool ok, const std::string& err) {
+void Session::answer(uint64_t client, bool ok, const std::string& err) { answer(client, status_reply(ok, err)); }
+
+json status_reply(bool ok, const std::string& err) {
     json r = {{"ok", ok}};
     if (!ok) r["error"] = err;
-    answer(client, r);
+    return r;
 }
 
 Result<void> Session::on_frame(const proto::Frame& f) {

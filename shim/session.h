@@ -22,6 +22,15 @@ namespace husk::shim {
 
 using Clock = std::chrono::steady_clock;
 
+// Milliseconds from now until `t` (negative once it has passed).
+inline long long ms_until(Clock::time_point t) {
+    return std::chrono::duration_cast<std::chrono::milliseconds>(t - Clock::now()).count();
+}
+
+// The answer to a client's request that carries no result:
+// {"ok":true} or {"ok":false,"error":err}.
+nlohmann::json status_reply(bool ok, const std::string& err = {});
+
 // Bytes waiting for a destination fd, with the stream they came from so
 // credit can be returned as they drain.
 struct OutBuf {

@@ -52,6 +52,8 @@ using nlohmann::json;
 using shim::Clock;
 using shim::Phase;
 using shim::Proc;
+using shim::ms_until;
+using shim::status_reply;
 
 namespace {
 
@@ -355,7 +357,7 @@ Result<void> Shim::build_shares() {
         } else {
             TRY(sys::write_file(target, "", 0644));
         }
-        TRY(sys::bind_mount(*src, target, e.recursive, e.readonly));
+        TRY_CTX(sys::bind_mount(*src, target, e.recursive, e.readonly), what + " " + e.host_path);
     }
     return {};
 }
@@ -495,11 +497,7 @@ void Shim::reply(uint64_t cid, const json& r) {
     if (!it->second.session) drop_client(cid);
 }
 
-void Shim::reply(uint64_t cid, bool ok, const std::string& err) {
-    json r = {{"ok", ok}};
-    if (!ok) r["error"] = err;
-    reply(cid, r);
-}
+void Shim::reply(uint64_t cid, bool ok, const std::string& err) { reply(cid, status_reply(ok, err)); }
 
 void Shim::drop_client(uint64_t cid) {
     auto it = clients_.find(cid);
@@ -929,7 +927,7 @@ Result<void> Shim::loop() {
 
         int timeout = -1;
         if (ses_.phase == Phase::Booting) {
-            auto left = std::chrono::duration_cast<std::chrono::milliseconds>(boot_deadline_ - Clock::now()).count();
+            auto left = ms_until(boot_deadline_);
             if (left <= 0)
                 abort_create(Error{ETIMEDOUT, boot_failure("the agent did not answer within " +
                                                            std::to_string(boot_timeout_ms_ / 1000.0).substr(0, 5) + "s")});
@@ -945,11 +943,11 @@ Result<void> Shim::loop() {
             timeout = 250;  // the exec grace period
         }
         if (kill_deadline_ && ses_.phase != Phase::Exiting) {
-            auto left = std::chrono::duration_cast<std::chrono::milliseconds>(*kill_deadline_ - Clock::now()).count();
+            auto left = ms_until(*kill_deadline_);
             if (left <= 0) {
                 log::warn("the guest did not act on SIGKILL within " + std::to_string(defaults::kGuestKillTimeoutMs / 1000) +
                           " s: stopping its VM");
-                ses_.answer_pending("kill", json{{"ok", true}});  // killed it is
+                ses_.answer_pending("kill", status_reply(true));  // killed it is
                 finish(0, SIGKILL);
             }
             timeout = timeout < 0 ? int(left) : std::min(timeout, int(left));

@@ -20,6 +20,7 @@
 #include "hypervisors/jail.h"
 #include "hypervisors/vsock.h"
 #include "sys/sys.h"
+#include "tmpdir.h"
 
 using namespace husk;
 
@@ -43,12 +44,6 @@ VmConfig api_vm_config() {
     // The tap's name is the shim's pick (tap0_husk was a pod sibling's).
     return make_vm_config(small_spec(), host, state_sandbox_paths(), {eth0},
                           {"tap1_husk"});
-}
-
-std::string tmpdir() {
-    char t[] = "/tmp/husk-unit-XXXXXX";
-    REQUIRE(::mkdtemp(t));
-    return t;
 }
 
 }  // namespace
@@ -137,7 +132,7 @@ TEST_CASE("hybrid vsock: CONNECT, OK, and nothing more read", "[drivers]") {
     CHECK(parse_hybrid_vsock_reply("OK 1073741824"));
     for (const char* bad : {"OK", "OK ", "ok 5", "OK 5x", "ERROR connection refused", ""}) CHECK(!parse_hybrid_vsock_reply(bad));
 
-    std::string dir = tmpdir(), sock = dir + "/vsock.sock";
+    std::string dir = make_tmpdir(), sock = dir + "/vsock.sock";
     auto listener = sys::unix_listen(sock, 4);
     REQUIRE(listener);
     // The fake VMM answers each connection in turn: OK then the agent's
@@ -174,7 +169,7 @@ TEST_CASE("hybrid vsock: CONNECT, OK, and nothing more read", "[drivers]") {
 }
 
 TEST_CASE("the share as an ext4 image holds a copy of the tree", "[drivers]") {
-    std::string dir = tmpdir(), tree = dir + "/shared", img = dir + "/share.img";
+    std::string dir = make_tmpdir(), tree = dir + "/shared", img = dir + "/share.img";
     REQUIRE(sys::mkdir_p(tree + "/rootfs/etc", 0755));
     REQUIRE(sys::write_file(tree + "/rootfs/etc/hostname", "husk-disk\n"));
     REQUIRE(sys::write_file(tree + "/rootfs/big", std::string(300000, 'x')));
@@ -191,7 +186,7 @@ TEST_CASE("the share as an ext4 image holds a copy of the tree", "[drivers]") {
     CHECK(st.st_size == 9 << 20);
     CHECK(uint64_t(st.st_blocks) * 512 < uint64_t(st.st_size));  // sparse
     // Read it back with e2fsprogs' debugfs, as the guest's ext4 would.
-    auto out = tmpdir();
+    auto out = make_tmpdir();
     std::string cmd = "/sbin/debugfs -R 'cat /rootfs/etc/hostname' " + img + " > " + out + "/h 2>/dev/null; " +
                       "/sbin/debugfs -R 'stat /rootfs/link' " + img + " > " + out + "/l 2>/dev/null";
     REQUIRE(std::system(cmd.c_str()) == 0);

@@ -6,6 +6,7 @@
 
 #include "husk/hooks.h"
 #include "sys/sys.h"
+#include "tmpdir.h"
 
 using namespace husk;
 
@@ -27,9 +28,7 @@ TEST_CASE("hooks parse with JSON paths", "[hooks]") {
 }
 
 TEST_CASE("a hook gets the state on stdin, its own env, and its failure says why", "[hooks]") {
-    char tmpl[] = "/tmp/husk-hook-XXXXXX";
-    REQUIRE(mkdtemp(tmpl));
-    std::string dir = tmpl;
+    std::string dir = make_tmpdir("hook");
     nlohmann::json state = {{"id", "c1"}, {"status", "creating"}};
     setenv("HUSK_HOOK_TEST_LEAK", "1", 1);
     REQUIRE(run_hooks({sh("/bin/cat > " + dir + "/state; /usr/bin/env > " + dir + "/env", {"FOO=bar"})},
@@ -58,9 +57,7 @@ TEST_CASE("a hook gets the state on stdin, its own env, and its failure says why
 }
 
 TEST_CASE("the whole state is in the hook's stdin before it runs; one that never reads is fine", "[hooks]") {
-    char tmpl[] = "/tmp/husk-hook-XXXXXX";
-    REQUIRE(mkdtemp(tmpl));
-    std::string dir = tmpl;
+    std::string dir = make_tmpdir("hook");
     // Larger than a default pipe: it must still arrive whole.
     nlohmann::json state = {{"id", "c1"}, {"pad", std::string(200000, 'x')}};
     REQUIRE(run_hooks({sh("/bin/cat > " + dir + "/state")}, "prestart", state));

@@ -9,16 +9,14 @@
 #include "husk/paths.h"
 #include "husk/state.h"
 #include "sys/sys.h"
+#include "tmpdir.h"
 
 using namespace husk;
 
 namespace {
 struct TempRoot {
     std::string path;
-    TempRoot() {
-        char t[] = "/tmp/husk-unit-XXXXXX";
-        path = mkdtemp(t);
-    }
+    TempRoot() : path(make_tmpdir("state")) {}
     ~TempRoot() { (void)sys::remove_all(path); }
 };
 }  // namespace

@@ -8,6 +8,7 @@
 #include <catch2/catch.hpp>
 
 #include "sys/sys.h"
+#include "tmpdir.h"
 
 using namespace husk;
 
@@ -89,9 +90,7 @@ TEST_CASE("a pty pair carries bytes both ways and names its slave", "[sys]") {
 }
 
 TEST_CASE("a bind source swapped for a symlink after it was opened binds the original", "[sys]") {
-    char tmpl[] = "/tmp/husk-bind-XXXXXX";
-    REQUIRE(mkdtemp(tmpl));
-    std::string t = tmpl;
+    std::string t = make_tmpdir("bind");
     REQUIRE(sys::mkdir_p(t + "/volume"));
     REQUIRE(sys::write_file(t + "/volume/mine", "container data"));
     REQUIRE(sys::mkdir_p(t + "/secret"));
@@ -116,9 +115,7 @@ TEST_CASE("a bind source swapped for a symlink after it was opened binds the ori
 }
 
 TEST_CASE("remove_all never reaches through a bind mount of the same filesystem", "[sys]") {
-    char tmpl[] = "/tmp/husk-rm-XXXXXX";
-    REQUIRE(mkdtemp(tmpl));
-    std::string t = tmpl;
+    std::string t = make_tmpdir("rm");
     REQUIRE(sys::mkdir_p(t + "/keep/sub"));
     REQUIRE(sys::write_file(t + "/keep/sub/precious", "data"));
     REQUIRE(sys::mkdir_p(t + "/state/shared/rootfs"));

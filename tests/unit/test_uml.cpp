@@ -15,6 +15,7 @@
 #include "hypervisors/uml/mconsole.h"
 #include "hypervisors/uml/uml.h"
 #include "sys/sys.h"
+#include "tmpdir.h"
 
 using namespace husk;
 
@@ -91,9 +92,7 @@ TEST_CASE("a jailed process sees only what its jail names", "[uml][jail]") {
     auto busybox = sys::find_program("busybox");
     REQUIRE(busybox);
     REQUIRE(busybox->rfind("/usr/", 0) == 0);  // what the jail shows of the host is /usr
-    char tmpl[] = "/tmp/husk-jail-XXXXXX";
-    REQUIRE(::mkdtemp(tmpl));
-    std::string dir = tmpl;
+    std::string dir = make_tmpdir("jail");
     REQUIRE(sys::mkdir_p(dir + "/root", 0700));
     REQUIRE(sys::mkdir_p(dir + "/served", 0755));
     REQUIRE(sys::write_file_atomic(dir + "/served/inside", "shared\n", 0644));
