@@ -40,8 +40,19 @@ struct OutBuf {
     std::string data;
     bool eof = false;   // CLOSE received: close fd once drained
     bool dead = false;  // destination gone (EPIPE): drop further data
+    // How much one write may take: a blocking pipe or socket that polled
+    // writable takes PIPE_BUF without blocking; more only where a write
+    // cannot block (`nb`, `sock`).
     size_t chunk = 4096;
+    sys::Fd nb;         // a pipe destination reopened O_NONBLOCK (its own file description)
+    bool sock = false;  // a socket destination: send(MSG_DONTWAIT)
+    uint32_t owed = 0;  // written, credit not yet returned (returned in batches)
 };
+
+// Credit goes back to the agent once this much has drained (or the buffer
+// is empty): one CREDIT frame per DATA frame would cost the guest a wakeup
+// for every few KiB.
+constexpr uint32_t kCreditBatch = proto::kInitialCredit / 4;
 
 // One process in the guest: the container's init (index 0) or an exec.
 struct Proc {

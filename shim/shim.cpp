@@ -57,6 +57,24 @@ using shim::status_reply;
 
 namespace {
 
+// A destination for a process's output: writes to a pipe or a socket that
+// can never block the loop, at any size. The caller's file description is
+// left as it is (its flags are the caller's): a pipe is reopened through
+// /proc with O_NONBLOCK, a socket takes MSG_DONTWAIT per call.
+void prepare_out(shim::OutBuf& o) {
+    struct stat st;
+    if (o.fd < 0 || ::fstat(o.fd, &st) < 0) return;
+    if (S_ISSOCK(st.st_mode)) {
+        o.sock = true;
+    } else if (S_ISFIFO(st.st_mode)) {
+        // Fails (ENXIO) if the reader is gone, or EACCES for another
+        // user's pipe: then PIPE_BUF-sized writes on the fd as it is.
+        o.nb = sys::Fd(::open(("/proc/self/fd/" + std::to_string(o.fd)).c_str(), O_WRONLY | O_NONBLOCK | O_CLOEXEC));
+    } else {
+        o.chunk = 64 << 10;  // a file or a device
+    }
+}
+
 struct Args {
     std::string root, id, bundle, console_socket;
     int sync_fd = -1;
@@ -231,7 +249,7 @@ Result<void> Shim::prepare() {
         init.out[i].stream = proto::stream_id(0, uint32_t(i));
         struct stat st;
         if (fstat(i, &st) < 0) init.out[i].dead = true;
-        else if (!S_ISFIFO(st.st_mode) && !S_ISSOCK(st.st_mode)) init.out[i].chunk = 64 << 10;
+        else prepare_out(init.out[i]);
     }
     if (spec_.process->terminal) TRY_CTX(setup_terminal(), "terminal");
     TRY_CTX(launch_vm(), "start vm");
@@ -385,6 +403,7 @@ Result<void> Shim::setup_terminal() {
     init.out[1].own = TRY(sys::dup(pty.slave.get()));
     init.out[1].fd = init.out[1].own.get();
     init.out[1].chunk = 4096;
+    for (auto& o : init.out) o.nb.reset(), o.sock = false;  // fds 1-2 are /dev/null now
     init.out[2].eof = true;  // a terminal has no separate stderr
     tty_slave_ = std::move(pty.slave);
     return {};
@@ -747,6 +766,7 @@ void Shim::start_exec(uint64_t cid, const json& req) {
         p.out[i].fd = p.out[i].own ? p.out[i].own.get() : -1;
         p.out[i].stream = proto::stream_id(idx, uint32_t(i));
         if (!p.out[i].own) p.out[i].dead = true;
+        else if (!tty) prepare_out(p.out[i]);
     }
     c.session = true;
     c.proc = idx;
@@ -850,13 +870,20 @@ void Shim::read_stdin(Proc& p) {
 
 void Shim::write_out(Proc& p, int i) {
     auto& o = p.out[i];
-    ssize_t w = ::write(o.fd, o.data.data(), std::min(o.data.size(), o.chunk));
+    ssize_t w = o.sock ? ::send(o.fd, o.data.data(), o.data.size(), MSG_DONTWAIT | MSG_NOSIGNAL)
+                : o.nb ? ::write(o.nb.get(), o.data.data(), o.data.size())
+                       : ::write(o.fd, o.data.data(), std::min(o.data.size(), o.chunk));
     if (w > 0) {
         o.data.erase(0, size_t(w));
-        ses_.send(proto::encode_credit(o.stream, uint32_t(w)));
+        o.owed += uint32_t(w);
+        if (o.owed >= shim::kCreditBatch || o.data.empty()) {
+            ses_.send(proto::encode_credit(o.stream, o.owed));
+            o.owed = 0;
+        }
     } else if (w < 0 && errno != EINTR && errno != EAGAIN) {
         // Reader gone: keep draining the guest so it never blocks.
-        ses_.send(proto::encode_credit(o.stream, uint32_t(o.data.size())));
+        ses_.send(proto::encode_credit(o.stream, uint32_t(o.owed + o.data.size())));
+        o.owed = 0;
         o.data.clear();
         o.dead = true;
     }
@@ -867,6 +894,7 @@ void Shim::close_drained(Proc& p) {
     for (int i = 1; i <= 2; ++i) {
         auto& o = p.out[i];
         if (!o.eof || !o.data.empty() || o.fd < 0) continue;
+        o.nb.reset();  // the reader sees EOF only once every write end is closed
         if (o.own) {
             o.own.reset();
         } else {

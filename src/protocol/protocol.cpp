@@ -1,5 +1,6 @@
 #include "protocol/protocol.h"
 
+#include <algorithm>
 #include <cstring>
 
 namespace husk::proto {
@@ -27,17 +28,45 @@ static uint32_t get_u32(const char* p) {
     return v;
 }
 
+void put_header(char* out, Type t, uint32_t stream, uint32_t payload_size) {
+    for (int i = 0; i < 4; ++i) out[i] = char((payload_size >> (8 * i)) & 0xff);
+    out[4] = char(t);
+    out[5] = out[6] = out[7] = 0;
+    for (int i = 0; i < 4; ++i) out[8 + i] = char((stream >> (8 * i)) & 0xff);
+}
+
 std::string encode(Type t, uint32_t stream, std::string_view payload) {
-    std::string s;
-    s.reserve(kHeaderSize + payload.size());
-    put_u32(s, uint32_t(payload.size()));
-    s.push_back(char(t));
-    s.push_back(0);
-    s.push_back(0);
-    s.push_back(0);
-    put_u32(s, stream);
+    std::string s(kHeaderSize, '\0');
+    put_header(s.data(), t, stream, uint32_t(payload.size()));
     s.append(payload);
     return s;
+}
+
+char* Outbox::reserve(size_t n) {
+    if (cap_ - tail_ >= n) return buf_.get() + tail_;
+    size_t live = size();
+    if (cap_ >= live + n) {
+        std::memmove(buf_.get(), buf_.get() + head_, live);
+    } else {
+        size_t cap = std::max<size_t>({cap_ * 2, live + n, 64 << 10});
+        auto b = std::make_unique_for_overwrite<char[]>(cap);
+        if (live) std::memcpy(b.get(), buf_.get() + head_, live);
+        buf_ = std::move(b);
+        cap_ = cap;
+    }
+    head_ = 0;
+    tail_ = live;
+    return buf_.get() + tail_;
+}
+
+void Outbox::append(std::string_view s) {
+    std::memcpy(reserve(s.size()), s.data(), s.size());
+    commit(s.size());
+}
+
+void Outbox::consume(size_t n) {
+    head_ += n;
+    if (head_ == tail_) head_ = tail_ = 0;
 }
 
 std::string encode(const Frame& f) { return encode(f.type, f.stream, f.payload); }

@@ -17,6 +17,7 @@
 #pragma once
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -29,7 +30,7 @@ constexpr uint32_t kVersion = 1;
 constexpr size_t kHeaderSize = 12;
 constexpr uint32_t kMaxPayload = 1u << 20;     // control frames (spec JSON fits)
 constexpr uint32_t kMaxDataPayload = 32u << 10; // one DATA frame
-constexpr uint32_t kInitialCredit = 256u << 10; // per stream, each direction
+constexpr uint32_t kInitialCredit = 1u << 20;    // per stream, each direction
 constexpr uint32_t kAgentVsockPort = 1024;
 constexpr const char* kSerialPortName = "husk.agent";
 
@@ -57,10 +58,33 @@ constexpr uint32_t stream_id(uint32_t process, uint32_t fd) { return (process <<
 constexpr uint32_t stream_process(uint32_t stream) { return stream >> 2; }
 constexpr uint32_t stream_fd(uint32_t stream) { return stream & 3; }
 
+// A frame's header, written to out[0..kHeaderSize).
+void put_header(char* out, Type t, uint32_t stream, uint32_t payload_size);
 std::string encode(const Frame& f);
 std::string encode(Type t, uint32_t stream, std::string_view payload);
 std::string encode_credit(uint32_t stream, uint32_t bytes);
 Result<uint32_t> decode_credit(const Frame& f);
+
+// Bytes queued for a stream (frames for the other side): appended at the
+// tail, written from the head. A DATA frame can be read straight into the
+// tail (reserve, then commit), so a process's output is copied once in, once
+// out; under TCG every copy counts.
+class Outbox {
+public:
+    bool empty() const { return head_ == tail_; }
+    size_t size() const { return tail_ - head_; }
+    const char* data() const { return buf_.get() + head_; }
+    // Room for n more bytes at the tail; valid until the next call.
+    char* reserve(size_t n);
+    void commit(size_t n) { tail_ += n; }
+    void append(std::string_view s);
+    void consume(size_t n);
+    void clear() { head_ = tail_ = 0; }
+
+private:
+    std::unique_ptr<char[]> buf_;
+    size_t cap_ = 0, head_ = 0, tail_ = 0;
+};
 
 // Incremental decoder: feed() bytes as they arrive, next() yields frames.
 // Memory is bounded by kHeaderSize + kMaxPayload + one read's worth.

@@ -1,8 +1,11 @@
 """husk exec: processes in a running container, as runc runs them."""
+import hashlib
 import json
 import os
 import signal
+import socket
 import subprocess
+import threading
 import time
 
 from conftest import new_id
@@ -165,3 +168,28 @@ def test_many_quick_execs_at_once_all_report_their_status(husk, bundle):
             assert p.returncode == i, (i, p.returncode, err)
     for c in cids:
         husk("delete", "--force", c, check=True)
+
+
+def test_exec_output_into_a_pipe_and_a_socket_arrives_intact(husk, bundle):
+    # The shim writes a pipe through its own O_NONBLOCK reopening and a
+    # socket with MSG_DONTWAIT, in pieces of any size, and returns credit
+    # in batches: 8 MiB must still arrive whole, in order, and end (EOF).
+    cid = running(husk, bundle)
+    script = "head -c 8388608 /dev/urandom > /tmp/x; md5sum < /tmp/x >&2; cat /tmp/x"
+    r = husk("exec", cid, "sh", "-c", script)  # stdout: a pipe
+    assert r.returncode == 0, r.stderr
+    assert len(r.stdout) == 8388608
+    assert hashlib.md5(r.stdout).hexdigest() == r.stderr.decode().split()[0]
+
+    mine, theirs = socket.socketpair()
+    got = []
+    reader = threading.Thread(target=lambda: got.extend(iter(lambda: mine.recv(1 << 20), b"")))
+    reader.start()
+    p = subprocess.run(husk.cmd("exec", cid, "sh", "-c", "cat /tmp/x"), stdout=theirs, stderr=subprocess.PIPE,
+                       timeout=240)
+    theirs.close()
+    reader.join(60)
+    assert not reader.is_alive(), "no EOF on the socket"
+    assert p.returncode == 0, p.stderr
+    assert hashlib.md5(b"".join(got)).hexdigest() == r.stderr.decode().split()[0]
+    husk("delete", "--force", cid, check=True)
