@@ -133,13 +133,6 @@ Result<void> early_init() {
     TRY(sys::mount("devtmpfs", "/dev", "devtmpfs", MS_NOSUID, "mode=0755"));
     TRY(sys::mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC));
     TRY(sys::mount("sysfs", "/sys", "sysfs", MS_NOSUID | MS_NODEV | MS_NOEXEC));
-    // SCHED_BATCH: a process's pipe write does not preempt it for us, so
-    // the writer fills the pipe and we read it in big pieces (under TCG a
-    // context switch flushes the soft TLB). When the guest is otherwise
-    // idle, as it is between requests, we still run at once. The
-    // container's processes are reset to SCHED_OTHER when we fork them.
-    sched_param sp{};
-    (void)sched_setscheduler(0, SCHED_BATCH | SCHED_RESET_ON_FORK, &sp);
     auto cmdline = sys::read_file("/proc/cmdline").value_or("");
     g_debug = cmdline_param(cmdline, "husk.debug") == "1";
     if (cmdline_param(cmdline, "husk.probe") == "1") {
