@@ -60,10 +60,11 @@ namespace {
 // A destination for a process's output: writes to a pipe or a socket that
 // can never block the loop, at any size. The caller's file description is
 // left as it is (its flags are the caller's): a pipe is reopened through
-// /proc with O_NONBLOCK, a socket takes MSG_DONTWAIT per call.
-void prepare_out(shim::OutBuf& o) {
+// /proc with O_NONBLOCK, a socket takes MSG_DONTWAIT per call. False: no
+// such fd.
+bool prepare_out(shim::OutBuf& o) {
     struct stat st;
-    if (o.fd < 0 || ::fstat(o.fd, &st) < 0) return;
+    if (o.fd < 0 || ::fstat(o.fd, &st) < 0) return false;
     if (S_ISSOCK(st.st_mode)) {
         o.sock = true;
     } else if (S_ISFIFO(st.st_mode)) {
@@ -73,6 +74,7 @@ void prepare_out(shim::OutBuf& o) {
     } else {
         o.chunk = 64 << 10;  // a file or a device
     }
+    return true;
 }
 
 struct Args {
@@ -247,9 +249,8 @@ Result<void> Shim::prepare() {
     for (int i = 1; i <= 2; ++i) {
         init.out[i].fd = i;
         init.out[i].stream = proto::stream_id(0, uint32_t(i));
-        struct stat st;
-        if (fstat(i, &st) < 0) init.out[i].dead = true;
-        else prepare_out(init.out[i]);
+        if (spec_.process->terminal) continue;  // setup_terminal() replaces them
+        if (!prepare_out(init.out[i])) init.out[i].dead = true;
     }
     if (spec_.process->terminal) TRY_CTX(setup_terminal(), "terminal");
     TRY_CTX(launch_vm(), "start vm");
@@ -403,7 +404,6 @@ Result<void> Shim::setup_terminal() {
     init.out[1].own = TRY(sys::dup(pty.slave.get()));
     init.out[1].fd = init.out[1].own.get();
     init.out[1].chunk = 4096;
-    for (auto& o : init.out) o.nb.reset(), o.sock = false;  // fds 1-2 are /dev/null now
     init.out[2].eof = true;  // a terminal has no separate stderr
     tty_slave_ = std::move(pty.slave);
     return {};
