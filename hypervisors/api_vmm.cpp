@@ -126,7 +126,7 @@ Capabilities ApiHypervisor::capabilities() const {
     return c;
 }
 
-std::string ApiHypervisor::guest_kernel() const { return find_guest_vmlinux(); }
+std::string ApiHypervisor::guest_kernel() const { return find_guest_kernel(); }
 
 Result<std::unique_ptr<Vm>> ApiHypervisor::launch(const VmConfig& cfg, const std::string& workdir,
                                                   const std::string& log_path) {

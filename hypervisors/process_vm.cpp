@@ -1,12 +1,15 @@
 #include "hypervisors/process_vm.h"
 
 #include <signal.h>
+#include <sys/mman.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <cerrno>
 #include <chrono>
 #include <thread>
+
+#include "sys/sys.h"
 
 namespace husk {
 
@@ -23,6 +26,22 @@ bool ProcessVm::wait_exit(int ms) {
         if (std::chrono::steady_clock::now() >= deadline) return false;
         std::this_thread::sleep_for(std::chrono::milliseconds(5));
     }
+}
+
+Result<uint64_t> ProcessVm::page_out(const std::vector<std::string>& files) {
+    if (pid_ <= 0) return uint64_t(0);
+    std::vector<pid_t> pids = sys::child_pids(pid_);
+    pids.insert(pids.begin(), pid_);
+    uint64_t done = 0;
+    for (pid_t p : pids) {
+        auto maps = sys::read_file("/proc/" + std::to_string(p) + "/maps");
+        if (!maps) continue;  // gone meanwhile
+        auto ranges = sys::file_mappings(*maps, files);
+        if (ranges.empty()) continue;
+        auto fd = TRY(sys::pidfd_open(p));
+        done += TRY(sys::process_madvise(fd.get(), ranges, MADV_PAGEOUT));
+    }
+    return done;
 }
 
 Result<void> ProcessVm::attach_control(int fd) {

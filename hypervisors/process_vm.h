@@ -3,6 +3,9 @@
 #pragma once
 #include <sys/types.h>
 
+#include <string>
+#include <vector>
+
 #include "husk/hypervisor.h"
 
 namespace husk {
@@ -18,6 +21,10 @@ public:
     Result<void> stop() override;
 
 protected:
+    // Return the pages of the VMM's mappings of `files` (as the VMM names
+    // them) to the host: they are clean file pages, re-read if ever touched
+    // again. The VMM is our child, or a jail reaper's.
+    Result<uint64_t> page_out(const std::vector<std::string>& files);
     // Wait up to `ms` for the VMM to exit on its own; true once reaped.
     bool wait_exit(int ms);
     void kill_now();

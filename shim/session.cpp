@@ -72,6 +72,7 @@ Result<void> Session::on_frame(const proto::Frame& f) {
             if (h["version"].get<uint32_t>() != proto::kVersion)
                 return fail("agent speaks protocol " + h["version"].dump() + ", shim speaks " + std::to_string(proto::kVersion), EPROTO);
             send(proto::encode(Type::Hello, 0, json{{"version", proto::kVersion}}.dump()));
+            host_.booted();
             create_req_ = request("create", host_.create_params());
             phase = Phase::Creating;
             log::debug("agent said hello");

@@ -87,7 +87,9 @@ enum class Phase { Booting, Creating, Created, Running, Exiting };
 class SessionHost {
 public:
     virtual ~SessionHost() = default;
-    // HELLO arrived: the create request's parameters.
+    // HELLO arrived: the guest is up.
+    virtual void booted() {}
+    // Then: the create request's parameters.
     virtual nlohmann::json create_params() = 0;
     // The create request's answer (the session is Created when `ok`).
     virtual void created(bool ok, const std::string& error) = 0;

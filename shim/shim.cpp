@@ -138,6 +138,7 @@ private:
     Result<void> setup_terminal();
     Result<void> launch_vm();
     // SessionHost: what the agent session asks of us.
+    void booted() override;
     json create_params() override;
     void created(bool ok, const std::string& error) override;
     void running() override { set_status(status::kRunning); }
@@ -411,6 +412,15 @@ Result<void> Shim::setup_terminal() {
 
 // The agent's create request. The hooks that run in the guest come with
 // the state they are to read (the init's pid, as callers see it, is ours).
+void Shim::booted() {
+    if (!vm_) return;
+    // Memory, not correctness: a host that refuses (a rootless shim has no
+    // CAP_SYS_NICE) keeps the pages cached, as before.
+    auto r = vm_->booted();
+    if (r) log::debug("vm booted: " + std::to_string(*r >> 20) + " MiB of boot images returned to the host");
+    else log::debug("vm booted; boot images kept: " + r.error().message);
+}
+
 json Shim::create_params() {
     json p = agent_create_params(spec_, plan_, cgroup_);
     if (!nics_.empty()) p["network"] = interfaces_to_json(nics_);

@@ -102,7 +102,13 @@ namespace {
 
 class QemuVm : public ProcessVm {
 public:
-    explicit QemuVm(pid_t pid) : ProcessVm(pid) {}
+    // `boot_files`: the kernel and initrd as QEMU names them.
+    QemuVm(pid_t pid, std::vector<std::string> boot_files) : ProcessVm(pid), boot_files_(std::move(boot_files)) {}
+
+    // QEMU maps the kernel ELF and the initrd and keeps both for a reset
+    // (fw_cfg, ROM blobs); -no-reboot means there is none. Their pages
+    // (~64 MiB: Debian's vmlinux is big) are file cache: give them back.
+    Result<uint64_t> booted() override { return page_out(boot_files_); }
 
     Result<void> attach_control(int fd) override {
         qmp_ = Qmp(sys::Fd(fd));
@@ -122,6 +128,7 @@ public:
 
 private:
     Qmp qmp_;
+    std::vector<std::string> boot_files_;
 };
 
 }  // namespace
@@ -137,13 +144,14 @@ Result<std::unique_ptr<Vm>> QemuHypervisor::launch(const VmConfig& cfg, const st
         if (cfg.nics[i].fd >= 0) o.fds.push_back({cfg.nics[i].fd, kFirstNicFd + int(i)});
     o.die_with_parent = true;  // the VMM must not outlive its shim
     std::vector<std::string> argv;
+    VmConfig seen = opt_.jail ? jailed_config(cfg) : cfg;  // the paths QEMU is given
     if (opt_.jail) {
         // Its own mount and pid namespaces, a root that shows only what it
         // serves (jail.h), on top of its seccomp sandbox.
         auto [j, binary] = TRY(vmm_jail(cfg, workdir, opt_.binary));
         Options in = opt_;
         in.binary = binary;
-        argv = translate(jailed_config(cfg), in);
+        argv = translate(seen, in);
         o.path = binary;
         jail_spawn(j, o);
         o.cwd = kJailVmmDir;
@@ -152,7 +160,7 @@ Result<std::unique_ptr<Vm>> QemuHypervisor::launch(const VmConfig& cfg, const st
         o.cwd = workdir;
     }
     pid_t pid = TRY_CTX(sys::spawn(argv, o), "launch qemu");
-    return std::unique_ptr<Vm>(std::make_unique<QemuVm>(pid));
+    return std::unique_ptr<Vm>(std::make_unique<QemuVm>(pid, std::vector<std::string>{seen.kernel, seen.initrd}));
 }
 
 }  // namespace husk::qemu

@@ -92,6 +92,9 @@ public:
     virtual Result<void> stop() = 0;  // graceful, then forced
     virtual Result<void> pause() = 0;
     virtual Result<void> resume() = 0;
+    // The guest is up (its agent spoke): let go of what only the boot
+    // needed. Returns the bytes given back to the host.
+    virtual Result<uint64_t> booted() { return uint64_t(0); }
 };
 
 class Hypervisor {
@@ -99,7 +102,7 @@ public:
     virtual ~Hypervisor() = default;
     virtual std::string name() const = 0;
     virtual Capabilities capabilities() const = 0;
-    // The guest kernel this driver boots: rootfs-builder's vmlinuz for a
+    // The guest kernel this driver boots: rootfs-builder's vmlinux for a
     // machine emulator, the UML binary for UML.
     virtual std::string guest_kernel() const = 0;
     // Why this host cannot run the driver, or "" when it can.

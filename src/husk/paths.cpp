@@ -57,8 +57,7 @@ static std::string locate(const char* env, const std::string& name, const std::s
 }
 
 std::string find_shim_binary() { return locate("HUSK_SHIM", "husk-shim", HUSK_LIBEXECDIR, "shim"); }
-std::string find_guest_kernel() { return locate("HUSK_KERNEL", "vmlinuz", HUSK_DATADIR, "rootfs-builder"); }
-std::string find_guest_vmlinux() { return locate("HUSK_VMLINUX", "vmlinux", HUSK_DATADIR, "rootfs-builder"); }
+std::string find_guest_kernel() { return locate("HUSK_KERNEL", "vmlinux", HUSK_DATADIR, "rootfs-builder"); }
 std::string find_guest_initrd() { return locate("HUSK_INITRD", "initramfs.img", HUSK_DATADIR, "rootfs-builder"); }
 
 bool rootless() {

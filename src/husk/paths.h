@@ -38,10 +38,12 @@ Result<void> validate_id(const std::string& id);
 
 // Where installed artifacts are, with build-tree fallbacks.
 std::string find_shim_binary();
+// The kernel every machine VMM (QEMU, Firecracker, Cloud Hypervisor)
+// boots: the uncompressed ELF vmlinux, entered by its PVH note. Under TCG
+// a bzImage spends ~4 s decompressing itself (bench/README.md), and QEMU
+// keeps a private copy of it for fw_cfg. HUSK_KERNEL overrides (QEMU
+// boots a bzImage too).
 std::string find_guest_kernel();
 std::string find_guest_initrd();
-// The same kernel uncompressed (an ELF vmlinux): what Firecracker and Cloud
-// Hypervisor boot directly. HUSK_VMLINUX overrides.
-std::string find_guest_vmlinux();
 
 }  // namespace husk

@@ -15,11 +15,14 @@
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
+#include <sys/uio.h>
 #include <sys/un.h>
 #include <unistd.h>
 #include <sched.h>
 
+#include <algorithm>
 #include <cstring>
+#include <sstream>
 #include <thread>
 
 namespace husk::sys {
@@ -518,6 +521,50 @@ Result<Fd> pidfd_open(pid_t pid) {
     int fd = int(::syscall(SYS_pidfd_open, pid, 0));
     if (fd < 0) return fail_errno("pidfd_open " + std::to_string(pid));
     return Fd(fd);
+}
+
+std::vector<pid_t> child_pids(pid_t pid) {
+    std::vector<pid_t> out;
+    auto text = read_file("/proc/" + std::to_string(pid) + "/task/" + std::to_string(pid) + "/children", 1 << 16);
+    if (!text) return out;
+    std::istringstream in(*text);
+    for (pid_t c; in >> c;) out.push_back(c);
+    return out;
+}
+
+std::vector<MemRange> file_mappings(const std::string& maps, const std::vector<std::string>& paths) {
+    // "start-end perms offset dev inode   path": the path is the rest of
+    // the line after five fields (it may hold spaces; " (deleted)" too).
+    std::vector<MemRange> out;
+    std::istringstream in(maps);
+    for (std::string line; std::getline(in, line);) {
+        std::istringstream f(line);
+        std::string range, perms, offset, dev, inode;
+        if (!(f >> range >> perms >> offset >> dev >> inode)) continue;
+        std::string path;
+        std::getline(f >> std::ws, path);
+        if (std::find(paths.begin(), paths.end(), path) == paths.end()) continue;
+        auto dash = range.find('-');
+        if (dash == std::string::npos) continue;
+        char* end = nullptr;
+        unsigned long long a = std::strtoull(range.c_str(), &end, 16);
+        if (end != range.c_str() + dash) continue;
+        unsigned long long b = std::strtoull(range.c_str() + dash + 1, &end, 16);
+        if (*end != '\0' || b <= a) continue;
+        out.push_back({uintptr_t(a), size_t(b - a)});
+    }
+    return out;
+}
+
+Result<uint64_t> process_madvise(int pidfd, const std::vector<MemRange>& ranges, int advice) {
+    uint64_t done = 0;
+    for (const auto& r : ranges) {  // one range a call: a failure names it, the rest still go
+        struct iovec v = {reinterpret_cast<void*>(r.start), r.len};
+        long n = ::syscall(SYS_process_madvise, pidfd, &v, 1, advice, 0);
+        if (n < 0) return fail_errno("process_madvise");
+        done += uint64_t(n);
+    }
+    return done;
 }
 
 bool wait_process_exit(pid_t pid, unsigned long long start_time, std::chrono::milliseconds timeout) {

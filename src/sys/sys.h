@@ -7,6 +7,7 @@
 #include <sys/types.h>
 
 #include <chrono>
+#include <cstdint>
 #include <functional>
 #include <optional>
 #include <string>
@@ -118,6 +119,20 @@ bool process_alive(pid_t pid, unsigned long long start_time);
 // Wait (not as parent) for an arbitrary process to exit; false on timeout.
 bool wait_process_exit(pid_t pid, unsigned long long start_time, std::chrono::milliseconds timeout);
 Result<Fd> pidfd_open(pid_t pid);
+// The children of `pid` (its main thread's, /proc/<pid>/task/<pid>/children).
+std::vector<pid_t> child_pids(pid_t pid);
+
+// A range of another process's address space.
+struct MemRange {
+    uintptr_t start = 0;
+    size_t len = 0;
+};
+// The ranges of /proc/<pid>/maps text that map one of `paths` (as that
+// process names them). Pure.
+std::vector<MemRange> file_mappings(const std::string& maps, const std::vector<std::string>& paths);
+// process_madvise(2) over `ranges` of the process behind `pidfd`: the bytes
+// advised. Needs CAP_SYS_NICE (and ptrace read access to the process).
+Result<uint64_t> process_madvise(int pidfd, const std::vector<MemRange>& ranges, int advice);
 
 std::string self_exe_dir();
 

@@ -140,7 +140,7 @@ def test_bad_boot_timeout_annotation(husk, bundle):
 
 # Each driver's kernel, and what create says when it is missing.
 GUEST_KERNEL = {"qemu": ("HUSK_KERNEL", "guest image"), "uml": ("HUSK_UML", "hypervisor uml"),
-                "firecracker": ("HUSK_VMLINUX", "guest image"), "cloud-hypervisor": ("HUSK_VMLINUX", "guest image")}
+                "firecracker": ("HUSK_KERNEL", "guest image"), "cloud-hypervisor": ("HUSK_KERNEL", "guest image")}
 
 
 def test_missing_guest_image(husk, bundle, tmp_path):

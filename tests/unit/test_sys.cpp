@@ -1,9 +1,12 @@
 #include <fcntl.h>
+#include <sys/mman.h>
 #include <sys/mount.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <termios.h>
 #include <unistd.h>
+
+#include <sstream>
 
 #include <catch2/catch.hpp>
 
@@ -129,4 +132,89 @@ TEST_CASE("remove_all never reaches through a bind mount of the same filesystem"
     CHECK(sys::remove_all(t + "/state"));
     CHECK_FALSE(sys::exists(t + "/state"));
     CHECK(sys::remove_all(t));
+}
+
+TEST_CASE("file_mappings picks a process's mappings of the named files, whole lines only", "[sys]") {
+    std::string maps =
+        "55c7ea22000-55c7ee29000 r--p 00000000 fd:00 1234   /usr/bin/qemu-system-x86_64\n"
+        "7f6468000000-7f646bedb000 r--p 00000000 00:1f 17     /kernel\n"
+        "7f646bedb000-7f646c000000 rw-p 03edb000 00:1f 17     /kernel\n"
+        "7f6486600000-7f6486d31000 r--p 00000000 00:1f 18     /initrd.img\n"
+        "7f6486e00000-7f6486f00000 r--p 00000000 00:1f 19     /kernel (deleted)\n"
+        "7f6487000000-7f6487001000 r--p 00000000 00:1f 20     /kernel.bak\n"
+        "7f6488000000-7f6488001000 r--p 00000000 00:1f 21     /a dir/with spaces\n"
+        "7f6489000000-7f648a000000 rw-p 00000000 00:00 0 \n"
+        "garbage line\n"
+        "7f648b000000-7f648a000000 r--p 00000000 00:1f 17     /kernel\n";  // end before start
+    auto r = sys::file_mappings(maps, {"/kernel", "/initrd.img", "/a dir/with spaces"});
+    REQUIRE(r.size() == 4);
+    CHECK(r[0].start == 0x7f6468000000);
+    CHECK(r[0].len == 0x7f646bedb000 - 0x7f6468000000);
+    CHECK(r[1].start == 0x7f646bedb000);
+    CHECK(r[2].start == 0x7f6486600000);
+    CHECK(r[2].len == 0x731000);
+    CHECK(r[3].start == 0x7f6488000000);
+    CHECK(sys::file_mappings(maps, {}).empty());
+    CHECK(sys::file_mappings("", {"/kernel"}).empty());
+}
+
+// Resident KiB of `pid`'s mappings of `path` (smaps: a mapping's header
+// line, "start-end perms offset dev inode path", then "Key: value kB" lines).
+static long mapped_rss_kib(pid_t pid, const std::string& path) {
+    std::istringstream in(sys::read_file("/proc/" + std::to_string(pid) + "/smaps").value());
+    long rss = 0;
+    bool mine = false;
+    for (std::string line; std::getline(in, line);) {
+        std::istringstream f(line);
+        std::string first;
+        f >> first;
+        if (first.find('-') != std::string::npos && first.back() != ':') {
+            std::string perms, offset, dev, inode, name;
+            f >> perms >> offset >> dev >> inode;
+            std::getline(f >> std::ws, name);
+            mine = name == path;
+        } else if (mine && first == "Rss:") {
+            long kib = 0;
+            f >> kib;
+            rss += kib;
+        }
+    }
+    return rss;
+}
+
+TEST_CASE("process_madvise pages out a child's file mapping", "[sys]") {
+    // The real call on a real process: a child maps a file and waits.
+    auto dir = make_tmpdir();
+    std::string file = dir + "/blob";
+    REQUIRE(sys::write_file(file, std::string(1 << 20, 'x')));
+    REQUIRE(::fsync(sys::open(file, O_RDONLY).value().get()) == 0);  // dirty pages wait for writeback
+    auto ready = sys::pipe().value();
+    auto hold = sys::pipe().value();
+    sys::SpawnOptions o;
+    o.fds = {{ready.second.get(), 3}, {hold.first.get(), 4}};
+    // python maps it, touches every page, says so and waits for EOF.
+    auto pid = sys::spawn({"python3", "-c",
+                           "import mmap, os, sys\n"
+                           "f = open(sys.argv[1], 'rb'); m = mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ)\n"
+                           "s = sum(m[i] for i in range(0, len(m), 4096)); os.write(3, b'r'); os.read(4, 1)\n",
+                           file},
+                          o);
+    REQUIRE(pid);
+    ready.second.reset();
+    hold.first.reset();
+    char c = 0;
+    REQUIRE(::read(ready.first.get(), &c, 1) == 1);
+    auto ranges = sys::file_mappings(sys::read_file("/proc/" + std::to_string(*pid) + "/maps").value(), {file});
+    REQUIRE(ranges.size() == 1);
+    CHECK(mapped_rss_kib(*pid, file) == 1024);
+    auto fd = sys::pidfd_open(*pid).value();
+    auto n = sys::process_madvise(fd.get(), ranges, MADV_PAGEOUT);
+    REQUIRE(n);
+    CHECK(*n == ranges[0].len);
+    CHECK(mapped_rss_kib(*pid, file) == 0);  // clean file pages (ext4 here; tmpfs would need swap)
+    hold.second.reset();
+    int st = 0;
+    ::waitpid(*pid, &st, 0);
+    CHECK((WIFEXITED(st) && WEXITSTATUS(st) == 0));
+    REQUIRE(sys::remove_all(dir));
 }

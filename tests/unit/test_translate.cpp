@@ -64,7 +64,7 @@ TEST_CASE("VM size follows the spec", "[translate]") {
 
 TEST_CASE("OCI -> VmConfig -> QEMU argv (golden)", "[translate]") {
     HostFacts host;
-    host.host_cpus = 4, host.kernel = "/img/vmlinuz", host.initrd = "/img/initramfs.img";
+    host.host_cpus = 4, host.kernel = "/img/vmlinux", host.initrd = "/img/initramfs.img";
     VmConfig cfg = make_vm_config(spec_from(kBundle), host, state_sandbox_paths());
     cfg.console_fd = 7;
     qemu::Options opt;
