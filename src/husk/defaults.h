@@ -33,9 +33,10 @@ inline constexpr const char* kQemuBinary = "qemu-system-x86_64";
 inline constexpr const char* kQemuMachineKvm = "microvm";
 inline constexpr const char* kQemuMachineTcg = "q35,sata=off,smbus=off";
 // TCG's translated-code cache. QEMU reserves 1 GiB and keeps whatever a
-// boot translated (~52 MiB of RSS per idle VM); 32 MiB holds a busybox
-// workload's code with one flush and cut an idle VM's RSS by 25 MiB at
-// no measurable boot or exec cost (16 MiB: -45 MiB; bench/README.md).
+// boot translated (~52 MiB of RSS per idle VM); 32 MiB (a boot fills it
+// and flushes once) cut an idle VM's RSS by 25 MiB at no measurable boot
+// or exec cost. Smaller costs real work: a Python workload took 45% longer
+// with 16 MiB and 25% with 24 (bench/README.md).
 inline constexpr unsigned kTcgCodeCacheMiB = 32;
 inline constexpr const char* kShareTag = "husk";
 // The driver adds its console and channel (console=, husk.channel=).
