@@ -12,6 +12,11 @@ else
     BENCH_VIRTIO=pci
 fi
 
+# BENCH_CMDLINE: the kernel parameters husk gives every guest
+# (src/husk/defaults.h kKernelCmdline, and quiet), so that a bare VM boots
+# the same way.
+export BENCH_CMDLINE="panic=-1 cryptomgr.notests quiet console=ttyS0"
+
 # bench_initramfs DIR IMG: husk's initramfs (its kernel modules) with
 # busybox added and the script on stdin as /init, unpacked in DIR and
 # packed into IMG.

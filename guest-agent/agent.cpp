@@ -732,9 +732,13 @@ Result<void> Agent::run() {
                         std::this_thread::sleep_for(std::chrono::milliseconds(10));
                     }
                 }
-                if ((pf[i].revents & POLLOUT) && !out_.empty()) {
+                // Until the channel pushes back: virtio_console takes at
+                // most 32 KiB a write, and a round of poll per write cost
+                // more than the writes.
+                while ((pf[i].revents & POLLOUT) && !out_.empty()) {
                     ssize_t w = ::write(chan_.get(), out_.data(), out_.size());
-                    if (w > 0) out_.consume(size_t(w));
+                    if (w <= 0) break;
+                    out_.consume(size_t(w));
                 }
             } else if (t.tag == kSig) {
                 signalfd_siginfo si;
