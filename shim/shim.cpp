@@ -410,17 +410,17 @@ Result<void> Shim::setup_terminal() {
     return {};
 }
 
-// The agent's create request. The hooks that run in the guest come with
-// the state they are to read (the init's pid, as callers see it, is ours).
 void Shim::booted() {
     if (!vm_) return;
     // Memory, not correctness: a host that refuses (a rootless shim has no
     // CAP_SYS_NICE) keeps the pages cached, as before.
     auto r = vm_->booted();
-    if (r) log::debug("vm booted: " + std::to_string(*r >> 20) + " MiB of boot images returned to the host");
-    else log::debug("vm booted; boot images kept: " + r.error().message);
+    if (!r) log::debug("vm booted; boot images kept: " + r.error().message);
+    else if (*r) log::debug("vm booted: boot images paged out (" + std::to_string(*r >> 20) + " MiB mapped)");
 }
 
+// The agent's create request. The hooks that run in the guest come with
+// the state they are to read (the init's pid, as callers see it, is ours).
 json Shim::create_params() {
     json p = agent_create_params(spec_, plan_, cgroup_);
     if (!nics_.empty()) p["network"] = interfaces_to_json(nics_);

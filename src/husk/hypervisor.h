@@ -93,7 +93,8 @@ public:
     virtual Result<void> pause() = 0;
     virtual Result<void> resume() = 0;
     // The guest is up (its agent spoke): let go of what only the boot
-    // needed. Returns the bytes given back to the host.
+    // needed. Returns how many bytes of the VMM's memory were released
+    // (advised: pages shared with another process stay).
     virtual Result<uint64_t> booted() { return uint64_t(0); }
 };
 

@@ -558,7 +558,7 @@ std::vector<MemRange> file_mappings(const std::string& maps, const std::vector<s
 
 Result<uint64_t> process_madvise(int pidfd, const std::vector<MemRange>& ranges, int advice) {
     uint64_t done = 0;
-    for (const auto& r : ranges) {  // one range a call: a failure names it, the rest still go
+    for (const auto& r : ranges) {  // one range a call; the first refusal ends it
         struct iovec v = {reinterpret_cast<void*>(r.start), r.len};
         long n = ::syscall(SYS_process_madvise, pidfd, &v, 1, advice, 0);
         if (n < 0) return fail_errno("process_madvise");

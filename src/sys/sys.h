@@ -131,7 +131,8 @@ struct MemRange {
 // process names them). Pure.
 std::vector<MemRange> file_mappings(const std::string& maps, const std::vector<std::string>& paths);
 // process_madvise(2) over `ranges` of the process behind `pidfd`: the bytes
-// advised. Needs CAP_SYS_NICE (and ptrace read access to the process).
+// advised (for MADV_PAGEOUT the kernel still skips pages another process
+// maps). Needs CAP_SYS_NICE (and ptrace read access to the process).
 Result<uint64_t> process_madvise(int pidfd, const std::vector<MemRange>& ranges, int advice);
 
 std::string self_exe_dir();
