@@ -139,6 +139,7 @@ private:
     Result<void> launch_vm();
     // SessionHost: what the agent session asks of us.
     void booted() override;
+    void release_boot_images();
     json create_params() override;
     void created(bool ok, const std::string& error) override;
     void running() override { set_status(status::kRunning); }
@@ -175,6 +176,7 @@ private:
     State state_;
     std::unique_ptr<Hypervisor> hv_;
     std::unique_ptr<Vm> vm_;
+    bool boot_images_held_ = false;  // the guest booted; its VMM still holds the boot images
     shim::Session ses_{*this};  // the agent protocol: phase, requests, processes
     sys::Fd agent_listen_, qmp_listen_, shim_listen_, chan_, console_r_, console_w_, sig_fd_, console_log_;
     uint32_t vsock_cid_ = 0;
@@ -410,7 +412,12 @@ Result<void> Shim::setup_terminal() {
     return {};
 }
 
-void Shim::booted() {
+// Not here but once the create request is written (the loop): the page-out
+// costs ~15 ms of syscalls, which the agent's building the container hides.
+void Shim::booted() { boot_images_held_ = true; }
+
+void Shim::release_boot_images() {
+    boot_images_held_ = false;
     if (!vm_) return;
     // Memory, not correctness: a host that refuses (a rootless shim has no
     // CAP_SYS_NICE) keeps the pages cached, as before.
@@ -1037,6 +1044,7 @@ Result<void> Shim::loop() {
                         ssize_t w = ::write(chan_.get(), ses_.out.data(), ses_.out.size());
                         if (w > 0) ses_.out.erase(0, size_t(w));
                     }
+                    if (boot_images_held_ && ses_.out.empty()) release_boot_images();
                     break;
                 case kStdin:
                     if (auto it = ses_.procs.find(uint32_t(t.id)); it != ses_.procs.end()) read_stdin(it->second);
