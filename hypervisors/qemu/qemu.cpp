@@ -143,22 +143,20 @@ Result<std::unique_ptr<Vm>> QemuHypervisor::launch(const VmConfig& cfg, const st
     for (size_t i = 0; i < cfg.nics.size(); ++i)
         if (cfg.nics[i].fd >= 0) o.fds.push_back({cfg.nics[i].fd, kFirstNicFd + int(i)});
     o.die_with_parent = true;  // the VMM must not outlive its shim
-    std::vector<std::string> argv;
     VmConfig seen = opt_.jail ? jailed_config(cfg) : cfg;  // the paths QEMU is given
+    Options in = opt_;
     if (opt_.jail) {
         // Its own mount and pid namespaces, a root that shows only what it
         // serves (jail.h), on top of its seccomp sandbox.
         auto [j, binary] = TRY(vmm_jail(cfg, workdir, opt_.binary));
-        Options in = opt_;
         in.binary = binary;
-        argv = translate(seen, in);
         o.path = binary;
         jail_spawn(j, o);
         o.cwd = kJailVmmDir;
     } else {
-        argv = translate(cfg, opt_);
         o.cwd = workdir;
     }
+    std::vector<std::string> argv = translate(seen, in);
     pid_t pid = TRY_CTX(sys::spawn(argv, o), "launch qemu");
     return std::unique_ptr<Vm>(std::make_unique<QemuVm>(pid, std::vector<std::string>{seen.kernel, seen.initrd}));
 }
