@@ -185,6 +185,17 @@ def wait_for(pred, what, timeout=60, interval=0.3):
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def jail_devices(husk, driver):
+    """The device nodes a VMM's jail holds when the VM has no NIC (jail.h):
+    /dev/kvm too when the VM runs under KVM (the API VMMs always do; QEMU
+    when husk's probe chose it) and the host has one (some of ours do, one
+    that boots nothing: QEMU then runs TCG)."""
+    kvm = driver in DISK_DRIVERS
+    if driver == "qemu":
+        kvm = json.loads(husk("features", check=True).stdout)["annotations"]["org.husk.accel"] == "kvm"
+    return sorted(["null", "urandom", "zero"] + (["kvm"] if kvm and os.path.exists("/dev/kvm") else []))
+
+
 def jailed_vmm(husk, cid):
     """The VMM process itself. Every driver runs its VMM in a jail whose
     pid 1, the reaper, is what state.json records (and what is killed)."""

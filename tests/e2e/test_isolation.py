@@ -4,10 +4,9 @@ what it serves and needs, with no new privileges and only the capabilities
 a file server needs. A guest that subverts its VMM (a 9p or hostfs bug, a
 device emulation bug) lands there: not in the host's state directory, not
 in another container's share, not in the host's /etc."""
-import json
 import os
 
-from conftest import DISK_DRIVERS, DRIVER, jailed_vmm, new_id, wait_for
+from conftest import DISK_DRIVERS, DRIVER, jail_devices, jailed_vmm, new_id, wait_for
 
 # CAP_CHOWN, CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH, CAP_FOWNER, CAP_FSETID, CAP_MKNOD
 FILE_SERVER_CAPS = (1 << 0) | (1 << 1) | (1 << 2) | (1 << 3) | (1 << 4) | (1 << 27)
@@ -35,12 +34,7 @@ def test_the_vmm_sees_only_what_it_serves(husk, bundle):
     # container's share) nor the other bundle nor the host's config.
     for host_path in (husk.root, os.path.join(husk.root, b), bundle_b, "/etc", "/home", "/root", "/run", "/var"):
         assert not os.path.exists(root + host_path), host_path
-    # No NIC: nothing more than these, and /dev/kvm when the VM runs under
-    # KVM (the API VMMs always do) and the host has one (some of ours do,
-    # unusable: QEMU then runs TCG).
-    accel = json.loads(husk("features", check=True).stdout)["annotations"]["org.husk.accel"]
-    kvm = os.path.exists("/dev/kvm") and (DRIVER in DISK_DRIVERS or (DRIVER == "qemu" and accel == "kvm"))
-    assert sorted(os.listdir(root + "/dev")) == sorted(["null", "urandom", "zero"] + (["kvm"] if kvm else []))
+    assert sorted(os.listdir(root + "/dev")) == jail_devices(husk, DRIVER)
     # What it serves is this container's rootfs and nothing beside it.
     if DRIVER in DISK_DRIVERS:
         assert "disk0" in seen and "share0" not in seen
