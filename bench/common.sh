@@ -12,10 +12,12 @@ else
     BENCH_VIRTIO=pci
 fi
 
-# BENCH_CMDLINE: the kernel parameters husk gives every guest
-# (src/husk/defaults.h kKernelCmdline, and quiet), so that a bare VM boots
-# the same way.
-export BENCH_CMDLINE="panic=-1 cryptomgr.notests quiet console=ttyS0"
+# BENCH_CMDLINE: the kernel parameters husk gives every guest (read from
+# src/husk/defaults.h, the one place they are written), and quiet, so that
+# a bare VM boots the same way.
+BENCH_CMDLINE=$(sed -n 's/.*kKernelCmdline = "\(.*\)";.*/\1/p' src/husk/defaults.h)
+[ -n "$BENCH_CMDLINE" ] || { echo "bench: no kKernelCmdline in src/husk/defaults.h" >&2; exit 1; }
+export BENCH_CMDLINE="$BENCH_CMDLINE quiet console=ttyS0"
 
 # bench_initramfs DIR IMG: husk's initramfs (its kernel modules) with
 # busybox added and the script on stdin as /init, unpacked in DIR and
