@@ -209,7 +209,28 @@ Result<void> copy_tree(int from, int to, int depth = 0) {
     return {};
 }
 
-Result<void> do_mount(int root, const json& m) {
+constexpr unsigned long kPerMountFlags =
+    MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_NOATIME | MS_NODIRATIME | MS_RELATIME | MS_STRICTATIME;
+
+// "/dev", "//dev/", "/dev/." all name the container's /dev.
+bool is_dev(const std::string& dest) {
+    std::string d;
+    for (size_t pos = 0; pos < dest.size();) {
+        size_t e = dest.find('/', pos);
+        if (e == std::string::npos) e = dest.size();
+        std::string c = dest.substr(pos, e - pos);
+        if (!c.empty() && c != ".") d += "/" + c;
+        pos = e + 1;
+    }
+    return d == "/dev";
+}
+
+// A tmpfs, and anything mounted at /dev, is mounted writable first (as
+// runc's mountPropagate does): a tmpfs gets its mode and copy-up, /dev its
+// nodes and the mounts under it. A tmpfs elsewhere goes read-only right
+// after; /dev once the rest of it is built (`dev_ro`: the flags to
+// remount it with).
+Result<void> do_mount(int root, const json& m, unsigned long& dev_ro) {
     std::string dest = m.at("destination");
     std::string type = m.value("type", "");
     std::vector<std::string> opts = m.value("options", std::vector<std::string>{});
@@ -239,14 +260,22 @@ Result<void> do_mount(int root, const json& m) {
     auto target = TRY(make_mountpoint(root, dest, false));
     sys::Fd below;  // what the tmpfs is about to cover, still readable through this
     if (copyup && type == "tmpfs") below = TRY(sys::open(fd_path(target), O_RDONLY | O_DIRECTORY));
-    TRY(sys::mount(source.empty() ? type : source, fd_path(target), type, mf.flags & ~MS_REMOUNT, mf.data));
+    unsigned long flags = mf.flags & ~MS_REMOUNT;
+    bool dev = is_dev(dest);
+    bool ro_later = (flags & MS_RDONLY) && (type == "tmpfs" || dev);
+    if (ro_later) flags &= ~MS_RDONLY;
+    TRY(sys::mount(source.empty() ? type : source, fd_path(target), type, flags, mf.data));
     if (below) {
         auto top = TRY(openat2_in_root(root, dest, O_RDONLY | O_DIRECTORY));
         TRY(copy_tree(below.get(), top.get()));
     }
-    if (mf.propagation) {
+    if (ro_later || mf.propagation) {
         auto mounted = TRY(openat2_in_root(root, dest, O_PATH));
-        TRY(sys::mount("", fd_path(mounted), "", mf.propagation));
+        // A bind remount sets every per-mount flag: keep the mount's own.
+        unsigned long ro = MS_REMOUNT | MS_BIND | MS_RDONLY | (flags & kPerMountFlags);
+        if (ro_later && dev) dev_ro = ro;
+        else if (ro_later) TRY(sys::mount("", fd_path(mounted), "", ro));
+        if (mf.propagation) TRY(sys::mount("", fd_path(mounted), "", mf.propagation));
     }
     return {};
 }
@@ -358,9 +387,13 @@ Result<void> apply_caps(const json& caps) {
     fill("inheritable", &__user_cap_data_struct::inheritable);
     if (::syscall(SYS_capset, &hdr, data) < 0) return fail_errno("capset");
     prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0);
+    // The kernel raises an ambient cap only if it is permitted and
+    // inheritable. runc (1.1) tries each and ignores the refusals, so the
+    // default spec (ambient caps, no inheritable set: `runc spec`, `husk
+    // spec`) runs with CapAmb 0 instead of failing.
     for (int cap : caps.value("ambient", std::vector<int>{}))
-        if (prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, cap, 0, 0) < 0)
-            return fail_errno("raise ambient cap " + std::to_string(cap) + " (it must be permitted and inheritable)");
+        if (prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, cap, 0, 0) < 0 && errno != EPERM)
+            return fail_errno("raise ambient cap " + std::to_string(cap));
     return {};
 }
 
@@ -372,6 +405,14 @@ uint32_t seccomp_action(const std::string& name, uint32_t errno_ret) {
     if (name == "SCMP_ACT_TRACE") return SCMP_ACT_TRACE(errno_ret);
     if (name == "SCMP_ACT_LOG") return SCMP_ACT_LOG;
     return SCMP_ACT_ALLOW;  // the host checked the name
+}
+
+// Whether two of a rule's conditions compare the same argument.
+bool seccomp_args_repeat(const std::vector<scmp_arg_cmp>& args) {
+    for (size_t i = 0; i < args.size(); ++i)
+        for (size_t j = i + 1; j < args.size(); ++j)
+            if (args[i].arg == args[j].arg) return true;
+    return false;
 }
 
 // linux.seccomp with libseccomp, as runc builds it: unknown syscall names
@@ -417,11 +458,21 @@ Result<void> load_seccomp(const json& sec) {
         for (const auto& a : rule.value("args", json::array()))
             args.push_back({a.at("index").get<unsigned>(), ops.at(a.at("op").get<std::string>()),
                             a.at("value").get<uint64_t>(), a.value("valueTwo", uint64_t(0))});
+        // libseccomp refuses two comparisons of one argument in a rule;
+        // runc then adds each condition as a rule of its own (so they
+        // match as alternatives), and so do we.
+        std::vector<std::vector<scmp_arg_cmp>> rules;
+        if (seccomp_args_repeat(args))
+            for (const auto& a : args) rules.push_back({a});
+        else
+            rules.push_back(args);
         for (const auto& name : rule.at("names")) {
             int nr = seccomp_syscall_resolve_name(name.get<std::string>().c_str());
             if (nr == __NR_SCMP_ERROR) continue;
-            int rc = seccomp_rule_add_array(ctx, act, nr, unsigned(args.size()), args.data());
-            if (rc < 0) return fail("seccomp: rule for " + name.get<std::string>() + ": " + strerror(-rc), EINVAL);
+            for (const auto& r : rules) {
+                int rc = seccomp_rule_add_array(ctx, act, nr, unsigned(r.size()), r.data());
+                if (rc < 0) return fail("seccomp: rule for " + name.get<std::string>() + ": " + strerror(-rc), EINVAL);
+            }
         }
     }
     int rc = seccomp_load(ctx);
@@ -447,6 +498,20 @@ std::string home_of(uid_t uid) {
         pos = end + 1;
     }
     return "/";
+}
+
+// runc's fixStdioPermissions: stdio (a terminal above all) belongs to the
+// process's user, so that it can use its console; the group stays (devpts
+// gives its own). /dev/null and what cannot be changed are left alone.
+void fix_stdio_owner(uid_t uid) {
+    struct stat null_st{};
+    bool have_null = ::stat("/dev/null", &null_st) == 0;
+    for (int fd = 0; fd <= 2; ++fd) {
+        struct stat st;
+        if (::fstat(fd, &st) < 0 || st.st_uid == uid) continue;
+        if (have_null && S_ISCHR(st.st_mode) && st.st_rdev == null_st.st_rdev) continue;
+        (void)::fchown(fd, uid, st.st_gid);
+    }
 }
 
 void reset_signals() {
@@ -500,6 +565,15 @@ void reset_signals() {
         env.push_back("HOME=" + home_of(proc.value("uid", 0u)));  // as runc, from the container's passwd
     bool nnp = proc.value("no_new_privileges", false);
     if (!seccomp.is_null() && !nnp) CHECK(load_seccomp(seccomp));
+    // The cwd as runc enters it: first with every privilege (a directory
+    // root may enter but the user may not still works), again as the
+    // user if that was refused (one the user may enter but root, lacking
+    // CAP_DAC_OVERRIDE in a user namespace, may not).
+    bool cwd_later = false;
+    if (::chdir(cwd.c_str()) < 0) {
+        if (errno != EACCES && errno != EPERM) die(sync_fd, "chdir to cwd " + cwd + ": " + strerror(errno));
+        cwd_later = true;
+    }
     bool caps = proc.contains("capabilities");
     if (caps) {
         CHECK(apply_bounding(proc["capabilities"].value("bounding", std::vector<int>{})));
@@ -510,14 +584,15 @@ void reset_signals() {
     for (auto g : proc.value("additional_gids", std::vector<uint32_t>{})) groups.push_back(g);
     uid_t uid = proc.value("uid", 0u);
     gid_t gid = proc.value("gid", 0u);
+    fix_stdio_owner(uid);
     if (::setgroups(groups.size(), groups.data()) < 0) die(sync_fd, std::string("setgroups: ") + strerror(errno));
     if (::setresgid(gid, gid, gid) < 0) die(sync_fd, std::string("setgid: ") + strerror(errno));
     if (::setresuid(uid, uid, uid) < 0) die(sync_fd, std::string("setuid: ") + strerror(errno));
+    if (cwd_later && ::chdir(cwd.c_str()) < 0) die(sync_fd, "chdir to cwd " + cwd + ": " + strerror(errno));
     if (caps) {
         prctl(PR_SET_KEEPCAPS, 0, 0, 0, 0);
         CHECK(apply_caps(proc["capabilities"]));
     }
-    if (::chdir(cwd.c_str()) < 0) die(sync_fd, "chdir to cwd " + cwd + ": " + strerror(errno));
     if (nnp && prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0) die(sync_fd, std::string("no_new_privs: ") + strerror(errno));
 
     auto args = proc.at("args").get<std::vector<std::string>>();
@@ -529,13 +604,13 @@ void reset_signals() {
     pty.reset();  // the agent holds the master now
     char c = 0;
     if (::read(sync_fd, &c, 1) != 1 || c != 'S') _exit(1);  // deleted before start
-    // startContainer hooks: as runc, once the process is what it will be,
-    // right before its program starts.
+    if (!seccomp.is_null() && nnp) CHECK(load_seccomp(seccomp));
+    // startContainer hooks: as runc, once the process is what it will be
+    // (its seccomp filter included), right before its program starts.
     if (!start_hooks.is_null()) {
         auto r = run_hooks(hooks_from_json(start_hooks["hooks"]), "startContainer", start_hooks["state"]);
         if (!r) die(sync_fd, r.error().message);
     }
-    if (!seccomp.is_null() && nnp) CHECK(load_seccomp(seccomp));
 
     std::vector<char*> argv, envp;
     for (auto& a : args) argv.push_back(a.data());
@@ -586,8 +661,9 @@ void container_init(const json& params, int sync_fd, const Stdio& io) {
     {
         auto root = CHECK(sys::open(kContainerRoot, O_PATH | O_DIRECTORY));
         bool dev_tmpfs = false;
+        unsigned long dev_ro = 0;
         for (const auto& m : params.value("mounts", json::array())) {
-            auto r = do_mount(root.get(), m);
+            auto r = do_mount(root.get(), m, dev_ro);
             if (!r) die(sync_fd, "mount " + m.value("destination", "?") + ": " + r.error().message);
             if (m.value("destination", "") == "/dev" && m.value("type", "") == "tmpfs") dev_tmpfs = true;
         }
@@ -597,6 +673,7 @@ void container_init(const json& params, int sync_fd, const Stdio& io) {
         CHECK(sys::chdir("/"));
         if (dev_tmpfs) CHECK(populate_dev());
         CHECK(make_devices(params.value("devices", json::array())));
+        if (dev_ro) CHECK(sys::mount("", "/dev", "", dev_ro));
     }
 
     std::string hostname = params.value("hostname", "");
