@@ -28,8 +28,8 @@ void setup_events(CLI::App& sub, Globals& g, Handler& run) {
             if (!every) return report("events", *id, every.error());
             auto first = stats_container(g, *id);
             if (!first) return report("events", *id, first.error());
-            auto emit = [&](const char* type, const nlohmann::json& data) {
-                nlohmann::json e = {{"type", type}, {"id", *id}};
+            auto emit = [&](const char* type, const nlohmann::ordered_json& data) {
+                nlohmann::ordered_json e = {{"type", type}, {"id", *id}};  // runc's order
                 if (!data.is_null()) e["data"] = data;
                 std::cout << e.dump() << std::endl;
             };

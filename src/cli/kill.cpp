@@ -13,7 +13,8 @@ void setup_kill(CLI::App& sub, Globals& g, Handler& run) {
     sub.add_flag("-a,--all", *all, "signal every process in the container");
     sub.callback([&g, &run, id, sig, all] {
         run = [&g, id, sig, all] {
-            auto n = parse_signal(*sig);
+            // Signal 0 checks that the container is there, as runc's does.
+            auto n = *sig == "0" ? Result<int>(0) : parse_signal(*sig);
             if (!n) return report("kill", *id, n.error());
             auto r = kill_container(g, *id, *n, *all);
             return r ? 0 : report("kill", *id, r.error());

@@ -20,8 +20,8 @@ void setup_list(CLI::App& sub, Globals& g, Handler& run) {
                 return 0;
             }
             if (*format == "json") {
-                auto arr = nlohmann::json::array();
-                for (auto& s : *list) arr.push_back(oci_state(s));
+                auto arr = nlohmann::ordered_json::array();
+                for (auto& s : *list) arr.push_back(runc_state(s));
                 std::cout << arr.dump() << "\n";
                 return 0;
             }

@@ -12,7 +12,7 @@ void setup_state(CLI::App& sub, Globals& g, Handler& run) {
         run = [&g, id] {
             auto s = load_state(g, *id);
             if (!s) return report("state", *id, s.error());
-            std::cout << oci_state(*s).dump(2) << "\n";
+            std::cout << runc_state(*s).dump(2) << "\n";
             return 0;
         };
     });

@@ -181,17 +181,19 @@ json cpu_list(const std::string& s) {
 
 uint64_t oom_kills(const json& files) { return flat_keyed(text(files, "memory.events"))["oom_kill"]; }
 
-json runc_stats(const json& files) {
+// runc's types.Stats, its fields in the struct's order (as Go prints them).
+nlohmann::ordered_json runc_stats(const json& files) {
+    using ojson = nlohmann::ordered_json;
     auto cpu = flat_keyed(text(files, "cpu.stat"));
-    json usage = {{"total", cpu["usage_usec"] * 1000}, {"kernel", cpu["system_usec"] * 1000}, {"user", cpu["user_usec"] * 1000}};
-    json throttling = json::object();
+    ojson usage = {{"total", cpu["usage_usec"] * 1000}, {"kernel", cpu["system_usec"] * 1000}, {"user", cpu["user_usec"] * 1000}};
+    ojson throttling = ojson::object();
     if (cpu["nr_periods"]) throttling["periods"] = cpu["nr_periods"];
     if (cpu["nr_throttled"]) throttling["throttledPeriods"] = cpu["nr_throttled"];
     if (cpu["throttled_usec"]) throttling["throttledTime"] = cpu["throttled_usec"] * 1000;
 
     auto raw = flat_keyed(text(files, "memory.stat"));
     auto events = flat_keyed(text(files, "memory.events"));
-    json memory = {{"cache", raw["file"]},
+    ojson memory = {{"cache", raw["file"]},
                    {"usage",
                     {{"usage", single(files, "memory.current")},
                      {"limit", single(files, "memory.max")},
@@ -205,9 +207,9 @@ json runc_stats(const json& files) {
                    {"kernelTCP", {{"limit", 0}, {"failcnt", 0}}},
                    {"raw", raw}};
     uint64_t plimit = single(files, "pids.max");
-    json pids = {{"current", single(files, "pids.current")}};
+    ojson pids = {{"current", single(files, "pids.current")}};
     if (plimit != UINT64_MAX) pids["limit"] = plimit;
-    return {{"cpu", {{"usage", usage}, {"throttling", throttling}}},
+    return ojson{{"cpu", {{"usage", usage}, {"throttling", throttling}}},
             {"cpuset",
              {{"cpus", cpu_list(text(files, "cpuset.cpus.effective"))},
               {"mems", cpu_list(text(files, "cpuset.mems.effective"))},
@@ -216,9 +218,9 @@ json runc_stats(const json& files) {
               {"sched_load_balance", 0}, {"sched_relax_domain_level", 0}}},
             {"memory", memory},
             {"pids", pids},
-            {"blkio", json::object()},
-            {"hugetlb", json::object()},
-            {"intel_rdt", json::object()},
+            {"blkio", ojson::object()},
+            {"hugetlb", ojson::object()},
+            {"intel_rdt", ojson::object()},
             {"network_interfaces", nullptr}};
 }
 
@@ -311,9 +313,20 @@ Result<std::vector<std::string>> host_cgroup_dirs(const std::string& cgroups_pat
     return dirs;
 }
 
+// A process that joins a frozen group stops at once (in D state, for
+// ever): refuse it, as runc does, instead of hanging. v1 says it in
+// freezer.state (FROZEN or FREEZING, a parent's freezing included), v2 in
+// cgroup.events ("frozen 1", the same).
+static bool frozen(const std::string& dir) {
+    if (auto v = sys::read_file(dir + "/freezer.state")) return v->rfind("FROZEN", 0) == 0 || v->rfind("FREEZING", 0) == 0;
+    if (auto v = sys::read_file(dir + "/cgroup.events")) return v->find("frozen 1") != std::string::npos;
+    return false;
+}
+
 Result<void> make_host_cgroups(const std::vector<std::string>& dirs) {
     for (const auto& d : dirs) {
         TRY_CTX(sys::mkdir_p(d, 0755), "cgroup");
+        if (frozen(d)) return fail("cgroup " + d + " is frozen: a container cannot start in it (thaw it first)", EBUSY);
         // A v1 cpuset group starts with no cpus and no mems, and then no
         // process may join it: copy them down from the nearest parent.
         if (!sys::exists(d + "/cpuset.cpus") || sys::exists(d + "/cgroup.controllers")) continue;

@@ -33,7 +33,7 @@ nlohmann::json guest_device_rules(const nlohmann::json& resources);
 
 // `husk events` data from the guest cgroup's files (name -> content), in
 // the shape of runc's types.Stats.
-nlohmann::json runc_stats(const nlohmann::json& files);
+nlohmann::ordered_json runc_stats(const nlohmann::json& files);
 // OOM kills so far (memory.events oom_kill) in those files.
 uint64_t oom_kills(const nlohmann::json& files);
 // The cgroup files the guest reads for runc_stats.

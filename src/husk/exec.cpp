@@ -238,6 +238,14 @@ Result<int> exec_container(const Globals& g, const std::string& id, const ExecOp
         own_console = TRY(ConsoleSocket::create());
         console = own_console->path();
     }
+    // Blocked before the relay exists, so that none is lost (a foreground
+    // relay gets what we get).
+    sigset_t fwd = forwarded_signals(), old_mask;
+    sigprocmask(SIG_BLOCK, &fwd, &old_mask);
+    struct Restore {
+        sigset_t m;
+        ~Restore() { sigprocmask(SIG_SETMASK, &m, nullptr); }
+    } restore{old_mask};
     auto [rd, wr] = TRY(sys::pipe(O_CLOEXEC));
     pid_t child = ::fork();
     if (child < 0) return fail_errno("fork");
@@ -262,6 +270,9 @@ Result<int> exec_container(const Globals& g, const std::string& id, const ExecOp
         }
     }
     if (o.detach) return 0;
+    // Foreground, the terminal sent to the caller's --console-socket: the
+    // caller shows it; we stand in for the process until it exits, as runc.
+    if (!own_console) return wait_forwarding(child);
     // Foreground with a terminal: we show it.
     auto master = own_console->receive(10000);
     if (!master) {

@@ -148,6 +148,7 @@ Result<pid_t> create_container(const Globals& g, const std::string& id, const Cr
     if (auto why = make_hypervisor(hypervisor)->unavailable(); !why.empty())
         return fail("hypervisor " + hypervisor + ": " + why, ENOENT);
 
+    log::debug("create " + id + ": bundle " + bundle + ", hypervisor " + hypervisor);
     auto paths = state_paths(g.root, id);
     TRY(sys::mkdir_p(g.root, 0711));
     if (::mkdir(paths.dir.c_str(), 0700) < 0) {
@@ -184,6 +185,7 @@ Result<pid_t> create_container(const Globals& g, const std::string& id, const Cr
     bool hooks = spec.hooks.count("prestart") || spec.hooks.count("createRuntime");
     auto pid = spawn_shim(g, id, bundle, o, sync_shim.get(), st.cgroups, hooks, hypervisor);
     if (!pid) return cleanup(pid.error().context("start shim"));
+    log::debug("create " + id + ": shim " + std::to_string(*pid) + " started");
     sync_shim.reset();
     auto reply = read_shim_reply(sync.get());
     Result<void> ok = {};
@@ -207,6 +209,7 @@ Result<pid_t> create_container(const Globals& g, const std::string& id, const Cr
         // The VM is up and the container built, its process parked: the
         // pid file says "created".
         if (!o.pid_file.empty()) ok = write_pid_file(o.pid_file, *pid);
+        if (ok) log::debug("create " + id + ": created, pid " + std::to_string(*pid));
         if (ok) return *pid;
     }
     if (!ok) {
@@ -246,6 +249,7 @@ Result<void> start_container(const Globals& g, const std::string& id) {
     if (s == status::kStopped) return fail("cannot start a container that has stopped", EINVAL);
     if (s == status::kRunning || s == status::kPaused) return fail("cannot start an already running container", EINVAL);
     if (s != status::kCreated) return fail("cannot start a container in the " + s + " state", EINVAL);
+    log::debug("start " + id);
     TRY(shim_call(paths, {{"op", "start"}}, 120000));
     if (auto hooks = parse_hooks(st.hooks); hooks && hooks->count("poststart")) {
         st.status = status::kRunning;
@@ -260,6 +264,7 @@ Result<void> kill_container(const Globals& g, const std::string& id, int sig, bo
     std::string s = effective_status(st);
     if (s != status::kCreated && s != status::kRunning && s != status::kPaused)
         return fail("container not running", ESRCH);
+    log::debug("kill " + id + ": signal " + std::to_string(sig) + (all ? " to all its processes" : ""));
     TRY(shim_call(paths, {{"op", "kill"}, {"signal", sig}, {"all", all}}, 30000));
     return {};
 }
@@ -325,7 +330,12 @@ Result<nlohmann::json> stats_container(const Globals& g, const std::string& id) 
 Result<void> delete_container(const Globals& g, const std::string& id, bool force) {
     TRY(validate_id(id));
     auto paths = state_paths(g.root, id);
-    auto lock = TRY(ContainerLock::acquire(paths));
+    auto locked = ContainerLock::acquire(paths);
+    // runc: `delete --force` of a container that does not exist succeeds
+    // (clients' cleanup paths rely on it).
+    if (!locked && locked.error().code == ENOENT && force) return {};
+    auto lock = TRY(std::move(locked));
+    log::debug("delete " + id + (force ? " (forced)" : ""));
     auto st = read_state(paths);
     if (st) {
         std::string s = effective_status(*st);
@@ -387,14 +397,7 @@ Result<int> run_container(const Globals& g, const std::string& id, const CreateO
         sigprocmask(SIG_SETMASK, &old, nullptr);
         return r;
     }
-    for (;;) {
-        pid_t r = ::waitpid(shim, &wst, WNOHANG);
-        if (r == shim) break;
-        siginfo_t si;
-        struct timespec ts{0, 200 * 1000 * 1000};
-        int sig = sigtimedwait(&fwd, &si, &ts);
-        if (sig > 0 && sig != SIGCHLD && sig != SIGWINCH) ::kill(shim, sig);
-    }
+    wst = wait_forwarding(shim);
     if (!keep) (void)delete_container(g, id, true);
     sigprocmask(SIG_SETMASK, &old, nullptr);
     return wst;

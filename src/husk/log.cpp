@@ -24,10 +24,20 @@ static const char* name(Level l) {
     return "info";
 }
 
+// logrus's text form, as runc writes it: time="..." level=debug msg="..."
+static std::string text_line(Level lvl, const std::string& msg) {
+    return "time=\"" + now_rfc3339() + "\" level=" + name(lvl) + " msg=" +
+           nlohmann::json(msg).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
+}
+
 void write(Level lvl, const std::string& msg) {
     if (lvl == Level::Debug && !g.debug) return;
     if (g.to_stderr && (lvl >= Level::Warn || g.debug)) {
-        std::string line = g.prefix + ": " + (lvl == Level::Error ? "" : std::string(name(lvl)) + ": ") + msg + "\n";
+        // An error is the one line that names the container, the step and
+        // the cause; under --debug the rest reads as runc's debug output.
+        std::string line = lvl == Level::Error ? g.prefix + ": " + msg + "\n"
+                           : g.debug           ? text_line(lvl, msg)
+                                               : g.prefix + ": " + name(lvl) + ": " + msg + "\n";
         (void)!::write(2, line.data(), line.size());
     }
     if (g.path.empty()) return;
@@ -36,8 +46,7 @@ void write(Level lvl, const std::string& msg) {
         line = nlohmann::json{{"level", name(lvl)}, {"msg", msg}, {"time", now_rfc3339()}}.dump(
                    -1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
     } else {
-        line = "time=\"" + now_rfc3339() + "\" level=" + name(lvl) + " msg=" + nlohmann::json(msg).dump(
-                   -1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
+        line = text_line(lvl, msg);
     }
     int fd = ::open(g.path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
     if (fd < 0) return;

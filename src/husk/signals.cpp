@@ -1,6 +1,7 @@
 #include "husk/signals.h"
 
 #include <signal.h>
+#include <sys/wait.h>
 
 #include <algorithm>
 #include <cctype>
@@ -69,6 +70,19 @@ sigset_t forwarded_signals() {
     for (int s : {SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR1, SIGUSR2, SIGALRM, SIGCONT, SIGCHLD, SIGWINCH})
         sigaddset(&set, s);
     return set;
+}
+
+int wait_forwarding(pid_t child) {
+    sigset_t fwd = forwarded_signals();
+    int wst = 0;
+    for (;;) {
+        pid_t r = ::waitpid(child, &wst, WNOHANG);
+        if (r == child || (r < 0 && errno != EINTR)) return wst;
+        siginfo_t si;
+        struct timespec ts{0, 200 * 1000 * 1000};
+        int sig = sigtimedwait(&fwd, &si, &ts);
+        if (sig > 0 && sig != SIGCHLD && sig != SIGWINCH) ::kill(child, sig);
+    }
 }
 
 }  // namespace husk

@@ -15,5 +15,8 @@ std::string signal_name(int sig);
 // the terminal relay) blocks and passes on; SIGCHLD and SIGWINCH are in
 // the set for its own use, never forwarded as such.
 sigset_t forwarded_signals();
+// Wait for `child`, passing it every forwarded signal we get (which the
+// caller has blocked); returns its wait status.
+int wait_forwarding(pid_t child);
 
 }  // namespace husk

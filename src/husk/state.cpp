@@ -94,6 +94,21 @@ json oci_state(const State& s) {
     return j;
 }
 
+nlohmann::ordered_json runc_state(const State& s) {
+    std::string st = effective_status(s);
+    nlohmann::ordered_json j;
+    j["ociVersion"] = "1.0.2";
+    j["id"] = s.id;
+    j["pid"] = st == status::kStopped ? 0 : s.pid;
+    j["status"] = st;
+    j["bundle"] = s.bundle;
+    j["rootfs"] = s.rootfs;
+    j["created"] = s.created;
+    if (!s.annotations.empty()) j["annotations"] = s.annotations;
+    j["owner"] = s.owner;
+    return j;
+}
+
 std::string now_rfc3339() {
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);

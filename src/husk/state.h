@@ -55,8 +55,12 @@ Result<void> write_state(const StatePaths& p, const State& s);
 // Status as callers must see it: a container whose shim is gone is
 // stopped, whatever the file last said.
 std::string effective_status(const State& s);
-// The OCI state document (`husk state`).
+// The OCI state document (what hooks read).
 nlohmann::json oci_state(const State& s);
+// The same as `husk state` and `list --format json` print it: in runc's
+// key order (its containerState struct: ociVersion, id, pid, status,
+// bundle, rootfs, created, annotations when there are any, owner).
+nlohmann::ordered_json runc_state(const State& s);
 
 std::string now_rfc3339();
 

@@ -1,6 +1,7 @@
 """The runc lifecycle, step by step: create, state, list, start, kill, delete."""
 import pytest
 import json
+import re
 import os
 import signal
 import subprocess
@@ -183,6 +184,9 @@ def test_debug_shows_the_guest_console(husk, bundle):
     err = r.stderr.decode(errors="replace")
     assert "Linux version 6.1" in err        # the guest kernel's banner
     assert "husk-agent: started" in err      # the agent's own trace
+    # husk's own steps, as runc's --debug prints them (logrus text).
+    assert re.search(r'^time="[^"]+" level=debug msg="create t\w+: bundle ', err, re.M), err[-2000:]
+    assert re.search(r'^time="[^"]+" level=debug msg="start t\w+"$', err, re.M), err[-2000:]
     if DRIVER == "qemu":
         assert "vm: tcg" in err or "vm: kvm" in err
     else:

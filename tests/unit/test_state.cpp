@@ -161,3 +161,20 @@ TEST_CASE("--root defaults to /run/husk, or $XDG_RUNTIME_DIR/husk when rootless 
     unsetenv("XDG_RUNTIME_DIR");
     CHECK(default_state_root() == "/run/husk");
 }
+
+TEST_CASE("husk state prints runc's keys in runc's order", "[state]") {
+    State s;
+    s.id = "web";
+    s.bundle = "/b";
+    s.rootfs = "/b/rootfs";
+    s.status = status::kStopped;
+    s.created = "2026-12-01T00:00:00.000000000Z";
+    s.owner = "root";
+    // runc's containerState: annotations only when there are some.
+    CHECK(runc_state(s).dump() ==
+          R"({"ociVersion":"1.0.2","id":"web","pid":0,"status":"stopped","bundle":"/b","rootfs":"/b/rootfs",)"
+          R"("created":"2026-12-01T00:00:00.000000000Z","owner":"root"})");
+    s.annotations = {{"b", "2"}, {"a", "1"}};
+    CHECK(runc_state(s).dump().find(R"("created":"2026-12-01T00:00:00.000000000Z","annotations":{"a":"1","b":"2"},"owner":"root"})") !=
+          std::string::npos);
+}
