@@ -7,6 +7,7 @@
 #include <fcntl.h>
 #include <net/if.h>
 #include <poll.h>
+#include <sched.h>
 #include <signal.h>
 #include <sys/ioctl.h>
 #include <sys/mount.h>
@@ -153,6 +154,8 @@ private:
     void on_signal();
     void send_resize(uint32_t proc, int fd);
     Result<void> set_paused(bool on);
+    std::optional<json> guest_update_files(const json& files);
+    Result<void> pin_vmm(const std::string& list);
     void reply(uint64_t cid, const json& r) override;
     void reply(uint64_t cid, bool ok, const std::string& err = "");
     void drop_client(uint64_t cid);
@@ -179,6 +182,7 @@ private:
     bool boot_images_held_ = false;  // the guest booted; its VMM still holds the boot images
     shim::Session ses_{*this};  // the agent protocol: phase, requests, processes
     sys::Fd agent_listen_, qmp_listen_, shim_listen_, chan_, console_r_, console_w_, sig_fd_, console_log_;
+    unsigned vcpus_ = 1;
     uint32_t vsock_cid_ = 0;
     std::string hybrid_vsock_;  // the VMM's hybrid vsock socket, when that is the channel
     Clock::time_point boot_deadline_;
@@ -463,6 +467,17 @@ Result<void> Shim::launch_vm() {
     if (::mkdir(paths_.vmm_dir.c_str(), 0700) < 0 && errno != EEXIST) return fail_errno("mkdir " + paths_.vmm_dir);
     SandboxPaths sp{paths_.shared, paths_.agent_sock, paths_.qmp_sock, paths_.vsock_sock};
     VmConfig cfg = make_vm_config(spec_, host, sp, nics_, tap_names_);
+    vcpus_ = cfg.vcpus;
+    translate_cpusets(cgroup_.writes, vcpus_);
+    // The cpuset on the host side: the VMM (vCPUs and all) runs only on
+    // the spec's CPUs, and the guest's cgroup names its own vCPUs.
+    if (!spec_.cpuset_cpus.empty()) {
+        cpu_set_t set;
+        CPU_ZERO(&set);
+        for (unsigned c : TRY(parse_cpu_list(spec_.cpuset_cpus))) CPU_SET(c, &set);
+        if (::sched_setaffinity(0, sizeof set, &set) < 0)
+            return fail_errno("linux.resources.cpu.cpus \"" + spec_.cpuset_cpus + "\": cannot run on those host CPUs");
+    }
     bool vhost = ::access("/dev/vhost-net", R_OK | W_OK) == 0;
     for (size_t i = 0; i < taps_.size(); ++i) {
         cfg.nics[i].fd = taps_[i].get();
@@ -733,8 +748,11 @@ void Shim::on_client_line(uint64_t cid, const std::string& line) {
         // Questions for the guest, which cannot answer while paused.
         if (!live) return reply(cid, false, "container is not running");
         if (paused_) return reply(cid, false, "container is paused");
+        std::optional<json> files;
+        if (op == "update" && !(files = guest_update_files(req.value("files", json::array()))))
+            return reply(cid, false, "malformed request");
         json params = op == "ps"       ? json{{"process", 0}}
-                      : op == "update" ? json{{"files", req.value("files", json::array())}}
+                      : op == "update" ? json{{"files", *files}}
                                        : json{{"files", stats_files()}};
         ses_.request(op, params, cid);
     } else if (op == "exec") {
@@ -788,6 +806,51 @@ void Shim::start_exec(uint64_t cid, const json& req) {
     c.session = true;
     c.proc = idx;
     ses_.request("exec", {{"process_index", idx}, {"process", req["process"]}}, cid, idx);
+}
+
+// `update`'s cgroup writes as the guest must see them (its own vCPU ids);
+// a new cpuset re-pins the VMM on the host. nullopt: not [[name, value]...].
+std::optional<json> Shim::guest_update_files(const json& files) {
+    if (!files.is_array()) return std::nullopt;
+    std::vector<std::pair<std::string, std::string>> w;
+    for (const auto& f : files) {
+        if (!f.is_array() || f.size() != 2 || !f[0].is_string() || !f[1].is_string()) return std::nullopt;
+        w.emplace_back(f[0], f[1]);
+    }
+    for (const auto& [k, v] : w)
+        if (k == "cpuset.cpus" && vm_)
+            if (auto r = pin_vmm(v); !r) log::warn("update: " + r.error().message);
+    translate_cpusets(w, vcpus_);
+    json out = json::array();
+    for (const auto& [k, v] : w) out.push_back({k, v});
+    return out;
+}
+
+// Every thread of the VMM's process tree (its jail's reaper, the VMM) on
+// the host CPUs of `list`.
+Result<void> Shim::pin_vmm(const std::string& list) {
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    for (unsigned c : TRY(parse_cpu_list(list))) CPU_SET(c, &set);
+    std::vector<pid_t> todo = {vm_->pid()};
+    while (!todo.empty()) {
+        pid_t p = todo.back();
+        todo.pop_back();
+        std::string base = "/proc/" + std::to_string(p) + "/task";
+        for (const auto& t : sys::list_dir(base).value_or(std::vector<std::string>{})) {
+            pid_t tid = pid_t(std::atoi(t.c_str()));
+            if (tid > 0 && ::sched_setaffinity(tid, sizeof set, &set) < 0 && errno != ESRCH)
+                return fail_errno("pin the vm to CPUs " + list);
+            std::string kids = sys::read_file(base + "/" + t + "/children").value_or("");
+            for (size_t pos = 0; pos < kids.size();) {
+                size_t e = kids.find(' ', pos);
+                if (e == std::string::npos) e = kids.size();
+                if (pid_t k = pid_t(std::atoi(kids.substr(pos, e - pos).c_str())); k > 0) todo.push_back(k);
+                pos = e + 1;
+            }
+        }
+    }
+    return {};
 }
 
 // Stop or restart the vCPUs: the whole guest, agent included, freezes.

@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cctype>
 #include <chrono>
 #include <optional>
 
@@ -20,6 +21,7 @@
 #include "husk/defaults.h"
 #include "husk/hooks.h"
 #include "husk/hypervisor.h"
+#include "husk/sandbox.h"
 #include "husk/shim_client.h"
 #include "husk/signals.h"
 #include "husk/spec.h"
@@ -43,6 +45,20 @@ Result<std::string> absolute(const std::string& p) {
 Result<void> write_pid_file(const std::string& path, pid_t pid) {
     auto abs = TRY_CTX(absolute(path), "write pid file");
     TRY_CTX(sys::write_file_atomic(abs, std::to_string(pid), 0644), "write pid file");
+    return {};
+}
+
+// A cpuset names host CPUs: the VMM is pinned to them. One the host does
+// not have fails here, as runc's write to cpuset.cpus would.
+static Result<void> check_host_cpus(const std::string& list) {
+    auto want = TRY(parse_cpu_list(list));
+    auto online = sys::read_file("/sys/devices/system/cpu/online").value_or("");
+    while (!online.empty() && std::isspace(static_cast<unsigned char>(online.back()))) online.pop_back();
+    auto have = parse_cpu_list(online);
+    if (!have) return {};  // cannot tell: the shim's pinning will say
+    for (unsigned c : want)
+        if (std::find(have->begin(), have->end(), c) == have->end())
+            return fail("\"" + list + "\": this host has no CPU " + std::to_string(c) + " (its CPUs: " + online + ")", EINVAL);
     return {};
 }
 
@@ -113,12 +129,17 @@ static Result<pid_t> spawn_shim(const Globals& g, const std::string& id, const s
 // cgroupsPath on the host: created here, joined by the shim before it
 // starts the VMM. Root must get them; a rootless caller without a
 // delegated hierarchy runs without, as rootless runc does.
-static Result<std::vector<std::string>> host_cgroups(const Globals& g, const Spec& spec) {
-    if (spec.cgroups_path.empty()) return std::vector<std::string>{};
-    if (g.systemd_cgroup && (spec.cgroups_path[0] == '/' || std::count(spec.cgroups_path.begin(), spec.cgroups_path.end(), ':') != 2))
+static Result<std::vector<std::string>> host_cgroups(const Globals& g, const Spec& spec, const std::string& id) {
+    // No cgroupsPath: runc still gives the container a group named after
+    // it, under its own cgroup (systemd: system.slice/runc-<id>.scope), so
+    // that host accounting sees the VM.
+    std::string path = spec.cgroups_path;
+    bool implicit = path.empty();
+    if (implicit) path = g.systemd_cgroup ? "system.slice:husk:" + id : id;
+    if (g.systemd_cgroup && (path[0] == '/' || std::count(path.begin(), path.end(), ':') != 2))
         return fail("config.json: linux.cgroupsPath: with --systemd-cgroup it must be slice:prefix:name, got \"" +
-                        spec.cgroups_path + "\"", EINVAL);
-    auto dirs = host_cgroup_dirs(spec.cgroups_path, sys::read_file("/proc/self/mountinfo").value_or(""),
+                        path + "\"", EINVAL);
+    auto dirs = host_cgroup_dirs(path, sys::read_file("/proc/self/mountinfo").value_or(""),
                                  sys::read_file("/proc/self/cgroup").value_or(""));
     if (dirs) {
         auto made = make_host_cgroups(*dirs);
@@ -126,8 +147,10 @@ static Result<std::vector<std::string>> host_cgroups(const Globals& g, const Spe
         remove_host_cgroups(*dirs);
         dirs = tl::unexpected(made.error());
     }
-    if (!rootless()) return tl::unexpected(dirs.error().context("config.json: linux.cgroupsPath"));
-    log::warn("linux.cgroupsPath: " + dirs.error().message + "; running without a host cgroup (rootless)");
+    if (!rootless()) return tl::unexpected(dirs.error().context(implicit ? "host cgroup" : "config.json: linux.cgroupsPath"));
+    // Rootless runc, too, runs without one where it may not make it.
+    if (implicit) log::debug("host cgroup " + path + ": " + dirs.error().message + "; running without one (rootless)");
+    else log::warn("linux.cgroupsPath: " + dirs.error().message + "; running without a host cgroup (rootless)");
     return std::vector<std::string>{};
 }
 
@@ -140,6 +163,7 @@ Result<pid_t> create_container(const Globals& g, const std::string& id, const Cr
         return fail("config.json: process.terminal is true but no --console-socket was given", EINVAL);
     if (o.preserve_fds > 0) return fail("--preserve-fds is not supported yet", ENOTSUP);
     TRY(guest_cgroup_files(spec.resources.is_object() ? spec.resources : nlohmann::json::object(), "linux.resources"));
+    TRY_CTX(check_host_cpus(spec.cpuset_cpus), "config.json: linux.resources.cpu.cpus");
     std::string rootfs = rootfs_path(bundle, spec);
     if (!sys::is_dir(rootfs)) return fail("rootfs " + rootfs + " does not exist", ENOENT);
     std::string global = g.hypervisor, origin = "--hypervisor";
@@ -173,7 +197,7 @@ Result<pid_t> create_container(const Globals& g, const std::string& id, const Cr
     st.owner = owner_name();
     st.annotations = spec.annotations;
     st.hooks = spec.raw.contains("hooks") ? spec.raw["hooks"] : nlohmann::json();
-    if (auto dirs = host_cgroups(g, spec); !dirs) return cleanup(dirs.error());
+    if (auto dirs = host_cgroups(g, spec, id); !dirs) return cleanup(dirs.error());
     else st.cgroups = *dirs;
     st.pid = getpid();  // until the shim takes over
     st.pid_start = sys::proc_start_time(getpid()).value_or(0);
@@ -313,6 +337,9 @@ Result<std::vector<std::string>> update_container(const Globals& g, const std::s
         } catch (const std::exception&) {
         }
     }
+    if (resources.contains("cpu") && resources["cpu"].is_object() && resources["cpu"].contains("cpus") &&
+        resources["cpu"]["cpus"].is_string())
+        TRY_CTX(check_host_cpus(resources["cpu"]["cpus"].get<std::string>()), "cpu.cpus");
     auto files = TRY(guest_cgroup_files(resources, ""));
     nlohmann::json writes = nlohmann::json::array();
     for (const auto& [f, v] : files.writes) writes.push_back({f, v});
@@ -405,18 +432,14 @@ Result<int> run_container(const Globals& g, const std::string& id, const CreateO
 
 Result<std::vector<State>> list_containers(const Globals& g) {
     std::vector<State> out;
-    DIR* d = ::opendir(g.root.c_str());
-    if (!d) {
-        if (errno == ENOENT) return out;
-        return fail_errno("open " + g.root);
+    auto ids = sys::list_dir(g.root);
+    if (!ids) {
+        if (ids.error().code == ENOENT) return out;
+        return tl::unexpected(ids.error());
     }
-    std::vector<std::string> ids;
-    while (auto* e = ::readdir(d))
-        if (e->d_name[0] != '.') ids.push_back(e->d_name);
-    ::closedir(d);
-    std::sort(ids.begin(), ids.end());
-    for (auto& id : ids)
-        if (auto s = read_state(state_paths(g.root, id))) out.push_back(*s);
+    for (auto& id : *ids)
+        if (id[0] != '.')
+            if (auto s = read_state(state_paths(g.root, id))) out.push_back(*s);
     return out;
 }
 

@@ -32,7 +32,9 @@ static std::string text_line(Level lvl, const std::string& msg) {
 
 void write(Level lvl, const std::string& msg) {
     if (lvl == Level::Debug && !g.debug) return;
-    if (g.to_stderr && (lvl >= Level::Warn || g.debug)) {
+    // With --log, debug lines go there alone (runc's way): stderr may be
+    // the container's.
+    if (g.to_stderr && (lvl >= Level::Warn || (g.debug && g.path.empty()))) {
         // An error is the one line that names the container, the step and
         // the cause; under --debug the rest reads as runc's debug output.
         std::string line = lvl == Level::Error ? g.prefix + ": " + msg + "\n"

@@ -46,35 +46,57 @@ uint64_t vm_memory_mib(const Spec& spec) {
     return container + defaults::kMemoryOverheadMiB;
 }
 
-static unsigned count_cpuset(const std::string& s) {
-    unsigned n = 0;
+Result<std::vector<unsigned>> parse_cpu_list(const std::string& list) {
+    std::vector<unsigned> out;
+    auto bad = [&] { return fail("\"" + list + "\": expected a CPU list such as 0-3,6", EINVAL); };
+    auto number = [](const std::string& t, unsigned& v) {
+        if (t.empty() || t.size() > 4 || t.find_first_not_of("0123456789") != std::string::npos) return false;
+        v = unsigned(std::stoul(t));
+        return v < kMaxCpuId;
+    };
     size_t pos = 0;
-    while (pos < s.size()) {
-        size_t end = s.find(',', pos);
-        std::string part = s.substr(pos, end == std::string::npos ? std::string::npos : end - pos);
+    while (pos <= list.size() && !list.empty()) {
+        size_t end = list.find(',', pos);
+        std::string part = list.substr(pos, end == std::string::npos ? std::string::npos : end - pos);
+        unsigned a = 0, b = 0;
         auto dash = part.find('-');
-        try {
-            if (dash == std::string::npos) n += part.empty() ? 0 : 1;
-            else n += unsigned(std::stoul(part.substr(dash + 1)) - std::stoul(part.substr(0, dash)) + 1);
-        } catch (...) {
-        }
+        if (!number(part.substr(0, dash), a)) return bad();
+        b = a;
+        if (dash != std::string::npos && (!number(part.substr(dash + 1), b) || b < a)) return bad();
+        for (unsigned c = a; c <= b; ++c)
+            if (std::find(out.begin(), out.end(), c) == out.end()) out.push_back(c);
         if (end == std::string::npos) break;
         pos = end + 1;
     }
-    return n;
+    std::sort(out.begin(), out.end());
+    return out;
 }
 
 unsigned vm_vcpus(const Spec& spec, unsigned host_cpus) {
+    // Enough vCPUs for the quota and for every CPU of the cpuset: runc
+    // lets a container with half a CPU of quota run on two CPUs.
     unsigned n = 1;
     if (spec.cpu_quota && *spec.cpu_quota > 0) {
         uint64_t period = spec.cpu_period.value_or(100000);
         if (period == 0) period = 100000;
         n = unsigned((uint64_t(*spec.cpu_quota) + period - 1) / period);
-    } else if (!spec.cpuset_cpus.empty()) {
-        n = std::max(1u, count_cpuset(spec.cpuset_cpus));
     }
+    if (auto cpus = parse_cpu_list(spec.cpuset_cpus); cpus && !cpus->empty()) n = std::max(n, unsigned(cpus->size()));
     n = std::min({n, std::max(1u, host_cpus), defaults::kMaxVcpus});
     return std::max(1u, n);
+}
+
+std::string guest_cpuset(const std::string& host_list, unsigned vcpus) {
+    auto cpus = parse_cpu_list(host_list);
+    unsigned k = std::max(1u, std::min(vcpus, cpus && !cpus->empty() ? unsigned(cpus->size()) : vcpus));
+    return k == 1 ? "0" : "0-" + std::to_string(k - 1);
+}
+
+void translate_cpusets(std::vector<std::pair<std::string, std::string>>& writes, unsigned vcpus) {
+    for (auto& [file, value] : writes) {
+        if (file == "cpuset.cpus") value = guest_cpuset(value, vcpus);
+        else if (file == "cpuset.mems") value = "0";  // the guest has one memory node
+    }
 }
 
 VmConfig make_vm_config(const Spec& spec, const HostFacts& host, const SandboxPaths& paths,

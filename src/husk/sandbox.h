@@ -60,7 +60,18 @@ inline constexpr const char* kAnnotationRootfs = "org.husk.rootfs";
 Result<bool> rootfs_on_disk(const Spec& spec, const std::string& driver, bool driver_shares);
 
 uint64_t vm_memory_mib(const Spec& spec);
+// vCPUs for the CPU quota and the cpuset, whichever asks for more.
 unsigned vm_vcpus(const Spec& spec, unsigned host_cpus);
+
+// CPU lists ("0-3,6"), as cpuset.cpus and taskset write them: sorted ids.
+inline constexpr unsigned kMaxCpuId = 1024;  // CPU_SETSIZE
+Result<std::vector<unsigned>> parse_cpu_list(const std::string& list);
+// The host's CPU numbers mean nothing in the guest: a cpuset of k host
+// CPUs becomes the guest's vCPUs 0..k-1 (of `vcpus`). The VMM itself is
+// pinned to the host CPUs, so the container runs where the spec says.
+std::string guest_cpuset(const std::string& host_list, unsigned vcpus);
+// cpuset.cpus and cpuset.mems writes for the guest cgroup, translated so.
+void translate_cpusets(std::vector<std::pair<std::string, std::string>>& writes, unsigned vcpus);
 // `nics`: the container netns's interfaces, nics[i] behind the tap named
 // taps[i] (the shim's pick; both lists the same length). A caller that
 // opened the taps itself sets Nic::fd, which a VMM that can uses instead

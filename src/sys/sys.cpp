@@ -22,6 +22,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <memory>
 #include <sstream>
 #include <thread>
 
@@ -175,6 +176,18 @@ Result<void> remove_all(const std::string& path) {
 bool exists(const std::string& path) {
     struct stat st;
     return ::lstat(path.c_str(), &st) == 0;
+}
+
+Result<std::vector<std::string>> list_dir(const std::string& path) {
+    std::unique_ptr<DIR, int (*)(DIR*)> d(::opendir(path.c_str()), ::closedir);
+    if (!d) return fail_errno("open " + path);
+    std::vector<std::string> names;
+    while (auto* e = ::readdir(d.get())) {
+        std::string n = e->d_name;
+        if (n != "." && n != "..") names.push_back(std::move(n));
+    }
+    std::sort(names.begin(), names.end());
+    return names;
 }
 
 bool is_dir(const std::string& path) {

@@ -34,6 +34,8 @@ Result<void> mkdir_p(const std::string& path, mode_t mode = 0755);
 Result<void> remove_all(const std::string& path);
 bool exists(const std::string& path);
 bool is_dir(const std::string& path);
+// The names in a directory (not "." and ".."), sorted.
+Result<std::vector<std::string>> list_dir(const std::string& path);
 std::string dirname(const std::string& path);
 std::string basename(const std::string& path);
 Result<std::string> realpath(const std::string& path);

@@ -5,6 +5,8 @@ import os
 import subprocess
 import time
 
+import pytest
+
 from conftest import jailed_vmm, new_id
 
 MiB = 1 << 20
@@ -72,8 +74,8 @@ def test_update_changes_limits_and_events_report_stats(husk, bundle, tmp_path):
     res.write_text('{"memory": {"limit": "big"}}')
     r = husk("update", "-r", str(res), cid)
     assert r.returncode != 0 and b"memory.limit: expected integer, got string" in r.stderr
-    r = husk("update", "--cpuset-cpus", "7", cid)  # the VM has one vCPU
-    assert r.returncode != 0 and b"cpuset.cpus = 7" in r.stderr, r.stderr
+    r = husk("update", "--cpuset-cpus", "77", cid)  # no host has CPU 77 here
+    assert r.returncode != 0 and b"cpu.cpus: \"77\": this host has no CPU 77" in r.stderr, r.stderr
     assert husk("exec", cid, "cat", "/sys/fs/cgroup/memory.max", check=True).stdout.strip() == str(32 * MiB).encode()
 
     husk("kill", cid, "KILL", check=True)
@@ -187,3 +189,44 @@ def test_shim_and_vmm_run_in_the_host_cgroup_of_cgroups_path(husk, bundle):
                     os.rmdir(os.path.join(base, parent))
                 except OSError:
                     pass
+
+
+def allowed_cpus(pid):
+    with open(f"/proc/{pid}/status") as f:
+        return [l.split(":")[1].strip() for l in f if l.startswith("Cpus_allowed_list")][0]
+
+
+@pytest.mark.skipif(os.cpu_count() < 2, reason="needs a host with two CPUs")
+def test_a_cpuset_is_the_vms_vcpus_in_the_guest_and_pins_the_vmm_on_the_host(husk, bundle):
+    # Half a CPU of quota on CPUs 0-1 of this host (runc runs it): the VM
+    # gets a vCPU for each CPU of the set, the guest's group names its own
+    # vCPUs, and the VMM runs only on the set's host CPUs.
+    probe = ["sh", "-c", "nproc; cat /sys/fs/cgroup/cpuset.cpus /sys/fs/cgroup/cpuset.mems /sys/fs/cgroup/cpu.max"]
+    for cpus, vcpus, guest in (("0-1", 2, "0-1"), ("1", 1, "0")):
+        cid = new_id()
+        husk("run", "-d", "-b", bundle(["sleep", "1000"], resources(
+            {"cpu": {"quota": 50000, "period": 100000, "cpus": cpus, "mems": "0"}})), cid, check=True)
+        r = husk("exec", cid, *probe)
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.decode().split("\n")[:4] == [str(vcpus), guest, "0", "50000 100000"], r.stdout
+        assert allowed_cpus(jailed_vmm(husk, cid)) == cpus
+        # update: host CPU ids again, translated the same way.
+        r = husk("update", "--cpuset-cpus", cpus, cid)
+        assert r.returncode == 0, r.stderr
+        assert husk("exec", cid, "cat", "/sys/fs/cgroup/cpuset.cpus").stdout == guest.encode() + b"\n"
+        husk("delete", "--force", cid, check=True)
+
+
+def test_without_cgroups_path_the_vm_runs_in_a_group_named_after_the_container(husk, bundle):
+    # runc's default: <its own cgroup>/<id> in every hierarchy, gone with delete.
+    cid = new_id()
+    husk("run", "-d", "-b", bundle(["sleep", "1000"]), cid, check=True)
+    with open(f"/proc/{husk.state(cid)['pid']}/cgroup") as f:
+        lines = {l.split(":")[1]: l.strip().split(":", 2)[2] for l in f}
+    with open("/proc/self/cgroup") as f:
+        mine = {l.split(":")[1]: l.strip().split(":", 2)[2] for l in f}
+    assert lines["memory"] == os.path.join(mine["memory"], cid), lines
+    mem = os.path.join("/sys/fs/cgroup/memory", lines["memory"].lstrip("/"))
+    assert husk.state_file(cid)["vmm_pid"] in cgroup_procs(mem)
+    husk("delete", "--force", cid, check=True)
+    assert not os.path.exists(mem)

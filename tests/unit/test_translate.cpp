@@ -60,6 +60,29 @@ TEST_CASE("VM size follows the spec", "[translate]") {
     CHECK(vm_vcpus(s, 8) == 1);
     s.cpuset_cpus = "0-2,5";
     CHECK(vm_vcpus(s, 8) == 4);
+    // Half a CPU of quota on two CPUs: two vCPUs, as runc lets it use both.
+    s.cpu_quota = 50000;
+    s.cpu_period = 100000;
+    s.cpuset_cpus = "0-1";
+    CHECK(vm_vcpus(s, 2) == 2);
+    s.cpu_quota = 300000;
+    CHECK(vm_vcpus(s, 8) == 3);  // the quota asks for more than the cpuset
+}
+
+TEST_CASE("cpusets: host CPU lists, and the guest's own vCPU ids", "[translate]") {
+    CHECK(*parse_cpu_list("") == std::vector<unsigned>{});
+    CHECK(*parse_cpu_list("3,0-1,1") == std::vector<unsigned>{0, 1, 3});
+    for (const char* bad : {"a", "1-", "-1", "3-1", "1,,2", "99999", "1 2"}) {
+        INFO(bad);
+        CHECK_FALSE(parse_cpu_list(bad));
+    }
+    CHECK(guest_cpuset("0-1", 2) == "0-1");
+    CHECK(guest_cpuset("2-3", 2) == "0-1");  // host CPUs 2 and 3 are the VM's vCPUs 0 and 1
+    CHECK(guest_cpuset("5", 1) == "0");
+    CHECK(guest_cpuset("1", 3) == "0");      // a quota of 3 CPUs, one CPU to run on
+    std::vector<std::pair<std::string, std::string>> w = {{"cpuset.cpus", "6-7"}, {"cpuset.mems", "1"}, {"cpu.max", "50000 100000"}};
+    translate_cpusets(w, 2);
+    CHECK(w == std::vector<std::pair<std::string, std::string>>{{"cpuset.cpus", "0-1"}, {"cpuset.mems", "0"}, {"cpu.max", "50000 100000"}});
 }
 
 TEST_CASE("OCI -> VmConfig -> QEMU argv (golden)", "[translate]") {
