@@ -350,4 +350,44 @@ void remove_host_cgroups(const std::vector<std::string>& dirs) {
     for (const auto& d : dirs) ::rmdir(d.c_str());
 }
 
+std::vector<std::pair<std::string, std::string>> host_cgroup_limits(const json& res, std::optional<uint64_t> vm_bound,
+                                                                    const std::vector<std::string>& dirs,
+                                                                    bool (*has)(const std::string&)) {
+    std::vector<std::pair<std::string, std::string>> out;
+    const json& cpu = section(res, "cpu");
+    const json& mem = section(res, "memory");
+    uint64_t shares = cpu.value("shares", uint64_t(0));
+    bool quota = cpu.contains("quota") || cpu.contains("period");
+    int64_t q = cpu.value("quota", int64_t(0));
+    uint64_t period = cpu.value("period", uint64_t(0));
+    if (period == 0) period = 100000;
+    bool mem_limited = mem.value("limit", int64_t(0)) > 0 && vm_bound;
+    for (const auto& d : dirs) {
+        auto put = [&](const char* f, const std::string& v) { out.emplace_back(d + "/" + f, v); };
+        bool v2 = has(d + "/cgroup.controllers");
+        if (!v2 && has(d + "/cpu.cfs_quota_us")) {
+            if (shares) put("cpu.shares", std::to_string(shares));
+            if (quota) {
+                put("cpu.cfs_period_us", std::to_string(period));
+                put("cpu.cfs_quota_us", q > 0 ? std::to_string(q) : "-1");
+            }
+        } else if (v2 && has(d + "/cpu.max")) {
+            if (shares) put("cpu.weight", std::to_string(1 + ((std::clamp<uint64_t>(shares, 2, 262144) - 2) * 9999) / 262142));
+            if (quota) put("cpu.max", (q > 0 ? std::to_string(q) : std::string("max")) + " " + std::to_string(period));
+        }
+        if (has(d + "/cpuset.cpus")) {
+            if (cpu.contains("cpus") && !cpu["cpus"].get<std::string>().empty()) put("cpuset.cpus", cpu["cpus"]);
+            if (cpu.contains("mems") && !cpu["mems"].get<std::string>().empty()) put("cpuset.mems", cpu["mems"]);
+        }
+        if (mem_limited && !v2 && has(d + "/memory.limit_in_bytes")) put("memory.limit_in_bytes", std::to_string(*vm_bound));
+        if (mem_limited && v2 && has(d + "/memory.max")) put("memory.max", std::to_string(*vm_bound));
+    }
+    return out;
+}
+
+Result<void> write_host_cgroup_limits(const std::vector<std::pair<std::string, std::string>>& writes) {
+    for (const auto& [path, value] : writes) TRY_CTX(sys::write_file(path, value), "host cgroup " + path + " = " + value);
+    return {};
+}
+
 }  // namespace husk

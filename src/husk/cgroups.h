@@ -4,6 +4,7 @@
 // into the cgroup the caller named in cgroupsPath, so host accounting
 // (podman stats, systemd, the caller's limits) still sees the container.
 #pragma once
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -51,5 +52,18 @@ Result<std::vector<std::string>> host_cgroup_dirs(const std::string& cgroups_pat
 Result<void> make_host_cgroups(const std::vector<std::string>& dirs);
 // Remove them, deepest first; the ones that are busy or gone are left.
 void remove_host_cgroups(const std::vector<std::string>& dirs);
+
+// What bounds the VM on the host, in those directories: the CPU limits as
+// the spec says them (v1 cpu.shares/cfs_*, v2 cpu.weight/cpu.max), the
+// cpuset, and, when the spec limits memory, `vm_bound` bytes for the whole
+// VM (its RAM and its VMM's own memory). The container's own limits are
+// the guest's; these keep host tools (kubelet, docker stats, systemd) and
+// the host's scheduler true to them. (path, value) pairs in write order;
+// `has` tells which files a directory has (injected for tests).
+std::vector<std::pair<std::string, std::string>> host_cgroup_limits(const nlohmann::json& resources,
+                                                                    std::optional<uint64_t> vm_bound,
+                                                                    const std::vector<std::string>& dirs,
+                                                                    bool (*has)(const std::string&));
+Result<void> write_host_cgroup_limits(const std::vector<std::pair<std::string, std::string>>& writes);
 
 }  // namespace husk

@@ -9,6 +9,11 @@ inline constexpr const char* kStateRoot = "/run/husk";
 // kernel + agent need on top of the container's limit.
 inline constexpr uint64_t kContainerMemoryMiB = 128;
 inline constexpr uint64_t kMemoryOverheadMiB = 64;
+// The host's memory bound for a VM whose spec limits memory: its RAM and
+// this much for the VMM itself (QEMU under TCG: a 32 MiB code cache, ~20
+// MiB of binaries, heap, the file cache its 9p server reads through; see
+// docs/design.md). Over it the host reclaims the VMM's cache first.
+inline constexpr uint64_t kVmmMemoryMiB = 256;
 inline constexpr unsigned kMaxVcpus = 64;
 // How long a VM may take from launch to the agent's HELLO. TCG boots take
 // ~5 s alone; many at once on two cores take several times that.

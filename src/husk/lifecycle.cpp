@@ -154,6 +154,18 @@ static Result<std::vector<std::string>> host_cgroups(const Globals& g, const Spe
     return std::vector<std::string>{};
 }
 
+// The VM's bounds on the host (host_cgroup_limits). Rootless callers
+// without delegation cannot set them, as rootless runc cannot: a warning.
+static Result<void> apply_host_limits(const nlohmann::json& resources, std::optional<uint64_t> vm_bound,
+                                      const std::vector<std::string>& dirs) {
+    auto writes = host_cgroup_limits(resources.is_object() ? resources : nlohmann::json::object(), vm_bound, dirs,
+                                     [](const std::string& p) { return sys::exists(p); });
+    auto r = write_host_cgroup_limits(writes);
+    if (!r && !rootless()) return r;
+    if (!r) log::warn(r.error().message + "; the host does not bound this VM (rootless)");
+    return {};
+}
+
 Result<pid_t> create_container(const Globals& g, const std::string& id, const CreateOptions& o) {
     TRY(validate_id(id));
     std::string bundle = TRY_CTX(sys::realpath(o.bundle.empty() ? "." : o.bundle), "bundle");
@@ -199,6 +211,8 @@ Result<pid_t> create_container(const Globals& g, const std::string& id, const Cr
     st.hooks = spec.raw.contains("hooks") ? spec.raw["hooks"] : nlohmann::json();
     if (auto dirs = host_cgroups(g, spec, id); !dirs) return cleanup(dirs.error());
     else st.cgroups = *dirs;
+    if (auto r = apply_host_limits(spec.resources, (vm_memory_mib(spec) + defaults::kVmmMemoryMiB) << 20, st.cgroups); !r)
+        return cleanup(r.error());
     st.pid = getpid();  // until the shim takes over
     st.pid_start = sys::proc_start_time(getpid()).value_or(0);
     if (auto r = write_state(paths, st); !r) return cleanup(r.error());
@@ -341,6 +355,8 @@ Result<std::vector<std::string>> update_container(const Globals& g, const std::s
         resources["cpu"]["cpus"].is_string())
         TRY_CTX(check_host_cpus(resources["cpu"]["cpus"].get<std::string>()), "cpu.cpus");
     auto files = TRY(guest_cgroup_files(resources, ""));
+    // The host's side first: a bound the host refuses is not promised in the guest.
+    TRY(apply_host_limits(resources, std::nullopt, TRY(load_state(g, id)).cgroups));
     nlohmann::json writes = nlohmann::json::array();
     for (const auto& [f, v] : files.writes) writes.push_back({f, v});
     if (resources.contains("devices")) files.warnings.push_back("devices: device rules cannot be changed after create; ignored");

@@ -230,3 +230,40 @@ def test_without_cgroups_path_the_vm_runs_in_a_group_named_after_the_container(h
     assert husk.state_file(cid)["vmm_pid"] in cgroup_procs(mem)
     husk("delete", "--force", cid, check=True)
     assert not os.path.exists(mem)
+
+
+def read(path):
+    with open(path) as f:
+        return f.read().strip()
+
+
+def test_the_host_group_bounds_the_vm_as_the_spec_limits_the_container(husk, bundle):
+    # kubelet, cAdvisor and docker stats read the host group: it carries the
+    # CPU limits as the spec says them, the cpuset, and a bound for the VM's
+    # memory (its RAM + the VMM's own, defaults.h kVmmMemoryMiB).
+    cid = new_id()
+    cpus = "0-1" if os.cpu_count() >= 2 else "0"
+    b = bundle(["sh", "-c", "while :; do :; done"], resources(
+        {"cpu": {"shares": 512, "quota": 50000, "period": 100000, "cpus": cpus}, "memory": {"limit": 64 * MiB}},
+        cgroups_path=f"/husk-e2e/{cid}"))
+    try:
+        husk("run", "-d", "-b", b, cid, check=True)
+        cpu, acct = f"/sys/fs/cgroup/cpu/husk-e2e/{cid}", f"/sys/fs/cgroup/cpuacct/husk-e2e/{cid}"
+        assert (read(f"{cpu}/cpu.cfs_quota_us"), read(f"{cpu}/cpu.cfs_period_us"), read(f"{cpu}/cpu.shares")) == \
+            ("50000", "100000", "512")
+        assert read(f"/sys/fs/cgroup/cpuset/husk-e2e/{cid}/cpuset.cpus") == cpus
+        assert int(read(f"/sys/fs/cgroup/memory/husk-e2e/{cid}/memory.limit_in_bytes")) == (64 + 64 + 256) * MiB
+        # A busy loop in the guest keeps the whole VM near half a host CPU.
+        t0, u0 = time.time(), int(read(f"{acct}/cpuacct.usage"))
+        time.sleep(4)
+        used = (int(read(f"{acct}/cpuacct.usage")) - u0) / 1e9 / (time.time() - t0)
+        assert used < 0.75, f"the VM used {used:.2f} CPUs with a quota of 0.5"
+        husk("update", "--cpu-quota", "25000", cid, check=True)
+        assert read(f"{cpu}/cpu.cfs_quota_us") == "25000"
+        husk("delete", "--force", cid, check=True)
+    finally:
+        for base in [os.path.join("/sys/fs/cgroup", h) for h in os.listdir("/sys/fs/cgroup")]:
+            try:
+                os.rmdir(os.path.join(base, "husk-e2e"))
+            except OSError:
+                pass

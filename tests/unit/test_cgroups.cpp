@@ -3,6 +3,8 @@
 #include <linux/bpf.h>
 #include <unistd.h>
 
+#include <set>
+
 #include <catch2/catch.hpp>
 
 #include "golden.h"
@@ -152,4 +154,26 @@ TEST_CASE("cgroupsPath on the host: every hierarchy, relative, systemd, and refu
     auto inner = host_cgroup_dirs("/pod/c1", "41 31 0:38 /pod /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n", "0::/\n");
     REQUIRE(inner);
     CHECK(*inner == std::vector<std::string>{"/sys/fs/cgroup/c1"});
+}
+
+TEST_CASE("the host bounds the VM with the spec's CPU limits, cpuset and a memory bound", "[cgroups]") {
+    // A v1 host: cpu, cpuset and memory hierarchies, and the unified tree
+    // without controllers (systemd's hybrid layout); then a v2 host.
+    static const std::set<std::string> files = {
+        "/v1/cpu/c/cpu.cfs_quota_us", "/v1/cpu/c/cpu.shares", "/v1/cpuset/c/cpuset.cpus", "/v1/memory/c/memory.limit_in_bytes",
+        "/v1/unified/c/cgroup.procs", "/v2/c/cgroup.controllers", "/v2/c/cpu.max", "/v2/c/cpuset.cpus", "/v2/c/memory.max"};
+    auto has = [](const std::string& p) { return files.count(p) > 0; };
+    json res = json::parse(R"({"cpu": {"shares": 512, "quota": 50000, "period": 100000, "cpus": "0-1"},
+                               "memory": {"limit": 67108864}})");
+    using W = std::vector<std::pair<std::string, std::string>>;
+    CHECK(host_cgroup_limits(res, 400u << 20, {"/v1/cpu/c", "/v1/cpuset/c", "/v1/memory/c", "/v1/unified/c"}, has) ==
+          W{{"/v1/cpu/c/cpu.shares", "512"}, {"/v1/cpu/c/cpu.cfs_period_us", "100000"}, {"/v1/cpu/c/cpu.cfs_quota_us", "50000"},
+            {"/v1/cpuset/c/cpuset.cpus", "0-1"}, {"/v1/memory/c/memory.limit_in_bytes", std::to_string(400u << 20)}});
+    CHECK(host_cgroup_limits(res, 400u << 20, {"/v2/c"}, has) ==
+          W{{"/v2/c/cpu.weight", "20"}, {"/v2/c/cpu.max", "50000 100000"}, {"/v2/c/cpuset.cpus", "0-1"},
+            {"/v2/c/memory.max", std::to_string(400u << 20)}});
+    // No memory limit in the spec: the VM is not bounded on the host
+    // (nor is it on update, which cannot resize the VM).
+    CHECK(host_cgroup_limits(json::parse(R"({"memory": {}})"), 400u << 20, {"/v1/memory/c"}, has).empty());
+    CHECK(host_cgroup_limits(res, std::nullopt, {"/v1/memory/c"}, has).empty());
 }
