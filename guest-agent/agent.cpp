@@ -29,6 +29,7 @@
 
 #include "guest-agent/cgroup.h"
 #include "guest-agent/container.h"
+#include "guest-agent/procfs.h"
 #include "husk/hypervisor.h"
 #include "husk/network.h"
 #include "protocol/protocol.h"
@@ -444,73 +445,11 @@ Result<json> Agent::do_exec(const json& params) {
     return json{{"pid", pid}};
 }
 
-std::string pid_ns_of(pid_t pid) {
-    char link[256];
-    ssize_t l = ::readlink(("/proc/" + std::to_string(pid) + "/ns/pid").c_str(), link, sizeof link - 1);
-    return l > 0 ? std::string(link, size_t(l)) : std::string();
-}
-
-// Every process in the pid namespace of `init` (init included), never the
-// agent: what kill --all signals and ps lists.
-std::vector<pid_t> pids_in_ns_of(pid_t init) {
-    std::vector<pid_t> out;
-    std::string ns = pid_ns_of(init);
-    if (ns.empty()) return out;
-    if (DIR* d = ::opendir("/proc")) {
-        while (auto* e = ::readdir(d)) {
-            pid_t q = pid_t(std::atoi(e->d_name));
-            if (q > 1 && q != getpid() && pid_ns_of(q) == ns) out.push_back(q);
-        }
-        ::closedir(d);
-    }
-    return out;
-}
-
-// One "Key:\tvalue" field of /proc/<pid>/status ("" if absent).
-std::string status_field(const std::string& status, const std::string& key) {
-    size_t at = status.find("\n" + key + ":");
-    if (at == std::string::npos) return "";
-    size_t b = at + key.size() + 2, end = status.find('\n', b);
-    std::string v = status.substr(b, end - b);
-    while (!v.empty() && (v[0] == '\t' || v[0] == ' ')) v.erase(0, 1);
-    return v;
-}
-
-// The pid a process has in its innermost pid namespace (NSpid's last field).
-int inner_pid(const std::string& status) {
-    std::string v = status_field(status, "NSpid");
-    auto sp = v.find_last_of("\t ");
-    return std::atoi((sp == std::string::npos ? v : v.substr(sp + 1)).c_str());
-}
-
-// Every process in the init's pid namespace, with the pids that namespace
-// gives them, as `husk ps` shows them.
+// Every process in the init's pid namespace, as `husk ps` shows them.
 Result<json> Agent::do_ps(const json&) {
     auto init = procs_.find(0);
     if (init == procs_.end() || init->second.status) return fail("container is not running", ESRCH);
-    auto pids = pids_in_ns_of(init->second.pid);
-    json out = json::array();
-    for (pid_t q : pids) {
-        std::string base = "/proc/" + std::to_string(q);
-        auto status = sys::read_file(base + "/status", 65536).value_or("");
-        std::string cmd = sys::read_file(base + "/cmdline", 4096).value_or("");
-        for (auto& c : cmd)
-            if (c == '\0') c = ' ';
-        while (!cmd.empty() && cmd.back() == ' ') cmd.pop_back();
-        if (cmd.empty()) cmd = "[" + status_field(status, "Name") + "]";
-        // The parent as the container sees it, if it is inside.
-        pid_t pp = std::atoi(status_field(status, "PPid").c_str());
-        int ppid = 0;
-        if (std::find(pids.begin(), pids.end(), pp) != pids.end())
-            ppid = inner_pid(sys::read_file("/proc/" + std::to_string(pp) + "/status", 65536).value_or(""));
-        out.push_back({{"pid", inner_pid(status)},
-                       {"ppid", ppid},
-                       {"uid", std::atoi(status_field(status, "Uid").c_str())},
-                       {"state", status_field(status, "State").substr(0, 1)},
-                       {"cmd", cmd}});
-    }
-    std::sort(out.begin(), out.end(), [](const json& a, const json& b) { return a["pid"] < b["pid"]; });
-    return out;
+    return agent::ps_processes(init->second.pid);
 }
 
 Result<json> Agent::do_update(const json& params) {
@@ -563,7 +502,7 @@ Result<json> Agent::do_kill(const json& params) {
     if (it == procs_.end() || it->second.status) return fail("container not running", ESRCH);
     pid_t pid = it->second.pid;
     if (params.value("all", false))
-        for (pid_t q : pids_in_ns_of(pid))
+        for (pid_t q : agent::pids_in_ns_of(pid))
             if (q != pid) ::kill(q, sig);  // the init last, below, so its failure is reported
     if (::kill(pid, sig) < 0) return fail_errno("kill");
     return json::object();

@@ -2,6 +2,7 @@
 #include <iostream>
 
 #include "cli/commands.h"
+#include "husk/ps.h"
 
 namespace husk::cli {
 
@@ -13,9 +14,17 @@ void setup_ps(CLI::App& sub, Globals& g, Handler& run) {
     sub.description("list the container's processes (pids as the container sees them)");
     sub.add_option("-f,--format", *format, "table or json")->check(CLI::IsMember({"table", "json"}));
     sub.add_option("id", *id, "container id")->required();
-    sub.allow_extras();  // runc passes `-- ps options`; there is no host ps to give them to
-    sub.callback([&g, &run, id, format] {
-        run = [&g, id, format] {
+    // runc: `ps ID [ps options]` (default -ef), the options often after `--`.
+    auto opts = std::make_shared<std::vector<std::string>>();
+    sub.add_option("ps-options", *opts, "ps options (default -ef)");
+    sub.fallthrough(false);  // ps's own options stay here (-e is not husk's)
+    sub.allow_extras();
+    sub.prefix_command();    // what follows the id is ps's, dashes and all
+    sub.callback([&g, &run, &sub, id, format, opts] {
+        std::vector<std::string> ps_opts = *opts;
+        for (const auto& e : sub.remaining()) ps_opts.push_back(e);
+        std::erase(ps_opts, std::string("--"));
+        run = [&g, id, format, ps_opts] {
             auto r = ps_container(g, *id);
             if (!r) return report("ps", *id, r.error());
             if (*format == "json") {
@@ -24,10 +33,9 @@ void setup_ps(CLI::App& sub, Globals& g, Handler& run) {
                 std::cout << pids.dump() << "\n";
                 return 0;
             }
-            std::printf("%-8s %-8s %-6s %-2s %s\n", "PID", "PPID", "UID", "S", "CMD");
-            for (auto& p : *r)
-                std::printf("%-8d %-8d %-6d %-2s %s\n", p.value("pid", 0), p.value("ppid", 0), p.value("uid", 0),
-                            p.value("state", "?").c_str(), p.value("cmd", "").c_str());
+            auto text = format_ps(*r, ps_opts, ::time(nullptr));
+            if (!text) return report("ps", *id, text.error());
+            std::cout << *text;
             return 0;
         };
     });

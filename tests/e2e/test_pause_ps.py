@@ -73,12 +73,21 @@ def test_ps_lists_guest_processes(husk, bundle):
         assert time.time() < deadline, pids
         time.sleep(0.2)
     assert pids[0] == 1 and sorted(pids) == pids
+    # runc's shape: ps's own columns, -ef unless other ps options follow the id.
     table = husk("ps", cid, check=True).stdout.decode().splitlines()
-    assert table[0].split() == ["PID", "PPID", "UID", "S", "CMD"]
-    rows = {int(l.split()[0]): l for l in table[1:]}
-    assert rows[1].split()[4:] == ["sh", "-c", "sleep", "1000", "&", "sleep", "2000;", "true"]
-    children = sorted(l.split()[4:] for l in rows.values() if l.split()[1] == "1")  # parent: the init
+    assert table[0].split() == ["UID", "PID", "PPID", "C", "STIME", "TTY", "TIME", "CMD"]
+    rows = {int(l.split()[1]): l.split() for l in table[1:]}
+    assert rows[1][0] == "root" and rows[1][5] == "?" and rows[1][7:] == ["sh", "-c", "sleep", "1000", "&", "sleep",
+                                                                          "2000;", "true"]
+    children = sorted(r[7:] for r in rows.values() if r[2] == "1")  # parent: the init
     assert children == [["sleep", "1000"], ["sleep", "2000"]]
+    short = husk("ps", cid, "--", "-e", check=True).stdout.decode().splitlines()
+    assert short[0].split() == ["PID", "TTY", "TIME", "CMD"] and sorted(l.split()[3] for l in short[1:]) == \
+        ["sh", "sleep", "sleep"]
+    aux = husk("ps", cid, "aux", check=True).stdout.decode().splitlines()
+    assert aux[0].split()[:4] == ["USER", "PID", "%CPU", "%MEM"] and aux[1].split()[7].startswith("S")
+    r = husk("ps", cid, "-o", "pid")
+    assert r.returncode != 0 and b"ps option \"-o\"" in r.stderr, r.stderr
     husk("delete", "--force", cid, check=True)
     r = husk("ps", cid)
     assert r.returncode != 0 and b"container does not exist" in r.stderr

@@ -1,0 +1,35 @@
+// What the agent reads of the guest's /proc: the processes of a
+// container's pid namespace, and each one as `ps` shows it.
+#pragma once
+#include <sys/types.h>
+
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+namespace husk::agent {
+
+// Every process in the pid namespace of `init` (init included), never the
+// agent: what kill --all signals and ps lists.
+std::vector<pid_t> pids_in_ns_of(pid_t init);
+
+// One "Key:\tvalue" field of /proc/<pid>/status ("" if absent).
+std::string status_field(const std::string& status, const std::string& key);
+
+// The fields of /proc/<pid>/stat after the command name (field 3, the
+// state, first), split on spaces; empty if unreadable.
+std::vector<std::string> stat_fields(const std::string& stat);
+
+// A terminal's name from stat's tty_nr: "pts/0", "tty1", "ttyS0", or "?".
+std::string tty_name(unsigned long tty_nr);
+
+// The processes of `init`'s pid namespace as `ps` shows them, sorted by
+// pid, with the pids that namespace gives them: pid, ppid, uid, user (the
+// container's /etc/passwd name, "" if none), state and stat (ps's STAT:
+// the state with s/+/l/</N), cmd (the command line, or [comm]), comm, tty,
+// start (seconds since the epoch), cpu (seconds used), pcpu and pmem
+// (percent), vsz and rss (KiB).
+nlohmann::json ps_processes(pid_t init);
+
+}  // namespace husk::agent
