@@ -54,7 +54,10 @@ MountFlags parse_mount_options(const std::vector<std::string>& opts) {
     };
     MountFlags m;
     for (const auto& o : opts) {
-        if (auto it = flags.find(o); it != flags.end()) {
+        if (o == "rro") {
+            m.flags |= MS_RDONLY;
+            m.recursive_ro = true;
+        } else if (auto it = flags.find(o); it != flags.end()) {
             if (it->second.clear) {
                 m.flags &= ~it->second.flag;
                 if (o == "rw") m.clear_ro = true;
@@ -244,6 +247,14 @@ Result<void> do_mount(int root, const json& m, unsigned long& dev_ro) {
         auto target = TRY(make_mountpoint(root, dest, file));
         unsigned long bflags = MS_BIND | (mf.flags & MS_REC);
         TRY(sys::mount(src, fd_path(target), "", bflags));
+        // The host's mounts under an rbind source are one filesystem with
+        // it here: bound again each (parents first), so that a read-only
+        // top leaves them writable, as the kernel's bind does on the host.
+        for (const auto& sub : m.value("submounts", std::vector<std::string>{})) {
+            if (sub.empty() || sub[0] == '/' || sub.find("..") != std::string::npos) continue;
+            auto at = openat2_in_root(root, dest + "/" + sub, O_PATH);
+            if (at) TRY(sys::mount(src + "/" + sub, fd_path(*at), "", MS_BIND));
+        }
         // Reopen: the fd names the covered directory, not the new mount.
         auto mounted = TRY(openat2_in_root(root, dest, O_PATH));
         unsigned long rflags = mf.flags & ~(MS_BIND | MS_REC | MS_REMOUNT);

@@ -16,6 +16,7 @@ struct MountFlags {
     unsigned long flags = 0;
     unsigned long propagation = 0;
     bool clear_ro = false;  // "rw" given explicitly
+    bool recursive_ro = false;  // "rro": submounts too (mount_setattr)
     std::string data;
 };
 // runc's option table: flags, propagation, and the rest as fs data.

@@ -18,6 +18,7 @@
 #include <termios.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstring>
 #include <deque>
@@ -383,7 +384,18 @@ Result<void> Shim::build_shares() {
         } else {
             TRY(sys::write_file(target, "", 0644));
         }
-        TRY_CTX(sys::bind_mount(*src, target, e.recursive, e.readonly), what + " " + e.host_path);
+        TRY_CTX(sys::bind_mount(*src, target, e.recursive, e.readonly, e.recursive_readonly), what + " " + e.host_path);
+    }
+    // A read-only rbind (not rro) leaves its submounts writable, as the
+    // kernel's bind does: the agent needs to know where they are.
+    plan_.mount_submounts.assign(spec_.mounts.size(), {});
+    std::string mountinfo;
+    for (size_t i = 0; i < spec_.mounts.size(); ++i) {
+        const std::string& name = plan_.mount_share[i];
+        auto e = std::find_if(plan_.entries.begin(), plan_.entries.end(), [&](const ShareEntry& x) { return x.name == name; });
+        if (name.empty() || e == plan_.entries.end() || !e->recursive || !e->readonly || e->recursive_readonly) continue;
+        if (mountinfo.empty()) mountinfo = sys::read_file("/proc/self/mountinfo", 16 << 20).value_or("");
+        plan_.mount_submounts[i] = sys::mounts_under(mountinfo, paths_.shared + "/" + name);
     }
     return {};
 }

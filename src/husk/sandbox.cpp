@@ -32,7 +32,8 @@ SharePlan plan_shares(const Spec& spec, const std::string& bundle, bool (*is_dir
         e.name = "m" + std::to_string(i);
         e.host_path = src;
         e.directory = is_dir(src);
-        e.readonly = has_option(m.options, "ro");
+        e.recursive_readonly = has_option(m.options, "rro");
+        e.readonly = has_option(m.options, "ro") || e.recursive_readonly;
         e.recursive = m.type == "rbind" || has_option(m.options, "rbind");
         plan.entries.push_back(e);
         plan.mount_share.push_back(e.name);
@@ -197,6 +198,8 @@ json agent_create_params(const Spec& spec, const SharePlan& plan, const CgroupFi
         if (!plan.mount_share[i].empty()) {
             jm["type"] = "bind";
             jm["share"] = plan.mount_share[i];
+            if (i < plan.mount_submounts.size() && !plan.mount_submounts[i].empty())
+                jm["submounts"] = plan.mount_submounts[i];
         } else {
             jm["source"] = m.source;
         }

@@ -21,12 +21,20 @@ struct ShareEntry {
     bool directory = true;
     bool readonly = false;
     bool recursive = true;
+    // "rro" (mount_setattr's recursive read-only): submounts too. Plain
+    // "ro" makes only the top mount read-only, as the kernel's bind does.
+    bool recursive_readonly = false;
 };
 
 struct SharePlan {
     std::vector<ShareEntry> entries;  // entries[0] is the rootfs
     // For spec.mounts[i]: the share entry name, or "" if not a bind mount.
     std::vector<std::string> mount_share;
+    // For spec.mounts[i]: the host's mounts under its source (relative
+    // paths, parents first), which the shim finds once it has bound them.
+    // The guest sees the share as one filesystem, so a read-only top
+    // would make them read-only too: the agent binds each again, writable.
+    std::vector<std::vector<std::string>> mount_submounts;
 };
 
 // `is_dir` tells whether a host path is a directory (injected for tests).

@@ -21,6 +21,7 @@
 #include <sched.h>
 
 #include <algorithm>
+#include <cctype>
 #include <cstring>
 #include <memory>
 #include <sstream>
@@ -421,11 +422,58 @@ Result<BindSource> open_bind_source(const std::string& path) {
     return b;
 }
 
-Result<void> bind_mount(const BindSource& src, const std::string& dst, bool recursive, bool readonly) {
+Result<void> bind_mount(const BindSource& src, const std::string& dst, bool recursive, bool readonly,
+                        bool recursive_readonly) {
     unsigned long rec = recursive ? MS_REC : 0;
     TRY(mount("/proc/self/fd/" + std::to_string(src.fd.get()), dst, "", MS_BIND | rec));
-    if (readonly) TRY(mount("", dst, "", MS_BIND | MS_REMOUNT | MS_RDONLY | rec));
+    // A bind remount changes the top mount alone (MS_REC means nothing to it).
+    if (readonly) TRY(mount("", dst, "", MS_BIND | MS_REMOUNT | MS_RDONLY));
+    if (recursive_readonly) {
+        struct mount_attr attr{};
+        attr.attr_set = MOUNT_ATTR_RDONLY;
+        if (::syscall(SYS_mount_setattr, AT_FDCWD, dst.c_str(), AT_RECURSIVE, &attr, sizeof attr) < 0)
+            return fail_errno("make " + dst + " read-only, submounts too");
+    }
     return {};
+}
+
+std::vector<std::string> mounts_under(const std::string& mountinfo, const std::string& dir) {
+    auto unescape = [](const std::string& s) {
+        std::string out;
+        for (size_t i = 0; i < s.size(); ++i) {
+            auto digit = [&](size_t k) { return std::isdigit(static_cast<unsigned char>(s[k])) != 0; };
+            if (s[i] == '\\' && i + 3 < s.size() && digit(i + 1) && digit(i + 2) && digit(i + 3)) {
+                out += char(std::stoi(s.substr(i + 1, 3), nullptr, 8));
+                i += 3;
+            } else {
+                out += s[i];
+            }
+        }
+        return out;
+    };
+    std::string prefix = dir + "/";
+    std::vector<std::string> out;
+    size_t pos = 0;
+    while (pos < mountinfo.size()) {
+        size_t end = mountinfo.find('\n', pos);
+        if (end == std::string::npos) end = mountinfo.size();
+        std::istringstream line(mountinfo.substr(pos, end - pos));
+        std::string id, parent, devno, root, point;
+        if (line >> id >> parent >> devno >> root >> point) {
+            point = unescape(point);
+            if (point.size() > prefix.size() && point.compare(0, prefix.size(), prefix) == 0) {
+                std::string rel = point.substr(prefix.size());
+                if (std::find(out.begin(), out.end(), rel) == out.end()) out.push_back(rel);
+            }
+        }
+        pos = end + 1;
+    }
+    // Parents first: a path sorts after every prefix of itself.
+    std::sort(out.begin(), out.end(), [](const std::string& a, const std::string& b) {
+        return std::count(a.begin(), a.end(), '/') < std::count(b.begin(), b.end(), '/') ||
+               (std::count(a.begin(), a.end(), '/') == std::count(b.begin(), b.end(), '/') && a < b);
+    });
+    return out;
 }
 
 Result<void> umount(const std::string& target, int flags) {

@@ -96,7 +96,13 @@ struct BindSource {
 };
 Result<BindSource> open_bind_source(const std::string& path);
 // Bind `src` on `dst` (MS_REC with `recursive`; then read-only if asked).
-Result<void> bind_mount(const BindSource& src, const std::string& dst, bool recursive, bool readonly);
+// `readonly`: the top mount; `recursive_readonly`: every mount of the tree
+// (mount_setattr AT_RECURSIVE).
+Result<void> bind_mount(const BindSource& src, const std::string& dst, bool recursive, bool readonly,
+                        bool recursive_readonly = false);
+// The mount points strictly below `dir` in a /proc/self/mountinfo text,
+// relative to it, parents first (octal escapes decoded).
+std::vector<std::string> mounts_under(const std::string& mountinfo, const std::string& dir);
 Result<void> pivot_root(const std::string& new_root, const std::string& put_old);
 Result<void> unshare(int flags);
 // In a fresh user namespace: map `uid`/`gid` (ids outside) to 0, denying

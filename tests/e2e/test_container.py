@@ -81,6 +81,28 @@ def test_bind_mounts_dir_file_and_readonly(husk, bundle, tmp_path):
     assert not (ro / "nope").exists()
 
 
+@pytest.mark.not_on(DISK_DRIVERS, reason="the rootfs is a copy on a disk: the test looks at what the container wrote through the host's view")
+def test_rbind_ro_leaves_submounts_writable_and_rro_does_not(husk, bundle, tmp_path):
+    # As the kernel's bind (and runc): "ro" on an rbind is the top mount's;
+    # "rro" (mount_setattr's recursive read-only) takes the submounts too.
+    src = tmp_path / "vol"
+    (src / "sub").mkdir(parents=True)
+    subprocess.run(["mount", "-t", "tmpfs", "tmpfs", str(src / "sub")], check=True)
+    try:
+        def edit(c):
+            c["mounts"] += [
+                {"destination": "/ro", "type": "bind", "source": str(src), "options": ["rbind", "ro"]},
+                {"destination": "/rro", "type": "bind", "source": str(src), "options": ["rbind", "rro"]},
+            ]
+        script = ("for d in /ro /rro; do touch $d/top 2>/dev/null && echo $d-top-rw || echo $d-top-ro; "
+                  "touch $d/sub/f$(basename $d) 2>/dev/null && echo $d-sub-rw || echo $d-sub-ro; done")
+        out = run_ok(husk, bundle(["sh", "-c", script], edit=edit))
+        assert out.splitlines() == ["/ro-top-ro", "/ro-sub-rw", "/rro-top-ro", "/rro-sub-ro"]
+        assert sorted(os.listdir(src / "sub")) == ["fro"]  # written through to the host's submount
+    finally:
+        subprocess.run(["umount", str(src / "sub")], check=False)
+
+
 def test_umask(husk, bundle):
     b = bundle(["sh", "-c", "umask"], edit=lambda c: c["process"]["user"].update(umask=0o077))
     assert run_ok(husk, b).strip() == "0077"

@@ -218,3 +218,15 @@ TEST_CASE("process_madvise pages out a child's file mapping", "[sys]") {
     CHECK((WIFEXITED(st) && WEXITSTATUS(st) == 0));
     REQUIRE(sys::remove_all(dir));
 }
+
+TEST_CASE("mounts under a directory, from mountinfo, parents first", "[sys]") {
+    std::string mi =
+        "22 1 0:21 / / rw - ext4 /dev/vda rw\n"
+        "40 22 0:40 / /s/m1 rw - tmpfs t rw\n"
+        "41 40 0:41 / /s/m1/a/b rw - tmpfs t rw\n"
+        "42 40 0:42 / /s/m1/a rw - tmpfs t rw\n"
+        "43 40 0:43 / /s/m1/with\\040space rw - tmpfs t rw\n"
+        "44 22 0:44 / /s/m10 rw - tmpfs t rw\n";
+    CHECK(sys::mounts_under(mi, "/s/m1") == std::vector<std::string>{"a", "with space", "a/b"});
+    CHECK(sys::mounts_under(mi, "/s/m10").empty());
+}
