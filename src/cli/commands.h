@@ -34,6 +34,7 @@ void setup_resume(CLI::App&, Globals&, Handler&);
 void setup_ps(CLI::App&, Globals&, Handler&);
 void setup_update(CLI::App&, Globals&, Handler&);
 void setup_events(CLI::App&, Globals&, Handler&);
+void setup_check(CLI::App&, Globals&, Handler&);
 
 // Print "<verb> <id>: <message>" to stderr and --log; returns 1.
 int report(const std::string& verb, const std::string& id, const Error& e);

@@ -26,10 +26,14 @@ void setup_features(CLI::App& sub, Globals&, Handler& run) {
             nlohmann::json j = {
                 {"ociVersionMin", "1.0.0"},
                 {"ociVersionMax", HUSK_OCI_SPEC_VERSION},
-                {"hooks", {"prestart", "createRuntime", "poststart", "poststop"}},
-                {"mountOptions", {"ro", "rw", "bind", "rbind", "nosuid", "suid", "nodev", "dev", "noexec", "exec",
-                                  "relatime", "norelatime", "strictatime", "noatime", "private", "rprivate",
-                                  "shared", "rshared", "slave", "rslave"}},
+                // createContainer and startContainer run in the guest.
+                {"hooks", {"prestart", "createRuntime", "createContainer", "startContainer", "poststart", "poststop"}},
+                // guest-agent/container.cpp's option table (runc's), rro and tmpcopyup.
+                {"mountOptions", {"acl", "async", "atime", "bind", "defaults", "dev", "diratime", "dirsync", "exec",
+                                  "mand", "noatime", "nodev", "nodiratime", "noexec", "nomand", "norelatime",
+                                  "nostrictatime", "nosuid", "private", "rbind", "relatime", "remount", "ro",
+                                  "rprivate", "rro", "rshared", "rslave", "runbindable", "rw", "shared", "slave",
+                                  "strictatime", "suid", "sync", "tmpcopyup", "unbindable"}},
                 {"linux",
                  {{"namespaces", {"pid", "mount", "ipc", "uts", "cgroup", "network"}},
                   {"capabilities", cap_names},
@@ -50,7 +54,9 @@ void setup_features(CLI::App& sub, Globals&, Handler& run) {
                   {"org.husk.accel", accel_name(detect_accel())},
                   {"org.husk.accel.reason", detect_accel_info().why},
                   {"org.husk.channel", caps.vsock ? "vsock" : "virtio-serial"},
-                  {"org.husk.kvm", caps.kvm ? "true" : "false"}}},
+                  {"org.husk.kvm", caps.kvm ? "true" : "false"},
+                  // How the rootfs and bind mounts reach the guest (`husk check` says why).
+                  {"org.husk.share", caps.shares ? "9p" : "disk"}}},
             };
             // Every driver, and whether this host can run it: "available",
             // or "unavailable: <why>".

@@ -152,7 +152,9 @@ def test_features_reports_acceleration(husk):
     ann = j["annotations"]
     assert j["ociVersionMax"].startswith("1.")
     # Truthful about what landed: host hooks, seccomp, the capability names.
-    assert j["hooks"] == ["prestart", "createRuntime", "poststart", "poststop"]
+    assert j["hooks"] == ["prestart", "createRuntime", "createContainer", "startContainer", "poststart", "poststop"]
+    assert {"rro", "tmpcopyup", "rbind", "ro"} <= set(j["mountOptions"])
+    assert ann["org.husk.share"] == ("disk" if DRIVER in ("firecracker", "cloud-hypervisor") else "9p")
     assert j["linux"]["seccomp"]["enabled"] and "SCMP_CMP_MASKED_EQ" in j["linux"]["seccomp"]["operators"]
     assert {"CAP_SYS_ADMIN", "CAP_NET_BIND_SERVICE", "CAP_CHOWN"} <= set(j["linux"]["capabilities"])
     if not os.access("/dev/kvm", os.R_OK | os.W_OK):
@@ -170,6 +172,24 @@ def test_features_reports_acceleration(husk):
     env = dict(os.environ, HUSK_ACCEL="tcg")
     j = json.loads(husk("features", check=True, env=env).stdout)
     assert (j["annotations"]["org.husk.accel"], j["annotations"]["org.husk.accel.reason"]) == ("tcg", "HUSK_ACCEL=tcg")
+
+
+def test_check_says_what_this_host_can_run_and_how_to_fix_the_rest(husk):
+    j = json.loads(husk("check", "--format", "json", check=True).stdout)
+    checks = {c["name"]: c for c in j["checks"]}
+    assert j["ok"] and j["hypervisor"] == DRIVER
+    # The same verdicts as features, with a fix for every missing piece.
+    ann = json.loads(husk("features", check=True).stdout)["annotations"]
+    for d in ("qemu", "uml", "firecracker", "cloud-hypervisor"):
+        assert checks[f"driver {d}"]["ok"] == (ann[f"org.husk.hypervisor.{d}"] == "available")
+    assert checks["acceleration"]["detail"].startswith(ann["org.husk.accel"] + ": ")
+    assert checks["vsock"]["ok"] == os.path.exists("/dev/vhost-vsock")
+    assert all(c["fix"] for c in j["checks"] if not c["ok"] and c["name"] != "host cgroups")
+    # A missing guest image fails it, saying what to do.
+    r = husk("check", env=dict(os.environ, HUSK_KERNEL="/nonexistent/vmlinux", HUSK_INITRD="/nonexistent/initrd"))
+    assert r.returncode == 1 and b"FAIL" in r.stdout and b"cannot run containers here" in r.stdout, r.stdout
+    if DRIVER != "uml":
+        assert b"guest kernel" in r.stdout and b"/nonexistent/vmlinux" in r.stdout
 
 
 def test_list_empty(husk):
