@@ -465,6 +465,7 @@ Result<void> Shim::launch_vm() {
     host.hybrid_vsock = caps.hybrid_vsock;
     if (caps.stdin_window) ses_.stdin_window = ses_.procs[0].stdin_credit = caps.stdin_window;
     host.host_cpus = unsigned(sysconf(_SC_NPROCESSORS_ONLN));
+    if (caps.max_vcpus) host.host_cpus = std::min(host.host_cpus, caps.max_vcpus);
     host.kernel = hv_->guest_kernel();
     host.initrd = find_guest_initrd();
     host.debug = args_.log.debug;

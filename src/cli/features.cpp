@@ -5,16 +5,23 @@
 #include <iostream>
 
 #include "cli/commands.h"
+#include "husk/config.h"
 #include "husk/hypervisor.h"
 #include "husk/version.h"
 
 namespace husk::cli {
 
-void setup_features(CLI::App& sub, Globals&, Handler& run) {
+void setup_features(CLI::App& sub, Globals& g, Handler& run) {
     sub.description("print what this runtime and host support (runtime-spec features JSON)");
-    sub.callback([&run] {
-        run = [] {
-            auto hv = make_hypervisor(hypervisor_names().front());
+    sub.callback([&g, &run] {
+        run = [&g] {
+            // The driver new containers get (--hypervisor, HUSK_HYPERVISOR,
+            // the config file), as `husk check` reports it.
+            std::string chosen = g.hypervisor;
+            if (chosen.empty())
+                if (auto c = load_config(); c) chosen = c->hypervisor;
+            auto hv = make_hypervisor(chosen.empty() ? hypervisor_names().front() : chosen);
+            if (!hv) return report("features", "", Error{EINVAL, "unknown hypervisor " + chosen});
             nlohmann::json cap_names = nlohmann::json::array();
             for (int c = 0; c <= CAP_LAST_CAP; ++c)
                 if (const char* n = capng_capability_to_name(capng_type_t(c))) {
@@ -53,7 +60,8 @@ void setup_features(CLI::App& sub, Globals&, Handler& run) {
                  {{"org.husk.hypervisor", hv->name()},
                   {"org.husk.accel", accel_name(detect_accel())},
                   {"org.husk.accel.reason", detect_accel_info().why},
-                  {"org.husk.channel", caps.vsock ? "vsock" : "virtio-serial"},
+                  {"org.husk.channel", caps.hybrid_vsock ? "hybrid vsock" : caps.vsock ? "vsock"
+                                        : hv->name() == "uml" ? "console line" : "virtio-serial"},
                   {"org.husk.kvm", caps.kvm ? "true" : "false"},
                   // How the rootfs and bind mounts reach the guest (`husk check` says why).
                   {"org.husk.share", caps.shares ? "9p" : "disk"}}},

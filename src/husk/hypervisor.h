@@ -80,6 +80,8 @@ struct Capabilities {
     // The VMM takes each tap as an open fd (Nic::fd). Else it opens the
     // tap by name, so the caller makes it persistent and deletes it.
     bool nic_fd = false;
+    // The most vCPUs its guests can have (0: as many as the host has).
+    unsigned max_vcpus = 0;
 };
 
 // A launched VM. Destroying it kills the VMM.
