@@ -64,9 +64,14 @@ std::vector<pid_t> pids_in_ns_of(pid_t init) {
 }
 
 std::string status_field(const std::string& status, const std::string& key) {
-    size_t at = status.find("\n" + key + ":");
-    if (at == std::string::npos) return "";
-    size_t b = at + key.size() + 2, end = status.find('\n', b);
+    // The line "Key:", at the start (Name:, MemTotal:) or after a newline.
+    size_t at = 0;
+    if (status.rfind(key + ":", 0) != 0) {
+        at = status.find("\n" + key + ":");
+        if (at == std::string::npos) return "";
+        ++at;
+    }
+    size_t b = at + key.size() + 1, end = status.find('\n', b);
     std::string v = status.substr(b, end - b);
     while (!v.empty() && (v[0] == '\t' || v[0] == ' ')) v.erase(0, 1);
     return v;
@@ -103,7 +108,7 @@ json ps_processes(pid_t init) {
     std::string pstat = sys::read_file("/proc/stat", 1 << 20).value_or("");
     size_t bt = pstat.find("\nbtime ");
     double btime = bt == std::string::npos ? 0 : number(pstat.substr(bt + 7));
-    double mem_total = number(status_field("\n" + sys::read_file("/proc/meminfo", 65536).value_or(""), "MemTotal"));
+    double mem_total = number(status_field(sys::read_file("/proc/meminfo", 65536).value_or(""), "MemTotal"));
     auto names = passwd_names(sys::read_file("/proc/" + std::to_string(init) + "/root/etc/passwd", 1 << 20).value_or(""));
     json out = json::array();
     for (pid_t q : pids) {

@@ -184,6 +184,7 @@ private:
     shim::Session ses_{*this};  // the agent protocol: phase, requests, processes
     sys::Fd agent_listen_, qmp_listen_, shim_listen_, chan_, console_r_, console_w_, sig_fd_, console_log_;
     unsigned vcpus_ = 1;
+    bool guest_cpusets_ = true;
     uint32_t vsock_cid_ = 0;
     std::string hybrid_vsock_;  // the VMM's hybrid vsock socket, when that is the channel
     Clock::time_point boot_deadline_;
@@ -481,7 +482,8 @@ Result<void> Shim::launch_vm() {
     SandboxPaths sp{paths_.shared, paths_.agent_sock, paths_.qmp_sock, paths_.vsock_sock};
     VmConfig cfg = make_vm_config(spec_, host, sp, nics_, tap_names_);
     vcpus_ = cfg.vcpus;
-    translate_cpusets(cgroup_.writes, vcpus_);
+    guest_cpusets_ = caps.guest_cpusets;
+    translate_cpusets(cgroup_.writes, vcpus_, guest_cpusets_);
     // The cpuset on the host side: the VMM (vCPUs and all) runs only on
     // the spec's CPUs, and the guest's cgroup names its own vCPUs.
     if (!spec_.cpuset_cpus.empty()) {
@@ -833,7 +835,7 @@ std::optional<json> Shim::guest_update_files(const json& files) {
     for (const auto& [k, v] : w)
         if (k == "cpuset.cpus" && vm_)
             if (auto r = pin_vmm(v); !r) log::warn("update: " + r.error().message);
-    translate_cpusets(w, vcpus_);
+    translate_cpusets(w, vcpus_, guest_cpusets_);
     json out = json::array();
     for (const auto& [k, v] : w) out.push_back({k, v});
     return out;

@@ -52,7 +52,8 @@ Capabilities UmlHypervisor::capabilities() const {
     // unthrottle: input stops for good. A window well under 4 KiB keeps
     // the tty from ever throttling.
     c.stdin_window = 2048;
-    c.max_vcpus = 1;  // Debian's UML is built with NR_CPUS=1
+    c.max_vcpus = 1;  // Debian's UML is built with NR_CPUS=1,
+    c.guest_cpusets = false;  // and without CONFIG_CPUSETS
     return c;
 }
 

@@ -82,6 +82,9 @@ struct Capabilities {
     bool nic_fd = false;
     // The most vCPUs its guests can have (0: as many as the host has).
     unsigned max_vcpus = 0;
+    // Its guest kernel has the cpuset controller (else a cpuset is kept
+    // on the host side alone).
+    bool guest_cpusets = true;
 };
 
 // A launched VM. Destroying it kills the VMM.

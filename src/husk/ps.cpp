@@ -41,7 +41,12 @@ std::string user_of(const json& p) {
 
 }  // namespace
 
-Result<std::string> format_ps(const json& procs, const std::vector<std::string>& given, time_t now) {
+namespace {
+struct PsForm {
+    bool full = false, bsd = false, user = false;
+};
+
+Result<PsForm> ps_form(const std::vector<std::string>& given) {
     std::vector<std::string> opts = given.empty() ? std::vector<std::string>{"-ef"} : given;
     bool full = false, bsd = false, unix_style = false, user = false;
     for (const auto& o : opts) {
@@ -59,6 +64,17 @@ Result<std::string> format_ps(const json& procs, const std::vector<std::string>&
         }
     }
     if (bsd && unix_style) return fail("ps options: UNIX (-ef) and BSD (aux) forms cannot be mixed", EINVAL);
+    return PsForm{full, bsd, user};
+}
+}  // namespace
+
+Result<void> check_ps_options(const std::vector<std::string>& opts) {
+    TRY(ps_form(opts));
+    return {};
+}
+
+Result<std::string> format_ps(const json& procs, const std::vector<std::string>& given, time_t now) {
+    auto [full, bsd, user] = TRY(ps_form(given));
     std::string out;
     if (user) {
         out = "USER       PID %CPU %MEM    VSZ   RSS TTY      STAT START   TIME COMMAND\n";

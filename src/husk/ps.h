@@ -18,5 +18,7 @@ namespace husk {
 // x (USER PID %CPU %MEM VSZ RSS TTY STAT START TIME COMMAND with u, else
 // PID TTY STAT TIME COMMAND). `now` dates STIME/START.
 Result<std::string> format_ps(const nlohmann::json& procs, const std::vector<std::string>& opts, time_t now);
+// Whether format_ps takes `opts` (checked before the guest is asked).
+Result<void> check_ps_options(const std::vector<std::string>& opts);
 
 }  // namespace husk

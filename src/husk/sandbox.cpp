@@ -93,7 +93,9 @@ std::string guest_cpuset(const std::string& host_list, unsigned vcpus) {
     return k == 1 ? "0" : "0-" + std::to_string(k - 1);
 }
 
-void translate_cpusets(std::vector<std::pair<std::string, std::string>>& writes, unsigned vcpus) {
+void translate_cpusets(std::vector<std::pair<std::string, std::string>>& writes, unsigned vcpus, bool guest_cpusets) {
+    if (!guest_cpusets)
+        std::erase_if(writes, [](const auto& w) { return w.first == "cpuset.cpus" || w.first == "cpuset.mems"; });
     for (auto& [file, value] : writes) {
         if (file == "cpuset.cpus") value = guest_cpuset(value, vcpus);
         else if (file == "cpuset.mems") value = "0";  // the guest has one memory node

@@ -78,8 +78,10 @@ Result<std::vector<unsigned>> parse_cpu_list(const std::string& list);
 // CPUs becomes the guest's vCPUs 0..k-1 (of `vcpus`). The VMM itself is
 // pinned to the host CPUs, so the container runs where the spec says.
 std::string guest_cpuset(const std::string& host_list, unsigned vcpus);
-// cpuset.cpus and cpuset.mems writes for the guest cgroup, translated so.
-void translate_cpusets(std::vector<std::pair<std::string, std::string>>& writes, unsigned vcpus);
+// cpuset.cpus and cpuset.mems writes for the guest cgroup, translated so
+// (or dropped, for a guest kernel without cpusets: `guest_cpusets`).
+void translate_cpusets(std::vector<std::pair<std::string, std::string>>& writes, unsigned vcpus,
+                       bool guest_cpusets = true);
 // `nics`: the container netns's interfaces, nics[i] behind the tap named
 // taps[i] (the shim's pick; both lists the same length). A caller that
 // opened the taps itself sets Nic::fd, which a VMM that can uses instead

@@ -81,6 +81,7 @@ def test_ps_lists_guest_processes(husk, bundle):
                                                                           "2000;", "true"]
     children = sorted(r[7:] for r in rows.values() if r[2] == "1")  # parent: the init
     assert children == [["sleep", "1000"], ["sleep", "2000"]]
+    assert husk("ps", cid, "-ef", check=True).stdout.decode().splitlines()[0] == table[0]
     short = husk("ps", cid, "--", "-e", check=True).stdout.decode().splitlines()
     assert short[0].split() == ["PID", "TTY", "TIME", "CMD"] and sorted(l.split()[3] for l in short[1:]) == \
         ["sh", "sleep", "sleep"]

@@ -63,4 +63,7 @@ TEST_CASE("the agent reads /proc as ps does", "[ps]") {
     CHECK(agent::tty_name((4 << 8) | 1) == "tty1");
     CHECK(agent::tty_name((4 << 8) | 64) == "ttyS0");
     CHECK(agent::status_field("Name:\tsh\nUid:\t1000\t1000\t1000\t1000\n", "Uid") == "1000\t1000\t1000\t1000");
+    CHECK(agent::status_field("Name:\tsh\nUid:\t1000\n", "Name") == "sh");  // the first line too
+    CHECK(agent::status_field("Name:\tsh\n", "Nam").empty());
+    CHECK(agent::status_field("MemTotal:     1000 kB\n", "MemTotal") == "1000 kB");
 }

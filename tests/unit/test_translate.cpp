@@ -81,8 +81,11 @@ TEST_CASE("cpusets: host CPU lists, and the guest's own vCPU ids", "[translate]"
     CHECK(guest_cpuset("5", 1) == "0");
     CHECK(guest_cpuset("1", 3) == "0");      // a quota of 3 CPUs, one CPU to run on
     std::vector<std::pair<std::string, std::string>> w = {{"cpuset.cpus", "6-7"}, {"cpuset.mems", "1"}, {"cpu.max", "50000 100000"}};
+    auto uml = w;
     translate_cpusets(w, 2);
     CHECK(w == std::vector<std::pair<std::string, std::string>>{{"cpuset.cpus", "0-1"}, {"cpuset.mems", "0"}, {"cpu.max", "50000 100000"}});
+    translate_cpusets(uml, 1, false);  // a guest kernel without cpusets: the host pins, alone
+    CHECK(uml == std::vector<std::pair<std::string, std::string>>{{"cpu.max", "50000 100000"}});
 }
 
 TEST_CASE("OCI -> VmConfig -> QEMU argv (golden)", "[translate]") {
