@@ -123,7 +123,14 @@ struct Client {
     uint32_t proc = 0;         // exec session: its process index
     bool session = false;
     bool busy = false;         // a request of its is with the agent
+    // Replies not yet taken: written as the socket takes them, never with
+    // the loop waiting on a client that does not read.
+    std::string out;
+    bool closing = false;      // its last line is in `out`: drop it once written
 };
+
+// A client that lets this much of its replies pile up is gone for us.
+constexpr size_t kClientOutMax = 64u << 20;
 
 class Shim : public shim::SessionHost {
 public:
@@ -160,6 +167,8 @@ private:
     void reply(uint64_t cid, const json& r) override;
     void reply(uint64_t cid, bool ok, const std::string& err = "");
     void drop_client(uint64_t cid);
+    void send_line(uint64_t cid, const std::string& line, bool last);
+    void flush_client(uint64_t cid);
     void read_stdin(Proc& p);
     void write_out(Proc& p, int i);
     void close_drained(Proc& p);
@@ -559,8 +568,32 @@ void Shim::reply(uint64_t cid, const json& r) {
     auto it = clients_.find(cid);
     if (it == clients_.end()) return;
     it->second.busy = false;
-    (void)sys::write_all(it->second.fd.get(), r.dump() + "\n");
-    if (!it->second.session) drop_client(cid);
+    send_line(cid, r.dump() + "\n", !it->second.session);
+}
+
+// Queue a line for a client and write what its socket takes now; with
+// `last`, the client goes once everything is written.
+void Shim::send_line(uint64_t cid, const std::string& line, bool last) {
+    auto it = clients_.find(cid);
+    if (it == clients_.end()) return;
+    it->second.out += line;
+    it->second.closing = it->second.closing || last;
+    flush_client(cid);
+}
+
+void Shim::flush_client(uint64_t cid) {
+    auto it = clients_.find(cid);
+    if (it == clients_.end()) return;
+    auto& c = it->second;
+    while (!c.out.empty()) {
+        ssize_t w = ::send(c.fd.get(), c.out.data(), c.out.size(), MSG_DONTWAIT | MSG_NOSIGNAL);
+        if (w < 0 && errno == EINTR) continue;
+        if (w < 0 && errno == EAGAIN) break;
+        if (w <= 0) return drop_client(cid);  // gone: nobody to tell
+        c.out.erase(0, size_t(w));
+    }
+    if (c.out.size() > kClientOutMax) return drop_client(cid);
+    if (c.out.empty() && c.closing) drop_client(cid);
 }
 
 void Shim::reply(uint64_t cid, bool ok, const std::string& err) { reply(cid, status_reply(ok, err)); }
@@ -676,10 +709,7 @@ void Shim::retire_execs() {
         json ex = p.sig ? json{{"signal", *p.sig}} : json{{"code", p.code.value_or(255)}};
         uint64_t w = p.waiter;
         it = ses_.procs.erase(it);
-        if (auto c = clients_.find(w); c != clients_.end()) {
-            (void)sys::write_all(c->second.fd.get(), json{{"exit", ex}}.dump() + "\n");
-            clients_.erase(c);
-        }
+        send_line(w, json{{"exit", ex}}.dump() + "\n", true);
     }
 }
 
@@ -1046,7 +1076,10 @@ Result<void> Shim::loop() {
             for (int i = 1; i <= 2; ++i)
                 if (!pr.out[i].data.empty() && !pr.out[i].dead) add(pr.out[i].fd, POLLOUT, kOut, idx, i);
         }
-        for (auto& [cid, c] : clients_) add(c.fd.get(), POLLIN, kClient, cid);
+        // A closing client is only written to; one whose replies pile up
+        // is not read until it takes them.
+        for (auto& [cid, c] : clients_)
+            add(c.fd.get(), short((c.closing || !c.out.empty() ? 0 : POLLIN) | (c.out.empty() ? 0 : POLLOUT)), kClient, cid);
 
         int timeout = -1;
         if (ses_.phase == Phase::Booting) {
@@ -1131,7 +1164,12 @@ Result<void> Shim::loop() {
                     if (auto it = ses_.procs.find(uint32_t(t.id)); it != ses_.procs.end()) write_out(it->second, t.fd);
                     break;
                 case kClient:
-                    if (clients_.count(t.id)) on_client(t.id);
+                    if (clients_.count(t.id) && (p[i].revents & POLLOUT)) flush_client(t.id);
+                    if (clients_.count(t.id) && (p[i].revents & (POLLIN | POLLHUP | POLLERR)) && !clients_[t.id].closing &&
+                        clients_[t.id].out.empty())
+                        on_client(t.id);
+                    else if (clients_.count(t.id) && (p[i].revents & (POLLHUP | POLLERR)))
+                        drop_client(t.id);  // a peer that hung up takes nothing more
                     break;
             }
         }

@@ -6,6 +6,7 @@ import os
 import shutil
 import socket
 import subprocess
+import time
 
 import pytest
 
@@ -166,4 +167,38 @@ def test_a_malformed_request_on_shim_sock_is_refused_and_the_container_lives_on(
             reply = json.loads(s.makefile().readline())
         assert reply["ok"] is False, (req, reply)
         assert husk.state(cid)["status"] == "running"
+    husk("delete", "--force", cid, check=True)
+
+
+def test_a_client_that_does_not_read_its_reply_stalls_nothing(husk, bundle):
+    # ps of 200 processes with 4 KiB command lines is a reply of ~1 MiB,
+    # far more than a unix socket holds: the shim must go on serving
+    # everyone else (and the container's stdio) while this client sleeps.
+    cid = new_id()
+    pad = "x" * 4000
+    # (sh stays, its long argv in its command line; each has a sleep child)
+    script = f"for i in $(seq 200); do sh -c 'sleep 1000; true' {pad} & done; wait"
+    husk("run", "-d", "-b", bundle(["sh", "-c", script]), cid, check=True)
+    deadline = time.time() + 60
+    while len(json.loads(husk("ps", "--format", "json", cid, check=True).stdout)) < 401:
+        assert time.time() < deadline
+        time.sleep(0.5)
+    stuck = []
+    for _ in range(3):
+        s = socket.socket(socket.AF_UNIX)
+        s.connect(os.path.join(husk.root, cid, "shim.sock"))
+        s.sendall(b'{"op":"ps"}\n')
+        stuck.append(s)
+    try:
+        t0 = time.time()
+        r = husk("exec", cid, "echo", "served", timeout=30)
+        assert r.returncode == 0 and r.stdout == b"served\n", r.stderr
+        assert husk.state(cid)["status"] == "running" and time.time() - t0 < 30
+        # The stuck clients still get their whole replies once they read.
+        f = stuck[0].makefile("rb")
+        reply = json.loads(f.readline())
+        assert reply["ok"] and len(reply["result"]) == 401
+    finally:
+        for s in stuck:
+            s.close()
     husk("delete", "--force", cid, check=True)
