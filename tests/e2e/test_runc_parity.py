@@ -4,15 +4,14 @@ side by side, and the small contract points runc callers rely on."""
 import json
 import os
 import shutil
-import socket
 import subprocess
-import threading
 import time
 import uuid
 
 import pytest
 
 from conftest import HUSK, new_id, wait_for
+from test_terminal import ConsoleSocket
 
 RUNC = shutil.which("runc")
 
@@ -116,34 +115,6 @@ def test_exec_as_root_enters_a_cwd_only_the_container_user_may(husk, tmp_path, r
     husk("delete", "--force", cid, check=True)
 
 
-class ConsoleSocket:
-    def __init__(self, path):
-        self.path = str(path)
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.bind(self.path)
-        self.sock.listen(1)
-        self.master = None
-        self.thread = threading.Thread(target=self._accept, daemon=True)
-        self.thread.start()
-
-    def _accept(self):
-        conn, _ = self.sock.accept()
-        _, fds, _, _ = socket.recv_fds(conn, 4096, 1)
-        self.master = fds[0]
-        conn.close()
-
-    def read_until(self, text, timeout=60):
-        self.thread.join(timeout)
-        assert self.master is not None, "no pty master arrived"
-        seen, deadline = b"", time.time() + timeout
-        while text not in seen and time.time() < deadline:
-            try:
-                seen += os.read(self.master, 4096)
-            except OSError:
-                break
-        return seen
-
-
 def test_exec_tty_to_a_console_socket_in_the_foreground_and_pty_owner(husk, tmp_path, rootfs_template):
     b = spec_bundle(tmp_path, rootfs_template, HUSK, ["sleep", "1000"])
     cid = new_id()
@@ -152,14 +123,14 @@ def test_exec_tty_to_a_console_socket_in_the_foreground_and_pty_owner(husk, tmp_
     # process until it exits and exits with its status (runc does the same).
     cs = ConsoleSocket(tmp_path / "c.sock")
     p = subprocess.Popen(husk.cmd("exec", "-t", "--console-socket", cs.path, "--user", "1000:1000", cid,
-                                  "sh", "-c", "echo owner=$(stat -c %u $(tty)); exit 3"),
+                                  "sh", "-c", "echo owner=$(stat -c %u $(tty)).; exit 3"),
                          stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    seen = cs.read_until(b"owner=")
+    t = cs.receive()
+    # The terminal belongs to the process's user, as runc chowns it.
+    t.expect(b"owner=1000.")
     out, err = p.communicate(timeout=60)
     assert p.returncode == 3, err
-    # The terminal belongs to the process's user, as runc chowns it.
-    assert b"owner=1000" in seen + cs.read_until(b"\n", timeout=1), seen
-    os.close(cs.master)
+    os.close(t.fd)
     husk("delete", "--force", cid, check=True)
 
 
