@@ -268,6 +268,13 @@ Result<void> do_mount(int root, const json& m, unsigned long& dev_ro) {
         type = "cgroup2";
         source = "cgroup2";
     }
+    // runc: a tmpfs over a directory that was there takes its mode.
+    std::optional<mode_t> was_mode;
+    if (type == "tmpfs")
+        if (auto existing = openat2_in_root(root, dest, O_PATH); existing) {
+            struct stat st;
+            if (::fstat(existing->get(), &st) == 0 && S_ISDIR(st.st_mode)) was_mode = st.st_mode & 07777;
+        }
     auto target = TRY(make_mountpoint(root, dest, false));
     sys::Fd below;  // what the tmpfs is about to cover, still readable through this
     if (copyup && type == "tmpfs") below = TRY(sys::open(fd_path(target), O_RDONLY | O_DIRECTORY));
@@ -279,6 +286,10 @@ Result<void> do_mount(int root, const json& m, unsigned long& dev_ro) {
     if (below) {
         auto top = TRY(openat2_in_root(root, dest, O_RDONLY | O_DIRECTORY));
         TRY(copy_tree(below.get(), top.get()));
+    }
+    if (was_mode) {
+        auto top = TRY(openat2_in_root(root, dest, O_RDONLY | O_DIRECTORY));
+        if (::fchmod(top.get(), *was_mode) < 0) return fail_errno("chmod " + dest);
     }
     if (ro_later || mf.propagation) {
         auto mounted = TRY(openat2_in_root(root, dest, O_PATH));
@@ -698,13 +709,15 @@ void container_init(const json& params, int sync_fd, const Stdio& io) {
         auto r = sys::write_file(path, v);
         if (!r) die(sync_fd, "sysctl " + k + ": " + r.error().message);
     }
-    for (const auto& p : params.value("masked_paths", std::vector<std::string>{})) {
-        auto r = mask_path(p);
-        if (!r) die(sync_fd, "mask " + p + ": " + r.error().message);
-    }
+    // runc's order: read-only paths, then masks (a mask over a read-only
+    // path, such as a /proc/sys entry, stays a mask).
     for (const auto& p : params.value("readonly_paths", std::vector<std::string>{})) {
         auto r = readonly_path(p);
         if (!r) die(sync_fd, "readonly " + p + ": " + r.error().message);
+    }
+    for (const auto& p : params.value("masked_paths", std::vector<std::string>{})) {
+        auto r = mask_path(p);
+        if (!r) die(sync_fd, "mask " + p + ": " + r.error().message);
     }
     // createContainer hooks: in the container's namespaces, like runc's;
     // but the only filesystem a guest has is the container's, so their

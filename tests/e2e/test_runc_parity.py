@@ -205,3 +205,68 @@ def test_a_frozen_cgroup_is_refused_not_hung(husk, bundle):
                 f.write("THAWED")
             wait_for(lambda: open(os.path.join(d, "freezer.state")).read().strip() == "THAWED", "thaw", timeout=10)
             os.rmdir(d)
+
+
+def normalize_mounts(text, host_tmp):
+    """mountinfo as "point options fstype", less what a VM makes differ by
+    design: the rootfs's and a bind's filesystem (9p), the cgroup tree (always
+    v2 in the guest), and the masks and read-only paths of /proc files this
+    host's kernel does not have (runc skips them; the guest kernel has them)."""
+    out = []
+    for line in text.splitlines():
+        point, opts, fstype = line.split(" ")
+        if point.startswith("/sys/fs/cgroup"):
+            continue
+        if point.startswith("/proc/") and not os.path.exists(point):
+            continue
+        if point == "/" or point.startswith("/data"):
+            fstype = "-"
+        out.append(f"{point} {opts} {fstype}")
+    return out
+
+
+VARIANTS = {
+    "default": lambda c: None,
+    "user-cwd-umask": lambda c: (c["root"].update(readonly=False),
+                                 c["process"].update(user={"uid": 1000, "gid": 1000, "additionalGids": [10, 44],
+                                                           "umask": 0o027}, cwd="/tmp")),
+    "caps-without-nnp": lambda c: c["process"].update(noNewPrivileges=False, capabilities={
+        s: ["CAP_CHOWN", "CAP_NET_RAW", "CAP_SYS_ADMIN", "CAP_KILL"] for s in
+        ("bounding", "effective", "permitted", "inheritable", "ambient")}),
+    "rlimits-oom": lambda c: c["process"].update(oomScoreAdj=250, rlimits=[
+        {"type": "RLIMIT_NOFILE", "soft": 4096, "hard": 8192}, {"type": "RLIMIT_NPROC", "soft": 300, "hard": 400},
+        {"type": "RLIMIT_CORE", "soft": 0, "hard": 1024}]),
+}
+
+
+@pytest.mark.skipif(RUNC is None, reason="runc is not installed (scripts/deps installs it)")
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_spec_variants_look_the_same_under_runc_and_husk(husk, tmp_path, rootfs_template, variant):
+    data = tmp_path / "data"
+    data.mkdir()
+
+    def edit(c):
+        VARIANTS[variant](c)
+        # A tmpfs where the image has no directory gets its mode= option; one
+        # over a directory the image has takes that directory's mode (runc).
+        c["mounts"] += [{"destination": "/scratch", "type": "tmpfs", "source": "tmpfs",
+                         "options": ["nosuid", "nodev", "mode=1770", "size=1m"]},
+                        {"destination": "/root", "type": "tmpfs", "source": "tmpfs", "options": ["mode=1777"]},
+                        {"destination": "/data", "type": "bind", "source": str(data), "options": ["rbind", "ro"]}]
+    probe = ("grep -E '^(Cap|NoNewPrivs|Seccomp:|Groups)' /proc/self/status; id; umask; pwd; hostname; "
+             "grep -E 'open files|core file' /proc/self/limits; "
+             + ("grep 'Max processes' /proc/self/limits; " if variant == "rlimits-oom" else "")
+             + "cat /proc/self/oom_score_adj; stat -c '%a %U' /scratch /root; echo ---; "
+             "awk '{print $5, $6, $(NF-2)}' /proc/self/mountinfo")
+    b = spec_bundle(tmp_path, rootfs_template, RUNC, ["sh", "-c", probe], edit)
+    os.chmod(os.path.join(b, "rootfs", "root"), 0o710)
+    # Each runtime gets the bundle as it was (a mount point one of them
+    # makes would change what the other sees).
+    shutil.copytree(b, b + "-runc", symlinks=True)
+    r = husk("run", "-b", b, new_id())
+    assert r.returncode == 0, r.stderr
+    ref = run_under_runc(b + "-runc", tmp_path)
+    assert ref.returncode == 0, ref.stderr
+    mine, theirs = r.stdout.decode().split("---\n"), ref.stdout.decode().split("---\n")
+    assert mine[0] == theirs[0]
+    assert normalize_mounts(mine[1], tmp_path) == normalize_mounts(theirs[1], tmp_path)
