@@ -211,7 +211,17 @@ Result<pid_t> create_container(const Globals& g, const std::string& id, const Cr
     st.hooks = spec.raw.contains("hooks") ? spec.raw["hooks"] : nlohmann::json();
     if (auto dirs = host_cgroups(g, spec, id); !dirs) return cleanup(dirs.error());
     else st.cgroups = *dirs;
-    if (auto r = apply_host_limits(spec.resources, (vm_memory_mib(spec) + defaults::kVmmMemoryMiB) << 20, st.cgroups); !r)
+    // The VM's memory bound and cpuset from the start; its CPU time bound
+    // once it has booted (below): the boot is the runtime's cost, and under
+    // half a CPU a TCG boot took twice as long (5.3 s against 2.7 s).
+    nlohmann::json boot_res = spec.resources.is_object() ? spec.resources : nlohmann::json::object();
+    nlohmann::json run_res = nlohmann::json::object();
+    if (boot_res.contains("cpu") && boot_res["cpu"].is_object()) {
+        for (const char* k : {"shares", "quota", "period"})
+            if (boot_res["cpu"].contains(k)) run_res["cpu"][k] = boot_res["cpu"][k];
+        for (const char* k : {"shares", "quota", "period"}) boot_res["cpu"].erase(k);
+    }
+    if (auto r = apply_host_limits(boot_res, (vm_memory_mib(spec) + defaults::kVmmMemoryMiB) << 20, st.cgroups); !r)
         return cleanup(r.error());
     st.pid = getpid();  // until the shim takes over
     st.pid_start = sys::proc_start_time(getpid()).value_or(0);
@@ -246,7 +256,8 @@ Result<pid_t> create_container(const Globals& g, const std::string& id, const Cr
     if (ok && reply && reply->rfind("ok", 0) == 0) {
         // The VM is up and the container built, its process parked: the
         // pid file says "created".
-        if (!o.pid_file.empty()) ok = write_pid_file(o.pid_file, *pid);
+        ok = apply_host_limits(run_res, std::nullopt, st.cgroups);
+        if (ok && !o.pid_file.empty()) ok = write_pid_file(o.pid_file, *pid);
         if (ok) log::debug("create " + id + ": created, pid " + std::to_string(*pid));
         if (ok) return *pid;
     }
