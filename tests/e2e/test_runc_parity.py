@@ -207,17 +207,18 @@ def test_a_frozen_cgroup_is_refused_not_hung(husk, bundle):
             os.rmdir(d)
 
 
-def normalize_mounts(text, host_tmp):
+def normalize_mounts(text, both_have):
     """mountinfo as "point options fstype", less what a VM makes differ by
     design: the rootfs's and a bind's filesystem (9p), the cgroup tree (always
-    v2 in the guest), and the masks and read-only paths of /proc files this
-    host's kernel does not have (runc skips them; the guest kernel has them)."""
+    v2 in the guest), and the masks and read-only paths of files one of the
+    two kernels does not have (each runtime skips those; `both_have` are the
+    ones both kernels have)."""
     out = []
     for line in text.splitlines():
         point, opts, fstype = line.split(" ")
         if point.startswith("/sys/fs/cgroup"):
             continue
-        if point.startswith("/proc/") and not os.path.exists(point):
+        if point.startswith(("/proc/", "/sys/")) and point not in both_have:
             continue
         if point == "/" or point.startswith("/data"):
             fstype = "-"
@@ -247,6 +248,8 @@ def test_spec_variants_look_the_same_under_runc_and_husk(husk, tmp_path, rootfs_
 
     def edit(c):
         VARIANTS[variant](c)
+        # Which of the masked and read-only paths this kernel has.
+        c["process"]["env"].append("PROBE_PATHS=" + " ".join(c["linux"]["maskedPaths"] + c["linux"]["readonlyPaths"]))
         # A tmpfs where the image has no directory gets its mode= option; one
         # over a directory the image has takes that directory's mode (runc).
         c["mounts"] += [{"destination": "/scratch", "type": "tmpfs", "source": "tmpfs",
@@ -257,6 +260,7 @@ def test_spec_variants_look_the_same_under_runc_and_husk(husk, tmp_path, rootfs_
              "grep -E 'open files|core file' /proc/self/limits; "
              + ("grep 'Max processes' /proc/self/limits; " if variant == "rlimits-oom" else "")
              + "cat /proc/self/oom_score_adj; stat -c '%a %U' /scratch /root; echo ---; "
+             "for p in $PROBE_PATHS; do [ -e $p ] && echo $p; done; echo ---; "
              "awk '{print $5, $6, $(NF-2)}' /proc/self/mountinfo")
     b = spec_bundle(tmp_path, rootfs_template, RUNC, ["sh", "-c", probe], edit)
     os.chmod(os.path.join(b, "rootfs", "root"), 0o710)
@@ -269,4 +273,5 @@ def test_spec_variants_look_the_same_under_runc_and_husk(husk, tmp_path, rootfs_
     assert ref.returncode == 0, ref.stderr
     mine, theirs = r.stdout.decode().split("---\n"), ref.stdout.decode().split("---\n")
     assert mine[0] == theirs[0]
-    assert normalize_mounts(mine[1], tmp_path) == normalize_mounts(theirs[1], tmp_path)
+    both_have = set(mine[1].split()) & set(theirs[1].split())
+    assert normalize_mounts(mine[2], both_have) == normalize_mounts(theirs[2], both_have)
