@@ -277,7 +277,8 @@ struct Process {
 
 class Agent {
 public:
-    Agent(sys::Fd chan, sys::Fd own_pidns) : chan_(std::move(chan)), own_pidns_(std::move(own_pidns)) {}
+    Agent(sys::Fd chan, sys::Fd own_pidns, bool ack_reads)
+        : chan_(std::move(chan)), own_pidns_(std::move(own_pidns)), ack_reads_(ack_reads) {}
     Result<void> run();
 
 private:
@@ -314,6 +315,7 @@ private:
     proto::Outbox out_;  // frames for the shim
     std::map<uint32_t, Process> procs_;
     bool hello_done_ = false;
+    bool ack_reads_ = false;  // a tty channel: tell the shim what we read (proto::kChannelStream)
 };
 
 // clone() a child that runs `child(sync_fd, stdio)` with `flags`, and wait
@@ -659,6 +661,7 @@ Result<void> Agent::run() {
                     char buf[64 << 10];
                     ssize_t r = ::read(chan_.get(), buf, sizeof buf);
                     if (r > 0) {
+                        if (ack_reads_) send(proto::encode_credit(proto::kChannelStream, uint32_t(r)));
                         dec_.feed(buf, size_t(r));
                         for (;;) {
                             auto f = TRY(dec_.next());
@@ -748,7 +751,7 @@ int main() {
     say("channel open (" + (kind.empty() ? std::string("serial") : kind) + ")");
     auto pidns = sys::open("/proc/self/ns/pid", O_RDONLY);
     if (!pidns) fatal(pidns.error().message);
-    Agent a(std::move(*chan), std::move(*pidns));
+    Agent a(std::move(*chan), std::move(*pidns), kind.rfind("tty", 0) == 0);
     auto r = a.run();
     fatal(r ? "agent loop ended" : r.error().message);
 }

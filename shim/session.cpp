@@ -104,6 +104,12 @@ Result<void> Session::on_frame(const proto::Frame& f) {
         }
         case Type::Credit: {
             uint32_t c = TRY(proto::decode_credit(f));
+            if (f.stream == proto::kChannelStream) {
+                if (!channel_window || uint64_t(channel_credit) + c > channel_window)
+                    return fail("agent returned channel credit it was not given", EPROTO);
+                channel_credit += c;
+                return {};
+            }
             Proc* p = proc_of(f.stream);
             if (!p || proto::stream_fd(f.stream) != proto::Stdin) return {};
             if (uint64_t(p->stdin_credit) + c > stdin_window) return fail("agent returned too much credit", EPROTO);

@@ -6,6 +6,7 @@
 // stops the VM). Kept apart from shim.cpp so that the fuzzer
 // (tests/fuzz/fuzz_session.cpp) and the unit tests can drive it.
 #pragma once
+#include <algorithm>
 #include <chrono>
 #include <cstdint>
 #include <map>
@@ -123,6 +124,11 @@ public:
     std::map<uint32_t, Proc> procs;
     std::string out;  // frames for the agent, not yet written
     uint32_t stdin_window = proto::kInitialCredit;  // stdin bytes in flight per process
+    // Capabilities::channel_window: bytes of `out` the channel may take now
+    // (channel_credit), up to the window; 0: unbounded.
+    uint32_t channel_window = 0, channel_credit = 0;
+    // How much of `out` may be written now.
+    size_t writable() const { return channel_window ? std::min<size_t>(out.size(), channel_credit) : out.size(); }
     Clock::time_point exit_deadline;                  // init exited: execs get this long to report
 
 private:

@@ -474,6 +474,7 @@ Result<void> Shim::launch_vm() {
     host.vsock = caps.vsock && !caps.hybrid_vsock;
     host.hybrid_vsock = caps.hybrid_vsock;
     if (caps.stdin_window) ses_.stdin_window = ses_.procs[0].stdin_credit = caps.stdin_window;
+    ses_.channel_window = ses_.channel_credit = caps.channel_window;
     host.host_cpus = unsigned(sysconf(_SC_NPROCESSORS_ONLN));
     if (caps.max_vcpus) host.host_cpus = std::min(host.host_cpus, caps.max_vcpus);
     host.kernel = hv_->guest_kernel();
@@ -1069,7 +1070,7 @@ Result<void> Shim::loop() {
         if (agent_listen_) add(agent_listen_.get(), POLLIN, kAgentL);
         if (qmp_listen_) add(qmp_listen_.get(), POLLIN, kQmpL);
         if (ses_.phase >= Phase::Created) add(shim_listen_.get(), POLLIN, kShimL);
-        if (chan_) add(chan_.get(), short(POLLIN | (ses_.out.empty() ? 0 : POLLOUT)), kChan);
+        if (chan_) add(chan_.get(), short(POLLIN | (ses_.writable() ? POLLOUT : 0)), kChan);
         for (auto& [idx, pr] : ses_.procs) {
             bool reads = idx == 0 ? ses_.phase >= Phase::Created : pr.started;
             if (reads && pr.stdin_open && pr.stdin_credit > 0 && pr.in_fd >= 0) add(pr.in_fd, POLLIN, kStdin, idx);
@@ -1151,9 +1152,12 @@ Result<void> Shim::loop() {
                             finish(255, 0);
                         }
                     }
-                    if (chan_ && (p[i].revents & POLLOUT) && !ses_.out.empty()) {
-                        ssize_t w = ::write(chan_.get(), ses_.out.data(), ses_.out.size());
-                        if (w > 0) ses_.out.erase(0, size_t(w));
+                    if (chan_ && (p[i].revents & POLLOUT) && ses_.writable()) {
+                        ssize_t w = ::write(chan_.get(), ses_.out.data(), ses_.writable());
+                        if (w > 0) {
+                            ses_.out.erase(0, size_t(w));
+                            if (ses_.channel_window) ses_.channel_credit -= uint32_t(w);
+                        }
                     }
                     if (boot_images_held_ && ses_.out.empty()) release_boot_images();
                     break;

@@ -52,6 +52,9 @@ Capabilities UmlHypervisor::capabilities() const {
     // unthrottle: input stops for good. A window well under 4 KiB keeps
     // the tty from ever throttling.
     c.stdin_window = 2048;
+    // The same for everything the shim sends: a create request over 4 KiB
+    // (a long command line, a seccomp profile) stalled the line the same way.
+    c.channel_window = 2048;
     c.max_vcpus = 1;  // Debian's UML is built with NR_CPUS=1,
     c.guest_cpusets = false;  // and without CONFIG_CPUSETS
     return c;

@@ -80,6 +80,9 @@ struct Capabilities {
     // The VMM takes each tap as an open fd (Nic::fd). Else it opens the
     // tap by name, so the caller makes it persistent and deletes it.
     bool nic_fd = false;
+    // At most this many bytes of anything (requests included) unread in the
+    // guest's channel (0: no bound): the agent acknowledges what it reads.
+    uint32_t channel_window = 0;
     // The most vCPUs its guests can have (0: as many as the host has).
     unsigned max_vcpus = 0;
     // Its guest kernel has the cpuset controller (else a cpuset is kept

@@ -32,6 +32,11 @@ constexpr uint32_t kMaxPayload = 1u << 20;     // control frames (spec JSON fits
 constexpr uint32_t kMaxDataPayload = 32u << 10; // one DATA frame
 constexpr uint32_t kInitialCredit = 1u << 20;    // per stream, each direction
 constexpr uint32_t kAgentVsockPort = 1024;
+// CREDIT on this stream returns channel bytes: an agent whose channel is a
+// tty (UML's console line) says how much it has read, and the shim keeps
+// no more than its window unread in the guest. Past 4 KiB unread, UML's
+// line driver stops taking input for good.
+constexpr uint32_t kChannelStream = 0xffffffffu;
 constexpr const char* kSerialPortName = "husk.agent";
 
 enum class Type : uint8_t {

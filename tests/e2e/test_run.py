@@ -23,6 +23,15 @@ def test_exit_zero(husk, bundle):
     assert r.returncode == 0, r.stderr
 
 
+def test_a_create_request_of_many_kilobytes_gets_through(husk, bundle):
+    # A long command line (or a big seccomp profile) makes a create request
+    # larger than a tty's 4 KiB buffer: UML's console-line channel stalled
+    # on it until the agent acknowledged what it read (channel_window).
+    pad = "x" * 20000
+    r = husk("run", "-b", bundle(["sh", "-c", 'echo ${#0}', pad]), new_id(), timeout=120)
+    assert r.returncode == 0 and r.stdout == b"20000\n", r.stderr
+
+
 def test_stdin_stdout_stderr_are_separate_and_eof_propagates(husk, bundle):
     b = bundle(["sh", "-c", "cat; echo to-stderr >&2; echo after-eof"])
     r = husk("run", "-b", b, new_id(), input=b"line one\nline two\n")

@@ -134,3 +134,27 @@ TEST_CASE("session: a refused create reaches the shim; a forgotten client gets n
     CHECK(h2.replies == std::vector<std::pair<uint64_t, json>>{{10, {{"ok", true}}}});
     CHECK(s2.in_flight() == 1);  // the ps is still the guest's to answer
 }
+
+TEST_CASE("session: a windowed channel takes only what the agent said it read", "[session]") {
+    Host h;
+    shim::Session s(h);
+    s.channel_window = s.channel_credit = 2048;
+    created(s);  // HELLO and the create request are queued
+    s.send(std::string(5000, 'x'));
+    CHECK(s.writable() == 2048);
+    s.out.erase(0, 2048);  // the shim wrote that much
+    s.channel_credit = 0;
+    CHECK(s.writable() == 0);
+    REQUIRE(feed(s, proto::encode_credit(proto::kChannelStream, 1000)));
+    CHECK(s.writable() == 1000);
+    // More than was ever given: a lying guest.
+    CHECK_FALSE(feed(s, proto::encode_credit(proto::kChannelStream, 2000)));
+}
+
+TEST_CASE("session: channel credit where no window was set is a protocol error", "[session]") {
+    Host h;
+    shim::Session s(h);
+    created(s);
+    CHECK(s.writable() == s.out.size());
+    CHECK_FALSE(feed(s, proto::encode_credit(proto::kChannelStream, 1)));
+}
