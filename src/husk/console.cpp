@@ -68,11 +68,11 @@ private:
     bool active_ = false;
 };
 
+}  // namespace
+
 void copy_winsize(int from, int to) {
     if (auto ws = sys::window_size(from)) ::ioctl(to, TIOCSWINSZ, &*ws);
 }
-
-}  // namespace
 
 Result<int> relay_terminal(int master, pid_t child) {
     sigset_t set = forwarded_signals(), old;

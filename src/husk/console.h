@@ -37,5 +37,8 @@ private:
 // SIGWINCH. Signals husk would forward (TERM, INT, HUP, ...) go to the
 // child. Returns the child's wait status.
 Result<int> relay_terminal(int master, pid_t child);
+// The window size of the terminal `from` onto the pty master `to` (if
+// `from` is a terminal).
+void copy_winsize(int from, int to);
 
 }  // namespace husk

@@ -436,6 +436,9 @@ Result<int> run_container(const Globals& g, const std::string& id, const CreateO
     if (console) {
         auto m = console->receive(10000);
         if (m) master = std::move(*m);
+        // Our size before start: the shim gives the guest the pty's size
+        // as `start` goes out, and the program may look at once.
+        if (master) copy_winsize(0, master.get());
     }
     auto started = console && !master ? tl::unexpected(Error{EIO, "no terminal from the shim"}) : start_container(g, id);
     if (!started) {
