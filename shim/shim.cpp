@@ -79,6 +79,14 @@ bool prepare_out(shim::OutBuf& o) {
     return true;
 }
 
+// A CPU list ("0-1,3") as sched_setaffinity takes it.
+Result<cpu_set_t> cpu_set_of(const std::string& list) {
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    for (unsigned c : TRY(parse_cpu_list(list))) CPU_SET(c, &set);
+    return set;
+}
+
 struct Args {
     std::string root, id, bundle, console_socket;
     int sync_fd = -1;
@@ -497,9 +505,7 @@ Result<void> Shim::launch_vm() {
     // The cpuset on the host side: the VMM (vCPUs and all) runs only on
     // the spec's CPUs, and the guest's cgroup names its own vCPUs.
     if (!spec_.cpuset_cpus.empty()) {
-        cpu_set_t set;
-        CPU_ZERO(&set);
-        for (unsigned c : TRY(parse_cpu_list(spec_.cpuset_cpus))) CPU_SET(c, &set);
+        cpu_set_t set = TRY(cpu_set_of(spec_.cpuset_cpus));
         if (::sched_setaffinity(0, sizeof set, &set) < 0)
             return fail_errno("linux.resources.cpu.cpus \"" + spec_.cpuset_cpus + "\": cannot run on those host CPUs");
     }
@@ -875,9 +881,7 @@ std::optional<json> Shim::guest_update_files(const json& files) {
 // Every thread of the VMM's process tree (its jail's reaper, the VMM) on
 // the host CPUs of `list`.
 Result<void> Shim::pin_vmm(const std::string& list) {
-    cpu_set_t set;
-    CPU_ZERO(&set);
-    for (unsigned c : TRY(parse_cpu_list(list))) CPU_SET(c, &set);
+    cpu_set_t set = TRY(cpu_set_of(list));
     std::vector<pid_t> todo = {vm_->pid()};
     while (!todo.empty()) {
         pid_t p = todo.back();

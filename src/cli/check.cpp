@@ -7,7 +7,6 @@
 #include <iostream>
 
 #include "cli/commands.h"
-#include "husk/config.h"
 #include "husk/hypervisor.h"
 #include "husk/paths.h"
 #include "sys/sys.h"
@@ -84,12 +83,9 @@ void setup_check(CLI::App& sub, Globals& g, Handler& run) {
     sub.add_option("-f,--format", *format, "table or json")->check(CLI::IsMember({"table", "json"}));
     sub.callback([&g, &run, format] {
         run = [&g, format] {
-            std::string chosen = g.hypervisor;
-            if (chosen.empty()) {
-                auto c = load_config();
-                if (!c) return report("check", "", c.error());
-                chosen = c->hypervisor.empty() ? hypervisor_names().front() : c->hypervisor;
-            }
+            auto driver = container_hypervisor(g);
+            if (!driver) return report("check", "", driver.error());
+            std::string chosen = *driver;
             auto checks = run_checks(chosen);
             bool ok = true;
             for (const auto& c : checks)

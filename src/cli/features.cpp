@@ -5,7 +5,6 @@
 #include <iostream>
 
 #include "cli/commands.h"
-#include "husk/config.h"
 #include "husk/hypervisor.h"
 #include "husk/version.h"
 
@@ -17,11 +16,9 @@ void setup_features(CLI::App& sub, Globals& g, Handler& run) {
         run = [&g] {
             // The driver new containers get (--hypervisor, HUSK_HYPERVISOR,
             // the config file), as `husk check` reports it.
-            std::string chosen = g.hypervisor;
-            if (chosen.empty())
-                if (auto c = load_config(); c) chosen = c->hypervisor;
-            auto hv = make_hypervisor(chosen.empty() ? hypervisor_names().front() : chosen);
-            if (!hv) return report("features", "", Error{EINVAL, "unknown hypervisor " + chosen});
+            auto chosen = container_hypervisor(g);
+            if (!chosen) return report("features", "", chosen.error());
+            auto hv = make_hypervisor(*chosen);
             nlohmann::json cap_names = nlohmann::json::array();
             for (int c = 0; c <= CAP_LAST_CAP; ++c)
                 if (const char* n = capng_capability_to_name(capng_type_t(c))) {

@@ -26,6 +26,12 @@ const json& section(const json& res, const char* name) {
 
 std::string max_or(int64_t v) { return v < 0 ? "max" : std::to_string(v); }
 
+// runc's mapping of [2, 262144] cpu shares onto [1, 10000] cgroup v2 weight.
+std::string shares_to_weight(uint64_t shares) {
+    shares = std::clamp<uint64_t>(shares, 2, 262144);
+    return std::to_string(1 + ((shares - 2) * 9999) / 262142);
+}
+
 }  // namespace
 
 Result<CgroupFiles> guest_cgroup_files(const json& res, const std::string& at) {
@@ -38,11 +44,7 @@ Result<CgroupFiles> guest_cgroup_files(const json& res, const std::string& at) {
     const json& cpu = section(res, "cpu");
     if (cpu.contains("cpus")) put("cpuset.cpus", cpu["cpus"].get<std::string>());
     if (cpu.contains("mems")) put("cpuset.mems", cpu["mems"].get<std::string>());
-    if (uint64_t shares = cpu.value("shares", uint64_t(0)); shares != 0) {
-        // runc's mapping of [2, 262144] shares onto [1, 10000] weight.
-        shares = std::clamp<uint64_t>(shares, 2, 262144);
-        put("cpu.weight", std::to_string(1 + ((shares - 2) * 9999) / 262142));
-    }
+    if (uint64_t shares = cpu.value("shares", uint64_t(0)); shares != 0) put("cpu.weight", shares_to_weight(shares));
     if (cpu.contains("quota") || cpu.contains("period")) {
         int64_t quota = cpu.value("quota", int64_t(0));
         uint64_t period = cpu.value("period", uint64_t(0));
@@ -372,7 +374,7 @@ std::vector<std::pair<std::string, std::string>> host_cgroup_limits(const json& 
                 put("cpu.cfs_quota_us", q > 0 ? std::to_string(q) : "-1");
             }
         } else if (v2 && has(d + "/cpu.max")) {
-            if (shares) put("cpu.weight", std::to_string(1 + ((std::clamp<uint64_t>(shares, 2, 262144) - 2) * 9999) / 262142));
+            if (shares) put("cpu.weight", shares_to_weight(shares));
             if (quota) put("cpu.max", (q > 0 ? std::to_string(q) : std::string("max")) + " " + std::to_string(period));
         }
         if (has(d + "/cpuset.cpus")) {

@@ -166,6 +166,12 @@ static Result<void> apply_host_limits(const nlohmann::json& resources, std::opti
     return {};
 }
 
+Result<std::string> container_hypervisor(const Globals& g, const std::map<std::string, std::string>& annotations) {
+    std::string global = g.hypervisor, origin = "--hypervisor";
+    if (global.empty()) global = TRY(load_config()).hypervisor, origin = config_path();
+    return choose_hypervisor(annotations, global, origin);
+}
+
 Result<pid_t> create_container(const Globals& g, const std::string& id, const CreateOptions& o) {
     TRY(validate_id(id));
     std::string bundle = TRY_CTX(sys::realpath(o.bundle.empty() ? "." : o.bundle), "bundle");
@@ -178,9 +184,7 @@ Result<pid_t> create_container(const Globals& g, const std::string& id, const Cr
     TRY_CTX(check_host_cpus(spec.cpuset_cpus), "config.json: linux.resources.cpu.cpus");
     std::string rootfs = rootfs_path(bundle, spec);
     if (!sys::is_dir(rootfs)) return fail("rootfs " + rootfs + " does not exist", ENOENT);
-    std::string global = g.hypervisor, origin = "--hypervisor";
-    if (global.empty()) global = TRY(load_config()).hypervisor, origin = config_path();
-    std::string hypervisor = TRY(choose_hypervisor(spec.annotations, global, origin));
+    std::string hypervisor = TRY(container_hypervisor(g, spec.annotations));
     if (auto why = make_hypervisor(hypervisor)->unavailable(); !why.empty())
         return fail("hypervisor " + hypervisor + ": " + why, ENOENT);
 

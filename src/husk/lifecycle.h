@@ -41,6 +41,10 @@ struct ExecOptions {
     bool ignore_paused = false;
 };
 
+// The driver a new container gets: its annotation, else --hypervisor (or
+// HUSK_HYPERVISOR), else the config file's, else the default.
+Result<std::string> container_hypervisor(const Globals& g, const std::map<std::string, std::string>& annotations = {});
+
 // Fork the shim and return once the container is created (or failed,
 // leaving nothing behind). Returns the shim's pid, which is our child.
 Result<pid_t> create_container(const Globals& g, const std::string& id, const CreateOptions& o);
