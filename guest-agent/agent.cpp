@@ -263,6 +263,7 @@ struct Stream {
 };
 
 struct Process {
+    std::string container;  // the id of the container it belongs to
     pid_t pid = -1;
     sys::Fd sync;
     sys::Fd tty;  // pty master, if the process has a terminal
@@ -273,6 +274,16 @@ struct Process {
     bool stdin_close = false;
     std::optional<int> status;
     bool exit_sent = false;
+};
+
+// One container of the sandbox: the first (its init is process 0) or one
+// that joined it. Its processes are in procs_, tagged with its id.
+struct Container {
+    uint32_t init = 0;  // process index of its init
+    nlohmann::json seccomp;  // execs get the container's profile too
+    bool userns = false;
+    std::string cgroup_dir;  // "" without a cgroup
+    sys::Fd cgroup;  // every process of it is born there
 };
 
 class Agent {
@@ -300,17 +311,20 @@ private:
     Result<json> do_ps(const json& params);
     Result<json> do_update(const json& params);
     Result<json> do_stats(const json& params);
+    Result<json> do_remove(const json& params);
+    Result<json> do_freeze(const json& params);
+    Result<Container*> container_of(const json& params);
+    Result<pid_t> running_init(const Container& c);
+    std::vector<pid_t> pids_of(const Container& c);
     Result<Process> spawn(const json& proc, int flags, const std::function<void(int, const agent::Stdio&)>& child,
-                          const json& userns = json());
+                          const json& userns = json(), int cgroup = -1);
     void reap();
     void read_output(uint32_t idx, int fd, bool exited);
     void maybe_send_exit(uint32_t idx);
 
     sys::Fd chan_;
     sys::Fd own_pidns_;
-    json seccomp_;
-    bool userns_ = false;
-    sys::Fd cgroup_;  // the container's cgroup: every process of it is born there
+    std::map<std::string, Container> containers_;
     proto::Decoder dec_;
     proto::Outbox out_;  // frames for the shim
     std::map<uint32_t, Process> procs_;
@@ -322,7 +336,7 @@ private:
 // for its "R" (or "E<message>"). A started process's output waits in its
 // pipes until the shim is told it exists.
 Result<Process> Agent::spawn(const json& proc, int flags, const std::function<void(int, const agent::Stdio&)>& child,
-                             const json& userns) {
+                             const json& userns, int cgroup) {
     bool tty = proc.value("terminal", false);
     auto [in_r, in_w] = TRY(sys::pipe(O_CLOEXEC));
     auto [out_r, out_w] = TRY(sys::pipe(O_CLOEXEC));
@@ -335,9 +349,9 @@ Result<Process> Agent::spawn(const json& proc, int flags, const std::function<vo
     } args{};
     args.flags = uint64_t(flags);
     args.exit_signal = SIGCHLD;
-    if (cgroup_) {
+    if (cgroup >= 0) {
         args.flags |= 0x200000000ULL;  // CLONE_INTO_CGROUP
-        args.cgroup = uint64_t(cgroup_.get());
+        args.cgroup = uint64_t(cgroup);
     }
     pid_t pid = pid_t(::syscall(SYS_clone3, &args, sizeof args));
     if (pid < 0) return fail_errno("clone3");
@@ -396,10 +410,40 @@ Result<Process> Agent::spawn(const json& proc, int flags, const std::function<vo
     return p;
 }
 
+// The container a request names ("container"; the first one's when absent).
+Result<Container*> Agent::container_of(const json& params) {
+    std::string id = params.value("container", "");
+    if (id.empty() && !containers_.empty()) {
+        for (auto& [cid, c] : containers_)
+            if (c.init == 0) return &c;
+    }
+    auto it = containers_.find(id);
+    if (it == containers_.end()) return fail("no container " + id + " in this sandbox", ESRCH);
+    return &it->second;
+}
+
+// The pid of a container's init while it runs.
+Result<pid_t> Agent::running_init(const Container& c) {
+    auto it = procs_.find(c.init);
+    if (it == procs_.end() || it->second.status) return fail("container is not running", ESRCH);
+    return it->second.pid;
+}
+
+std::vector<pid_t> Agent::pids_of(const Container& c) {
+    auto init = running_init(c);
+    if (!init) return {};
+    std::string group = c.cgroup_dir.empty() ? "" : c.cgroup_dir.substr(std::strlen(agent::kCgroupRoot));
+    return agent::container_pids(*init, group);
+}
+
+// A container: the sandbox's first (process 0, with the VM's network), or
+// one that joins it ("process_index" its init's, and "join": the
+// namespaces it shares, each that of another container's init).
 Result<json> Agent::do_create(const json& params) {
-    if (procs_.count(0)) return fail("container already created", EEXIST);
-    seccomp_ = params.value("seccomp", json());  // execs get the container's profile too
-    userns_ = params.contains("userns");
+    std::string id = params.value("container", "");
+    uint32_t idx = params.value("process_index", 0u);
+    if (containers_.count(id) || procs_.count(idx)) return fail("container " + id + " already created", EEXIST);
+    if ((idx == 0) != containers_.empty()) return fail("process index " + std::to_string(idx) + " is not this container's", EINVAL);
     // The NICs first: createContainer hooks and the workload see the
     // network the container's netns had on the host.
     if (params.contains("network")) {
@@ -407,32 +451,96 @@ Result<json> Agent::do_create(const json& params) {
         TRY_CTX(sys::configure_interfaces(ifs, kNicTimeoutMs), "network");
         say("network configured: " + std::to_string(ifs.size()) + " interface(s)");
     }
-    if (params.contains("cgroup") && !cgroup_)
-        cgroup_ = TRY(agent::create_container_cgroup(params["cgroup"].value("files", json::array()),
-                                                    params["cgroup"].value("devices", json())));
-    auto p = TRY(spawn(params.at("process"), agent::clone_flags(params),
-                       [&](int sync, const agent::Stdio& io) { agent::container_init(params, sync, io); },
-                       params.value("userns", json())));
-    pid_t pid = p.pid;
-    procs_[0] = std::move(p);
-    say("container created, pid " + std::to_string(pid));
+    // The namespaces it shares: opened now, entered by the child (the pid
+    // one by us, for the child to be born in it).
+    static const std::map<std::string, int> kJoinable = {
+        {"ipc", CLONE_NEWIPC}, {"uts", CLONE_NEWUTS}, {"cgroup", CLONE_NEWCGROUP}, {"pid", CLONE_NEWPID}};
+    std::vector<std::pair<sys::Fd, int>> joins;
+    sys::Fd join_pid;
+    const json join = params.value("join", json::object());
+    for (const auto& [type, target] : join.items()) {
+        auto k = kJoinable.find(type);
+        if (k == kJoinable.end()) return fail("cannot join a " + type + " namespace", EINVAL);
+        auto t = containers_.find(target.get<std::string>());
+        if (t == containers_.end()) return fail("no container " + target.get<std::string>() + " to share a " + type + " namespace with", ESRCH);
+        pid_t tp = TRY_CTX(running_init(t->second), "container " + t->first);
+        auto fd = TRY(sys::open("/proc/" + std::to_string(tp) + "/ns/" + type, O_RDONLY));
+        if (k->second == CLONE_NEWPID) join_pid = std::move(fd);
+        else joins.emplace_back(std::move(fd), k->second);
+    }
+    Container c;
+    c.init = idx;
+    c.seccomp = params.value("seccomp", json());
+    c.userns = params.contains("userns");
+    if (params.contains("cgroup")) {
+        c.cgroup_dir = agent::container_cgroup_dir(idx);
+        c.cgroup = TRY(agent::create_container_cgroup(c.cgroup_dir, params["cgroup"].value("files", json::array()),
+                                                      params["cgroup"].value("devices", json())));
+    }
+    std::vector<std::pair<int, int>> join_fds;
+    for (auto& [fd, flag] : joins) join_fds.emplace_back(fd.get(), flag);
+    if (join_pid && ::setns(join_pid.get(), CLONE_NEWPID) < 0) return fail_errno("join the pid namespace");
+    auto p = spawn(params.at("process"), agent::clone_flags(params),
+                   [&](int sync, const agent::Stdio& io) { agent::container_init(params, join_fds, sync, io); },
+                   params.value("userns", json()), c.cgroup ? c.cgroup.get() : -1);
+    if (join_pid && ::setns(own_pidns_.get(), CLONE_NEWPID) < 0) fatal(std::string("setns back to own pid ns: ") + strerror(errno));
+    if (!p) {
+        if (c.cgroup) agent::remove_container_cgroup(c.cgroup_dir);
+        return tl::unexpected(p.error());
+    }
+    pid_t pid = p->pid;
+    p->container = id;
+    procs_[idx] = std::move(*p);
+    containers_[id] = std::move(c);
+    say("container " + id + " created, pid " + std::to_string(pid));
     return json{{"pid", pid}};
+}
+
+// A container that joined the sandbox is gone: its processes, its group.
+Result<json> Agent::do_remove(const json& params) {
+    Container* c = TRY(container_of(params));
+    if (c->init == 0) return fail("the sandbox's first container goes with the VM", EINVAL);
+    for (pid_t q : pids_of(*c)) ::kill(q, SIGKILL);
+    for (auto& [idx, p] : procs_)
+        if (p.container == params.value("container", "") && !p.status) ::kill(p.pid, SIGKILL);
+    if (!c->cgroup_dir.empty()) {
+        c->cgroup.reset();
+        agent::remove_container_cgroup(c->cgroup_dir);
+    }
+    containers_.erase(params.value("container", ""));
+    return json::object();
+}
+
+// A pod member's pause: its group frozen, the rest of the VM running.
+Result<json> Agent::do_freeze(const json& params) {
+    Container* c = TRY(container_of(params));
+    if (c->cgroup_dir.empty()) return fail("container has no cgroup to freeze", ENOENT);
+    bool on = params.value("frozen", false);
+    TRY(agent::write_cgroup_files(c->cgroup_dir, json::array({json::array({"cgroup.freeze", on ? "1" : "0"})})));
+    // Done once the kernel says so (every task stopped, or running again).
+    for (int i = 0; i < 500; ++i) {
+        auto ev = sys::read_file(c->cgroup_dir + "/cgroup.events").value_or("");
+        if (ev.find(on ? "frozen 1" : "frozen 0") != std::string::npos) return json::object();
+        ::usleep(2000);
+    }
+    return fail(on ? "the container's cgroup did not freeze" : "the container's cgroup did not thaw", ETIMEDOUT);
 }
 
 Result<json> Agent::do_exec(const json& params) {
     uint32_t idx = params.at("process_index").get<uint32_t>();
     if (idx == 0 || procs_.count(idx)) return fail("process index " + std::to_string(idx) + " in use", EEXIST);
-    auto init = procs_.find(0);
-    if (init == procs_.end() || init->second.status) return fail("container is not running", ESRCH);
-    pid_t init_pid = init->second.pid;
+    Container* c = TRY(container_of(params));
+    pid_t init_pid = TRY(running_init(*c));
+    std::string cid = procs_[c->init].container;
     // Children of ours are born in the container's pid namespace; the
     // agent itself stays where it is and switches back right after.
     auto pidns = TRY(sys::open("/proc/" + std::to_string(init_pid) + "/ns/pid", O_RDONLY));
     if (::setns(pidns.get(), CLONE_NEWPID) < 0) return fail_errno("setns pid");
     json xp = params;
-    xp["seccomp"] = seccomp_;
-    xp["userns"] = userns_;
-    auto p = spawn(params.at("process"), 0, [&](int sync, const agent::Stdio& io) { agent::exec_init(xp, init_pid, sync, io); });
+    xp["seccomp"] = c->seccomp;
+    xp["userns"] = c->userns;
+    auto p = spawn(params.at("process"), 0, [&](int sync, const agent::Stdio& io) { agent::exec_init(xp, init_pid, sync, io); },
+                   json(), c->cgroup ? c->cgroup.get() : -1);
     if (::setns(own_pidns_.get(), CLONE_NEWPID) < 0) fatal(std::string("setns back to own pid ns: ") + strerror(errno));
     if (!p) return tl::unexpected(p.error());
     // No start step for exec: go.
@@ -442,27 +550,30 @@ Result<json> Agent::do_exec(const json& params) {
         ::waitpid(pid, nullptr, 0);
         return tl::unexpected(r.error());
     }
+    p->container = cid;
     procs_[idx] = std::move(*p);
     say("exec " + std::to_string(idx) + " started, pid " + std::to_string(pid));
     return json{{"pid", pid}};
 }
 
-// Every process in the init's pid namespace, as `husk ps` shows them.
-Result<json> Agent::do_ps(const json&) {
-    auto init = procs_.find(0);
-    if (init == procs_.end() || init->second.status) return fail("container is not running", ESRCH);
-    return agent::ps_processes(init->second.pid);
+// The container's processes, as `husk ps` shows them.
+Result<json> Agent::do_ps(const json& params) {
+    Container* c = TRY(container_of(params));
+    pid_t init = TRY(running_init(*c));
+    return agent::ps_processes(init, pids_of(*c));
 }
 
 Result<json> Agent::do_update(const json& params) {
-    if (!cgroup_) return fail("container has no cgroup", ENOENT);
-    TRY(agent::write_cgroup_files(params.value("files", json::array())));
+    Container* c = TRY(container_of(params));
+    if (c->cgroup_dir.empty()) return fail("container has no cgroup", ENOENT);
+    TRY(agent::write_cgroup_files(c->cgroup_dir, params.value("files", json::array())));
     return json::object();
 }
 
 Result<json> Agent::do_stats(const json& params) {
-    if (!cgroup_) return fail("container has no cgroup", ENOENT);
-    return agent::read_cgroup_files(params.value("files", std::vector<std::string>{}));
+    Container* c = TRY(container_of(params));
+    if (c->cgroup_dir.empty()) return fail("container has no cgroup", ENOENT);
+    return agent::read_cgroup_files(c->cgroup_dir, params.value("files", std::vector<std::string>{}));
 }
 
 Result<json> Agent::do_resize(const json& params) {
@@ -504,8 +615,9 @@ Result<json> Agent::do_kill(const json& params) {
     if (it == procs_.end() || it->second.status) return fail("container not running", ESRCH);
     pid_t pid = it->second.pid;
     if (params.value("all", false))
-        for (pid_t q : agent::pids_in_ns_of(pid))
-            if (q != pid) ::kill(q, sig);  // the init last, below, so its failure is reported
+        if (auto c = containers_.find(it->second.container); c != containers_.end())
+            for (pid_t q : pids_of(c->second))
+                if (q != pid) ::kill(q, sig);  // the init last, below, so its failure is reported
     if (::kill(pid, sig) < 0) return fail_errno("kill");
     return json::object();
 }
@@ -524,6 +636,8 @@ void Agent::on_request(const json& req) {
         else if (method == "ps") r = do_ps(params);
         else if (method == "update") r = do_update(params);
         else if (method == "stats") r = do_stats(params);
+        else if (method == "remove") r = do_remove(params);
+        else if (method == "freeze") r = do_freeze(params);
     } catch (const json::exception& e) {
         r = fail(std::string("bad request: ") + e.what(), EINVAL);
     }
@@ -703,14 +817,17 @@ Result<void> Agent::run() {
                 }
             }
         }
-        // The container ends with its init, as a pid namespace does (and
+        // A container ends with its init, as a pid namespace does (and
         // without one, as `runc delete` would make it): no exec outlives it.
-        if (auto init = procs_.find(0); init != procs_.end() && init->second.status)
+        for (auto& [cid, c] : containers_) {
+            auto init = procs_.find(c.init);
+            if (init != procs_.end() && !init->second.status) continue;
             for (auto& [idx, p] : procs_)
-                if (idx != 0 && !p.status && !p.killed) {
+                if (idx != c.init && p.container == cid && !p.status && !p.killed) {
                     ::kill(p.pid, SIGKILL);
                     p.killed = true;
                 }
+        }
         for (auto it = procs_.begin(); it != procs_.end();)
             it = it->first != 0 && it->second.exit_sent ? procs_.erase(it) : std::next(it);
         for (auto& [idx, p] : procs_) {

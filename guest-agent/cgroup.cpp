@@ -27,17 +27,21 @@ Result<void> init_cgroups() {
     return {};
 }
 
-static Result<std::string> file_path(const json& name) {
+static Result<std::string> file_path(const std::string& dir, const json& name) {
     if (!name.is_string()) return fail("cgroup file name must be a string", EINVAL);
     std::string n = name.get<std::string>();
     if (n.empty() || n.find('/') != std::string::npos || n[0] == '.') return fail("bad cgroup file name " + n, EINVAL);
-    return std::string(kContainerCgroup) + "/" + n;
+    return dir + "/" + n;
 }
 
-Result<void> write_cgroup_files(const json& files) {
+std::string container_cgroup_dir(uint32_t init) {
+    return init == 0 ? std::string(kContainerCgroup) : std::string(kContainerCgroup) + "-" + std::to_string(init);
+}
+
+Result<void> write_cgroup_files(const std::string& dir, const json& files) {
     for (const auto& f : files) {
         if (!f.is_array() || f.size() != 2 || !f[1].is_string()) return fail("bad cgroup write", EINVAL);
-        std::string path = TRY(file_path(f[0]));
+        std::string path = TRY(file_path(dir, f[0]));
         if (auto r = sys::write_file(path, f[1].get<std::string>()); !r) {
             std::string why = r.error().code == ENOENT ? "not supported by the guest kernel" : std::strerror(r.error().code);
             return fail("cgroup " + f[0].get<std::string>() + " = " + f[1].get<std::string>() + ": " + why, r.error().code);
@@ -46,10 +50,10 @@ Result<void> write_cgroup_files(const json& files) {
     return {};
 }
 
-json read_cgroup_files(const std::vector<std::string>& names) {
+json read_cgroup_files(const std::string& dir, const std::vector<std::string>& names) {
     json out = json::object();
     for (const auto& n : names) {
-        auto path = file_path(n);
+        auto path = file_path(dir, n);
         if (!path) continue;
         if (auto t = sys::read_file(*path, 1 << 16)) out[n] = *t;
     }
@@ -161,12 +165,17 @@ static Result<void> attach_device_filter(int cgroup_fd, const json& rules) {
     return {};
 }
 
-Result<sys::Fd> create_container_cgroup(const json& files, const json& device_rules) {
-    if (::mkdir(kContainerCgroup, 0755) < 0 && errno != EEXIST) return fail_errno(std::string("mkdir ") + kContainerCgroup);
-    TRY(write_cgroup_files(files));
-    auto fd = TRY(sys::open(kContainerCgroup, O_RDONLY | O_DIRECTORY));
+Result<sys::Fd> create_container_cgroup(const std::string& dir, const json& files, const json& device_rules) {
+    if (::mkdir(dir.c_str(), 0755) < 0 && errno != EEXIST) return fail_errno("mkdir " + dir);
+    TRY(write_cgroup_files(dir, files));
+    auto fd = TRY(sys::open(dir, O_RDONLY | O_DIRECTORY));
     if (device_rules.is_array()) TRY(attach_device_filter(fd.get(), device_rules));
     return fd;
+}
+
+void remove_container_cgroup(const std::string& dir) {
+    // Its processes are being killed: the group empties within moments.
+    for (int i = 0; i < 100 && ::rmdir(dir.c_str()) < 0 && errno == EBUSY; ++i) ::usleep(10000);
 }
 
 }  // namespace husk::agent

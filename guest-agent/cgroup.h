@@ -1,5 +1,8 @@
-// The container's cgroup in the guest (v2 only): /sys/fs/cgroup/container.
+// The containers' cgroups in the guest (v2 only): /sys/fs/cgroup/container
+// for the sandbox's first container, container-<init process index> for
+// each container that joins it.
 #pragma once
+#include <cstdint>
 #include <string>
 #include <vector>
 
@@ -16,16 +19,22 @@ constexpr const char* kContainerCgroup = "/sys/fs/cgroup/container";
 // Mount cgroup2 and hand every controller the kernel has to the children.
 Result<void> init_cgroups();
 
-// Create the container's group, write `files` ([[name, value], ...]) and
-// attach the device filter for `device_rules`. Returns an fd for
+// The group of the container whose init has process index `init`.
+std::string container_cgroup_dir(uint32_t init);
+
+// Create the container's group `dir`, write `files` ([[name, value], ...])
+// and attach the device filter for `device_rules`. Returns an fd for
 // clone3(CLONE_INTO_CGROUP).
-Result<sys::Fd> create_container_cgroup(const nlohmann::json& files, const nlohmann::json& device_rules);
+Result<sys::Fd> create_container_cgroup(const std::string& dir, const nlohmann::json& files,
+                                        const nlohmann::json& device_rules);
+// Remove it once its processes are gone (waiting briefly for them).
+void remove_container_cgroup(const std::string& dir);
 
 // Write [[name, value], ...] into the container's group.
-Result<void> write_cgroup_files(const nlohmann::json& files);
+Result<void> write_cgroup_files(const std::string& dir, const nlohmann::json& files);
 
 // name -> content for each readable file of `names` (missing ones left out).
-nlohmann::json read_cgroup_files(const std::vector<std::string>& names);
+nlohmann::json read_cgroup_files(const std::string& dir, const std::vector<std::string>& names);
 
 // The eBPF instructions of a cgroup device program for `rules` (later
 // rules win; nothing matched: denied), as raw struct bpf_insn bytes.

@@ -666,8 +666,12 @@ void enter_userns(const json& params, int sync_fd) {
     if (::unshare(again) < 0) die(sync_fd, std::string("unshare in the user namespace: ") + strerror(errno));
 }
 
-void container_init(const json& params, int sync_fd, const Stdio& io) {
+void container_init(const json& params, const std::vector<std::pair<int, int>>& joins, int sync_fd, const Stdio& io) {
     reset_signals();
+    for (auto [fd, flag] : joins) {
+        if (::setns(fd, flag) < 0) die(sync_fd, std::string("join a namespace of the pod: ") + strerror(errno));
+        ::close(fd);
+    }
     // A new cgroup namespace here, not in clone(): its root must be the
     // container's group, which clone3 placed us in after copying namespaces.
     for (const auto& n : params.value("namespaces", json::array()))

@@ -1,6 +1,7 @@
 // Building the container inside the guest: the child side of clone().
 #pragma once
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -36,7 +37,10 @@ struct Stdio {
 // error they write "E<message>" and exit.
 //
 // container_init builds the container: mounts, pivot_root, hostname...
-[[noreturn]] void container_init(const nlohmann::json& params, int sync_fd, const Stdio& io);
+// First it enters `joins` (fd, CLONE_NEW*): the namespaces it shares with
+// another container of the sandbox.
+[[noreturn]] void container_init(const nlohmann::json& params, const std::vector<std::pair<int, int>>& joins, int sync_fd,
+                                 const Stdio& io);
 // exec_init joins the container of `init_pid` (whose pid namespace the
 // caller entered for its children before clone) and runs params.process.
 [[noreturn]] void exec_init(const nlohmann::json& params, pid_t init_pid, int sync_fd, const Stdio& io);

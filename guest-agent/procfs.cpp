@@ -100,8 +100,26 @@ std::string tty_name(unsigned long nr) {
     return "?";
 }
 
-json ps_processes(pid_t init) {
+bool in_cgroup(const std::string& proc_cgroup, const std::string& group) {
+    // cgroup v2's line: "0::/path".
+    size_t pos = proc_cgroup.rfind("0::", 0) == 0 ? 0 : proc_cgroup.find("\n0::");
+    if (pos == std::string::npos) return false;
+    pos += proc_cgroup[pos] == '\n' ? 4 : 3;
+    size_t end = proc_cgroup.find('\n', pos);
+    std::string path = proc_cgroup.substr(pos, end == std::string::npos ? std::string::npos : end - pos);
+    return path == group || (path.size() > group.size() && path.compare(0, group.size(), group) == 0 && path[group.size()] == '/');
+}
+
+std::vector<pid_t> container_pids(pid_t init, const std::string& group) {
     auto pids = pids_in_ns_of(init);
+    if (group.empty()) return pids;
+    std::erase_if(pids, [&](pid_t q) {
+        return q != init && !in_cgroup(sys::read_file("/proc/" + std::to_string(q) + "/cgroup", 4096).value_or(""), group);
+    });
+    return pids;
+}
+
+json ps_processes(pid_t init, const std::vector<pid_t>& pids) {
     long hz = ::sysconf(_SC_CLK_TCK);
     if (hz <= 0) hz = 100;
     double uptime = number(sys::read_file("/proc/uptime").value_or("0"));

@@ -11,8 +11,18 @@
 namespace husk::agent {
 
 // Every process in the pid namespace of `init` (init included), never the
-// agent: what kill --all signals and ps lists.
+// agent.
 std::vector<pid_t> pids_in_ns_of(pid_t init);
+
+// Whether a /proc/<pid>/cgroup text puts the process in the cgroup v2
+// group `group` ("/container") or below it.
+bool in_cgroup(const std::string& proc_cgroup, const std::string& group);
+
+// A container's processes, what kill --all signals and ps lists: those of
+// its init's pid namespace, and when it has a group (`group`, "" for
+// none) only those in it. A pod's containers may share one pid namespace;
+// each has a group of its own.
+std::vector<pid_t> container_pids(pid_t init, const std::string& group);
 
 // One "Key:\tvalue" field of /proc/<pid>/status ("" if absent).
 std::string status_field(const std::string& status, const std::string& key);
@@ -24,12 +34,12 @@ std::vector<std::string> stat_fields(const std::string& stat);
 // A terminal's name from stat's tty_nr: "pts/0", "tty1", "ttyS0", or "?".
 std::string tty_name(unsigned long tty_nr);
 
-// The processes of `init`'s pid namespace as `ps` shows them, sorted by
+// The processes `pids` (container_pids of `init`) as `ps` shows them, sorted by
 // pid, with the pids that namespace gives them: pid, ppid, uid, user (the
 // container's /etc/passwd name, "" if none), state and stat (ps's STAT:
 // the state with s/+/l/</N), cmd (the command line, or [comm]), comm, tty,
 // start (seconds since the epoch), cpu (seconds used), pcpu and pmem
 // (percent), vsz and rss (KiB).
-nlohmann::json ps_processes(pid_t init);
+nlohmann::json ps_processes(pid_t init, const std::vector<pid_t>& pids);
 
 }  // namespace husk::agent

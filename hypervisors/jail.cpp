@@ -42,7 +42,8 @@ std::string remount_readonly(const std::string& target) {
     return "";
 }
 
-std::string bind_into(const std::string& source, const std::string& target, bool readonly, bool recursive) {
+std::string bind_into(const std::string& source, const std::string& target, bool readonly, bool recursive,
+                      bool propagate = false) {
     struct stat st;
     if (::stat(source.c_str(), &st) < 0) return failed("stat " + source);
     make_parents(target);
@@ -55,18 +56,26 @@ std::string bind_into(const std::string& source, const std::string& target, bool
     }
     if (::mount(source.c_str(), target.c_str(), nullptr, MS_BIND | (recursive ? MS_REC : 0), nullptr) < 0)
         return failed("bind " + source);
+    // Only a share hears of the host's later mounts (its slave); the rest
+    // is cut off from the host.
+    if (!propagate && ::mount(nullptr, target.c_str(), nullptr, MS_REC | MS_PRIVATE, nullptr) < 0)
+        return failed("make " + target + " private");
     return readonly ? remount_readonly(target) : "";
 }
 
 std::string enter(const Jail& j, uid_t uid, gid_t gid) {
     if (j.user_ns)
         if (auto e = sys::map_ids_to_root(uid, gid); !e.empty()) return "jail: " + e;
-    // Nothing mounted here may reach the host, nor anything there reach us.
-    if (::mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr) < 0) return failed("make / private");
+    // Nothing mounted here may reach the host, nor anything there reach
+    // us, but what is later bound under a share the shim made shared (a
+    // pod member's rootfs): each mount is the host's slave until bound
+    // (below), the share's bind stays one.
+    if (::mount(nullptr, "/", nullptr, MS_REC | MS_SLAVE, nullptr) < 0) return failed("make / a slave");
     const std::string& r = j.root;
     if (::mount("tmpfs", r.c_str(), "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755") < 0) return failed("tmpfs on " + r);
+    if (::mount(nullptr, r.c_str(), nullptr, MS_PRIVATE, nullptr) < 0) return failed("make " + r + " private");
     for (const auto& m : j.mounts)
-        if (auto e = bind_into(m.source, r + m.target, m.readonly, m.recursive); !e.empty()) return e;
+        if (auto e = bind_into(m.source, r + m.target, m.readonly, m.recursive, m.propagate); !e.empty()) return e;
     for (const auto& [path, target] : j.links)
         if (::symlink(target.c_str(), (r + path).c_str()) < 0) return failed("symlink " + path);
     for (const auto& d : j.devices)
@@ -180,7 +189,7 @@ Result<VmmJail> vmm_jail(const VmConfig& cfg, const std::string& workdir, const 
         j.mounts.push_back({cfg.disks[i].path, jail_disk_path(i), cfg.disks[i].readonly, false});
     // A share brings its submounts (the rootfs and the spec's binds).
     for (size_t i = 0; i < cfg.shares.size(); ++i)
-        j.mounts.push_back({cfg.shares[i].host_path, jail_share_path(i), cfg.shares[i].readonly, true});
+        j.mounts.push_back({cfg.shares[i].host_path, jail_share_path(i), cfg.shares[i].readonly, true, true});
     j.mounts.push_back({vmm_dir, kJailVmmDir, false, false});
     if (cfg.accel == Accel::Kvm && sys::exists("/dev/kvm")) j.devices.push_back("/dev/kvm");
     if (cfg.channel.kind == ChannelKind::Vsock && cfg.channel.socket_path.empty()) j.devices.push_back("/dev/vhost-vsock");

@@ -23,6 +23,9 @@ struct JailMount {
     std::string target;  // absolute path inside the jail
     bool readonly = true;
     bool recursive = false;  // bring the submounts along (the shared dir has them)
+    // Stay the host's slave: mounts made later under the source reach the
+    // jail (a share, which a pod's later containers are bound into).
+    bool propagate = false;
 };
 
 struct Jail {

@@ -151,12 +151,15 @@ Result<void> Session::on_response(const json& r) {
         host_.created(true, "");
         return {};
     }
-    if (pd.method == "start" && ok && phase == Phase::Created) {
+    if (pd.method == "start" && ok && pd.proc == 0 && phase == Phase::Created) {
         phase = Phase::Running;
         procs[0].started = true;
         host_.running();
     }
-    if (pd.method == "exec") {
+    host_.answered(pd.method, pd.proc, ok);
+    // An exec, or a container that joins the sandbox (its init waits for
+    // start): the process exists once the agent says so.
+    if (pd.method == "exec" || (pd.method == "create" && pd.proc != 0)) {
         auto p = procs.find(pd.proc);
         if (!ok) {
             procs.erase(pd.proc);
@@ -164,6 +167,8 @@ Result<void> Session::on_response(const json& r) {
             return {};
         }
         if (p == procs.end()) return {};
+        // Its streams are live from now: a member's init killed before
+        // start still closes them and reports its exit.
         p->second.started = true;
         const json* pid = r.contains("result") && r["result"].is_object() && r["result"].contains("pid")
                               ? &r["result"]["pid"] : nullptr;

@@ -58,6 +58,7 @@ constexpr uint32_t kCreditBatch = proto::kInitialCredit / 4;
 // One process in the guest: the container's init (index 0) or an exec.
 struct Proc {
     uint32_t idx = 0;
+    std::string container;  // a container that joined the sandbox ("": the sandbox's own)
     bool started = false;
     bool tty = false;
     int in_fd = -1;
@@ -100,6 +101,8 @@ public:
     virtual void reply(uint64_t client, const nlohmann::json& r) = 0;
     // A request of the client's went to the agent.
     virtual void busy(uint64_t client) = 0;
+    // A request about process `proc` was answered (before the client hears).
+    virtual void answered(const std::string& /*method*/, uint32_t /*proc*/, bool /*ok*/) {}
 };
 
 class Session {

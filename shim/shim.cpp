@@ -140,6 +140,16 @@ struct Client {
 // A client that lets this much of its replies pile up is gone for us.
 constexpr size_t kClientOutMax = 64u << 20;
 
+// A container that joined this sandbox (a pod member): its init is one of
+// the session's processes, its relay (the host process callers wait on)
+// the client that created it, its rootfs and binds a subtree of the share.
+struct Member {
+    uint32_t init = 0;
+    std::vector<std::string> mounts;  // under the share, parents first
+    bool created = false, started = false, exited = false;
+    bool paused = false;
+};
+
 class Shim : public shim::SessionHost {
 public:
     explicit Shim(Args a) : args_(std::move(a)), paths_(state_paths(args_.root, args_.id)) {}
@@ -161,6 +171,14 @@ private:
     void created(bool ok, const std::string& error) override;
     void running() override { set_status(status::kRunning); }
     void busy(uint64_t client) override;
+    void answered(const std::string& method, uint32_t proc, bool ok) override;
+    Result<void> bind_shares(SharePlan& plan, std::vector<std::string>* made, std::vector<sys::Fd>* trees = nullptr);
+    void on_member_line(uint64_t cid, const std::string& op, const json& req);
+    void create_member(uint64_t cid, const std::string& id, const json& req);
+    Result<void> setup_stdio(uint64_t cid, Proc& p, bool tty);
+    void unmount_member(Member& m);
+    Member* member_of_proc(uint32_t idx);
+    void set_member_status(const std::string& id, const char* st, std::optional<int> code = {}, std::optional<int> sig = {});
     Result<void> loop();
     Result<void> on_channel_readable();
     void on_console_readable();
@@ -211,6 +229,8 @@ private:
     std::string console_line_;  // --debug: the line being assembled
     size_t console_written_ = 0;
     std::map<uint64_t, Client> clients_;
+    std::map<std::string, Member> members_;
+    bool share_disk_ = false;  // the guest has a copy of the share: nothing can be added
     uint64_t next_client_ = 1;
     uint32_t next_proc_ = 1;
     sys::Fd tty_slave_;  // host side of the init's terminal (our controlling tty)
@@ -380,6 +400,7 @@ void Shim::creator_gone() {
     // refuses to cross a mount).
     for (auto it = plan_.entries.rbegin(); it != plan_.entries.rend(); ++it)
         (void)sys::umount(paths_.shared + "/" + it->name, MNT_DETACH);
+    (void)sys::umount(paths_.shared, MNT_DETACH);
     if (auto r = sys::remove_all(paths_.dir); !r) log::error("remove state: " + r.error().message);
     _exit(1);
 }
@@ -387,11 +408,27 @@ void Shim::creator_gone() {
 Result<void> Shim::build_shares() {
     plan_ = plan_shares(spec_, args_.bundle, [](const std::string& p) { return sys::is_dir(p); });
     TRY(sys::mkdir_p(paths_.shared, 0700));
-    for (size_t i = 0; i < plan_.entries.size(); ++i) {
-        const auto& e = plan_.entries[i];
+    // A mount of its own, shared: what joins the sandbox later (a pod
+    // member's rootfs) is bound under it here and reaches the VMM's jail,
+    // whose copy is its slave (hypervisors/jail.cpp).
+    TRY(sys::mount(paths_.shared, paths_.shared, "", MS_BIND));
+    TRY(sys::mount("", paths_.shared, "", MS_SHARED));
+    return bind_shares(plan_, nullptr);
+}
+
+// Bind each entry of `plan` under the share (recording each target in
+// `made`, when given, as it is made), and find the submounts the agent
+// must know of.
+// `trees`: the entries' mount trees, detached where the caller saw them
+// (a pod member's, sent by its relay), instead of their paths here.
+Result<void> Shim::bind_shares(SharePlan& plan, std::vector<std::string>* made, std::vector<sys::Fd>* trees) {
+    if (trees && trees->size() != plan.entries.size())
+        return fail("expected " + std::to_string(plan.entries.size()) + " mount trees, got " + std::to_string(trees->size()), EINVAL);
+    for (size_t i = 0; i < plan.entries.size(); ++i) {
+        const auto& e = plan.entries[i];
         std::string what = i == 0 ? "rootfs" : "mount source";
         // Opened once: what is checked is what is bound.
-        auto src = sys::open_bind_source(e.host_path);
+        auto src = trees ? sys::detached_source(std::move((*trees)[i])) : sys::open_bind_source(e.host_path);
         if (!src && src.error().code == ENOENT) return fail(what + " " + e.host_path + " does not exist", ENOENT);
         if (!src) return fail(what + " " + e.host_path + ": " + src.error().message, src.error().code);
         if (src->directory != e.directory)
@@ -400,20 +437,22 @@ Result<void> Shim::build_shares() {
         if (e.directory) {
             TRY(sys::mkdir_p(target, 0755));
         } else {
+            TRY(sys::mkdir_p(sys::dirname(target), 0755));
             TRY(sys::write_file(target, "", 0644));
         }
         TRY_CTX(sys::bind_mount(*src, target, e.recursive, e.readonly, e.recursive_readonly), what + " " + e.host_path);
+        if (made) made->push_back(target);
     }
     // A read-only rbind (not rro) leaves its submounts writable, as the
     // kernel's bind does: the agent needs to know where they are.
-    plan_.mount_submounts.assign(spec_.mounts.size(), {});
+    plan.mount_submounts.assign(plan.mount_share.size(), {});
     std::string mountinfo;
-    for (size_t i = 0; i < spec_.mounts.size(); ++i) {
-        const std::string& name = plan_.mount_share[i];
-        auto e = std::find_if(plan_.entries.begin(), plan_.entries.end(), [&](const ShareEntry& x) { return x.name == name; });
-        if (name.empty() || e == plan_.entries.end() || !e->recursive || !e->readonly || e->recursive_readonly) continue;
+    for (size_t i = 0; i < plan.mount_share.size(); ++i) {
+        const std::string& name = plan.mount_share[i];
+        auto e = std::find_if(plan.entries.begin(), plan.entries.end(), [&](const ShareEntry& x) { return x.name == name; });
+        if (name.empty() || e == plan.entries.end() || !e->recursive || !e->readonly || e->recursive_readonly) continue;
         if (mountinfo.empty()) mountinfo = sys::read_file("/proc/self/mountinfo", 16 << 20).value_or("");
-        plan_.mount_submounts[i] = sys::mounts_under(mountinfo, paths_.shared + "/" + name);
+        plan.mount_submounts[i] = sys::mounts_under(mountinfo, paths_.shared + "/" + name);
     }
     return {};
 }
@@ -464,6 +503,8 @@ void Shim::release_boot_images() {
 // the state they are to read (the init's pid, as callers see it, is ours).
 json Shim::create_params() {
     json p = agent_create_params(spec_, plan_, cgroup_);
+    p["container"] = args_.id;
+    p["process_index"] = 0;
     if (!nics_.empty()) p["network"] = interfaces_to_json(nics_);
     for (const char* stage : {"createContainer", "startContainer"})
         if (auto it = spec_.hooks.find(stage); it != spec_.hooks.end() && !it->second.empty())
@@ -491,6 +532,7 @@ Result<void> Shim::launch_vm() {
     for (auto& f : {host.kernel, host.initrd})
         if (!sys::exists(f)) return fail("guest image " + f + " not found (build rootfs-builder or set HUSK_KERNEL/HUSK_INITRD)", ENOENT);
     if (TRY(rootfs_on_disk(spec_, hv_->name(), caps.shares))) {
+        share_disk_ = true;
         host.share_disk = paths_.dir + "/share.img";
         TRY_CTX(make_share_image(paths_.shared, host.share_disk), "rootfs disk");
     }
@@ -609,7 +651,13 @@ void Shim::drop_client(uint64_t cid) {
     auto it = clients_.find(cid);
     if (it == clients_.end()) return;
     if (it->second.session)
-        if (auto p = ses_.procs.find(it->second.proc); p != ses_.procs.end() && p->second.waiter == cid) p->second.waiter = 0;
+        if (auto p = ses_.procs.find(it->second.proc); p != ses_.procs.end() && p->second.waiter == cid) {
+            p->second.waiter = 0;
+            // A pod member's relay is the process its callers wait on:
+            // gone, so is the container (as runc's init taking it along).
+            if (member_of_proc(p->first) && p->second.started && !p->second.exited)
+                ses_.request("kill", {{"process", p->first}, {"signal", SIGKILL}, {"all", true}});
+        }
     clients_.erase(it);
 }
 
@@ -714,6 +762,10 @@ void Shim::retire_execs() {
             continue;
         }
         json ex = p.sig ? json{{"signal", *p.sig}} : json{{"code", p.code.value_or(255)}};
+        if (Member* m = member_of_proc(p.idx)) {
+            m->exited = true;
+            set_member_status(p.container, status::kStopped, p.sig ? std::nullopt : std::optional<int>(p.code.value_or(255)), p.sig);
+        }
         uint64_t w = p.waiter;
         it = ses_.procs.erase(it);
         send_line(w, json{{"exit", ex}}.dump() + "\n", true);
@@ -725,7 +777,7 @@ void Shim::on_client(uint64_t cid) {
     std::vector<sys::Fd> fds;
     auto data = sys::recv_fds(c.fd.get(), 4096, fds);
     for (auto& f : fds) c.fds.push_back(std::move(f));
-    if (!data || data->empty() || c.in.size() > 65536 || c.fds.size() > 3) {
+    if (!data || data->empty() || c.in.size() > 65536 || c.fds.size() > sys::kMaxPassedFds) {
         // Gone (or abusive): a reply still pending for it goes nowhere.
         ses_.forget_client(cid);
         drop_client(cid);
@@ -765,6 +817,8 @@ void Shim::on_client_line(uint64_t cid, const std::string& line) {
             ses_.request("resize", {{"process", c.proc}, {"rows", req.value("rows", 0)}, {"cols", req.value("cols", 0)}});
         return;
     }
+    if (req.contains("container") && req["container"].is_string() && req["container"] != args_.id)
+        return on_member_line(cid, op, req);
     if (op == "start") {
         if (ses_.phase != Phase::Created) return reply(cid, false, "container is not in created state");
         if (ses_.procs[0].tty) send_resize(0, tty_slave_.get());  // the caller's size, before the process looks
@@ -815,19 +869,201 @@ void Shim::on_client_line(uint64_t cid, const std::string& line) {
     }
 }
 
-// An exec: stdio arrived as fds (stdin, stdout, stderr; one pty for a
-// terminal). The connection stays open as the session that gets the exit.
-void Shim::start_exec(uint64_t cid, const json& req) {
-    auto& c = clients_[cid];
-    if (!req.contains("process") || !req["process"].is_object()) return reply(cid, false, "exec: no process");
-    bool tty = req["process"].value("terminal", false);
-    if (c.fds.size() != (tty ? 1u : 3u)) return reply(cid, false, "exec: expected " + std::string(tty ? "1 fd" : "3 fds"));
+// ---------------------------------------------------------------- pod members
+
+Member* Shim::member_of_proc(uint32_t idx) {
+    for (auto& [id, m] : members_)
+        if (m.init == idx) return &m;
+    return nullptr;
+}
+
+// A member's state.json (its directory is husk create's; `delete` may
+// have removed it meanwhile).
+void Shim::set_member_status(const std::string& id, const char* st, std::optional<int> code, std::optional<int> sig) {
+    auto paths = state_paths(args_.root, id);
+    auto s = read_state(paths);
+    if (!s) return;
+    s->status = st;
+    if (code) s->exit_code = code;
+    if (sig) s->exit_signal = sig;
+    if (auto r = write_state(paths, *s); !r) log::debug("state of " + id + ": " + r.error().message);
+}
+
+// What a request about a member's init did to it.
+void Shim::answered(const std::string& method, uint32_t proc, bool ok) {
+    Member* m = proc ? member_of_proc(proc) : nullptr;
+    if (!m) return;
+    std::string id;
+    for (auto& [k, v] : members_)
+        if (&v == m) id = k;
+    if (method == "create") {
+        if (ok) {
+            m->created = true;
+            set_member_status(id, status::kCreated);
+        } else {
+            unmount_member(*m);
+            members_.erase(id);
+        }
+    } else if (method == "start" && ok) {
+        m->started = true;
+        set_member_status(id, status::kRunning);
+    } else if (method == "freeze" && !ok) {
+        m->paused = !m->paused;  // it stayed as it was
+        set_member_status(id, m->paused ? status::kPaused : status::kRunning);
+    } else if (method == "remove") {
+        unmount_member(*m);
+        members_.erase(id);
+    }
+}
+
+void Shim::unmount_member(Member& m) {
+    for (auto it = m.mounts.rbegin(); it != m.mounts.rend(); ++it)
+        if (auto r = sys::umount(*it, MNT_DETACH); !r) log::warn("unmount " + *it + ": " + r.error().message);
+    m.mounts.clear();
+}
+
+// A request about a container that joined the sandbox.
+void Shim::on_member_line(uint64_t cid, const std::string& op, const json& req) {
+    std::string id = req["container"];
+    bool live = ses_.phase == Phase::Created || ses_.phase == Phase::Running;
+    if (!live) return reply(cid, false, ses_.phase == Phase::Exiting ? "the pod's sandbox is stopping" : "the pod's sandbox is not created yet");
+    if (paused_) return reply(cid, false, "the pod's sandbox is paused");
+    if (op == "create") return create_member(cid, id, req);
+    auto it = members_.find(id);
+    if (it == members_.end() || !it->second.created) return reply(cid, false, "container " + id + " is not in this sandbox");
+    Member& m = it->second;
+    auto init = ses_.procs.find(m.init);
+    bool running = init != ses_.procs.end() && !init->second.exited;
+    if (op == "remove") {
+        // Its processes and group in the guest, then its share here.
+        return (void)ses_.request("remove", {{"container", id}}, cid, m.init);
+    }
+    if (!running) return reply(cid, false, "container not running");
+    if (op == "start") {
+        if (m.started) return reply(cid, false, "container is not in created state");
+        ses_.request("start", {{"process", m.init}}, cid, m.init);
+    } else if (op == "kill") {
+        ses_.request("kill", {{"process", m.init}, {"signal", req.value("signal", SIGTERM)}, {"all", req.value("all", false)}}, cid);
+    } else if (op == "pause" || op == "resume") {
+        bool on = op == "pause";
+        if (m.paused == on) return reply(cid, false, std::string("container is ") + (on ? "already paused" : "not paused"));
+        m.paused = on;  // as asked; the answer may still refuse it
+        set_member_status(id, on ? status::kPaused : status::kRunning);
+        ses_.request("freeze", {{"container", id}, {"frozen", on}}, cid, m.init);
+    } else if (op == "ps" || op == "update" || op == "stats") {
+        if (m.paused) return reply(cid, false, "container is paused");
+        json params = {{"container", id}};
+        if (op == "update") {
+            // The member's cgroup only: the VM's pinning is the sandbox's.
+            const json& f = req.contains("files") ? req["files"] : json::array();
+            std::vector<std::pair<std::string, std::string>> w;
+            if (!f.is_array()) return reply(cid, false, "malformed request");
+            for (const auto& x : f) {
+                if (!x.is_array() || x.size() != 2 || !x[0].is_string() || !x[1].is_string()) return reply(cid, false, "malformed request");
+                w.emplace_back(x[0], x[1]);
+            }
+            translate_cpusets(w, vcpus_, guest_cpusets_);
+            json files = json::array();
+            for (const auto& [k, v] : w) files.push_back({k, v});
+            params["files"] = files;
+        } else if (op == "stats") {
+            params["files"] = stats_files();
+        }
+        ses_.request(op, params, cid);
+    } else if (op == "exec") {
+        if (m.paused) return reply(cid, false, "container is paused");
+        start_exec(cid, req);
+    } else {
+        reply(cid, false, "unknown op " + op);
+    }
+}
+
+// A container joins the sandbox: its rootfs and binds go under the share
+// (shared/<id>/...), reaching the running VM; the agent builds it beside
+// the others, in the namespaces it shares with them (req.join: type ->
+// container id). Its stdio came as fds; this connection, from its relay,
+// stays open as the session that gets its exit.
+void Shim::create_member(uint64_t cid, const std::string& id, const json& req) {
+    if (share_disk_) return reply(cid, false, "this sandbox's VM has its rootfs on a disk (" + hv_->name() +
+                                                  "): no container can join it");
+    if (!validate_id(id) || id == args_.id || members_.count(id)) return reply(cid, false, "container " + id + " is already in this sandbox");
+    if (!req.contains("bundle") || !req["bundle"].is_string()) return reply(cid, false, "create: no bundle");
+    const json join = req.contains("join") && req["join"].is_object() ? req["join"] : json::object();
+    for (const auto& [type, target] : join.items()) {
+        if (!target.is_string()) return reply(cid, false, "malformed request");
+        std::string t = target;
+        if (t != args_.id && !members_.count(t)) return reply(cid, false, "container " + t + " is not in this sandbox");
+    }
+    std::string bundle = req["bundle"];
+    Member m;
+    auto build = [&]() -> Result<json> {
+        Spec spec = TRY(load_spec(bundle));
+        if (!spec.process) return fail("config.json: process: required", EINVAL);
+        auto cg = TRY(guest_cgroup_files(spec.resources.is_object() ? spec.resources : json::object(), "linux.resources"));
+        for (const auto& w : cg.warnings) log::warn(id + ": " + w);
+        translate_cpusets(cg.writes, vcpus_, guest_cpusets_);
+        SharePlan plan = plan_shares(spec, bundle, [](const std::string& p) { return sys::is_dir(p); });
+        for (auto& e : plan.entries) e.name = id + "/" + e.name;
+        for (auto& n : plan.mount_share)
+            if (!n.empty()) n = id + "/" + n;
+        // The stdio first, then one tree per share entry.
+        std::vector<sys::Fd> trees;
+        auto& fds = clients_[cid].fds;
+        size_t nstdio = spec.process->terminal ? 1 : 3;
+        if (fds.size() < nstdio) return fail("expected its stdio", EINVAL);
+        for (size_t i = nstdio; i < fds.size(); ++i) trees.push_back(std::move(fds[i]));
+        fds.resize(nstdio);
+        TRY_CTX(bind_shares(plan, &m.mounts, &trees), "share rootfs");
+        json p = agent_create_params(spec, plan, cg);
+        p["container"] = id;
+        // What it shares is the other container's; what it does not, its own.
+        json own = json::array();
+        for (const auto& n : p["namespaces"])
+            if (!join.contains(n.get<std::string>())) own.push_back(n);
+        p["namespaces"] = own;
+        if (!join.empty()) p["join"] = join;
+        for (const char* stage : {"createContainer", "startContainer"})
+            if (auto it = spec.hooks.find(stage); it != spec.hooks.end() && !it->second.empty())
+                p["hooks"][stage] = hooks_to_json(it->second);
+        if (p.contains("hooks")) {
+            auto st = TRY(read_state(state_paths(args_.root, id)));
+            p["hook_state"] = oci_state(st);
+            p["hook_state"]["status"] = status::kCreating;
+        }
+        return p;
+    };
+    auto params = build();
+    if (!params) {
+        unmount_member(m);
+        return reply(cid, false, params.error().message);
+    }
     uint32_t idx = next_proc_++;
     Proc& p = ses_.procs[idx];
     p.stdin_credit = ses_.stdin_window;
     p.idx = idx;
-    p.tty = tty;
+    p.tty = (*params)["process"].value("terminal", false);
     p.waiter = cid;
+    p.container = id;
+    if (auto r = setup_stdio(cid, p, p.tty); !r) {
+        ses_.procs.erase(idx);
+        unmount_member(m);
+        return reply(cid, false, "create: " + r.error().message);
+    }
+    (*params)["process_index"] = idx;
+    m.init = idx;
+    members_[id] = std::move(m);
+    auto& c = clients_[cid];
+    c.session = true;
+    c.proc = idx;
+    log::debug("pod: " + id + " joins sandbox " + args_.id + " as process " + std::to_string(idx));
+    ses_.request("create", *params, cid, idx);
+}
+
+// A process's stdio from the fds that came with the client's request
+// (stdin, stdout, stderr; one pty for a terminal).
+Result<void> Shim::setup_stdio(uint64_t cid, Proc& p, bool tty) {
+    auto& c = clients_[cid];
+    if (c.fds.size() != (tty ? 1u : 3u)) return fail("expected " + std::string(tty ? "1 fd" : "3 fds"), EINVAL);
     auto setup = [&]() -> Result<void> {
         if (tty) {
             // The caller's pty slave: both directions, no stderr.
@@ -844,20 +1080,39 @@ void Shim::start_exec(uint64_t cid, const json& req) {
     };
     auto r = setup();
     c.fds.clear();
-    if (!r) {
-        ses_.procs.erase(idx);
-        return reply(cid, false, "exec: " + r.error().message);
-    }
+    TRY(r);
     p.in_fd = p.in_own.get();
     for (int i = 1; i <= 2; ++i) {
         p.out[i].fd = p.out[i].own ? p.out[i].own.get() : -1;
-        p.out[i].stream = proto::stream_id(idx, uint32_t(i));
+        p.out[i].stream = proto::stream_id(p.idx, uint32_t(i));
         if (!p.out[i].own) p.out[i].dead = true;
         else if (!tty) prepare_out(p.out[i]);
     }
+    return {};
+}
+
+// An exec: its stdio came as fds. The connection stays open as the
+// session that gets the exit. `container`: a pod member's id, or "".
+void Shim::start_exec(uint64_t cid, const json& req) {
+    auto& c = clients_[cid];
+    if (!req.contains("process") || !req["process"].is_object()) return reply(cid, false, "exec: no process");
+    std::string container = req.value("container", "");
+    bool tty = req["process"].value("terminal", false);
+    uint32_t idx = next_proc_++;
+    Proc& p = ses_.procs[idx];
+    p.stdin_credit = ses_.stdin_window;
+    p.idx = idx;
+    p.tty = tty;
+    p.waiter = cid;
+    p.container = container;
+    if (auto r = setup_stdio(cid, p, tty); !r) {
+        ses_.procs.erase(idx);
+        return reply(cid, false, "exec: " + r.error().message);
+    }
     c.session = true;
     c.proc = idx;
-    ses_.request("exec", {{"process_index", idx}, {"process", req["process"]}}, cid, idx);
+    ses_.request("exec", {{"process_index", idx}, {"process", req["process"]}, {"container", container.empty() ? args_.id : container}},
+                 cid, idx);
 }
 
 // `update`'s cgroup writes as the guest must see them (its own vCPU ids);
@@ -960,6 +1215,16 @@ void Shim::finish(int code, int sig) {
     if (sig) state_.exit_signal = sig;
     else state_.exit_code = code;
     set_status(status::kStopped);
+    // The pod's members go with its VM, killed (as a pod's containers are
+    // when their namespaces' holder dies): their relays hear it, if they
+    // can take one more line now.
+    for (auto& [id, m] : members_) {
+        if (m.exited || !m.created) continue;
+        set_member_status(id, status::kStopped, std::nullopt, SIGKILL);
+        if (auto p = ses_.procs.find(m.init); p != ses_.procs.end() && p->second.waiter) {
+            send_line(p->second.waiter, json{{"exit", {{"signal", SIGKILL}}}}.dump() + "\n", true);
+        }
+    }
     if (vm_) {
         (void)vm_->stop();
         vm_.reset();
@@ -1046,8 +1311,10 @@ Result<void> Shim::loop() {
         // Done: the container exited, what it wrote has been delivered, and
         // every exec has reported (or had its chance to).
         Proc& init = ses_.procs[0];
+        bool execs_left = std::any_of(ses_.procs.begin(), ses_.procs.end(),
+                                      [](const auto& kv) { return kv.first != 0 && kv.second.container.empty(); });
         if (ses_.phase == Phase::Exiting && init.drained() && ses_.out.empty() &&
-            (ses_.procs.size() == 1 || Clock::now() >= ses_.exit_deadline)) {
+            (!execs_left || Clock::now() >= ses_.exit_deadline)) {
             if (init.sig) finish(0, *init.sig);
             finish(init.code.value_or(255), 0);
         }

@@ -15,6 +15,7 @@
 
 #include "husk/console.h"
 #include "husk/lifecycle.h"
+#include "husk/relay.h"
 #include "husk/sandbox.h"
 #include "husk/signals.h"
 #include "husk/spec.h"
@@ -76,132 +77,6 @@ Result<SpecProcess> exec_process(const State& st, const ExecOptions& o) {
     return p;
 }
 
-// The line-based exec session with the shim (see shim.cpp start_exec).
-class Session {
-public:
-    static Result<Session> start(const StatePaths& paths, const json& req, const std::vector<int>& fds) {
-        Session s;
-        s.fd_ = TRY_CTX(sys::unix_connect(paths.shim_sock), "contact shim");
-        TRY_CTX(sys::send_fds(s.fd_.get(), req.dump() + "\n", fds), "contact shim");
-        std::optional<std::string> line;
-        while (!(line = s.next_line())) {
-            if (!TRY(sys::wait_fd(s.fd_.get(), POLLIN, 120000))) return fail("shim did not answer", ETIMEDOUT);
-            if (!s.fill()) return fail("the container stopped before the process started", ESRCH);
-        }
-        json r = json::parse(*line, nullptr, false);
-        if (!r.is_object()) return fail("malformed reply from shim", EPROTO);
-        if (!r.value("ok", false)) return fail(r.value("error", std::string("shim refused")), EINVAL);
-        return s;
-    }
-
-    void send(const json& j) { (void)sys::write_all(fd_.get(), j.dump() + "\n"); }
-
-    // Until the exit line: forward signals from `sigfd`, and with a
-    // terminal (`tty` >= 0, our controlling one) its size on SIGWINCH.
-    int wait(int sigfd, int tty) {
-        if (tty >= 0) resize(tty);
-        bool eof = false;
-        for (;;) {
-            // The exit line may already be buffered: a quick process's exit
-            // can arrive in the same read as the reply that started it.
-            while (auto line = next_line()) {
-                json r = json::parse(*line, nullptr, false);
-                if (!r.is_object() || !r.contains("exit") || !r["exit"].is_object()) continue;
-                const json& e = r["exit"];
-                if (e.contains("signal") && e["signal"].is_number_integer()) return e["signal"].get<int>() & 0x7f;
-                return (e.value("code", 255) & 0xff) << 8;
-            }
-            if (eof) break;
-            pollfd p[2] = {{fd_.get(), POLLIN, 0}, {sigfd, POLLIN, 0}};
-            if (::poll(p, 2, -1) < 0 && errno != EINTR) break;
-            if (p[1].revents) {
-                signalfd_siginfo si;
-                while (::read(sigfd, &si, sizeof si) == sizeof si) {
-                    int sig = int(si.ssi_signo);
-                    if (sig == SIGWINCH) {
-                        if (tty >= 0) resize(tty);
-                    } else if (sig != SIGCHLD) {
-                        send({{"op", "signal"}, {"signal", sig}});
-                    }
-                }
-            }
-            if (p[0].revents && !fill()) eof = true;
-        }
-        log::error("exec: the container stopped before the process reported its exit");
-        return 255 << 8;
-    }
-
-private:
-    void resize(int tty) {
-        if (auto ws = sys::window_size(tty)) send({{"op", "resize"}, {"rows", ws->ws_row}, {"cols", ws->ws_col}});
-    }
-
-    // One read into the buffer; false at EOF or on error.
-    bool fill() {
-        char tmp[4096];
-        ssize_t n;
-        do n = ::read(fd_.get(), tmp, sizeof tmp);
-        while (n < 0 && errno == EINTR);
-        if (n <= 0 || buf_.size() > (1 << 20)) return false;
-        buf_.append(tmp, size_t(n));
-        return true;
-    }
-    std::optional<std::string> next_line() {
-        auto nl = buf_.find('\n');
-        if (nl == std::string::npos) return std::nullopt;
-        std::string l = buf_.substr(0, nl);
-        buf_.erase(0, nl + 1);
-        return l;
-    }
-
-    sys::Fd fd_;
-    std::string buf_;
-};
-
-// The relay child: detached, or owner of the terminal. A session leader,
-// so with a terminal the pty is its controlling one and resizes arrive as
-// SIGWINCH. Reports "ok\n" or "error: ...\n" on `report`, then stands in
-// for the exec'd process until it exits.
-[[noreturn]] void relay_child(const StatePaths& paths, json req, bool tty, const std::string& console, int report) {
-    setsid();
-    sigset_t set = forwarded_signals();
-    sigprocmask(SIG_BLOCK, &set, nullptr);
-    auto fail_with = [&](const Error& e) {
-        (void)sys::write_all(report, "error: " + e.message + "\n");
-        _exit(255);
-    };
-    sys::Fd sfd(signalfd(-1, &set, SFD_NONBLOCK | SFD_CLOEXEC));
-    if (!sfd) fail_with(Error{errno, "signalfd"});
-    std::optional<sys::Pty> pty;
-    std::vector<int> fds = {0, 1, 2};
-    if (tty) {
-        auto p = sys::open_pty();
-        if (!p) fail_with(p.error());
-        pty = std::move(*p);
-        if (auto r = sys::take_relay_tty(pty->slave.get()); !r) fail_with(r.error());
-        // In the foreground our stdin is the caller's terminal: its size is
-        // the process's from the start.
-        if (auto ws = sys::window_size(0)) ::ioctl(pty->slave.get(), TIOCSWINSZ, &*ws);
-        if (auto r = sys::send_console(console, *pty); !r) fail_with(r.error());
-        pty->master.reset();
-        fds = {pty->slave.get()};
-        if (auto ws = sys::window_size(fds[0]))
-            req["process"]["console_size"] = {{"rows", ws->ws_row}, {"cols", ws->ws_col}};
-    }
-    auto sess = Session::start(paths, req, fds);
-    if (!sess) fail_with(sess.error());
-    (void)sys::write_all(report, "ok\n");
-    ::close(report);
-    // The shim has its own copies of our stdio; holding them would keep
-    // the caller's pipes open after the process ends.
-    int null = ::open("/dev/null", O_RDWR);
-    for (int i = 0; i < 3 && null >= 0; ++i) dup2(null, i);
-    if (null > 2) ::close(null);
-    int st = sess->wait(sfd.get(), pty ? pty->slave.get() : -1);
-    if (WIFSIGNALED(st)) sys::die_of_signal(WTERMSIG(st));
-    _exit(WEXITSTATUS(st));
-}
-
 }  // namespace
 
 Result<int> exec_container(const Globals& g, const std::string& id, const ExecOptions& o) {
@@ -217,7 +92,7 @@ Result<int> exec_container(const Globals& g, const std::string& id, const ExecOp
     if (proc.terminal && o.detach && o.console_socket.empty())
         return fail("cannot allocate a terminal with --detach and no --console-socket", EINVAL);
     json req = {{"op", "exec"}, {"process", agent_process_params(proc)}};
-    auto paths = state_paths(g.root, id);
+    auto paths = shim_route(g, st, req);
 
     if (!proc.terminal && !o.detach) {
         // In the foreground without a terminal we stand in ourselves.
@@ -225,7 +100,7 @@ Result<int> exec_container(const Globals& g, const std::string& id, const ExecOp
         sigprocmask(SIG_BLOCK, &set, &old);
         sys::Fd sfd(signalfd(-1, &set, SFD_NONBLOCK | SFD_CLOEXEC));
         if (!sfd) return fail_errno("signalfd");
-        auto sess = TRY(Session::start(paths, req, {0, 1, 2}));
+        auto sess = TRY(RelaySession::start(paths, req, {0, 1, 2}));
         if (!o.pid_file.empty()) TRY(write_pid_file(o.pid_file, getpid()));
         int wst = sess.wait(sfd.get(), -1);
         sigprocmask(SIG_SETMASK, &old, nullptr);
@@ -251,7 +126,7 @@ Result<int> exec_container(const Globals& g, const std::string& id, const ExecOp
     if (child < 0) return fail_errno("fork");
     if (child == 0) {
         rd.reset();
-        relay_child(paths, req, proc.terminal, console, wr.release());
+        relay_child(paths, req, proc.terminal, console, wr.release(), -1);
     }
     wr.reset();
     auto report = sys::read_to_eof(rd.get(), 1 << 16).value_or("");

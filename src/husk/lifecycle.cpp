@@ -21,6 +21,7 @@
 #include "husk/defaults.h"
 #include "husk/hooks.h"
 #include "husk/hypervisor.h"
+#include "husk/pod.h"
 #include "husk/sandbox.h"
 #include "husk/shim_client.h"
 #include "husk/signals.h"
@@ -30,7 +31,7 @@
 
 namespace husk {
 
-static std::string owner_name() {
+std::string owner_name() {
     if (auto* pw = getpwuid(getuid())) return pw->pw_name;
     return std::to_string(getuid());
 }
@@ -129,7 +130,7 @@ static Result<pid_t> spawn_shim(const Globals& g, const std::string& id, const s
 // cgroupsPath on the host: created here, joined by the shim before it
 // starts the VMM. Root must get them; a rootless caller without a
 // delegated hierarchy runs without, as rootless runc does.
-static Result<std::vector<std::string>> host_cgroups(const Globals& g, const Spec& spec, const std::string& id) {
+Result<std::vector<std::string>> host_cgroups(const Globals& g, const Spec& spec, const std::string& id) {
     // No cgroupsPath: runc still gives the container a group named after
     // it, under its own cgroup (systemd: system.slice/runc-<id>.scope), so
     // that host accounting sees the VM.
@@ -184,6 +185,8 @@ Result<pid_t> create_container(const Globals& g, const std::string& id, const Cr
     TRY_CTX(check_host_cpus(spec.cpuset_cpus), "config.json: linux.resources.cpu.cpus");
     std::string rootfs = rootfs_path(bundle, spec);
     if (!sys::is_dir(rootfs)) return fail("rootfs " + rootfs + " does not exist", ENOENT);
+    if (auto pod = TRY(resolve_pod(spec, TRY(pod_peers(g)), namespace_identity)))
+        return create_member(g, id, bundle, spec, *pod, o);
     std::string hypervisor = TRY(container_hypervisor(g, spec.annotations));
     if (auto why = make_hypervisor(hypervisor)->unavailable(); !why.empty())
         return fail("hypervisor " + hypervisor + ": " + why, ENOENT);
@@ -303,7 +306,8 @@ Result<void> start_container(const Globals& g, const std::string& id) {
     if (s == status::kRunning || s == status::kPaused) return fail("cannot start an already running container", EINVAL);
     if (s != status::kCreated) return fail("cannot start a container in the " + s + " state", EINVAL);
     log::debug("start " + id);
-    TRY(shim_call(paths, {{"op", "start"}}, 120000));
+    nlohmann::json req = {{"op", "start"}};
+    TRY(shim_call(shim_route(g, st, req), req, 120000));
     if (auto hooks = parse_hooks(st.hooks); hooks && hooks->count("poststart")) {
         st.status = status::kRunning;
         for (const auto& w : run_all_hooks((*hooks)["poststart"], "poststart", oci_state(st))) log::warn(w);
@@ -318,7 +322,8 @@ Result<void> kill_container(const Globals& g, const std::string& id, int sig, bo
     if (s != status::kCreated && s != status::kRunning && s != status::kPaused)
         return fail("container not running", ESRCH);
     log::debug("kill " + id + ": signal " + std::to_string(sig) + (all ? " to all its processes" : ""));
-    TRY(shim_call(paths, {{"op", "kill"}, {"signal", sig}, {"all", all}}, 30000));
+    nlohmann::json req = {{"op", "kill"}, {"signal", sig}, {"all", all}};
+    TRY(shim_call(shim_route(g, st, req), req, 30000));
     return {};
 }
 
@@ -330,33 +335,45 @@ Result<void> pause_container(const Globals& g, const std::string& id, bool pause
     std::string s = effective_status(st);
     if (pause && s != status::kRunning) return fail("container not running: " + s, EINVAL);
     if (!pause && s != status::kPaused) return fail("container not paused: " + s, EINVAL);
-    TRY(shim_call(paths, {{"op", pause ? "pause" : "resume"}}, 30000));
+    nlohmann::json req = {{"op", pause ? "pause" : "resume"}};
+    TRY(shim_call(shim_route(g, st, req), req, 30000));
     return {};
+}
+
+StatePaths shim_route(const Globals& g, const State& st, nlohmann::json& req) {
+    if (st.sandbox.empty()) return state_paths(g.root, st.id);
+    req["container"] = st.id;
+    return state_paths(g.root, st.sandbox);
 }
 
 // ps, update and events talk to a live container's guest; a paused VM
 // cannot answer.
-static Result<StatePaths> live_container(const Globals& g, const std::string& id) {
+static Result<State> live_container(const Globals& g, const std::string& id) {
     auto st = TRY(load_state(g, id));
     std::string s = effective_status(st);
     if (s == status::kPaused) return fail("container is paused", EINVAL);
     if (s != status::kCreated && s != status::kRunning) return fail("container not running: " + s, EINVAL);
-    return state_paths(g.root, id);
+    return st;
+}
+
+// One question for a live container's guest.
+static Result<nlohmann::json> ask_live(const Globals& g, const std::string& id, nlohmann::json req) {
+    auto st = TRY(live_container(g, id));
+    return shim_call(shim_route(g, st, req), req, 30000);
 }
 
 Result<nlohmann::json> ps_container(const Globals& g, const std::string& id) {
-    auto paths = TRY(live_container(g, id));
-    auto r = TRY(shim_call(paths, {{"op", "ps"}}, 30000));
+    auto r = TRY(ask_live(g, id, {{"op", "ps"}}));
     return r.value("result", nlohmann::json::array());
 }
 
 Result<std::vector<std::string>> update_container(const Globals& g, const std::string& id, const nlohmann::json& given) {
-    auto paths = TRY(live_container(g, id));
+    auto st = TRY(live_container(g, id));
     nlohmann::json resources = given;
     if (resources.contains("memory") && resources["memory"].contains("swap") && !resources["memory"].contains("limit")) {
         // Swap counts memory plus swap: measure it against the limit the
         // container has now, as runc does.
-        auto r = TRY(shim_call(paths, {{"op", "stats"}}, 30000));
+        auto r = TRY(ask_live(g, id, {{"op", "stats"}}));
         // (What the guest reported: any shape.)
         const auto& res = r.contains("result") ? r["result"] : nlohmann::json();
         std::string cur = res.is_object() && res.contains("memory.max") && res["memory.max"].is_string()
@@ -370,18 +387,19 @@ Result<std::vector<std::string>> update_container(const Globals& g, const std::s
         resources["cpu"]["cpus"].is_string())
         TRY_CTX(check_host_cpus(resources["cpu"]["cpus"].get<std::string>()), "cpu.cpus");
     auto files = TRY(guest_cgroup_files(resources, ""));
-    // The host's side first: a bound the host refuses is not promised in the guest.
-    TRY(apply_host_limits(resources, std::nullopt, TRY(load_state(g, id)).cgroups));
+    // The host's side first: a bound the host refuses is not promised in
+    // the guest. (A pod member's bounds are its guest cgroup's: its VM is
+    // the sandbox's, bounded by the sandbox's host cgroup.)
+    if (st.sandbox.empty()) TRY(apply_host_limits(resources, std::nullopt, st.cgroups));
     nlohmann::json writes = nlohmann::json::array();
     for (const auto& [f, v] : files.writes) writes.push_back({f, v});
     if (resources.contains("devices")) files.warnings.push_back("devices: device rules cannot be changed after create; ignored");
-    TRY(shim_call(paths, {{"op", "update"}, {"files", writes}}, 30000));
+    TRY(ask_live(g, id, {{"op", "update"}, {"files", writes}}));
     return files.warnings;
 }
 
 Result<nlohmann::json> stats_container(const Globals& g, const std::string& id) {
-    auto paths = TRY(live_container(g, id));
-    auto r = TRY(shim_call(paths, {{"op", "stats"}}, 30000));
+    auto r = TRY(ask_live(g, id, {{"op", "stats"}}));
     return r.value("result", nlohmann::json::object());
 }
 
@@ -402,10 +420,17 @@ Result<void> delete_container(const Globals& g, const std::string& id, bool forc
         if (s != status::kStopped) {
             // created (runc kills it), or forced: SIGKILL through the shim,
             // then make sure nothing is left.
-            (void)shim_call(paths, {{"op", "kill"}, {"signal", SIGKILL}, {"all", true}}, 5000);
+            nlohmann::json req = {{"op", "kill"}, {"signal", SIGKILL}, {"all", true}};
+            (void)shim_call(shim_route(g, *st, req), req, 5000);
             sys::wait_process_exit(st->pid, st->pid_start, std::chrono::milliseconds(defaults::kStopTimeoutMs));
         }
         reap_leftovers(*st);
+        if (!st->sandbox.empty()) {
+            // A pod member: its share, cgroup and processes in the guest go
+            // (the sandbox may be gone already: nothing then to free).
+            nlohmann::json req = {{"op", "remove"}};
+            (void)shim_call(shim_route(g, *st, req), req, 10000);
+        }
         remove_host_cgroups(st->cgroups);
     } else if (st.error().code != ENOENT && !force) {
         return fail("read state: " + st.error().message + " (use --force to remove)", st.error().code);

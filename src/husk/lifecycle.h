@@ -3,13 +3,17 @@
 #pragma once
 #include <sys/types.h>
 
+#include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <nlohmann/json.hpp>
 
 #include "husk/log.h"
+#include "husk/pod.h"
 #include "husk/result.h"
+#include "husk/spec.h"
 #include "husk/state.h"
 
 namespace husk {
@@ -71,6 +75,19 @@ Result<int> exec_container(const Globals& g, const std::string& id, const ExecOp
 Result<std::string> absolute(const std::string& path);
 // --pid-file: written atomically (callers poll for it).
 Result<void> write_pid_file(const std::string& path, pid_t pid);
+// Where a container's requests go: its own shim, or (a pod member) its
+// sandbox's, with req["container"] naming it.
+StatePaths shim_route(const Globals& g, const State& st, nlohmann::json& req);
+
+// Shared by lifecycle's units (lifecycle.cpp, pod_member.cpp).
+std::string owner_name();
+Result<std::vector<std::string>> host_cgroups(const Globals& g, const Spec& spec, const std::string& id);
+// The running husk containers under --root, as resolve_pod sees them.
+Result<std::vector<PodPeer>> pod_peers(const Globals& g);
+std::optional<std::pair<dev_t, ino_t>> namespace_identity(const std::string& path);
+// `husk create` of a container that joins the sandbox `pod` names.
+Result<pid_t> create_member(const Globals& g, const std::string& id, const std::string& bundle, const Spec& spec,
+                            const PodJoin& pod, const CreateOptions& o);
 Result<State> load_state(const Globals& g, const std::string& id);
 Result<std::vector<State>> list_containers(const Globals& g);
 

@@ -459,12 +459,9 @@ Result<Spec> parse_spec(const std::string& text) {
                 return {};
             }));
         }
-        // A VM cannot join the host's namespaces; the network one is
-        // where the shim and VMM run, and its links become the VM's NICs.
-        for (size_t i = 0; i < s.namespaces.size(); ++i)
-            if (!s.namespaces[i].path.empty() && s.namespaces[i].type != "network")
-                return r.err(Reader::index("linux.namespaces", i) + ".path",
-                             "joining an existing " + s.namespaces[i].type + " namespace is not possible from inside a VM");
+        // Namespace paths: the network one is where the shim and VMM run,
+        // and its links become the VM's NICs; the others join a pod's VM
+        // (husk/pod.h decides, and refuses those it cannot map).
         bool userns = s.has_namespace("user");
         for (auto [key, maps] : {std::pair{"uidMappings", &s.uid_mappings}, std::pair{"gidMappings", &s.gid_mappings}}) {
             std::string ap = Reader::child("linux", key);

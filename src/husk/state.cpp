@@ -22,6 +22,7 @@ json state_to_json(const State& s) {
     if (!s.cgroups.empty()) j["cgroups"] = s.cgroups;
     if (!s.net_links.empty()) j["network"] = {{"netns", s.netns}, {"links", s.net_links}};
     if (!s.net_taps.empty()) j["network"]["taps"] = s.net_taps;
+    if (!s.sandbox.empty()) j["sandbox"] = s.sandbox;
     if (s.exit_code) j["exit_code"] = *s.exit_code;
     if (s.exit_signal) j["exit_signal"] = *s.exit_signal;
     return j;
@@ -40,6 +41,7 @@ Result<State> state_from_json(const json& j) {
         s.pid_start = j.value("pid_start", 0ull);
         s.vmm_pid = j.value("vmm_pid", 0);
         s.vmm_start = j.value("vmm_start", 0ull);
+        s.sandbox = j.value("sandbox", "");
         if (j.contains("exit_code")) s.exit_code = j["exit_code"].get<int>();
         if (j.contains("exit_signal")) s.exit_signal = j["exit_signal"].get<int>();
         if (j.contains("annotations")) s.annotations = j["annotations"].get<std::map<std::string, std::string>>();

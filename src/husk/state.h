@@ -45,6 +45,9 @@ struct State {
     std::string netns;
     std::vector<std::string> net_links;
     std::vector<std::string> net_taps;  // persistent taps made there (a VMM that opens by name)
+    // A container that joined another's VM (a pod member): that sandbox
+    // container's id. Its pid is then its relay's, and it has no VMM.
+    std::string sandbox;
 };
 
 nlohmann::json state_to_json(const State& s);

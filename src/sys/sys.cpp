@@ -422,10 +422,32 @@ Result<BindSource> open_bind_source(const std::string& path) {
     return b;
 }
 
+Result<Fd> open_tree_clone(const std::string& path, bool recursive) {
+    int fd = int(::syscall(SYS_open_tree, AT_FDCWD, path.c_str(),
+                           OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | (recursive ? AT_RECURSIVE : 0)));
+    if (fd < 0) return fail_errno("open " + path);
+    return Fd(fd);
+}
+
+Result<BindSource> detached_source(Fd tree) {
+    BindSource b;
+    struct stat st;
+    if (::fstat(tree.get(), &st) < 0) return fail_errno("stat a detached mount");
+    b.fd = std::move(tree);
+    b.directory = S_ISDIR(st.st_mode);
+    b.detached = true;
+    return b;
+}
+
 Result<void> bind_mount(const BindSource& src, const std::string& dst, bool recursive, bool readonly,
                         bool recursive_readonly) {
     unsigned long rec = recursive ? MS_REC : 0;
-    TRY(mount("/proc/self/fd/" + std::to_string(src.fd.get()), dst, "", MS_BIND | rec));
+    if (src.detached) {
+        if (::syscall(SYS_move_mount, src.fd.get(), "", AT_FDCWD, dst.c_str(), MOVE_MOUNT_F_EMPTY_PATH) < 0)
+            return fail_errno("attach at " + dst);
+    } else {
+        TRY(mount("/proc/self/fd/" + std::to_string(src.fd.get()), dst, "", MS_BIND | rec));
+    }
     // A bind remount changes the top mount alone (MS_REC means nothing to it).
     if (readonly) TRY(mount("", dst, "", MS_BIND | MS_REMOUNT | MS_RDONLY));
     if (recursive_readonly) {

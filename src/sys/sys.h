@@ -61,7 +61,7 @@ inline int ms_left(std::chrono::steady_clock::time_point deadline) {
 Result<Fd> unix_listen(const std::string& path, int backlog = 16);
 Result<Fd> unix_connect(const std::string& path, int type = SOCK_STREAM);
 // SCM_RIGHTS: `data` (at least one byte goes) with up to kMaxPassedFds fds.
-constexpr size_t kMaxPassedFds = 8;
+constexpr size_t kMaxPassedFds = 64;  // a pod member: its stdio and one mount tree per share entry
 Result<void> send_fds(int sock, const std::string& data, const std::vector<int>& fds);
 // One recvmsg of up to `max` bytes; received fds are appended (owned) even
 // on error. Returns the bytes ("" at EOF).
@@ -93,8 +93,16 @@ Result<void> umount(const std::string& target, int flags = 0);
 struct BindSource {
     Fd fd;
     bool directory = false;
+    // `fd` is a detached copy of the mount tree (open_tree), made where
+    // the path means what its caller meant (another mount namespace).
+    bool detached = false;
 };
 Result<BindSource> open_bind_source(const std::string& path);
+// A detached copy of the mount tree at `path` (with its submounts when
+// `recursive`), for a process in another mount namespace to attach.
+Result<Fd> open_tree_clone(const std::string& path, bool recursive);
+// A BindSource for a tree open_tree_clone made.
+Result<BindSource> detached_source(Fd tree);
 // Bind `src` on `dst` (MS_REC with `recursive`; then read-only if asked).
 // `readonly`: the top mount; `recursive_readonly`: every mount of the tree
 // (mount_setattr AT_RECURSIVE).

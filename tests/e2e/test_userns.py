@@ -88,6 +88,6 @@ def test_user_namespace_config_errors(husk, bundle):
     for edit, msg in [(no_maps, b"linux.uidMappings: required with a user namespace"),
                       (maps_without_ns, b"linux.uidMappings: given, but linux.namespaces has no user namespace"),
                       (no_root, b"linux.uidMappings: must map the container's id 0"),
-                      (join_path, b"joining an existing pid namespace is not possible from inside a VM")]:
+                      (join_path, b"linux.namespaces[0].path: /proc/1/ns/pid is not a namespace of a running husk container")]:
         r = husk("create", "-b", bundle(["true"], edit=edit), new_id())
         assert r.returncode != 0 and msg in r.stderr, (msg, r.stderr)

@@ -1,0 +1,187 @@
+"""Pods: containers that join a running container's VM (issue 21).
+
+A member names the sandbox's namespaces by path, as podman pods and
+docker's `container:` give them (/proc/<sandbox pid>/ns/<type>), or says so
+in CRI annotations; it then runs in the same VM, in the namespaces it
+shares, with its own rootfs, mount namespace, cgroup, process and exit.
+"""
+import json
+import os
+import signal
+import subprocess
+import time
+
+from conftest import new_id, reap, wait_for
+
+
+def gone(pid):
+    """The process has exited (we are the subreaper: reap it first)."""
+    reap()
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ")[1][0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+def ns_paths(pid, types=("ipc", "uts", "network")):
+    def edit(c):
+        names = {"network": "net"}
+        for n in c["linux"]["namespaces"]:
+            if n["type"] in types:
+                n["path"] = f"/proc/{pid}/ns/{names.get(n['type'], n['type'])}"
+        c.pop("hostname", None)  # the pod's UTS namespace has the sandbox's
+    return edit
+
+
+def start_sandbox(husk, bundle, tmp, script, edit=None):
+    sid = new_id()
+    out = open(tmp / f"{sid}.out", "wb")
+
+    def ed(c):
+        c["hostname"] = "podhost"
+        if edit:
+            edit(c)
+    husk("create", "-b", bundle(["sh", "-c", script], edit=ed), sid, check=True, stdout=out)
+    husk("start", sid, check=True)
+    return sid, husk.state(sid)["pid"], tmp / f"{sid}.out"
+
+
+def create_member(husk, bundle, tmp, args, edit, start=True):
+    mid = new_id()
+    out = open(tmp / f"{mid}.out", "wb")
+    husk("create", "-b", bundle(args, edit=edit), mid, check=True, stdout=out)
+    if start:
+        husk("start", mid, check=True)
+    return mid, tmp / f"{mid}.out"
+
+
+def read(path):
+    with open(path) as f:
+        return f.read()
+
+
+IDS = ("cat /proc/sys/kernel/random/boot_id; hostname; "
+       "for n in ipc uts pid mnt; do readlink /proc/self/ns/$n; done")
+
+
+def test_member_joins_the_sandbox_vm(husk, bundle, tmp_path):
+    sid, spid, sout = start_sandbox(husk, bundle, tmp_path, IDS + "; echo ready; exec httpd -f -p 8080 -h /etc")
+    wait_for(lambda: "ready" in read(sout), "sandbox up")
+    mid, mout = create_member(husk, bundle, tmp_path, ["sh", "-c", IDS + "; wget -q -O- http://127.0.0.1:8080/passwd | head -1; exit 7"],
+                              ns_paths(spid))
+    st = husk.state_file(mid)
+    assert st["sandbox"] == sid and st["vmm_pid"] == 0
+    wait_for(lambda: husk.state(mid)["status"] == "stopped", "member exits")
+    s, m = read(sout).split("\n"), read(mout).split("\n")
+    assert s[0] == m[0], "one VM: the same guest boot id"
+    assert s[1] == m[1] == "podhost", "the UTS namespace is shared"
+    assert s[2] == m[2], "the IPC namespace is shared"
+    assert s[3] == m[3], "the UTS namespace is shared"
+    assert s[4] != m[4], "each has its own pid namespace"
+    assert s[5] != m[5], "each has its own mount namespace"
+    assert m[6] == "root:x:0:0:root:/root:/bin/sh", "127.0.0.1 reaches the sandbox's httpd"
+    assert husk.state_file(mid)["exit_code"] == 7
+    # The member's end is its own: the sandbox runs on.
+    assert husk.state(sid)["status"] == "running"
+    r = husk("exec", sid, "cat", "/proc/sys/kernel/random/boot_id", check=True)
+    assert r.stdout.decode().strip() == s[0]
+    husk("delete", mid, check=True)
+    assert not os.path.exists(os.path.join(husk.root, mid))
+    husk("kill", sid, "KILL", check=True)
+    wait_for(lambda: husk.state(sid)["status"] == "stopped", "sandbox stops")
+    husk("delete", sid, check=True)
+
+
+def test_member_keeps_the_runc_contract(husk, bundle, tmp_path):
+    """exec, ps, kill, pause of a member: its own, not the sandbox's."""
+    sid, spid, sout = start_sandbox(husk, bundle, tmp_path, "echo ready; exec sleep 1000")
+    wait_for(lambda: "ready" in read(sout), "sandbox up")
+    mid, mout = create_member(husk, bundle, tmp_path, ["sh", "-c", "echo up; exec sleep 999"],
+                              ns_paths(spid, ("ipc", "uts", "pid", "network")), start=False)
+    assert husk.state(mid)["status"] == "created"
+    assert read(mout) == "", "nothing runs before start"
+    husk("start", mid, check=True)
+    assert husk.state(mid)["status"] == "running"
+    wait_for(lambda: "up" in read(mout), "member runs")
+    # Its pid namespace is the sandbox's (asked for), its processes its own.
+    r = husk("ps", mid, "--format", "json", check=True)
+    pids = json.loads(r.stdout)
+    assert len(pids) == 1
+    r = husk("exec", mid, "sh", "-c", "ps -o comm | sort | tr '\\n' ' '", check=True)
+    assert "sleep" in r.stdout.decode() and r.stdout.decode().count("sleep") == 2, r.stdout
+    r = husk("exec", mid, "sh", "-c", "exit 3")
+    assert r.returncode == 3
+    # Pause freezes the member only.
+    husk("pause", mid, check=True)
+    assert husk.state(mid)["status"] == "paused"
+    assert husk.state(sid)["status"] == "running"
+    r = husk("exec", sid, "true")
+    assert r.returncode == 0, "the sandbox still answers"
+    husk("resume", mid, check=True)
+    assert husk.state(mid)["status"] == "running"
+    husk("kill", mid, "TERM", check=True)
+    wait_for(lambda: husk.state(mid)["status"] == "stopped", "member stops")
+    assert husk.state(sid)["status"] == "running"
+    assert husk.state_file(mid)["exit_signal"] == signal.SIGTERM
+    husk("delete", mid, check=True)
+    husk("delete", "--force", sid, check=True)
+
+
+def test_cri_annotations_and_forced_sandbox_delete(husk, bundle, tmp_path):
+    """containerd's CRI: container-type/sandbox-id; deleting the sandbox
+    kills its members, whose state then reads stopped."""
+    def sandbox_ann(c):
+        c["annotations"] = {"io.kubernetes.cri.container-type": "sandbox"}
+    sid, spid, sout = start_sandbox(husk, bundle, tmp_path, "cat /proc/sys/kernel/random/boot_id; exec sleep 1000",
+                                    edit=sandbox_ann)
+
+    def member_ann(c):
+        c["annotations"] = {"io.kubernetes.cri.container-type": "container", "io.kubernetes.cri.sandbox-id": sid}
+        c.pop("hostname", None)
+        for n in c["linux"]["namespaces"]:
+            if n["type"] == "ipc":
+                n["path"] = f"/proc/{spid}/ns/ipc"
+    mid, mout = create_member(husk, bundle, tmp_path, ["sh", "-c", "cat /proc/sys/kernel/random/boot_id; exec sleep 999"],
+                              member_ann)
+    wait_for(lambda: read(mout) and read(sout), "both print")
+    assert read(mout) == read(sout)
+    relay = husk.state(mid)["pid"]
+    husk("delete", "--force", sid, check=True)
+    wait_for(lambda: husk.state(mid)["status"] == "stopped", "the member goes with its sandbox")
+    wait_for(lambda: gone(relay), "the member's relay exits")
+    husk("delete", mid, check=True)
+
+
+def test_member_errors_leave_nothing(husk, bundle, tmp_path):
+    def cri_missing(c):
+        c["annotations"] = {"io.kubernetes.cri.container-type": "container", "io.kubernetes.cri.sandbox-id": "nosuch"}
+    mid = new_id()
+    r = husk("create", "-b", bundle(["true"], edit=cri_missing), mid)
+    assert r.returncode != 0 and b"sandbox nosuch is not a running husk container" in r.stderr, r.stderr
+    assert not os.path.exists(os.path.join(husk.root, mid))
+    # A member whose rootfs is missing: the sandbox is untouched.
+    sid, spid, sout = start_sandbox(husk, bundle, tmp_path, "echo ready; exec sleep 1000")
+    wait_for(lambda: "ready" in read(sout), "sandbox up")
+    b = bundle(["true"], edit=ns_paths(spid))
+    subprocess.run(["rm", "-rf", os.path.join(b, "rootfs", "bin")], check=True)
+    r = husk("create", "-b", b, mid)
+    assert r.returncode != 0 and b"exec" in r.stderr or b"no such" in r.stderr.lower(), r.stderr
+    assert not os.path.exists(os.path.join(husk.root, mid))
+    assert husk.state(sid)["status"] == "running"
+    husk("delete", "--force", sid, check=True)
+
+
+def test_a_sandbox_on_a_disk_takes_no_member(husk, bundle, tmp_path):
+    """A VM whose rootfs is a copy on a disk (Firecracker, or asked for)
+    cannot be given another container's rootfs: a clear refusal."""
+    def disk(c):
+        c["annotations"] = {"org.husk.rootfs": "disk"}
+    sid, spid, sout = start_sandbox(husk, bundle, tmp_path, "echo ready; exec sleep 1000", edit=disk)
+    wait_for(lambda: "ready" in read(sout), "sandbox up")
+    mid = new_id()
+    r = husk("create", "-b", bundle(["true"], edit=ns_paths(spid)), mid)
+    assert r.returncode != 0 and b"has its rootfs on a disk" in r.stderr, r.stderr
+    assert not os.path.exists(os.path.join(husk.root, mid))
+    assert husk.state(sid)["status"] == "running"
+    husk("delete", "--force", sid, check=True)
