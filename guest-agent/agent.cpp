@@ -325,6 +325,19 @@ private:
     sys::Fd chan_;
     sys::Fd own_pidns_;
     std::map<std::string, Container> containers_;
+    // Signals for a container's init that its kernel would have dropped:
+    // it is a pid namespace's init that has not yet set up its handling
+    // (catatonit, a pod's pause process, just started under TCG). Sent
+    // again once it takes them, for a short while after it started, as
+    // they would have arrived under runc, where that moment is too short
+    // to hit.
+    struct LateSignal {
+        uint32_t proc;
+        int sig;
+        std::chrono::steady_clock::time_point until;
+    };
+    std::vector<LateSignal> late_;
+    void retry_late_signals();
     proto::Decoder dec_;
     proto::Outbox out_;  // frames for the shim
     std::map<uint32_t, Process> procs_;
@@ -619,7 +632,27 @@ Result<json> Agent::do_kill(const json& params) {
             for (pid_t q : pids_of(c->second))
                 if (q != pid) ::kill(q, sig);  // the init last, below, so its failure is reported
     if (::kill(pid, sig) < 0) return fail_errno("kill");
+    if (sig != SIGKILL && sig != SIGSTOP) {
+        auto status = sys::read_file("/proc/" + std::to_string(pid) + "/status", 65536).value_or("");
+        std::string nspid = agent::status_field(status, "NSpid");
+        bool ns_init = nspid.size() > 1 && nspid.compare(nspid.size() - 2, 2, "\t1") == 0;
+        if (ns_init && !agent::takes_signal(status, sig))
+            late_.push_back({idx, sig, std::chrono::steady_clock::now() + std::chrono::seconds(2)});
+    }
     return json::object();
+}
+
+void Agent::retry_late_signals() {
+    auto now = std::chrono::steady_clock::now();
+    std::erase_if(late_, [&](const LateSignal& l) {
+        auto it = procs_.find(l.proc);
+        if (it == procs_.end() || it->second.status || now >= l.until) return true;
+        pid_t pid = it->second.pid;
+        if (!agent::takes_signal(sys::read_file("/proc/" + std::to_string(pid) + "/status", 65536).value_or(""), l.sig))
+            return false;
+        ::kill(pid, l.sig);
+        return true;
+    });
 }
 
 void Agent::on_request(const json& req) {
@@ -765,8 +798,9 @@ Result<void> Agent::run() {
                 tags.push_back({kIn, idx, 0});
             }
         }
-        int n = ::poll(pf.data(), pf.size(), -1);
+        int n = ::poll(pf.data(), pf.size(), late_.empty() ? -1 : 10);
         if (n < 0 && errno != EINTR) return fail_errno("poll");
+        if (!late_.empty()) retry_late_signals();
         for (size_t i = 0; n > 0 && i < pf.size(); ++i) {
             if (!pf[i].revents) continue;
             auto t = tags[i];

@@ -100,6 +100,13 @@ std::string tty_name(unsigned long nr) {
     return "?";
 }
 
+bool takes_signal(const std::string& status, int sig) {
+    if (sig < 1 || sig > 64) return false;
+    uint64_t mask = 0;
+    for (const char* k : {"SigBlk", "SigCgt"}) mask |= std::strtoull(status_field(status, k).c_str(), nullptr, 16);
+    return (mask >> (sig - 1)) & 1;
+}
+
 bool in_cgroup(const std::string& proc_cgroup, const std::string& group) {
     // cgroup v2's line: "0::/path".
     size_t pos = proc_cgroup.rfind("0::", 0) == 0 ? 0 : proc_cgroup.find("\n0::");

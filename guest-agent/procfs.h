@@ -31,6 +31,11 @@ std::string status_field(const std::string& status, const std::string& key);
 // state, first), split on spaces; empty if unreadable.
 std::vector<std::string> stat_fields(const std::string& stat);
 
+// Whether a process whose /proc/<pid>/status is `status` would take
+// signal `sig` now: it blocks or catches it (SigBlk, SigCgt). The init of
+// a pid namespace that does neither has it dropped by the kernel.
+bool takes_signal(const std::string& status, int sig);
+
 // A terminal's name from stat's tty_nr: "pts/0", "tty1", "ttyS0", or "?".
 std::string tty_name(unsigned long tty_nr);
 

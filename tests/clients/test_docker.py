@@ -121,3 +121,18 @@ def test_published_port_and_dns_files(docker):
     docker("run", "-d", "--runtime", "husk", "--name", "hk-dkweb", "-p", "18081:80", IMAGE, "sh", "-c", WEB, check=True)
     check_published_web(docker, "hk-dkweb", 18081, lambda: json.loads(docker("inspect", "hk-dkweb", check=True).stdout)[0])
     docker("rm", "-f", "hk-dkweb", check=True)
+
+
+def test_network_container_joins_that_containers_vm(docker):
+    """`--network container:NAME`: the joiner runs in NAME's VM (issue 21)
+    and reaches its server on 127.0.0.1."""
+    docker("run", "-d", "--runtime", "husk", "--name", "hk-dkpod", IMAGE, "sh", "-c",
+           "cat /proc/sys/kernel/random/boot_id > /tmp/boot; " + WEB, check=True)
+    r = docker("run", "--rm", "--runtime", "husk", "--network", "container:hk-dkpod", IMAGE, "sh", "-c",
+               "for i in $(seq 50); do wget -q -O- http://127.0.0.1:80/ && break; sleep 0.2; done; "
+               "cat /proc/sys/kernel/random/boot_id")
+    assert r.returncode == 0, r.stderr
+    page, boot = r.stdout.decode().split("\n")[:2]
+    assert page == "hello-from-husk", r.stdout
+    assert docker("exec", "hk-dkpod", "cat", "/tmp/boot", check=True).stdout.decode().strip() == boot, "one VM"
+    docker("rm", "-f", "hk-dkpod", check=True)

@@ -7,7 +7,8 @@ import time
 
 import pytest
 
-from conftest import HUSK, WEB, assert_nothing_left, check_published_web, have, in_tty, run, wait_for
+from conftest import (HUSK, WEB, assert_nothing_left, check_published_web, have, http_get, in_tty, processes_mentioning, run,
+                      wait_for)
 
 IMAGE = "localhost/husk-test-busybox:latest"
 
@@ -143,3 +144,46 @@ def test_network_published_port_and_dns_files(podman, image):
     r = podman("run", "--rm", image, "wget", "-q", "-O", "-", f"http://{net['IPAddress']}/")
     assert r.returncode == 0 and r.stdout == b"hello-from-husk\n", (r.stdout, r.stderr)
     podman("rm", "-f", "-t", "0", "hk-web", check=True)
+
+
+def qemus():
+    """husk's VMs (a QEMU booting a husk guest: husk.* on its command line)."""
+    return [(pid, cmd[:80]) for pid, cmd in processes_mentioning("husk.channel=") if "qemu-system" in cmd.split(" ")[0]]
+
+
+def test_pod_one_vm_shared_namespaces_ports_and_lifecycle(podman, image):
+    """`podman pod`: the infra container and every member in one VM (issue
+    21): 127.0.0.1 and /dev/shm between members, the pod's published port
+    to the member that listens, exec into each, a member's own exit, pod
+    stop/start/rm."""
+    try:
+        r = podman("pod", "create", "--name", "hk-pod", "-p", "18082:80")
+        assert r.returncode == 0, r.stderr
+        r = podman("run", "-d", "--pod", "hk-pod", "--name", "hk-pweb", image, "sh", "-c",
+                   "echo from-web > /dev/shm/note; " + WEB)
+        assert r.returncode == 0, r.stderr
+        wait_for(lambda: http_get("http://127.0.0.1:18082/") == b"hello-from-husk\n", timeout=90, what="the pod's port")
+        r = podman("run", "--rm", "--pod", "hk-pod", image, "sh", "-c",
+                   "wget -q -O- http://127.0.0.1:80/; cat /dev/shm/note; cat /proc/sys/kernel/random/boot_id")
+        assert r.returncode == 0, r.stderr
+        page, note, boot = r.stdout.decode().split("\n")[:3]
+        assert (page, note) == ("hello-from-husk", "from-web"), r.stdout
+        r = podman("exec", "hk-pweb", "cat", "/proc/sys/kernel/random/boot_id", check=True)
+        assert r.stdout.decode().strip() == boot, "one VM for the pod"
+        assert len(qemus()) == 1, qemus()
+        r = podman("pod", "ps", "--format", "{{.Name}} {{.Status}}", check=True)
+        assert b"hk-pod Running" in r.stdout, r.stdout
+        # A member that ends on its own: its status, the rest runs on.
+        r = podman("run", "--pod", "hk-pod", "--name", "hk-p7", image, "sh", "-c", "exit 7")
+        assert r.returncode == 7, r.stderr
+        assert podman("inspect", "-f", "{{.State.Status}}", "hk-pweb").stdout.strip() == b"running"
+        r = podman("pod", "stop", "-t", "2", "hk-pod")
+        assert r.returncode == 0, r.stderr
+        wait_for(lambda: not qemus(), timeout=30, what="the pod's VM to stop")
+        r = podman("pod", "start", "hk-pod")
+        assert r.returncode == 0, r.stderr
+        wait_for(lambda: http_get("http://127.0.0.1:18082/") == b"hello-from-husk\n", timeout=90,
+                 what="the pod's port after start")
+        assert len(qemus()) == 1, qemus()
+    finally:
+        podman("pod", "rm", "-f", "-t", "0", "hk-pod")

@@ -145,3 +145,13 @@ TEST_CASE("agent: a process's cgroup v2 group, and those below it") {
     CHECK(agent::in_cgroup("1:name=systemd:/x\n0::/container\n", "/container"));
     CHECK(!agent::in_cgroup("", "/container"));
 }
+
+TEST_CASE("agent: a pid namespace's init takes a signal it blocks or catches") {
+    std::string st = "Name:\tcatatonit\nSigBlk:\t0000000000004000\nSigIgn:\t0000000000000000\nSigCgt:\t0000000000000002\n";
+    CHECK(agent::takes_signal(st, 15));   // SIGTERM: blocked (bit 14)
+    CHECK(agent::takes_signal(st, 2));    // SIGINT: caught (bit 1)
+    CHECK(!agent::takes_signal(st, 10));  // SIGUSR1: default, so dropped
+    CHECK(!agent::takes_signal("Name:\tsleep\nSigBlk:\t0\nSigCgt:\t0\n", 15));
+    CHECK(!agent::takes_signal(st, 0));
+    CHECK(!agent::takes_signal(st, 65));
+}
