@@ -52,13 +52,13 @@ def rootfs_tar_bytes():
     return buf.getvalue()
 
 
-def oci_archive(out, ref):
+def oci_archive(out, ref, cmd=("sh",)):
     """An OCI image layout (index.json, blobs/sha256/...) in a tarball."""
     layer = gzip.compress(rootfs_tar_bytes(), mtime=EPOCH)
     diff_id = hashlib.sha256(gzip.decompress(layer)).hexdigest()
     config = json.dumps({
         "architecture": "amd64", "os": "linux",
-        "config": {"Env": ["PATH=/bin"], "Cmd": ["sh"]},
+        "config": {"Env": ["PATH=/bin"], "Cmd": list(cmd)},
         "rootfs": {"type": "layers", "diff_ids": [f"sha256:{diff_id}"]},
     }, sort_keys=True).encode()
     blobs = {}
