@@ -578,7 +578,7 @@ Result<void> Shim::launch_vm() {
                                                  : "virtio-serial";
     log::debug("vm: " + (hv_->name() == "qemu" ? std::string(accel_name(host.accel)) : hv_->name()) + ", " +
                std::to_string(cfg.vcpus) + " vcpu, " + std::to_string(cfg.memory_mib) + " MiB, channel " + channel +
-               (host.share_disk.empty() ? "" : ", rootfs on a disk"));
+               (host.share_disk.empty() ? "" : ", rootfs on a disk") + " (sized by " + vm_size_reason(spec_) + ")");
     vm_ = TRY(hv_->launch(cfg, paths_.dir, paths_.vmm_log));
     console_w_.reset();
     taps_.clear();  // the VMM's now: a tap lives as long as the VMM does

@@ -41,10 +41,35 @@ SharePlan plan_shares(const Spec& spec, const std::string& bundle, bool (*is_dir
     return plan;
 }
 
+// A CRI sandbox's pod-level figure (containerd sets these on the pause
+// container from the pod's containers, Kubernetes 1.23+): 0 if absent or
+// not a number.
+static uint64_t pod_figure(const Spec& spec, const char* key) {
+    auto it = spec.annotations.find(key);
+    if (it == spec.annotations.end() || it->second.empty() || it->second.find_first_not_of("0123456789") != std::string::npos ||
+        it->second.size() > 18)
+        return 0;
+    return std::stoull(it->second);
+}
+
 uint64_t vm_memory_mib(const Spec& spec) {
     uint64_t container = defaults::kContainerMemoryMiB;
     if (spec.memory_limit) container = (uint64_t(*spec.memory_limit) + (1 << 20) - 1) >> 20;
+    // A pod's VM holds the pod: the sum of its containers' memory (rkt's rule).
+    if (uint64_t pod = pod_figure(spec, kPodMemoryAnnotation)) container = std::max(container, (pod + (1 << 20) - 1) >> 20);
     return container + defaults::kMemoryOverheadMiB;
+}
+
+std::string vm_size_reason(const Spec& spec) {
+    std::string why;
+    if (uint64_t m = pod_figure(spec, kPodMemoryAnnotation)) why += "pod memory " + std::to_string(m >> 20) + " MiB";
+    if (uint64_t q = pod_figure(spec, kPodCpuQuotaAnnotation)) {
+        uint64_t period = pod_figure(spec, kPodCpuPeriodAnnotation);
+        why += std::string(why.empty() ? "" : ", ") + "pod cpu quota " + std::to_string(q) + "/" +
+               std::to_string(period ? period : 100000);
+    }
+    if (why.empty()) why = spec.memory_limit ? "the container's memory limit" : "the default size";
+    return why;
 }
 
 Result<std::vector<unsigned>> parse_cpu_list(const std::string& list) {
@@ -83,6 +108,11 @@ unsigned vm_vcpus(const Spec& spec, unsigned host_cpus) {
         n = unsigned((uint64_t(*spec.cpu_quota) + period - 1) / period);
     }
     if (auto cpus = parse_cpu_list(spec.cpuset_cpus); cpus && !cpus->empty()) n = std::max(n, unsigned(cpus->size()));
+    if (uint64_t q = pod_figure(spec, kPodCpuQuotaAnnotation)) {
+        uint64_t period = pod_figure(spec, kPodCpuPeriodAnnotation);
+        if (period == 0) period = 100000;
+        n = std::max(n, unsigned(std::min<uint64_t>((q + period - 1) / period, defaults::kMaxVcpus)));
+    }
     n = std::min({n, std::max(1u, host_cpus), defaults::kMaxVcpus});
     return std::max(1u, n);
 }

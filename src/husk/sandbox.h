@@ -67,8 +67,19 @@ inline constexpr const char* kAnnotationRootfs = "org.husk.rootfs";
 // cannot share a directory, or the annotation's choice.
 Result<bool> rootfs_on_disk(const Spec& spec, const std::string& driver, bool driver_shares);
 
+// A pod's sizes, which containerd's CRI puts on its sandbox container.
+inline constexpr const char* kPodMemoryAnnotation = "io.kubernetes.cri.sandbox-memory";  // bytes
+inline constexpr const char* kPodCpuQuotaAnnotation = "io.kubernetes.cri.sandbox-cpu-quota";
+inline constexpr const char* kPodCpuPeriodAnnotation = "io.kubernetes.cri.sandbox-cpu-period";
+
+// The guest's memory: the container's limit (or a default), or the pod's
+// when its sandbox says (kPodMemoryAnnotation), whichever is more; plus
+// the guest's own overhead.
 uint64_t vm_memory_mib(const Spec& spec);
-// vCPUs for the CPU quota and the cpuset, whichever asks for more.
+// What vm_memory_mib and vm_vcpus went by, for --debug.
+std::string vm_size_reason(const Spec& spec);
+// vCPUs for the CPU quota, the cpuset and the pod's quota, whichever asks
+// for more.
 unsigned vm_vcpus(const Spec& spec, unsigned host_cpus);
 
 // CPU lists ("0-3,6"), as cpuset.cpus and taskset write them: sorted ids.

@@ -185,3 +185,33 @@ def test_a_sandbox_on_a_disk_takes_no_member(husk, bundle, tmp_path):
     assert not os.path.exists(os.path.join(husk.root, mid))
     assert husk.state(sid)["status"] == "running"
     husk("delete", "--force", sid, check=True)
+
+
+def test_concurrent_members_a_crashed_owner_and_a_late_joiner(husk, bundle, tmp_path):
+    """Members created at once are serialised; a sandbox whose shim dies
+    leaves its members stopped and deletable; a member that comes after
+    the sandbox stopped fails cleanly."""
+    sid, spid, sout = start_sandbox(husk, bundle, tmp_path, "echo ready; exec sleep 1000")
+    wait_for(lambda: "ready" in read(sout), "sandbox up")
+    ids = [new_id() for _ in range(3)]
+    # (stderr to files: a member's relay keeps its stdio, as runc's init does)
+    errs = [open(tmp_path / f"{i}.err", "w+b") for i in ids]
+    procs = [subprocess.Popen(husk.cmd("run", "-d", "-b", bundle(["sleep", "1000"], edit=ns_paths(spid)), i),
+                              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=e) for i, e in zip(ids, errs)]
+    for p, e in zip(procs, errs):
+        p.wait(timeout=240)
+        assert p.returncode == 0, read(e.name)
+    for i in ids:
+        assert husk.state(i)["status"] == "running" and husk.state_file(i)["sandbox"] == sid
+    relays = [husk.state(i)["pid"] for i in ids]
+    # The VM's owner dies: every member reads stopped and goes with delete.
+    os.kill(spid, signal.SIGKILL)
+    for i, pid in zip(ids, relays):
+        wait_for(lambda: husk.state(i)["status"] == "stopped", "member stops with its sandbox")
+        wait_for(lambda: gone(pid), "its relay exits")
+    for i in ids:
+        husk("delete", i, check=True)
+    r = husk("create", "-b", bundle(["true"], edit=ns_paths(spid)), "late")
+    assert r.returncode != 0 and b"is not a namespace of a running husk container" in r.stderr, r.stderr
+    assert not os.path.exists(os.path.join(husk.root, "late"))
+    husk("delete", sid, check=True)

@@ -4,6 +4,7 @@
 
 #include "guest-agent/procfs.h"
 #include "husk/pod.h"
+#include "husk/sandbox.h"
 
 using namespace husk;
 
@@ -154,4 +155,17 @@ TEST_CASE("agent: a pid namespace's init takes a signal it blocks or catches") {
     CHECK(!agent::takes_signal("Name:\tsleep\nSigBlk:\t0\nSigCgt:\t0\n", 15));
     CHECK(!agent::takes_signal(st, 0));
     CHECK(!agent::takes_signal(st, 65));
+}
+
+TEST_CASE("pod: a CRI sandbox's VM is sized for the pod") {
+    auto s = spec_of(R"([{"type":"mount"}])", R"({"io.kubernetes.cri.container-type":"sandbox",
+        "io.kubernetes.cri.sandbox-memory":"629145600","io.kubernetes.cri.sandbox-cpu-quota":"250000",
+        "io.kubernetes.cri.sandbox-cpu-period":"100000"})");
+    CHECK(vm_memory_mib(s) == 600 + 64);  // the pod's 600 MiB, not the pause container's default
+    CHECK(vm_vcpus(s, 8) == 3);           // 2.5 CPUs of pod quota
+    CHECK(vm_vcpus(s, 2) == 2);
+    CHECK_THAT(vm_size_reason(s), Catch::Contains("pod memory 600 MiB") && Catch::Contains("pod cpu quota 250000/100000"));
+    auto bad = spec_of(R"([{"type":"mount"}])", R"({"io.kubernetes.cri.sandbox-memory":"lots"})");
+    CHECK(vm_memory_mib(bad) == 128 + 64);
+    CHECK(vm_size_reason(bad) == "the default size");
 }
