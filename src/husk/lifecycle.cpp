@@ -31,6 +31,48 @@
 
 namespace husk {
 
+void NewContainer::undo() {
+    remove_host_cgroups(st.cgroups);
+    (void)sys::remove_all(paths.dir);
+}
+
+Result<NewContainer> begin_container(const Globals& g, const std::string& id, const std::string& bundle, const Spec& spec) {
+    NewContainer nc;
+    nc.paths = state_paths(g.root, id);
+    // mkdir is the duplicate-id check.
+    if (::mkdir(nc.paths.dir.c_str(), 0700) < 0) {
+        if (errno == EEXIST) return fail("container with id exists: " + id, EEXIST);
+        return fail_errno("mkdir " + nc.paths.dir);
+    }
+    auto lock = ContainerLock::acquire_new(nc.paths);
+    if (!lock) {
+        nc.undo();
+        return tl::unexpected(lock.error());
+    }
+    nc.lock.emplace(std::move(*lock));
+    nc.st = new_state(id, bundle, spec);
+    auto dirs = host_cgroups(g, spec, id);
+    if (!dirs) {
+        nc.undo();
+        return tl::unexpected(dirs.error());
+    }
+    nc.st.cgroups = *dirs;
+    return nc;
+}
+
+State new_state(const std::string& id, const std::string& bundle, const Spec& spec) {
+    State st;
+    st.id = id;
+    st.bundle = bundle;
+    st.rootfs = rootfs_path(bundle, spec);
+    st.status = status::kCreating;
+    st.created = now_rfc3339();
+    st.owner = owner_name();
+    st.annotations = spec.annotations;
+    st.hooks = spec.raw.contains("hooks") ? spec.raw["hooks"] : nlohmann::json();
+    return st;
+}
+
 std::string owner_name() {
     if (auto* pw = getpwuid(getuid())) return pw->pw_name;
     return std::to_string(getuid());
@@ -192,32 +234,15 @@ Result<pid_t> create_container(const Globals& g, const std::string& id, const Cr
         return fail("hypervisor " + hypervisor + ": " + why, ENOENT);
 
     log::debug("create " + id + ": bundle " + bundle + ", hypervisor " + hypervisor);
-    auto paths = state_paths(g.root, id);
     TRY(sys::mkdir_p(g.root, 0711));
-    if (::mkdir(paths.dir.c_str(), 0700) < 0) {
-        if (errno == EEXIST) return fail("container with id exists: " + id, EEXIST);
-        return fail_errno("mkdir " + paths.dir);
-    }
+    auto nc = TRY(begin_container(g, id, bundle, spec));
+    auto& paths = nc.paths;
+    auto& st = nc.st;
     // From here on a failure removes the directory (and cgroups) again.
-    State st;
     auto cleanup = [&](Error e) -> Result<pid_t> {
-        remove_host_cgroups(st.cgroups);
-        (void)sys::remove_all(paths.dir);
+        nc.undo();
         return tl::unexpected(std::move(e));
     };
-    auto lock = ContainerLock::acquire_new(paths);
-    if (!lock) return cleanup(lock.error());
-
-    st.id = id;
-    st.bundle = bundle;
-    st.rootfs = rootfs;
-    st.status = status::kCreating;
-    st.created = now_rfc3339();
-    st.owner = owner_name();
-    st.annotations = spec.annotations;
-    st.hooks = spec.raw.contains("hooks") ? spec.raw["hooks"] : nlohmann::json();
-    if (auto dirs = host_cgroups(g, spec, id); !dirs) return cleanup(dirs.error());
-    else st.cgroups = *dirs;
     // The VM's memory bound and cpuset from the start; its CPU time bound
     // once it has booted (below): the boot is the runtime's cost, and under
     // half a CPU a TCG boot took twice as long (5.3 s against 2.7 s).

@@ -80,6 +80,18 @@ Result<void> write_pid_file(const std::string& path, pid_t pid);
 StatePaths shim_route(const Globals& g, const State& st, nlohmann::json& req);
 
 // Shared by lifecycle's units (lifecycle.cpp, pod_member.cpp).
+// A container's directory as create makes it: <root>/<id> (or "container
+// with id exists"), locked, its first state and host cgroups (not yet
+// written); undo() removes them again.
+struct NewContainer {
+    StatePaths paths;
+    State st;
+    std::optional<ContainerLock> lock;
+    void undo();
+};
+Result<NewContainer> begin_container(const Globals& g, const std::string& id, const std::string& bundle, const Spec& spec);
+// A container's first state: creating, its bundle, spec annotations and hooks.
+State new_state(const std::string& id, const std::string& bundle, const Spec& spec);
 std::string owner_name();
 Result<std::vector<std::string>> host_cgroups(const Globals& g, const Spec& spec, const std::string& id);
 // The running husk containers under --root, as resolve_pod sees them.

@@ -54,37 +54,19 @@ Result<pid_t> create_member(const Globals& g, const std::string& id, const std::
     if (std::string s = effective_status(sb); s != status::kCreated && s != status::kRunning)
         return fail("sandbox " + pod.sandbox + " is " + s + ": no container can join it", EINVAL);
 
-    auto paths = state_paths(g.root, id);
-    if (::mkdir(paths.dir.c_str(), 0700) < 0) {
-        if (errno == EEXIST) return fail("container with id exists: " + id, EEXIST);
-        return fail_errno("mkdir " + paths.dir);
-    }
-    State st;
+    auto nc = TRY(begin_container(g, id, bundle, spec));
+    auto& paths = nc.paths;
+    auto& st = nc.st;
+    st.sandbox = pod.sandbox;  // its host cgroup holds its relay (callers find the group from its pid)
     pid_t relay = -1;
     auto cleanup = [&](Error e) -> Result<pid_t> {
         if (relay > 0) {
             ::kill(relay, SIGKILL);
             ::waitpid(relay, nullptr, 0);
         }
-        remove_host_cgroups(st.cgroups);
-        (void)sys::remove_all(paths.dir);
+        nc.undo();
         return tl::unexpected(std::move(e));
     };
-    auto lock = ContainerLock::acquire_new(paths);
-    if (!lock) return cleanup(lock.error());
-    st.id = id;
-    st.bundle = bundle;
-    st.rootfs = rootfs_path(bundle, spec);
-    st.status = status::kCreating;
-    st.created = now_rfc3339();
-    st.owner = owner_name();
-    st.annotations = spec.annotations;
-    st.hooks = spec.raw.contains("hooks") ? spec.raw["hooks"] : json();
-    st.sandbox = pod.sandbox;
-    // Its host cgroup holds its relay (callers find the container's group
-    // from its pid); its bounds are its guest cgroup's.
-    if (auto dirs = host_cgroups(g, spec, id); !dirs) return cleanup(dirs.error());
-    else st.cgroups = *dirs;
 
     // Its rootfs and bind sources as we see them (podman mounts a member's
     // overlay rootfs in a mount namespace the sandbox's shim no longer
@@ -126,7 +108,7 @@ Result<pid_t> create_member(const Globals& g, const std::string& id, const std::
         // The locks stay with husk create: a relay holding them would keep
         // the sandbox locked for as long as the member lives.
         ::close(sb_lock.fd());
-        ::close(lock->fd());
+        ::close(nc.lock->fd());
         // In the pod's network namespace, as runc's init would be: what
         // looks at /proc/<pid>/ns/net (hooks, `container:` joins) finds it.
         if (!netns.empty())
