@@ -127,6 +127,28 @@ Result<void> mount_share_disk() {
     return fail("the share's disk (/dev/vda) never appeared", ENODEV);
 }
 
+// The module names an order file lists, one a line (dependencies first).
+std::vector<std::string> order_names(const std::string& order) {
+    std::vector<std::string> out;
+    for (size_t pos = 0; pos < order.size();) {
+        size_t e = order.find('\n', pos);
+        if (e == std::string::npos) e = order.size();
+        if (e > pos) out.push_back(order.substr(pos, e - pos));
+        pos = e + 1;
+    }
+    return out;
+}
+
+Result<void> load_module(const std::string& path) {
+    auto fd = TRY(sys::open(path, O_RDONLY));
+    if (::syscall(SYS_finit_module, fd.get(), "", 0) < 0 && errno != EEXIST) return fail_errno("load module " + sys::basename(path));
+    return {};
+}
+
+// Where the modules loaded on demand (virtio_mem) are kept once the
+// initramfs is gone: the agent's own root, which no container sees.
+constexpr const char* kLateModules = "/lib/husk-modules";
+
 Result<void> early_init() {
     ::mkdir("/dev", 0755);
     ::mkdir("/proc", 0555);
@@ -159,19 +181,12 @@ Result<void> early_init() {
         if (cmdline_param(cmdline, "husk.net") == "1") order += sys::read_file("/lib/modules/order.net").value_or("");
         if (cmdline_param(cmdline, "husk.share") == "disk") order += sys::read_file("/lib/modules/order.disk").value_or("");
     }
-    size_t pos = 0;
-    while (pos < order.size()) {
-        size_t e = order.find('\n', pos);
-        if (e == std::string::npos) e = order.size();
-        std::string name = order.substr(pos, e - pos);
-        pos = e + 1;
-        if (name.empty()) continue;
-        auto fd = TRY(sys::open("/lib/modules/" + name, O_RDONLY));
-        if (::syscall(SYS_finit_module, fd.get(), "", 0) < 0 && errno != EEXIST) {
-            if (!uml) return fail_errno("load module " + name);
-            say("load module " + name + ": " + std::strerror(errno) + "; no IPv6 in this guest");
-            break;
-        }
+    for (const auto& name : order_names(order)) {
+        auto r = load_module("/lib/modules/" + name);
+        if (r) continue;
+        if (!uml) return r;
+        say(r.error().message + "; no IPv6 in this guest");
+        break;
     }
     say("modules loaded");
 
@@ -183,6 +198,15 @@ Result<void> early_init() {
     TRY(sys::mount("tmpfs", "/newroot", "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755"));
     for (auto d : {"dev", "proc", "sys", "run", "tmp"}) TRY(sys::mkdir_p(std::string("/newroot/") + d, 0755));
     for (auto d : {"dev", "proc", "sys"}) TRY(sys::mount(std::string("/") + d, std::string("/newroot/") + d, "", MS_MOVE));
+    // virtio_mem, for a VM that may be given memory: loaded when it first
+    // is (Agent::do_memory), not at boot (~80 ms of TCG a boot).
+    if (!uml && cmdline_param(cmdline, "husk.mem") == "1") {
+        std::string late = sys::read_file("/lib/modules/order.mem").value_or("");
+        TRY(sys::mkdir_p(std::string("/newroot") + kLateModules, 0700));
+        TRY(sys::write_file(std::string("/newroot") + kLateModules + "/order", late));
+        for (const auto& name : order_names(late))
+            TRY(sys::write_file(std::string("/newroot") + kLateModules + "/" + name, TRY(sys::read_file("/lib/modules/" + name, 16 << 20))));
+    }
     free_initramfs("/", rootst.st_dev, "/newroot");
     TRY(sys::chdir("/newroot"));
     TRY(sys::mount(".", "/", "", MS_MOVE));
@@ -313,6 +337,7 @@ private:
     Result<json> do_stats(const json& params);
     Result<json> do_remove(const json& params);
     Result<json> do_freeze(const json& params);
+    Result<json> do_memory(const json& params);
     Result<Container*> container_of(const json& params);
     Result<pid_t> running_init(const Container& c);
     std::vector<pid_t> pids_of(const Container& c);
@@ -516,11 +541,21 @@ Result<json> Agent::do_remove(const json& params) {
     for (pid_t q : pids_of(*c)) ::kill(q, SIGKILL);
     for (auto& [idx, p] : procs_)
         if (p.container == params.value("container", "") && !p.status) ::kill(p.pid, SIGKILL);
+    // What its init left in a pid namespace it shares (the pod's), too.
+    if (!c->cgroup_dir.empty()) (void)sys::write_file(c->cgroup_dir + "/cgroup.kill", "1");
     if (!c->cgroup_dir.empty()) {
         c->cgroup.reset();
         agent::remove_container_cgroup(c->cgroup_dir);
     }
     containers_.erase(params.value("container", ""));
+    return json::object();
+}
+
+// The VM is about to be given memory: its driver, once.
+Result<json> Agent::do_memory(const json&) {
+    auto order = sys::read_file(std::string(kLateModules) + "/order");
+    if (!order) return fail("this guest was not booted to take memory (husk.mem)", ENOTSUP);
+    for (const auto& name : order_names(*order)) TRY(load_module(std::string(kLateModules) + "/" + name));
     return json::object();
 }
 
@@ -671,6 +706,7 @@ void Agent::on_request(const json& req) {
         else if (method == "stats") r = do_stats(params);
         else if (method == "remove") r = do_remove(params);
         else if (method == "freeze") r = do_freeze(params);
+        else if (method == "memory") r = do_memory(params);
     } catch (const json::exception& e) {
         r = fail(std::string("bad request: ") + e.what(), EINVAL);
     }

@@ -31,6 +31,7 @@ NET_MODULES = ["virtio_net"]
 # Loaded only when the rootfs comes on a disk (husk.share=disk): every VMM
 # without a shared filesystem (Firecracker, Cloud Hypervisor), or on request.
 DISK_MODULES = ["virtio_blk", "crc32c_generic", "ext4"]  # ext4 asks the crypto API for crc32c
+MEM_MODULES = ["virtio_mem"]  # memory a pod's VM is given as its containers arrive (husk.mem=1)
 KERNEL_META = "linux-image-amd64"
 # A UML guest runs the host's user-mode-linux kernel, which has IPv6 as a
 # module: its modules go in lib/modules/uml, loaded only by a UML guest
@@ -226,6 +227,7 @@ def main():
     vsock_mods = [n for n in resolve(VSOCK_MODULES, index) if n not in base_mods]
     net_mods = [n for n in resolve(NET_MODULES, index) if n not in base_mods]
     disk_mods = [n for n in resolve(DISK_MODULES, index, builtin) if n not in base_mods]
+    mem_mods = [n for n in resolve(MEM_MODULES, index, builtin) if n not in base_mods]
     uml_net_mods, uml_index = uml_modules()
     with open(a.agent, "rb") as f:
         agent = f.read()
@@ -239,12 +241,13 @@ def main():
         ("lib/modules/order.vsock", 0o100644, "".join(f"{n}.ko\n" for n in vsock_mods).encode()),
         ("lib/modules/order.net", 0o100644, "".join(f"{n}.ko\n" for n in net_mods).encode()),
         ("lib/modules/order.disk", 0o100644, "".join(f"{n}.ko\n" for n in disk_mods).encode()),
+        ("lib/modules/order.mem", 0o100644, "".join(f"{n}.ko\n" for n in mem_mods).encode()),
         ("lib/modules/uml", 0o040755, None),
         ("lib/modules/uml/order.net", 0o100644, "".join(f"uml/{n}.ko\n" for n in uml_net_mods).encode()),
         ("proc", 0o040755, None),
         ("sys", 0o040755, None),
     ]
-    for n in base_mods + vsock_mods + net_mods + disk_mods:
+    for n in base_mods + vsock_mods + net_mods + disk_mods + mem_mods:
         entries.append((f"lib/modules/{n}.ko", 0o100644, index[n][1]))
     for n in uml_net_mods:
         entries.append((f"lib/modules/uml/{n}.ko", 0o100644, uml_index[n][1]))

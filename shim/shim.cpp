@@ -29,6 +29,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "husk/cgroups.h"
 #include "husk/defaults.h"
 #include "husk/hooks.h"
 #include "husk/hypervisor.h"
@@ -148,6 +149,7 @@ struct Member {
     std::vector<std::string> mounts;  // under the share, parents first
     bool created = false, started = false, exited = false;
     bool paused = false;
+    uint64_t memory_mib = 0;  // what the VM holds for it (its limit, or the default)
 };
 
 class Shim : public shim::SessionHost {
@@ -179,6 +181,8 @@ private:
     void unmount_member(Member& m);
     Member* member_of_proc(uint32_t idx);
     void set_member_status(const std::string& id, const char* st, std::optional<int> code = {}, std::optional<int> sig = {});
+    void fit_memory(const std::string& why);
+    std::optional<uint64_t> memory_max_mib(const json& files);
     Result<void> loop();
     Result<void> on_channel_readable();
     void on_console_readable();
@@ -188,7 +192,7 @@ private:
     void on_signal();
     void send_resize(uint32_t proc, int fd);
     Result<void> set_paused(bool on);
-    std::optional<json> guest_update_files(const json& files);
+    std::optional<json> guest_update_files(const json& files, Member* member);
     Result<void> pin_vmm(const std::string& list);
     void reply(uint64_t cid, const json& r) override;
     void reply(uint64_t cid, bool ok, const std::string& err = "");
@@ -231,6 +235,11 @@ private:
     std::map<uint64_t, Client> clients_;
     std::map<std::string, Member> members_;
     bool share_disk_ = false;  // the guest has a copy of the share: nothing can be added
+    // Memory: what the VM booted with, the most it may be given, what it
+    // has been given, and what its first container asks beyond its boot
+    // size (update). Members ask for theirs (Member::memory_mib).
+    uint64_t vm_mib_ = 0, hotplug_max_mib_ = 0, plugged_mib_ = 0, own_extra_mib_ = 0;
+    bool memory_driver_asked_ = false;
     uint64_t next_client_ = 1;
     uint32_t next_proc_ = 1;
     sys::Fd tty_slave_;  // host side of the init's terminal (our controlling tty)
@@ -529,6 +538,7 @@ Result<void> Shim::launch_vm() {
     host.kernel = hv_->guest_kernel();
     host.initrd = find_guest_initrd();
     host.debug = args_.log.debug;
+    if (caps.memory_hotplug) host.hotplug_mib = defaults::kHotplugMaxMiB;
     for (auto& f : {host.kernel, host.initrd})
         if (!sys::exists(f)) return fail("guest image " + f + " not found (build rootfs-builder or set HUSK_KERNEL/HUSK_INITRD)", ENOENT);
     if (TRY(rootfs_on_disk(spec_, hv_->name(), caps.shares))) {
@@ -542,6 +552,8 @@ Result<void> Shim::launch_vm() {
     SandboxPaths sp{paths_.shared, paths_.agent_sock, paths_.qmp_sock, paths_.vsock_sock};
     VmConfig cfg = make_vm_config(spec_, host, sp, nics_, tap_names_);
     vcpus_ = cfg.vcpus;
+    vm_mib_ = cfg.memory_mib;
+    hotplug_max_mib_ = cfg.hotplug_mib;
     guest_cpusets_ = caps.guest_cpusets;
     translate_cpusets(cgroup_.writes, vcpus_, guest_cpusets_);
     // The cpuset on the host side: the VMM (vCPUs and all) runs only on
@@ -855,7 +867,7 @@ void Shim::on_client_line(uint64_t cid, const std::string& line) {
         if (!live) return reply(cid, false, "container is not running");
         if (paused_) return reply(cid, false, "container is paused");
         std::optional<json> files;
-        if (op == "update" && !(files = guest_update_files(req.value("files", json::array()))))
+        if (op == "update" && !(files = guest_update_files(req.value("files", json::array()), nullptr)))
             return reply(cid, false, "malformed request");
         json params = op == "ps"       ? json{{"process", 0}}
                       : op == "update" ? json{{"files", *files}}
@@ -903,6 +915,7 @@ void Shim::answered(const std::string& method, uint32_t proc, bool ok) {
         } else {
             unmount_member(*m);
             members_.erase(id);
+            fit_memory(id + " did not join");
         }
     } else if (method == "start" && ok) {
         m->started = true;
@@ -913,6 +926,7 @@ void Shim::answered(const std::string& method, uint32_t proc, bool ok) {
     } else if (method == "remove") {
         unmount_member(*m);
         members_.erase(id);
+        fit_memory(id + " left the pod");
     }
 }
 
@@ -954,18 +968,9 @@ void Shim::on_member_line(uint64_t cid, const std::string& op, const json& req) 
         if (m.paused) return reply(cid, false, "container is paused");
         json params = {{"container", id}};
         if (op == "update") {
-            // The member's cgroup only: the VM's pinning is the sandbox's.
-            const json& f = req.contains("files") ? req["files"] : json::array();
-            std::vector<std::pair<std::string, std::string>> w;
-            if (!f.is_array()) return reply(cid, false, "malformed request");
-            for (const auto& x : f) {
-                if (!x.is_array() || x.size() != 2 || !x[0].is_string() || !x[1].is_string()) return reply(cid, false, "malformed request");
-                w.emplace_back(x[0], x[1]);
-            }
-            translate_cpusets(w, vcpus_, guest_cpusets_);
-            json files = json::array();
-            for (const auto& [k, v] : w) files.push_back({k, v});
-            params["files"] = files;
+            auto files = guest_update_files(req.contains("files") ? req["files"] : json::array(), &m);
+            if (!files) return reply(cid, false, "malformed request");
+            params["files"] = *files;
         } else if (op == "stats") {
             params["files"] = stats_files();
         }
@@ -1016,6 +1021,7 @@ void Shim::create_member(uint64_t cid, const std::string& id, const json& req) {
         TRY_CTX(bind_shares(plan, &m.mounts, &trees), "share rootfs");
         json p = agent_create_params(spec, plan, cg);
         p["container"] = id;
+        p["member_memory_mib"] = spec.memory_limit ? (uint64_t(*spec.memory_limit) + (1 << 20) - 1) >> 20 : defaults::kContainerMemoryMiB;
         // What it shares is the other container's; what it does not, its own.
         json own = json::array();
         for (const auto& n : p["namespaces"])
@@ -1051,7 +1057,10 @@ void Shim::create_member(uint64_t cid, const std::string& id, const json& req) {
     }
     (*params)["process_index"] = idx;
     m.init = idx;
+    m.memory_mib = (*params)["member_memory_mib"].get<uint64_t>();
+    params->erase("member_memory_mib");
     members_[id] = std::move(m);
+    fit_memory(id + " joins the pod");
     auto& c = clients_[cid];
     c.session = true;
     c.proc = idx;
@@ -1117,7 +1126,10 @@ void Shim::start_exec(uint64_t cid, const json& req) {
 
 // `update`'s cgroup writes as the guest must see them (its own vCPU ids);
 // a new cpuset re-pins the VMM on the host. nullopt: not [[name, value]...].
-std::optional<json> Shim::guest_update_files(const json& files) {
+// A memory limit past what the VM holds for the container grows the VM
+// (fit_memory). `member`: a pod member's update (the VM's pinning is the
+// sandbox's alone).
+std::optional<json> Shim::guest_update_files(const json& files, Member* member) {
     if (!files.is_array()) return std::nullopt;
     std::vector<std::pair<std::string, std::string>> w;
     for (const auto& f : files) {
@@ -1125,12 +1137,65 @@ std::optional<json> Shim::guest_update_files(const json& files) {
         w.emplace_back(f[0], f[1]);
     }
     for (const auto& [k, v] : w)
-        if (k == "cpuset.cpus" && vm_)
+        if (k == "cpuset.cpus" && vm_ && !member)
             if (auto r = pin_vmm(v); !r) log::warn("update: " + r.error().message);
+    if (auto mib = memory_max_mib(files)) {
+        if (member) member->memory_mib = *mib;
+        else own_extra_mib_ = *mib + defaults::kMemoryOverheadMiB > vm_mib_ ? *mib + defaults::kMemoryOverheadMiB - vm_mib_ : 0;
+        fit_memory("update");
+    }
     translate_cpusets(w, vcpus_, guest_cpusets_);
     json out = json::array();
     for (const auto& [k, v] : w) out.push_back({k, v});
     return out;
+}
+
+// The MiB a [[file, value], ...] update's memory.max asks for, if a number.
+std::optional<uint64_t> Shim::memory_max_mib(const json& files) {
+    for (const auto& f : files)
+        if (f.is_array() && f.size() == 2 && f[0] == "memory.max" && f[1].is_string()) {
+            std::string v = f[1];
+            if (v.empty() || v.size() > 18 || v.find_first_not_of("0123456789") != std::string::npos) return std::nullopt;
+            return (std::stoull(v) + (1 << 20) - 1) >> 20;
+        }
+    return std::nullopt;
+}
+
+// Give the VM (virtio-mem) what its containers ask for beyond its boot
+// size: a pod's members (rkt's rule: the sum of the apps' memory), and its
+// first container's limit raised by update; up to hotplug_max_mib_. A host
+// memory bound (the spec had a limit) is raised first, so the VMM is never
+// pushed past it.
+void Shim::fit_memory(const std::string& why) {
+    if (!hotplug_max_mib_ || !vm_) return;
+    uint64_t want = own_extra_mib_;
+    for (const auto& [id, m] : members_) want += m.memory_mib;
+    uint64_t block = defaults::kHotplugBlockMiB;
+    want = std::min((want + block - 1) / block * block, hotplug_max_mib_);
+    if (want == plugged_mib_) return;
+    if (spec_.memory_limit && want > plugged_mib_) {
+        uint64_t bound = (vm_mib_ + want + defaults::kVmmMemoryMiB) << 20;
+        auto writes = host_cgroup_limits(json{{"memory", {{"limit", 1}}}}, bound, state_.cgroups,
+                                         [](const std::string& p) { return sys::exists(p); });
+        if (auto r = write_host_cgroup_limits(writes); !r) {
+            log::warn("memory for " + why + ": " + r.error().message + "; the VM keeps " +
+                      std::to_string(vm_mib_ + plugged_mib_) + " MiB");
+            return;
+        }
+    }
+    if (!memory_driver_asked_) {
+        // The guest loads its virtio_mem driver now (not at boot); it plugs
+        // what is requested whenever it comes.
+        ses_.request("memory", json::object());
+        memory_driver_asked_ = true;
+    }
+    if (auto r = vm_->set_hotplug_memory(want); !r) {
+        log::warn("memory for " + why + ": " + r.error().message);
+        return;
+    }
+    log::debug("vm memory: " + std::to_string(vm_mib_ + plugged_mib_) + " -> " + std::to_string(vm_mib_ + want) +
+               " MiB (" + why + ")");
+    plugged_mib_ = want;
 }
 
 // Every thread of the VMM's process tree (its jail's reaper, the VMM) on

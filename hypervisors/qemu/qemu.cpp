@@ -36,7 +36,10 @@ std::vector<std::string> translate(const VmConfig& cfg, const Options& opt) {
     add({"-M", opt.machine});
     if (cfg.accel == Accel::Kvm) add({"-accel", "kvm", "-cpu", "host"});
     else add({"-accel", "tcg,tb-size=" + std::to_string(defaults::kTcgCodeCacheMiB)});
-    add({"-m", std::to_string(cfg.memory_mib), "-smp", std::to_string(cfg.vcpus)});
+    bool hotplug = cfg.hotplug_mib && opt.machine.rfind("microvm", 0) != 0;  // virtio-mem is PCI only
+    if (hotplug) add({"-m", std::to_string(cfg.memory_mib) + ",maxmem=" + std::to_string(cfg.memory_mib + cfg.hotplug_mib) + "M"});
+    else add({"-m", std::to_string(cfg.memory_mib)});
+    add({"-smp", std::to_string(cfg.vcpus)});
     add({"-nodefaults", "-no-user-config", "-nographic", "-no-reboot"});
     std::string cmdline = cfg.cmdline + " console=ttyS0";
     if (cfg.channel.kind != ChannelKind::None)
@@ -73,6 +76,12 @@ std::vector<std::string> translate(const VmConfig& cfg, const Options& opt) {
                             (n.mtu != 1500 ? ",host_mtu=" + std::to_string(n.mtu) : "")});
     }
     if (cfg.free_page_reporting) add({"-device", virtio(opt, "virtio-balloon") + ",free-page-reporting=on"});
+    if (hotplug) {
+        // None of it plugged (nor backed) until set_hotplug_memory asks.
+        add({"-object", "memory-backend-ram,id=hotmem,size=" + std::to_string(cfg.hotplug_mib) + "M"});
+        add({"-device", "virtio-mem-pci,id=" + std::string(kHotplugDevice) + ",memdev=hotmem,requested-size=0,block-size=" +
+                            std::to_string(defaults::kHotplugBlockMiB) + "M"});
+    }
     if (!cfg.control_socket.empty()) {
         add({"-chardev", "socket,id=qmp,path=" + escape(cfg.control_socket)});
         add({"-mon", "chardev=qmp,mode=control"});
@@ -89,6 +98,7 @@ Capabilities QemuHypervisor::capabilities() const {
     c.kvm = detect_accel() == Accel::Kvm;
     c.control_socket = true;
     c.nic_fd = true;  // -netdev tap,fd=N
+    c.memory_hotplug = opt_.machine.rfind("microvm", 0) != 0;
     return c;
 }
 
@@ -124,6 +134,12 @@ public:
     }
 
     Result<void> pause() override { return qmp_.execute("stop").map([](auto&&) {}); }
+    Result<void> set_hotplug_memory(uint64_t mib) override {
+        nlohmann::json args = {{"path", std::string("/machine/peripheral/") + kHotplugDevice},
+                     {"property", "requested-size"},
+                     {"value", mib << 20}};
+        return qmp_.execute("qom-set", args).map([](auto&&) {});
+    }
     Result<void> resume() override { return qmp_.execute("cont").map([](auto&&) {}); }
 
 private:

@@ -20,6 +20,8 @@ struct Options {
 // The console is expected at fd 3 in the VMM; taps given as fds at 4, 5...
 constexpr int kConsoleFd = 3;
 constexpr int kFirstNicFd = 4;
+// The virtio-mem device of a VM that can be given memory while it runs.
+constexpr const char* kHotplugDevice = "hotmem0";
 
 // VmConfig (jailed_config's, when it runs jailed) -> QEMU's argv. Pure.
 std::vector<std::string> translate(const VmConfig& cfg, const Options& opt);

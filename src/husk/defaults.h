@@ -14,6 +14,10 @@ inline constexpr uint64_t kMemoryOverheadMiB = 64;
 // MiB of binaries, heap, the file cache its 9p server reads through; see
 // docs/design.md). Over it the host reclaims the VMM's cache first.
 inline constexpr uint64_t kVmmMemoryMiB = 256;
+// At most this much memory is plugged into a running VM (virtio-mem): a
+// pod's members as they arrive, `update` of a memory limit past the VM's.
+inline constexpr uint64_t kHotplugMaxMiB = 2048;
+inline constexpr uint64_t kHotplugBlockMiB = 2;  // virtio-mem's block size on x86 (a THP)
 inline constexpr unsigned kMaxVcpus = 64;
 // How long a VM may take from launch to the agent's HELLO. TCG boots take
 // ~5 s alone; many at once on two cores take several times that.

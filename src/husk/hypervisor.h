@@ -57,6 +57,9 @@ struct VmConfig {
     // A balloon that only reports free pages: guest memory the container
     // frees goes back to the host (the VM's size stays what the spec says).
     bool free_page_reporting = true;
+    // Memory the VM may be given while it runs (virtio-mem), up to this
+    // much; 0: none. It starts with none of it plugged.
+    uint64_t hotplug_mib = 0;
     Channel channel;
     int console_fd = -1;      // the VMM writes the guest serial console here
     std::string control_socket;  // QMP / API socket; the VMM connects here
@@ -88,6 +91,9 @@ struct Capabilities {
     // Its guest kernel has the cpuset controller (else a cpuset is kept
     // on the host side alone).
     bool guest_cpusets = true;
+    // Its guests can be given memory while they run (VmConfig::hotplug_mib,
+    // Vm::set_hotplug_memory).
+    bool memory_hotplug = false;
 };
 
 // A launched VM. Destroying it kills the VMM.
@@ -104,6 +110,11 @@ public:
     // needed. Returns how many bytes of the VMM's memory were released
     // (advised: pages shared with another process stay).
     virtual Result<uint64_t> booted() { return uint64_t(0); }
+    // Of VmConfig::hotplug_mib, have `mib` plugged into the guest (it
+    // takes or gives back memory blocks as it can).
+    virtual Result<void> set_hotplug_memory(uint64_t /*mib*/) {
+        return fail("this VMM cannot change its guest's memory", ENOTSUP);
+    }
 };
 
 class Hypervisor {

@@ -50,6 +50,8 @@ struct HostFacts {
     bool hybrid_vsock = false;  // the VMM's unix socket stands for vsock
     // The share as a disk image (rootfs_on_disk), instead of shared.
     std::string share_disk;
+    // Memory the VM may be given later (Capabilities::memory_hotplug).
+    uint64_t hotplug_mib = 0;
 };
 
 struct SandboxPaths {

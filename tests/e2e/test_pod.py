@@ -11,6 +11,8 @@ import signal
 import subprocess
 import time
 
+import pytest
+
 from conftest import new_id, reap, wait_for
 
 
@@ -215,3 +217,37 @@ def test_concurrent_members_a_crashed_owner_and_a_late_joiner(husk, bundle, tmp_
     assert r.returncode != 0 and b"is not a namespace of a running husk container" in r.stderr, r.stderr
     assert not os.path.exists(os.path.join(husk.root, "late"))
     husk("delete", sid, check=True)
+
+
+def mem_total_kib(husk, cid):
+    r = husk("exec", cid, "grep", "MemTotal", "/proc/meminfo", check=True)
+    return int(r.stdout.split()[1])
+
+
+no_hotplug = pytest.mark.skipif(os.environ.get("HUSK_HYPERVISOR", "qemu") != "qemu",
+                                reason="memory is plugged into a running VM with virtio-mem, which only the QEMU driver has")
+
+
+@no_hotplug
+def test_the_pod_vm_grows_for_its_members_and_update(husk, bundle, tmp_path):
+    """rkt's rule, as members arrive: the VM holds the sum of its containers'
+    memory (virtio-mem), and gives it back as they go; `update` of a limit
+    past the VM's RAM grows the VM too."""
+    sid, spid, sout = start_sandbox(husk, bundle, tmp_path, "echo ready; exec sleep 1000")
+    wait_for(lambda: "ready" in read(sout), "sandbox up")
+    before = mem_total_kib(husk, sid)
+
+    def limited(c):
+        ns_paths(spid)(c)
+        c["linux"]["resources"] = {"memory": {"limit": 512 << 20}}
+    mid, _ = create_member(husk, bundle, tmp_path, ["sleep", "1000"], limited)
+    wait_for(lambda: mem_total_kib(husk, sid) >= before + 500 * 1024, "the VM to grow by the member's 512 MiB")
+    r = husk("exec", mid, "cat", "/sys/fs/cgroup/memory.max", check=True)
+    assert int(r.stdout) == 512 << 20
+    husk("delete", "--force", mid, check=True)
+    wait_for(lambda: mem_total_kib(husk, sid) < before + 100 * 1024, "the VM to give the member's memory back")
+    # The sandbox's own limit, raised past what it booted with.
+    r = husk("update", "--memory", "700M", sid)
+    assert r.returncode == 0, r.stderr
+    wait_for(lambda: mem_total_kib(husk, sid) >= 700 * 1024, "the VM to grow for the update")
+    husk("delete", "--force", sid, check=True)

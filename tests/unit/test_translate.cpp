@@ -119,6 +119,28 @@ TEST_CASE("OCI -> VmConfig -> QEMU argv (golden)", "[translate]") {
                     "local,id=fs0,path=/state/c,,1/shared,security_model=passthrough,multidevs=remap") != raw.end());
 }
 
+TEST_CASE("a VM that can be given memory: virtio-mem, none of it plugged, on q35 only", "[translate]") {
+    HostFacts host;
+    host.host_cpus = 2, host.kernel = "/img/vmlinux", host.initrd = "/img/initramfs.img";
+    host.hotplug_mib = 2048;
+    VmConfig cfg = make_vm_config(spec_from(kBundle), host, state_sandbox_paths());
+    CHECK(cfg.hotplug_mib == 2048);
+    CHECK_THAT(cfg.cmdline, Catch::Contains("husk.mem=1") && Catch::Contains("memhp_default_state=online_movable"));
+    qemu::Options opt;
+    opt.machine = "q35";
+    auto argv = qemu::translate(jailed_config(cfg), opt);
+    auto has = [&](const std::string& a) { return std::find(argv.begin(), argv.end(), a) != argv.end(); };
+    CHECK(has(std::to_string(cfg.memory_mib) + ",maxmem=" + std::to_string(cfg.memory_mib + 2048) + "M"));
+    CHECK(has("memory-backend-ram,id=hotmem,size=2048M"));
+    CHECK(has("virtio-mem-pci,id=hotmem0,memdev=hotmem,requested-size=0,block-size=2M"));
+    opt.machine = "microvm";  // virtio-mem is PCI only: a plain -m
+    argv = qemu::translate(jailed_config(cfg), opt);
+    CHECK(!has("memory-backend-ram,id=hotmem,size=2048M"));
+    CHECK(has(std::to_string(cfg.memory_mib)));
+    host.hotplug_mib = 0;
+    CHECK_THAT(make_vm_config(spec_from(kBundle), host, state_sandbox_paths()).cmdline, !Catch::Contains("husk.mem"));
+}
+
 TEST_CASE("OCI -> agent create request (golden)", "[translate]") {
     Spec s = spec_from(kBundle);
     auto plan = plan_shares(s, "/bundle", fake_is_dir);
