@@ -99,7 +99,9 @@ def test_member_keeps_the_runc_contract(husk, bundle, tmp_path):
     """exec, ps, kill, pause of a member: its own, not the sandbox's."""
     sid, spid, sout = start_sandbox(husk, bundle, tmp_path, "echo ready; exec sleep 1000")
     wait_for(lambda: "ready" in read(sout), "sandbox up")
-    mid, mout = create_member(husk, bundle, tmp_path, ["sh", "-c", "echo up; exec sleep 999"],
+    # An orphan (sleep 777) stays in the member's cgroup in the pod's pid
+    # namespace: the member's own, for ps, and gone with its delete.
+    mid, mout = create_member(husk, bundle, tmp_path, ["sh", "-c", "(sleep 777 &); echo up; exec sleep 999"],
                               ns_paths(spid, ("ipc", "uts", "pid", "network")), start=False)
     assert husk.state(mid)["status"] == "created"
     assert read(mout) == "", "nothing runs before start"
@@ -107,11 +109,11 @@ def test_member_keeps_the_runc_contract(husk, bundle, tmp_path):
     assert husk.state(mid)["status"] == "running"
     wait_for(lambda: "up" in read(mout), "member runs")
     # Its pid namespace is the sandbox's (asked for), its processes its own.
-    r = husk("ps", mid, "--format", "json", check=True)
-    pids = json.loads(r.stdout)
-    assert len(pids) == 1
-    r = husk("exec", mid, "sh", "-c", "ps -o comm | sort | tr '\\n' ' '", check=True)
-    assert "sleep" in r.stdout.decode() and r.stdout.decode().count("sleep") == 2, r.stdout
+    wait_for(lambda: len(json.loads(husk("ps", mid, "--format", "json", check=True).stdout)) == 2,
+             "the member's two processes in its ps")
+    assert len(json.loads(husk("ps", sid, "--format", "json", check=True).stdout)) == 1, "the sandbox's ps has its own only"
+    r = husk("exec", mid, "sh", "-c", "ps -o args | grep -c '^sleep'", check=True)
+    assert r.stdout.strip() == b"3", r.stdout  # the pod's pid namespace: both containers' sleeps
     r = husk("exec", mid, "sh", "-c", "exit 3")
     assert r.returncode == 3
     # Pause freezes the member only.
@@ -127,6 +129,8 @@ def test_member_keeps_the_runc_contract(husk, bundle, tmp_path):
     assert husk.state(sid)["status"] == "running"
     assert husk.state_file(mid)["exit_signal"] == signal.SIGTERM
     husk("delete", mid, check=True)
+    r = husk("exec", sid, "ps", "-o", "args", check=True)
+    assert b"sleep 777" not in r.stdout, "the member's orphan went with it"
     husk("delete", "--force", sid, check=True)
 
 
@@ -250,4 +254,32 @@ def test_the_pod_vm_grows_for_its_members_and_update(husk, bundle, tmp_path):
     r = husk("update", "--memory", "700M", sid)
     assert r.returncode == 0, r.stderr
     wait_for(lambda: mem_total_kib(husk, sid) >= 700 * 1024, "the VM to grow for the update")
+    husk("delete", "--force", sid, check=True)
+
+
+def test_member_hooks(husk, bundle, tmp_path):
+    """A member's hooks: prestart/createRuntime on the host with its state
+    (pid: its relay), createContainer/startContainer in the guest, in its
+    own container; poststop at delete."""
+    sid, spid, sout = start_sandbox(husk, bundle, tmp_path, "echo ready; exec sleep 1000")
+    wait_for(lambda: "ready" in read(sout), "sandbox up")
+    host_log = tmp_path / "hooks.log"
+
+    def hooks(c):
+        ns_paths(spid)(c)
+        host = {"path": "/bin/sh", "args": ["sh", "-c", f"cat >> {host_log}; echo >> {host_log}"]}
+        guest = {"path": "/bin/sh", "args": ["sh", "-c", "echo $0 >> /hooks", "guest"]}
+        c["hooks"] = {"prestart": [host], "createRuntime": [host], "poststop": [host],
+                      "createContainer": [guest], "startContainer": [guest]}
+    mid, _ = create_member(husk, bundle, tmp_path, ["sleep", "1000"], hooks)
+    states = [json.loads(l) for l in read(host_log).split("\n") if l.strip()]
+    assert [s["status"] for s in states] == ["creating", "creating"], states
+    assert all(s["id"] == mid and s["pid"] == husk.state(mid)["pid"] for s in states)
+    r = husk("exec", mid, "cat", "/hooks", check=True)
+    assert r.stdout == b"guest\nguest\n", r.stdout
+    r = husk("exec", sid, "sh", "-c", "cat /hooks 2>/dev/null || echo none", check=True)
+    assert r.stdout == b"none\n", "the sandbox's own rootfs is untouched"
+    husk("delete", "--force", mid, check=True)
+    states = [json.loads(l) for l in read(host_log).split("\n") if l.strip()]
+    assert states[-1]["status"] == "stopped" and len(states) == 3
     husk("delete", "--force", sid, check=True)
