@@ -2,6 +2,7 @@
 
 #include <fcntl.h>
 #include <linux/capability.h>
+#include <poll.h>
 #include <sched.h>
 #include <sys/mount.h>
 #include <sys/prctl.h>
@@ -129,7 +130,12 @@ void jail_spawn(const Jail& jail, sys::SpawnOptions& o) {
     o.clone_flags = CLONE_NEWNS | CLONE_NEWPID | (jail.user_ns ? CLONE_NEWUSER : 0);
     uid_t uid = ::geteuid();
     gid_t gid = ::getegid();
-    o.in_child = [jail, uid, gid] {
+    bool lifeline = jail.lifeline_fd >= 0;
+    if (lifeline) {
+        o.fds.push_back({jail.lifeline_fd, kLifelineFd});
+        o.die_with_parent = false;  // the lifeline says when to go
+    }
+    o.in_child = [jail, uid, gid, lifeline] {
         if (auto e = enter(jail, uid, gid); !e.empty()) return e;
         // We are pid 1 of the jail's pid namespace, which the kernel shields
         // from every signal it has no handler for, its own abort() included
@@ -138,8 +144,33 @@ void jail_spawn(const Jail& jail, sys::SpawnOptions& o) {
         // VMM's status, and killing it takes the whole namespace.
         pid_t vmm = ::fork();
         if (vmm < 0) return failed("fork");
-        if (vmm == 0) return std::string();
+        if (vmm == 0) {
+            if (lifeline) ::close(kLifelineFd);
+            return std::string();
+        }
         ::prctl(PR_SET_NAME, "husk-jail-init", 0, 0, 0);
+        if (lifeline) {
+            // The VMM's owner may hand it to another process (a pod's VM
+            // outliving its first container's shim): live while any holds
+            // the lifeline's write end, and take the VMM along when none does.
+            ::syscall(SYS_close_range, 3, kLifelineFd - 1, 0);
+            ::syscall(SYS_close_range, kLifelineFd + 1, ~0U, 0);
+            int pidfd = int(::syscall(SYS_pidfd_open, vmm, 0));
+            for (;;) {
+                pollfd p[2] = {{kLifelineFd, POLLIN, 0}, {pidfd, POLLIN, 0}};
+                ::poll(p, pidfd >= 0 ? 2 : 1, 1000);
+                for (;;) {
+                    int st;
+                    pid_t r = ::waitpid(-1, &st, WNOHANG);
+                    if (r == vmm) ::_exit(WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st));
+                    if (r <= 0) break;
+                }
+                if (p[0].revents) {
+                    ::kill(-1, SIGKILL);  // every process of the jail's pid namespace
+                    ::_exit(137);
+                }
+            }
+        }
         ::syscall(SYS_close_range, 3, ~0U, 0);  // the spawn's error pipe too: the VMM reports exec failures
         for (;;) {
             int st;
@@ -171,6 +202,7 @@ Result<VmmJail> vmm_jail(const VmConfig& cfg, const std::string& workdir, const 
         if (::mkdir(d.c_str(), 0700) < 0 && errno != EEXIST) return fail_errno("mkdir " + d);
     VmmJail v{base_jail(root), ""};
     Jail& j = v.jail;
+    j.lifeline_fd = cfg.lifeline_fd;
     if (!binary.empty()) {
         // The VMM runs from /usr, which the jail has; one from elsewhere
         // (a test's stand-in, a /usr/local build) is bound in on its own.

@@ -37,7 +37,11 @@ struct Jail {
     std::vector<std::string> devices;  // host device nodes, bound at the same path
     std::vector<int> keep_caps;  // the bounding set left after entering; the rest go
     bool user_ns = false;  // the caller is not root: become root of a new user namespace
+    // VmConfig::lifeline_fd: the reaper ends the jail once no process
+    // holds the pipe's write end (instead of dying with its parent).
+    int lifeline_fd = -1;
 };
+inline constexpr int kLifelineFd = 100;  // the lifeline's number in the jail's reaper
 
 // What an ordinary VMM needs besides its own files: /usr (libraries,
 // firmware) and the /lib, /lib64, /bin links a merged-/usr host has.

@@ -209,6 +209,8 @@ private:
     void report_created();
     void set_status(const char* st);
     [[noreturn]] void finish(int code, int sig);
+    bool live_members() const;
+    void handover();
     [[noreturn]] void abort_create(const Error& e);
 
     Args args_;
@@ -240,6 +242,8 @@ private:
     // size (update). Members ask for theirs (Member::memory_mib).
     uint64_t vm_mib_ = 0, hotplug_max_mib_ = 0, plugged_mib_ = 0, own_extra_mib_ = 0;
     bool memory_driver_asked_ = false;
+    sys::Fd lifeline_w_;     // VmConfig::lifeline_fd's other end
+    bool handed_over_ = false;  // we are the VM's owner for a pod's members; the sandbox's container is gone
     uint64_t next_client_ = 1;
     uint32_t next_proc_ = 1;
     sys::Fd tty_slave_;  // host side of the init's terminal (our controlling tty)
@@ -582,6 +586,11 @@ Result<void> Shim::launch_vm() {
     console_r_ = std::move(cr);
     console_w_ = std::move(cw);
     cfg.console_fd = console_w_.get();
+    // The VMM lives while we (or, once the sandbox's container is gone, the
+    // process we hand its members to: handover) hold this.
+    auto [life_r, life_w] = TRY(sys::pipe(O_CLOEXEC));
+    lifeline_w_ = std::move(life_w);
+    cfg.lifeline_fd = life_r.get();
     console_log_ = TRY(sys::open(paths_.console_log, O_WRONLY | O_CREAT | O_TRUNC, 0600));
     // QEMU says its accelerator (tests and users read "vm: tcg"); others their name.
     std::string channel = host.hybrid_vsock ? "hybrid vsock"
@@ -707,13 +716,52 @@ std::string Shim::boot_failure(const std::string& why) {
     return why + (tail.empty() ? "; console is empty" : "; console tail: " + tail);
 }
 
-// The VMM is our only child: notice (and reap) its exit.
+// The VMM is our only child: notice (and reap) its exit. Handed over, it
+// is no longer our child: watch it by pid and start time.
 void Shim::reap_vm() {
     int st;
-    if (vm_ && ::waitpid(vm_->pid(), &st, WNOHANG) == vm_->pid()) {
+    if (vm_ && !handed_over_ && ::waitpid(vm_->pid(), &st, WNOHANG) == vm_->pid()) {
         vm_.reset();  // already reaped
         vm_died_ = true;
+    } else if (vm_ && handed_over_ && !sys::process_alive(state_.vmm_pid, state_.vmm_start)) {
+        vm_.reset();
+        vm_died_ = true;
     }
+}
+
+bool Shim::live_members() const {
+    return std::any_of(members_.begin(), members_.end(), [](const auto& kv) { return kv.second.created && !kv.second.exited; });
+}
+
+// The sandbox's container has exited, and containers that joined it still
+// run: its process (the pid its callers wait on) must end with its status,
+// and the VM must not. We fork: the parent ends as the container did; the
+// child keeps everything (the VM through its lifeline, the share, the
+// channel, shim.sock) and serves the members until the last is gone, as a
+// pod's namespaces outlive its pause process under runc.
+void Shim::handover() {
+    Proc& init = ses_.procs[0];
+    if (init.sig) state_.exit_signal = *init.sig;
+    else state_.exit_code = init.code.value_or(255);
+    set_status(status::kStopped);
+    pid_t child = ::fork();
+    if (child < 0) {
+        log::error("fork the pod's VM owner: " + std::string(std::strerror(errno)) + "; its members stop");
+        if (init.sig) finish(0, *init.sig);
+        finish(init.code.value_or(255), 0);
+    }
+    if (child > 0) {
+        if (init.sig) sys::die_of_signal(*init.sig);
+        _exit(init.code.value_or(255));
+    }
+    handed_over_ = true;
+    // Nothing of the container's stdio or terminal stays open here: its
+    // caller sees EOF as it would.
+    tty_slave_.reset();
+    int null = ::open("/dev/null", O_RDWR | O_CLOEXEC);
+    for (int fd = 0; fd <= 2 && null >= 0; ++fd) ::dup2(null, fd);
+    if (null > 2) ::close(null);
+    log::debug("the sandbox's container exited; its VM stays for its members (owner pid " + std::to_string(getpid()) + ")");
 }
 
 // Boot failed because of `why`. A channel that breaks during boot usually
@@ -939,8 +987,9 @@ void Shim::unmount_member(Member& m) {
 // A request about a container that joined the sandbox.
 void Shim::on_member_line(uint64_t cid, const std::string& op, const json& req) {
     std::string id = req["container"];
-    bool live = ses_.phase == Phase::Created || ses_.phase == Phase::Running;
+    bool live = ses_.phase == Phase::Created || ses_.phase == Phase::Running || handed_over_;
     if (!live) return reply(cid, false, ses_.phase == Phase::Exiting ? "the pod's sandbox is stopping" : "the pod's sandbox is not created yet");
+    if (handed_over_ && op == "create") return reply(cid, false, "the pod's sandbox has stopped: no container can join it");
     if (paused_) return reply(cid, false, "the pod's sandbox is paused");
     if (op == "create") return create_member(cid, id, req);
     auto it = members_.find(id);
@@ -1277,9 +1326,11 @@ void Shim::abort_create(const Error& e) {
 }
 
 void Shim::finish(int code, int sig) {
-    if (sig) state_.exit_signal = sig;
-    else state_.exit_code = code;
-    set_status(status::kStopped);
+    if (!handed_over_) {  // (handed over: the sandbox's state is final, maybe deleted)
+        if (sig) state_.exit_signal = sig;
+        else state_.exit_code = code;
+        set_status(status::kStopped);
+    }
     // The pod's members go with its VM, killed (as a pod's containers are
     // when their namespaces' holder dies): their relays hear it, if they
     // can take one more line now.
@@ -1378,14 +1429,17 @@ Result<void> Shim::loop() {
         Proc& init = ses_.procs[0];
         bool execs_left = std::any_of(ses_.procs.begin(), ses_.procs.end(),
                                       [](const auto& kv) { return kv.first != 0 && kv.second.container.empty(); });
-        if (ses_.phase == Phase::Exiting && init.drained() && ses_.out.empty() &&
+        if (!handed_over_ && ses_.phase == Phase::Exiting && init.drained() && ses_.out.empty() &&
             (!execs_left || Clock::now() >= ses_.exit_deadline)) {
-            if (init.sig) finish(0, *init.sig);
-            finish(init.code.value_or(255), 0);
+            if (live_members()) handover();
+            else if (init.sig) finish(0, *init.sig);
+            else finish(init.code.value_or(255), 0);
         }
+        if (handed_over_ && !live_members()) finish(0, 0);  // the pod's last container is gone: so is its VM
         if (vm_died_) {
             if (ses_.phase < Phase::Created) boot_failed("");
-            log::error(boot_failure("vm exited unexpectedly"));
+            if (handed_over_) log::debug("the pod's VM is gone");  // its sandbox was deleted
+            else log::error(boot_failure("vm exited unexpectedly"));
             finish(255, 0);
         }
 

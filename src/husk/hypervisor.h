@@ -62,6 +62,10 @@ struct VmConfig {
     uint64_t hotplug_mib = 0;
     Channel channel;
     int console_fd = -1;      // the VMM writes the guest serial console here
+    // The read end of a pipe whose write end the VMM's owner holds: the
+    // VMM lives while some process does (its jail's reaper watches), not
+    // only while its parent lives. -1: it dies with its parent.
+    int lifeline_fd = -1;
     std::string control_socket;  // QMP / API socket; the VMM connects here
 };
 

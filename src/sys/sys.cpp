@@ -720,8 +720,11 @@ Result<pid_t> spawn(const std::vector<std::string>& argv, const SpawnOptions& o)
         }
         for (size_t i = 0; i < o.fds.size(); ++i)
             if (::dup2(parked[i], o.fds[i].second) < 0) die("dup2 fd " + std::to_string(o.fds[i].second));
-        for (int fd = first_free; fd < 1024; ++fd)
-            if (fd != err_w) ::close(fd);
+        // Every fd but the mapped ones (which may leave gaps: a lifeline
+        // at 100) and the error pipe.
+        for (int fd = 3; fd < 1024; ++fd)
+            if (fd != err_w && std::none_of(o.fds.begin(), o.fds.end(), [&](const auto& m) { return m.second == fd; }))
+                ::close(fd);
         if (o.in_child)
             if (std::string why = o.in_child(); !why.empty()) {
                 (void)!::write(err_w, why.data(), why.size());

@@ -283,3 +283,36 @@ def test_member_hooks(husk, bundle, tmp_path):
     states = [json.loads(l) for l in read(host_log).split("\n") if l.strip()]
     assert states[-1]["status"] == "stopped" and len(states) == 3
     husk("delete", "--force", sid, check=True)
+
+
+def test_the_vm_outlives_the_sandbox_container_for_its_members(husk, bundle, tmp_path):
+    """The sandbox's container ends first (a pause process killed, docker's
+    `container:` target exiting): its pid exits with its status, its state
+    reads stopped, and its members run on in the VM until the last is
+    deleted, as a pod's namespaces outlive their holder under runc."""
+    sid, spid, sout = start_sandbox(husk, bundle, tmp_path, "echo ready; exec sleep 1000")
+    wait_for(lambda: "ready" in read(sout), "sandbox up")
+    mid, mout = create_member(husk, bundle, tmp_path, ["sh", "-c", "echo up; exec sleep 999"], ns_paths(spid))
+    wait_for(lambda: "up" in read(mout), "member runs")
+    husk("kill", sid, "KILL", check=True)
+    wait_for(lambda: husk.state(sid)["status"] == "stopped", "the sandbox's container stops")
+    wait_for(lambda: gone(spid), "its process exits")
+    assert husk.state_file(sid)["exit_signal"] == signal.SIGKILL
+    assert husk.state(mid)["status"] == "running"
+    r = husk("exec", mid, "echo", "still-here", check=True)
+    assert r.stdout == b"still-here\n"
+    r = husk("create", "-b", bundle(["true"], edit=ns_paths(spid)), "late2")
+    assert r.returncode != 0, "no container joins a stopped sandbox"
+    husk("delete", sid, check=True)  # the VM goes with it, and its members
+    wait_for(lambda: husk.state(mid)["status"] == "stopped", "the member stops with the VM")
+    husk("delete", mid, check=True)
+
+    # And the other order: the last member's delete ends the VM.
+    sid, spid, sout = start_sandbox(husk, bundle, tmp_path, "echo ready; exec sleep 1000")
+    wait_for(lambda: "ready" in read(sout), "sandbox up")
+    mid, mout = create_member(husk, bundle, tmp_path, ["sleep", "999"], ns_paths(spid))
+    husk("kill", sid, "KILL", check=True)
+    wait_for(lambda: husk.state(sid)["status"] == "stopped", "the sandbox's container stops")
+    assert husk.state(mid)["status"] == "running"
+    husk("delete", "--force", mid, check=True)
+    husk("delete", sid, check=True)
