@@ -1070,7 +1070,7 @@ void Shim::create_member(uint64_t cid, const std::string& id, const json& req) {
         TRY_CTX(bind_shares(plan, &m.mounts, &trees), "share rootfs");
         json p = agent_create_params(spec, plan, cg);
         p["container"] = id;
-        p["member_memory_mib"] = spec.memory_limit ? (uint64_t(*spec.memory_limit) + (1 << 20) - 1) >> 20 : defaults::kContainerMemoryMiB;
+        m.memory_mib = spec.memory_limit ? (uint64_t(*spec.memory_limit) + (1 << 20) - 1) >> 20 : defaults::kContainerMemoryMiB;
         // What it shares is the other container's; what it does not, its own.
         json own = json::array();
         for (const auto& n : p["namespaces"])
@@ -1106,8 +1106,6 @@ void Shim::create_member(uint64_t cid, const std::string& id, const json& req) {
     }
     (*params)["process_index"] = idx;
     m.init = idx;
-    m.memory_mib = (*params)["member_memory_mib"].get<uint64_t>();
-    params->erase("member_memory_mib");
     members_[id] = std::move(m);
     fit_memory(id + " joins the pod");
     auto& c = clients_[cid];
