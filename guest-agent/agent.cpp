@@ -177,6 +177,10 @@ Result<void> early_init() {
         order = sys::read_file("/lib/modules/uml/order.net").value_or("");
     } else if (!uml) {
         order = sys::read_file("/lib/modules/order").value_or("");
+        // The share's filesystem: 9p unless the host says virtio-fs (or a disk).
+        std::string share = cmdline_param(cmdline, "husk.share");
+        if (share == "virtiofs") order += sys::read_file("/lib/modules/order.virtiofs").value_or("");
+        else if (share != "disk") order += sys::read_file("/lib/modules/order.9p").value_or("");
         if (cmdline_param(cmdline, "husk.channel") == "vsock") order += sys::read_file("/lib/modules/order.vsock").value_or("");
         if (cmdline_param(cmdline, "husk.net") == "1") order += sys::read_file("/lib/modules/order.net").value_or("");
         if (cmdline_param(cmdline, "husk.share") == "disk") order += sys::read_file("/lib/modules/order.disk").value_or("");
@@ -216,15 +220,19 @@ Result<void> early_init() {
     TRY(agent::init_cgroups());
     TRY(sys::mkdir_p(agent::kShareMount, 0755));
     // The share: a copy on the first disk (husk.share=disk: VMMs with no
-    // shared filesystem), or UML's hostfs (its path in the VMM's jail is on
-    // the command line), or 9p.
+    // shared filesystem), virtio-fs (husk.share=virtiofs), UML's hostfs (its
+    // path in the VMM's jail is on the command line), or 9p.
     if (cmdline_param(cmdline, "husk.share") == "disk")
         TRY(mount_share_disk());
+    else if (cmdline_param(cmdline, "husk.share") == "virtiofs")
+        TRY(sys::mount("husk", agent::kShareMount, "virtiofs", 0, ""));
     else if (std::string hostfs = cmdline_param(cmdline, "husk.hostfs"); !hostfs.empty())
         TRY(sys::mount("none", agent::kShareMount, "hostfs", 0, hostfs.c_str()));
     else
+        // cache=mmap: a shared writable mmap works (9p's default refuses
+        // it with EINVAL); reads and writes still go to the host each time.
         TRY(sys::mount("husk", agent::kShareMount, "9p", 0,
-                       "trans=virtio,version=9p2000.L,msize=262144,access=client,posixacl"));
+                       "trans=virtio,version=9p2000.L,msize=262144,access=client,posixacl,cache=mmap"));
     say("share mounted");
     TRY(loopback_up());
     return {};

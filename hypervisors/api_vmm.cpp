@@ -1,4 +1,5 @@
 #include "hypervisors/api_vmm.h"
+#include "hypervisors/virtiofsd.h"
 
 #include <fcntl.h>
 #include <sys/stat.h>
@@ -10,6 +11,7 @@
 
 #include "husk/paths.h"
 #include "hypervisors/jail.h"
+#include "hypervisors/virtiofsd.h"
 #include "sys/sys.h"
 
 namespace husk {
@@ -75,7 +77,9 @@ Result<void> wait_for_api(const std::string& socket, pid_t pid, int timeout_ms) 
 
 Result<std::unique_ptr<Vm>> launch_api_vmm(const ApiVmmLaunch& l, const VmConfig& cfg, const std::string& workdir,
                                            const std::string& log_path) {
-    if (!cfg.shares.empty()) return fail(l.name + ": no shared directories (the rootfs goes on a disk)", EINVAL);
+    for (const auto& sh : cfg.shares)
+        if (sh.fs != ShareFs::VirtioFs) return fail(l.name + ": no 9p (a share is virtio-fs, or the rootfs goes on a disk)", EINVAL);
+    auto daemons = TRY(start_share_daemons(cfg, workdir, log_path));
     auto log = TRY(sys::open(log_path, O_WRONLY | O_CREAT | O_APPEND, 0600));
     auto devnull = TRY(sys::open("/dev/null", O_RDWR));
     // The VMM runs jailed (jail.h): its own mount and pid namespaces, a
@@ -110,6 +114,7 @@ Result<std::unique_ptr<Vm>> launch_api_vmm(const ApiVmmLaunch& l, const VmConfig
     o.cwd = kJailVmmDir;  // inside the jail
     pid_t pid = TRY_CTX(sys::spawn(argv, o), "launch " + l.name);
     auto vm = std::make_unique<ApiVm>(pid, socket, l.pause, l.resume);
+    for (pid_t d : daemons.release()) vm->adopt(d);
     auto fail_with_log = [&](const Error& e) { return fail(l.name + ": " + e.message + log_tail(log_path), e.code); };
     if (auto r = wait_for_api(socket, pid, 5000); !r) return fail_with_log(r.error());
     for (const auto& c : l.calls)

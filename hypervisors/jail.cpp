@@ -189,7 +189,10 @@ VmConfig jailed_config(const VmConfig& cfg) {
     in.kernel = kJailKernel;
     if (!cfg.initrd.empty()) in.initrd = kJailInitrd;
     for (size_t i = 0; i < in.disks.size(); ++i) in.disks[i].path = jail_disk_path(i);
-    for (size_t i = 0; i < in.shares.size(); ++i) in.shares[i].host_path = jail_share_path(i);
+    for (size_t i = 0; i < in.shares.size(); ++i) {
+        in.shares[i].host_path = jail_share_path(i);
+        if (!in.shares[i].socket_path.empty()) in.shares[i].socket_path = sys::basename(in.shares[i].socket_path);
+    }
     // Its sockets are in its working directory, the jail's /vmm.
     if (!in.channel.socket_path.empty()) in.channel.socket_path = sys::basename(in.channel.socket_path);
     if (!in.control_socket.empty()) in.control_socket = sys::basename(in.control_socket);
@@ -219,9 +222,14 @@ Result<VmmJail> vmm_jail(const VmConfig& cfg, const std::string& workdir, const 
     if (!cfg.initrd.empty()) j.mounts.push_back({cfg.initrd, kJailInitrd, true, false});
     for (size_t i = 0; i < cfg.disks.size(); ++i)
         j.mounts.push_back({cfg.disks[i].path, jail_disk_path(i), cfg.disks[i].readonly, false});
-    // A share brings its submounts (the rootfs and the spec's binds).
-    for (size_t i = 0; i < cfg.shares.size(); ++i)
+    // A share it serves brings its submounts (the rootfs and the spec's
+    // binds); a virtio-fs share is virtiofsd's to serve, not the VMM's.
+    bool serves = false;
+    for (size_t i = 0; i < cfg.shares.size(); ++i) {
+        if (cfg.shares[i].fs == ShareFs::VirtioFs) continue;
+        serves = true;
         j.mounts.push_back({cfg.shares[i].host_path, jail_share_path(i), cfg.shares[i].readonly, true, true});
+    }
     j.mounts.push_back({vmm_dir, kJailVmmDir, false, false});
     if (cfg.accel == Accel::Kvm && sys::exists("/dev/kvm")) j.devices.push_back("/dev/kvm");
     if (cfg.channel.kind == ChannelKind::Vsock && cfg.channel.socket_path.empty()) j.devices.push_back("/dev/vhost-vsock");
@@ -234,7 +242,7 @@ Result<VmmJail> vmm_jail(const VmConfig& cfg, const std::string& workdir, const 
     if (vhost) j.devices.push_back("/dev/vhost-net");
     // Serving a share, it creates and chowns files there for the guest.
     // Else its files, devices and taps are root's, which it is: nothing more.
-    if (!cfg.shares.empty()) j.keep_caps = file_server_caps();
+    if (serves) j.keep_caps = file_server_caps();
     return v;
 }
 

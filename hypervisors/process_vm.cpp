@@ -54,13 +54,18 @@ Result<void> ProcessVm::stop() {
     return {};
 }
 
-void ProcessVm::kill_now() {
-    if (pid_ <= 0) return;
-    ::kill(pid_, SIGKILL);
+static void kill_and_reap(pid_t pid) {
+    ::kill(pid, SIGKILL);
     int st;
-    while (::waitpid(pid_, &st, 0) < 0 && errno == EINTR) {
+    while (::waitpid(pid, &st, 0) < 0 && errno == EINTR) {
     }
+}
+
+void ProcessVm::kill_now() {
+    if (pid_ > 0) kill_and_reap(pid_);
     pid_ = -1;
+    for (pid_t h : helpers_) kill_and_reap(h);
+    helpers_.clear();
 }
 
 }  // namespace husk

@@ -15,6 +15,8 @@ public:
     explicit ProcessVm(pid_t pid) : pid_(pid) {}
     ~ProcessVm() override { kill_now(); }
     pid_t pid() const override { return pid_; }
+    // A process that serves this VM (virtiofsd's jail): it goes with it.
+    void adopt(pid_t helper) { helpers_.push_back(helper); }
     // No control connection to keep (only QEMU's QMP needs one).
     Result<void> attach_control(int fd) override;
     // The container is gone when we stop: nothing in the guest to flush.
@@ -29,6 +31,7 @@ protected:
     bool wait_exit(int ms);
     void kill_now();
     pid_t pid_;
+    std::vector<pid_t> helpers_;
 };
 
 }  // namespace husk

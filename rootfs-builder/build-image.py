@@ -24,7 +24,9 @@ import tarfile
 import tempfile
 
 # What the agent needs; dependencies are added from each module's modinfo.
-MODULES = ["virtio_mmio", "virtio_pci", "virtio_console", "9pnet_virtio", "9p", "virtio_balloon"]
+MODULES = ["virtio_mmio", "virtio_pci", "virtio_console", "virtio_balloon"]
+NINEP_MODULES = ["9pnet_virtio", "9p"]  # the share over 9p (the default before virtio-fs, and its fallback)
+VIRTIOFS_MODULES = ["virtiofs"]  # the share over virtio-fs (husk.share=virtiofs); needs fuse
 VSOCK_MODULES = ["vmw_vsock_virtio_transport"]
 # Loaded only when the VM has NICs (husk.net=1).
 NET_MODULES = ["virtio_net"]
@@ -224,6 +226,8 @@ def main():
         sys.exit(f"build-image: no vmlinuz in {deb}")
 
     base_mods = resolve(MODULES, index)
+    ninep_mods = [n for n in resolve(NINEP_MODULES, index) if n not in base_mods]
+    virtiofs_mods = [n for n in resolve(VIRTIOFS_MODULES, index, builtin) if n not in base_mods]
     vsock_mods = [n for n in resolve(VSOCK_MODULES, index) if n not in base_mods]
     net_mods = [n for n in resolve(NET_MODULES, index) if n not in base_mods]
     disk_mods = [n for n in resolve(DISK_MODULES, index, builtin) if n not in base_mods]
@@ -238,6 +242,8 @@ def main():
         ("lib", 0o040755, None),
         ("lib/modules", 0o040755, None),
         ("lib/modules/order", 0o100644, "".join(f"{n}.ko\n" for n in base_mods).encode()),
+        ("lib/modules/order.9p", 0o100644, "".join(f"{n}.ko\n" for n in ninep_mods).encode()),
+        ("lib/modules/order.virtiofs", 0o100644, "".join(f"{n}.ko\n" for n in virtiofs_mods).encode()),
         ("lib/modules/order.vsock", 0o100644, "".join(f"{n}.ko\n" for n in vsock_mods).encode()),
         ("lib/modules/order.net", 0o100644, "".join(f"{n}.ko\n" for n in net_mods).encode()),
         ("lib/modules/order.disk", 0o100644, "".join(f"{n}.ko\n" for n in disk_mods).encode()),
@@ -247,7 +253,7 @@ def main():
         ("proc", 0o040755, None),
         ("sys", 0o040755, None),
     ]
-    for n in base_mods + vsock_mods + net_mods + disk_mods + mem_mods:
+    for n in sorted(set(base_mods + ninep_mods + virtiofs_mods + vsock_mods + net_mods + disk_mods + mem_mods)):
         entries.append((f"lib/modules/{n}.ko", 0o100644, index[n][1]))
     for n in uml_net_mods:
         entries.append((f"lib/modules/uml/{n}.ko", 0o100644, uml_index[n][1]))
@@ -265,7 +271,7 @@ def main():
     os.replace(tmp_k, a.kernel_out)
     os.replace(tmp_i, a.initrd_out)
     os.replace(tmp_x, a.vmlinux_out)
-    log(f"{os.path.basename(deb)}: modules {' '.join(base_mods)} (+vsock: {' '.join(vsock_mods)}; +net: {' '.join(net_mods)}; +disk: {' '.join(disk_mods)}; UML +net: {' '.join(uml_net_mods)})")
+    log(f"{os.path.basename(deb)}: modules {' '.join(base_mods)} (+9p: {' '.join(ninep_mods)}; +virtiofs: {' '.join(virtiofs_mods)}; +vsock: {' '.join(vsock_mods)}; +net: {' '.join(net_mods)}; +disk: {' '.join(disk_mods)}; UML +net: {' '.join(uml_net_mods)})")
 
 
 if __name__ == "__main__":

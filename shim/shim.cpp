@@ -30,6 +30,7 @@
 #include <nlohmann/json.hpp>
 
 #include "husk/cgroups.h"
+#include "husk/config.h"
 #include "husk/defaults.h"
 #include "husk/hooks.h"
 #include "husk/hypervisor.h"
@@ -42,6 +43,7 @@
 #include "protocol/protocol.h"
 #include "shim/session.h"
 #include "husk/disk_image.h"
+#include "hypervisors/virtiofsd.h"
 #include "hypervisors/vsock.h"
 #include "sys/netlink.h"
 #include "sys/sys.h"
@@ -236,6 +238,7 @@ private:
     size_t console_written_ = 0;
     std::map<uint64_t, Client> clients_;
     std::map<std::string, Member> members_;
+    std::string share_why_;  // why the share is virtio-fs or 9p (--debug)
     bool share_disk_ = false;  // the guest has a copy of the share: nothing can be added
     // Memory: what the VM booted with, the most it may be given, what it
     // has been given, and what its first container asks beyond its boot
@@ -545,15 +548,21 @@ Result<void> Shim::launch_vm() {
     if (caps.memory_hotplug) host.hotplug_mib = defaults::kHotplugMaxMiB;
     for (auto& f : {host.kernel, host.initrd})
         if (!sys::exists(f)) return fail("guest image " + f + " not found (build rootfs-builder or set HUSK_KERNEL/HUSK_INITRD)", ENOENT);
-    if (TRY(rootfs_on_disk(spec_, hv_->name(), caps.shares))) {
+    auto can = share_support(caps, !find_virtiofsd().empty(), rootless());
+    if (TRY(rootfs_on_disk(spec_, hv_->name(), caps.shares && (can.nine_p || can.virtio_fs_usable())))) {
         share_disk_ = true;
         host.share_disk = paths_.dir + "/share.img";
         TRY_CTX(make_share_image(paths_.shared, host.share_disk), "rootfs disk");
+    } else if (caps.shares) {
+        auto config = TRY(load_config());
+        auto choice = TRY(choose_share_fs(spec_, config.share, can));
+        host.share_fs = choice.fs;
+        share_why_ = choice.why;
     }
     // Every socket of the VMM's is in vmm/, its jail's working directory
     // (the VMM sees them by name: sun_path's 108 bytes whatever --root is).
     if (::mkdir(paths_.vmm_dir.c_str(), 0700) < 0 && errno != EEXIST) return fail_errno("mkdir " + paths_.vmm_dir);
-    SandboxPaths sp{paths_.shared, paths_.agent_sock, paths_.qmp_sock, paths_.vsock_sock};
+    SandboxPaths sp{paths_.shared, paths_.agent_sock, paths_.qmp_sock, paths_.vsock_sock, paths_.virtiofs_sock};
     VmConfig cfg = make_vm_config(spec_, host, sp, nics_, tap_names_);
     vcpus_ = cfg.vcpus;
     vm_mib_ = cfg.memory_mib;
@@ -600,6 +609,9 @@ Result<void> Shim::launch_vm() {
     log::debug("vm: " + (hv_->name() == "qemu" ? std::string(accel_name(host.accel)) : hv_->name()) + ", " +
                std::to_string(cfg.vcpus) + " vcpu, " + std::to_string(cfg.memory_mib) + " MiB, channel " + channel +
                (host.share_disk.empty() ? "" : ", rootfs on a disk") + " (sized by " + vm_size_reason(spec_) + ")");
+    if (!share_why_.empty())
+        log::debug(std::string("share: ") + (host.share_fs == ShareFs::VirtioFs ? "virtio-fs" : hv_->name() == "uml" ? "hostfs" : "9p") +
+                   " (" + share_why_ + ")");
     vm_ = TRY(hv_->launch(cfg, paths_.dir, paths_.vmm_log));
     console_w_.reset();
     taps_.clear();  // the VMM's now: a tap lives as long as the VMM does
@@ -1518,7 +1530,9 @@ Result<void> Shim::loop() {
                     auto c = TRY(sys::accept(qmp_listen_.get()));
                     qmp_listen_.reset();
                     ::unlink(paths_.qmp_sock.c_str());
-                    if (vm_) TRY_CTX(vm_->attach_control(c.release()), "qmp");
+                    // A VMM that dies while it starts (a refused option) says why in its log.
+                    if (vm_)
+                        if (auto r = vm_->attach_control(c.release()); !r) boot_failed("qmp: " + r.error().message);
                     break;
                 }
                 case kShimL: {

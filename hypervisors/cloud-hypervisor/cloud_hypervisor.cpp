@@ -13,7 +13,8 @@ std::vector<ApiCall> translate(const VmConfig& cfg) {
     if (!cfg.initrd.empty()) payload["initramfs"] = cfg.initrd;
     json vm = {
         {"cpus", {{"boot_vcpus", cfg.vcpus}, {"max_vcpus", cfg.vcpus}}},
-        {"memory", {{"size", cfg.memory_mib << 20}}},
+        // A virtio-fs daemon maps the guest's memory: then it is shared.
+        {"memory", {{"size", cfg.memory_mib << 20}, {"shared", !cfg.shares.empty()}}},
         {"payload", payload},
         // The 8250 at ttyS0 writes to our stdout; no virtio-console.
         {"serial", {{"mode", "Tty"}}},
@@ -24,6 +25,14 @@ std::vector<ApiCall> translate(const VmConfig& cfg) {
         for (size_t i = 0; i < cfg.disks.size(); ++i)
             disks.push_back({{"id", "disk" + std::to_string(i)}, {"path", cfg.disks[i].path}, {"readonly", cfg.disks[i].readonly}});
         vm["disks"] = disks;
+    }
+    if (!cfg.shares.empty()) {
+        // Cloud Hypervisor has no 9p: every share is virtiofsd's, by socket.
+        json fs = json::array();
+        for (size_t i = 0; i < cfg.shares.size(); ++i)
+            fs.push_back({{"id", "fs" + std::to_string(i)}, {"tag", cfg.shares[i].tag}, {"socket", cfg.shares[i].socket_path},
+                          {"num_queues", 1}, {"queue_size", 1024}});
+        vm["fs"] = fs;
     }
     if (!cfg.nics.empty()) {
         // Opened by name; no ip/mask, or Cloud Hypervisor would address
@@ -42,6 +51,13 @@ std::vector<ApiCall> translate(const VmConfig& cfg) {
 
 std::vector<std::string> command(const std::string& binary) {
     return {binary, "--api-socket", std::string("path=") + kApiSocket};
+}
+
+Capabilities CloudHypervisor::capabilities() const {
+    Capabilities c = ApiHypervisor::capabilities();
+    c.shares = c.virtio_fs = true;
+    c.nine_p = false;
+    return c;
 }
 
 std::string CloudHypervisor::unavailable() const {

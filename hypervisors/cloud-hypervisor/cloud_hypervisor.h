@@ -1,6 +1,8 @@
 // Cloud Hypervisor driver: a VmConfig document sent to vm.create, then
 // vm.boot, through its REST API on a unix socket (the published OpenAPI
-// definition); channel over hybrid vsock; rootfs on a virtio-blk disk.
+// definition); channel over hybrid vsock; the rootfs over virtio-fs
+// (virtiofsd, jailed: virtiofsd.h), or on a virtio-blk disk where there is
+// no virtiofsd or the caller is not root.
 // Needs KVM; boots the uncompressed vmlinux.
 #pragma once
 #include <string>
@@ -23,6 +25,7 @@ class CloudHypervisor : public ApiHypervisor {
 public:
     std::string name() const override { return "cloud-hypervisor"; }
     std::string unavailable() const override;
+    Capabilities capabilities() const override;
 
 protected:
     ApiVmmLaunch plan(const VmConfig& cfg, const std::string& log_path) const override;

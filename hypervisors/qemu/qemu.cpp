@@ -4,12 +4,14 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <algorithm>
 
 #include "husk/defaults.h"
 #include "husk/paths.h"
 #include "hypervisors/jail.h"
 #include "hypervisors/process_vm.h"
 #include "hypervisors/qemu/qmp.h"
+#include "hypervisors/virtiofsd.h"
 #include "sys/sys.h"
 
 namespace husk::qemu {
@@ -33,7 +35,18 @@ std::vector<std::string> translate(const VmConfig& cfg, const Options& opt) {
     std::vector<std::string> a = {opt.binary};
     auto add = [&](std::initializer_list<std::string> xs) { a.insert(a.end(), xs); };
     add({"-name", "husk"});
-    add({"-M", opt.machine});
+    // A vhost-user daemon (virtiofsd) reads and writes the guest's memory
+    // itself: all of it is then a shared memory file, not QEMU's private
+    // anonymous memory.
+    bool shared_ram = std::any_of(cfg.shares.begin(), cfg.shares.end(), [](const Share& s) { return s.fs == ShareFs::VirtioFs; });
+    std::string ram_backend = shared_ram ? "memory-backend-memfd" : "memory-backend-ram";
+    std::string ram_share = shared_ram ? ",share=on" : "";
+    if (shared_ram) {
+        add({"-object", ram_backend + ",id=ram,size=" + std::to_string(cfg.memory_mib) + "M" + ram_share});
+        add({"-M", opt.machine + ",memory-backend=ram"});
+    } else {
+        add({"-M", opt.machine});
+    }
     if (cfg.accel == Accel::Kvm) add({"-accel", "kvm", "-cpu", "host"});
     else add({"-accel", "tcg,tb-size=" + std::to_string(defaults::kTcgCodeCacheMiB)});
     bool hotplug = cfg.hotplug_mib && opt.machine.rfind("microvm", 0) != 0;  // virtio-mem is PCI only
@@ -56,6 +69,11 @@ std::vector<std::string> translate(const VmConfig& cfg, const Options& opt) {
     for (size_t i = 0; i < cfg.shares.size(); ++i) {
         const auto& s = cfg.shares[i];
         std::string id = "fs" + std::to_string(i);
+        if (s.fs == ShareFs::VirtioFs) {
+            add({"-chardev", "socket,id=" + id + ",path=" + escape(s.socket_path)});
+            add({"-device", virtio(opt, "vhost-user-fs") + ",chardev=" + id + ",tag=" + s.tag + ",queue-size=1024"});
+            continue;
+        }
         add({"-fsdev", "local,id=" + id + ",path=" + escape(s.host_path) +
                            ",security_model=passthrough,multidevs=remap" + (s.readonly ? ",readonly=on" : "")});
         add({"-device", virtio(opt, "virtio-9p") + ",fsdev=" + id + ",mount_tag=" + s.tag});
@@ -78,7 +96,7 @@ std::vector<std::string> translate(const VmConfig& cfg, const Options& opt) {
     if (cfg.free_page_reporting) add({"-device", virtio(opt, "virtio-balloon") + ",free-page-reporting=on"});
     if (hotplug) {
         // None of it plugged (nor backed) until set_hotplug_memory asks.
-        add({"-object", "memory-backend-ram,id=hotmem,size=" + std::to_string(cfg.hotplug_mib) + "M"});
+        add({"-object", ram_backend + ",id=hotmem,size=" + std::to_string(cfg.hotplug_mib) + "M" + ram_share});
         add({"-device", "virtio-mem-pci,id=" + std::string(kHotplugDevice) + ",memdev=hotmem,requested-size=0,block-size=" +
                             std::to_string(defaults::kHotplugBlockMiB) + "M"});
     }
@@ -99,6 +117,7 @@ Capabilities QemuHypervisor::capabilities() const {
     c.control_socket = true;
     c.nic_fd = true;  // -netdev tap,fd=N
     c.memory_hotplug = opt_.machine.rfind("microvm", 0) != 0;
+    c.virtio_fs = true;
     return c;
 }
 
@@ -159,6 +178,8 @@ Result<std::unique_ptr<Vm>> QemuHypervisor::launch(const VmConfig& cfg, const st
     for (size_t i = 0; i < cfg.nics.size(); ++i)
         if (cfg.nics[i].fd >= 0) o.fds.push_back({cfg.nics[i].fd, kFirstNicFd + int(i)});
     o.die_with_parent = true;  // the VMM must not outlive its shim
+    // Each virtio-fs share's daemon first: QEMU connects to its socket.
+    auto daemons = TRY(start_share_daemons(cfg, workdir, log_path));
     VmConfig seen = opt_.jail ? jailed_config(cfg) : cfg;  // the paths QEMU is given
     Options in = opt_;
     if (opt_.jail) {
@@ -174,7 +195,9 @@ Result<std::unique_ptr<Vm>> QemuHypervisor::launch(const VmConfig& cfg, const st
     }
     std::vector<std::string> argv = translate(seen, in);
     pid_t pid = TRY_CTX(sys::spawn(argv, o), "launch qemu");
-    return std::unique_ptr<Vm>(std::make_unique<QemuVm>(pid, std::vector<std::string>{seen.kernel, seen.initrd}));
+    auto vm = std::make_unique<QemuVm>(pid, std::vector<std::string>{seen.kernel, seen.initrd});
+    for (pid_t d : daemons.release()) vm->adopt(d);
+    return std::unique_ptr<Vm>(std::move(vm));
 }
 
 }  // namespace husk::qemu

@@ -7,7 +7,10 @@
 #include <iostream>
 
 #include "cli/commands.h"
+#include "husk/config.h"
 #include "husk/hypervisor.h"
+#include "husk/sandbox.h"
+#include "hypervisors/virtiofsd.h"
 #include "husk/paths.h"
 #include "sys/sys.h"
 
@@ -53,9 +56,14 @@ std::vector<Check> run_checks(const std::string& chosen) {
     bool vsock = vsock_available();
     out.push_back({"vsock", vsock, vsock ? "/dev/vhost-vsock: the agent's channel is AF_VSOCK" : "no /dev/vhost-vsock: the channel is virtio-serial",
                    vsock ? "" : "modprobe vhost_vsock"});
-    bool vfsd = sys::exists("/usr/lib/qemu/virtiofsd") || sys::exists("/usr/libexec/virtiofsd");
-    out.push_back({"virtiofsd", vfsd, std::string(vfsd ? "found" : "not found") + "; husk shares the rootfs with 9p (virtio-fs is not used yet)",
-                   vfsd ? "" : "apt-get install qemu-system-common"});
+    std::string vfsd = find_virtiofsd();
+    auto config = load_config();
+    auto share = hv ? host_share(hv->capabilities(), hv->name(), config ? config->share : "", !vfsd.empty(), rootless())
+                    : ShareChoice{};
+    std::string share_fs = hv && hv->capabilities().shares ? share_name(share.fs, hv->name()) : "disk";
+    out.push_back({"virtiofsd", !vfsd.empty(), (vfsd.empty() ? std::string("not found") : vfsd),
+                   vfsd.empty() ? "apt-get install qemu-system-common (or set HUSK_VIRTIOFSD)" : ""});
+    out.push_back({"shared filesystem", true, share_fs + " (" + share.why + ")", ""});
     bool vnet = ::access("/dev/vhost-net", R_OK | W_OK) == 0;
     out.push_back({"vhost-net", vnet, vnet ? "in-kernel virtio-net datapath under KVM" : "no /dev/vhost-net: QEMU moves the packets",
                    vnet ? "" : "modprobe vhost_net"});

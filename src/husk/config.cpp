@@ -37,6 +37,10 @@ Result<Config> parse_config(const std::string& text, const std::string& origin) 
             auto v = node.value<std::string>();
             if (!v) return fail(origin + ": hypervisor: expected a string", EINVAL);
             c.hypervisor = *v;
+        } else if (k == "share") {
+            auto v = node.value<std::string>();
+            if (!v || (*v != "virtiofs" && *v != "9p")) return fail(origin + ": share: expected \"virtiofs\" or \"9p\"", EINVAL);
+            c.share = *v;
         } else {
             return fail(origin + ": unknown key \"" + k + "\"", EINVAL);
         }

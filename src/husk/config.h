@@ -10,6 +10,7 @@ namespace husk {
 
 struct Config {
     std::string hypervisor;  // the driver for new containers ("" = built-in default)
+    std::string share;       // "virtiofs" or "9p" (choose_share_fs); "" = the default
 };
 
 // $HUSK_CONFIG, else /etc/husk/config.toml (rootless:

@@ -48,6 +48,9 @@ inline constexpr const char* kQemuMachineTcg = "q35,sata=off,smbus=off";
 // with 16 MiB and 25% with 24 (bench/README.md).
 inline constexpr unsigned kTcgCodeCacheMiB = 32;
 inline constexpr const char* kShareTag = "husk";
+// The guest's caching of a virtio-fs share (virtiofsd -o cache=): see
+// docs/design.md "virtio-fs" for what each mode measured.
+inline constexpr const char* kVirtiofsCache = "auto";
 // The driver adds its console and channel (console=, husk.channel=).
 // cryptomgr.notests: the kernel's self-tests of its own cipher code took
 // 0.3 s of a 2.1 s TCG boot (initcall_debug: crypto_algapi_init); they

@@ -16,10 +16,22 @@ namespace husk {
 enum class Accel { Kvm, Tcg };
 enum class ChannelKind { VirtioSerial, Vsock, None };
 
+// How a shared directory reaches the guest. virtio-fs is a FUSE server
+// on the host (virtiofsd, in its own jail) that the VMM wires to the guest
+// over vhost-user; 9p is served by the VMM itself (UML's hostfs is 9p's
+// stand-in there).
+enum class ShareFs { NineP, VirtioFs };
+
 struct Share {
     std::string tag;        // guest mount tag
     std::string host_path;  // directory exported
     bool readonly = false;
+    ShareFs fs = ShareFs::NineP;
+    // virtio-fs: the daemon's vhost-user socket (in <workdir>/vmm, where
+    // the VMM connects by name) and the guest's caching, as virtiofsd's
+    // -o cache= says it: auto|always|none.
+    std::string socket_path;
+    std::string cache = "auto";
 };
 
 struct Disk {
@@ -98,6 +110,12 @@ struct Capabilities {
     // Its guests can be given memory while they run (VmConfig::hotplug_mib,
     // Vm::set_hotplug_memory).
     bool memory_hotplug = false;
+    // It can wire a virtiofsd to its guest (Share::fs = VirtioFs): its
+    // guest RAM can be shared memory, and it has a vhost-user-fs device.
+    bool virtio_fs = false;
+    // Its shares can be 9p (QEMU's own server; UML's hostfs stands in).
+    // Without it, a share is virtio-fs or none (the rootfs on a disk).
+    bool nine_p = true;
 };
 
 // A launched VM. Destroying it kills the VMM.

@@ -225,6 +225,7 @@ Result<pid_t> create_container(const Globals& g, const std::string& id, const Cr
     if (o.preserve_fds > 0) return fail("--preserve-fds is not supported yet", ENOTSUP);
     TRY(guest_cgroup_files(spec.resources.is_object() ? spec.resources : nlohmann::json::object(), "linux.resources"));
     TRY_CTX(check_host_cpus(spec.cpuset_cpus), "config.json: linux.resources.cpu.cpus");
+    TRY(check_share_annotation(spec));
     std::string rootfs = rootfs_path(bundle, spec);
     if (!sys::is_dir(rootfs)) return fail("rootfs " + rootfs + " does not exist", ENOENT);
     if (auto pod = TRY(resolve_pod(spec, TRY(pod_peers(g)), namespace_identity)))

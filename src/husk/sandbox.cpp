@@ -140,8 +140,19 @@ VmConfig make_vm_config(const Spec& spec, const HostFacts& host, const SandboxPa
     c.accel = host.accel;
     c.vcpus = vm_vcpus(spec, host.host_cpus);
     c.memory_mib = vm_memory_mib(spec);
-    if (host.share_disk.empty()) c.shares.push_back({defaults::kShareTag, paths.shared, false});
-    else c.disks.push_back({host.share_disk, false});
+    if (host.share_disk.empty()) {
+        Share sh;
+        sh.tag = defaults::kShareTag;
+        sh.host_path = paths.shared;
+        if (host.share_fs == ShareFs::VirtioFs) {
+            sh.fs = ShareFs::VirtioFs;
+            sh.socket_path = paths.virtiofs_sock;
+            sh.cache = defaults::kVirtiofsCache;
+        }
+        c.shares.push_back(sh);
+    } else {
+        c.disks.push_back({host.share_disk, false});
+    }
     c.channel.kind = host.vsock || host.hybrid_vsock ? ChannelKind::Vsock : ChannelKind::VirtioSerial;
     c.channel.socket_path = host.hybrid_vsock ? paths.vsock_sock : paths.agent_sock;
     if (host.hybrid_vsock) c.channel.vsock_cid = 3;  // the VMM's own: any CID will do
@@ -152,6 +163,7 @@ VmConfig make_vm_config(const Spec& spec, const HostFacts& host, const SandboxPa
     for (size_t i = 0; i < nics.size() && i < taps.size(); ++i) c.nics.push_back({taps[i], nics[i].mac, nics[i].mtu});
     if (!nics.empty()) c.cmdline += " husk.net=1";  // the agent loads virtio_net
     if (!host.share_disk.empty()) c.cmdline += " husk.share=disk";
+    else if (host.share_fs == ShareFs::VirtioFs) c.cmdline += " husk.share=virtiofs";
     if (host.hotplug_mib) {
         // The agent loads virtio_mem; memory it is given is onlined at once
         // (movable: what is taken back later can be emptied). The device's
@@ -162,6 +174,62 @@ VmConfig make_vm_config(const Spec& spec, const HostFacts& host, const SandboxPa
         c.cmdline += " husk.mem=1 memhp_default_state=online_movable swiotlb=noforce";
     }
     return c;
+}
+
+static Result<std::string> share_annotation(const Spec& spec) {
+    auto it = spec.annotations.find(kAnnotationShare);
+    if (it == spec.annotations.end()) return std::string();
+    if (it->second != "virtiofs" && it->second != "9p")
+        return fail(std::string("annotation ") + kAnnotationShare + ": expected \"virtiofs\" or \"9p\", got \"" + it->second + "\"",
+                    EINVAL);
+    return it->second;
+}
+
+Result<void> check_share_annotation(const Spec& spec) { return share_annotation(spec).map([](auto&&) {}); }
+
+Result<ShareChoice> choose_share_fs(const Spec& spec, const std::string& config_share, const ShareSupport& can) {
+    std::string want = TRY(share_annotation(spec)), origin = std::string("annotation ") + kAnnotationShare;
+    if (want.empty() && !config_share.empty()) {
+        if (config_share != "virtiofs" && config_share != "9p")
+            return fail("config share: expected \"virtiofs\" or \"9p\", got \"" + config_share + "\"", EINVAL);
+        want = config_share, origin = "the config file's share";
+    }
+    std::string cannot = !can.virtio_fs ? "the driver has no virtio-fs"
+                         : !can.daemon  ? "no virtiofsd (apt install qemu-system-common, or set HUSK_VIRTIOFSD)"
+                         : can.rootless ? "rootless: virtiofsd must be root to serve the guest's users"
+                                        : "";
+    if (want == "9p") {
+        if (!can.nine_p) return fail(origin + "=9p: the driver has no 9p (virtio-fs, or a disk)", ENOTSUP);
+        return ShareChoice{ShareFs::NineP, origin + " says 9p"};
+    }
+    if (want == "virtiofs") {
+        if (!cannot.empty()) return fail(origin + "=virtiofs: " + cannot, ENOTSUP);
+        return ShareChoice{ShareFs::VirtioFs, origin + " says virtiofs"};
+    }
+    if (!cannot.empty()) {
+        if (!can.nine_p) return fail("no shared filesystem: " + cannot + ", and the driver has no 9p", ENOTSUP);
+        return ShareChoice{ShareFs::NineP, "9p: " + cannot};
+    }
+    return ShareChoice{ShareFs::VirtioFs, "the default"};
+}
+
+ShareSupport share_support(const Capabilities& caps, bool daemon, bool rootless) {
+    return {caps.nine_p, caps.virtio_fs, daemon, rootless};
+}
+
+const char* share_name(ShareFs fs, const std::string& driver) {
+    return fs == ShareFs::VirtioFs ? "virtiofs" : driver == "uml" ? "hostfs" : "9p";
+}
+
+ShareChoice host_share(const Capabilities& caps, const std::string& driver, const std::string& config_share, bool daemon,
+                       bool rootless) {
+    auto can = share_support(caps, daemon, rootless);
+    if (!caps.shares || (!can.nine_p && !can.virtio_fs_usable()))
+        return {ShareFs::NineP, "disk: " + driver + " cannot share a directory here (an ext4 copy of the rootfs)"};
+    auto c = choose_share_fs(Spec{}, config_share, can);
+    if (!c) return {ShareFs::NineP, c.error().message};
+    if (driver == "uml") c->why = "hostfs: UML's own";
+    return *c;
 }
 
 Result<bool> rootfs_on_disk(const Spec& spec, const std::string& driver, bool driver_shares) {

@@ -52,6 +52,8 @@ struct HostFacts {
     std::string share_disk;
     // Memory the VM may be given later (Capabilities::memory_hotplug).
     uint64_t hotplug_mib = 0;
+    // How the share reaches the guest (choose_share_fs), unless on a disk.
+    ShareFs share_fs = ShareFs::NineP;
 };
 
 struct SandboxPaths {
@@ -59,6 +61,7 @@ struct SandboxPaths {
     std::string agent_sock;
     std::string control_sock;
     std::string vsock_sock;  // hybrid vsock: the VMM creates it
+    std::string virtiofs_sock;  // virtio-fs: virtiofsd listens there
 };
 
 // The annotation that puts the rootfs on a disk: "disk" (a copy of the
@@ -68,6 +71,35 @@ inline constexpr const char* kAnnotationRootfs = "org.husk.rootfs";
 // Whether the share goes to the guest as a disk image: a driver that
 // cannot share a directory, or the annotation's choice.
 Result<bool> rootfs_on_disk(const Spec& spec, const std::string& driver, bool driver_shares);
+
+// The annotation (and config file key `share`) that picks the shared
+// filesystem: "virtiofs" or "9p"; the default is virtio-fs where it can be.
+inline constexpr const char* kAnnotationShare = "org.husk.share";
+struct ShareChoice {
+    ShareFs fs = ShareFs::NineP;
+    std::string why;  // for --debug and husk check
+};
+// What this host and driver can share a directory with.
+struct ShareSupport {
+    bool nine_p = true;      // the VMM serves 9p itself (QEMU; UML's hostfs stands in)
+    bool virtio_fs = false;  // Capabilities::virtio_fs
+    bool daemon = false;     // virtiofsd is there (find_virtiofsd)
+    bool rootless = false;   // virtiofsd serves every uid of the guest: it must be root
+    bool virtio_fs_usable() const { return virtio_fs && daemon && !rootless; }
+};
+// The share's filesystem: the annotation's choice, else the config file's
+// (`config_share`, "" for none), else virtio-fs where it is usable, else
+// 9p. A choice that cannot be kept is an error naming where it came from.
+Result<ShareChoice> choose_share_fs(const Spec& spec, const std::string& config_share, const ShareSupport& can);
+// What a new container of a driver with `caps` gets on this host, for
+// husk features/check: "virtiofs", "9p", "hostfs" (UML) or "disk", and why.
+ShareChoice host_share(const Capabilities& caps, const std::string& driver, const std::string& config_share, bool daemon,
+                       bool rootless);
+// `caps` with what the host has.
+ShareSupport share_support(const Capabilities& caps, bool daemon, bool rootless);
+const char* share_name(ShareFs fs, const std::string& driver);
+// The annotation's value alone, checked (for husk create, before anything starts).
+Result<void> check_share_annotation(const Spec& spec);
 
 // A pod's sizes, which containerd's CRI puts on its sandbox container.
 inline constexpr const char* kPodMemoryAnnotation = "io.kubernetes.cri.sandbox-memory";  // bytes

@@ -39,7 +39,7 @@ def test_image_is_reproducible_and_minimal(tmp_path):
                              check=True).stdout.decode().split()
     assert listing == sorted(listing)
     mods = [l for l in listing if l.endswith(".ko") and not l.startswith("lib/modules/uml/")]
-    # virtio transports, console, 9p, balloon, vsock, virtio-net, the disk
+    # virtio transports, console, virtio-fs (fuse) and 9p, balloon, vsock, virtio-net, the disk
     # rootfs (virtio-blk, ext4) and virtio-mem with their dependencies;
     # nothing else.
     assert set(os.path.basename(m)[:-3] for m in mods) == {
@@ -47,7 +47,7 @@ def test_image_is_reproducible_and_minimal(tmp_path):
         "virtio_console", "9pnet", "9pnet_virtio", "netfs", "fscache", "9p", "vsock",
         "vmw_vsock_virtio_transport_common", "vmw_vsock_virtio_transport", "virtio_balloon",
         "failover", "net_failover", "virtio_net", "virtio_blk", "crc32c_generic", "jbd2", "mbcache", "crc16", "ext4",
-        "virtio_mem"}
+        "virtio_mem", "fuse", "virtiofs"}
     # A UML guest's IPv6, from the host's user-mode-linux package (which
     # scripts/deps installs), loaded only by a UML guest with NICs.
     uml = sorted(l for l in listing if l.startswith("lib/modules/uml/") and l.endswith(".ko"))

@@ -3,8 +3,17 @@ VMM runs in its own mount and pid namespaces on a root that shows only
 what it serves and needs, with no new privileges and only the capabilities
 a file server needs. A guest that subverts its VMM (a 9p or hostfs bug, a
 device emulation bug) lands there: not in the host's state directory, not
-in another container's share, not in the host's /etc."""
+in another container's share, not in the host's /etc.
+
+virtiofsd (issue 22) is part of the same boundary: a guest talks FUSE to
+it. It runs in a jail of its own, then in its own mount, pid and net
+namespaces pivot-rooted into the share, with its own seccomp filter, no
+new privileges, an empty bounding set and only a file server's
+capabilities; and it goes with its VM."""
 import os
+import signal
+
+import pytest
 
 from conftest import DISK_DRIVERS, DRIVER, jail_devices, jailed_vmm, new_id, wait_for
 
@@ -14,6 +23,10 @@ FILE_SERVER_CAPS = (1 << 0) | (1 << 1) | (1 << 2) | (1 << 3) | (1 << 4) | (1 << 
 # /proc and /tmp of its own, and what it is given (jail.h).
 ALLOWED = {"usr", "lib", "lib64", "bin", "sbin", "dev", "proc", "tmp", "kernel", "initrd.img", "vmm",
            "share0", "disk0", "vmm-bin", "vmm.log"}
+# The drivers whose share is virtiofsd's to serve (QEMU's default here).
+VIRTIOFS_DRIVERS = ("qemu", "cloud-hypervisor")
+# CAP_CHOWN, CAP_DAC_OVERRIDE, CAP_FOWNER, CAP_FSETID, CAP_SETGID, CAP_SETUID, CAP_MKNOD, CAP_SETFCAP
+VIRTIOFSD_CAPS = (1 << 0) | (1 << 1) | (1 << 3) | (1 << 4) | (1 << 6) | (1 << 7) | (1 << 27) | (1 << 31)
 
 
 def status(pid):
@@ -38,6 +51,8 @@ def test_the_vmm_sees_only_what_it_serves(husk, bundle):
     # What it serves is this container's rootfs and nothing beside it.
     if DRIVER in DISK_DRIVERS:
         assert "disk0" in seen and "share0" not in seen
+    elif DRIVER in VIRTIOFS_DRIVERS:
+        assert "disk0" not in seen and "share0" not in seen  # virtiofsd serves it, not the VMM
     else:
         assert "disk0" not in seen
         wait_for(lambda: "bin" in os.listdir(root + "/share0/rootfs"), "the share to hold the rootfs")
@@ -51,12 +66,65 @@ def test_the_vmm_sees_only_what_it_serves(husk, bundle):
     st = status(vmm)
     assert st["NSpid"].split()[-1] == "2"  # pid 1 is the jail's reaper
     assert st["NoNewPrivs"] == "1"
-    caps = 0 if DRIVER in DISK_DRIVERS else FILE_SERVER_CAPS
+    caps = 0 if DRIVER in DISK_DRIVERS + VIRTIOFS_DRIVERS else FILE_SERVER_CAPS
     assert int(st["CapBnd"], 16) == caps and int(st["CapEff"], 16) & ~caps == 0
     if DRIVER == "qemu":
         assert st["Seccomp"] == "2"  # and QEMU's own sandbox on top
     with open(f"/proc/{vmm}/mountinfo") as f:
         mounts = {l.split()[4]: l.split()[5] for l in f}
     assert mounts["/"].startswith("ro") and mounts["/usr"].startswith("ro")
+    for c in (a, b):
+        husk("delete", "--force", c, check=True)
+
+
+def virtiofsd(husk, cid):
+    """The container's serving virtiofsd: the one in its own namespaces,
+    rooted in the container's share (its jail's parent watches it)."""
+    share = os.path.join(husk.root, cid, "shared")
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/comm") as f:
+                if f.read().strip() != "virtiofsd":
+                    continue
+            with open(f"/proc/{pid}/mountinfo") as f:
+                root = next(l.split() for l in f if l.split()[4] == "/")
+        except (OSError, StopIteration):
+            continue
+        if root[3] == share and status(pid)["Seccomp"] == "2":
+            found.append(int(pid))
+    return found
+
+
+@pytest.mark.not_on(("uml", "firecracker"), reason="no virtio-fs: hostfs / a disk (README)")
+def test_virtiofsd_sees_only_the_share_and_goes_with_its_vm(husk, bundle):
+    a, b = new_id(), new_id()
+    husk("run", "-d", "-b", bundle(["sleep", "1000"]), a, check=True)
+    husk("run", "-d", "-b", bundle(["sleep", "1000"]), b, check=True)
+    daemons = virtiofsd(husk, a)
+    assert len(daemons) == 1, daemons
+    d = daemons[0]
+    # Its root is this container's share: the rootfs, nothing of the state
+    # dir, the other container or the host.
+    root = f"/proc/{d}/root"
+    assert sorted(os.listdir(root)) == sorted(os.listdir(os.path.join(husk.root, a, "shared")))
+    assert "bin" in os.listdir(root + "/rootfs")
+    for host_path in (husk.root, os.path.join(husk.root, b), "/etc", "/usr", "/proc", "/home", "/run"):
+        assert not os.path.exists(root + host_path), host_path
+    for ns in ("mnt", "pid", "net"):
+        assert os.readlink(f"/proc/{d}/ns/{ns}") != os.readlink(f"/proc/self/ns/{ns}"), ns
+    st = status(d)
+    assert st["NoNewPrivs"] == "1" and st["Seccomp"] == "2"
+    assert int(st["CapBnd"], 16) == 0
+    assert int(st["CapEff"], 16) & ~VIRTIOFSD_CAPS == 0 and int(st["CapPrm"], 16) & ~VIRTIOFSD_CAPS == 0
+    # It goes with its VM: the VMM killed, the daemon ends (its socket
+    # closes); the shim killed, every process of the sandbox ends.
+    os.kill(jailed_vmm(husk, a), signal.SIGKILL)
+    wait_for(lambda: not virtiofsd(husk, a), "virtiofsd to follow its VMM", timeout=30)
+    d_b = virtiofsd(husk, b)
+    assert len(d_b) == 1
+    os.kill(husk.state(b)["pid"], signal.SIGKILL)
+    wait_for(lambda: not virtiofsd(husk, b) and not os.path.exists(f"/proc/{d_b[0]}"), "virtiofsd to follow its shim",
+             timeout=30)
     for c in (a, b):
         husk("delete", "--force", c, check=True)

@@ -3,7 +3,7 @@ import os
 
 
 def _mounts_mention(pid, needle):
-    """A jailed VMM (UML) names no host path: its mounts do."""
+    """A jailed VMM (UML) or virtiofsd names no host path: its mounts do."""
     try:
         with open(f"/proc/{pid}/mountinfo") as f:
             return needle in f.read()
@@ -25,7 +25,8 @@ def processes_mentioning(needle):
             continue
         if st == "Z":
             continue
-        if needle in cmd or ("husk.vmm=uml" in cmd and _mounts_mention(pid, needle)):
+        jailed = "husk.vmm=uml" in cmd or "virtiofsd" in cmd
+        if needle in cmd or (jailed and _mounts_mention(pid, needle)):
             found.append((int(pid), cmd))
     return found
 

@@ -67,6 +67,28 @@ TEST_CASE("VmConfig -> Cloud Hypervisor API calls (golden)", "[drivers]") {
     CHECK(cloud_hypervisor::command("ch") == std::vector<std::string>{"ch", "--api-socket", "path=api.sock"});
 }
 
+TEST_CASE("Cloud Hypervisor shares the rootfs over virtio-fs where virtiofsd can serve it (golden)", "[drivers]") {
+    HostFacts host;
+    host.host_cpus = 2, host.kernel = "/img/vmlinux", host.initrd = "/img/initramfs.img";
+    host.hybrid_vsock = true;
+    host.share_fs = ShareFs::VirtioFs;
+    VmConfig cfg = make_vm_config(small_spec(), host, state_sandbox_paths());
+    REQUIRE(cfg.disks.empty());
+    check_golden("translate/cloud-hypervisor-virtiofs.json",
+                 calls_to_json(cloud_hypervisor::translate(jailed_config(cfg))).dump(2) + "\n");
+    cloud_hypervisor::CloudHypervisor ch;
+    auto caps = ch.capabilities();
+    CHECK(caps.shares);
+    CHECK(caps.virtio_fs);
+    CHECK_FALSE(caps.nine_p);
+    // No virtiofsd, or rootless: no share at all, so the rootfs goes on a disk.
+    CHECK(share_support(caps, true, false).virtio_fs_usable());
+    CHECK_FALSE(share_support(caps, false, false).virtio_fs_usable());
+    CHECK_FALSE(share_support(caps, true, true).virtio_fs_usable());
+    CHECK_THAT(host_share(caps, "cloud-hypervisor", "", false, false).why, Catch::StartsWith("disk:"));
+    CHECK(host_share(caps, "cloud-hypervisor", "", true, false).fs == ShareFs::VirtioFs);
+}
+
 TEST_CASE("the drivers say why they cannot run here", "[drivers]") {
     ::setenv("HUSK_FIRECRACKER", "/nonexistent/firecracker", 1);
     CHECK(firecracker::FirecrackerHypervisor().unavailable().find("/nonexistent/firecracker not found") == 0);

@@ -1,7 +1,14 @@
+#include <linux/capability.h>
+#include <stdlib.h>
+
+#include <algorithm>
+#include <filesystem>
+
 #include "golden.h"
 #include "husk/sandbox.h"
 #include "hypervisors/jail.h"
 #include "hypervisors/qemu/qemu.h"
+#include "hypervisors/virtiofsd.h"
 
 using namespace husk;
 
@@ -139,6 +146,89 @@ TEST_CASE("a VM that can be given memory: virtio-mem, none of it plugged, on q35
     CHECK(has(std::to_string(cfg.memory_mib)));
     host.hotplug_mib = 0;
     CHECK_THAT(make_vm_config(spec_from(kBundle), host, state_sandbox_paths()).cmdline, !Catch::Contains("husk.mem"));
+}
+
+TEST_CASE("a virtio-fs share: shared guest RAM, a vhost-user-fs device, virtiofsd jailed beside QEMU (golden)", "[translate]") {
+    HostFacts host;
+    host.host_cpus = 2, host.kernel = "/img/vmlinux", host.initrd = "/img/initramfs.img";
+    host.hotplug_mib = 2048;
+    host.share_fs = ShareFs::VirtioFs;
+    VmConfig cfg = make_vm_config(spec_from(kBundle), host, state_sandbox_paths());
+    cfg.console_fd = 7;
+    REQUIRE(cfg.shares.size() == 1);
+    CHECK(cfg.shares[0].fs == ShareFs::VirtioFs);
+    CHECK(cfg.shares[0].socket_path == "/state/c1/vmm/fs.sock");
+    CHECK(cfg.shares[0].cache == "auto");
+    CHECK_THAT(cfg.cmdline, Catch::Contains("husk.share=virtiofs"));
+    qemu::Options opt;
+    opt.machine = "q35";
+    // Every byte of guest RAM (the hot-pluggable part too) is a shared
+    // memfd that virtiofsd maps; QEMU reaches it by socket name in /vmm.
+    check_golden("translate/qemu-q35-virtiofs.argv", lines(qemu::translate(jailed_config(cfg), opt)));
+    // The VMM's jail does not see the share (virtiofsd serves it) and keeps
+    // no file-server capabilities.
+    char tmpl[] = "/tmp/husk-unit-jail.XXXXXX";
+    REQUIRE(::mkdtemp(tmpl));
+    auto j = vmm_jail(cfg, tmpl);
+    REQUIRE(j);
+    CHECK(std::none_of(j->jail.mounts.begin(), j->jail.mounts.end(), [](const JailMount& m) { return m.target == "/share0"; }));
+    CHECK(j->jail.keep_caps.empty());
+    cfg.shares[0].fs = ShareFs::NineP;  // QEMU's own 9p server: the share and the file-server capabilities
+    j = vmm_jail(cfg, tmpl);
+    CHECK(std::any_of(j->jail.mounts.begin(), j->jail.mounts.end(), [](const JailMount& m) { return m.target == "/share0"; }));
+    CHECK(j->jail.keep_caps == file_server_caps());
+    std::filesystem::remove_all(tmpl);
+    host.share_fs = ShareFs::NineP;
+    auto nine = make_vm_config(spec_from(kBundle), host, state_sandbox_paths());
+    CHECK(nine.shares[0].fs == ShareFs::NineP);
+    CHECK_THAT(nine.cmdline, !Catch::Contains("husk.share"));
+    auto argv = qemu::translate(jailed_config(nine), opt);
+    CHECK(std::find(argv.begin(), argv.end(), "memory-backend-ram,id=hotmem,size=2048M") != argv.end());
+    CHECK(std::find(argv.begin(), argv.end(), "q35") != argv.end());  // no memory-backend: QEMU's own RAM
+}
+
+TEST_CASE("virtiofsd's command line: its own sandbox, the share's cache, submounts, guest-local locks", "[translate]") {
+    Share s;
+    s.tag = "husk", s.host_path = "/state/c1/shared", s.fs = ShareFs::VirtioFs, s.cache = "always";
+    s.socket_path = "/state/c1/vmm/fs.sock";
+    auto a = virtiofsd_argv(s, "/usr/lib/qemu/virtiofsd", 20000);
+    CHECK(a == std::vector<std::string>{"/usr/lib/qemu/virtiofsd", "--fd=3", "-o", "source=/share", "-o", "sandbox=namespace",
+                                        "-o", "cache=always", "-o", "announce_submounts", "-o", "xattr", "-o", "no_posix_lock",
+                                        "-o", "no_flock", "-o", "log_level=warn", "--thread-pool-size=0",
+                                        "--rlimit-nofile=20000"});
+    auto caps = virtiofsd_caps();
+    for (int c : {CAP_CHOWN, CAP_DAC_OVERRIDE, CAP_FOWNER, CAP_FSETID, CAP_SETUID, CAP_SETGID, CAP_MKNOD, CAP_SETFCAP, CAP_SYS_ADMIN})
+        CHECK(std::find(caps.begin(), caps.end(), c) != caps.end());
+    for (int c : {CAP_NET_ADMIN, CAP_SYS_PTRACE, CAP_SYS_MODULE, CAP_NET_RAW})
+        CHECK(std::find(caps.begin(), caps.end(), c) == caps.end());
+}
+
+TEST_CASE("the share's filesystem: virtio-fs where it can be, 9p where not, and why", "[translate]") {
+    Spec s = spec_from(kBundle);
+    auto pick = [&](const std::string& config, bool driver, bool daemon, bool rootless, bool nine_p = true) {
+        return choose_share_fs(s, config, ShareSupport{nine_p, driver, daemon, rootless});
+    };
+    CHECK(pick("", true, true, false)->fs == ShareFs::VirtioFs);
+    CHECK(pick("", true, true, false)->why == "the default");
+    CHECK(pick("", false, true, false)->fs == ShareFs::NineP);
+    CHECK_THAT(pick("", false, true, false)->why, Catch::Contains("no virtio-fs"));
+    CHECK_THAT(pick("", true, false, false)->why, Catch::Contains("no virtiofsd") && Catch::Contains("qemu-system-common"));
+    CHECK_THAT(pick("", true, true, true)->why, Catch::Contains("rootless"));
+    CHECK(pick("9p", true, true, false)->fs == ShareFs::NineP);
+    CHECK(pick("virtiofs", true, true, false)->fs == ShareFs::VirtioFs);
+    CHECK_THAT(pick("virtiofs", true, false, false).error().message, Catch::Contains("config file's share=virtiofs"));
+    CHECK_THAT(pick("ext4", true, true, false).error().message, Catch::Contains("expected \"virtiofs\" or \"9p\""));
+    // A driver with no 9p (Cloud Hypervisor): virtio-fs, or nothing to share with.
+    CHECK(pick("", true, true, false, false)->fs == ShareFs::VirtioFs);
+    CHECK_THAT(pick("", true, false, false, false).error().message, Catch::Contains("no virtiofsd") && Catch::Contains("no 9p"));
+    CHECK_THAT(pick("9p", true, true, false, false).error().message, Catch::Contains("share=9p: the driver has no 9p"));
+    s.annotations[kAnnotationShare] = "9p";  // the annotation over the config file
+    CHECK(pick("virtiofs", true, true, false)->fs == ShareFs::NineP);
+    s.annotations[kAnnotationShare] = "virtiofs";
+    CHECK_THAT(pick("", true, true, true).error().message, Catch::Contains("annotation org.husk.share=virtiofs: rootless"));
+    CHECK(check_share_annotation(s));
+    s.annotations[kAnnotationShare] = "nfs";
+    CHECK_THAT(check_share_annotation(s).error().message, Catch::Contains("annotation org.husk.share: expected"));
 }
 
 TEST_CASE("OCI -> agent create request (golden)", "[translate]") {
