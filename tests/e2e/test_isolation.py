@@ -89,9 +89,10 @@ def virtiofsd(husk, cid):
                     continue
             with open(f"/proc/{pid}/mountinfo") as f:
                 root = next(l.split() for l in f if l.split()[4] == "/")
+            serving = root[3] == share and status(pid)["Seccomp"] == "2"
         except (OSError, StopIteration):
-            continue
-        if root[3] == share and status(pid)["Seccomp"] == "2":
+            continue  # (gone meanwhile)
+        if serving:
             found.append(int(pid))
     return found
 

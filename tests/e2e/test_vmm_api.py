@@ -2,7 +2,8 @@
 VMM (tests/lib/standin_vmm.py): it holds each request to the published API
 definition and runs the guest under QEMU TCG, so here, with no KVM and
 neither binary, the drivers' calls, the hybrid vsock channel and the rootfs
-disk run end to end. Where the real binary and /dev/kvm exist, scripts/test
+(Firecracker's disk, Cloud Hypervisor's virtio-fs from a real virtiofsd)
+run end to end. Where the real binary and /dev/kvm exist, scripts/test
 runs the suite on them too."""
 import json
 import os
@@ -141,7 +142,8 @@ def test_husk_runs_a_container_through_the_api(husk, bundle, standin, flavour):
     assert r.returncode == 0, r.stderr
     out = r.stdout.decode().splitlines()
     assert out[0] == "hello"
-    assert " ext4 " in out[1]  # the rootfs came on the disk
+    # Firecracker's rootfs comes on a disk; Cloud Hypervisor's over virtio-fs (virtiofsd is here).
+    assert (" ext4 " if flavour == "firecracker" else " virtiofs ") in out[1]
     assert f"husk.vmm={flavour}" in out[2]
     assert out[3] == "2"
     calls = standin.calls()
@@ -154,7 +156,9 @@ def test_husk_runs_a_container_through_the_api(husk, bundle, standin, flavour):
         assert vm["cpus"] == {"boot_vcpus": 2, "max_vcpus": 2} and vm["memory"]["size"] >= 300 << 20
         # The paths the VMM sees in its jail.
         assert vm["payload"]["kernel"] == "/kernel" and vm["payload"]["initramfs"] == "/initrd.img"
-        assert vm["disks"][0]["path"] == "/disk0" and vm["vsock"]["socket"] == "vsock.sock"
+        assert vm["vsock"]["socket"] == "vsock.sock" and "disks" not in vm
+        assert vm["fs"] == [{"id": "fs0", "tag": "husk", "socket": "fs.sock", "num_queues": 1, "queue_size": 1024}]
+        assert vm["memory"]["shared"] is True
 
 
 @pytest.mark.parametrize("flavour", ["firecracker", "cloud-hypervisor"])
@@ -214,7 +218,9 @@ def test_the_vmm_runs_jailed(husk, bundle, standin, flavour):
     husk("run", "-d", "-b", bundle(["sleep", "1000"], edit=on(flavour)), cid, check=True, env=env)
     vmm = jailed_vmm(husk, cid)
     root = sorted(os.listdir(f"/proc/{vmm}/root"))
-    assert {"kernel", "initrd.img", "disk0", "vmm", "vmm-bin", "vmm.log", "usr", "dev", "proc", "tmp"} <= set(root)
+    assert {"kernel", "initrd.img", "vmm", "vmm-bin", "vmm.log", "usr", "dev", "proc", "tmp"} <= set(root)
+    # The rootfs: Firecracker's disk; virtiofsd's to serve for Cloud Hypervisor (not in this jail).
+    assert ("disk0" in root) == (flavour == "firecracker") and "share0" not in root
     assert not {"etc", "home", "root", "run", "var", "boot"} & set(root), root
     assert sorted(os.listdir(f"/proc/{vmm}/root/dev")) == jail_devices(husk, flavour)
     # Its sockets are the state dir's vmm/ on the host.

@@ -14,8 +14,10 @@ error status and text for Cloud Hypervisor.
 
 On start it boots the guest for real, under QEMU TCG on q35: the
 uncompressed vmlinux by its PVH entry (as both VMMs boot it), the
-configured drives and NICs (the taps opened by name, as both VMMs do:
-husk must have made them), the serial console on our stdout. The hybrid vsock
+configured drives, NICs (the taps opened by name, as both VMMs do:
+husk must have made them) and virtio-fs devices (Cloud Hypervisor's `fs`,
+connected to husk's virtiofsd; the guest's RAM is then a shared memfd, and
+`memory.shared` must say so, as Cloud Hypervisor insists), the serial console on our stdout. The hybrid vsock
 socket is served here: "CONNECT <port>" is answered "OK <n>" and bridged
 to the agent's port, which under QEMU is a virtio-serial port. Liberties
 taken on the guest command line, both because this is QEMU and not the
@@ -107,6 +109,8 @@ CH_VM = obj(
     console=CONSOLE,
     vsock=obj(["cid", "socket"], cid={"type": "integer", "minimum": 3}, socket=STR, iommu=BOOL, pci_segment=INT,
               pci_device_id=INT, id=STR),
+    fs={"type": "array", "items": obj(["tag", "socket"], tag=STR, socket=STR, num_queues=INT, queue_size=INT, id=STR,
+                                      pci_segment=INT)},
     iommu=BOOL, watchdog=BOOL, pvpanic=BOOL, landlock_enable=BOOL,
 )
 CH = {
@@ -250,6 +254,11 @@ class StandIn:
                 self.must_exist(d.get("path", ""), "disk")
             for n in body.get("net", []):
                 self.must_be_tap(n.get("tap", ""))
+            for f in body.get("fs", []):
+                self.must_exist(f["socket"], "fs socket")
+            if body.get("fs") and not body.get("memory", {}).get("shared"):
+                # vhost-user devices need the guest's memory shared (as Cloud Hypervisor says)
+                raise ApiError(400, "Error from API: The VM could not be created: vhost-user requires shared memory")
             self.config["vm"] = body
         elif route == "/api/v1/vm.boot":
             if "vm" not in self.config:
@@ -262,7 +271,8 @@ class StandIn:
                       mem_mib=vm.get("memory", {}).get("size", 512 << 20) >> 20,
                       drives=[(d["path"], d.get("readonly", False)) for d in vm.get("disks", [])],
                       nics=[(n["tap"], n.get("mac"), n.get("mtu")) for n in vm.get("net", [])],
-                      vsock=vm.get("vsock", {}).get("socket"), balloon="balloon" in vm)
+                      vsock=vm.get("vsock", {}).get("socket"), balloon="balloon" in vm,
+                      fs=[(f["tag"], f["socket"]) for f in vm.get("fs", [])])
         elif route == "/api/v1/vm.pause":
             if self.state != "Running":
                 raise ApiError(405, "Error from API: The VM could not be paused: VM is not running")
@@ -286,7 +296,7 @@ class StandIn:
 
     # ---------------------------------------------------------------- the guest
 
-    def boot(self, kernel, initrd, cmdline, vcpus, mem_mib, drives, nics, vsock, balloon):
+    def boot(self, kernel, initrd, cmdline, vcpus, mem_mib, drives, nics, vsock, balloon, fs=()):
         def dev(d):
             return d + "-pci"
         # QEMU's sockets, relative to our working directory (the VMM's,
@@ -295,8 +305,13 @@ class StandIn:
         agent = os.path.join("standin", "agent.sock")
         qmp = os.path.join("standin", "qmp.sock")
         words = ["husk.channel=serial" if w == "husk.channel=vsock" else w for w in cmdline.split() if w != "pci=off"]
-        argv = ["qemu-system-x86_64", "-name", f"husk-standin-{self.flavour}",
-                "-M", "q35,sata=off,smbus=off", "-accel", "tcg",
+        machine = "q35,sata=off,smbus=off"
+        mem = []
+        if fs:  # virtio-fs: the guest's RAM shared with virtiofsd
+            machine += ",memory-backend=ram"
+            mem = ["-object", f"memory-backend-memfd,id=ram,size={mem_mib}M,share=on"]
+        argv = ["qemu-system-x86_64", "-name", f"husk-standin-{self.flavour}", *mem,
+                "-M", machine, "-accel", "tcg",
                 "-m", str(mem_mib), "-smp", str(vcpus), "-nodefaults", "-no-user-config", "-nographic", "-no-reboot",
                 "-kernel", kernel, "-append", " ".join(words),
                 "-chardev", "file,id=con,path=/proc/self/fd/1", "-serial", "chardev:con",
@@ -316,6 +331,8 @@ class StandIn:
                      "-device", "virtserialport,chardev=agent,name=husk.agent"]
         if balloon:
             argv += ["-device", f"{dev('virtio-balloon')},free-page-reporting=on"]
+        for i, (tag, sock) in enumerate(fs):
+            argv += ["-chardev", f"socket,id=fs{i},path={sock}", "-device", f"vhost-user-fs-pci,chardev=fs{i},tag={tag}"]
         self.say("boot: " + " ".join(argv))
         libc = ctypes.CDLL(None, use_errno=True)
         # QEMU dies with us (the shim SIGKILLs the VMM it launched). The
