@@ -68,9 +68,12 @@ def no_processes_of(user):
 @pytest.mark.parametrize("driver", ["qemu", "uml"])
 def test_a_plain_user_runs_a_container(plain_user, driver):
     b = user_bundle(plain_user, ["sh", "-c", "echo hello from $(id -u); exit 3"])
-    r = plain_user("--hypervisor", driver, "run", "-b", b, new_id())
+    r = plain_user("--debug", "--hypervisor", driver, "run", "-b", b, new_id())
     assert r.returncode == 3, r.stderr
     assert r.stdout == b"hello from 0\n"
+    # virtiofsd must be root to act as the guest's users: rootless, the
+    # share is 9p (QEMU) or hostfs (UML), and --debug says why.
+    assert ("share: 9p (9p: rootless" if driver == "qemu" else "share: hostfs") in r.stderr.decode()
     wait_for(lambda: no_processes_of(plain_user), "the user's husk processes to go", timeout=20)
     assert not os.listdir(plain_user.state)
     shutil.rmtree(b)

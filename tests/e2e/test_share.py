@@ -274,3 +274,22 @@ def test_a_workload_keeps_file_semantics_on_the_share(husk, tmp_path, overlay, s
     # Host changes reach the running guest (a volume the client updates).
     for k in ("host_new", "host_changed", "host_removed"):
         assert r[k] is not None and r[k] < 10, (k, r[k])
+
+
+@pytest.mark.not_on("uml", reason="no virtio-fs: hostfs (README)")
+def test_a_virtiofsd_that_fails_fails_the_create_and_leaves_nothing(husk, bundle, tmp_path):
+    # A daemon that dies at once (a broken install): the VMM cannot connect
+    # to it, the create fails saying so, with the daemon's words in the
+    # message, and the leak check (no virtiofsd, no VMM, no mount, no state)
+    # holds after it.
+    broken = tmp_path / "virtiofsd"
+    broken.write_text("#!/bin/sh\necho 'virtiofsd: broken on purpose' >&2\nexit 1\n")
+    broken.chmod(0o755)
+    env = dict(os.environ, HUSK_VIRTIOFSD=str(broken))
+    r = husk("run", "-b", bundle(["true"]), new_id(), env=env)
+    assert r.returncode != 0
+    err = r.stderr.decode()
+    assert "vhost-user" in err or "virtiofsd" in err, err
+    # 9p needs no daemon: the same bundle runs with the annotation.
+    b = bundle(["true"], edit=lambda c: c.setdefault("annotations", {}).update({"org.husk.share": "9p"}))
+    assert husk("run", "-b", b, new_id(), env=env).returncode == 0

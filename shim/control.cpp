@@ -1,0 +1,282 @@
+// shim.sock: its clients, their requests and replies (never a blocking
+// write), exec sessions and update (shim.h).
+#include "shim/shim.h"
+
+namespace husk::shimd {
+
+void Shim::busy(uint64_t client) {
+    if (auto it = clients_.find(client); it != clients_.end()) it->second.busy = true;
+}
+
+void Shim::created(bool ok, const std::string& error) {
+    if (!ok) abort_create(Error{EINVAL, error});
+    report_created();
+}
+
+// Answer a client. One-shot clients are done after their reply; exec
+// sessions stay until their process exits.
+void Shim::reply(uint64_t cid, const json& r) {
+    auto it = clients_.find(cid);
+    if (it == clients_.end()) return;
+    it->second.busy = false;
+    send_line(cid, r.dump() + "\n", !it->second.session);
+}
+
+// Queue a line for a client and write what its socket takes now; with
+// `last`, the client goes once everything is written.
+void Shim::send_line(uint64_t cid, const std::string& line, bool last) {
+    auto it = clients_.find(cid);
+    if (it == clients_.end()) return;
+    it->second.out += line;
+    it->second.closing = it->second.closing || last;
+    flush_client(cid);
+}
+
+void Shim::flush_client(uint64_t cid) {
+    auto it = clients_.find(cid);
+    if (it == clients_.end()) return;
+    auto& c = it->second;
+    while (!c.out.empty()) {
+        ssize_t w = ::send(c.fd.get(), c.out.data(), c.out.size(), MSG_DONTWAIT | MSG_NOSIGNAL);
+        if (w < 0 && errno == EINTR) continue;
+        if (w < 0 && errno == EAGAIN) break;
+        if (w <= 0) return drop_client(cid);  // gone: nobody to tell
+        c.out.erase(0, size_t(w));
+    }
+    if (c.out.size() > kClientOutMax) return drop_client(cid);
+    if (c.out.empty() && c.closing) drop_client(cid);
+}
+
+void Shim::reply(uint64_t cid, bool ok, const std::string& err) { reply(cid, status_reply(ok, err)); }
+
+void Shim::drop_client(uint64_t cid) {
+    auto it = clients_.find(cid);
+    if (it == clients_.end()) return;
+    if (it->second.session)
+        if (auto p = ses_.procs.find(it->second.proc); p != ses_.procs.end() && p->second.waiter == cid) {
+            p->second.waiter = 0;
+            // A pod member's relay is the process its callers wait on:
+            // gone, so is the container (as runc's init taking it along).
+            if (member_of_proc(p->first) && p->second.started && !p->second.exited)
+                ses_.request("kill", {{"process", p->first}, {"signal", SIGKILL}, {"all", true}});
+        }
+    clients_.erase(it);
+}
+
+// Exec sessions whose process has exited and whose output is delivered
+// learn the status; the process is forgotten.
+void Shim::retire_execs() {
+    for (auto it = ses_.procs.begin(); it != ses_.procs.end();) {
+        auto& p = it->second;
+        if (p.idx == 0 || !p.exited || !p.drained()) {
+            ++it;
+            continue;
+        }
+        json ex = p.sig ? json{{"signal", *p.sig}} : json{{"code", p.code.value_or(255)}};
+        if (Member* m = member_of_proc(p.idx)) {
+            m->exited = true;
+            set_member_status(p.container, status::kStopped, p.sig ? std::nullopt : std::optional<int>(p.code.value_or(255)), p.sig);
+        }
+        uint64_t w = p.waiter;
+        it = ses_.procs.erase(it);
+        send_line(w, json{{"exit", ex}}.dump() + "\n", true);
+    }
+}
+
+void Shim::on_client(uint64_t cid) {
+    auto& c = clients_[cid];
+    std::vector<sys::Fd> fds;
+    auto data = sys::recv_fds(c.fd.get(), 4096, fds);
+    for (auto& f : fds) c.fds.push_back(std::move(f));
+    if (!data || data->empty() || c.in.size() > 65536 || c.fds.size() > sys::kMaxPassedFds) {
+        // Gone (or abusive): a reply still pending for it goes nowhere.
+        ses_.forget_client(cid);
+        drop_client(cid);
+        return;
+    }
+    c.in += *data;
+    for (;;) {
+        auto it = clients_.find(cid);
+        if (it == clients_.end() || it->second.busy) return;
+        auto nl = it->second.in.find('\n');
+        if (nl == std::string::npos) return;
+        std::string line = it->second.in.substr(0, nl);
+        it->second.in.erase(0, nl + 1);
+        try {
+            on_client_line(cid, line);
+        } catch (const json::exception&) {
+            // A field of the wrong type (json::value() throws): the client's
+            // mistake, never the end of the container.
+            reply(cid, false, "malformed request");
+        }
+    }
+}
+
+void Shim::on_client_line(uint64_t cid, const std::string& line) {
+    auto& c = clients_[cid];
+    json req = json::parse(line, nullptr, false);
+    if (!req.is_object() || !req.contains("op") || !req["op"].is_string()) return reply(cid, false, "malformed request");
+    std::string op = req["op"];
+    bool live = ses_.phase == Phase::Created || ses_.phase == Phase::Running;
+    if (c.session) {
+        // An exec session: signals and window sizes for its process.
+        auto p = ses_.procs.find(c.proc);
+        if (p == ses_.procs.end() || p->second.exited) return;
+        if (op == "signal" && req.contains("signal") && req["signal"].is_number_integer())
+            ses_.request("kill", {{"process", c.proc}, {"signal", req["signal"].get<int>()}, {"all", false}});
+        else if (op == "resize" && p->second.tty)
+            ses_.request("resize", {{"process", c.proc}, {"rows", req.value("rows", 0)}, {"cols", req.value("cols", 0)}});
+        return;
+    }
+    if (req.contains("container") && req["container"].is_string() && req["container"] != args_.id)
+        return on_member_line(cid, op, req);
+    if (op == "start") {
+        if (ses_.phase != Phase::Created) return reply(cid, false, "container is not in created state");
+        if (ses_.procs[0].tty) send_resize(0, tty_slave_.get());  // the caller's size, before the process looks
+        ses_.request("start", {{"process", 0}}, cid);
+    } else if (op == "kill") {
+        if (ses_.phase == Phase::Exiting) return reply(cid, false, "container not running");
+        if (!live) return reply(cid, false, "container is not created yet");
+        int sig = req.value("signal", SIGTERM);
+        json params = {{"process", 0}, {"signal", sig}, {"all", req.value("all", false)}};
+        if (paused_) {
+            // The agent cannot answer while the vCPUs are stopped. SIGKILL
+            // wakes the VM so the container dies (runc thaws for it too);
+            // any other signal waits in the channel until resume, as a
+            // frozen cgroup keeps it pending.
+            if (sig == SIGKILL) {
+                if (auto r = set_paused(false); !r) return reply(cid, false, r.error().message);
+            } else {
+                ses_.request("kill", params);
+                return reply(cid, true);
+            }
+        }
+        ses_.request("kill", params, cid);
+        // SIGKILL always kills, as with runc: a guest that does not act on
+        // it in time (hung, or its agent wedged) loses its VM instead.
+        if (sig == SIGKILL && !kill_deadline_)
+            kill_deadline_ = Clock::now() + std::chrono::milliseconds(defaults::kGuestKillTimeoutMs);
+    } else if (op == "pause" || op == "resume") {
+        if (ses_.phase != Phase::Running) return reply(cid, false, "container is not running");
+        if (paused_ == (op == "pause")) return reply(cid, false, std::string("container is ") + (paused_ ? "already paused" : "not paused"));
+        auto r = set_paused(op == "pause");
+        reply(cid, bool(r), r ? "" : r.error().message);
+    } else if (op == "ps" || op == "update" || op == "stats") {
+        // Questions for the guest, which cannot answer while paused.
+        if (!live) return reply(cid, false, "container is not running");
+        if (paused_) return reply(cid, false, "container is paused");
+        std::optional<json> files;
+        if (op == "update" && !(files = guest_update_files(req.value("files", json::array()), nullptr)))
+            return reply(cid, false, "malformed request");
+        json params = op == "ps"       ? json{{"process", 0}}
+                      : op == "update" ? json{{"files", *files}}
+                                       : json{{"files", stats_files()}};
+        ses_.request(op, params, cid);
+    } else if (op == "exec") {
+        if (!live) return reply(cid, false, ses_.phase == Phase::Exiting ? "container is stopping" : "container is not created yet");
+        start_exec(cid, req);
+    } else {
+        reply(cid, false, "unknown op " + op);
+    }
+}
+
+// ---------------------------------------------------------------- pod members
+
+// A process's stdio from the fds that came with the client's request
+// (stdin, stdout, stderr; one pty for a terminal).
+Result<void> Shim::setup_stdio(uint64_t cid, Proc& p, bool tty) {
+    auto& c = clients_[cid];
+    if (c.fds.size() != (tty ? 1u : 3u)) return fail("expected " + std::string(tty ? "1 fd" : "3 fds"), EINVAL);
+    auto setup = [&]() -> Result<void> {
+        if (tty) {
+            // The caller's pty slave: both directions, no stderr.
+            TRY(sys::set_nonblock(c.fds[0].get(), true));
+            p.in_own = TRY(sys::dup(c.fds[0].get()));
+            p.out[1].own = std::move(c.fds[0]);
+            p.out[2].eof = true;
+        } else {
+            p.in_own = std::move(c.fds[0]);
+            p.out[1].own = std::move(c.fds[1]);
+            p.out[2].own = std::move(c.fds[2]);
+        }
+        return {};
+    };
+    auto r = setup();
+    c.fds.clear();
+    TRY(r);
+    p.in_fd = p.in_own.get();
+    for (int i = 1; i <= 2; ++i) {
+        p.out[i].fd = p.out[i].own ? p.out[i].own.get() : -1;
+        p.out[i].stream = proto::stream_id(p.idx, uint32_t(i));
+        if (!p.out[i].own) p.out[i].dead = true;
+        else if (!tty) prepare_out(p.out[i]);
+    }
+    return {};
+}
+
+// An exec: its stdio came as fds. The connection stays open as the
+// session that gets the exit. `container`: a pod member's id, or "".
+void Shim::start_exec(uint64_t cid, const json& req) {
+    auto& c = clients_[cid];
+    if (!req.contains("process") || !req["process"].is_object()) return reply(cid, false, "exec: no process");
+    std::string container = req.value("container", "");
+    bool tty = req["process"].value("terminal", false);
+    uint32_t idx = next_proc_++;
+    Proc& p = ses_.procs[idx];
+    p.stdin_credit = ses_.stdin_window;
+    p.idx = idx;
+    p.tty = tty;
+    p.waiter = cid;
+    p.container = container;
+    if (auto r = setup_stdio(cid, p, tty); !r) {
+        ses_.procs.erase(idx);
+        return reply(cid, false, "exec: " + r.error().message);
+    }
+    c.session = true;
+    c.proc = idx;
+    ses_.request("exec", {{"process_index", idx}, {"process", req["process"]}, {"container", container.empty() ? args_.id : container}},
+                 cid, idx);
+}
+
+// `update`'s cgroup writes as the guest must see them (its own vCPU ids);
+// a new cpuset re-pins the VMM on the host. nullopt: not [[name, value]...].
+// A memory limit past what the VM holds for the container grows the VM
+// (fit_memory). `member`: a pod member's update (the VM's pinning is the
+// sandbox's alone).
+std::optional<json> Shim::guest_update_files(const json& files, Member* member) {
+    if (!files.is_array()) return std::nullopt;
+    std::vector<std::pair<std::string, std::string>> w;
+    for (const auto& f : files) {
+        if (!f.is_array() || f.size() != 2 || !f[0].is_string() || !f[1].is_string()) return std::nullopt;
+        w.emplace_back(f[0], f[1]);
+    }
+    for (const auto& [k, v] : w)
+        if (k == "cpuset.cpus" && vm_ && !member)
+            if (auto r = pin_vmm(v); !r) log::warn("update: " + r.error().message);
+    if (auto mib = memory_max_mib(files)) {
+        if (member) member->memory_mib = *mib;
+        else own_extra_mib_ = *mib + defaults::kMemoryOverheadMiB > vm_mib_ ? *mib + defaults::kMemoryOverheadMiB - vm_mib_ : 0;
+        fit_memory("update");
+    }
+    translate_cpusets(w, vcpus_, guest_cpusets_);
+    json out = json::array();
+    for (const auto& [k, v] : w) out.push_back({k, v});
+    return out;
+}
+
+// The MiB a [[file, value], ...] update's memory.max asks for, if a number.
+std::optional<uint64_t> Shim::memory_max_mib(const json& files) {
+    for (const auto& f : files)
+        if (f.is_array() && f.size() == 2 && f[0] == "memory.max" && f[1].is_string()) {
+            std::string v = f[1];
+            if (v.empty() || v.size() > 18 || v.find_first_not_of("0123456789") != std::string::npos) return std::nullopt;
+            return (std::stoull(v) + (1 << 20) - 1) >> 20;
+        }
+    return std::nullopt;
+}
+
+void Shim::send_resize(uint32_t proc, int fd) {
+    if (auto ws = sys::window_size(fd)) ses_.request("resize", {{"process", proc}, {"rows", ws->ws_row}, {"cols", ws->ws_col}});
+}
+
+}  // namespace husk::shimd

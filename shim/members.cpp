@@ -1,0 +1,226 @@
+// Pod members: containers that joined this sandbox, and the VM's
+// handover once the sandbox's own container is gone (shim.h).
+#include "shim/shim.h"
+
+namespace husk::shimd {
+
+bool Shim::live_members() const {
+    return std::any_of(members_.begin(), members_.end(), [](const auto& kv) { return kv.second.created && !kv.second.exited; });
+}
+
+// The sandbox's container has exited, and containers that joined it still
+// run: its process (the pid its callers wait on) must end with its status,
+// and the VM must not. We fork: the parent ends as the container did; the
+// child keeps everything (the VM through its lifeline, the share, the
+// channel, shim.sock) and serves the members until the last is gone, as a
+// pod's namespaces outlive its pause process under runc.
+void Shim::handover() {
+    Proc& init = ses_.procs[0];
+    if (init.sig) state_.exit_signal = *init.sig;
+    else state_.exit_code = init.code.value_or(255);
+    set_status(status::kStopped);
+    pid_t child = ::fork();
+    if (child < 0) {
+        log::error("fork the pod's VM owner: " + std::string(std::strerror(errno)) + "; its members stop");
+        if (init.sig) finish(0, *init.sig);
+        finish(init.code.value_or(255), 0);
+    }
+    if (child > 0) {
+        if (init.sig) sys::die_of_signal(*init.sig);
+        _exit(init.code.value_or(255));
+    }
+    handed_over_ = true;
+    // Nothing of the container's stdio or terminal stays open here: its
+    // caller sees EOF as it would.
+    tty_slave_.reset();
+    int null = ::open("/dev/null", O_RDWR | O_CLOEXEC);
+    for (int fd = 0; fd <= 2 && null >= 0; ++fd) ::dup2(null, fd);
+    if (null > 2) ::close(null);
+    log::debug("the sandbox's container exited; its VM stays for its members (owner pid " + std::to_string(getpid()) + ")");
+}
+
+Member* Shim::member_of_proc(uint32_t idx) {
+    for (auto& [id, m] : members_)
+        if (m.init == idx) return &m;
+    return nullptr;
+}
+
+// A member's state.json (its directory is husk create's; `delete` may
+// have removed it meanwhile).
+void Shim::set_member_status(const std::string& id, const char* st, std::optional<int> code, std::optional<int> sig) {
+    auto paths = state_paths(args_.root, id);
+    auto s = read_state(paths);
+    if (!s) return;
+    s->status = st;
+    if (code) s->exit_code = code;
+    if (sig) s->exit_signal = sig;
+    if (auto r = write_state(paths, *s); !r) log::debug("state of " + id + ": " + r.error().message);
+}
+
+// What a request about a member's init did to it.
+void Shim::answered(const std::string& method, uint32_t proc, bool ok) {
+    Member* m = proc ? member_of_proc(proc) : nullptr;
+    if (!m) return;
+    std::string id;
+    for (auto& [k, v] : members_)
+        if (&v == m) id = k;
+    if (method == "create") {
+        if (ok) {
+            m->created = true;
+            set_member_status(id, status::kCreated);
+        } else {
+            unmount_member(*m);
+            members_.erase(id);
+            fit_memory(id + " did not join");
+        }
+    } else if (method == "start" && ok) {
+        m->started = true;
+        set_member_status(id, status::kRunning);
+    } else if (method == "freeze" && !ok) {
+        m->paused = !m->paused;  // it stayed as it was
+        set_member_status(id, m->paused ? status::kPaused : status::kRunning);
+    } else if (method == "remove") {
+        unmount_member(*m);
+        members_.erase(id);
+        fit_memory(id + " left the pod");
+    }
+}
+
+void Shim::unmount_member(Member& m) {
+    for (auto it = m.mounts.rbegin(); it != m.mounts.rend(); ++it)
+        if (auto r = sys::umount(*it, MNT_DETACH); !r) log::warn("unmount " + *it + ": " + r.error().message);
+    m.mounts.clear();
+}
+
+// A request about a container that joined the sandbox.
+void Shim::on_member_line(uint64_t cid, const std::string& op, const json& req) {
+    std::string id = req["container"];
+    bool live = ses_.phase == Phase::Created || ses_.phase == Phase::Running || handed_over_;
+    if (!live) return reply(cid, false, ses_.phase == Phase::Exiting ? "the pod's sandbox is stopping" : "the pod's sandbox is not created yet");
+    if (handed_over_ && op == "create") return reply(cid, false, "the pod's sandbox has stopped: no container can join it");
+    if (paused_) return reply(cid, false, "the pod's sandbox is paused");
+    if (op == "create") return create_member(cid, id, req);
+    auto it = members_.find(id);
+    if (it == members_.end() || !it->second.created) return reply(cid, false, "container " + id + " is not in this sandbox");
+    Member& m = it->second;
+    auto init = ses_.procs.find(m.init);
+    bool running = init != ses_.procs.end() && !init->second.exited;
+    if (op == "remove") {
+        // Its processes and group in the guest, then its share here.
+        return (void)ses_.request("remove", {{"container", id}}, cid, m.init);
+    }
+    if (!running) return reply(cid, false, "container not running");
+    if (op == "start") {
+        if (m.started) return reply(cid, false, "container is not in created state");
+        ses_.request("start", {{"process", m.init}}, cid, m.init);
+    } else if (op == "kill") {
+        ses_.request("kill", {{"process", m.init}, {"signal", req.value("signal", SIGTERM)}, {"all", req.value("all", false)}}, cid);
+    } else if (op == "pause" || op == "resume") {
+        bool on = op == "pause";
+        if (m.paused == on) return reply(cid, false, std::string("container is ") + (on ? "already paused" : "not paused"));
+        m.paused = on;  // as asked; the answer may still refuse it
+        set_member_status(id, on ? status::kPaused : status::kRunning);
+        ses_.request("freeze", {{"container", id}, {"frozen", on}}, cid, m.init);
+    } else if (op == "ps" || op == "update" || op == "stats") {
+        if (m.paused) return reply(cid, false, "container is paused");
+        json params = {{"container", id}};
+        if (op == "update") {
+            auto files = guest_update_files(req.contains("files") ? req["files"] : json::array(), &m);
+            if (!files) return reply(cid, false, "malformed request");
+            params["files"] = *files;
+        } else if (op == "stats") {
+            params["files"] = stats_files();
+        }
+        ses_.request(op, params, cid);
+    } else if (op == "exec") {
+        if (m.paused) return reply(cid, false, "container is paused");
+        start_exec(cid, req);
+    } else {
+        reply(cid, false, "unknown op " + op);
+    }
+}
+
+// A container joins the sandbox: its rootfs and binds go under the share
+// (shared/<id>/...), reaching the running VM; the agent builds it beside
+// the others, in the namespaces it shares with them (req.join: type ->
+// container id). Its stdio came as fds; this connection, from its relay,
+// stays open as the session that gets its exit.
+void Shim::create_member(uint64_t cid, const std::string& id, const json& req) {
+    if (share_disk_) return reply(cid, false, "this sandbox's VM has its rootfs on a disk (" + hv_->name() +
+                                                  "): no container can join it");
+    if (!validate_id(id) || id == args_.id || members_.count(id)) return reply(cid, false, "container " + id + " is already in this sandbox");
+    if (!req.contains("bundle") || !req["bundle"].is_string()) return reply(cid, false, "create: no bundle");
+    const json join = req.contains("join") && req["join"].is_object() ? req["join"] : json::object();
+    for (const auto& [type, target] : join.items()) {
+        if (!target.is_string()) return reply(cid, false, "malformed request");
+        std::string t = target;
+        if (t != args_.id && !members_.count(t)) return reply(cid, false, "container " + t + " is not in this sandbox");
+    }
+    std::string bundle = req["bundle"];
+    Member m;
+    auto build = [&]() -> Result<json> {
+        Spec spec = TRY(load_spec(bundle));
+        if (!spec.process) return fail("config.json: process: required", EINVAL);
+        auto cg = TRY(guest_cgroup_files(spec.resources.is_object() ? spec.resources : json::object(), "linux.resources"));
+        for (const auto& w : cg.warnings) log::warn(id + ": " + w);
+        translate_cpusets(cg.writes, vcpus_, guest_cpusets_);
+        SharePlan plan = plan_shares(spec, bundle, [](const std::string& p) { return sys::is_dir(p); });
+        for (auto& e : plan.entries) e.name = id + "/" + e.name;
+        for (auto& n : plan.mount_share)
+            if (!n.empty()) n = id + "/" + n;
+        // The stdio first, then one tree per share entry.
+        std::vector<sys::Fd> trees;
+        auto& fds = clients_[cid].fds;
+        size_t nstdio = spec.process->terminal ? 1 : 3;
+        if (fds.size() < nstdio) return fail("expected its stdio", EINVAL);
+        for (size_t i = nstdio; i < fds.size(); ++i) trees.push_back(std::move(fds[i]));
+        fds.resize(nstdio);
+        TRY_CTX(bind_shares(plan, &m.mounts, &trees), "share rootfs");
+        json p = agent_create_params(spec, plan, cg);
+        p["container"] = id;
+        m.memory_mib = spec.memory_limit ? (uint64_t(*spec.memory_limit) + (1 << 20) - 1) >> 20 : defaults::kContainerMemoryMiB;
+        // What it shares is the other container's; what it does not, its own.
+        json own = json::array();
+        for (const auto& n : p["namespaces"])
+            if (!join.contains(n.get<std::string>())) own.push_back(n);
+        p["namespaces"] = own;
+        if (!join.empty()) p["join"] = join;
+        for (const char* stage : {"createContainer", "startContainer"})
+            if (auto it = spec.hooks.find(stage); it != spec.hooks.end() && !it->second.empty())
+                p["hooks"][stage] = hooks_to_json(it->second);
+        if (p.contains("hooks")) {
+            auto st = TRY(read_state(state_paths(args_.root, id)));
+            p["hook_state"] = oci_state(st);
+            p["hook_state"]["status"] = status::kCreating;
+        }
+        return p;
+    };
+    auto params = build();
+    if (!params) {
+        unmount_member(m);
+        return reply(cid, false, params.error().message);
+    }
+    uint32_t idx = next_proc_++;
+    Proc& p = ses_.procs[idx];
+    p.stdin_credit = ses_.stdin_window;
+    p.idx = idx;
+    p.tty = (*params)["process"].value("terminal", false);
+    p.waiter = cid;
+    p.container = id;
+    if (auto r = setup_stdio(cid, p, p.tty); !r) {
+        ses_.procs.erase(idx);
+        unmount_member(m);
+        return reply(cid, false, "create: " + r.error().message);
+    }
+    (*params)["process_index"] = idx;
+    m.init = idx;
+    members_[id] = std::move(m);
+    fit_memory(id + " joins the pod");
+    auto& c = clients_[cid];
+    c.session = true;
+    c.proc = idx;
+    log::debug("pod: " + id + " joins sandbox " + args_.id + " as process " + std::to_string(idx));
+    ses_.request("create", *params, cid, idx);
+}
+
+}  // namespace husk::shimd

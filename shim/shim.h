@@ -1,0 +1,214 @@
+// husk-shim: one class (Shim) along its seams, one file each:
+//   shim.cpp      the creator link (sync socket, hooks), signals, the
+//                 poll loop, teardown, main()
+//   vm_owner.cpp  host sandbox (netns, taps, shares, terminal) and the VM:
+//                 launch, boot deadline, console, reaping, pause, memory
+//   control.cpp   shim.sock: clients, replies, exec sessions, update
+//   members.cpp   pod members: create, routing, lifetimes, handover
+//   stdio.cpp     the stdio relay: stdin to the guest, output with credit
+#pragma once
+#include <net/if.h>
+#include <poll.h>
+#include <sched.h>
+#include <signal.h>
+#include <sys/ioctl.h>
+#include <sys/mount.h>
+#include <sys/signalfd.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <termios.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstring>
+#include <deque>
+#include <map>
+#include <memory>
+#include <optional>
+#include <random>
+
+#include <nlohmann/json.hpp>
+
+#include "husk/cgroups.h"
+#include "husk/config.h"
+#include "husk/defaults.h"
+#include "husk/hooks.h"
+#include "husk/hypervisor.h"
+#include "husk/log.h"
+#include "husk/network.h"
+#include "husk/paths.h"
+#include "husk/sandbox.h"
+#include "husk/spec.h"
+#include "husk/state.h"
+#include "protocol/protocol.h"
+#include "shim/session.h"
+#include "husk/disk_image.h"
+#include "hypervisors/virtiofsd.h"
+#include "hypervisors/vsock.h"
+#include "sys/netlink.h"
+#include "sys/sys.h"
+
+namespace husk::shimd {
+
+using nlohmann::json;
+using shim::Clock;
+using shim::Phase;
+using shim::Proc;
+using shim::ms_until;
+using shim::status_reply;
+
+// A destination for a process's output that never blocks the loop (shim.cpp).
+bool prepare_out(shim::OutBuf& o);
+// A CPU list ("0-1,3") as sched_setaffinity takes it.
+Result<cpu_set_t> cpu_set_of(const std::string& list);
+
+struct Args {
+    std::string root, id, bundle, console_socket;
+    int sync_fd = -1;
+    bool wait_hooks = false;  // husk runs create hooks before we start the VM
+    std::string hypervisor = "qemu";  // husk create chose it (choose_hypervisor)
+    log::Config log;
+};
+
+Result<Args> parse_args(int argc, char** argv);
+
+
+// A connection on shim.sock: one request and its reply, or an exec
+// session that stays open until its process exits.
+struct Client {
+    sys::Fd fd;
+    std::string in;
+    std::vector<sys::Fd> fds;  // received with SCM_RIGHTS
+    uint32_t proc = 0;         // exec session: its process index
+    bool session = false;
+    bool busy = false;         // a request of its is with the agent
+    // Replies not yet taken: written as the socket takes them, never with
+    // the loop waiting on a client that does not read.
+    std::string out;
+    bool closing = false;      // its last line is in `out`: drop it once written
+};
+
+// A client that lets this much of its replies pile up is gone for us.
+inline constexpr size_t kClientOutMax = 64u << 20;
+
+// A container that joined this sandbox (a pod member): its init is one of
+// the session's processes, its relay (the host process callers wait on)
+// the client that created it, its rootfs and binds a subtree of the share.
+struct Member {
+    uint32_t init = 0;
+    std::vector<std::string> mounts;  // under the share, parents first
+    bool created = false, started = false, exited = false;
+    bool paused = false;
+    uint64_t memory_mib = 0;  // what the VM holds for it (its limit, or the default)
+};
+
+class Shim : public shim::SessionHost {
+public:
+    explicit Shim(Args a) : args_(std::move(a)), paths_(state_paths(args_.root, args_.id)) {}
+    int main();
+
+private:
+    Result<void> prepare();
+    Result<void> build_shares();
+    Result<void> wait_for_hooks();
+    Result<void> setup_network();
+    void teardown_network();
+    [[noreturn]] void creator_gone();
+    Result<void> setup_terminal();
+    Result<void> launch_vm();
+    // SessionHost: what the agent session asks of us.
+    void booted() override;
+    void release_boot_images();
+    json create_params() override;
+    void created(bool ok, const std::string& error) override;
+    void running() override { set_status(status::kRunning); }
+    void busy(uint64_t client) override;
+    void answered(const std::string& method, uint32_t proc, bool ok) override;
+    Result<void> bind_shares(SharePlan& plan, std::vector<std::string>* made, std::vector<sys::Fd>* trees = nullptr);
+    void on_member_line(uint64_t cid, const std::string& op, const json& req);
+    void create_member(uint64_t cid, const std::string& id, const json& req);
+    Result<void> setup_stdio(uint64_t cid, Proc& p, bool tty);
+    void unmount_member(Member& m);
+    Member* member_of_proc(uint32_t idx);
+    void set_member_status(const std::string& id, const char* st, std::optional<int> code = {}, std::optional<int> sig = {});
+    void fit_memory(const std::string& why);
+    std::optional<uint64_t> memory_max_mib(const json& files);
+    Result<void> loop();
+    Result<void> on_channel_readable();
+    void on_console_readable();
+    void on_client(uint64_t cid);
+    void on_client_line(uint64_t cid, const std::string& line);
+    void start_exec(uint64_t cid, const json& req);
+    void on_signal();
+    void send_resize(uint32_t proc, int fd);
+    Result<void> set_paused(bool on);
+    std::optional<json> guest_update_files(const json& files, Member* member);
+    Result<void> pin_vmm(const std::string& list);
+    void reply(uint64_t cid, const json& r) override;
+    void reply(uint64_t cid, bool ok, const std::string& err = "");
+    void drop_client(uint64_t cid);
+    void send_line(uint64_t cid, const std::string& line, bool last);
+    void flush_client(uint64_t cid);
+    void read_stdin(Proc& p);
+    void write_out(Proc& p, int i);
+    void close_drained(Proc& p);
+    void retire_execs();
+    std::string boot_failure(const std::string& why);
+    void reap_vm();
+    [[noreturn]] void boot_failed(const std::string& why);
+    void report_created();
+    void set_status(const char* st);
+    [[noreturn]] void finish(int code, int sig);
+    bool live_members() const;
+    void handover();
+    [[noreturn]] void abort_create(const Error& e);
+
+    Args args_;
+    StatePaths paths_;
+    Spec spec_;
+    SharePlan plan_;
+    CgroupFiles cgroup_;
+    State state_;
+    std::unique_ptr<Hypervisor> hv_;
+    std::unique_ptr<Vm> vm_;
+    bool boot_images_held_ = false;  // the guest booted; its VMM still holds the boot images
+    shim::Session ses_{*this};  // the agent protocol: phase, requests, processes
+    sys::Fd agent_listen_, qmp_listen_, shim_listen_, chan_, console_r_, console_w_, sig_fd_, console_log_;
+    unsigned vcpus_ = 1;
+    bool guest_cpusets_ = true;
+    uint32_t vsock_cid_ = 0;
+    std::string hybrid_vsock_;  // the VMM's hybrid vsock socket, when that is the channel
+    Clock::time_point boot_deadline_;
+    int boot_timeout_ms_ = 0;
+    Clock::time_point next_vsock_try_;
+    std::string console_tail_;
+    std::string console_line_;  // --debug: the line being assembled
+    size_t console_written_ = 0;
+    std::map<uint64_t, Client> clients_;
+    std::map<std::string, Member> members_;
+    std::string share_why_;  // why the share is virtio-fs or 9p (--debug)
+    bool share_disk_ = false;  // the guest has a copy of the share: nothing can be added
+    // Memory: what the VM booted with, the most it may be given, what it
+    // has been given, and what its first container asks beyond its boot
+    // size (update). Members ask for theirs (Member::memory_mib).
+    uint64_t vm_mib_ = 0, hotplug_max_mib_ = 0, plugged_mib_ = 0, own_extra_mib_ = 0;
+    bool memory_driver_asked_ = false;
+    sys::Fd lifeline_w_;     // VmConfig::lifeline_fd's other end
+    bool handed_over_ = false;  // we are the VM's owner for a pod's members; the sandbox's container is gone
+    uint64_t next_client_ = 1;
+    uint32_t next_proc_ = 1;
+    sys::Fd tty_slave_;  // host side of the init's terminal (our controlling tty)
+    bool paused_ = false;
+    std::optional<Clock::time_point> kill_deadline_;  // SIGKILL sent: the guest has until then
+    bool vm_died_ = false;
+    std::vector<NetInterface> nics_;  // the netns's interfaces the VM carries
+    std::vector<sys::Fd> taps_;       // theirs, until the VMM has them (a VMM that takes fds)
+    std::vector<std::string> tap_names_;  // taps_'s names, or the persistent taps we must delete
+    bool taps_persist_ = false;           // the VMM opens its taps by name
+};
+
+// ---------------------------------------------------------------- setup
+
+}  // namespace husk::shimd

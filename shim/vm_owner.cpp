@@ -1,0 +1,450 @@
+// The shim's host sandbox and its VM: the netns and taps, the share and
+// its binds, the terminal, the VMM's launch, boot, console, reaping,
+// pause and memory (shim.h).
+#include "shim/shim.h"
+
+namespace husk::shimd {
+
+// Every Ethernet interface of the container's netns gets a tap of its own
+// and tc redirects both ways between the two (Kata's "tcfilter"): no
+// bridge, no extra hop, and the netns looks to its owner as before. A VMM
+// that takes fds gets the taps open and they go with it; one that opens
+// them by name finds them persistent, owned by the uid it runs as (ours,
+// in its jail), and we delete them when it is gone.
+Result<void> Shim::setup_network() {
+    taps_persist_ = !hv_->capabilities().nic_fd;
+    if (!spec_.has_namespace("network")) return {};  // loopback only, in the guest
+    for (auto& i : TRY(sys::scan_interfaces())) {
+        // One veth feeds one VM: a second container in the same netns (a
+        // pod's) cannot have it too.
+        if (sys::has_redirect(i.name))
+            log::warn("network: " + i.name + " is carried by another VM in this namespace; this one gets loopback only");
+        else
+            nics_.push_back(std::move(i));
+    }
+    for (size_t i = 0; i < nics_.size(); ++i) {
+        // Recorded first: whatever part of this exists gets undone.
+        if (!state_.netns.empty()) {
+            state_.net_links.push_back(nics_[i].name);
+            TRY(write_state(paths_, state_));
+        }
+        // A free name: a pod sibling's taps are taken, even one made
+        // between our look and our create (which is exclusive).
+        std::string tap;
+        sys::Fd fd;
+        for (size_t k = tap_names_.size();; ++k) {
+            tap = tap_name(k);
+            if (if_nametoindex(tap.c_str())) continue;
+            bool record = taps_persist_ && !state_.netns.empty();
+            if (record) {
+                state_.net_taps.push_back(tap);
+                TRY(write_state(paths_, state_));
+            }
+            auto r = sys::create_tap(tap, nics_[i].mtu);
+            if (r) {
+                fd = std::move(*r);
+                break;
+            }
+            if (record) {  // not ours: `delete` must leave it be
+                state_.net_taps.pop_back();
+                TRY(write_state(paths_, state_));
+            }
+            if (r.error().code != EBUSY || k >= 99) return tl::unexpected(r.error());
+        }
+        tap_names_.push_back(tap);
+        if (taps_persist_) TRY(sys::persist_tap(fd.get(), ::geteuid()));
+        else taps_.push_back(std::move(fd));
+        TRY(sys::redirect_both_ways(nics_[i].name, tap));
+        log::debug("network: " + nics_[i].name + " (" + nics_[i].mac + ", mtu " + std::to_string(nics_[i].mtu) +
+                   ") <-> " + tap + (taps_persist_ ? " (by name)" : ""));
+    }
+    return {};
+}
+
+// Our redirects off the caller's links, and our persistent taps (the VMM
+// is gone). Other taps go with their last fd; a netns we made goes with us.
+void Shim::teardown_network() {
+    taps_.clear();
+    if (taps_persist_) sys::delete_taps(tap_names_);
+    tap_names_.clear();
+    std::vector<std::string> links;
+    for (const auto& n : nics_) links.push_back(n.name);
+    if (!links.empty()) sys::remove_redirects(links);
+}
+
+Result<void> Shim::build_shares() {
+    plan_ = plan_shares(spec_, args_.bundle, [](const std::string& p) { return sys::is_dir(p); });
+    TRY(sys::mkdir_p(paths_.shared, 0700));
+    // A mount of its own, shared: what joins the sandbox later (a pod
+    // member's rootfs) is bound under it here and reaches the VMM's jail,
+    // whose copy is its slave (hypervisors/jail.cpp).
+    TRY(sys::mount(paths_.shared, paths_.shared, "", MS_BIND));
+    TRY(sys::mount("", paths_.shared, "", MS_SHARED));
+    return bind_shares(plan_, nullptr);
+}
+
+// Bind each entry of `plan` under the share (recording each target in
+// `made`, when given, as it is made), and find the submounts the agent
+// must know of.
+// `trees`: the entries' mount trees, detached where the caller saw them
+// (a pod member's, sent by its relay), instead of their paths here.
+Result<void> Shim::bind_shares(SharePlan& plan, std::vector<std::string>* made, std::vector<sys::Fd>* trees) {
+    if (trees && trees->size() != plan.entries.size())
+        return fail("expected " + std::to_string(plan.entries.size()) + " mount trees, got " + std::to_string(trees->size()), EINVAL);
+    for (size_t i = 0; i < plan.entries.size(); ++i) {
+        const auto& e = plan.entries[i];
+        std::string what = i == 0 ? "rootfs" : "mount source";
+        // Opened once: what is checked is what is bound.
+        auto src = trees ? sys::detached_source(std::move((*trees)[i])) : sys::open_bind_source(e.host_path);
+        if (!src && src.error().code == ENOENT) return fail(what + " " + e.host_path + " does not exist", ENOENT);
+        if (!src) return fail(what + " " + e.host_path + ": " + src.error().message, src.error().code);
+        if (src->directory != e.directory)
+            return fail(what + " " + e.host_path + " changed while the container was being created", EBUSY);
+        std::string target = paths_.shared + "/" + e.name;
+        if (e.directory) {
+            TRY(sys::mkdir_p(target, 0755));
+        } else {
+            TRY(sys::mkdir_p(sys::dirname(target), 0755));
+            TRY(sys::write_file(target, "", 0644));
+        }
+        TRY_CTX(sys::bind_mount(*src, target, e.recursive, e.readonly, e.recursive_readonly), what + " " + e.host_path);
+        if (made) made->push_back(target);
+    }
+    // A read-only rbind (not rro) leaves its submounts writable, as the
+    // kernel's bind does: the agent needs to know where they are.
+    plan.mount_submounts.assign(plan.mount_share.size(), {});
+    std::string mountinfo;
+    for (size_t i = 0; i < plan.mount_share.size(); ++i) {
+        const std::string& name = plan.mount_share[i];
+        auto e = std::find_if(plan.entries.begin(), plan.entries.end(), [&](const ShareEntry& x) { return x.name == name; });
+        if (name.empty() || e == plan.entries.end() || !e->recursive || !e->readonly || e->recursive_readonly) continue;
+        if (mountinfo.empty()) mountinfo = sys::read_file("/proc/self/mountinfo", 16 << 20).value_or("");
+        plan.mount_submounts[i] = sys::mounts_under(mountinfo, paths_.shared + "/" + name);
+    }
+    return {};
+}
+
+// process.terminal: a host pty whose master goes to --console-socket, as
+// runc's does. Its slave becomes our controlling terminal (we are a session
+// leader), so the caller's resizes reach us as SIGWINCH; it is raw, so the
+// guest's pty alone does echo, line editing and ^C.
+Result<void> Shim::setup_terminal() {
+    if (args_.console_socket.empty()) return fail("process.terminal is true but no --console-socket was given", EINVAL);
+    auto pty = TRY(sys::open_pty());
+    TRY(sys::take_relay_tty(pty.slave.get()));
+    TRY(sys::set_nonblock(pty.slave.get(), true));
+    TRY(sys::send_console(args_.console_socket, pty));
+    // The caller's stdio is not the container's: let go of it, as runc's
+    // init does, or a caller that reads `create`'s output to EOF
+    // (containerd's runc shim) waits for as long as we live.
+    auto null = TRY(sys::open("/dev/null", O_RDWR));
+    for (int fd = 0; fd <= 2; ++fd)
+        if (::dup2(null.get(), fd) < 0) return fail_errno("stdio to /dev/null");
+    Proc& init = ses_.procs[0];
+    init.tty = true;
+    init.in_own = TRY(sys::dup(pty.slave.get()));
+    init.in_fd = init.in_own.get();
+    init.out[1].own = TRY(sys::dup(pty.slave.get()));
+    init.out[1].fd = init.out[1].own.get();
+    init.out[1].chunk = 4096;
+    init.out[2].eof = true;  // a terminal has no separate stderr
+    tty_slave_ = std::move(pty.slave);
+    return {};
+}
+
+// Not here but once the create request is written (the loop): the page-out
+// costs ~15 ms of syscalls, which the agent's building the container hides.
+void Shim::booted() { boot_images_held_ = true; }
+
+void Shim::release_boot_images() {
+    boot_images_held_ = false;
+    if (!vm_) return;
+    // Memory, not correctness: a host that refuses (a rootless shim has no
+    // CAP_SYS_NICE) keeps the pages cached, as before.
+    auto r = vm_->booted();
+    if (!r) log::debug("vm booted; boot images kept: " + r.error().message);
+    else if (*r) log::debug("vm booted: boot images paged out (" + std::to_string(*r >> 20) + " MiB mapped)");
+}
+
+// The agent's create request. The hooks that run in the guest come with
+// the state they are to read (the init's pid, as callers see it, is ours).
+json Shim::create_params() {
+    json p = agent_create_params(spec_, plan_, cgroup_);
+    p["container"] = args_.id;
+    p["process_index"] = 0;
+    if (!nics_.empty()) p["network"] = interfaces_to_json(nics_);
+    for (const char* stage : {"createContainer", "startContainer"})
+        if (auto it = spec_.hooks.find(stage); it != spec_.hooks.end() && !it->second.empty())
+            p["hooks"][stage] = hooks_to_json(it->second);
+    if (p.contains("hooks")) {
+        p["hook_state"] = oci_state(state_);
+        p["hook_state"]["status"] = status::kCreating;
+    }
+    return p;
+}
+
+Result<void> Shim::launch_vm() {
+    auto caps = hv_->capabilities();
+    HostFacts host;
+    host.accel = caps.kvm ? Accel::Kvm : Accel::Tcg;
+    host.vsock = caps.vsock && !caps.hybrid_vsock;
+    host.hybrid_vsock = caps.hybrid_vsock;
+    if (caps.stdin_window) ses_.stdin_window = ses_.procs[0].stdin_credit = caps.stdin_window;
+    ses_.channel_window = ses_.channel_credit = caps.channel_window;
+    host.host_cpus = unsigned(sysconf(_SC_NPROCESSORS_ONLN));
+    if (caps.max_vcpus) host.host_cpus = std::min(host.host_cpus, caps.max_vcpus);
+    host.kernel = hv_->guest_kernel();
+    host.initrd = find_guest_initrd();
+    host.debug = args_.log.debug;
+    if (caps.memory_hotplug) host.hotplug_mib = defaults::kHotplugMaxMiB;
+    for (auto& f : {host.kernel, host.initrd})
+        if (!sys::exists(f)) return fail("guest image " + f + " not found (build rootfs-builder or set HUSK_KERNEL/HUSK_INITRD)", ENOENT);
+    auto can = share_support(caps, !find_virtiofsd().empty(), rootless());
+    if (TRY(rootfs_on_disk(spec_, hv_->name(), caps.shares && (can.nine_p || can.virtio_fs_usable())))) {
+        share_disk_ = true;
+        host.share_disk = paths_.dir + "/share.img";
+        TRY_CTX(make_share_image(paths_.shared, host.share_disk), "rootfs disk");
+    } else if (caps.shares) {
+        auto config = TRY(load_config());
+        auto choice = TRY(choose_share_fs(spec_, config.share, can));
+        host.share_fs = choice.fs;
+        share_why_ = choice.why;
+    }
+    // Every socket of the VMM's is in vmm/, its jail's working directory
+    // (the VMM sees them by name: sun_path's 108 bytes whatever --root is).
+    if (::mkdir(paths_.vmm_dir.c_str(), 0700) < 0 && errno != EEXIST) return fail_errno("mkdir " + paths_.vmm_dir);
+    SandboxPaths sp{paths_.shared, paths_.agent_sock, paths_.qmp_sock, paths_.vsock_sock, paths_.virtiofs_sock};
+    VmConfig cfg = make_vm_config(spec_, host, sp, nics_, tap_names_);
+    vcpus_ = cfg.vcpus;
+    vm_mib_ = cfg.memory_mib;
+    hotplug_max_mib_ = cfg.hotplug_mib;
+    guest_cpusets_ = caps.guest_cpusets;
+    translate_cpusets(cgroup_.writes, vcpus_, guest_cpusets_);
+    // The cpuset on the host side: the VMM (vCPUs and all) runs only on
+    // the spec's CPUs, and the guest's cgroup names its own vCPUs.
+    if (!spec_.cpuset_cpus.empty()) {
+        cpu_set_t set = TRY(cpu_set_of(spec_.cpuset_cpus));
+        if (::sched_setaffinity(0, sizeof set, &set) < 0)
+            return fail_errno("linux.resources.cpu.cpus \"" + spec_.cpuset_cpus + "\": cannot run on those host CPUs");
+    }
+    bool vhost = ::access("/dev/vhost-net", R_OK | W_OK) == 0;
+    for (size_t i = 0; i < taps_.size(); ++i) {
+        cfg.nics[i].fd = taps_[i].get();
+        cfg.nics[i].vhost = vhost;
+    }
+    if (host.vsock) {
+        std::random_device rd;
+        vsock_cid_ = 3 + rd() % 0x7ffffff0u;
+        cfg.channel.vsock_cid = vsock_cid_;
+    } else if (host.hybrid_vsock) {
+        hybrid_vsock_ = paths_.vsock_sock;
+    } else {
+        agent_listen_ = TRY(sys::unix_listen(paths_.agent_sock, 1));
+    }
+    if (caps.control_socket) qmp_listen_ = TRY(sys::unix_listen(paths_.qmp_sock, 1));
+    auto [cr, cw] = TRY(sys::pipe(O_CLOEXEC));
+    console_r_ = std::move(cr);
+    console_w_ = std::move(cw);
+    cfg.console_fd = console_w_.get();
+    // The VMM lives while we (or, once the sandbox's container is gone, the
+    // process we hand its members to: handover) hold this.
+    auto [life_r, life_w] = TRY(sys::pipe(O_CLOEXEC));
+    lifeline_w_ = std::move(life_w);
+    cfg.lifeline_fd = life_r.get();
+    console_log_ = TRY(sys::open(paths_.console_log, O_WRONLY | O_CREAT | O_TRUNC, 0600));
+    // QEMU says its accelerator (tests and users read "vm: tcg"); others their name.
+    std::string channel = host.hybrid_vsock ? "hybrid vsock"
+                          : host.vsock      ? "vsock"
+                          : hv_->name() == "uml" ? "console line"
+                                                 : "virtio-serial";
+    log::debug("vm: " + (hv_->name() == "qemu" ? std::string(accel_name(host.accel)) : hv_->name()) + ", " +
+               std::to_string(cfg.vcpus) + " vcpu, " + std::to_string(cfg.memory_mib) + " MiB, channel " + channel +
+               (host.share_disk.empty() ? "" : ", rootfs on a disk") + " (sized by " + vm_size_reason(spec_) + ")");
+    if (!share_why_.empty())
+        log::debug(std::string("share: ") + (host.share_fs == ShareFs::VirtioFs ? "virtio-fs" : hv_->name() == "uml" ? "hostfs" : "9p") +
+                   " (" + share_why_ + ")");
+    vm_ = TRY(hv_->launch(cfg, paths_.dir, paths_.vmm_log));
+    console_w_.reset();
+    taps_.clear();  // the VMM's now: a tap lives as long as the VMM does
+    state_.vmm_pid = vm_->pid();
+    state_.vmm_start = sys::proc_start_time(vm_->pid()).value_or(0);
+    TRY(write_state(paths_, state_));
+
+    int timeout_ms = defaults::kBootTimeoutMs;
+    if (auto it = spec_.annotations.find(defaults::kAnnotationBootTimeout); it != spec_.annotations.end()) {
+        try {
+            timeout_ms = int(std::stod(it->second) * 1000);
+        } catch (...) {
+            return fail("annotation " + it->first + ": expected seconds, got \"" + it->second + "\"", EINVAL);
+        }
+    }
+    boot_timeout_ms_ = timeout_ms;
+    boot_deadline_ = Clock::now() + std::chrono::milliseconds(timeout_ms);
+    shim_listen_ = TRY(sys::unix_listen(paths_.shim_sock, 64));
+    return {};
+}
+
+// ---------------------------------------------------------------- events
+
+std::string Shim::boot_failure(const std::string& why) {
+    std::string tail = console_tail_;
+    if (tail.empty()) {
+        if (auto v = sys::read_file(paths_.vmm_log, 1 << 16); v && !v->empty())
+            tail = v->substr(v->size() > 1024 ? v->size() - 1024 : 0);
+    }
+    // One line for the error message: newlines become '|', terminal escape
+    // sequences (SeaBIOS clears the screen) and other controls go.
+    std::string clean;
+    for (size_t i = 0; i < tail.size(); ++i) {
+        unsigned char c = static_cast<unsigned char>(tail[i]);
+        if (c == 0x1b) {
+            if (i + 1 < tail.size() && tail[i + 1] == '[') {
+                i += 2;
+                while (i < tail.size() && !(tail[i] >= '@' && tail[i] <= '~')) ++i;
+            } else {
+                ++i;
+            }
+        } else if (c == '\n') {
+            if (!clean.empty() && clean.back() != '|') clean += '|';
+        } else if (c >= 0x20 && c != 0x7f) {
+            clean += char(c);
+        }
+    }
+    while (!clean.empty() && clean.back() == '|') clean.pop_back();
+    tail = clean;
+    return why + (tail.empty() ? "; console is empty" : "; console tail: " + tail);
+}
+
+// The VMM is our only child: notice (and reap) its exit. Handed over, it
+// is no longer our child: watch it by pid and start time.
+void Shim::reap_vm() {
+    int st;
+    if (vm_ && !handed_over_ && ::waitpid(vm_->pid(), &st, WNOHANG) == vm_->pid()) {
+        vm_.reset();  // already reaped
+        vm_died_ = true;
+    } else if (vm_ && handed_over_ && !sys::process_alive(state_.vmm_pid, state_.vmm_start)) {
+        vm_.reset();
+        vm_died_ = true;
+    }
+}
+
+// Boot failed because of `why`. A channel that breaks during boot usually
+// means the VM is dying: give it a second and, if so, say that instead.
+void Shim::boot_failed(const std::string& why) {
+    for (int i = 0; vm_ && i < 100; ++i) {
+        reap_vm();
+        if (!vm_died_) ::usleep(10000);
+    }
+    abort_create(Error{EIO, boot_failure(vm_died_ ? "vm exited before the agent answered" : why)});
+}
+
+void Shim::on_console_readable() {
+    char buf[4096];
+    ssize_t n = ::read(console_r_.get(), buf, sizeof buf);
+    if (n <= 0) {
+        console_r_.reset();
+        return;
+    }
+    console_tail_.append(buf, size_t(n));
+    if (console_tail_.size() > defaults::kConsoleTail)
+        console_tail_.erase(0, console_tail_.size() - defaults::kConsoleTail);
+    if (console_written_ < defaults::kConsoleLogMax) {
+        (void)sys::write_all(console_log_.get(), buf, size_t(n));
+        console_written_ += size_t(n);
+    }
+    if (!args_.log.debug) return;
+    // Serial output arrives a few bytes at a time: log whole lines.
+    for (ssize_t i = 0; i < n; ++i) {
+        char c = buf[i];
+        if (c == '\n' || console_line_.size() >= 4096) {
+            log::debug("console: " + console_line_);
+            console_line_.clear();
+        } else if (c != '\r') {
+            console_line_ += c;
+        }
+    }
+}
+
+Result<void> Shim::on_channel_readable() {
+    char buf[64 << 10];
+    ssize_t n = ::read(chan_.get(), buf, sizeof buf);
+    if (n < 0) {
+        if (errno == EINTR || errno == EAGAIN) return {};
+        return fail_errno("read channel");
+    }
+    if (n == 0) return fail("agent closed the channel", ECONNRESET);
+    return ses_.feed(buf, size_t(n));
+}
+
+// Give the VM (virtio-mem) what its containers ask for beyond its boot
+// size: a pod's members (rkt's rule: the sum of the apps' memory), and its
+// first container's limit raised by update; up to hotplug_max_mib_. A host
+// memory bound (the spec had a limit) is raised first, so the VMM is never
+// pushed past it.
+void Shim::fit_memory(const std::string& why) {
+    if (!hotplug_max_mib_ || !vm_) return;
+    uint64_t want = own_extra_mib_;
+    for (const auto& [id, m] : members_) want += m.memory_mib;
+    uint64_t block = defaults::kHotplugBlockMiB;
+    want = std::min((want + block - 1) / block * block, hotplug_max_mib_);
+    if (want == plugged_mib_) return;
+    if (spec_.memory_limit && want > plugged_mib_) {
+        uint64_t bound = (vm_mib_ + want + defaults::kVmmMemoryMiB) << 20;
+        auto writes = host_cgroup_limits(json{{"memory", {{"limit", 1}}}}, bound, state_.cgroups,
+                                         [](const std::string& p) { return sys::exists(p); });
+        if (auto r = write_host_cgroup_limits(writes); !r) {
+            log::warn("memory for " + why + ": " + r.error().message + "; the VM keeps " +
+                      std::to_string(vm_mib_ + plugged_mib_) + " MiB");
+            return;
+        }
+    }
+    if (!memory_driver_asked_) {
+        // The guest loads its virtio_mem driver now (not at boot); it plugs
+        // what is requested whenever it comes.
+        ses_.request("memory", json::object());
+        memory_driver_asked_ = true;
+    }
+    if (auto r = vm_->set_hotplug_memory(want); !r) {
+        log::warn("memory for " + why + ": " + r.error().message);
+        return;
+    }
+    log::debug("vm memory: " + std::to_string(vm_mib_ + plugged_mib_) + " -> " + std::to_string(vm_mib_ + want) +
+               " MiB (" + why + ")");
+    plugged_mib_ = want;
+}
+
+// Every thread of the VMM's process tree (its jail's reaper, the VMM) on
+// the host CPUs of `list`.
+Result<void> Shim::pin_vmm(const std::string& list) {
+    cpu_set_t set = TRY(cpu_set_of(list));
+    std::vector<pid_t> todo = {vm_->pid()};
+    while (!todo.empty()) {
+        pid_t p = todo.back();
+        todo.pop_back();
+        std::string base = "/proc/" + std::to_string(p) + "/task";
+        for (const auto& t : sys::list_dir(base).value_or(std::vector<std::string>{})) {
+            pid_t tid = pid_t(std::atoi(t.c_str()));
+            if (tid > 0 && ::sched_setaffinity(tid, sizeof set, &set) < 0 && errno != ESRCH)
+                return fail_errno("pin the vm to CPUs " + list);
+            std::string kids = sys::read_file(base + "/" + t + "/children").value_or("");
+            for (size_t pos = 0; pos < kids.size();) {
+                size_t e = kids.find(' ', pos);
+                if (e == std::string::npos) e = kids.size();
+                if (pid_t k = pid_t(std::atoi(kids.substr(pos, e - pos).c_str())); k > 0) todo.push_back(k);
+                pos = e + 1;
+            }
+        }
+    }
+    return {};
+}
+
+// Stop or restart the vCPUs: the whole guest, agent included, freezes.
+Result<void> Shim::set_paused(bool on) {
+    if (!vm_) return fail("no vm", ESRCH);
+    TRY_CTX(on ? vm_->pause() : vm_->resume(), on ? "pause vm" : "resume vm");
+    paused_ = on;
+    set_status(on ? status::kPaused : status::kRunning);
+    return {};
+}
+
+}  // namespace husk::shimd
