@@ -268,9 +268,9 @@ std::optional<json> Shim::guest_update_files(const json& files, Member* member) 
 std::optional<uint64_t> Shim::memory_max_mib(const json& files) {
     for (const auto& f : files)
         if (f.is_array() && f.size() == 2 && f[0] == "memory.max" && f[1].is_string()) {
-            std::string v = f[1];
-            if (v.empty() || v.size() > 18 || v.find_first_not_of("0123456789") != std::string::npos) return std::nullopt;
-            return (std::stoull(v) + (1 << 20) - 1) >> 20;
+            auto bytes = decimal_figure(f[1].get<std::string>());
+            if (!bytes) return std::nullopt;
+            return (*bytes + (1 << 20) - 1) >> 20;
         }
     return std::nullopt;
 }

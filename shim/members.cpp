@@ -39,10 +39,13 @@ void Shim::handover() {
     log::debug("the sandbox's container exited; its VM stays for its members (owner pid " + std::to_string(getpid()) + ")");
 }
 
+std::map<std::string, Member>::iterator Shim::member_entry_of_proc(uint32_t idx) {
+    return std::find_if(members_.begin(), members_.end(), [idx](const auto& kv) { return kv.second.init == idx; });
+}
+
 Member* Shim::member_of_proc(uint32_t idx) {
-    for (auto& [id, m] : members_)
-        if (m.init == idx) return &m;
-    return nullptr;
+    auto it = member_entry_of_proc(idx);
+    return it == members_.end() ? nullptr : &it->second;
 }
 
 // A member's state.json (its directory is husk create's; `delete` may
@@ -59,11 +62,10 @@ void Shim::set_member_status(const std::string& id, const char* st, std::optiona
 
 // What a request about a member's init did to it.
 void Shim::answered(const std::string& method, uint32_t proc, bool ok) {
-    Member* m = proc ? member_of_proc(proc) : nullptr;
-    if (!m) return;
-    std::string id;
-    for (auto& [k, v] : members_)
-        if (&v == m) id = k;
+    auto entry = proc ? member_entry_of_proc(proc) : members_.end();
+    if (entry == members_.end()) return;
+    std::string id = entry->first;  // (a copy: the entry may be erased below)
+    Member* m = &entry->second;
     if (method == "create") {
         if (ok) {
             m->created = true;

@@ -132,6 +132,7 @@ private:
     Result<void> setup_stdio(uint64_t cid, Proc& p, bool tty);
     void unmount_member(Member& m);
     Member* member_of_proc(uint32_t idx);
+    std::map<std::string, Member>::iterator member_entry_of_proc(uint32_t idx);
     void set_member_status(const std::string& id, const char* st, std::optional<int> code = {}, std::optional<int> sig = {});
     void fit_memory(const std::string& why);
     std::optional<uint64_t> memory_max_mib(const json& files);

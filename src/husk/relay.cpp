@@ -17,6 +17,78 @@ namespace husk {
 
 using nlohmann::json;
 
+Result<RelaySession> RelaySession::start(const StatePaths& paths, const nlohmann::json& req, const std::vector<int>& fds) {
+    RelaySession s;
+    s.fd_ = TRY_CTX(sys::unix_connect(paths.shim_sock), "contact shim");
+    TRY_CTX(sys::send_fds(s.fd_.get(), req.dump() + "\n", fds), "contact shim");
+    std::optional<std::string> line;
+    while (!(line = s.next_line())) {
+        if (!TRY(sys::wait_fd(s.fd_.get(), POLLIN, 120000))) return fail("shim did not answer", ETIMEDOUT);
+        if (!s.fill()) return fail("the container stopped before the process started", ESRCH);
+    }
+    nlohmann::json r = nlohmann::json::parse(*line, nullptr, false);
+    if (!r.is_object()) return fail("malformed reply from shim", EPROTO);
+    if (!r.value("ok", false)) return fail(r.value("error", std::string("shim refused")), EINVAL);
+    return s;
+}
+
+void RelaySession::send(const nlohmann::json& j) { (void)sys::write_all(fd_.get(), j.dump() + "\n"); }
+
+int RelaySession::wait(int sigfd, int tty) {
+    if (tty >= 0) resize(tty);
+    bool eof = false;
+    for (;;) {
+        // The exit line may already be buffered: a quick process's exit
+        // can arrive in the same read as the reply that started it.
+        while (auto line = next_line()) {
+            nlohmann::json r = nlohmann::json::parse(*line, nullptr, false);
+            if (!r.is_object() || !r.contains("exit") || !r["exit"].is_object()) continue;
+            const nlohmann::json& e = r["exit"];
+            if (e.contains("signal") && e["signal"].is_number_integer()) return e["signal"].get<int>() & 0x7f;
+            return (e.value("code", 255) & 0xff) << 8;
+        }
+        if (eof) break;
+        pollfd p[2] = {{fd_.get(), POLLIN, 0}, {sigfd, POLLIN, 0}};
+        if (::poll(p, 2, -1) < 0 && errno != EINTR) break;
+        if (p[1].revents) {
+            signalfd_siginfo si;
+            while (::read(sigfd, &si, sizeof si) == sizeof si) {
+                int sig = int(si.ssi_signo);
+                if (sig == SIGWINCH) {
+                    if (tty >= 0) resize(tty);
+                } else if (sig != SIGCHLD) {
+                    send({{"op", "signal"}, {"signal", sig}});
+                }
+            }
+        }
+        if (p[0].revents && !fill()) eof = true;
+    }
+    log::error("exec: the container stopped before the process reported its exit");
+    return 255 << 8;
+}
+
+void RelaySession::resize(int tty) {
+    if (auto ws = sys::window_size(tty)) send({{"op", "resize"}, {"rows", ws->ws_row}, {"cols", ws->ws_col}});
+}
+
+bool RelaySession::fill() {
+    char tmp[4096];
+    ssize_t n;
+    do n = ::read(fd_.get(), tmp, sizeof tmp);
+    while (n < 0 && errno == EINTR);
+    if (n <= 0 || buf_.size() > (1 << 20)) return false;
+    buf_.append(tmp, size_t(n));
+    return true;
+}
+std::optional<std::string> RelaySession::next_line() {
+    auto nl = buf_.find('\n');
+    if (nl == std::string::npos) return std::nullopt;
+    std::string l = buf_.substr(0, nl);
+    buf_.erase(0, nl + 1);
+    return l;
+}
+
+
 // The relay child: detached, or owner of the terminal. A session leader,
 // so with a terminal the pty is its controlling one and resizes arrive as
 // SIGWINCH.

@@ -44,12 +44,14 @@ SharePlan plan_shares(const Spec& spec, const std::string& bundle, bool (*is_dir
 // A CRI sandbox's pod-level figure (containerd sets these on the pause
 // container from the pod's containers, Kubernetes 1.23+): 0 if absent or
 // not a number.
+std::optional<uint64_t> decimal_figure(const std::string& v) {
+    if (v.empty() || v.size() > 18 || v.find_first_not_of("0123456789") != std::string::npos) return std::nullopt;
+    return std::stoull(v);
+}
+
 static uint64_t pod_figure(const Spec& spec, const char* key) {
     auto it = spec.annotations.find(key);
-    if (it == spec.annotations.end() || it->second.empty() || it->second.find_first_not_of("0123456789") != std::string::npos ||
-        it->second.size() > 18)
-        return 0;
-    return std::stoull(it->second);
+    return it == spec.annotations.end() ? 0 : decimal_figure(it->second).value_or(0);
 }
 
 uint64_t vm_memory_mib(const Spec& spec) {

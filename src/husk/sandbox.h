@@ -1,6 +1,7 @@
 // Pure translations from an OCI spec to what the sandbox needs: the
 // shared-directory plan, the VmConfig, and the agent's create request.
 #pragma once
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -105,6 +106,10 @@ Result<void> check_share_annotation(const Spec& spec);
 inline constexpr const char* kPodMemoryAnnotation = "io.kubernetes.cri.sandbox-memory";  // bytes
 inline constexpr const char* kPodCpuQuotaAnnotation = "io.kubernetes.cri.sandbox-cpu-quota";
 inline constexpr const char* kPodCpuPeriodAnnotation = "io.kubernetes.cri.sandbox-cpu-period";
+
+// A figure written in decimal digits alone (at most 18, so it fits), as
+// annotations and cgroup files carry sizes; nullopt for anything else.
+std::optional<uint64_t> decimal_figure(const std::string& v);
 
 // The guest's memory: the container's limit (or a default), or the pod's
 // when its sandbox says (kPodMemoryAnnotation), whichever is more; plus

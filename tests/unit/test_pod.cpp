@@ -169,3 +169,11 @@ TEST_CASE("pod: a CRI sandbox's VM is sized for the pod") {
     CHECK(vm_memory_mib(bad) == 128 + 64);
     CHECK(vm_size_reason(bad) == "the default size");
 }
+
+TEST_CASE("pod: sizes in annotations and cgroup files are decimal digits alone") {
+    CHECK(decimal_figure("268435456") == 268435456u);
+    CHECK(decimal_figure("0") == 0u);
+    CHECK(decimal_figure("999999999999999999") == 999999999999999999u);
+    for (const char* bad : {"", "-1", "1e9", "12 ", " 12", "0x10", "max", "1234567890123456789"})
+        CHECK_FALSE(decimal_figure(bad));
+}
