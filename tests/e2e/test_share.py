@@ -272,6 +272,7 @@ def test_a_workload_keeps_file_semantics_on_the_share(husk, tmp_path, overlay, s
     # The rootfs is the overlay: what the container wrote is in its upper layer.
     assert (upper / "work" / "in-rootfs").read_text() == "made in the guest"
     # Host changes reach the running guest (a volume the client updates).
+    print("host changes seen after", {k: r[k] for k in ("host_new", "host_changed", "host_removed")})
     for k in ("host_new", "host_changed", "host_removed"):
         assert r[k] is not None and r[k] < 10, (k, r[k])
 
