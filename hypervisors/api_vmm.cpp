@@ -1,5 +1,4 @@
 #include "hypervisors/api_vmm.h"
-#include "hypervisors/virtiofsd.h"
 
 #include <fcntl.h>
 #include <sys/stat.h>

@@ -200,7 +200,7 @@ Result<void> Shim::launch_vm() {
     for (auto& f : {host.kernel, host.initrd})
         if (!sys::exists(f)) return fail("guest image " + f + " not found (build rootfs-builder or set HUSK_KERNEL/HUSK_INITRD)", ENOENT);
     auto can = share_support(caps, !find_virtiofsd().empty(), rootless());
-    if (TRY(rootfs_on_disk(spec_, hv_->name(), caps.shares && (can.nine_p || can.virtio_fs_usable())))) {
+    if (TRY(rootfs_on_disk(spec_, hv_->name(), can.any()))) {
         share_disk_ = true;
         host.share_disk = paths_.dir + "/share.img";
         TRY_CTX(make_share_image(paths_.shared, host.share_disk), "rootfs disk");

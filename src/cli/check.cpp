@@ -7,11 +7,9 @@
 #include <iostream>
 
 #include "cli/commands.h"
-#include "husk/config.h"
 #include "husk/hypervisor.h"
-#include "husk/sandbox.h"
-#include "hypervisors/virtiofsd.h"
 #include "husk/paths.h"
+#include "hypervisors/virtiofsd.h"
 #include "sys/sys.h"
 
 namespace husk::cli {
@@ -57,13 +55,12 @@ std::vector<Check> run_checks(const std::string& chosen) {
     out.push_back({"vsock", vsock, vsock ? "/dev/vhost-vsock: the agent's channel is AF_VSOCK" : "no /dev/vhost-vsock: the channel is virtio-serial",
                    vsock ? "" : "modprobe vhost_vsock"});
     std::string vfsd = find_virtiofsd();
-    auto config = load_config();
-    auto share = hv ? host_share(hv->capabilities(), hv->name(), config ? config->share : "", !vfsd.empty(), rootless())
-                    : ShareChoice{};
-    std::string share_fs = hv && hv->capabilities().shares ? share_name(share.fs, hv->name()) : "disk";
     out.push_back({"virtiofsd", !vfsd.empty(), (vfsd.empty() ? std::string("not found") : vfsd),
                    vfsd.empty() ? "apt-get install qemu-system-common (or set HUSK_VIRTIOFSD)" : ""});
-    out.push_back({"shared filesystem", true, share_fs + " (" + share.why + ")", ""});
+    if (hv) {
+        auto share = share_on_this_host(*hv);
+        out.push_back({"shared filesystem", true, share.name + " (" + share.why + ")", ""});
+    }
     bool vnet = ::access("/dev/vhost-net", R_OK | W_OK) == 0;
     out.push_back({"vhost-net", vnet, vnet ? "in-kernel virtio-net datapath under KVM" : "no /dev/vhost-net: QEMU moves the packets",
                    vnet ? "" : "modprobe vhost_net"});

@@ -5,11 +5,7 @@
 #include <iostream>
 
 #include "cli/commands.h"
-#include "husk/config.h"
 #include "husk/hypervisor.h"
-#include "husk/paths.h"
-#include "husk/sandbox.h"
-#include "hypervisors/virtiofsd.h"
 #include "husk/version.h"
 
 namespace husk::cli {
@@ -31,9 +27,7 @@ void setup_features(CLI::App& sub, Globals& g, Handler& run) {
                     cap_names.push_back("CAP_" + up);
                 }
             auto caps = hv->capabilities();
-            auto config = load_config();
-            auto share = host_share(caps, hv->name(), config ? config->share : "", !find_virtiofsd().empty(), rootless());
-            std::string share_fs = caps.shares ? share_name(share.fs, hv->name()) : "disk";
+            auto share = share_on_this_host(*hv);
             nlohmann::json j = {
                 {"ociVersionMin", "1.0.0"},
                 {"ociVersionMax", HUSK_OCI_SPEC_VERSION},
@@ -68,7 +62,7 @@ void setup_features(CLI::App& sub, Globals& g, Handler& run) {
                                         : hv->name() == "uml" ? "console line" : "virtio-serial"},
                   {"org.husk.kvm", caps.kvm ? "true" : "false"},
                   // How the rootfs and bind mounts reach the guest (`husk check` says why).
-                  {"org.husk.share", share_fs},
+                  {"org.husk.share", share.name},
                   {"org.husk.share.reason", share.why}}},
             };
             // Every driver, and whether this host can run it: "available",

@@ -23,6 +23,7 @@
 #include "husk/hypervisor.h"
 #include "husk/pod.h"
 #include "husk/sandbox.h"
+#include "hypervisors/virtiofsd.h"
 #include "husk/shim_client.h"
 #include "husk/signals.h"
 #include "husk/spec.h"
@@ -213,6 +214,12 @@ Result<std::string> container_hypervisor(const Globals& g, const std::map<std::s
     std::string global = g.hypervisor, origin = "--hypervisor";
     if (global.empty()) global = TRY(load_config()).hypervisor, origin = config_path();
     return choose_hypervisor(annotations, global, origin);
+}
+
+HostShare share_on_this_host(const Hypervisor& hv) {
+    auto config = load_config();
+    return host_share(share_support(hv.capabilities(), !find_virtiofsd().empty(), rootless()), hv.name(),
+                      config ? config->share : "");
 }
 
 Result<pid_t> create_container(const Globals& g, const std::string& id, const CreateOptions& o) {

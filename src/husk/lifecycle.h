@@ -13,6 +13,7 @@
 #include "husk/log.h"
 #include "husk/pod.h"
 #include "husk/result.h"
+#include "husk/sandbox.h"
 #include "husk/spec.h"
 #include "husk/state.h"
 
@@ -48,6 +49,9 @@ struct ExecOptions {
 // The driver a new container gets: its annotation, else --hypervisor (or
 // HUSK_HYPERVISOR), else the config file's, else the default.
 Result<std::string> container_hypervisor(const Globals& g, const std::map<std::string, std::string>& annotations = {});
+// What a new container of `hv` gets on this host for its share (the
+// config file's `share`, virtiofsd, rootless), for husk features/check.
+HostShare share_on_this_host(const Hypervisor& hv);
 
 // Fork the shim and return once the container is created (or failed,
 // leaving nothing behind). Returns the shim's pid, which is our child.

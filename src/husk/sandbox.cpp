@@ -41,14 +41,14 @@ SharePlan plan_shares(const Spec& spec, const std::string& bundle, bool (*is_dir
     return plan;
 }
 
-// A CRI sandbox's pod-level figure (containerd sets these on the pause
-// container from the pod's containers, Kubernetes 1.23+): 0 if absent or
-// not a number.
 std::optional<uint64_t> decimal_figure(const std::string& v) {
     if (v.empty() || v.size() > 18 || v.find_first_not_of("0123456789") != std::string::npos) return std::nullopt;
     return std::stoull(v);
 }
 
+// A CRI sandbox's pod-level figure (containerd sets these on the pause
+// container from the pod's containers, Kubernetes 1.23+): 0 if absent or
+// not a number.
 static uint64_t pod_figure(const Spec& spec, const char* key) {
     auto it = spec.annotations.find(key);
     return it == spec.annotations.end() ? 0 : decimal_figure(it->second).value_or(0);
@@ -216,22 +216,15 @@ Result<ShareChoice> choose_share_fs(const Spec& spec, const std::string& config_
 }
 
 ShareSupport share_support(const Capabilities& caps, bool daemon, bool rootless) {
-    return {caps.nine_p, caps.virtio_fs, daemon, rootless};
+    return {caps.nine_p, caps.virtio_fs, daemon, rootless, caps.shares};
 }
 
-const char* share_name(ShareFs fs, const std::string& driver) {
-    return fs == ShareFs::VirtioFs ? "virtiofs" : driver == "uml" ? "hostfs" : "9p";
-}
-
-ShareChoice host_share(const Capabilities& caps, const std::string& driver, const std::string& config_share, bool daemon,
-                       bool rootless) {
-    auto can = share_support(caps, daemon, rootless);
-    if (!caps.shares || (!can.nine_p && !can.virtio_fs_usable()))
-        return {ShareFs::NineP, "disk: " + driver + " cannot share a directory here (an ext4 copy of the rootfs)"};
+HostShare host_share(const ShareSupport& can, const std::string& driver, const std::string& config_share) {
+    if (!can.any()) return {"disk", "disk: " + driver + " cannot share a directory here (an ext4 copy of the rootfs)"};
+    if (driver == "uml") return {"hostfs", "hostfs: UML's own"};
     auto c = choose_share_fs(Spec{}, config_share, can);
-    if (!c) return {ShareFs::NineP, c.error().message};
-    if (driver == "uml") c->why = "hostfs: UML's own";
-    return *c;
+    if (!c) return {"9p", c.error().message};
+    return {c->fs == ShareFs::VirtioFs ? "virtiofs" : "9p", c->why};
 }
 
 Result<bool> rootfs_on_disk(const Spec& spec, const std::string& driver, bool driver_shares) {

@@ -86,19 +86,24 @@ struct ShareSupport {
     bool virtio_fs = false;  // Capabilities::virtio_fs
     bool daemon = false;     // virtiofsd is there (find_virtiofsd)
     bool rootless = false;   // virtiofsd serves every uid of the guest: it must be root
+    bool shares = true;      // Capabilities::shares: a directory at all (else a disk)
     bool virtio_fs_usable() const { return virtio_fs && daemon && !rootless; }
+    // A share can be made here (else the rootfs goes on a disk).
+    bool any() const { return shares && (nine_p || virtio_fs_usable()); }
 };
 // The share's filesystem: the annotation's choice, else the config file's
 // (`config_share`, "" for none), else virtio-fs where it is usable, else
 // 9p. A choice that cannot be kept is an error naming where it came from.
 Result<ShareChoice> choose_share_fs(const Spec& spec, const std::string& config_share, const ShareSupport& can);
-// What a new container of a driver with `caps` gets on this host, for
-// husk features/check: "virtiofs", "9p", "hostfs" (UML) or "disk", and why.
-ShareChoice host_share(const Capabilities& caps, const std::string& driver, const std::string& config_share, bool daemon,
-                       bool rootless);
 // `caps` with what the host has.
 ShareSupport share_support(const Capabilities& caps, bool daemon, bool rootless);
-const char* share_name(ShareFs fs, const std::string& driver);
+// What a new container of `driver` gets on this host, for husk
+// features/check: "virtiofs", "9p", "hostfs" (UML) or "disk", and why.
+struct HostShare {
+    std::string name;
+    std::string why;
+};
+HostShare host_share(const ShareSupport& can, const std::string& driver, const std::string& config_share);
 // The annotation's value alone, checked (for husk create, before anything starts).
 Result<void> check_share_annotation(const Spec& spec);
 

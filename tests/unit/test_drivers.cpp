@@ -85,8 +85,20 @@ TEST_CASE("Cloud Hypervisor shares the rootfs over virtio-fs where virtiofsd can
     CHECK(share_support(caps, true, false).virtio_fs_usable());
     CHECK_FALSE(share_support(caps, false, false).virtio_fs_usable());
     CHECK_FALSE(share_support(caps, true, true).virtio_fs_usable());
-    CHECK_THAT(host_share(caps, "cloud-hypervisor", "", false, false).why, Catch::StartsWith("disk:"));
-    CHECK(host_share(caps, "cloud-hypervisor", "", true, false).fs == ShareFs::VirtioFs);
+    CHECK_FALSE(share_support(caps, false, false).any());
+    auto none = host_share(share_support(caps, false, false), "cloud-hypervisor", "");
+    CHECK(none.name == "disk");  // (not "9p": it has none)
+    CHECK_THAT(none.why, Catch::StartsWith("disk:"));
+    CHECK(host_share(share_support(caps, true, false), "cloud-hypervisor", "").name == "virtiofs");
+    CHECK(host_share(share_support(caps, true, true), "cloud-hypervisor", "").name == "disk");
+    // QEMU: virtio-fs, or 9p saying why; UML: hostfs.
+    Capabilities q;
+    q.shares = q.virtio_fs = true;
+    CHECK(host_share(share_support(q, true, false), "qemu", "").name == "virtiofs");
+    auto nine = host_share(share_support(q, true, true), "qemu", "");
+    CHECK(nine.name == "9p");
+    CHECK_THAT(nine.why, Catch::Contains("rootless"));
+    CHECK(host_share(share_support(Capabilities{.shares = true}, false, false), "uml", "").name == "hostfs");
 }
 
 TEST_CASE("the drivers say why they cannot run here", "[drivers]") {
