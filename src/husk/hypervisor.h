@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "husk/defaults.h"
 #include "husk/result.h"
 
 namespace husk {
@@ -31,7 +32,7 @@ struct Share {
     // the VMM connects by name) and the guest's caching, as virtiofsd's
     // -o cache= says it: auto|always|none.
     std::string socket_path;
-    std::string cache = "auto";
+    std::string cache = defaults::kVirtiofsCache;
 };
 
 struct Disk {

@@ -149,7 +149,6 @@ VmConfig make_vm_config(const Spec& spec, const HostFacts& host, const SandboxPa
         if (host.share_fs == ShareFs::VirtioFs) {
             sh.fs = ShareFs::VirtioFs;
             sh.socket_path = paths.virtiofs_sock;
-            sh.cache = defaults::kVirtiofsCache;
         }
         c.shares.push_back(sh);
     } else {
