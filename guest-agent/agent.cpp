@@ -288,24 +288,39 @@ Result<sys::Fd> open_vsock_channel() {
     return c;
 }
 
+// What a process writes (stdout, stderr, a preserved fd it writes),
+// read from our end and sent within the shim's credit.
 struct Stream {
     sys::Fd fd;
-    uint32_t credit = proto::kInitialCredit;  // output: what we may send
+    uint32_t credit = proto::kInitialCredit;  // what we may send
     bool eof = false;
 };
 
+// What a process reads (stdin, a preserved fd it reads): the shim's bytes,
+// written to our end as it takes them.
+struct Input {
+    sys::Fd w;
+    std::string buf;
+    bool close = false;  // the shim's end closed: close ours once `buf` is written
+    bool sock = false;   // our end is a socket that also carries output: shut it down instead
+};
+
+// Streams by the fd of the process they are: in[0] stdin, out[1] stdout,
+// out[2] stderr, preserved fds 3.. in `in`, `out` or both.
 struct Process {
     std::string container;  // the id of the container it belongs to
     pid_t pid = -1;
     sys::Fd sync;
     sys::Fd tty;  // pty master, if the process has a terminal
     bool killed = false;
-    Stream out[3];  // [1] stdout, [2] stderr
-    sys::Fd stdin_w;
-    std::string stdin_buf;
-    bool stdin_close = false;
+    std::map<uint32_t, Stream> out;
+    std::map<uint32_t, Input> in;
     std::optional<int> status;
     bool exit_sent = false;
+
+    bool outputs_closed() const {
+        return std::all_of(out.begin(), out.end(), [](const auto& kv) { return kv.second.eof; });
+    }
 };
 
 // One container of the sandbox: the first (its init is process 0) or one
@@ -352,7 +367,8 @@ private:
     Result<Process> spawn(const json& proc, int flags, const std::function<void(int, const agent::Stdio&)>& child,
                           const json& userns = json(), int cgroup = -1);
     void reap();
-    void read_output(uint32_t idx, int fd, bool exited);
+    void read_output(uint32_t idx, uint32_t fd, bool exited);
+    Input* input_of(uint32_t stream);
     void maybe_send_exit(uint32_t idx);
 
     sys::Fd chan_;
@@ -371,6 +387,14 @@ private:
     };
     std::vector<LateSignal> late_;
     void retry_late_signals();
+    // Updates that wait for their vCPUs to come online (park_update).
+    struct Parked {
+        json id, params;
+        pid_t pid;  // the child onlining them
+    };
+    std::vector<Parked> parked_;
+    bool park_update(const json& id, const json& params);
+    bool unpark(pid_t pid, int status);
     proto::Decoder dec_;
     proto::Outbox out_;  // frames for the shim
     std::map<uint32_t, Process> procs_;
@@ -387,6 +411,24 @@ Result<Process> Agent::spawn(const json& proc, int flags, const std::function<vo
     auto [in_r, in_w] = TRY(sys::pipe(O_CLOEXEC));
     auto [out_r, out_w] = TRY(sys::pipe(O_CLOEXEC));
     auto [err_r, err_w] = TRY(sys::pipe(O_CLOEXEC));
+    // Preserved fds 3..: the process's end and ours, a pipe one way or a
+    // socketpair both.
+    std::vector<proto::Flow> flows;
+    std::vector<sys::Fd> child_ends, our_ends;
+    for (const auto& e : proc.value("extra_fds", json::array())) {
+        auto flow = e.is_string() ? proto::flow_of_name(e.get<std::string>()) : std::nullopt;
+        if (!flow || flows.size() >= size_t(proto::kMaxStreamFd - 2)) return fail("malformed extra_fds", EINVAL);
+        flows.push_back(*flow);
+        if (*flow == proto::Flow::Both) {
+            auto [a, b] = TRY(sys::socketpair(SOCK_STREAM));
+            child_ends.push_back(std::move(a));
+            our_ends.push_back(std::move(b));
+        } else {
+            auto [r, w] = TRY(sys::pipe(O_CLOEXEC));
+            child_ends.push_back(std::move(*flow == proto::Flow::In ? r : w));
+            our_ends.push_back(std::move(*flow == proto::Flow::In ? w : r));
+        }
+    }
     auto [sync_p, sync_c] = TRY(sys::socketpair(SOCK_STREAM));
     // clone3 so the child starts life in the container's cgroup (the
     // agent itself stays in the root group).
@@ -403,10 +445,13 @@ Result<Process> Agent::spawn(const json& proc, int flags, const std::function<vo
     if (pid < 0) return fail_errno("clone3");
     if (pid == 0) {
         sync_p.reset();
-        child(sync_c.get(), agent::Stdio{in_r.get(), out_w.get(), err_w.get()});
+        agent::Stdio io{in_r.get(), out_w.get(), err_w.get(), {}};
+        for (auto& e : child_ends) io.extra.push_back(e.get());
+        child(sync_c.get(), io);
         _exit(1);
     }
     sync_c.reset();
+    child_ends.clear();
     Process p;
     p.pid = pid;
     p.sync = std::move(sync_p);
@@ -441,18 +486,26 @@ Result<Process> Agent::spawn(const json& proc, int flags, const std::function<vo
             ::ioctl(p.tty.get(), TIOCSWINSZ, &ws);
         }
         p.out[1].fd = TRY(sys::dup(p.tty.get()));
-        p.stdin_w = TRY(sys::dup(p.tty.get()));
+        p.in[0].w = TRY(sys::dup(p.tty.get()));
         p.out[2].eof = true;
     } else {
-        p.stdin_w = std::move(in_w);
+        p.in[0].w = std::move(in_w);
         p.out[1].fd = std::move(out_r);
         p.out[2].fd = std::move(err_r);
+        // fewer, larger reads and writes on each side of the pipes
+        for (int f : {p.in[0].w.get(), p.out[1].fd.get(), p.out[2].fd.get()}) (void)::fcntl(f, F_SETPIPE_SZ, kPipeSize);
     }
-    for (int i : {1, 2})
-        if (p.out[i].fd) TRY(sys::set_nonblock(p.out[i].fd.get(), true));
-    TRY(sys::set_nonblock(p.stdin_w.get(), true));
-    if (!tty)  // fewer, larger reads and writes on each side of the pipes
-        for (int f : {p.stdin_w.get(), p.out[1].fd.get(), p.out[2].fd.get()}) (void)::fcntl(f, F_SETPIPE_SZ, kPipeSize);
+    for (size_t i = 0; i < flows.size(); ++i) {
+        uint32_t fd = uint32_t(3 + i);
+        if (proto::flows_in(flows[i])) {
+            p.in[fd].w = flows[i] == proto::Flow::Both ? TRY(sys::dup(our_ends[i].get())) : std::move(our_ends[i]);
+            p.in[fd].sock = flows[i] == proto::Flow::Both;
+        }
+        if (proto::flows_out(flows[i])) p.out[fd].fd = std::move(our_ends[i]);
+    }
+    for (auto& [fd, o] : p.out)
+        if (o.fd) TRY(sys::set_nonblock(o.fd.get(), true));
+    for (auto& [fd, in] : p.in) TRY(sys::set_nonblock(in.w.get(), true));
     return p;
 }
 
@@ -710,7 +763,10 @@ void Agent::on_request(const json& req) {
         else if (method == "exec") r = do_exec(params);
         else if (method == "resize") r = do_resize(params);
         else if (method == "ps") r = do_ps(params);
-        else if (method == "update") r = do_update(params);
+        else if (method == "update") {
+            if (park_update(id, params)) return;  // answered once its vCPUs are online
+            r = do_update(params);
+        }
         else if (method == "stats") r = do_stats(params);
         else if (method == "remove") r = do_remove(params);
         else if (method == "freeze") r = do_freeze(params);
@@ -720,6 +776,70 @@ void Agent::on_request(const json& req) {
     }
     if (r) respond(id, true, "", *r);
     else respond(id, false, r.error().message);
+}
+
+// A VM boots with all its vCPUs, the ones its container's CPU limits do
+// not ask for offline (maxcpus=). An update that asks for a number
+// ("vcpus") has them onlined or offlined first, by a child (a CPU takes
+// ~0.3 s to come up under TCG: the loop must not wait), and is answered
+// once that child is done; its cgroup writes may name the new vCPUs.
+// Each cpuN of sysfs but the boot CPU (which has no online file), in order.
+std::vector<std::pair<unsigned, std::string>> cpu_online_files() {
+    std::vector<std::pair<unsigned, std::string>> out;
+    for (const auto& e : sys::list_dir("/sys/devices/system/cpu").value_or(std::vector<std::string>{}))
+        if (e.size() > 3 && e.rfind("cpu", 0) == 0 && std::all_of(e.begin() + 3, e.end(), ::isdigit)) {
+            std::string f = "/sys/devices/system/cpu/" + e + "/online";
+            if (sys::exists(f)) out.emplace_back(unsigned(std::stoul(e.substr(3))), f);
+        }
+    std::sort(out.begin(), out.end());
+    return out;
+}
+
+// In the child: CPUs 0..n-1 online, the rest offline.
+[[noreturn]] void set_online_cpus(unsigned n) {
+    int bad = 0;
+    for (const auto& [cpu, f] : cpu_online_files()) {
+        const char* want = cpu < n ? "1" : "0";
+        if (sys::read_file(f).value_or("").rfind(want, 0) != 0 && !sys::write_file(f, want)) ++bad;
+    }
+    _exit(bad ? 1 : 0);
+}
+
+bool Agent::park_update(const json& id, const json& params) {
+    if (!params.contains("vcpus") || !params["vcpus"].is_number_unsigned()) return false;
+    unsigned n = params["vcpus"].get<unsigned>();
+    pid_t pid = ::fork();
+    if (pid < 0) return false;  // then the writes alone
+    if (pid == 0) set_online_cpus(n);
+    parked_.push_back({id, params, pid});
+    return true;
+}
+
+// `pid` exited with `status`: the update it was onlining CPUs for goes on.
+bool Agent::unpark(pid_t pid, int status) {
+    auto it = std::find_if(parked_.begin(), parked_.end(), [&](const Parked& p) { return p.pid == pid; });
+    if (it == parked_.end()) return false;
+    Parked p = std::move(*it);
+    parked_.erase(it);
+    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) say("update: not every vCPU could be brought to its state");
+    auto r = do_update(p.params);
+    if (r) respond(p.id, true, "", *r);
+    else respond(p.id, false, r.error().message);
+    return true;
+}
+
+Input* Agent::input_of(uint32_t stream) {
+    auto it = procs_.find(proto::stream_process(stream));
+    if (it == procs_.end()) return nullptr;
+    auto in = it->second.in.find(proto::stream_fd(stream));
+    return in == it->second.in.end() ? nullptr : &in->second;
+}
+
+// Our end of an input stream is done with: a socket that still carries
+// the process's output is only shut down for writing (the process reads EOF).
+void close_input(Input& in) {
+    if (in.sock) ::shutdown(in.w.get(), SHUT_WR);
+    in.w.reset();
 }
 
 Result<void> Agent::on_frame(const proto::Frame& f) {
@@ -733,23 +853,21 @@ Result<void> Agent::on_frame(const proto::Frame& f) {
             return {};
         }
         case Type::Data: {
-            auto it = procs_.find(proto::stream_process(f.stream));
-            if (it == procs_.end() || proto::stream_fd(f.stream) != 0) return {};
-            auto& p = it->second;
-            if (!p.stdin_w) send(proto::encode_credit(f.stream, uint32_t(f.payload.size())));
-            else p.stdin_buf += f.payload;
+            Input* in = input_of(f.stream);
+            if (!in) return {};
+            if (!in->w) send(proto::encode_credit(f.stream, uint32_t(f.payload.size())));
+            else in->buf += f.payload;
             return {};
         }
         case Type::Credit: {
             uint32_t c = TRY(proto::decode_credit(f));
             auto it = procs_.find(proto::stream_process(f.stream));
-            uint32_t fd = proto::stream_fd(f.stream);
-            if (it != procs_.end() && (fd == 1 || fd == 2)) it->second.out[fd].credit += c;
+            if (it == procs_.end()) return {};
+            if (auto o = it->second.out.find(proto::stream_fd(f.stream)); o != it->second.out.end()) o->second.credit += c;
             return {};
         }
         case Type::Close: {
-            auto it = procs_.find(proto::stream_process(f.stream));
-            if (it != procs_.end() && proto::stream_fd(f.stream) == 0) it->second.stdin_close = true;
+            if (Input* in = input_of(f.stream)) in->close = true;
             return {};
         }
         default: return fail(std::string("unexpected ") + proto::type_name(f.type), EPROTO);
@@ -761,6 +879,7 @@ void Agent::reap() {
         int st;
         pid_t pid = ::waitpid(-1, &st, WNOHANG);
         if (pid <= 0) return;
+        if (unpark(pid, st)) continue;
         for (auto& [idx, p] : procs_)
             if (p.pid == pid) {
                 p.status = st;
@@ -772,7 +891,7 @@ void Agent::reap() {
 // One read from a process's stdout/stderr pipe into a DATA frame, within
 // the credit the shim granted. EOF (or, once the process has exited, an
 // empty pipe: `exited`) closes the stream.
-void Agent::read_output(uint32_t idx, int fd, bool exited) {
+void Agent::read_output(uint32_t idx, uint32_t fd, bool exited) {
     auto& s = procs_[idx].out[fd];
     uint32_t sid = proto::stream_id(idx, uint32_t(fd));
     // Everything the pipe holds, up to the credit, in one wakeup (under
@@ -800,7 +919,7 @@ void Agent::read_output(uint32_t idx, int fd, bool exited) {
 
 void Agent::maybe_send_exit(uint32_t idx) {
     auto& p = procs_[idx];
-    if (p.exit_sent || !p.status || !p.out[1].eof || !p.out[2].eof) return;
+    if (p.exit_sent || !p.status || !p.outputs_closed()) return;
     json e = {{"event", "exit"}, {"process", idx}};
     if (WIFSIGNALED(*p.status)) e["signal"] = WTERMSIG(*p.status);
     else e["code"] = WEXITSTATUS(*p.status);
@@ -823,7 +942,7 @@ Result<void> Agent::run() {
         struct T {
             Tag tag;
             uint32_t proc;
-            int fd;
+            uint32_t fd;
         };
         std::vector<T> tags;
         pf.push_back({chan_.get(), short(POLLIN | (out_.empty() ? 0 : POLLOUT)), 0});
@@ -832,15 +951,16 @@ Result<void> Agent::run() {
         tags.push_back({kSig, 0, 0});
         for (auto& [idx, p] : procs_) {
             if (p.sync) continue;  // not started: its output waits in the pipe
-            for (int i : {1, 2})
-                if (!p.out[i].eof && p.out[i].credit > 0) {
-                    pf.push_back({p.out[i].fd.get(), POLLIN, 0});
-                    tags.push_back({kOut, idx, i});
+            for (auto& [fd, o] : p.out)
+                if (!o.eof && o.credit > 0) {
+                    pf.push_back({o.fd.get(), POLLIN, 0});
+                    tags.push_back({kOut, idx, fd});
                 }
-            if (p.stdin_w && !p.stdin_buf.empty()) {
-                pf.push_back({p.stdin_w.get(), POLLOUT, 0});
-                tags.push_back({kIn, idx, 0});
-            }
+            for (auto& [fd, in] : p.in)
+                if (in.w && !in.buf.empty()) {
+                    pf.push_back({in.w.get(), POLLOUT, 0});
+                    tags.push_back({kIn, idx, fd});
+                }
         }
         int n = ::poll(pf.data(), pf.size(), late_.empty() ? -1 : 10);
         if (n < 0 && errno != EINTR) return fail_errno("poll");
@@ -882,16 +1002,18 @@ Result<void> Agent::run() {
             } else if (t.tag == kOut) {
                 read_output(t.proc, t.fd, false);
             } else if (t.tag == kIn) {
-                auto& p = procs_[t.proc];
-                ssize_t w = ::write(p.stdin_w.get(), p.stdin_buf.data(), p.stdin_buf.size());
-                uint32_t sid = proto::stream_id(t.proc, 0);
+                auto& in = procs_[t.proc].in[t.fd];
+                ssize_t w = in.sock ? ::send(in.w.get(), in.buf.data(), in.buf.size(), MSG_NOSIGNAL)
+                                    : ::write(in.w.get(), in.buf.data(), in.buf.size());
+                uint32_t sid = proto::stream_id(t.proc, t.fd);
                 if (w > 0) {
-                    p.stdin_buf.erase(0, size_t(w));
+                    in.buf.erase(0, size_t(w));
                     send(proto::encode_credit(sid, uint32_t(w)));
                 } else if (w < 0 && errno != EAGAIN && errno != EINTR) {
-                    send(proto::encode_credit(sid, uint32_t(p.stdin_buf.size())));
-                    p.stdin_buf.clear();
-                    p.stdin_w.reset();
+                    // The reader is gone: what the shim sends is dropped, its credit returned.
+                    send(proto::encode_credit(sid, uint32_t(in.buf.size())));
+                    in.buf.clear();
+                    in.w.reset();
                 }
             }
         }
@@ -909,12 +1031,13 @@ Result<void> Agent::run() {
         for (auto it = procs_.begin(); it != procs_.end();)
             it = it->first != 0 && it->second.exit_sent ? procs_.erase(it) : std::next(it);
         for (auto& [idx, p] : procs_) {
-            if (p.stdin_close && p.stdin_buf.empty() && p.stdin_w) p.stdin_w.reset();
+            for (auto& [fd, in] : p.in)
+                if (in.close && in.buf.empty() && in.w) close_input(in);
             if (p.status && !p.exit_sent) {
                 // The process is gone: what is left in its pipes is all
                 // there will be, unless a stray child still holds them.
-                for (int i : {1, 2})
-                    if (!p.out[i].eof && p.out[i].credit > 0) read_output(idx, i, true);
+                for (auto& [fd, o] : p.out)
+                    if (!o.eof && o.credit > 0) read_output(idx, fd, true);
                 maybe_send_exit(idx);
             }
         }

@@ -551,6 +551,23 @@ void reset_signals() {
 [[noreturn]] void run_process(const json& proc, const json& seccomp, int sync_fd, const Stdio& io,
                               const json& start_hooks = json()) {
     setsid();
+    // Preserved fds first, to 3.. as runc passes them: every fd that must
+    // outlive this (the sync socket, stdio's pipes) moves above them, and
+    // whatever of the agent's sits at 3.. is replaced (it is close-on-exec).
+    Stdio moved = io;
+    if (!io.extra.empty()) {
+        int top = 3 + int(io.extra.size());
+        auto lift = [&](int& f) {
+            if (f >= 0 && (f = fcntl(f, F_DUPFD_CLOEXEC, top + 10)) < 0) die(sync_fd, "dup preserved fds failed");
+        };
+        lift(sync_fd);
+        lift(moved.in);
+        lift(moved.out);
+        lift(moved.err);
+        for (int& f : moved.extra) lift(f);
+        for (size_t i = 0; i < moved.extra.size(); ++i)
+            if (dup2(moved.extra[i], int(3 + i)) < 0) die(sync_fd, "dup2 preserved fd failed");
+    }
     std::optional<sys::Pty> pty;
     if (proc.value("terminal", false)) {
         auto p = sys::open_pty("/dev/ptmx");
@@ -561,7 +578,7 @@ void reset_signals() {
             if (dup2(pty->slave.get(), i) < 0) die(sync_fd, "dup2 terminal failed");
     } else {
         // Move out of the way first: the pipes may themselves be fds 0-2.
-        int fds[3] = {io.in, io.out, io.err};
+        int fds[3] = {moved.in, moved.out, moved.err};
         for (int& f : fds)
             if ((f = fcntl(f, F_DUPFD_CLOEXEC, 10)) < 0) die(sync_fd, "dup stdio failed");
         for (int i = 0; i < 3; ++i)

@@ -26,9 +26,11 @@ MountFlags parse_mount_options(const std::vector<std::string>& opts);
 // clone() flags for the namespaces the request asks for (mount always).
 int clone_flags(const nlohmann::json& params);
 
-// The pipe ends a process without a terminal gets as fds 0-2.
+// The pipe ends a process without a terminal gets as fds 0-2, and its
+// preserved fds (pipe or socketpair ends) as fds 3.., terminal or not.
 struct Stdio {
     int in = -1, out = -1, err = -1;
+    std::vector<int> extra;
 };
 
 // Both run in a cloned child and never return. They set everything up,

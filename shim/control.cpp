@@ -171,6 +171,9 @@ void Shim::on_client_line(uint64_t cid, const std::string& line) {
         json params = op == "ps"       ? json{{"process", 0}}
                       : op == "update" ? json{{"files", *files}}
                                        : json{{"files", stats_files()}};
+        // The guest cgroup's cpuset may name vCPUs still offline: the agent
+        // brings the online ones to this many first.
+        if (op == "update" && max_vcpus_ > 1) params["vcpus"] = vcpus_;
         ses_.request(op, params, cid);
     } else if (op == "exec") {
         if (!live) return reply(cid, false, ses_.phase == Phase::Exiting ? "container is stopping" : "container is not created yet");
@@ -183,35 +186,75 @@ void Shim::on_client_line(uint64_t cid, const std::string& line) {
 // ---------------------------------------------------------------- pod members
 
 // A process's stdio from the fds that came with the client's request
-// (stdin, stdout, stderr; one pty for a terminal).
-Result<void> Shim::setup_stdio(uint64_t cid, Proc& p, bool tty) {
+// (stdin, stdout, stderr; one pty for a terminal), then its `preserve_fds`
+// preserved fds; the client keeps what follows them. Returns what the
+// agent is told of the preserved ones (setup_extra_fds).
+Result<json> Shim::setup_stdio(uint64_t cid, Proc& p, bool tty, int preserve_fds) {
     auto& c = clients_[cid];
-    if (c.fds.size() != (tty ? 1u : 3u)) return fail("expected " + std::string(tty ? "1 fd" : "3 fds"), EINVAL);
-    auto setup = [&]() -> Result<void> {
-        if (tty) {
-            // The caller's pty slave: both directions, no stderr.
-            TRY(sys::set_nonblock(c.fds[0].get(), true));
-            p.in_own = TRY(sys::dup(c.fds[0].get()));
-            p.out[1].own = std::move(c.fds[0]);
-            p.out[2].eof = true;
-        } else {
-            p.in_own = std::move(c.fds[0]);
-            p.out[1].own = std::move(c.fds[1]);
-            p.out[2].own = std::move(c.fds[2]);
-        }
-        return {};
-    };
-    auto r = setup();
-    c.fds.clear();
-    TRY(r);
-    p.in_fd = p.in_own.get();
-    for (int i = 1; i <= 2; ++i) {
-        p.out[i].fd = p.out[i].own ? p.out[i].own.get() : -1;
-        p.out[i].stream = proto::stream_id(p.idx, uint32_t(i));
-        if (!p.out[i].own) p.out[i].dead = true;
-        else if (!tty) prepare_out(p.out[i]);
+    size_t nstdio = tty ? 1 : 3;
+    if (preserve_fds < 0 || c.fds.size() < nstdio + size_t(preserve_fds))
+        return fail("expected " + std::to_string(nstdio) + " stdio fds and " + std::to_string(preserve_fds) +
+                        " preserved ones, got " + std::to_string(c.fds.size()) + " fds", EINVAL);
+    std::vector<sys::Fd> mine(std::make_move_iterator(c.fds.begin()),
+                              std::make_move_iterator(c.fds.begin() + long(nstdio) + preserve_fds));
+    c.fds.erase(c.fds.begin(), c.fds.begin() + long(nstdio) + preserve_fds);
+    auto& in = p.in[proto::Stdin];
+    if (tty) {
+        // The caller's pty slave: both directions, no stderr.
+        TRY(sys::set_nonblock(mine[0].get(), true));
+        in.own = TRY(sys::dup(mine[0].get()));
+        p.out[1].own = std::move(mine[0]);
+        p.out[2].eof = true;
+    } else {
+        in.own = std::move(mine[0]);
+        p.out[1].own = std::move(mine[1]);
+        p.out[2].own = std::move(mine[2]);
     }
-    return {};
+    in.fd = in.own.get();
+    in.credit = ses_.stdin_window;
+    for (uint32_t i : {proto::Stdout, proto::Stderr}) {
+        auto& o = p.out[i];
+        o.fd = o.own ? o.own.get() : -1;
+        o.stream = proto::stream_id(p.idx, i);
+        if (!o.own) o.dead = true;
+        else if (!tty) prepare_out(o);
+    }
+    std::vector<sys::Fd> extra(std::make_move_iterator(mine.begin() + long(nstdio)), std::make_move_iterator(mine.end()));
+    return setup_extra_fds(p, std::move(extra));
+}
+
+// A process's preserved fds (3.., in order): each becomes a stream of the
+// guest in the directions its access mode allows (fd_flow). Returns what
+// the agent is told: "extra_fds".
+Result<json> Shim::setup_extra_fds(Proc& p, std::vector<sys::Fd> fds) {
+    json flows = json::array();
+    uint32_t fd = kFirstPreservedFd;
+    for (auto& f : fds) {
+        auto flow = TRY(fd_flow(f.get(), int(fd)));
+        if (proto::flows_in(flow)) {
+            auto& in = p.in[fd];
+            in.own = flow == proto::Flow::Both ? TRY(sys::dup(f.get())) : std::move(f);
+            in.fd = in.own.get();
+            in.credit = ses_.stdin_window;
+        }
+        if (proto::flows_out(flow)) {
+            auto& o = p.out[fd];
+            o.own = std::move(f);
+            o.fd = o.own.get();
+            o.stream = proto::stream_id(p.idx, fd);
+            if (!prepare_out(o)) o.dead = true;
+        }
+        flows.push_back(proto::flow_name(flow));
+        ++fd;
+    }
+    return flows;
+}
+
+// A process index no live process has, wrapping below proto::kMaxProcess.
+uint32_t Shim::new_proc_index() {
+    while (next_proc_ == 0 || next_proc_ > proto::kMaxProcess || ses_.procs.count(next_proc_))
+        next_proc_ = next_proc_ == 0 || next_proc_ > proto::kMaxProcess ? 1 : next_proc_ + 1;
+    return next_proc_++;
 }
 
 // An exec: its stdio came as fds. The connection stays open as the
@@ -221,20 +264,24 @@ void Shim::start_exec(uint64_t cid, const json& req) {
     if (!req.contains("process") || !req["process"].is_object()) return reply(cid, false, "exec: no process");
     std::string container = req.value("container", "");
     bool tty = req["process"].value("terminal", false);
-    uint32_t idx = next_proc_++;
+    int preserve = req.contains("preserve_fds") && req["preserve_fds"].is_number_integer() ? req["preserve_fds"].get<int>() : 0;
+    if (preserve < 0 || preserve > kMaxPreservedFds) return reply(cid, false, "malformed request");
+    uint32_t idx = new_proc_index();
     Proc& p = ses_.procs[idx];
-    p.stdin_credit = ses_.stdin_window;
     p.idx = idx;
     p.tty = tty;
     p.waiter = cid;
     p.container = container;
-    if (auto r = setup_stdio(cid, p, tty); !r) {
+    auto extra = setup_stdio(cid, p, tty, preserve);
+    if (!extra) {
         ses_.procs.erase(idx);
-        return reply(cid, false, "exec: " + r.error().message);
+        return reply(cid, false, "exec: " + extra.error().message);
     }
     c.session = true;
     c.proc = idx;
-    ses_.request("exec", {{"process_index", idx}, {"process", req["process"]}, {"container", container.empty() ? args_.id : container}},
+    json process = req["process"];
+    if (!extra->empty()) process["extra_fds"] = *extra;
+    ses_.request("exec", {{"process_index", idx}, {"process", process}, {"container", container.empty() ? args_.id : container}},
                  cid, idx);
 }
 
@@ -253,6 +300,7 @@ std::optional<json> Shim::guest_update_files(const json& files, Member* member) 
     for (const auto& [k, v] : w)
         if (k == "cpuset.cpus" && vm_ && !member)
             if (auto r = pin_vmm(v); !r) log::warn("update: " + r.error().message);
+    if (!member) fit_vcpus(w);
     if (auto mib = memory_max_mib(files)) {
         if (member) member->memory_mib = *mib;
         else own_extra_mib_ = *mib + defaults::kMemoryOverheadMiB > vm_mib_ ? *mib + defaults::kMemoryOverheadMiB - vm_mib_ : 0;
@@ -262,6 +310,18 @@ std::optional<json> Shim::guest_update_files(const json& files, Member* member) 
     json out = json::array();
     for (const auto& [k, v] : w) out.push_back({k, v});
     return out;
+}
+
+// The guest's online vCPUs for the container's CPU limits as `w` (an
+// update's writes, host CPU ids) leaves them, within the VM's vCPUs: the
+// agent onlines or offlines the difference (update's "vcpus").
+void Shim::fit_vcpus(const std::vector<std::pair<std::string, std::string>>& w) {
+    vcpu_wants_.update(w);
+    unsigned want = vcpu_wants_.total(max_vcpus_);
+    if (want == vcpus_) return;
+    log::debug("vm vcpus online: " + std::to_string(vcpus_) + " -> " + std::to_string(want) + " of " +
+               std::to_string(max_vcpus_) + " (update)");
+    vcpus_ = want;
 }
 
 // The MiB a [[file, value], ...] update's memory.max asks for, if a number.

@@ -159,6 +159,8 @@ void Shim::create_member(uint64_t cid, const std::string& id, const json& req) {
         if (t != args_.id && !members_.count(t)) return reply(cid, false, "container " + t + " is not in this sandbox");
     }
     std::string bundle = req["bundle"];
+    int preserve = req.contains("preserve_fds") && req["preserve_fds"].is_number_integer() ? req["preserve_fds"].get<int>() : 0;
+    if (preserve < 0 || preserve > kMaxPreservedFds) return reply(cid, false, "malformed request");
     Member m;
     auto build = [&]() -> Result<json> {
         Spec spec = TRY(load_spec(bundle));
@@ -170,11 +172,11 @@ void Shim::create_member(uint64_t cid, const std::string& id, const json& req) {
         for (auto& e : plan.entries) e.name = id + "/" + e.name;
         for (auto& n : plan.mount_share)
             if (!n.empty()) n = id + "/" + n;
-        // The stdio first, then one tree per share entry.
+        // The stdio first, its preserved fds, then one tree per share entry.
         std::vector<sys::Fd> trees;
         auto& fds = clients_[cid].fds;
-        size_t nstdio = spec.process->terminal ? 1 : 3;
-        if (fds.size() < nstdio) return fail("expected its stdio", EINVAL);
+        size_t nstdio = (spec.process->terminal ? 1 : 3) + size_t(preserve);
+        if (fds.size() < nstdio) return fail("expected its stdio and preserved fds", EINVAL);
         for (size_t i = nstdio; i < fds.size(); ++i) trees.push_back(std::move(fds[i]));
         fds.resize(nstdio);
         TRY_CTX(bind_shares(plan, &m.mounts, &trees), "share rootfs");
@@ -202,18 +204,19 @@ void Shim::create_member(uint64_t cid, const std::string& id, const json& req) {
         unmount_member(m);
         return reply(cid, false, params.error().message);
     }
-    uint32_t idx = next_proc_++;
+    uint32_t idx = new_proc_index();
     Proc& p = ses_.procs[idx];
-    p.stdin_credit = ses_.stdin_window;
     p.idx = idx;
     p.tty = (*params)["process"].value("terminal", false);
     p.waiter = cid;
     p.container = id;
-    if (auto r = setup_stdio(cid, p, p.tty); !r) {
+    auto extra = setup_stdio(cid, p, p.tty, preserve);
+    if (!extra) {
         ses_.procs.erase(idx);
         unmount_member(m);
-        return reply(cid, false, "create: " + r.error().message);
+        return reply(cid, false, "create: " + extra.error().message);
     }
+    if (!extra->empty()) (*params)["process"]["extra_fds"] = *extra;
     (*params)["process_index"] = idx;
     m.init = idx;
     members_[id] = std::move(m);

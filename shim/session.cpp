@@ -92,7 +92,7 @@ Result<void> Session::on_frame(const proto::Frame& f) {
         case Type::Data: {
             uint32_t fd = proto::stream_fd(f.stream);
             Proc* p = proc_of(f.stream);
-            if (!p || (fd != 1 && fd != 2)) return fail("data on unknown stream " + std::to_string(f.stream), EPROTO);
+            if (!p || !p->out.count(fd)) return fail("data on unknown stream " + std::to_string(f.stream), EPROTO);
             auto& o = p->out[fd];
             if (o.eof) return fail("data after close on stream " + std::to_string(f.stream), EPROTO);
             // The agent may never exceed the credit we granted.
@@ -111,17 +111,26 @@ Result<void> Session::on_frame(const proto::Frame& f) {
                 return {};
             }
             Proc* p = proc_of(f.stream);
-            if (!p || proto::stream_fd(f.stream) != proto::Stdin) return {};
-            if (uint64_t(p->stdin_credit) + c > stdin_window) return fail("agent returned too much credit", EPROTO);
-            p->stdin_credit += c;
+            if (!p) return {};
+            auto in = p->in.find(proto::stream_fd(f.stream));
+            if (in == p->in.end()) return {};
+            if (uint64_t(in->second.credit) + c > stdin_window) return fail("agent returned too much credit", EPROTO);
+            in->second.credit += c;
             return {};
         }
         case Type::Close: {
             uint32_t fd = proto::stream_fd(f.stream);
             Proc* p = proc_of(f.stream);
             if (!p) return fail("close on unknown stream " + std::to_string(f.stream), EPROTO);
-            if (fd == 1 || fd == 2) p->out[fd].eof = true;
-            else if (fd == proto::Stdin) p->stdin_open = false;  // reader gone
+            // The guest's end of a two-way stream closes both ways: its
+            // output ends, and nobody reads what we would send.
+            bool known = false;
+            if (auto o = p->out.find(fd); o != p->out.end()) o->second.eof = known = true;
+            if (auto in = p->in.find(fd); in != p->in.end()) {
+                if (!p->out.count(fd)) in->second.open = false;  // reader gone
+                known = true;
+            }
+            if (!known) return fail("close on unknown stream " + std::to_string(f.stream), EPROTO);
             return {};
         }
         case Type::Request:

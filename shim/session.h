@@ -55,24 +55,32 @@ struct OutBuf {
 // for every few KiB.
 constexpr uint32_t kCreditBatch = proto::kInitialCredit / 4;
 
+// A host fd whose bytes go to a stream of the guest (stdin, or a
+// preserved fd the process reads), within the credit the agent returns.
+struct InBuf {
+    int fd = -1;
+    sys::Fd own;  // set when the shim owns `fd`
+    bool open = true;  // until EOF on fd, or the guest closed its end
+    uint32_t credit = proto::kInitialCredit;
+};
+
 // One process in the guest: the container's init (index 0) or an exec.
+// Its streams by the fd of the process they are: in[0] stdin, out[1]
+// stdout, out[2] stderr, and a preserved fd 3.. in `in`, `out` or both.
 struct Proc {
     uint32_t idx = 0;
     std::string container;  // a container that joined the sandbox ("": the sandbox's own)
     bool started = false;
     bool tty = false;
-    int in_fd = -1;
-    sys::Fd in_own;
-    bool stdin_open = true;
-    uint32_t stdin_credit = proto::kInitialCredit;
-    OutBuf out[3];  // [1] stdout, [2] stderr
+    std::map<uint32_t, InBuf> in;
+    std::map<uint32_t, OutBuf> out;
     bool exited = false;
     std::optional<int> code, sig;
     uint64_t waiter = 0;  // exec session told of the exit (0: none)
 
     bool drained() const {
-        for (int i = 1; i <= 2; ++i)
-            if (!out[i].data.empty() || !(out[i].eof || out[i].dead)) return false;
+        for (const auto& [fd, o] : out)
+            if (!o.data.empty() || !(o.eof || o.dead)) return false;
         return true;
     }
 };

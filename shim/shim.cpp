@@ -63,6 +63,7 @@ Result<Args> parse_args(int argc, char** argv) {
         else if (k == "--debug") a.log.debug = true;
         else if (k == "--wait-hooks") a.wait_hooks = true;
         else if (k == "--hypervisor") a.hypervisor = TRY(val());
+        else if (k == "--preserve-fds") a.preserve_fds = std::stoi(TRY(val()));
         else return fail("unknown argument " + k, EINVAL);
     }
     if (a.root.empty() || a.id.empty() || a.bundle.empty() || a.sync_fd < 0)
@@ -116,14 +117,18 @@ Result<void> Shim::prepare() {
 
     // The init's stdio: our own fds 0-2, or a terminal.
     Proc& init = ses_.procs[0];
-    init.in_fd = 0;
-    for (int i = 1; i <= 2; ++i) {
-        init.out[i].fd = i;
-        init.out[i].stream = proto::stream_id(0, uint32_t(i));
+    init.in[proto::Stdin].fd = 0;
+    for (uint32_t i : {proto::Stdout, proto::Stderr}) {
+        init.out[i].fd = int(i);
+        init.out[i].stream = proto::stream_id(0, i);
         if (spec_.process->terminal) continue;  // setup_terminal() replaces them
         if (!prepare_out(init.out[i])) init.out[i].dead = true;
     }
     if (spec_.process->terminal) TRY_CTX(setup_terminal(), "terminal");
+    // --preserve-fds: ours at the same numbers, handed over by husk create.
+    std::vector<sys::Fd> extra;
+    for (int fd : preserved_fds(args_.preserve_fds)) extra.emplace_back(fd);
+    init_extra_fds_ = TRY(setup_extra_fds(init, std::move(extra)));
     TRY_CTX(launch_vm(), "start vm");
     return {};
 }
@@ -271,11 +276,11 @@ Result<void> Shim::loop() {
         }
 
         std::vector<pollfd> p;
-        enum Tag { kSig, kCon, kAgentL, kQmpL, kShimL, kChan, kStdin, kOut, kClient };
+        enum Tag { kSig, kCon, kAgentL, kQmpL, kShimL, kChan, kIn, kOut, kClient };
         struct T {
             Tag tag;
             uint64_t id;  // process index or client id
-            int fd;       // 1/2 for kOut
+            int fd;       // the stream's fd for kIn/kOut
         };
         std::vector<T> tags;
         auto add = [&](int fd, short ev, Tag t, uint64_t id = 0, int which = 0) {
@@ -290,9 +295,10 @@ Result<void> Shim::loop() {
         if (chan_) add(chan_.get(), short(POLLIN | (ses_.writable() ? POLLOUT : 0)), kChan);
         for (auto& [idx, pr] : ses_.procs) {
             bool reads = idx == 0 ? ses_.phase >= Phase::Created : pr.started;
-            if (reads && pr.stdin_open && pr.stdin_credit > 0 && pr.in_fd >= 0) add(pr.in_fd, POLLIN, kStdin, idx);
-            for (int i = 1; i <= 2; ++i)
-                if (!pr.out[i].data.empty() && !pr.out[i].dead) add(pr.out[i].fd, POLLOUT, kOut, idx, i);
+            for (auto& [fd, in] : pr.in)
+                if (reads && in.open && in.credit > 0 && in.fd >= 0) add(in.fd, POLLIN, kIn, idx, int(fd));
+            for (auto& [fd, o] : pr.out)
+                if (!o.data.empty() && !o.dead) add(o.fd, POLLOUT, kOut, idx, int(fd));
         }
         // A closing client is only written to; one whose replies pile up
         // is not read until it takes them.
@@ -380,11 +386,11 @@ Result<void> Shim::loop() {
                     }
                     if (boot_images_held_ && ses_.out.empty()) release_boot_images();
                     break;
-                case kStdin:
-                    if (auto it = ses_.procs.find(uint32_t(t.id)); it != ses_.procs.end()) read_stdin(it->second);
+                case kIn:
+                    if (auto it = ses_.procs.find(uint32_t(t.id)); it != ses_.procs.end()) read_in(it->second, uint32_t(t.fd));
                     break;
                 case kOut:
-                    if (auto it = ses_.procs.find(uint32_t(t.id)); it != ses_.procs.end()) write_out(it->second, t.fd);
+                    if (auto it = ses_.procs.find(uint32_t(t.id)); it != ses_.procs.end()) write_out(it->second, uint32_t(t.fd));
                     break;
                 case kClient:
                     if (clients_.count(t.id) && (p[i].revents & POLLOUT)) flush_client(t.id);

@@ -39,6 +39,7 @@
 #include "husk/log.h"
 #include "husk/network.h"
 #include "husk/paths.h"
+#include "husk/preserved_fds.h"
 #include "husk/sandbox.h"
 #include "husk/spec.h"
 #include "husk/state.h"
@@ -68,6 +69,7 @@ struct Args {
     std::string root, id, bundle, console_socket;
     int sync_fd = -1;
     bool wait_hooks = false;  // husk runs create hooks before we start the VM
+    int preserve_fds = 0;     // fds 3.. are the container's (--preserve-fds)
     std::string hypervisor = "qemu";  // husk create chose it (choose_hypervisor)
     log::Config log;
 };
@@ -129,12 +131,15 @@ private:
     Result<void> bind_shares(SharePlan& plan, std::vector<std::string>* made, std::vector<sys::Fd>* trees = nullptr);
     void on_member_line(uint64_t cid, const std::string& op, const json& req);
     void create_member(uint64_t cid, const std::string& id, const json& req);
-    Result<void> setup_stdio(uint64_t cid, Proc& p, bool tty);
+    Result<json> setup_stdio(uint64_t cid, Proc& p, bool tty, int preserve_fds);
+    Result<json> setup_extra_fds(Proc& p, std::vector<sys::Fd> fds);
+    uint32_t new_proc_index();
     void unmount_member(Member& m);
     Member* member_of_proc(uint32_t idx);
     std::map<std::string, Member>::iterator member_entry_of_proc(uint32_t idx);
     void set_member_status(const std::string& id, const char* st, std::optional<int> code = {}, std::optional<int> sig = {});
     void fit_memory(const std::string& why);
+    void fit_vcpus(const std::vector<std::pair<std::string, std::string>>& w);
     std::optional<uint64_t> memory_max_mib(const json& files);
     Result<void> loop();
     Result<void> on_channel_readable();
@@ -152,8 +157,8 @@ private:
     void drop_client(uint64_t cid);
     void send_line(uint64_t cid, const std::string& line, bool last);
     void flush_client(uint64_t cid);
-    void read_stdin(Proc& p);
-    void write_out(Proc& p, int i);
+    void read_in(Proc& p, uint32_t fd);
+    void write_out(Proc& p, uint32_t fd);
     void close_drained(Proc& p);
     void retire_execs();
     std::string boot_failure(const std::string& why);
@@ -177,7 +182,8 @@ private:
     bool boot_images_held_ = false;  // the guest booted; its VMM still holds the boot images
     shim::Session ses_{*this};  // the agent protocol: phase, requests, processes
     sys::Fd agent_listen_, qmp_listen_, shim_listen_, chan_, console_r_, console_w_, sig_fd_, console_log_;
-    unsigned vcpus_ = 1;
+    unsigned vcpus_ = 1, max_vcpus_ = 1;  // the guest's online vCPUs, and all the VM has
+    VcpuWants vcpu_wants_;               // what the container's CPU limits ask for (update changes them)
     bool guest_cpusets_ = true;
     uint32_t vsock_cid_ = 0;
     std::string hybrid_vsock_;  // the VMM's hybrid vsock socket, when that is the channel
@@ -200,6 +206,7 @@ private:
     bool handed_over_ = false;  // we are the VM's owner for a pod's members; the sandbox's container is gone
     uint64_t next_client_ = 1;
     uint32_t next_proc_ = 1;
+    json init_extra_fds_ = json::array();  // the init's preserved fds, as the agent is told
     sys::Fd tty_slave_;  // host side of the init's terminal (our controlling tty)
     bool paused_ = false;
     std::optional<Clock::time_point> kill_deadline_;  // SIGKILL sent: the guest has until then

@@ -3,21 +3,22 @@
 
 namespace husk::shimd {
 
-void Shim::read_stdin(Proc& p) {
+void Shim::read_in(Proc& p, uint32_t fd) {
+    auto& in = p.in[fd];
     char buf[proto::kMaxDataPayload];
-    size_t want = std::min<size_t>(sizeof buf, p.stdin_credit);
-    ssize_t r = ::read(p.in_fd, buf, want);
-    uint32_t s = proto::stream_id(p.idx, proto::Stdin);
+    size_t want = std::min<size_t>(sizeof buf, in.credit);
+    ssize_t r = ::read(in.fd, buf, want);
+    uint32_t s = proto::stream_id(p.idx, fd);
     if (r > 0) {
         ses_.send(proto::encode(proto::Type::Data, s, std::string_view(buf, size_t(r))));
-        p.stdin_credit -= uint32_t(r);
+        in.credit -= uint32_t(r);
     } else if (r == 0 || (errno != EINTR && errno != EAGAIN)) {  // EIO: the pty's master is gone
         ses_.send(proto::encode(proto::Type::Close, s, ""));
-        p.stdin_open = false;
+        in.open = false;
     }
 }
 
-void Shim::write_out(Proc& p, int i) {
+void Shim::write_out(Proc& p, uint32_t i) {
     auto& o = p.out[i];
     ssize_t w = o.sock ? ::send(o.fd, o.data.data(), o.data.size(), MSG_DONTWAIT | MSG_NOSIGNAL)
                 : o.nb ? ::write(o.nb.get(), o.data.data(), o.data.size())
@@ -40,10 +41,12 @@ void Shim::write_out(Proc& p, int i) {
 
 // Propagate EOF once a stream is drained.
 void Shim::close_drained(Proc& p) {
-    for (int i = 1; i <= 2; ++i) {
-        auto& o = p.out[i];
+    for (auto& [i, o] : p.out) {
         if (!o.eof || !o.data.empty() || o.fd < 0) continue;
         o.nb.reset();  // the reader sees EOF only once every write end is closed
+        // A two-way preserved socket stays open for its other direction:
+        // its peer sees EOF from the shutdown.
+        if (o.sock && p.in.count(i)) ::shutdown(o.fd, SHUT_WR);
         if (o.own) {
             o.own.reset();
         } else {

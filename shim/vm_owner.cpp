@@ -142,8 +142,9 @@ Result<void> Shim::setup_terminal() {
         if (::dup2(null.get(), fd) < 0) return fail_errno("stdio to /dev/null");
     Proc& init = ses_.procs[0];
     init.tty = true;
-    init.in_own = TRY(sys::dup(pty.slave.get()));
-    init.in_fd = init.in_own.get();
+    auto& in = init.in[proto::Stdin];
+    in.own = TRY(sys::dup(pty.slave.get()));
+    in.fd = in.own.get();
     init.out[1].own = TRY(sys::dup(pty.slave.get()));
     init.out[1].fd = init.out[1].own.get();
     init.out[1].chunk = 4096;
@@ -172,6 +173,7 @@ json Shim::create_params() {
     json p = agent_create_params(spec_, plan_, cgroup_);
     p["container"] = args_.id;
     p["process_index"] = 0;
+    if (!init_extra_fds_.empty()) p["process"]["extra_fds"] = init_extra_fds_;
     if (!nics_.empty()) p["network"] = interfaces_to_json(nics_);
     for (const char* stage : {"createContainer", "startContainer"})
         if (auto it = spec_.hooks.find(stage); it != spec_.hooks.end() && !it->second.empty())
@@ -189,7 +191,10 @@ Result<void> Shim::launch_vm() {
     host.accel = caps.kvm ? Accel::Kvm : Accel::Tcg;
     host.vsock = caps.vsock && !caps.hybrid_vsock;
     host.hybrid_vsock = caps.hybrid_vsock;
-    if (caps.stdin_window) ses_.stdin_window = ses_.procs[0].stdin_credit = caps.stdin_window;
+    if (caps.stdin_window) {
+        ses_.stdin_window = caps.stdin_window;
+        for (auto& [fd, in] : ses_.procs[0].in) in.credit = caps.stdin_window;
+    }
     ses_.channel_window = ses_.channel_credit = caps.channel_window;
     host.host_cpus = unsigned(sysconf(_SC_NPROCESSORS_ONLN));
     if (caps.max_vcpus) host.host_cpus = std::min(host.host_cpus, caps.max_vcpus);
@@ -197,6 +202,7 @@ Result<void> Shim::launch_vm() {
     host.initrd = find_guest_initrd();
     host.debug = args_.log.debug;
     if (caps.memory_hotplug) host.hotplug_mib = defaults::kHotplugMaxMiB;
+    host.cpu_hotplug = caps.cpu_hotplug;
     for (auto& f : {host.kernel, host.initrd})
         if (!sys::exists(f)) return fail("guest image " + f + " not found (build rootfs-builder or set HUSK_KERNEL/HUSK_INITRD)", ENOENT);
     auto can = share_support(caps, !find_virtiofsd().empty(), rootless());
@@ -216,6 +222,8 @@ Result<void> Shim::launch_vm() {
     SandboxPaths sp{paths_.shared, paths_.agent_sock, paths_.qmp_sock, paths_.vsock_sock, paths_.virtiofs_sock};
     VmConfig cfg = make_vm_config(spec_, host, sp, nics_, tap_names_);
     vcpus_ = cfg.vcpus;
+    max_vcpus_ = std::max(cfg.vcpus, cfg.max_vcpus);
+    vcpu_wants_ = vcpu_wants(spec_);
     vm_mib_ = cfg.memory_mib;
     hotplug_max_mib_ = cfg.hotplug_mib;
     guest_cpusets_ = caps.guest_cpusets;

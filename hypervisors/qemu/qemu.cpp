@@ -52,7 +52,12 @@ std::vector<std::string> translate(const VmConfig& cfg, const Options& opt) {
     bool hotplug = cfg.hotplug_mib && opt.machine.rfind("microvm", 0) != 0;  // virtio-mem is PCI only
     if (hotplug) add({"-m", std::to_string(cfg.memory_mib) + ",maxmem=" + std::to_string(cfg.memory_mib + cfg.hotplug_mib) + "M"});
     else add({"-m", std::to_string(cfg.memory_mib)});
-    add({"-smp", std::to_string(cfg.vcpus)});
+    // Every vCPU the VM may use, from the start (the guest brings up
+    // `vcpus` of them; the others wait offline for update). Not QEMU's
+    // vCPU hotplug: under TCG, 7.2 aborts when a vCPU is added after the
+    // code cache's regions are all taken (tcg/region.c:372), which one
+    // exec was enough for here; and microvm has no ACPI hotplug at all.
+    add({"-smp", std::to_string(std::max(cfg.vcpus, cfg.max_vcpus))});
     add({"-nodefaults", "-no-user-config", "-nographic", "-no-reboot"});
     std::string cmdline = cfg.cmdline + " console=ttyS0";
     if (cfg.channel.kind != ChannelKind::None)
@@ -117,6 +122,7 @@ Capabilities QemuHypervisor::capabilities() const {
     c.control_socket = true;
     c.nic_fd = true;  // -netdev tap,fd=N
     c.memory_hotplug = opt_.machine.rfind("microvm", 0) != 0;
+    c.cpu_hotplug = true;  // offline vCPUs, onlined by the agent
     c.virtio_fs = true;
     return c;
 }
@@ -160,7 +166,6 @@ public:
         return qmp_.execute("qom-set", args).map([](auto&&) {});
     }
     Result<void> resume() override { return qmp_.execute("cont").map([](auto&&) {}); }
-
 private:
     Qmp qmp_;
     std::vector<std::string> boot_files_;

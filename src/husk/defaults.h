@@ -19,6 +19,10 @@ inline constexpr uint64_t kVmmMemoryMiB = 256;
 inline constexpr uint64_t kHotplugMaxMiB = 2048;
 inline constexpr uint64_t kHotplugBlockMiB = 2;  // virtio-mem's block size on x86 (a THP)
 inline constexpr unsigned kMaxVcpus = 64;
+// A VM has up to this many vCPUs (no more than the host's CPUs) whatever
+// its limits, those it does not need offline, for update to online: each
+// costs the VMM a thread and the guest its per-CPU memory.
+inline constexpr unsigned kMaxStandbyVcpus = 8;
 // How long a VM may take from launch to the agent's HELLO. TCG boots take
 // ~5 s alone; many at once on two cores take several times that.
 inline constexpr int kBootTimeoutMs = 180000;

@@ -15,6 +15,7 @@
 
 #include "husk/console.h"
 #include "husk/lifecycle.h"
+#include "husk/preserved_fds.h"
 #include "husk/relay.h"
 #include "husk/sandbox.h"
 #include "husk/signals.h"
@@ -85,13 +86,15 @@ Result<int> exec_container(const Globals& g, const std::string& id, const ExecOp
     if (s == status::kStopped) return fail("cannot exec in a stopped container", EINVAL);
     if (s == status::kCreating) return fail("cannot exec in a container that is still being created", EINVAL);
     if (s == status::kPaused && !o.ignore_paused) return fail("cannot exec in a paused container (use --ignore-paused)", EBUSY);
-    if (o.preserve_fds > 0) return fail("--preserve-fds is not supported yet", ENOTSUP);
+    TRY(preserved_fd_flows(o.preserve_fds));  // the shim relays them
     SpecProcess proc = TRY(exec_process(st, o));
     if (!o.console_socket.empty() && !proc.terminal)
         return fail("--console-socket needs a terminal (--tty or process.terminal)", EINVAL);
     if (proc.terminal && o.detach && o.console_socket.empty())
         return fail("cannot allocate a terminal with --detach and no --console-socket", EINVAL);
     json req = {{"op", "exec"}, {"process", agent_process_params(proc)}};
+    if (o.preserve_fds) req["preserve_fds"] = o.preserve_fds;
+    std::vector<int> extra = preserved_fds(o.preserve_fds);
     auto paths = shim_route(g, st, req);
 
     if (!proc.terminal && !o.detach) {
@@ -100,7 +103,9 @@ Result<int> exec_container(const Globals& g, const std::string& id, const ExecOp
         sigprocmask(SIG_BLOCK, &set, &old);
         sys::Fd sfd(signalfd(-1, &set, SFD_NONBLOCK | SFD_CLOEXEC));
         if (!sfd) return fail_errno("signalfd");
-        auto sess = TRY(RelaySession::start(paths, req, {0, 1, 2}));
+        std::vector<int> fds = {0, 1, 2};
+        fds.insert(fds.end(), extra.begin(), extra.end());
+        auto sess = TRY(RelaySession::start(paths, req, fds));
         if (!o.pid_file.empty()) TRY(write_pid_file(o.pid_file, getpid()));
         int wst = sess.wait(sfd.get(), -1);
         sigprocmask(SIG_SETMASK, &old, nullptr);
@@ -126,7 +131,7 @@ Result<int> exec_container(const Globals& g, const std::string& id, const ExecOp
     if (child < 0) return fail_errno("fork");
     if (child == 0) {
         rd.reset();
-        relay_child(paths, req, proc.terminal, console, wr.release(), -1);
+        relay_child(paths, req, proc.terminal, console, wr.release(), -1, extra);
     }
     wr.reset();
     auto report = sys::read_to_eof(rd.get(), 1 << 16).value_or("");

@@ -73,6 +73,10 @@ struct VmConfig {
     // Memory the VM may be given while it runs (virtio-mem), up to this
     // much; 0: none. It starts with none of it plugged.
     uint64_t hotplug_mib = 0;
+    // vCPUs the VM has, of which `vcpus` are online from boot (the guest's
+    // maxcpus=): the agent onlines the rest when update asks for them.
+    // 0 (or vcpus): all of them are online.
+    unsigned max_vcpus = 0;
     Channel channel;
     int console_fd = -1;      // the VMM writes the guest serial console here
     // The read end of a pipe whose write end the VMM's owner holds: the
@@ -111,6 +115,9 @@ struct Capabilities {
     // Its guests can be given memory while they run (VmConfig::hotplug_mib,
     // Vm::set_hotplug_memory).
     bool memory_hotplug = false;
+    // Its VMs can have more vCPUs than their guests bring up at boot
+    // (VmConfig::max_vcpus), for update to online later.
+    bool cpu_hotplug = false;
     // It can wire a virtiofsd to its guest (Share::fs = VirtioFs): its
     // guest RAM can be shared memory, and it has a vhost-user-fs device.
     bool virtio_fs = false;

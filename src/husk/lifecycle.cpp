@@ -22,6 +22,7 @@
 #include "husk/hooks.h"
 #include "husk/hypervisor.h"
 #include "husk/pod.h"
+#include "husk/preserved_fds.h"
 #include "husk/sandbox.h"
 #include "hypervisors/virtiofsd.h"
 #include "husk/shim_client.h"
@@ -157,15 +158,19 @@ static Result<std::string> read_shim_reply(int fd) {
 static Result<pid_t> spawn_shim(const Globals& g, const std::string& id, const std::string& bundle,
                                 const CreateOptions& o, int sync_w, const std::vector<std::string>& cgroups,
                                 bool hooks, const std::string& hypervisor) {
+    // The preserved fds keep their numbers (3..); the sync socket comes after them.
+    int sync_fd = kFirstPreservedFd + o.preserve_fds;
     std::vector<std::string> argv = {find_shim_binary(), "--root", g.root, "--id", id, "--bundle", bundle,
-                                     "--sync-fd", "3", "--hypervisor", hypervisor};
+                                     "--sync-fd", std::to_string(sync_fd), "--hypervisor", hypervisor};
+    if (o.preserve_fds) argv.insert(argv.end(), {"--preserve-fds", std::to_string(o.preserve_fds)});
     if (hooks) argv.push_back("--wait-hooks");
     if (!o.console_socket.empty()) argv.insert(argv.end(), {"--console-socket", TRY(absolute(o.console_socket))});
     if (!g.log.path.empty()) argv.insert(argv.end(), {"--log", g.log.path});
     if (g.log.format == log::Format::Json) argv.insert(argv.end(), {"--log-format", "json"});
     if (g.log.debug) argv.push_back("--debug");
     sys::SpawnOptions so;
-    so.fds = {{sync_w, 3}};
+    so.fds = {{sync_w, sync_fd}};
+    for (int fd : preserved_fds(o.preserve_fds)) so.fds.push_back({fd, fd});
     so.cgroups = cgroups;  // the VMM inherits them from the shim
     return sys::spawn(argv, so);
 }
@@ -229,7 +234,7 @@ Result<pid_t> create_container(const Globals& g, const std::string& id, const Cr
     if (!spec.process) return fail("config.json: process: required to create a container", EINVAL);
     if (spec.process->terminal && o.console_socket.empty())
         return fail("config.json: process.terminal is true but no --console-socket was given", EINVAL);
-    if (o.preserve_fds > 0) return fail("--preserve-fds is not supported yet", ENOTSUP);
+    TRY(preserved_fd_flows(o.preserve_fds));  // the shim (or a pod member's relay) takes them
     TRY(guest_cgroup_files(spec.resources.is_object() ? spec.resources : nlohmann::json::object(), "linux.resources"));
     TRY_CTX(check_host_cpus(spec.cpuset_cpus), "config.json: linux.resources.cpu.cpus");
     TRY(check_share_annotation(spec));

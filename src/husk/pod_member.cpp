@@ -15,6 +15,7 @@
 #include "husk/console.h"
 #include "husk/hooks.h"
 #include "husk/lifecycle.h"
+#include "husk/preserved_fds.h"
 #include "husk/relay.h"
 #include "husk/sandbox.h"
 #include "husk/shim_client.h"
@@ -87,9 +88,11 @@ Result<pid_t> create_member(const Globals& g, const std::string& id, const std::
         }
         trees.push_back(std::move(*t));
     }
-    std::vector<int> tree_fds;
+    // After its stdio: the preserved fds, then one tree per share entry.
+    std::vector<int> tree_fds = preserved_fds(o.preserve_fds);
     for (auto& t : trees) tree_fds.push_back(t.get());
     json req = {{"op", "create"}, {"container", id}, {"bundle", bundle}, {"join", pod.join}, {"trees", trees.size()}};
+    if (o.preserve_fds) req["preserve_fds"] = o.preserve_fds;
     std::string console = o.console_socket.empty() ? "" : TRY(absolute(o.console_socket));
     std::string netns;
     for (const auto& n : spec.namespaces)

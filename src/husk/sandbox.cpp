@@ -100,23 +100,43 @@ Result<std::vector<unsigned>> parse_cpu_list(const std::string& list) {
     return out;
 }
 
+// CPUs of quota per period, rounded up (a period of 0 is the default's).
+static unsigned quota_cpus(uint64_t quota, uint64_t period) {
+    if (period == 0) period = 100000;
+    return unsigned(std::min<uint64_t>((quota + period - 1) / period, defaults::kMaxVcpus));
+}
+
+VcpuWants vcpu_wants(const Spec& spec) {
+    VcpuWants w;
+    if (spec.cpu_quota && *spec.cpu_quota > 0) w.quota = quota_cpus(uint64_t(*spec.cpu_quota), spec.cpu_period.value_or(100000));
+    if (auto cpus = parse_cpu_list(spec.cpuset_cpus); cpus && !cpus->empty()) w.cpuset = unsigned(cpus->size());
+    if (uint64_t q = pod_figure(spec, kPodCpuQuotaAnnotation)) w.pod = quota_cpus(q, pod_figure(spec, kPodCpuPeriodAnnotation));
+    return w;
+}
+
+unsigned VcpuWants::total(unsigned max) const {
+    return std::max(1u, std::min({std::max({quota, cpuset, pod}), std::max(1u, max), defaults::kMaxVcpus}));
+}
+
+void VcpuWants::update(const std::vector<std::pair<std::string, std::string>>& writes) {
+    for (const auto& [file, value] : writes) {
+        if (file == "cpu.max") {
+            // "QUOTA PERIOD" or "max PERIOD": no quota asks for nothing.
+            auto sp = value.find(' ');
+            auto q = decimal_figure(value.substr(0, sp));
+            auto p = sp == std::string::npos ? std::optional<uint64_t>(100000) : decimal_figure(value.substr(sp + 1));
+            quota = q && p ? std::max(1u, quota_cpus(*q, *p)) : 1;
+        } else if (file == "cpuset.cpus") {
+            auto cpus = parse_cpu_list(value);
+            cpuset = cpus && !cpus->empty() ? unsigned(cpus->size()) : 1;
+        }
+    }
+}
+
 unsigned vm_vcpus(const Spec& spec, unsigned host_cpus) {
     // Enough vCPUs for the quota and for every CPU of the cpuset: runc
     // lets a container with half a CPU of quota run on two CPUs.
-    unsigned n = 1;
-    if (spec.cpu_quota && *spec.cpu_quota > 0) {
-        uint64_t period = spec.cpu_period.value_or(100000);
-        if (period == 0) period = 100000;
-        n = unsigned((uint64_t(*spec.cpu_quota) + period - 1) / period);
-    }
-    if (auto cpus = parse_cpu_list(spec.cpuset_cpus); cpus && !cpus->empty()) n = std::max(n, unsigned(cpus->size()));
-    if (uint64_t q = pod_figure(spec, kPodCpuQuotaAnnotation)) {
-        uint64_t period = pod_figure(spec, kPodCpuPeriodAnnotation);
-        if (period == 0) period = 100000;
-        n = std::max(n, unsigned(std::min<uint64_t>((q + period - 1) / period, defaults::kMaxVcpus)));
-    }
-    n = std::min({n, std::max(1u, host_cpus), defaults::kMaxVcpus});
-    return std::max(1u, n);
+    return vcpu_wants(spec).total(host_cpus);
 }
 
 std::string guest_cpuset(const std::string& host_list, unsigned vcpus) {
@@ -141,6 +161,7 @@ VmConfig make_vm_config(const Spec& spec, const HostFacts& host, const SandboxPa
     c.initrd = host.initrd;
     c.accel = host.accel;
     c.vcpus = vm_vcpus(spec, host.host_cpus);
+    if (host.cpu_hotplug) c.max_vcpus = std::max(c.vcpus, std::min(host.host_cpus, defaults::kMaxStandbyVcpus));
     c.memory_mib = vm_memory_mib(spec);
     if (host.share_disk.empty()) {
         Share sh;
@@ -165,6 +186,7 @@ VmConfig make_vm_config(const Spec& spec, const HostFacts& host, const SandboxPa
     if (!nics.empty()) c.cmdline += " husk.net=1";  // the agent loads virtio_net
     if (!host.share_disk.empty()) c.cmdline += " husk.share=disk";
     else if (host.share_fs == ShareFs::VirtioFs) c.cmdline += " husk.share=virtiofs";
+    if (c.max_vcpus > c.vcpus) c.cmdline += " maxcpus=" + std::to_string(c.vcpus);  // the rest wait offline
     if (host.hotplug_mib) {
         // The agent loads virtio_mem; memory it is given is onlined at once
         // (movable: what is taken back later can be emptied). The device's

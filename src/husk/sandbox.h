@@ -53,6 +53,8 @@ struct HostFacts {
     std::string share_disk;
     // Memory the VM may be given later (Capabilities::memory_hotplug).
     uint64_t hotplug_mib = 0;
+    // vCPUs beyond those it needs, offline, for update (Capabilities::cpu_hotplug).
+    bool cpu_hotplug = false;
     // How the share reaches the guest (choose_share_fs), unless on a disk.
     ShareFs share_fs = ShareFs::NineP;
 };
@@ -125,6 +127,14 @@ std::string vm_size_reason(const Spec& spec);
 // vCPUs for the CPU quota, the cpuset and the pod's quota, whichever asks
 // for more.
 unsigned vm_vcpus(const Spec& spec, unsigned host_cpus);
+// What each of them asks for, kept by the shim as `update` changes them.
+struct VcpuWants {
+    unsigned quota = 1, cpuset = 1, pod = 1;
+    unsigned total(unsigned max) const;  // within 1..max
+    // An update's guest cgroup writes (cpu.max, cpuset.cpus in host ids).
+    void update(const std::vector<std::pair<std::string, std::string>>& writes);
+};
+VcpuWants vcpu_wants(const Spec& spec);
 
 // CPU lists ("0-3,6"), as cpuset.cpus and taskset write them: sorted ids.
 inline constexpr unsigned kMaxCpuId = 1024;  // CPU_SETSIZE

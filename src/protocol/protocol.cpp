@@ -18,6 +18,21 @@ const char* type_name(Type t) {
     return "?";
 }
 
+const char* flow_name(Flow f) {
+    switch (f) {
+        case Flow::In: return "in";
+        case Flow::Out: return "out";
+        case Flow::Both: return "both";
+    }
+    return "?";
+}
+
+std::optional<Flow> flow_of_name(std::string_view name) {
+    for (Flow f : {Flow::In, Flow::Out, Flow::Both})
+        if (name == flow_name(f)) return f;
+    return std::nullopt;
+}
+
 static void put_u32(std::string& s, uint32_t v) {
     for (int i = 0; i < 4; ++i) s.push_back(char((v >> (8 * i)) & 0xff));
 }

@@ -26,7 +26,7 @@
 
 namespace husk::proto {
 
-constexpr uint32_t kVersion = 1;
+constexpr uint32_t kVersion = 2;  // 2: stream ids carry 8 bits of fd (--preserve-fds)
 constexpr size_t kHeaderSize = 12;
 constexpr uint32_t kMaxPayload = 1u << 20;     // control frames (spec JSON fits)
 constexpr uint32_t kMaxDataPayload = 32u << 10; // one DATA frame
@@ -57,11 +57,28 @@ struct Frame {
     std::string payload;
 };
 
-// Stream ids: process index (0 = the container's init) and fd.
+// Stream ids: process index (0 = the container's init) and the fd of the
+// process it is (0-2, or a preserved fd from 3 up). A stream that goes both
+// ways (a preserved fd opened O_RDWR) has one id for both directions: who
+// sent a frame says which.
 enum StdFd : uint32_t { Stdin = 0, Stdout = 1, Stderr = 2 };
-constexpr uint32_t stream_id(uint32_t process, uint32_t fd) { return (process << 2) | fd; }
-constexpr uint32_t stream_process(uint32_t stream) { return stream >> 2; }
-constexpr uint32_t stream_fd(uint32_t stream) { return stream & 3; }
+constexpr uint32_t kStreamFdBits = 8;
+constexpr uint32_t kMaxStreamFd = (1u << kStreamFdBits) - 1;
+// Process indices wrap below this, so that no stream id is kChannelStream.
+constexpr uint32_t kMaxProcess = (kChannelStream >> kStreamFdBits) - 1;
+constexpr uint32_t stream_id(uint32_t process, uint32_t fd) { return (process << kStreamFdBits) | fd; }
+constexpr uint32_t stream_process(uint32_t stream) { return stream >> kStreamFdBits; }
+constexpr uint32_t stream_fd(uint32_t stream) { return stream & kMaxStreamFd; }
+
+// Which way a preserved fd's bytes go, as the process in the guest sees
+// it: it reads (the host fd was opened O_RDONLY), writes (O_WRONLY), or
+// both (O_RDWR; the process gets one end of a socketpair). The agent's
+// process parameters carry them as "extra_fds": [name, ...] for fds 3...
+enum class Flow { In, Out, Both };
+const char* flow_name(Flow f);
+std::optional<Flow> flow_of_name(std::string_view name);
+constexpr bool flows_in(Flow f) { return f != Flow::Out; }   // host -> guest
+constexpr bool flows_out(Flow f) { return f != Flow::In; }   // guest -> host
 
 // A frame's header, written to out[0..kHeaderSize).
 void put_header(char* out, Type t, uint32_t stream, uint32_t payload_size);

@@ -222,6 +222,37 @@ def test_a_cpuset_is_the_vms_vcpus_in_the_guest_and_pins_the_vmm_on_the_host(hus
         husk("delete", "--force", cid, check=True)
 
 
+@pytest.mark.skipif(DRIVER != "qemu", reason="vCPU hotplug is QEMU's (q35's ACPI): UML has one CPU, the API VMMs none here")
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="the host has one CPU: there is no second vCPU to give")
+def test_update_plugs_and_unplugs_the_vcpus_the_cpu_limits_ask_for(husk, bundle):
+    # No CPU limits: one vCPU. docker update --cpus 2 (a quota of two CPUs)
+    # gives the VM a second one, online when update returns, as runc's
+    # container would get the host's second CPU.
+    cid = new_id()
+    husk("run", "-d", "-b", bundle(["sleep", "1000"]), cid, check=True)
+    probe = ["sh", "-c", "nproc; cat /sys/devices/system/cpu/online"]
+    assert husk("exec", cid, *probe).stdout.decode().split() == ["1", "0"]
+    husk("update", "--cpu-quota", "200000", "--cpu-period", "100000", cid, check=True)
+    assert husk("exec", cid, *probe).stdout.decode().split() == ["2", "0-1"]
+    # Both vCPUs work for the container: two busy loops get more than one CPU's time.
+    r = husk("exec", cid, "sh", "-c",
+             "a=$(cut -d' ' -f1 /proc/uptime); (i=0; while [ $i -lt 40000 ]; do i=$((i+1)); done) & "
+             "(i=0; while [ $i -lt 40000 ]; do i=$((i+1)); done) & wait; "
+             "grep -E '^(cpu[01]) ' /proc/stat | wc -l", check=True)
+    assert r.stdout.decode().split() == ["2"], r.stdout
+    # A cpuset of both host CPUs names both vCPUs in the guest's group.
+    husk("update", "--cpuset-cpus", "0-1", cid, check=True)
+    assert husk("exec", cid, "cat", "/sys/fs/cgroup/cpuset.cpus").stdout == b"0-1\n"
+    # Back to half a CPU on one: the vCPU we plugged is taken away again.
+    husk("update", "--cpu-quota", "50000", "--cpuset-cpus", "0", cid, check=True)
+    deadline = time.time() + 30
+    while husk("exec", cid, *probe).stdout.decode().split() != ["1", "0"]:
+        assert time.time() < deadline, "the plugged vCPU never went away"
+        time.sleep(0.3)
+    assert husk("exec", cid, "cat", "/sys/fs/cgroup/cpuset.cpus").stdout == b"0\n"
+    husk("delete", "--force", cid, check=True)
+
+
 def test_without_cgroups_path_the_vm_runs_in_a_group_named_after_the_container(husk, bundle):
     # runc's default: <its own cgroup>/<id> in every hierarchy, gone with delete.
     cid = new_id()

@@ -41,11 +41,18 @@ struct Host : shim::SessionHost {
     }
 };
 
+// stdio, and for odd indices preserved fds as the shim sets them up: 3
+// both ways, 4 written by the guest, 5 read by it.
 void add_proc(shim::Session& s, uint32_t idx) {
     auto& p = s.procs[idx];
     p.idx = idx;
-    p.stdin_credit = s.stdin_window;
-    for (uint32_t i = 1; i <= 2; ++i) p.out[i].stream = proto::stream_id(idx, i);
+    p.in[0].credit = s.stdin_window;
+    std::vector<uint32_t> outs = {1, 2};
+    if (idx & 1) {
+        outs.insert(outs.end(), {3, 4});
+        p.in[3].credit = p.in[5].credit = s.stdin_window;
+    }
+    for (uint32_t i : outs) p.out[i].stream = proto::stream_id(idx, i);
 }
 
 }  // namespace
@@ -83,8 +90,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
                 break;
             case 6:
                 for (auto it = s.procs.begin(); it != s.procs.end();) {
-                    for (int f = 1; f <= 2; ++f) {
-                        auto& o = it->second.out[f];
+                    for (auto& [f, o] : it->second.out) {
                         if (!o.data.empty()) s.send(proto::encode_credit(o.stream, uint32_t(o.data.size())));
                         o.data.clear();
                     }
@@ -103,9 +109,12 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
                 break;
         }
         for (const auto& [idx, p] : s.procs) {
-            if (p.idx != idx || p.stdin_credit > s.stdin_window) __builtin_trap();
-            for (int f = 1; f <= 2; ++f)
-                if (p.out[f].data.size() > proto::kInitialCredit) __builtin_trap();
+            if (p.idx != idx) __builtin_trap();
+            for (const auto& [f, in] : p.in)
+                if (in.credit > s.stdin_window) __builtin_trap();
+            for (const auto& [f, o] : p.out)
+                if (o.data.size() > proto::kInitialCredit) __builtin_trap();
+            if (p.out.size() != ((idx & 1) ? 4u : 2u) || p.in.size() != ((idx & 1) ? 3u : 1u)) __builtin_trap();
         }
         if (s.in_flight() > requests + 1) __builtin_trap();  // + the create request
         s.out.clear();  // the channel took it

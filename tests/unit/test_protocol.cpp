@@ -59,9 +59,12 @@ TEST_CASE("header layout is little endian: length, type, reserved, stream", "[pr
 
 TEST_CASE("stream ids pack process and fd", "[protocol]") {
     CHECK(stream_id(0, Stdin) == 0);
-    CHECK(stream_id(3, Stderr) == 14);
-    CHECK(stream_process(14) == 3);
-    CHECK(stream_fd(14) == 2);
+    CHECK(stream_id(3, Stderr) == 770);
+    CHECK(stream_process(770) == 3);
+    CHECK(stream_fd(770) == 2);
+    CHECK(stream_fd(stream_id(7, kMaxStreamFd)) == 255);
+    CHECK(stream_process(stream_id(kMaxProcess, kMaxStreamFd)) == kMaxProcess);
+    CHECK(stream_id(kMaxProcess, kMaxStreamFd) != kChannelStream);
 }
 
 TEST_CASE("truncated frames wait for more bytes", "[protocol]") {

@@ -27,9 +27,17 @@ std::string response(const json& j) { return frame(proto::Type::Response, 0, j);
 
 Result<void> feed(shim::Session& s, const std::string& bytes) { return s.feed(bytes.data(), bytes.size()); }
 
+// A process's streams as the shim declares them: stdin, stdout, stderr.
+void stdio(shim::Proc& p) {
+    p.in[0];
+    p.out[1];
+    p.out[2];
+}
+
 // A session the agent said HELLO to and created the container in.
 void created(shim::Session& s) {
     s.procs[0].idx = 0;
+    stdio(s.procs[0]);
     REQUIRE(feed(s, frame(proto::Type::Hello, 0, {{"version", proto::kVersion}})));
     REQUIRE(s.out.find(R"("method":"create","params":{"bundle":"b"})") != std::string::npos);
     REQUIRE(feed(s, response({{"id", 1}, {"ok", true}})));
@@ -74,7 +82,7 @@ TEST_CASE("session: a guest that lies is refused with an error, never a crash", 
         {"an answer nobody asked for", response({{"id", 99}, {"ok", true}}), "response to unknown request 99"},
         {"a second hello", frame(proto::Type::Hello, 0, {{"version", proto::kVersion}}), "unexpected HELLO from agent"},
         {"output for a process never started", proto::encode(proto::Type::Data, proto::stream_id(5, 1), "x"),
-         "data on unknown stream 21"},
+         "data on unknown stream 1281"},
         {"output to the container's stdin", proto::encode(proto::Type::Data, proto::stream_id(0, 0), "x"),
          "data on unknown stream 0"},
         {"more output than granted", std::string(), "agent overran its credit on stream 1"},
@@ -84,6 +92,10 @@ TEST_CASE("session: a guest that lies is refused with an error, never a crash", 
          "malformed exit event"},
         {"a request to the shim", frame(proto::Type::Request, 0, {{"id", 1}}), "agent sent a request"},
         {"too much stdin credit", proto::encode_credit(proto::stream_id(0, 0), 1), "agent returned too much credit"},
+        {"output on an fd the process was not given", proto::encode(proto::Type::Data, proto::stream_id(0, 3), "x"),
+         "data on unknown stream 3"},
+        {"a close of an fd the process was not given", proto::encode(proto::Type::Close, proto::stream_id(0, 9), ""),
+         "close on unknown stream 9"},
     };
     for (const auto& c : cases) {
         INFO(c.what);
@@ -108,6 +120,39 @@ TEST_CASE("session: a guest that lies is refused with an error, never a crash", 
         // Errors are final: nothing more is taken from this guest.
         CHECK_FALSE(feed(s, response({{"id", 3}, {"ok", true}})));
     }
+}
+
+TEST_CASE("session: preserved fds are streams of their own, one way or both", "[session]") {
+    Host h;
+    shim::Session s(h);
+    created(s);
+    // fd 3 both ways (O_RDWR), fd 4 the guest writes, fd 5 the guest reads.
+    auto& p = s.procs[0];
+    p.in[3];
+    p.out[3];
+    p.out[4];
+    p.in[5];
+    s.request("start", {{"process", 0}}, 7);
+    REQUIRE(feed(s, response({{"id", 2}, {"ok", true}})));
+    REQUIRE(feed(s, proto::encode(proto::Type::Data, proto::stream_id(0, 3), "both")));
+    REQUIRE(feed(s, proto::encode(proto::Type::Data, proto::stream_id(0, 4), "out")));
+    CHECK(p.out[3].data == "both");
+    CHECK(p.out[4].data == "out");
+    // What the guest reads returns credit on the same id, and only up to the window.
+    p.in[3].credit -= 10;
+    REQUIRE(feed(s, proto::encode_credit(proto::stream_id(0, 3), 10)));
+    CHECK(p.in[3].credit == s.stdin_window);
+    // The guest closing a two-way fd ends its output, not what it reads.
+    REQUIRE(feed(s, proto::encode(proto::Type::Close, proto::stream_id(0, 3), "")));
+    CHECK(p.out[3].eof);
+    CHECK(p.in[3].open);
+    // ... while closing a one-way input means its reader is gone.
+    REQUIRE(feed(s, proto::encode(proto::Type::Close, proto::stream_id(0, 5), "")));
+    CHECK_FALSE(p.in[5].open);
+    CHECK_FALSE(p.drained());  // fd 4's output is not closed yet
+    auto r = feed(s, proto::encode(proto::Type::Data, proto::stream_id(0, 5), "x"));
+    REQUIRE_FALSE(r);
+    CHECK(r.error().message == "data on unknown stream 5");  // the guest never writes what it reads
 }
 
 TEST_CASE("session: a refused create reaches the shim; a forgotten client gets nothing", "[session]") {

@@ -148,6 +148,41 @@ TEST_CASE("a VM that can be given memory: virtio-mem, none of it plugged, on q35
     CHECK_THAT(make_vm_config(spec_from(kBundle), host, state_sandbox_paths()).cmdline, !Catch::Contains("husk.mem"));
 }
 
+TEST_CASE("a VM has vCPUs to spare, offline: the guest brings up what the limits ask for", "[translate]") {
+    HostFacts host;
+    host.host_cpus = 16, host.kernel = "/img/vmlinux", host.initrd = "/img/initramfs.img";
+    host.cpu_hotplug = true;
+    VmConfig cfg = make_vm_config(spec_from(kBundle), host, state_sandbox_paths());
+    REQUIRE(cfg.vcpus == 2);  // kBundle's 1.5 CPUs of quota
+    CHECK(cfg.max_vcpus == defaults::kMaxStandbyVcpus);  // 8 of the host's 16
+    CHECK_THAT(cfg.cmdline, Catch::EndsWith(" maxcpus=2") || Catch::Contains(" maxcpus=2 "));
+    for (const char* machine : {"q35", "microvm"}) {
+        qemu::Options opt;
+        opt.machine = machine;
+        auto argv = qemu::translate(jailed_config(cfg), opt);
+        CHECK(*std::next(std::find(argv.begin(), argv.end(), "-smp")) == "8");
+    }
+    host.host_cpus = 2;  // no more than the host has
+    CHECK(make_vm_config(spec_from(kBundle), host, state_sandbox_paths()).max_vcpus == 2);
+    CHECK_THAT(make_vm_config(spec_from(kBundle), host, state_sandbox_paths()).cmdline, !Catch::Contains("maxcpus"));
+    host.cpu_hotplug = false;
+    CHECK(make_vm_config(spec_from(kBundle), host, state_sandbox_paths()).max_vcpus == 0);
+}
+
+TEST_CASE("update's CPU limits ask for vCPUs as create's do", "[translate]") {
+    VcpuWants w = vcpu_wants(spec_from(kBundle));
+    CHECK(w.total(8) == 2);
+    w.update({{"cpu.max", "300000 100000"}});
+    CHECK(w.total(8) == 3);
+    CHECK(w.total(2) == 2);  // never more than the VM can have
+    w.update({{"cpu.max", "max 100000"}, {"cpuset.cpus", "0-3,6"}});
+    CHECK(w.total(8) == 5);  // no quota now; the cpuset asks for 5
+    w.update({{"cpuset.cpus", "1"}, {"cpu.max", "50000 100000"}});
+    CHECK(w.total(8) == 1);
+    w.update({{"memory.max", "100"}});  // not a CPU limit: nothing changes
+    CHECK(w.total(8) == 1);
+}
+
 TEST_CASE("a virtio-fs share: shared guest RAM, a vhost-user-fs device, virtiofsd jailed beside QEMU (golden)", "[translate]") {
     HostFacts host;
     host.host_cpus = 2, host.kernel = "/img/vmlinux", host.initrd = "/img/initramfs.img";
