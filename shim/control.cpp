@@ -250,6 +250,13 @@ Result<json> Shim::setup_extra_fds(Proc& p, std::vector<sys::Fd> fds) {
     return flows;
 }
 
+// A request's "preserve_fds" (0 when absent); nullopt when out of bounds.
+std::optional<int> preserve_fds_of(const json& req) {
+    int n = req.contains("preserve_fds") && req["preserve_fds"].is_number_integer() ? req["preserve_fds"].get<int>() : 0;
+    if (n < 0 || n > kMaxPreservedFds) return std::nullopt;
+    return n;
+}
+
 // A process index no live process has, wrapping below proto::kMaxProcess.
 uint32_t Shim::new_proc_index() {
     while (next_proc_ == 0 || next_proc_ > proto::kMaxProcess || ses_.procs.count(next_proc_))
@@ -264,15 +271,15 @@ void Shim::start_exec(uint64_t cid, const json& req) {
     if (!req.contains("process") || !req["process"].is_object()) return reply(cid, false, "exec: no process");
     std::string container = req.value("container", "");
     bool tty = req["process"].value("terminal", false);
-    int preserve = req.contains("preserve_fds") && req["preserve_fds"].is_number_integer() ? req["preserve_fds"].get<int>() : 0;
-    if (preserve < 0 || preserve > kMaxPreservedFds) return reply(cid, false, "malformed request");
+    auto preserve = preserve_fds_of(req);
+    if (!preserve) return reply(cid, false, "malformed request");
     uint32_t idx = new_proc_index();
     Proc& p = ses_.procs[idx];
     p.idx = idx;
     p.tty = tty;
     p.waiter = cid;
     p.container = container;
-    auto extra = setup_stdio(cid, p, tty, preserve);
+    auto extra = setup_stdio(cid, p, tty, *preserve);
     if (!extra) {
         ses_.procs.erase(idx);
         return reply(cid, false, "exec: " + extra.error().message);

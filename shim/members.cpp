@@ -159,8 +159,8 @@ void Shim::create_member(uint64_t cid, const std::string& id, const json& req) {
         if (t != args_.id && !members_.count(t)) return reply(cid, false, "container " + t + " is not in this sandbox");
     }
     std::string bundle = req["bundle"];
-    int preserve = req.contains("preserve_fds") && req["preserve_fds"].is_number_integer() ? req["preserve_fds"].get<int>() : 0;
-    if (preserve < 0 || preserve > kMaxPreservedFds) return reply(cid, false, "malformed request");
+    auto preserve = preserve_fds_of(req);
+    if (!preserve) return reply(cid, false, "malformed request");
     Member m;
     auto build = [&]() -> Result<json> {
         Spec spec = TRY(load_spec(bundle));
@@ -175,7 +175,7 @@ void Shim::create_member(uint64_t cid, const std::string& id, const json& req) {
         // The stdio first, its preserved fds, then one tree per share entry.
         std::vector<sys::Fd> trees;
         auto& fds = clients_[cid].fds;
-        size_t nstdio = (spec.process->terminal ? 1 : 3) + size_t(preserve);
+        size_t nstdio = (spec.process->terminal ? 1 : 3) + size_t(*preserve);
         if (fds.size() < nstdio) return fail("expected its stdio and preserved fds", EINVAL);
         for (size_t i = nstdio; i < fds.size(); ++i) trees.push_back(std::move(fds[i]));
         fds.resize(nstdio);
@@ -210,7 +210,7 @@ void Shim::create_member(uint64_t cid, const std::string& id, const json& req) {
     p.tty = (*params)["process"].value("terminal", false);
     p.waiter = cid;
     p.container = id;
-    auto extra = setup_stdio(cid, p, p.tty, preserve);
+    auto extra = setup_stdio(cid, p, p.tty, *preserve);
     if (!extra) {
         ses_.procs.erase(idx);
         unmount_member(m);

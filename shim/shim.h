@@ -75,6 +75,9 @@ struct Args {
 };
 
 Result<Args> parse_args(int argc, char** argv);
+// A shim.sock request's "preserve_fds" (exec, a pod member's create): 0
+// when absent, nullopt when out of bounds.
+std::optional<int> preserve_fds_of(const json& req);
 
 
 // A connection on shim.sock: one request and its reply, or an exec

@@ -222,7 +222,7 @@ Result<void> Shim::launch_vm() {
     SandboxPaths sp{paths_.shared, paths_.agent_sock, paths_.qmp_sock, paths_.vsock_sock, paths_.virtiofs_sock};
     VmConfig cfg = make_vm_config(spec_, host, sp, nics_, tap_names_);
     vcpus_ = cfg.vcpus;
-    max_vcpus_ = std::max(cfg.vcpus, cfg.max_vcpus);
+    max_vcpus_ = cfg.all_vcpus();
     vcpu_wants_ = vcpu_wants(spec_);
     vm_mib_ = cfg.memory_mib;
     hotplug_max_mib_ = cfg.hotplug_mib;

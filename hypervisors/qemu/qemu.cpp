@@ -57,7 +57,7 @@ std::vector<std::string> translate(const VmConfig& cfg, const Options& opt) {
     // vCPU hotplug: under TCG, 7.2 aborts when a vCPU is added after the
     // code cache's regions are all taken (tcg/region.c:372), which one
     // exec was enough for here; and microvm has no ACPI hotplug at all.
-    add({"-smp", std::to_string(std::max(cfg.vcpus, cfg.max_vcpus))});
+    add({"-smp", std::to_string(cfg.all_vcpus())});
     add({"-nodefaults", "-no-user-config", "-nographic", "-no-reboot"});
     std::string cmdline = cfg.cmdline + " console=ttyS0";
     if (cfg.channel.kind != ChannelKind::None)
@@ -166,6 +166,7 @@ public:
         return qmp_.execute("qom-set", args).map([](auto&&) {});
     }
     Result<void> resume() override { return qmp_.execute("cont").map([](auto&&) {}); }
+
 private:
     Qmp qmp_;
     std::vector<std::string> boot_files_;

@@ -3,6 +3,7 @@
 #pragma once
 #include <sys/types.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <map>
 #include <memory>
@@ -77,6 +78,7 @@ struct VmConfig {
     // maxcpus=): the agent onlines the rest when update asks for them.
     // 0 (or vcpus): all of them are online.
     unsigned max_vcpus = 0;
+    unsigned all_vcpus() const { return std::max(vcpus, max_vcpus); }
     Channel channel;
     int console_fd = -1;      // the VMM writes the guest serial console here
     // The read end of a pipe whose write end the VMM's owner holds: the
