@@ -27,17 +27,20 @@
 
 #include <nlohmann/json.hpp>
 
+#include "guest-agent/boot.h"
 #include "guest-agent/cgroup.h"
 #include "guest-agent/container.h"
 #include "guest-agent/procfs.h"
 #include "husk/hypervisor.h"
 #include "husk/network.h"
+#include "protocol/messages.h"
 #include "protocol/protocol.h"
 #include "sys/netlink.h"
 #include "sys/sys.h"
 
 using namespace husk;
 using nlohmann::json;
+using namespace husk::agent;
 
 namespace {
 
@@ -45,248 +48,6 @@ namespace {
 constexpr int kNicTimeoutMs = 60000;
 constexpr int kPipeSize = 1 << 20;  // a process's stdio pipes (the default is 64 KiB)
 
-bool g_debug = false;
-
-void say(const std::string& m) {
-    if (!g_debug) return;
-    std::string line = "husk-agent: " + m + "\n";
-    int fd = ::open("/dev/console", O_WRONLY | O_NOCTTY | O_CLOEXEC);
-    if (fd >= 0) {
-        (void)!::write(fd, line.data(), line.size());
-        ::close(fd);
-    }
-}
-
-[[noreturn]] void fatal(const std::string& m) {
-    std::string line = "husk-agent: fatal: " + m + "\n";
-    int fd = ::open("/dev/console", O_WRONLY | O_NOCTTY | O_CLOEXEC);
-    if (fd >= 0) (void)!::write(fd, line.data(), line.size());
-    if (getpid() == 1) reboot(RB_POWER_OFF);  // QEMU runs with -no-reboot
-    _exit(1);
-}
-
-std::string cmdline_param(const std::string& cmdline, const std::string& key) {
-    size_t pos = 0;
-    while (pos < cmdline.size()) {
-        size_t e = cmdline.find_first_of(" \n", pos);
-        if (e == std::string::npos) e = cmdline.size();
-        std::string w = cmdline.substr(pos, e - pos);
-        if (w.rfind(key + "=", 0) == 0) return w.substr(key.size() + 1);
-        pos = e + 1;
-    }
-    return "";
-}
-
-// Remove the initramfs contents (they are in RAM) except `keep`, never
-// crossing into other mounts.
-void free_initramfs(const std::string& dir, dev_t dev, const std::string& keep) {
-    DIR* d = ::opendir(dir.c_str());
-    if (!d) return;
-    std::vector<std::string> names;
-    while (auto* e = ::readdir(d)) {
-        std::string n = e->d_name;
-        if (n != "." && n != "..") names.push_back(n);
-    }
-    ::closedir(d);
-    for (auto& n : names) {
-        std::string p = dir == "/" ? "/" + n : dir + "/" + n;
-        if (p == keep) continue;
-        struct stat st;
-        if (::lstat(p.c_str(), &st) < 0 || st.st_dev != dev) continue;
-        if (S_ISDIR(st.st_mode)) {
-            free_initramfs(p, dev, keep);
-            ::rmdir(p.c_str());
-        } else {
-            ::unlink(p.c_str());
-        }
-    }
-}
-
-// The guest's network is the container's: its loopback is up, as the
-// network setup of runc's callers leaves it in a new netns.
-Result<void> loopback_up() {
-    sys::Fd s(::socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0));
-    if (!s) return fail_errno("socket");
-    struct ifreq ifr;
-    std::memset(&ifr, 0, sizeof ifr);
-    std::strncpy(ifr.ifr_name, "lo", IFNAMSIZ - 1);
-    if (::ioctl(s.get(), SIOCGIFFLAGS, &ifr) < 0) return fail_errno("lo: get flags");
-    ifr.ifr_flags = short(ifr.ifr_flags | IFF_UP);
-    if (::ioctl(s.get(), SIOCSIFFLAGS, &ifr) < 0) return fail_errno("lo: up");
-    return {};
-}
-
-// The first disk holds the share as ext4. Its node appears once the block
-// driver has probed (virtio_blk; UML's ubd is built in): wait briefly.
-Result<void> mount_share_disk() {
-    for (int i = 0; i < 500; ++i) {
-        for (const char* dev : {"/dev/vda", "/dev/ubda"})
-            if (sys::exists(dev)) return sys::mount(dev, agent::kShareMount, "ext4", MS_NOATIME, "");
-        ::usleep(10000);
-    }
-    return fail("the share's disk (/dev/vda) never appeared", ENODEV);
-}
-
-// The module names an order file lists, one a line (dependencies first).
-std::vector<std::string> order_names(const std::string& order) {
-    std::vector<std::string> out;
-    for (size_t pos = 0; pos < order.size();) {
-        size_t e = order.find('\n', pos);
-        if (e == std::string::npos) e = order.size();
-        if (e > pos) out.push_back(order.substr(pos, e - pos));
-        pos = e + 1;
-    }
-    return out;
-}
-
-Result<void> load_module(const std::string& path) {
-    auto fd = TRY(sys::open(path, O_RDONLY));
-    if (::syscall(SYS_finit_module, fd.get(), "", 0) < 0 && errno != EEXIST) return fail_errno("load module " + sys::basename(path));
-    return {};
-}
-
-// Where the modules loaded on demand (virtio_mem) are kept once the
-// initramfs is gone: the agent's own root, which no container sees.
-constexpr const char* kLateModules = "/lib/husk-modules";
-
-Result<void> early_init() {
-    ::mkdir("/dev", 0755);
-    ::mkdir("/proc", 0555);
-    ::mkdir("/sys", 0555);
-    TRY(sys::mount("devtmpfs", "/dev", "devtmpfs", MS_NOSUID, "mode=0755"));
-    TRY(sys::mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC));
-    TRY(sys::mount("sysfs", "/sys", "sysfs", MS_NOSUID | MS_NODEV | MS_NOEXEC));
-    auto cmdline = sys::read_file("/proc/cmdline").value_or("");
-    g_debug = cmdline_param(cmdline, "husk.debug") == "1";
-    if (cmdline_param(cmdline, "husk.probe") == "1") {
-        // The host is checking that guests boot under its accelerator.
-        int fd = ::open("/dev/console", O_WRONLY | O_NOCTTY | O_CLOEXEC);
-        std::string m = std::string("\n") + kProbeMarker + "\n";
-        if (fd >= 0) (void)!::write(fd, m.data(), m.size());
-        reboot(RB_POWER_OFF);
-    }
-    say("started");
-
-    // Modules, in the order rootfs-builder wrote (dependencies first). A
-    // UML guest runs its own kernel, with what it needs built in but IPv6:
-    // that module comes from the host's UML package, and a guest without
-    // it gets IPv4 only (the kernel may not be the one it was built for).
-    std::string order;
-    bool uml = cmdline_param(cmdline, "husk.vmm") == "uml";
-    if (uml && cmdline_param(cmdline, "husk.net") == "1") {
-        order = sys::read_file("/lib/modules/uml/order.net").value_or("");
-    } else if (!uml) {
-        order = sys::read_file("/lib/modules/order").value_or("");
-        // The share's filesystem: 9p unless the host says virtio-fs (or a disk).
-        std::string share = cmdline_param(cmdline, "husk.share");
-        if (share == "virtiofs") order += sys::read_file("/lib/modules/order.virtiofs").value_or("");
-        else if (share != "disk") order += sys::read_file("/lib/modules/order.9p").value_or("");
-        if (cmdline_param(cmdline, "husk.channel") == "vsock") order += sys::read_file("/lib/modules/order.vsock").value_or("");
-        if (cmdline_param(cmdline, "husk.net") == "1") order += sys::read_file("/lib/modules/order.net").value_or("");
-        if (cmdline_param(cmdline, "husk.share") == "disk") order += sys::read_file("/lib/modules/order.disk").value_or("");
-    }
-    for (const auto& name : order_names(order)) {
-        auto r = load_module("/lib/modules/" + name);
-        if (r) continue;
-        if (!uml) return r;
-        say(r.error().message + "; no IPv6 in this guest");
-        break;
-    }
-    say("modules loaded");
-
-    // pivot_root cannot leave the initramfs, so the guest's root becomes
-    // a tmpfs (as switch_root does) before any container is built.
-    struct stat rootst;
-    ::stat("/", &rootst);
-    TRY(sys::mkdir_p("/newroot", 0755));
-    TRY(sys::mount("tmpfs", "/newroot", "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755"));
-    for (auto d : {"dev", "proc", "sys", "run", "tmp"}) TRY(sys::mkdir_p(std::string("/newroot/") + d, 0755));
-    for (auto d : {"dev", "proc", "sys"}) TRY(sys::mount(std::string("/") + d, std::string("/newroot/") + d, "", MS_MOVE));
-    // virtio_mem, for a VM that may be given memory: loaded when it first
-    // is (Agent::do_memory), not at boot (~80 ms of TCG a boot).
-    if (!uml && cmdline_param(cmdline, "husk.mem") == "1") {
-        std::string late = sys::read_file("/lib/modules/order.mem").value_or("");
-        TRY(sys::mkdir_p(std::string("/newroot") + kLateModules, 0700));
-        TRY(sys::write_file(std::string("/newroot") + kLateModules + "/order", late));
-        for (const auto& name : order_names(late))
-            TRY(sys::write_file(std::string("/newroot") + kLateModules + "/" + name, TRY(sys::read_file("/lib/modules/" + name, 16 << 20))));
-    }
-    free_initramfs("/", rootst.st_dev, "/newroot");
-    TRY(sys::chdir("/newroot"));
-    TRY(sys::mount(".", "/", "", MS_MOVE));
-    TRY(sys::chroot("."));
-    TRY(sys::chdir("/"));
-
-    TRY(agent::init_cgroups());
-    TRY(sys::mkdir_p(agent::kShareMount, 0755));
-    // The share: a copy on the first disk (husk.share=disk: VMMs with no
-    // shared filesystem), virtio-fs (husk.share=virtiofs), UML's hostfs (its
-    // path in the VMM's jail is on the command line), or 9p.
-    if (cmdline_param(cmdline, "husk.share") == "disk")
-        TRY(mount_share_disk());
-    else if (cmdline_param(cmdline, "husk.share") == "virtiofs")
-        TRY(sys::mount("husk", agent::kShareMount, "virtiofs", 0, ""));
-    else if (std::string hostfs = cmdline_param(cmdline, "husk.hostfs"); !hostfs.empty())
-        TRY(sys::mount("none", agent::kShareMount, "hostfs", 0, hostfs.c_str()));
-    else
-        // cache=mmap: a shared writable mmap works (9p's default refuses
-        // it with EINVAL); reads and writes still go to the host each time.
-        TRY(sys::mount("husk", agent::kShareMount, "9p", 0,
-                       "trans=virtio,version=9p2000.L,msize=262144,access=client,posixacl,cache=mmap"));
-    say("share mounted");
-    TRY(loopback_up());
-    return {};
-}
-
-Result<sys::Fd> open_serial_channel() {
-    // The port's node appears once virtio_console has probed: wait briefly.
-    for (int attempt = 0; attempt < 1000; ++attempt) {
-        if (DIR* d = ::opendir("/sys/class/virtio-ports")) {
-            std::string found;
-            while (auto* e = ::readdir(d)) {
-                std::string n = e->d_name;
-                if (n[0] == '.') continue;
-                auto name = sys::read_file("/sys/class/virtio-ports/" + n + "/name").value_or("");
-                if (name.rfind(proto::kSerialPortName, 0) == 0) found = n;
-            }
-            ::closedir(d);
-            if (!found.empty()) {
-                auto fd = sys::open("/dev/" + found, O_RDWR | O_NONBLOCK);
-                if (fd) return fd;
-            }
-        }
-        std::this_thread::sleep_for(std::chrono::milliseconds(10));
-    }
-    return fail("virtio-serial port " + std::string(proto::kSerialPortName) + " not found", ENODEV);
-}
-
-// A UML console line (conN=fd:...) carries the channel: a tty, made
-// 8-bit clean before anything is sent on it.
-Result<sys::Fd> open_tty_channel(const std::string& name) {
-    if (name.size() < 4 || name.compare(0, 3, "tty") != 0 ||
-        !std::all_of(name.begin() + 3, name.end(), [](char c) { return c >= '0' && c <= '9'; }))
-        return fail("bad channel name " + name, EINVAL);
-    auto fd = TRY(sys::open("/dev/" + name, O_RDWR | O_NONBLOCK | O_NOCTTY));
-    struct termios t;
-    if (::tcgetattr(fd.get(), &t) < 0) return fail_errno("tcgetattr /dev/" + name);
-    ::cfmakeraw(&t);
-    if (::tcsetattr(fd.get(), TCSANOW, &t) < 0) return fail_errno("tcsetattr /dev/" + name);
-    (void)::tcflush(fd.get(), TCIOFLUSH);
-    return fd;
-}
-
-Result<sys::Fd> open_vsock_channel() {
-    sys::Fd s(::socket(AF_VSOCK, SOCK_STREAM | SOCK_CLOEXEC, 0));
-    if (!s) return fail_errno("vsock socket");
-    sockaddr_vm addr{};
-    addr.svm_family = AF_VSOCK;
-    addr.svm_cid = VMADDR_CID_ANY;
-    addr.svm_port = proto::kAgentVsockPort;
-    if (::bind(s.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr) < 0) return fail_errno("vsock bind");
-    if (::listen(s.get(), 1) < 0) return fail_errno("vsock listen");
-    auto c = TRY(sys::accept(s.get(), SOCK_NONBLOCK));
-    return c;
-}
 
 // What a process writes (stdout, stderr, a preserved fd it writes),
 // read from our end and sent within the shim's credit.
@@ -360,6 +121,7 @@ private:
     Result<json> do_stats(const json& params);
     Result<json> do_remove(const json& params);
     Result<json> do_freeze(const json& params);
+    Result<json> do_attach(const json& params);
     Result<json> do_memory(const json& params);
     Result<Container*> container_of(const json& params);
     Result<pid_t> running_init(const Container& c);
@@ -613,6 +375,12 @@ Result<json> Agent::do_remove(const json& params) {
 }
 
 // The VM is about to be given memory: its driver, once.
+// A template's guest becomes this container's VM (boot.h: attach).
+Result<json> Agent::do_attach(const json& params) {
+    TRY(attach(TRY(proto::attach_from_json(params))));
+    return json::object();
+}
+
 Result<json> Agent::do_memory(const json&) {
     auto order = sys::read_file(std::string(kLateModules) + "/order");
     if (!order) return fail("this guest was not booted to take memory (husk.mem)", ENOTSUP);
@@ -757,7 +525,9 @@ void Agent::on_request(const json& req) {
     json params = req.value("params", json::object());
     Result<json> r = fail("unknown method " + method, ENOSYS);
     try {
-        if (method == "create") r = do_create(params);
+        if (template_boot() && method != "attach") r = fail("this guest waits to be attached (a template)", EPROTO);
+        else if (method == "attach") r = do_attach(params);
+        else if (method == "create") r = do_create(params);
         else if (method == "start") r = do_start(params);
         else if (method == "kill") r = do_kill(params);
         else if (method == "exec") r = do_exec(params);
@@ -783,18 +553,6 @@ void Agent::on_request(const json& req) {
 // ("vcpus") has them onlined or offlined first, by a child (a CPU takes
 // ~0.3 s to come up under TCG: the loop must not wait), and is answered
 // once that child is done; its cgroup writes may name the new vCPUs.
-// Each cpuN of sysfs but the boot CPU (which has no online file), in order.
-std::vector<std::pair<unsigned, std::string>> cpu_online_files() {
-    std::vector<std::pair<unsigned, std::string>> out;
-    for (const auto& e : sys::list_dir("/sys/devices/system/cpu").value_or(std::vector<std::string>{}))
-        if (e.size() > 3 && e.rfind("cpu", 0) == 0 && std::all_of(e.begin() + 3, e.end(), ::isdigit)) {
-            std::string f = "/sys/devices/system/cpu/" + e + "/online";
-            if (sys::exists(f)) out.emplace_back(unsigned(std::stoul(e.substr(3))), f);
-        }
-    std::sort(out.begin(), out.end());
-    return out;
-}
-
 // In the child: CPUs 0..n-1 online, the rest offline.
 [[noreturn]] void set_online_cpus(unsigned n) {
     int bad = 0;
@@ -935,7 +693,9 @@ Result<void> Agent::run() {
     sys::Fd sfd(signalfd(-1, &mask, SFD_NONBLOCK | SFD_CLOEXEC));
     if (!sfd) return fail_errno("signalfd");
 
-    send(proto::encode(proto::Type::Hello, 0, json{{"version", proto::kVersion}}.dump()));
+    json hello = {{"version", proto::kVersion}};
+    if (template_boot()) hello["template"] = true;  // attach first (boot.h)
+    send(proto::encode(proto::Type::Hello, 0, hello.dump()));
     for (;;) {
         std::vector<pollfd> pf;
         enum Tag { kChan, kSig, kOut, kIn };

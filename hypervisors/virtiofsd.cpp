@@ -1,6 +1,7 @@
 #include "hypervisors/virtiofsd.h"
 
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <linux/capability.h>
 #include <signal.h>
 #include <sys/resource.h>

@@ -41,6 +41,26 @@ void Session::answer_pending(const std::string& method, const json& r) {
     }
 }
 
+void Session::attach(const proto::Attach& a) {
+    attach_req_ = request("attach", proto::to_json(a));
+    phase = Phase::Attaching;
+}
+
+void Session::attach_restored(const proto::Attach& a) {
+    send(proto::encode(proto::Type::Hello, 0, json{{"version", proto::kVersion}}.dump()));
+    attach(a);
+}
+
+void Session::restart_boot() {
+    dec_ = proto::Decoder();
+    failed_.reset();
+    pending_.clear();
+    out.clear();
+    create_req_ = attach_req_ = 0;
+    channel_credit = channel_window;
+    phase = Phase::Booting;
+}
+
 void Session::forget_client(uint64_t client) {
     for (auto& [id, pd] : pending_)
         if (pd.client == client) pd.client = 0;
@@ -71,7 +91,13 @@ Result<void> Session::on_frame(const proto::Frame& f) {
                 return fail("unexpected HELLO from agent", EPROTO);
             if (h["version"].get<uint32_t>() != proto::kVersion)
                 return fail("agent speaks protocol " + h["version"].dump() + ", shim speaks " + std::to_string(proto::kVersion), EPROTO);
+            if (h.contains("template") && !h["template"].is_boolean()) return fail("malformed HELLO from agent", EPROTO);
             send(proto::encode(Type::Hello, 0, json{{"version", proto::kVersion}}.dump()));
+            if (h.value("template", false)) {
+                log::debug("agent said hello (a template)");
+                attach(TRY(host_.template_hello()));
+                return {};
+            }
             host_.booted();
             create_req_ = request("create", host_.create_params());
             phase = Phase::Creating;
@@ -150,6 +176,15 @@ Result<void> Session::on_response(const json& r) {
     if (r.contains("ok") && !r["ok"].is_boolean()) return fail("malformed response from agent", EPROTO);
     bool ok = r.contains("ok") && r["ok"].get<bool>();
     std::string err = r.contains("error") && r["error"].is_string() ? r["error"].get<std::string>() : "agent error";
+    if (id == attach_req_) {
+        if (phase != Phase::Attaching) return fail("unexpected answer to attach", EPROTO);
+        if (!ok) return fail("attach the template's guest: " + err, EIO);
+        log::debug("agent attached");
+        host_.booted();
+        create_req_ = request("create", host_.create_params());
+        phase = Phase::Creating;
+        return {};
+    }
     if (id == create_req_) {
         if (!ok) {
             host_.created(false, "create container in guest: " + err);

@@ -16,6 +16,7 @@
 #include <nlohmann/json.hpp>
 
 #include "husk/result.h"
+#include "protocol/messages.h"
 #include "protocol/protocol.h"
 #include "sys/sys.h"
 
@@ -91,14 +92,20 @@ struct Pending {
     uint32_t proc = 0;
 };
 
-enum class Phase { Booting, Creating, Created, Running, Exiting };
+// Attaching: a template's guest (its maker's, or a restored clone's) is
+// told it is this container's (proto::Attach) before create.
+enum class Phase { Booting, Attaching, Creating, Created, Running, Exiting };
 
 // What the session needs from the shim around it.
 class SessionHost {
 public:
     virtual ~SessionHost() = default;
-    // HELLO arrived: the guest is up.
+    // HELLO arrived: the guest is up (a template's: once attached).
     virtual void booted() {}
+    // A template's HELLO arrived (the guest booted as one; a guest that
+    // was not asked to is refused): save it if we make the template, plug
+    // in what it could not hold, and say what to attach it with.
+    virtual Result<proto::Attach> template_hello() { return fail("the agent booted as a template unasked", EPROTO); }
     // Then: the create request's parameters.
     virtual nlohmann::json create_params() = 0;
     // The create request's answer (the session is Created when `ok`).
@@ -130,6 +137,11 @@ public:
     void answer_pending(const std::string& method, const nlohmann::json& r);
     // The client is gone: answers to its requests go nowhere.
     void forget_client(uint64_t client);
+    // A restored template's agent is past its HELLO: greet it and attach.
+    void attach_restored(const proto::Attach& a);
+    // A guest that failed before it was attached is replaced by a new boot
+    // (a template that did not restore): forget everything of its channel.
+    void restart_boot();
 
     Phase phase = Phase::Booting;
     std::map<uint32_t, Proc> procs;
@@ -153,7 +165,8 @@ private:
     proto::Decoder dec_;
     std::optional<Error> failed_;
     uint64_t next_req_ = 1;
-    uint64_t create_req_ = 0;
+    uint64_t create_req_ = 0, attach_req_ = 0;
+    void attach(const proto::Attach& a);
     std::map<uint64_t, Pending> pending_;
 };
 

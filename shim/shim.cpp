@@ -255,6 +255,7 @@ void Shim::finish(int code, int sig) {
 
 Result<void> Shim::loop() {
     for (;;) {
+        relaunched_ = false;
         retire_execs();
         // Done: the container exited, what it wrote has been delivered, and
         // every exec has reported (or had its chance to).
@@ -269,6 +270,7 @@ Result<void> Shim::loop() {
         }
         if (handed_over_ && !live_members()) finish(0, 0);  // the pod's last container is gone: so is its VM
         if (vm_died_) {
+            if (ses_.phase < Phase::Created && restore_failed("the VMM exited")) continue;
             if (ses_.phase < Phase::Created) boot_failed("");
             if (handed_over_) log::debug("the pod's VM is gone");  // its sandbox was deleted
             else log::error(boot_failure("vm exited unexpectedly"));
@@ -306,8 +308,9 @@ Result<void> Shim::loop() {
             add(c.fd.get(), short((c.closing || !c.out.empty() ? 0 : POLLIN) | (c.out.empty() ? 0 : POLLOUT)), kClient, cid);
 
         int timeout = -1;
-        if (ses_.phase == Phase::Booting) {
+        if (ses_.phase <= Phase::Attaching) {
             auto left = ms_until(boot_deadline_);
+            if (left <= 0 && restore_failed("its agent did not answer")) continue;
             if (left <= 0)
                 abort_create(Error{ETIMEDOUT, boot_failure("the agent did not answer within " +
                                                            std::to_string(boot_timeout_ms_ / 1000.0).substr(0, 5) + "s")});
@@ -338,7 +341,7 @@ Result<void> Shim::loop() {
         reap_vm();
         if (n <= 0) continue;
 
-        for (size_t i = 0; i < p.size(); ++i) {
+        for (size_t i = 0; i < p.size() && !relaunched_; ++i) {
             if (!p[i].revents) continue;
             auto t = tags[i];
             switch (t.tag) {
@@ -348,14 +351,21 @@ Result<void> Shim::loop() {
                     chan_ = TRY(sys::accept(agent_listen_.get(), SOCK_NONBLOCK));
                     agent_listen_.reset();
                     ::unlink(paths_.agent_sock.c_str());
+                    attach_restored();
                     break;
                 case kQmpL: {
                     auto c = TRY(sys::accept(qmp_listen_.get()));
                     qmp_listen_.reset();
                     ::unlink(paths_.qmp_sock.c_str());
                     // A VMM that dies while it starts (a refused option) says why in its log.
-                    if (vm_)
-                        if (auto r = vm_->attach_control(c.release()); !r) boot_failed("qmp: " + r.error().message);
+                    if (vm_) {
+                        if (auto r = vm_->attach_control(c.release()); !r) {
+                            if (!restore_failed("qmp: " + r.error().message)) boot_failed("qmp: " + r.error().message);
+                            break;
+                        }
+                        qmp_attached_ = true;
+                        attach_restored();
+                    }
                     break;
                 }
                 case kShimL: {
@@ -367,6 +377,7 @@ Result<void> Shim::loop() {
                     if (p[i].revents & (POLLIN | POLLHUP | POLLERR)) {
                         auto r = on_channel_readable();
                         if (!r) {
+                            if (ses_.phase < Phase::Created && restore_failed(r.error().message)) break;
                             if (ses_.phase < Phase::Created) boot_failed(r.error().message);
                             if (ses_.phase == Phase::Exiting) {
                                 chan_.reset();

@@ -13,6 +13,7 @@
 #include <signal.h>
 #include <sys/ioctl.h>
 #include <sys/mount.h>
+#include <sys/random.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -43,6 +44,7 @@
 #include "husk/sandbox.h"
 #include "husk/spec.h"
 #include "husk/state.h"
+#include "husk/vm_template.h"
 #include "protocol/protocol.h"
 #include "shim/session.h"
 #include "husk/disk_image.h"
@@ -123,6 +125,12 @@ private:
     [[noreturn]] void creator_gone();
     Result<void> setup_terminal();
     Result<void> launch_vm();
+    SandboxPaths sandbox_paths() const;
+    Result<void> start_vmm(bool templates);
+    Result<proto::Attach> attach_template();
+    Result<proto::Attach> template_hello() override;
+    void attach_restored();
+    bool restore_failed(const std::string& why);
     // SessionHost: what the agent session asks of us.
     void booted() override;
     void release_boot_images();
@@ -182,6 +190,17 @@ private:
     State state_;
     std::unique_ptr<Hypervisor> hv_;
     std::unique_ptr<Vm> vm_;
+    HostFacts host_;  // what the VM is made from (launch_vm), for each start_vmm
+    // VM templates (husk/vm_template.h): the shape of ours ("" when the VM
+    // is not template-shaped), where it is kept, and its name; why the VM
+    // has none (when it has none).
+    std::string template_shape_, template_dir_, template_key_, template_why_;
+    bool making_template_ = false;  // booting to save the template at its HELLO
+    bool restoring_ = false;        // the VMM restores the template
+    bool attached_ = false;         // the restored guest was sent its attach
+    bool qmp_attached_ = false;
+    bool relaunched_ = false;       // the loop's fds are stale: a new VMM replaced the last
+    Clock::time_point launched_at_;
     bool boot_images_held_ = false;  // the guest booted; its VMM still holds the boot images
     shim::Session ses_{*this};  // the agent protocol: phase, requests, processes
     sys::Fd agent_listen_, qmp_listen_, shim_listen_, chan_, console_r_, console_w_, sig_fd_, console_log_;

@@ -155,7 +155,13 @@ Result<void> Shim::setup_terminal() {
 
 // Not here but once the create request is written (the loop): the page-out
 // costs ~15 ms of syscalls, which the agent's building the container hides.
-void Shim::booted() { boot_images_held_ = true; }
+// (A restored template is past restoring: what fails from now on is the
+// container's, not the template's.)
+void Shim::booted() {
+    boot_images_held_ = true;
+    restoring_ = false;
+    taps_.clear();
+}
 
 void Shim::release_boot_images() {
     boot_images_held_ = false;
@@ -187,7 +193,7 @@ json Shim::create_params() {
 
 Result<void> Shim::launch_vm() {
     auto caps = hv_->capabilities();
-    HostFacts host;
+    HostFacts& host = host_;
     host.accel = caps.kvm ? Accel::Kvm : Accel::Tcg;
     host.vsock = caps.vsock && !caps.hybrid_vsock;
     host.hybrid_vsock = caps.hybrid_vsock;
@@ -206,21 +212,31 @@ Result<void> Shim::launch_vm() {
     for (auto& f : {host.kernel, host.initrd})
         if (!sys::exists(f)) return fail("guest image " + f + " not found (build rootfs-builder or set HUSK_KERNEL/HUSK_INITRD)", ENOENT);
     auto can = share_support(caps, !find_virtiofsd().empty(), rootless());
+    auto config = TRY(load_config());
     if (TRY(rootfs_on_disk(spec_, hv_->name(), can.any()))) {
         share_disk_ = true;
         host.share_disk = paths_.dir + "/share.img";
         TRY_CTX(make_share_image(paths_.shared, host.share_disk), "rootfs disk");
     } else if (caps.shares) {
-        auto config = TRY(load_config());
         auto choice = TRY(choose_share_fs(spec_, config.share, can));
         host.share_fs = choice.fs;
         share_why_ = choice.why;
     }
+    // A template (vm_template.h) holds no container's devices: a VM whose
+    // container needs one it cannot add later (a NIC, a disk, vsock) boots
+    // on its own. Then VMs of one shape share a template.
+    auto use = TRY(templates::choose(spec_.annotations, config.templates));
+    template_why_ = !use.on                                ? use.why
+                    : !caps.templates                      ? "the driver has none"
+                    : !host.share_disk.empty()             ? "the rootfs is on a disk"
+                    : nics_.size() > caps.template_nics    ? "the container has more NICs than a template can be given"
+                    : host.vsock || host.hybrid_vsock      ? "the channel is vsock"
+                    : !caps.shares                         ? "nothing is shared"
+                                                           : "";
     // Every socket of the VMM's is in vmm/, its jail's working directory
     // (the VMM sees them by name: sun_path's 108 bytes whatever --root is).
     if (::mkdir(paths_.vmm_dir.c_str(), 0700) < 0 && errno != EEXIST) return fail_errno("mkdir " + paths_.vmm_dir);
-    SandboxPaths sp{paths_.shared, paths_.agent_sock, paths_.qmp_sock, paths_.vsock_sock, paths_.virtiofs_sock};
-    VmConfig cfg = make_vm_config(spec_, host, sp, nics_, tap_names_);
+    VmConfig cfg = make_vm_config(spec_, host, sandbox_paths(), nics_, tap_names_);
     vcpus_ = cfg.vcpus;
     max_vcpus_ = cfg.all_vcpus();
     vcpu_wants_ = vcpu_wants(spec_);
@@ -234,6 +250,52 @@ Result<void> Shim::launch_vm() {
         cpu_set_t set = TRY(cpu_set_of(spec_.cpuset_cpus));
         if (::sched_setaffinity(0, sizeof set, &set) < 0)
             return fail_errno("linux.resources.cpu.cpus \"" + spec_.cpuset_cpus + "\": cannot run on those host CPUs");
+    }
+    int timeout_ms = defaults::kBootTimeoutMs;
+    if (auto it = spec_.annotations.find(defaults::kAnnotationBootTimeout); it != spec_.annotations.end()) {
+        try {
+            timeout_ms = int(std::stod(it->second) * 1000);
+        } catch (...) {
+            return fail("annotation " + it->first + ": expected seconds, got \"" + it->second + "\"", EINVAL);
+        }
+    }
+    boot_timeout_ms_ = timeout_ms;
+    TRY(start_vmm(template_why_.empty()));
+    shim_listen_ = TRY(sys::unix_listen(paths_.shim_sock, 64));
+    return {};
+}
+
+SandboxPaths Shim::sandbox_paths() const {
+    return SandboxPaths{paths_.shared, paths_.agent_sock, paths_.qmp_sock, paths_.vsock_sock, paths_.virtiofs_sock};
+}
+
+// The VMM, booting (as a template, to make one, when `templates` and
+// none is saved) or restoring this shape's template.
+Result<void> Shim::start_vmm(bool templates) {
+    auto caps = hv_->capabilities();
+    HostFacts host = host_;
+    host.template_shape = templates;
+    VmConfig cfg = make_vm_config(spec_, host, sandbox_paths(), nics_, tap_names_);
+    sys::Fd saved;
+    if (templates) {
+        template_shape_ = hv_->template_shape(cfg);
+        if (template_shape_.empty()) {
+            template_why_ = "the driver cannot make one of this VM";
+            host.template_shape = false;
+            cfg = make_vm_config(spec_, host, sandbox_paths(), nics_, tap_names_);
+        } else {
+            template_dir_ = templates::dir();
+            template_key_ = templates::key_of(template_shape_);
+            auto found = templates::open_saved(template_dir_, template_shape_);
+            if (!found) log::warn("template " + template_key_ + ": " + found.error().message + "; booting to make it again");
+            if (found && *found) {
+                saved = std::move(**found);
+                cfg.incoming_fd = saved.get();
+                restoring_ = true;
+            } else {
+                making_template_ = true;
+            }
+        }
     }
     bool vhost = ::access("/dev/vhost-net", R_OK | W_OK) == 0;
     for (size_t i = 0; i < taps_.size(); ++i) {
@@ -271,25 +333,117 @@ Result<void> Shim::launch_vm() {
     if (!share_why_.empty())
         log::debug(std::string("share: ") + (host.share_fs == ShareFs::VirtioFs ? "virtio-fs" : hv_->name() == "uml" ? "hostfs" : "9p") +
                    " (" + share_why_ + ")");
+    if (restoring_) log::debug("template: restoring " + template_key_ + " (" + template_dir_ + ")");
+    else if (making_template_) log::debug("template: none of this shape yet: booting to save " + template_key_);
+    else log::debug("template: none (" + template_why_ + ")");
     vm_ = TRY(hv_->launch(cfg, paths_.dir, paths_.vmm_log));
+    launched_at_ = Clock::now();
     console_w_.reset();
-    taps_.clear();  // the VMM's now: a tap lives as long as the VMM does
+    // The VMM's now: a tap lives as long as the VMM does. (A template's
+    // VMM has them from its attach: until then, ours, for a VM booted
+    // instead of a template that did not restore.)
+    if (!templates) taps_.clear();
     state_.vmm_pid = vm_->pid();
     state_.vmm_start = sys::proc_start_time(vm_->pid()).value_or(0);
     TRY(write_state(paths_, state_));
-
-    int timeout_ms = defaults::kBootTimeoutMs;
-    if (auto it = spec_.annotations.find(defaults::kAnnotationBootTimeout); it != spec_.annotations.end()) {
-        try {
-            timeout_ms = int(std::stod(it->second) * 1000);
-        } catch (...) {
-            return fail("annotation " + it->first + ": expected seconds, got \"" + it->second + "\"", EINVAL);
-        }
-    }
-    boot_timeout_ms_ = timeout_ms;
+    // A restore that has not reached its agent by then is given up on
+    // (and the container's VM booted instead) long before a boot would be.
+    int timeout_ms = restoring_ ? std::min(boot_timeout_ms_, defaults::kTemplateRestoreTimeoutMs) : boot_timeout_ms_;
     boot_deadline_ = Clock::now() + std::chrono::milliseconds(timeout_ms);
-    shim_listen_ = TRY(sys::unix_listen(paths_.shim_sock, 64));
     return {};
+}
+
+// What the template's guest needs to be this container's VM: the share
+// (virtio-fs, which a template cannot hold, plugged in now), and the
+// attach request's parameters.
+Result<proto::Attach> Shim::attach_template() {
+    if (host_.share_fs == ShareFs::VirtioFs) TRY_CTX(vm_->add_share(0), "add the virtio-fs share");
+    for (size_t i = 0; i < nics_.size(); ++i) TRY_CTX(vm_->add_nic(i), "add NIC " + std::to_string(i));
+    proto::Attach a;
+    a.share = host_.share_fs == ShareFs::VirtioFs ? "virtiofs" : "9p";
+    a.debug = args_.log.debug;
+    a.entropy.resize(64);
+    if (::getrandom(a.entropy.data(), a.entropy.size(), 0) != ssize_t(a.entropy.size())) return fail_errno("getrandom");
+    timespec ts{};
+    ::clock_gettime(CLOCK_REALTIME, &ts);
+    a.realtime_ns = uint64_t(ts.tv_sec) * 1000000000ull + uint64_t(ts.tv_nsec);
+    a.vcpus = vcpus_;
+    return a;
+}
+
+// The template's guest said HELLO: we booted it to make the template, so
+// save it now, before anything of the container's is in it.
+Result<proto::Attach> Shim::template_hello() {
+    if (!making_template_ && !(restoring_ && !template_shape_.empty()))
+        return fail("the agent booted as a template unasked", EPROTO);
+    if (restoring_) return fail("a restored template said HELLO again", EPROTO);
+    making_template_ = false;
+    auto t0 = Clock::now();
+    auto saved = [&]() -> Result<bool> {
+        auto fd = TRY(templates::begin_save(template_dir_));
+        TRY(vm_->save_template(fd.get()));
+        return templates::publish(template_dir_, template_shape_, fd.get(), defaults::kTemplateCacheMiB << 20);
+    }();
+    auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - t0).count();
+    if (!saved) {
+        // The container does not need the template: it boots on, unless
+        // its VM was left stopped.
+        log::warn("template " + template_key_ + " not saved: " + saved.error().message);
+        TRY_CTX(vm_->resume(), "resume the vm after a failed save");
+    } else {
+        log::debug("template: " + template_key_ + (*saved ? " saved" : " saved by another container first") + " in " +
+                   std::to_string(ms) + " ms");
+    }
+    return attach_template();
+}
+
+// A restored template's channel and control socket are both up: plug in
+// the share and attach the guest.
+void Shim::attach_restored() {
+    if (!restoring_ || attached_ || !chan_ || !qmp_attached_) return;
+    attached_ = true;
+    log::debug("template: restored VM connected after " +
+               std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - launched_at_).count()) + " ms");
+    auto ran = vm_->run_restored();
+    log::debug("template: restored VM running after " +
+               std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - launched_at_).count()) + " ms");
+    auto a = ran ? attach_template() : tl::unexpected(ran.error());
+    if (!a) {
+        restore_failed(a.error().message);
+        return;
+    }
+    ses_.attach_restored(*a);
+}
+
+// A template that did not restore (the VMM refused it, the guest did not
+// answer, the share could not be added) is dropped, and the container's
+// VM boots on its own instead.
+bool Shim::restore_failed(const std::string& why) {
+    if (!restoring_) return false;
+    auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - launched_at_).count();
+    std::string tail = sys::read_file(paths_.vmm_log, 1 << 16).value_or("");
+    if (tail.size() > 300) tail = tail.substr(tail.size() - 300);
+    while (!tail.empty() && tail.back() == '\n') tail.pop_back();
+    log::warn("template " + template_key_ + " did not restore after " + std::to_string(ms) + " ms (" + why +
+              (tail.empty() ? "" : "; vmm: " + tail) + "): dropped, booting the VM instead");
+    templates::remove(template_dir_, template_key_);
+    if (vm_) (void)vm_->stop();
+    vm_.reset();
+    vm_died_ = false;
+    chan_.reset();
+    agent_listen_.reset();
+    qmp_listen_.reset();
+    console_r_.reset();
+    console_tail_.clear();
+    ::unlink(paths_.agent_sock.c_str());
+    ::unlink(paths_.qmp_sock.c_str());
+    ses_.restart_boot();
+    restoring_ = attached_ = qmp_attached_ = false;
+    template_shape_.clear();
+    template_why_ = "the template did not restore";
+    relaunched_ = true;
+    if (auto r = start_vmm(false); !r) abort_create(r.error().context("start vm"));
+    return true;
 }
 
 // ---------------------------------------------------------------- events

@@ -4,7 +4,11 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <sys/stat.h>
+
 #include <algorithm>
+#include <chrono>
+#include <thread>
 
 #include "husk/defaults.h"
 #include "husk/paths.h"
@@ -30,6 +34,8 @@ static std::string escape(const std::string& v) {
     }
     return out;
 }
+
+std::string hotplug_port(unsigned i) { return "husk.hp" + std::to_string(i); }
 
 std::vector<std::string> translate(const VmConfig& cfg, const Options& opt) {
     std::vector<std::string> a = {opt.binary};
@@ -75,6 +81,7 @@ std::vector<std::string> translate(const VmConfig& cfg, const Options& opt) {
         const auto& s = cfg.shares[i];
         std::string id = "fs" + std::to_string(i);
         if (s.fs == ShareFs::VirtioFs) {
+            if (cfg.template_shape) continue;  // added once the guest is up (add_share)
             add({"-chardev", "socket,id=" + id + ",path=" + escape(s.socket_path)});
             add({"-device", virtio(opt, "vhost-user-fs") + ",chardev=" + id + ",tag=" + s.tag + ",queue-size=1024"});
             continue;
@@ -89,7 +96,7 @@ std::vector<std::string> translate(const VmConfig& cfg, const Options& opt) {
                            (cfg.disks[i].readonly ? ",readonly=on" : "")});
         add({"-device", virtio(opt, "virtio-blk") + ",drive=" + id});
     }
-    for (size_t i = 0; i < cfg.nics.size(); ++i) {
+    for (size_t i = 0; i < cfg.nics.size() && !cfg.template_shape; ++i) {  // a template's are added later (add_nic)
         std::string id = "net" + std::to_string(i);
         const auto& n = cfg.nics[i];
         std::string tap = n.fd >= 0 ? "fd=" + std::to_string(kFirstNicFd + int(i))
@@ -105,6 +112,15 @@ std::vector<std::string> translate(const VmConfig& cfg, const Options& opt) {
         add({"-device", "virtio-mem-pci,id=" + std::string(kHotplugDevice) + ",memdev=hotmem,requested-size=0,block-size=" +
                             std::to_string(defaults::kHotplugBlockMiB) + "M"});
     }
+    if (cfg.template_shape) {
+        // A port for what is plugged in after the save (virtio-fs), and a
+        // generation id the guest's kernel reseeds its RNG from when it
+        // changes (each clone gets its own: guid=auto at every start).
+        for (unsigned i = 0; i < kHotplugPorts; ++i)
+            add({"-device", "pcie-root-port,id=" + hotplug_port(i) + ",chassis=" + std::to_string(i + 1)});
+        add({"-device", "vmgenid,guid=auto"});
+    }
+    if (cfg.incoming_fd >= 0) add({"-incoming", "fd:" + std::to_string(kIncomingFd)});
     if (!cfg.control_socket.empty()) {
         add({"-chardev", "socket,id=qmp,path=" + escape(cfg.control_socket)});
         add({"-mon", "chardev=qmp,mode=control"});
@@ -124,7 +140,32 @@ Capabilities QemuHypervisor::capabilities() const {
     c.memory_hotplug = opt_.machine.rfind("microvm", 0) != 0;
     c.cpu_hotplug = true;  // offline vCPUs, onlined by the agent
     c.virtio_fs = true;
+    // Its hot-added share needs a PCIe port: not on microvm (virtio-mmio).
+    c.templates = opt_.machine.rfind("microvm", 0) != 0;
+    c.template_nics = kHotplugPorts - 1;
     return c;
+}
+
+// The file a template depends on, as a line: its path, inode, size and
+// mtime (a rebuilt guest image or a new QEMU is a new template).
+static std::string identity(const std::string& path) {
+    std::string real = sys::realpath(path).value_or(path);
+    struct stat st{};
+    if (::stat(real.c_str(), &st) < 0) return real + " missing\n";
+    return real + " " + std::to_string(st.st_ino) + " " + std::to_string(st.st_size) + " " +
+           std::to_string(st.st_mtim.tv_sec) + "." + std::to_string(st.st_mtim.tv_nsec) + "\n";
+}
+
+std::string QemuHypervisor::template_shape(const VmConfig& cfg) const {
+    if (!capabilities().templates || !cfg.template_shape || !opt_.jail) return "";
+    // The argv the VMM runs with, as its jail sees it: the same for every
+    // container of this shape (sockets by name, the share at /share0).
+    VmConfig seen = jailed_config(cfg);
+    seen.incoming_fd = -1;
+    std::string text = "qemu template 1\n";
+    for (const auto& a : translate(seen, opt_)) text += a + "\n";
+    std::string binary = sys::find_program(opt_.binary).value_or(opt_.binary);
+    return text + identity(binary) + identity(cfg.kernel) + identity(cfg.initrd);
 }
 
 std::string QemuHypervisor::guest_kernel() const { return find_guest_kernel(); }
@@ -138,7 +179,11 @@ namespace {
 class QemuVm : public ProcessVm {
 public:
     // `boot_files`: the kernel and initrd as QEMU names them.
-    QemuVm(pid_t pid, std::vector<std::string> boot_files) : ProcessVm(pid), boot_files_(std::move(boot_files)) {}
+    QemuVm(pid_t pid, std::vector<std::string> boot_files, const VmConfig& seen, const Options& opt)
+        : ProcessVm(pid), boot_files_(std::move(boot_files)), shares_(seen.shares), nics_(seen.nics), accel_(seen.accel), opt_(opt) {}
+    // A template's NICs are plugged in after its boot (or restore): their
+    // taps wait here until then.
+    std::vector<sys::Fd> nic_fds_;
 
     // QEMU maps the kernel ELF and the initrd and keeps both for a reset
     // (fw_cfg, ROM blobs); -no-reboot means there is none. Their pages
@@ -167,9 +212,89 @@ public:
     }
     Result<void> resume() override { return qmp_.execute("cont").map([](auto&&) {}); }
 
+    // Paused, the whole guest goes to `fd` as a migration stream (RAM
+    // included: zero pages cost a flag each), then it runs on. No share is
+    // mounted (a mounted 9p blocks migration) and no vhost-user device is
+    // plugged (they cannot be migrated): the template shape.
+    Result<void> save_template(int fd) override {
+        TRY(qmp_.execute("stop"));
+        auto done = [&]() -> Result<void> {
+            // QEMU 7.2 throttles migration to 128 MiB/s by default: a
+            // file takes what it is given.
+            TRY(qmp_.execute("migrate-set-parameters", {{"max-bandwidth", int64_t(1) << 40}}));
+            TRY(qmp_.execute_with_fd("getfd", {{"fdname", "husk-template"}}, fd));
+            TRY(qmp_.execute("migrate", {{"uri", "fd:husk-template"}}));
+            auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+            for (;;) {
+                auto st = TRY(qmp_.execute("query-migrate"));
+                std::string status = st.is_object() ? st.value("status", "") : "";
+                if (status == "completed") return {};
+                if (status == "failed" || status == "cancelled")
+                    return fail("qemu: migration " + status + (st.contains("error-desc") ? ": " + st["error-desc"].get<std::string>() : ""), EIO);
+                if (std::chrono::steady_clock::now() > deadline) return fail("qemu: saving the template took over 60 s", ETIMEDOUT);
+                std::this_thread::sleep_for(std::chrono::milliseconds(5));
+            }
+        }();
+        auto cont = qmp_.execute("cont");
+        TRY(done);
+        return cont.map([](auto&&) {});
+    }
+
+    // The template was saved paused, so its restore ends paused: once
+    // the load is done, run it.
+    Result<void> run_restored() override {
+        auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+        for (;;) {
+            auto st = TRY(qmp_.execute("query-status"));
+            std::string status = st.is_object() && st.contains("status") && st["status"].is_string() ? st["status"].get<std::string>() : "";
+            if (status == "running") return {};
+            if (status == "paused") return qmp_.execute("cont").map([](auto&&) {});
+            if (status != "inmigrate" && status != "prelaunch")
+                return fail("qemu: the restored guest is " + (status.empty() ? std::string("in no known state") : status), EIO);
+            if (std::chrono::steady_clock::now() > deadline) return fail("qemu: the restore took over 20 s", ETIMEDOUT);
+            std::this_thread::sleep_for(std::chrono::milliseconds(2));
+        }
+    }
+
+    Result<void> add_share(size_t index) override {
+        if (index >= shares_.size() || shares_[index].fs != ShareFs::VirtioFs) return fail("no virtio-fs share to add", EINVAL);
+        const Share& s = shares_[index];
+        std::string id = "fs" + std::to_string(index);
+
+        nlohmann::json chardev = {{"id", id},
+                                  {"backend", {{"type", "socket"},
+                                               {"data", {{"addr", {{"type", "unix"}, {"data", {{"path", s.socket_path}}}}},
+                                                         {"server", false}}}}}};
+        TRY(qmp_.execute("chardev-add", chardev));
+        std::string dev = opt_.machine.rfind("microvm", 0) == 0 ? "vhost-user-fs-device" : "vhost-user-fs-pci";
+        TRY(qmp_.execute("device_add", {{"driver", dev}, {"id", id + "dev"}, {"chardev", id}, {"tag", s.tag},
+                                        {"queue-size", 1024}, {"bus", hotplug_port(0)}}));
+        return {};
+    }
+
+    Result<void> add_nic(size_t index) override {
+        if (index >= nics_.size() || index + 1 >= kHotplugPorts || !nic_fds_[index]) return fail("no NIC to add", EINVAL);
+        const Nic& n = nics_[index];
+        std::string id = "net" + std::to_string(index);
+        TRY(qmp_.execute_with_fd("getfd", {{"fdname", "tap" + std::to_string(index)}}, nic_fds_[index].get()));
+        nic_fds_[index].reset();  // QEMU's now
+        nlohmann::json netdev = {{"type", "tap"}, {"id", id}, {"fd", "tap" + std::to_string(index)}};
+        if (n.vhost && accel_ == Accel::Kvm) netdev["vhost"] = true;
+        TRY(qmp_.execute("netdev_add", netdev));
+        nlohmann::json dev = {{"driver", virtio(opt_, "virtio-net")}, {"id", "nic" + std::to_string(index)}, {"netdev", id},
+                              {"mac", n.mac}, {"bus", hotplug_port(unsigned(index) + 1)}};
+        if (n.mtu != 1500) dev["host_mtu"] = n.mtu;
+        TRY(qmp_.execute("device_add", dev));
+        return {};
+    }
+
 private:
     Qmp qmp_;
     std::vector<std::string> boot_files_;
+    std::vector<Share> shares_;  // as the VMM sees them
+    std::vector<Nic> nics_;
+    Accel accel_;
+    Options opt_;
 };
 
 }  // namespace
@@ -181,8 +306,9 @@ Result<std::unique_ptr<Vm>> QemuHypervisor::launch(const VmConfig& cfg, const st
     sys::SpawnOptions o;
     o.fds = {{devnull.get(), 0}, {log.get(), 1}, {log.get(), 2}};
     if (cfg.console_fd >= 0) o.fds.push_back({cfg.console_fd, kConsoleFd});
-    for (size_t i = 0; i < cfg.nics.size(); ++i)
+    for (size_t i = 0; i < cfg.nics.size() && !cfg.template_shape; ++i)
         if (cfg.nics[i].fd >= 0) o.fds.push_back({cfg.nics[i].fd, kFirstNicFd + int(i)});
+    if (cfg.incoming_fd >= 0) o.fds.push_back({cfg.incoming_fd, kIncomingFd});
     o.die_with_parent = true;  // the VMM must not outlive its shim
     // Each virtio-fs share's daemon first: QEMU connects to its socket.
     auto daemons = TRY(start_share_daemons(cfg, workdir, log_path));
@@ -201,7 +327,8 @@ Result<std::unique_ptr<Vm>> QemuHypervisor::launch(const VmConfig& cfg, const st
     }
     std::vector<std::string> argv = translate(seen, in);
     pid_t pid = TRY_CTX(sys::spawn(argv, o), "launch qemu");
-    auto vm = std::make_unique<QemuVm>(pid, std::vector<std::string>{seen.kernel, seen.initrd});
+    auto vm = std::make_unique<QemuVm>(pid, std::vector<std::string>{seen.kernel, seen.initrd}, seen, in);
+    for (const auto& n : cfg.nics) vm->nic_fds_.push_back(cfg.template_shape && n.fd >= 0 ? TRY(sys::dup(n.fd)) : sys::Fd());
     for (pid_t d : daemons.release()) vm->adopt(d);
     return std::unique_ptr<Vm>(std::move(vm));
 }

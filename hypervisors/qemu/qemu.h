@@ -20,6 +20,12 @@ struct Options {
 // The console is expected at fd 3 in the VMM; taps given as fds at 4, 5...
 constexpr int kConsoleFd = 3;
 constexpr int kFirstNicFd = 4;
+// A template to restore (VmConfig::incoming_fd), above any NIC's.
+constexpr int kIncomingFd = 90;
+// The PCIe root ports a template's later devices are plugged into: the
+// share's (virtio-fs) first, then one for each NIC.
+constexpr unsigned kHotplugPorts = 4;
+std::string hotplug_port(unsigned i);  // husk.hp<i>
 // The virtio-mem device of a VM that can be given memory while it runs.
 constexpr const char* kHotplugDevice = "hotmem0";
 
@@ -33,6 +39,7 @@ public:
     Capabilities capabilities() const override;
     std::string guest_kernel() const override;
     std::string unavailable() const override;
+    std::string template_shape(const VmConfig& cfg) const override;
     Result<std::unique_ptr<Vm>> launch(const VmConfig& cfg, const std::string& workdir,
                                        const std::string& log_path) override;
 

@@ -54,6 +54,17 @@ Result<json> Qmp::execute(const std::string& cmd, const json& args, int timeout_
     json req = {{"execute", cmd}};
     if (!args.is_null()) req["arguments"] = args;
     TRY_CTX(sys::write_all(fd_.get(), req.dump() + "\n"), "qmp: " + cmd);
+    return read_reply(cmd, timeout_ms);
+}
+
+Result<json> Qmp::execute_with_fd(const std::string& cmd, const json& args, int fd, int timeout_ms) {
+    if (!fd_) return fail("qmp: not connected", ENOTCONN);
+    json req = {{"execute", cmd}, {"arguments", args}};
+    TRY_CTX(sys::send_fds(fd_.get(), req.dump() + "\n", {fd}), "qmp: " + cmd);
+    return read_reply(cmd, timeout_ms);
+}
+
+Result<json> Qmp::read_reply(const std::string& cmd, int timeout_ms) {
     for (;;) {
         auto msg = TRY_CTX(read_message(timeout_ms), "qmp: " + cmd);
         if (msg.contains("event")) continue;

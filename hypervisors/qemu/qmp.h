@@ -17,9 +17,12 @@ public:
     bool connected() const { return fd_.valid(); }
     Result<void> handshake(int timeout_ms);
     Result<nlohmann::json> execute(const std::string& cmd, const nlohmann::json& args = nullptr, int timeout_ms = 5000);
+    // The same, with `fd` passed alongside (SCM_RIGHTS), as getfd takes it.
+    Result<nlohmann::json> execute_with_fd(const std::string& cmd, const nlohmann::json& args, int fd, int timeout_ms = 5000);
 
 private:
     Result<nlohmann::json> read_message(int timeout_ms);
+    Result<nlohmann::json> read_reply(const std::string& cmd, int timeout_ms);
     sys::Fd fd_;
     std::string buf_;
 };

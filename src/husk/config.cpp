@@ -41,6 +41,10 @@ Result<Config> parse_config(const std::string& text, const std::string& origin) 
             auto v = node.value<std::string>();
             if (!v || (*v != "virtiofs" && *v != "9p")) return fail(origin + ": share: expected \"virtiofs\" or \"9p\"", EINVAL);
             c.share = *v;
+        } else if (k == "templates") {
+            auto v = node.value<bool>();
+            if (!v || !node.is_boolean()) return fail(origin + ": templates: expected true or false", EINVAL);
+            c.templates = *v;
         } else {
             return fail(origin + ": unknown key \"" + k + "\"", EINVAL);
         }

@@ -2,6 +2,7 @@
 // not say. Strict, as our own input is (unknown keys and wrong types are
 // errors); a missing file is all defaults.
 #pragma once
+#include <optional>
 #include <string>
 
 #include "husk/result.h"
@@ -11,6 +12,7 @@ namespace husk {
 struct Config {
     std::string hypervisor;  // the driver for new containers ("" = built-in default)
     std::string share;       // "virtiofs" or "9p" (choose_share_fs); "" = the default
+    std::optional<bool> templates;  // VM templates (vm_template.h); unset = on
 };
 
 // $HUSK_CONFIG, else /etc/husk/config.toml (rootless:

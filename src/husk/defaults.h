@@ -64,5 +64,14 @@ inline constexpr const char* kKernelCmdline = "panic=-1 cryptomgr.notests";
 
 // Annotations husk reads from config.json.
 inline constexpr const char* kAnnotationBootTimeout = "org.husk.boot-timeout";  // seconds
+// "off": this container's VM boots on its own, no template made or used.
+inline constexpr const char* kAnnotationTemplate = "org.husk.template";
+
+// VM templates (src/husk/vm_template.h): the most their directory holds
+// (the least recently used go first), and how long a maker's save may take.
+inline constexpr uint64_t kTemplateCacheMiB = 2048;
+// A restore that has not reached the guest's agent by then is given up
+// on, and the VM boots instead (a restore takes well under a second).
+inline constexpr int kTemplateRestoreTimeoutMs = 30000;
 
 }  // namespace husk::defaults

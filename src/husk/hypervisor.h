@@ -86,6 +86,15 @@ struct VmConfig {
     // only while its parent lives. -1: it dies with its parent.
     int lifeline_fd = -1;
     std::string control_socket;  // QMP / API socket; the VMM connects here
+    // Boot as a VM template (Capabilities::templates): nothing of any one
+    // container's in the machine (a virtio-fs share is added after the
+    // boot, Vm::add_share; a 9p device is there but not mounted), a port to
+    // add devices on, a VM generation id, and the agent told husk.template=1
+    // (the cmdline says so). Then Vm::save_template, or a restore.
+    bool template_shape = false;
+    // Restore the saved template open here (read-only) instead of booting:
+    // the same VmConfig as the template's, template_shape set.
+    int incoming_fd = -1;
 };
 
 struct Capabilities {
@@ -123,6 +132,11 @@ struct Capabilities {
     // It can wire a virtiofsd to its guest (Share::fs = VirtioFs): its
     // guest RAM can be shared memory, and it has a vhost-user-fs device.
     bool virtio_fs = false;
+    // It boots VMs as templates and restores them (VmConfig::template_shape,
+    // incoming_fd; Vm::save_template, add_share).
+    bool templates = false;
+    // The most NICs a template's VM can be given (Vm::add_nic).
+    unsigned template_nics = 0;
     // Its shares can be 9p (QEMU's own server; UML's hostfs stands in).
     // Without it, a share is virtio-fs or none (the rootfs on a disk).
     bool nine_p = true;
@@ -147,6 +161,17 @@ public:
     virtual Result<void> set_hotplug_memory(uint64_t /*mib*/) {
         return fail("this VMM cannot change its guest's memory", ENOTSUP);
     }
+    // A template-shaped guest: pause it, write its state to `fd` (a file
+    // of the caller's), and let it run on.
+    virtual Result<void> save_template(int /*fd*/) { return fail("this VMM cannot save its guest", ENOTSUP); }
+    // Restoring a template (VmConfig::incoming_fd): wait for the load to
+    // finish and run the guest.
+    virtual Result<void> run_restored() { return fail("this VMM cannot restore a guest", ENOTSUP); }
+    // A template-shaped guest: plug in VmConfig::shares[index] (virtio-fs,
+    // which a template cannot hold).
+    virtual Result<void> add_share(size_t /*index*/) { return fail("this VMM cannot add a share", ENOTSUP); }
+    // ... and VmConfig::nics[index], its tap the fd the config had.
+    virtual Result<void> add_nic(size_t /*index*/) { return fail("this VMM cannot add a NIC", ENOTSUP); }
 };
 
 class Hypervisor {
@@ -159,6 +184,10 @@ public:
     virtual std::string guest_kernel() const = 0;
     // Why this host cannot run the driver, or "" when it can.
     virtual std::string unavailable() const = 0;
+    // Everything that shapes a template of `cfg` (template_shape set): two
+    // configs with the same text restore each other's templates. "" when
+    // this driver cannot make one of it.
+    virtual std::string template_shape(const VmConfig& /*cfg*/) const { return ""; }
     // Start the VMM. `keep_fds` are passed through to the child at their
     // numbers; everything else is closed. stdout/stderr go to `log_path`.
     virtual Result<std::unique_ptr<Vm>> launch(const VmConfig& cfg, const std::string& workdir,

@@ -181,12 +181,21 @@ VmConfig make_vm_config(const Spec& spec, const HostFacts& host, const SandboxPa
     c.control_socket = paths.control_sock;
     // The console is quiet unless debugging: under TCG every emulated
     // serial byte costs boot time.
-    c.cmdline = std::string(defaults::kKernelCmdline) + (host.debug ? " husk.debug=1" : " quiet");
     for (size_t i = 0; i < nics.size() && i < taps.size(); ++i) c.nics.push_back({taps[i], nics[i].mac, nics[i].mtu});
-    if (!nics.empty()) c.cmdline += " husk.net=1";  // the agent loads virtio_net
-    if (!host.share_disk.empty()) c.cmdline += " husk.share=disk";
-    else if (host.share_fs == ShareFs::VirtioFs) c.cmdline += " husk.share=virtiofs";
-    if (c.max_vcpus > c.vcpus) c.cmdline += " maxcpus=" + std::to_string(c.vcpus);  // the rest wait offline
+    if (host.template_shape) {
+        // The same for every container of its shape: the agent loads both
+        // shares' modules, and attach says which to mount, whether to
+        // debug, and how many vCPUs to bring up beyond the first.
+        c.template_shape = true;
+        c.cmdline = std::string(defaults::kKernelCmdline) + " quiet husk.template=1";
+        if (c.all_vcpus() > 1) c.cmdline += " maxcpus=1";
+    } else {
+        c.cmdline = std::string(defaults::kKernelCmdline) + (host.debug ? " husk.debug=1" : " quiet");
+        if (!nics.empty()) c.cmdline += " husk.net=1";  // the agent loads virtio_net
+        if (!host.share_disk.empty()) c.cmdline += " husk.share=disk";
+        else if (host.share_fs == ShareFs::VirtioFs) c.cmdline += " husk.share=virtiofs";
+        if (c.max_vcpus > c.vcpus) c.cmdline += " maxcpus=" + std::to_string(c.vcpus);  // the rest wait offline
+    }
     if (host.hotplug_mib) {
         // The agent loads virtio_mem; memory it is given is onlined at once
         // (movable: what is taken back later can be emptied). The device's

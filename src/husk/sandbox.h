@@ -57,6 +57,9 @@ struct HostFacts {
     bool cpu_hotplug = false;
     // How the share reaches the guest (choose_share_fs), unless on a disk.
     ShareFs share_fs = ShareFs::NineP;
+    // Boot as a template (VmConfig::template_shape): a command line with
+    // nothing of the container's in it (the agent is told at attach).
+    bool template_shape = false;
 };
 
 struct SandboxPaths {

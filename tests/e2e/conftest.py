@@ -31,6 +31,9 @@ DRIVER = os.environ.get("HUSK_HYPERVISOR") or "qemu"
 # The drivers that cannot share a directory: the rootfs is an ext4 copy on a
 # disk, so the host does not see what the container writes there.
 DISK_DRIVERS = ("firecracker", "cloud-hypervisor")
+# VM templates are husk's normal start path: every run of the suite shares
+# one store (scripts/test empties it first, so the suite makes its own).
+TEMPLATE_DIR = os.environ.setdefault("HUSK_TEMPLATE_DIR", "/tmp/husk-e2e-templates")
 
 
 def pytest_collection_modifyitems(config, items):

@@ -202,12 +202,18 @@ def test_list_empty(husk):
 
 
 @pytest.mark.not_on("uml", reason="the test reads QEMU's serial console text")
+def cold_boot(c):
+    c.setdefault("annotations", {})["org.husk.template"] = "off"
+
+
 def test_debug_shows_the_guest_console(husk, bundle):
-    r = husk("run", "-b", bundle(["true"]), new_id(), glob=("--debug",))
+    # A VM that boots (no template): the whole boot is on the console.
+    r = husk("run", "-b", bundle(["true"], cold_boot), new_id(), glob=("--debug",))
     assert r.returncode == 0, r.stderr
     err = r.stderr.decode(errors="replace")
     assert "Linux version 6.1" in err        # the guest kernel's banner
     assert "husk-agent: started" in err      # the agent's own trace
+    assert "template: none (annotation org.husk.template=off)" in err
     # husk's own steps, as runc's --debug prints them (logrus text).
     assert re.search(r'^time="[^"]+" level=debug msg="create t\w+: bundle ', err, re.M), err[-2000:]
     assert re.search(r'^time="[^"]+" level=debug msg="start t\w+"$', err, re.M), err[-2000:]
@@ -215,11 +221,19 @@ def test_debug_shows_the_guest_console(husk, bundle):
         assert "vm: tcg" in err or "vm: kvm" in err
     else:
         assert f"vm: {DRIVER}," in err
+    if DRIVER == "qemu":
+        # From a template (made by the first container of its shape, this
+        # one or an earlier one): the guest's console begins at its attach.
+        r = husk("run", "-b", bundle(["true"]), new_id(), glob=("--debug",))
+        assert r.returncode == 0, r.stderr
+        err = r.stderr.decode(errors="replace")
+        assert "husk-agent: attached to its container's host (virtiofs)" in err, err[-3000:]
+        assert re.search(r'msg="template: (restoring|none of this shape yet)', err), err[-3000:]
 
 
 def test_log_file_gets_debug_lines_not_stderr(husk, bundle, tmp_path):
     log = tmp_path / "husk.log"
-    r = husk("run", "-b", bundle(["sh", "-c", "echo out; echo err >&2"]), new_id(),
+    r = husk("run", "-b", bundle(["sh", "-c", "echo out; echo err >&2"], cold_boot), new_id(),
              glob=("--debug", "--log", str(log)))
     assert r.returncode == 0
     # With --log, the container's stderr is the container's alone.

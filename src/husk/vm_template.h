@@ -1,0 +1,66 @@
+// VM templates: a guest booted once to its agent, saved (the VMM's
+// migration stream), and restored for each later container of the same
+// shape instead of booting (docs/design.md, "VM templates"). This file is
+// the store: where templates live, their names, making one safely when
+// several shims race, using one, dropping one, and the bound on their
+// size. What a shape is, the driver says (Hypervisor::template_shape).
+#pragma once
+#include <cstdint>
+#include <map>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "husk/result.h"
+#include "sys/fd.h"
+
+namespace husk::templates {
+
+// $HUSK_TEMPLATE_DIR, else /var/cache/husk/templates (rootless:
+// $XDG_CACHE_HOME/husk/templates, or ~/.cache/husk/templates). Made 0700;
+// every file in it is 0600.
+std::string dir();
+
+// Whether this container may use (and make) templates, and why not: the
+// annotation org.husk.template ("off"/"on"), else $HUSK_TEMPLATES ("0",
+// "off"), else the config file's `templates`. A bad value is an error.
+struct Choice {
+    bool on = true;
+    std::string why;  // when off: who said so
+};
+Result<Choice> choose(const std::map<std::string, std::string>& annotations, std::optional<bool> config);
+
+// The file name stem of a shape: 32 hex digits (two 64-bit FNV-1a hashes).
+// The shape's full text is kept beside the state and compared on use, so
+// a hash collision is a miss, never a wrong restore.
+std::string key_of(const std::string& shape);
+
+struct Entry {
+    std::string key;
+    std::string state;  // <dir>/<key>.state: the saved VM
+    uint64_t bytes = 0;
+    int64_t used = 0;   // last made or restored (mtime, seconds)
+    std::string shape;  // <dir>/<key>.shape's text
+};
+// Every template in `d`, most recently used first.
+std::vector<Entry> list(const std::string& d);
+
+// The saved template of `shape`, open read-only, its use recorded; nullopt
+// when there is none (or its shape text differs).
+Result<std::optional<sys::Fd>> open_saved(const std::string& d, const std::string& shape);
+
+// A file for the VMM to save into: unnamed until publish() (O_TMPFILE), so
+// a maker that dies leaves nothing behind.
+Result<sys::Fd> begin_save(const std::string& d);
+// fsync it and give it the shape's name. false: another maker published
+// the same shape first (ours is dropped). Then keep the store within
+// `max_bytes`, dropping the least recently used others.
+Result<bool> publish(const std::string& d, const std::string& shape, int fd, uint64_t max_bytes);
+
+// Drop the template of this key (a failed restore; `husk templates rm`).
+void remove(const std::string& d, const std::string& key);
+// Drop the least recently used templates but `keep` until at most
+// `max_bytes` are left; returns how many went.
+size_t prune(const std::string& d, uint64_t max_bytes, const std::string& keep = "");
+
+}  // namespace husk::templates

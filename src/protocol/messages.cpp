@@ -1,0 +1,66 @@
+#include "protocol/messages.h"
+
+#include <cerrno>
+
+namespace husk::proto {
+
+using nlohmann::json;
+
+std::string to_hex(const std::string& bytes) {
+    static const char* d = "0123456789abcdef";
+    std::string out;
+    out.reserve(bytes.size() * 2);
+    for (unsigned char c : bytes) {
+        out.push_back(d[c >> 4]);
+        out.push_back(d[c & 15]);
+    }
+    return out;
+}
+
+Result<std::string> from_hex(const std::string& hex) {
+    auto digit = [](char c) {
+        if (c >= '0' && c <= '9') return c - '0';
+        if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+        return -1;
+    };
+    if (hex.size() % 2) return fail("odd number of hex digits", EINVAL);
+    std::string out;
+    for (size_t i = 0; i < hex.size(); i += 2) {
+        int hi = digit(hex[i]), lo = digit(hex[i + 1]);
+        if (hi < 0 || lo < 0) return fail("not a hex digit", EINVAL);
+        out.push_back(char(hi << 4 | lo));
+    }
+    return out;
+}
+
+json to_json(const Attach& a) {
+    return {{"share", a.share}, {"debug", a.debug}, {"entropy", to_hex(a.entropy)}, {"realtime_ns", a.realtime_ns},
+            {"vcpus", a.vcpus}};
+}
+
+Result<Attach> attach_from_json(const json& j) {
+    auto bad = [](const std::string& what) { return fail("attach: " + what, EINVAL); };
+    if (!j.is_object()) return bad("expected an object");
+    for (const auto& [k, v] : j.items())
+        if (k != "share" && k != "debug" && k != "entropy" && k != "realtime_ns" && k != "vcpus") return bad("unknown key " + k);
+    for (const char* k : {"share", "debug", "entropy", "realtime_ns", "vcpus"})
+        if (!j.contains(k)) return bad(std::string("missing ") + k);
+    if (!j["share"].is_string() || !j["debug"].is_boolean() || !j["entropy"].is_string() ||
+        !j["realtime_ns"].is_number_unsigned() || !j["vcpus"].is_number_unsigned())
+        return bad("a field has the wrong type");
+    Attach a;
+    a.share = j["share"].get<std::string>();
+    if (a.share != "9p" && a.share != "virtiofs") return bad("unknown share \"" + a.share + "\"");
+    a.debug = j["debug"].get<bool>();
+    auto e = from_hex(j["entropy"].get<std::string>());
+    if (!e) return bad("entropy: " + e.error().message);
+    a.entropy = std::move(*e);
+    if (a.entropy.size() < 32 || a.entropy.size() > 512) return bad("expected 32-512 bytes of entropy");
+    a.realtime_ns = j["realtime_ns"].get<uint64_t>();
+    uint64_t v = j["vcpus"].get<uint64_t>();
+    if (v < 1 || v > 4096) return bad("vcpus out of range");
+    a.vcpus = unsigned(v);
+    return a;
+}
+
+}  // namespace husk::proto

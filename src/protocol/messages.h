@@ -1,0 +1,32 @@
+// Typed messages of the shim <-> agent protocol (protocol.h carries them
+// as REQUEST params): each a struct with one encoder and one strict
+// decoder (an unknown key, a missing one or a wrong type is an error), so
+// both ends read the same fields. The older requests are still built and
+// read by hand (issue 25 moves them here one by one).
+#pragma once
+#include <cstdint>
+#include <string>
+
+#include <nlohmann/json.hpp>
+
+#include "husk/result.h"
+
+namespace husk::proto {
+
+// "attach": a guest booted as a template (HELLO carried "template": true)
+// becomes a container's VM. Sent once, first, by the template's maker
+// after saving it and by every clone after restoring it.
+struct Attach {
+    std::string share;         // the share's filesystem: "9p" or "virtiofs"
+    bool debug = false;        // the agent's --debug lines on the console
+    std::string entropy;       // random bytes for this guest alone (raw; hex on the wire)
+    uint64_t realtime_ns = 0;  // the host's CLOCK_REALTIME
+    unsigned vcpus = 1;        // vCPUs to bring online (the template booted with one)
+};
+nlohmann::json to_json(const Attach& a);
+Result<Attach> attach_from_json(const nlohmann::json& j);
+
+std::string to_hex(const std::string& bytes);
+Result<std::string> from_hex(const std::string& hex);
+
+}  // namespace husk::proto
