@@ -7,6 +7,8 @@
 #include <iostream>
 
 #include "cli/commands.h"
+#include "husk/config.h"
+#include "husk/vm_template.h"
 #include "husk/hypervisor.h"
 #include "husk/paths.h"
 #include "hypervisors/virtiofsd.h"
@@ -60,6 +62,12 @@ std::vector<Check> run_checks(const std::string& chosen) {
     if (hv) {
         auto share = share_on_this_host(*hv);
         out.push_back({"shared filesystem", true, share.name + " (" + share.why + ")", ""});
+        auto config = load_config();
+        auto t = templates::report(hv->capabilities().templates, config ? config->templates : std::nullopt);
+        out.push_back({"VM templates", true,
+                       (t.on ? "on: " : "off (" + t.why + "): ") + std::to_string(t.count) + " saved, " +
+                           std::to_string(t.bytes >> 20) + " MiB in " + t.dir,
+                       ""});
     }
     bool vnet = ::access("/dev/vhost-net", R_OK | W_OK) == 0;
     out.push_back({"vhost-net", vnet, vnet ? "in-kernel virtio-net datapath under KVM" : "no /dev/vhost-net: QEMU moves the packets",

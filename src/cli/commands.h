@@ -35,6 +35,7 @@ void setup_ps(CLI::App&, Globals&, Handler&);
 void setup_update(CLI::App&, Globals&, Handler&);
 void setup_events(CLI::App&, Globals&, Handler&);
 void setup_check(CLI::App&, Globals&, Handler&);
+void setup_templates(CLI::App&, Globals&, Handler&);
 
 // Print "<verb> <id>: <message>" to stderr and --log; returns 1.
 int report(const std::string& verb, const std::string& id, const Error& e);

@@ -5,6 +5,8 @@
 #include <iostream>
 
 #include "cli/commands.h"
+#include "husk/config.h"
+#include "husk/vm_template.h"
 #include "husk/hypervisor.h"
 #include "husk/version.h"
 
@@ -65,6 +67,14 @@ void setup_features(CLI::App& sub, Globals& g, Handler& run) {
                   {"org.husk.share", share.name},
                   {"org.husk.share.reason", share.why}}},
             };
+            // VM templates: used by new containers or not (why), and what is kept.
+            auto config = load_config();
+            auto t = templates::report(caps.templates, config ? config->templates : std::nullopt);
+            j["annotations"]["org.husk.templates"] = t.on ? "on" : "off";
+            if (!t.on) j["annotations"]["org.husk.templates.reason"] = t.why;
+            j["annotations"]["org.husk.templates.dir"] = t.dir;
+            j["annotations"]["org.husk.templates.count"] = std::to_string(t.count);
+            j["annotations"]["org.husk.templates.bytes"] = std::to_string(t.bytes);
             // Every driver, and whether this host can run it: "available",
             // or "unavailable: <why>".
             for (const auto& n : hypervisor_names()) {

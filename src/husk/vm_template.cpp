@@ -72,10 +72,11 @@ std::vector<Entry> list(const std::string& d) {
         if (::stat(e.state.c_str(), &st) < 0) continue;
         e.bytes = uint64_t(st.st_size);
         e.used = int64_t(st.st_mtim.tv_sec);
+        e.used_ns = e.used * 1000000000 + st.st_mtim.tv_nsec;
         e.shape = sys::read_file(shape_path(d, e.key), 1 << 20).value_or("");
         out.push_back(std::move(e));
     }
-    std::sort(out.begin(), out.end(), [](const Entry& a, const Entry& b) { return a.used > b.used; });
+    std::sort(out.begin(), out.end(), [](const Entry& a, const Entry& b) { return a.used_ns > b.used_ns; });
     return out;
 }
 
@@ -147,6 +148,19 @@ size_t prune(const std::string& d, uint64_t max_bytes, const std::string& keep) 
             ::unlink((d + "/" + n).c_str());
     }
     return gone;
+}
+
+Report report(bool driver_can, std::optional<bool> config) {
+    Report r;
+    r.dir = dir();
+    auto c = choose({}, config);
+    r.on = driver_can && c && c->on;
+    r.why = !c ? c.error().message : !c->on ? c->why : !driver_can ? "the driver has none" : "";
+    for (const auto& e : list(r.dir)) {
+        ++r.count;
+        r.bytes += e.bytes;
+    }
+    return r;
 }
 
 }  // namespace husk::templates

@@ -40,6 +40,7 @@ struct Entry {
     std::string state;  // <dir>/<key>.state: the saved VM
     uint64_t bytes = 0;
     int64_t used = 0;   // last made or restored (mtime, seconds)
+    int64_t used_ns = 0;  // the same, to the nanosecond
     std::string shape;  // <dir>/<key>.shape's text
 };
 // Every template in `d`, most recently used first.
@@ -62,5 +63,17 @@ void remove(const std::string& d, const std::string& key);
 // Drop the least recently used templates but `keep` until at most
 // `max_bytes` are left; returns how many went.
 size_t prune(const std::string& d, uint64_t max_bytes, const std::string& keep = "");
+
+// What `husk features` and `husk check` say of templates on this host:
+// whether new containers use them (the driver can, nothing turns them
+// off), why not, and what the store holds.
+struct Report {
+    bool on = false;
+    std::string why;  // when off
+    std::string dir;
+    size_t count = 0;
+    uint64_t bytes = 0;
+};
+Report report(bool driver_can, std::optional<bool> config);
 
 }  // namespace husk::templates

@@ -45,8 +45,9 @@ Result<Attach> attach_from_json(const json& j) {
         if (k != "share" && k != "debug" && k != "entropy" && k != "realtime_ns" && k != "vcpus") return bad("unknown key " + k);
     for (const char* k : {"share", "debug", "entropy", "realtime_ns", "vcpus"})
         if (!j.contains(k)) return bad(std::string("missing ") + k);
-    if (!j["share"].is_string() || !j["debug"].is_boolean() || !j["entropy"].is_string() ||
-        !j["realtime_ns"].is_number_unsigned() || !j["vcpus"].is_number_unsigned())
+    auto natural = [](const json& v) { return v.is_number_unsigned() || (v.is_number_integer() && v.get<int64_t>() >= 0); };
+    if (!j["share"].is_string() || !j["debug"].is_boolean() || !j["entropy"].is_string() || !natural(j["realtime_ns"]) ||
+        !natural(j["vcpus"]))
         return bad("a field has the wrong type");
     Attach a;
     a.share = j["share"].get<std::string>();

@@ -9,6 +9,7 @@
 #include <nlohmann/json.hpp>
 
 #include "husk/network.h"
+#include "protocol/messages.h"
 #include "protocol/protocol.h"
 
 using namespace husk;
@@ -40,6 +41,13 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
                 case proto::Type::Event: {
                     auto j = nlohmann::json::parse(fr.payload, nullptr, false);
                     if (j.is_object() && j.contains("network")) (void)interfaces_from_json(j["network"]);
+                    // The attach decoder (the agent's side of a typed
+                    // message): a value or an error, and what it accepts
+                    // encodes back to what it decodes from.
+                    if (auto a = proto::attach_from_json(j.is_object() && j.contains("params") ? j["params"] : j)) {
+                        auto again = proto::attach_from_json(proto::to_json(*a));
+                        if (!again || again->entropy != a->entropy || again->vcpus != a->vcpus) __builtin_trap();
+                    }
                     break;
                 }
                 default:
