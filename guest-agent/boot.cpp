@@ -166,20 +166,23 @@ Result<void> mount_share(const std::string& kind, const std::string& hostfs, int
     return r;
 }
 
-// Every free page of the guest zeroed (taken, as the kernel zeroes what
-// it hands out, and given back): what the boot freed (the initramfs, the
-// modules' copies) then costs a template a flag a page instead of its
-// bytes, and a clone nothing at all (a restore skips zero pages).
-void zero_free_memory() {
-    auto info = sys::read_file("/proc/meminfo").value_or("");
-    auto at = info.find("MemFree:");
-    if (at == std::string::npos) return;
-    uint64_t kib = std::strtoull(info.c_str() + at + 8, nullptr, 10);
+// Every free page of the guest taken and given back, a few MiB at a time
+// while more than 16 MiB stay free. The kernel zeroes what it hands out,
+// so a template's freed pages (the initramfs, the modules' copies) cost
+// its stream a flag a page instead of their bytes (77 -> 56 MiB).
+void cycle_free_memory() {
+    constexpr size_t kChunk = 8u << 20;
     constexpr uint64_t kLeaveKiB = 16 << 10;  // for the kernel meanwhile
-    if (kib <= kLeaveKiB) return;
-    size_t len = size_t(kib - kLeaveKiB) << 10;
-    void* p = ::mmap(nullptr, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE | MAP_NORESERVE, -1, 0);
-    if (p != MAP_FAILED) ::munmap(p, len);
+    std::vector<void*> taken;
+    for (;;) {
+        auto info = sys::read_file("/proc/meminfo").value_or("");
+        auto at = info.find("MemFree:");
+        if (at == std::string::npos || std::strtoull(info.c_str() + at + 8, nullptr, 10) < kLeaveKiB + (kChunk >> 10)) break;
+        void* p = ::mmap(nullptr, kChunk, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE | MAP_NORESERVE, -1, 0);
+        if (p == MAP_FAILED) break;
+        taken.push_back(p);
+    }
+    for (void* p : taken) ::munmap(p, kChunk);
 }
 
 Result<void> early_init() {
@@ -258,7 +261,7 @@ Result<void> early_init() {
     if (g_template) {
         // Nothing of any container's yet: the host saves this guest as a
         // template once we say HELLO, and attach() brings the share.
-        zero_free_memory();
+        cycle_free_memory();
         say("template: waiting to be attached");
         return {};
     }

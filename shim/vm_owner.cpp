@@ -251,15 +251,7 @@ Result<void> Shim::launch_vm() {
         if (::sched_setaffinity(0, sizeof set, &set) < 0)
             return fail_errno("linux.resources.cpu.cpus \"" + spec_.cpuset_cpus + "\": cannot run on those host CPUs");
     }
-    int timeout_ms = defaults::kBootTimeoutMs;
-    if (auto it = spec_.annotations.find(defaults::kAnnotationBootTimeout); it != spec_.annotations.end()) {
-        try {
-            timeout_ms = int(std::stod(it->second) * 1000);
-        } catch (...) {
-            return fail("annotation " + it->first + ": expected seconds, got \"" + it->second + "\"", EINVAL);
-        }
-    }
-    boot_timeout_ms_ = timeout_ms;
+    boot_timeout_ms_ = TRY(boot_timeout_ms(spec_));
     TRY(start_vmm(template_why_.empty()));
     shim_listen_ = TRY(sys::unix_listen(paths_.shim_sock, 64));
     return {};

@@ -17,9 +17,7 @@ namespace husk {
 std::string config_path() {
     if (const char* p = ::getenv("HUSK_CONFIG"); p && *p) return p;
     if (!rootless()) return "/etc/husk/config.toml";
-    if (const char* x = ::getenv("XDG_CONFIG_HOME"); x && *x) return std::string(x) + "/husk/config.toml";
-    const char* home = ::getenv("HOME");
-    return std::string(home && *home ? home : "/") + "/.config/husk/config.toml";
+    return user_dir("XDG_CONFIG_HOME", ".config") + "/husk/config.toml";
 }
 
 Result<Config> parse_config(const std::string& text, const std::string& origin) {

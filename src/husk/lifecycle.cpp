@@ -239,6 +239,7 @@ Result<pid_t> create_container(const Globals& g, const std::string& id, const Cr
     TRY(guest_cgroup_files(spec.resources.is_object() ? spec.resources : nlohmann::json::object(), "linux.resources"));
     TRY_CTX(check_host_cpus(spec.cpuset_cpus), "config.json: linux.resources.cpu.cpus");
     TRY(check_share_annotation(spec));
+    TRY(boot_timeout_ms(spec));
     TRY(templates::choose(spec.annotations, std::nullopt));  // a bad org.husk.template or HUSK_TEMPLATES
     std::string rootfs = rootfs_path(bundle, spec);
     if (!sys::is_dir(rootfs)) return fail("rootfs " + rootfs + " does not exist", ENOENT);

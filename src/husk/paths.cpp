@@ -71,6 +71,12 @@ bool rootless() {
     return !(inside == 0 && outside == 0 && count == 4294967295ull);
 }
 
+std::string user_dir(const char* xdg_var, const char* home_rel) {
+    if (const char* x = ::getenv(xdg_var); x && *x) return x;
+    const char* home = ::getenv("HOME");
+    return std::string(home && *home ? home : "/") + "/" + home_rel;
+}
+
 std::string default_state_root() {
     const char* xdg = ::getenv("XDG_RUNTIME_DIR");
     if (!xdg || !*xdg || !rootless()) return defaults::kStateRoot;

@@ -30,6 +30,9 @@ StatePaths state_paths(const std::string& root, const std::string& id);
 // Whether we run without the host's root: a non-zero euid, or root of a
 // user namespace (rootless podman runs its runtime as "root" in one).
 bool rootless();
+// A per-user base directory: $<xdg_var> (XDG_CONFIG_HOME, XDG_CACHE_HOME),
+// else $HOME/<home_rel> ("/" when HOME is unset).
+std::string user_dir(const char* xdg_var, const char* home_rel);
 // --root's default, by runc's rule: /run/husk, or $XDG_RUNTIME_DIR/husk
 // when rootless with XDG_RUNTIME_DIR set (unless USER is root).
 std::string default_state_root();

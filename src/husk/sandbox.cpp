@@ -1,7 +1,9 @@
 #include "husk/sandbox.h"
 
 #include <algorithm>
+#include <cerrno>
 #include <cmath>
+#include <cstdlib>
 
 #include <cap-ng.h>
 
@@ -215,6 +217,18 @@ static Result<std::string> share_annotation(const Spec& spec) {
         return fail(std::string("annotation ") + kAnnotationShare + ": expected \"virtiofs\" or \"9p\", got \"" + it->second + "\"",
                     EINVAL);
     return it->second;
+}
+
+Result<int> boot_timeout_ms(const Spec& spec) {
+    auto it = spec.annotations.find(defaults::kAnnotationBootTimeout);
+    if (it == spec.annotations.end()) return defaults::kBootTimeoutMs;
+    const std::string& v = it->second;
+    char* end = nullptr;
+    errno = 0;
+    double secs = v.empty() ? 0 : std::strtod(v.c_str(), &end);
+    if (v.empty() || errno || end != v.c_str() + v.size() || !std::isfinite(secs) || secs <= 0 || secs > 86400)
+        return fail("annotation " + it->first + ": expected seconds in (0, 86400], got \"" + v + "\"", EINVAL);
+    return int(std::max(1.0, secs * 1000));
 }
 
 Result<void> check_share_annotation(const Spec& spec) { return share_annotation(spec).map([](auto&&) {}); }

@@ -111,6 +111,9 @@ struct HostShare {
 HostShare host_share(const ShareSupport& can, const std::string& driver, const std::string& config_share);
 // The annotation's value alone, checked (for husk create, before anything starts).
 Result<void> check_share_annotation(const Spec& spec);
+// How long the VM may take to come up: org.husk.boot-timeout (seconds, a
+// finite number in (0, 86400]), else defaults::kBootTimeoutMs.
+Result<int> boot_timeout_ms(const Spec& spec);
 
 // A pod's sizes, which containerd's CRI puts on its sandbox container.
 inline constexpr const char* kPodMemoryAnnotation = "io.kubernetes.cri.sandbox-memory";  // bytes

@@ -18,9 +18,7 @@ namespace husk::templates {
 std::string dir() {
     if (const char* d = ::getenv("HUSK_TEMPLATE_DIR"); d && *d) return d;
     if (!rootless()) return "/var/cache/husk/templates";
-    if (const char* x = ::getenv("XDG_CACHE_HOME"); x && *x) return std::string(x) + "/husk/templates";
-    const char* home = ::getenv("HOME");
-    return std::string(home && *home ? home : "/tmp") + "/.cache/husk/templates";
+    return user_dir("XDG_CACHE_HOME", ".cache") + "/husk/templates";
 }
 
 static Result<std::optional<bool>> on_off(const std::string& v, const std::string& origin) {
