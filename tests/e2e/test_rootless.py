@@ -16,7 +16,10 @@ from husktest import make_user, remove_user
 # It runs QEMU and UML itself: once, in the default pass.
 pytestmark = pytest.mark.skipif(DRIVER != "qemu", reason="picks its drivers itself; runs in the default pass")
 
-USER = "husk-plain"
+# One user per pytest-xdist worker: a module fixture runs once in each
+# worker that gets a test of this module, and one worker's teardown
+# (pkill -u, userdel) must not take the other's user from under it.
+USER = "husk-plain-" + os.environ.get("PYTEST_XDIST_WORKER", "main")
 
 
 @pytest.fixture(scope="module")
