@@ -222,9 +222,10 @@ Result<void> Shim::launch_vm() {
         host.share_fs = choice.fs;
         share_why_ = choice.why;
     }
-    // A template (vm_template.h) holds no container's devices: a VM whose
-    // container needs one it cannot add later (a NIC, a disk, vsock) boots
-    // on its own. Then VMs of one shape share a template.
+    // A template (vm_template.h) holds no container's devices: they are
+    // added after the restore (the virtio-fs share, NICs up to the ports
+    // it has). A VM that needs one that cannot be (a disk, more NICs, a
+    // vsock device) boots on its own.
     auto use = TRY(templates::choose(spec_.annotations, config.templates));
     template_why_ = !use.on                                ? use.why
                     : !caps.templates                      ? "the driver has none"

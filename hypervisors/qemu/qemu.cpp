@@ -113,9 +113,9 @@ std::vector<std::string> translate(const VmConfig& cfg, const Options& opt) {
                             std::to_string(defaults::kHotplugBlockMiB) + "M"});
     }
     if (cfg.template_shape) {
-        // A port for what is plugged in after the save (virtio-fs), and a
-        // generation id the guest's kernel reseeds its RNG from when it
-        // changes (each clone gets its own: guid=auto at every start).
+        // Ports for what is plugged in after the save (virtio-fs, NICs),
+        // and a generation id the guest's kernel reseeds its RNG from when
+        // it changes (each clone gets its own: guid=auto at every start).
         for (unsigned i = 0; i < kHotplugPorts; ++i)
             add({"-device", "pcie-root-port,id=" + hotplug_port(i) + ",chassis=" + std::to_string(i + 1)});
         add({"-device", "vmgenid,guid=auto"});
@@ -227,10 +227,12 @@ public:
             auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
             for (;;) {
                 auto st = TRY(qmp_.execute("query-migrate"));
-                std::string status = st.is_object() ? st.value("status", "") : "";
+                std::string status = st.is_object() && st.contains("status") && st["status"].is_string() ? st["status"].get<std::string>() : "";
                 if (status == "completed") return {};
-                if (status == "failed" || status == "cancelled")
-                    return fail("qemu: migration " + status + (st.contains("error-desc") ? ": " + st["error-desc"].get<std::string>() : ""), EIO);
+                if (status == "failed" || status == "cancelled") {
+                    bool why = st.contains("error-desc") && st["error-desc"].is_string();
+                    return fail("qemu: migration " + status + (why ? ": " + st["error-desc"].get<std::string>() : ""), EIO);
+                }
                 if (std::chrono::steady_clock::now() > deadline) return fail("qemu: saving the template took over 60 s", ETIMEDOUT);
                 std::this_thread::sleep_for(std::chrono::milliseconds(5));
             }
