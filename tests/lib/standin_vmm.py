@@ -351,8 +351,10 @@ class StandIn:
 
     def connect(self, path):
         """A connection to one of QEMU's listening sockets. QEMU binds (the
-        file appears) a moment before it listens: refused is retried too."""
-        for _ in range(500):
+        file appears) a moment before it listens: refused is retried too.
+        Up to 30 s: a QEMU started cold on a loaded 2-core host took over
+        the 5 s this waited before (CI, the first two tests of a phase)."""
+        for _ in range(3000):
             s = socket.socket(socket.AF_UNIX)
             try:
                 s.connect(path)
