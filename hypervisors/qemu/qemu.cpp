@@ -12,6 +12,7 @@
 
 #include "husk/defaults.h"
 #include "husk/paths.h"
+#include "husk/vm_template.h"
 #include "hypervisors/jail.h"
 #include "hypervisors/process_vm.h"
 #include "hypervisors/qemu/qmp.h"
@@ -146,16 +147,6 @@ Capabilities QemuHypervisor::capabilities() const {
     return c;
 }
 
-// The file a template depends on, as a line: its path, inode, size and
-// mtime (a rebuilt guest image or a new QEMU is a new template).
-static std::string identity(const std::string& path) {
-    std::string real = sys::realpath(path).value_or(path);
-    struct stat st{};
-    if (::stat(real.c_str(), &st) < 0) return real + " missing\n";
-    return real + " " + std::to_string(st.st_ino) + " " + std::to_string(st.st_size) + " " +
-           std::to_string(st.st_mtim.tv_sec) + "." + std::to_string(st.st_mtim.tv_nsec) + "\n";
-}
-
 std::string QemuHypervisor::template_shape(const VmConfig& cfg) const {
     if (!capabilities().templates || !cfg.template_shape || !opt_.jail) return "";
     // The argv the VMM runs with, as its jail sees it: the same for every
@@ -165,7 +156,7 @@ std::string QemuHypervisor::template_shape(const VmConfig& cfg) const {
     std::string text = "qemu template 1\n";
     for (const auto& a : translate(seen, opt_)) text += a + "\n";
     std::string binary = sys::find_program(opt_.binary).value_or(opt_.binary);
-    return text + identity(binary) + identity(cfg.kernel) + identity(cfg.initrd);
+    return text + templates::file_identity(binary) + templates::file_identity(cfg.kernel) + templates::file_identity(cfg.initrd);
 }
 
 std::string QemuHypervisor::guest_kernel() const { return find_guest_kernel(); }

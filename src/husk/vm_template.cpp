@@ -48,6 +48,14 @@ static uint64_t fnv1a(const std::string& s, uint64_t h) {
     return h;
 }
 
+std::string file_identity(const std::string& path) {
+    std::string real = sys::realpath(path).value_or(path);
+    struct stat st{};
+    if (::stat(real.c_str(), &st) < 0) return real + " missing\n";
+    return real + " " + std::to_string(st.st_ino) + " " + std::to_string(st.st_size) + " " +
+           std::to_string(st.st_mtim.tv_sec) + "." + std::to_string(st.st_mtim.tv_nsec) + "\n";
+}
+
 std::string key_of(const std::string& shape) {
     static const char* d = "0123456789abcdef";
     std::string out;

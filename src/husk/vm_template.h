@@ -35,6 +35,11 @@ Result<Choice> choose(const std::map<std::string, std::string>& annotations, std
 // a hash collision is a miss, never a wrong restore.
 std::string key_of(const std::string& shape);
 
+// A file a template depends on, as a line of its shape: its real path,
+// inode, size and mtime (a rebuilt guest image or a new VMM binary is a
+// new template).
+std::string file_identity(const std::string& path);
+
 struct Entry {
     std::string key;
     std::string state;  // <dir>/<key>.state: the saved VM
