@@ -1,10 +1,12 @@
 #include "hypervisors/api_vmm.h"
 
 #include <fcntl.h>
+#include <sys/sendfile.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <thread>
 
@@ -49,6 +51,104 @@ Result<http::Response> api_call(const std::string& socket, const ApiCall& call, 
 
 Result<void> ApiVm::pause() { return api_call(socket_, pause_).map([](auto&&) {}); }
 Result<void> ApiVm::resume() { return api_call(socket_, resume_).map([](auto&&) {}); }
+
+// Paused, snapshotted into a directory of its own, packed into `fd`; the
+// directory goes, and the guest runs on whatever happened.
+Result<void> ApiVm::save_template(int fd) {
+    if (tmpl_.save.empty()) return fail("this VMM cannot save its guest", ENOTSUP);
+    (void)sys::remove_all(snapshot_dir_);
+    TRY(sys::mkdir_p(snapshot_dir_, 0700));
+    auto saved = [&]() -> Result<void> {
+        for (const auto& c : tmpl_.save) TRY(api_call(socket_, c, 60000));
+        return pack_snapshot(snapshot_dir_, fd);
+    }();
+    (void)sys::remove_all(snapshot_dir_);
+    auto ran = api_call(socket_, resume_);
+    TRY(saved);
+    return ran.map([](auto&&) {});
+}
+
+Result<void> ApiVm::add_share(size_t index) {
+    if (index >= tmpl_.shares.size()) return fail("no share to add", EINVAL);
+    return api_call(socket_, tmpl_.shares[index]).map([](auto&&) {});
+}
+
+Result<void> ApiVm::add_nic(size_t index) {
+    if (index >= tmpl_.nics.size()) return fail("no NIC to add", EINVAL);
+    return api_call(socket_, tmpl_.nics[index]).map([](auto&&) {});
+}
+
+namespace {
+
+constexpr const char* kPackMagic = "husk snapshot 1\n";
+
+Result<void> copy_bytes(int from, int to, uint64_t n) {
+    while (n > 0) {
+        ssize_t w = ::sendfile(to, from, nullptr, size_t(std::min<uint64_t>(n, 1 << 30)));
+        if (w < 0 && errno == EINTR) continue;
+        if (w < 0) return fail_errno("copy the snapshot");
+        if (w == 0) return fail("the snapshot ends early", EIO);
+        n -= uint64_t(w);
+    }
+    return {};
+}
+
+bool plain_name(const std::string& n) {
+    return !n.empty() && n != "." && n != ".." && n.size() <= 255 && n.find('/') == std::string::npos &&
+           n.find('\0') == std::string::npos && n.find('\n') == std::string::npos;
+}
+
+// One line of the pack's header, read a byte at a time (the bytes after
+// it are a file's, read by sendfile from the offset we leave).
+Result<std::string> read_line(int fd) {
+    std::string line;
+    for (;;) {
+        char c;
+        ssize_t r = ::read(fd, &c, 1);
+        if (r < 0 && errno == EINTR) continue;
+        if (r < 0) return fail_errno("read the snapshot");
+        if (r == 0) return fail("the snapshot ends early", EIO);
+        if (c == '\n') return line;
+        if (line.size() > 300) return fail("not a packed snapshot (a header line is too long)", EINVAL);
+        line += c;
+    }
+}
+
+}  // namespace
+
+Result<void> pack_snapshot(const std::string& dir, int fd) {
+    TRY(sys::write_all(fd, kPackMagic));
+    auto names = TRY(sys::list_dir(dir));
+    std::sort(names.begin(), names.end());
+    for (const auto& n : names) {
+        auto f = TRY(sys::open(dir + "/" + n, O_RDONLY | O_NOFOLLOW));
+        struct stat st{};
+        if (::fstat(f.get(), &st) < 0) return fail_errno("stat " + dir + "/" + n);
+        if (!S_ISREG(st.st_mode) || !plain_name(n)) return fail("the snapshot holds " + n + ", not a plain file", EINVAL);
+        TRY(sys::write_all(fd, std::to_string(st.st_size) + " " + n + "\n"));
+        TRY(copy_bytes(f.get(), fd, uint64_t(st.st_size)));
+    }
+    return sys::write_all(fd, "end\n");
+}
+
+Result<void> unpack_snapshot(int fd, const std::string& dir) {
+    if (::lseek(fd, 0, SEEK_SET) < 0) return fail_errno("seek the template");
+    struct stat st{};
+    if (::fstat(fd, &st) < 0) return fail_errno("stat the template");
+    if (TRY(read_line(fd)) + "\n" != kPackMagic) return fail("not a packed snapshot", EINVAL);
+    for (;;) {
+        std::string line = TRY(read_line(fd));
+        if (line == "end") return {};
+        size_t sp = line.find(' ');
+        std::string size = line.substr(0, sp), name = sp == std::string::npos ? "" : line.substr(sp + 1);
+        off_t at = ::lseek(fd, 0, SEEK_CUR);
+        if (size.empty() || size.size() > 19 || size.find_first_not_of("0123456789") != std::string::npos ||
+            !plain_name(name) || at < 0 || std::stoull(size) > uint64_t(st.st_size - at))
+            return fail("not a packed snapshot (bad entry \"" + line.substr(0, 80) + "\")", EINVAL);
+        auto out = TRY(sys::open(dir + "/" + name, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW, 0600));
+        TRY(copy_bytes(fd, out.get(), std::stoull(size)));
+    }
+}
 
 namespace {
 
@@ -112,10 +212,26 @@ Result<std::unique_ptr<Vm>> launch_api_vmm(const ApiVmmLaunch& l, const VmConfig
     jail_spawn(j, o);
     o.cwd = kJailVmmDir;  // inside the jail
     pid_t pid = TRY_CTX(sys::spawn(argv, o), "launch " + l.name);
-    auto vm = std::make_unique<ApiVm>(pid, socket, l.pause, l.resume);
+    std::string snapshot_dir = workdir + "/" + kVmmDirName + "/" + kSnapshotDirName;
+    auto vm = std::make_unique<ApiVm>(pid, socket, snapshot_dir, l);
     for (pid_t d : daemons.release()) vm->adopt(d);
     auto fail_with_log = [&](const Error& e) { return fail(l.name + ": " + e.message + log_tail(log_path), e.code); };
     if (auto r = wait_for_api(socket, pid, 5000); !r) return fail_with_log(r.error());
+    if (cfg.incoming_fd >= 0) {
+        // A template: its files where the VMM reads them, for as long as
+        // it does (the guest's memory is its own once restored).
+        if (l.tmpl.restore.empty()) return fail(l.name + ": this VMM cannot restore a guest", ENOTSUP);
+        auto restored = [&]() -> Result<void> {
+            (void)sys::remove_all(snapshot_dir);
+            TRY(sys::mkdir_p(snapshot_dir, 0700));
+            TRY_CTX(unpack_snapshot(cfg.incoming_fd, snapshot_dir), "the template");
+            for (const auto& c : l.tmpl.restore) TRY(api_call(socket, c, 20000));
+            return {};
+        }();
+        (void)sys::remove_all(snapshot_dir);
+        if (!restored) return fail_with_log(restored.error());
+        return std::unique_ptr<Vm>(std::move(vm));
+    }
     for (const auto& c : l.calls)
         if (auto r = api_call(socket, c, 10000); !r) return fail_with_log(r.error());
     return std::unique_ptr<Vm>(std::move(vm));

@@ -29,25 +29,59 @@ Result<http::Response> api_call(const std::string& socket, const ApiCall& call, 
 // The VMM's message in an error response body. Pure.
 std::string api_error_message(const std::string& body);
 
+// Where a REST-API VMM writes a template's snapshot and reads it back:
+// a directory in its working directory (the jail's /vmm), which holds
+// only that, and only while it saves or restores.
+inline constexpr const char* kSnapshotDirName = "template";
+inline constexpr const char* kJailSnapshotDir = "/vmm/template";
+
+// A driver's template calls (Capabilities::templates). A VM saves by
+// `save` (pause, snapshot into kJailSnapshotDir) and then runs on
+// (ApiVmmLaunch::resume); the files it wrote are the template, packed
+// into one (pack_snapshot). A restore unpacks them there and makes
+// `restore` instead of ApiVmmLaunch::calls; then the guest runs, and gets
+// `shares[i]` and `nics[i]` as the container asks for them.
+struct ApiTemplateCalls {
+    std::vector<ApiCall> save;
+    std::vector<ApiCall> restore;
+    std::vector<ApiCall> shares, nics;
+};
+
 struct ApiVmmLaunch {
     std::string name;                 // "firecracker": error prefix
     std::vector<std::string> argv;    // argv[0] is the binary
     std::string socket;               // the API socket, relative to workdir
     std::vector<ApiCall> calls;       // configure and boot
     ApiCall pause, resume;
+    ApiTemplateCalls tmpl;            // a template-shaped VM's
 };
 
 class ApiVm : public ProcessVm {
 public:
-    ApiVm(pid_t pid, std::string socket, ApiCall pause, ApiCall resume)
-        : ProcessVm(pid), socket_(std::move(socket)), pause_(std::move(pause)), resume_(std::move(resume)) {}
+    ApiVm(pid_t pid, std::string socket, std::string snapshot_dir, const ApiVmmLaunch& l)
+        : ProcessVm(pid), socket_(std::move(socket)), snapshot_dir_(std::move(snapshot_dir)), pause_(l.pause),
+          resume_(l.resume), tmpl_(l.tmpl) {}
     Result<void> pause() override;
     Result<void> resume() override;
+    Result<void> save_template(int fd) override;
+    // The restore ran the guest already (launch_api_vmm): its channel is
+    // the VMM's to bridge, which a paused guest could not answer.
+    Result<void> run_restored() override { return {}; }
+    Result<void> add_share(size_t index) override;
+    Result<void> add_nic(size_t index) override;
 
 private:
-    std::string socket_;
+    std::string socket_, snapshot_dir_;
     ApiCall pause_, resume_;
+    ApiTemplateCalls tmpl_;
 };
+
+// A snapshot directory's regular files as one stream to `fd` (what the
+// template store keeps), and back: `fd` (read from its start) unpacked
+// into `dir`, which exists and is empty. A stream that is not one packed
+// here, or names a file with a '/' in it, is an error.
+Result<void> pack_snapshot(const std::string& dir, int fd);
+Result<void> unpack_snapshot(int fd, const std::string& dir);
 
 // Where a REST-API VMM's jail puts its log (the rest: jail.h).
 inline constexpr const char* kApiJailLog = "/vmm.log";
