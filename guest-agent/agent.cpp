@@ -698,7 +698,7 @@ Result<void> Agent::run() {
     send(proto::encode(proto::Type::Hello, 0, hello.dump()));
     for (;;) {
         std::vector<pollfd> pf;
-        enum Tag { kChan, kSig, kOut, kIn };
+        enum Tag { kChan, kSig, kOut, kIn, kRedial };
         struct T {
             Tag tag;
             uint32_t proc;
@@ -709,6 +709,10 @@ Result<void> Agent::run() {
         tags.push_back({kChan, 0, 0});
         pf.push_back({sfd.get(), POLLIN, 0});
         tags.push_back({kSig, 0, 0});
+        if (int l = template_vsock_listener(); l >= 0) {
+            pf.push_back({l, POLLIN, 0});
+            tags.push_back({kRedial, 0, 0});
+        }
         for (auto& [idx, p] : procs_) {
             if (p.sync) continue;  // not started: its output waits in the pipe
             for (auto& [fd, o] : p.out)
@@ -740,9 +744,10 @@ Result<void> Agent::run() {
                             if (!f) break;
                             TRY(on_frame(*f));
                         }
-                    } else if (r == 0 && (pf[i].revents & POLLHUP)) {
+                    } else if ((r == 0 && (pf[i].revents & POLLHUP)) || (r < 0 && errno != EAGAIN && errno != EINTR)) {
                         // virtio-serial reports HUP while the host end is
-                        // not connected; nothing to read, wait a little.
+                        // not connected (a template's vsock connection is
+                        // reset once restored): nothing to read, wait a little.
                         std::this_thread::sleep_for(std::chrono::milliseconds(10));
                     }
                 }
@@ -754,6 +759,16 @@ Result<void> Agent::run() {
                     if (w <= 0) break;
                     out_.consume(size_t(w));
                 }
+            } else if (t.tag == kRedial) {
+                // A restored clone's host: the saved connection (and what
+                // was on its way) is the template's maker's, gone.
+                auto c = sys::accept(pf[i].fd, SOCK_NONBLOCK);
+                if (!c) continue;
+                chan_ = std::move(*c);
+                dec_ = proto::Decoder();
+                out_.clear();
+                say("template: the channel is a new connection");
+                break;  // chan_'s pollfd is stale
             } else if (t.tag == kSig) {
                 signalfd_siginfo si;
                 while (::read(sfd.get(), &si, sizeof si) == sizeof si) {

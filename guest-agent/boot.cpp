@@ -36,6 +36,8 @@ namespace {
 // restore, may take to probe before its share mounts.
 constexpr int kAttachShareWaitMs = 10000;
 bool g_template = false;
+// A template's vsock listener, until it is attached (template_vsock_listener).
+sys::Fd g_vsock_listener;
 }  // namespace
 
 bool g_debug = false;
@@ -316,8 +318,11 @@ Result<sys::Fd> open_vsock_channel() {
     if (::bind(s.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr) < 0) return fail_errno("vsock bind");
     if (::listen(s.get(), 1) < 0) return fail_errno("vsock listen");
     auto c = TRY(sys::accept(s.get(), SOCK_NONBLOCK));
+    if (g_template) g_vsock_listener = std::move(s);  // a clone's host dials again
     return c;
 }
+
+int template_vsock_listener() { return g_template ? g_vsock_listener.get() : -1; }
 
 bool template_boot() { return g_template; }
 
@@ -331,6 +336,7 @@ bool template_boot() { return g_template; }
 Result<void> attach(const proto::Attach& p) {
     if (!g_template) return fail("this guest did not boot as a template", EPROTO);
     g_template = false;
+    g_vsock_listener.reset();
     g_debug = p.debug;
     {
         auto fd = TRY(sys::open("/dev/urandom", O_WRONLY));

@@ -37,6 +37,10 @@ std::vector<std::pair<unsigned, std::string>> cpu_online_files();
 
 // Booted as a template, and not attached yet.
 bool template_boot();
+// Until then, a vsock channel's listening socket (-1: none): a restored
+// clone's host connects anew (its VMM resets the saved connection, or
+// leaves it dead), and that connection is the channel from then on.
+int template_vsock_listener();
 Result<void> attach(const proto::Attach& p);
 
 }  // namespace husk::agent

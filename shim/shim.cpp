@@ -319,7 +319,10 @@ Result<void> Shim::loop() {
             if (dials && !chan_ && Clock::now() >= next_vsock_try_) {
                 auto c = vsock_cid_ ? vsock_connect(vsock_cid_, proto::kAgentVsockPort)
                                     : hybrid_vsock_connect(hybrid_vsock_, proto::kAgentVsockPort, 1000);
-                if (c) chan_ = std::move(*c);  // non-blocking
+                if (c) {
+                    chan_ = std::move(*c);  // non-blocking
+                    attach_restored();
+                }
                 next_vsock_try_ = Clock::now() + std::chrono::milliseconds(50);
             }
         } else if (ses_.phase == Phase::Exiting) {

@@ -225,13 +225,15 @@ Result<void> Shim::launch_vm() {
     // A template (vm_template.h) holds no container's devices: they are
     // added after the restore (the virtio-fs share, NICs up to the ports
     // it has). A VM that needs one that cannot be (a disk, more NICs, a
-    // vsock device) boots on its own.
+    // vhost-vsock device) boots on its own. (A hybrid vsock is the VMM's
+    // own, in every clone the same: its guest end re-accepts after a
+    // restore.)
     auto use = TRY(templates::choose(spec_.annotations, config.templates));
     template_why_ = !use.on                                ? use.why
                     : !caps.templates                      ? "the driver has none"
                     : !host.share_disk.empty()             ? "the rootfs is on a disk"
                     : nics_.size() > caps.template_nics    ? "the container has more NICs than a template can be given"
-                    : host.vsock || host.hybrid_vsock      ? "the channel is vsock"
+                    : host.vsock                           ? "the channel is vsock"
                     : !caps.shares                         ? "nothing is shared"
                                                            : "";
     // Every socket of the VMM's is in vmm/, its jail's working directory
@@ -305,6 +307,7 @@ Result<void> Shim::start_vmm(bool templates) {
         agent_listen_ = TRY(sys::unix_listen(paths_.agent_sock, 1));
     }
     if (caps.control_socket) qmp_listen_ = TRY(sys::unix_listen(paths_.qmp_sock, 1));
+    qmp_attached_ = !caps.control_socket;  // nothing to wait for
     auto [cr, cw] = TRY(sys::pipe(O_CLOEXEC));
     console_r_ = std::move(cr);
     console_w_ = std::move(cw);
