@@ -86,6 +86,12 @@ FC = {
 CONSOLE = obj(["mode"], file=STR, socket=STR, mode={"enum": ["Off", "Pty", "Tty", "File", "Socket", "Null"]},
               iommu=BOOL, id=STR, pci_segment=INT, pci_device_id=INT)
 SERIAL = obj(["mode"], file=STR, socket=STR, mode={"enum": ["Off", "Pty", "Tty", "File", "Socket", "Null"]})
+CH_FS = obj(["num_queues", "queue_size", "socket", "tag"], tag=STR, socket=STR, num_queues=INT, queue_size=INT, id=STR,
+            pci_segment=INT, pci_device_id=INT)
+CH_NET = obj(
+    [], tap=STR, ip=STR, mask=STR, mac=STR, host_mac=STR, mtu=INT, iommu=BOOL, num_queues=INT, queue_size=INT,
+    vhost_user=BOOL, vhost_socket=STR, vhost_mode=STR, id=STR, pci_segment=INT, pci_device_id=INT,
+    rate_limiter_config=RATE_LIMITER, offload_tso=BOOL, offload_ufo=BOOL, offload_csum=BOOL)
 CH_VM = obj(
     ["payload"],
     cpus=obj(["boot_vcpus", "max_vcpus"], boot_vcpus={"type": "integer", "minimum": 1},
@@ -98,10 +104,7 @@ CH_VM = obj(
         vhost_socket=STR, rate_limiter_config=RATE_LIMITER, pci_segment=INT, pci_device_id=INT, id=STR, serial=STR,
         rate_limit_group=STR, backing_files=BOOL, sparse=BOOL,
         image_type={"enum": ["FlatVmdk", "FixedVhd", "Qcow2", "Raw", "Vhdx", "Unknown"]})},
-    net={"type": "array", "items": obj(
-        [], tap=STR, ip=STR, mask=STR, mac=STR, host_mac=STR, mtu=INT, iommu=BOOL, num_queues=INT, queue_size=INT,
-        vhost_user=BOOL, vhost_socket=STR, vhost_mode=STR, id=STR, pci_segment=INT, pci_device_id=INT,
-        rate_limiter_config=RATE_LIMITER, offload_tso=BOOL, offload_ufo=BOOL, offload_csum=BOOL)},
+    net={"type": "array", "items": CH_NET},
     rng=obj(["src"], id=STR, pci_segment=INT, pci_device_id=INT, iommu=BOOL, src=STR),
     balloon=obj(["size"], id=STR, pci_segment=INT, pci_device_id=INT, iommu=BOOL, size=INT, deflate_on_oom=BOOL,
                 free_page_reporting=BOOL),
@@ -109,8 +112,7 @@ CH_VM = obj(
     console=CONSOLE,
     vsock=obj(["cid", "socket"], cid={"type": "integer", "minimum": 3}, socket=STR, iommu=BOOL, pci_segment=INT,
               pci_device_id=INT, id=STR),
-    fs={"type": "array", "items": obj(["tag", "socket"], tag=STR, socket=STR, num_queues=INT, queue_size=INT, id=STR,
-                                      pci_segment=INT)},
+    fs={"type": "array", "items": CH_FS},
     iommu=BOOL, watchdog=BOOL, pvpanic=BOOL, landlock_enable=BOOL,
 )
 CH = {
@@ -122,7 +124,20 @@ CH = {
     ("PUT", "/api/v1/vmm.shutdown"): None,
     ("GET", "/api/v1/vmm.ping"): None,
     ("GET", "/api/v1/vm.info"): None,
+    ("PUT", "/api/v1/vm.snapshot"): obj([], destination_url=STR),
+    ("PUT", "/api/v1/vm.restore"): obj(
+        ["source_url"], source_url=STR, prefault=BOOL, memory_restore_mode={"enum": ["Copy", "OnDemand", "CopyOnWrite"]},
+        resume=BOOL, zone_updates={"type": "array", "items": obj(["id", "host_numa_node"], id=STR, host_numa_node=INT)}),
+    ("PUT", "/api/v1/vm.add-fs"): CH_FS,
+    ("PUT", "/api/v1/vm.add-net"): CH_NET,
 }
+# Where a hot-added device goes: the stand-in's q35 has this many
+# pcie-root-ports (Cloud Hypervisor's PCI segment has 31 free slots).
+HOTPLUG_PORTS = 10
+# A snapshot directory as Cloud Hypervisor writes one: the VM's config,
+# its device state and its memory (here: QEMU's migration stream, which
+# holds both; state.json says so).
+SNAP_CONFIG, SNAP_STATE, SNAP_MEMORY = "config.json", "state.json", "memory-ranges"
 
 
 class ApiError(Exception):
@@ -141,6 +156,7 @@ class StandIn:
         self.state = "Not started"  # then Running / Paused
         self.qemu = None
         self.qmp = None
+        self.ports_used = 0
         self.lock = threading.Lock()
 
     def say(self, msg):
@@ -265,14 +281,7 @@ class StandIn:
                 raise ApiError(404, "Error from API: The VM could not boot: VM is not created")
             if self.state != "Not started":
                 raise ApiError(405, "Error from API: The VM could not boot: VM is already running")
-            vm = self.config["vm"]
-            self.boot(kernel=vm["payload"]["kernel"], initrd=vm["payload"].get("initramfs"),
-                      cmdline=vm["payload"].get("cmdline", ""), vcpus=vm.get("cpus", {}).get("boot_vcpus", 1),
-                      mem_mib=vm.get("memory", {}).get("size", 512 << 20) >> 20,
-                      drives=[(d["path"], d.get("readonly", False)) for d in vm.get("disks", [])],
-                      nics=[(n["tap"], n.get("mac"), n.get("mtu")) for n in vm.get("net", [])],
-                      vsock=vm.get("vsock", {}).get("socket"), balloon="balloon" in vm,
-                      fs=[(f["tag"], f["socket"]) for f in vm.get("fs", [])])
+            self.boot_vm(self.config["vm"])
         elif route == "/api/v1/vm.pause":
             if self.state != "Running":
                 raise ApiError(405, "Error from API: The VM could not be paused: VM is not running")
@@ -286,6 +295,12 @@ class StandIn:
                 self.qemu.kill()
             if route == "/api/v1/vmm.shutdown":
                 threading.Thread(target=lambda: (time.sleep(0.1), os._exit(0))).start()
+        elif route == "/api/v1/vm.snapshot":
+            self.snapshot(body)
+        elif route == "/api/v1/vm.restore":
+            self.restore(body)
+        elif route in ("/api/v1/vm.add-fs", "/api/v1/vm.add-net"):
+            return self.hot_add(route, body)
         elif route == "/api/v1/vmm.ping":
             return 200, {"version": "stand-in"}
         elif route == "/api/v1/vm.info":
@@ -294,9 +309,129 @@ class StandIn:
             return 200, {"config": self.config["vm"], "state": self.state}
         return 204, None
 
+    def snapshot_dir(self, url, key):
+        if not url.startswith("file://"):
+            raise ApiError(500, f"Error from API: {key} {url}: not a file:// URL")
+        d = url[len("file://"):]
+        if not os.path.isdir(d):
+            raise ApiError(500, f"Error from API: {key} {d}: No such directory")
+        return d
+
+    def snapshot(self, body):
+        """vm.snapshot: a paused VM's config, state and memory, into
+        destination_url (a directory that exists). The VM stays paused."""
+        if self.state == "Not started":
+            raise ApiError(405, "Error from API: The VM could not be snapshotted: VM is not booted")
+        if self.state != "Paused":
+            raise ApiError(500, "Error from API: The VM could not be snapshotted: VM is not paused")
+        d = self.snapshot_dir(body.get("destination_url", ""), "destination_url")
+        with open(os.path.join(d, SNAP_MEMORY), "wb") as mem:
+            self.qmp_cmd("migrate-set-parameters", {"max-bandwidth": 1 << 40})
+            self.qmp_cmd("getfd", {"fdname": "snapshot"}, fd=mem.fileno())
+            self.qmp_cmd("migrate", {"uri": "fd:snapshot"})
+            deadline = time.monotonic() + 50
+            while True:
+                m = self.qmp_cmd("query-migrate")
+                status = m.get("status") if isinstance(m, dict) else None
+                if status == "completed":
+                    break
+                if status in ("failed", "cancelled") or time.monotonic() > deadline:
+                    raise ApiError(500, f"Error from API: The VM could not be snapshotted: migration {status}: "
+                                        f"{m.get('error-desc', '') if isinstance(m, dict) else ''}")
+                time.sleep(0.01)
+        with open(os.path.join(d, SNAP_CONFIG), "w") as f:
+            json.dump(self.config["vm"], f)
+        with open(os.path.join(d, SNAP_STATE), "w") as f:
+            json.dump({"stand-in": f"device state and memory: QEMU's migration stream, in {SNAP_MEMORY}"}, f)
+
+    def restore(self, body):
+        """vm.restore into a VMM with no VM yet: the same VM again, from a
+        snapshot, paused (or running, with resume)."""
+        if "vm" in self.config:
+            raise ApiError(404, "Error from API: The VM could not be restored: VM is already created")
+        d = self.snapshot_dir(body["source_url"], "source_url")
+        try:
+            with open(os.path.join(d, SNAP_CONFIG)) as f:
+                vm = json.load(f)
+            jsonschema.validate(vm, CH_VM)
+            mem = open(os.path.join(d, SNAP_MEMORY), "rb")
+        except (OSError, ValueError, jsonschema.ValidationError) as e:
+            raise ApiError(400, f"Error from API: The VM could not be restored: {e}") from None
+        with mem:
+            self.config["vm"] = vm
+            self.boot_vm(vm, incoming=mem.fileno())
+            deadline = time.monotonic() + 15
+            while True:
+                status = self.qmp_cmd("query-status").get("status")
+                if status == "paused":
+                    break
+                if status != "inmigrate" or time.monotonic() > deadline:
+                    self.qemu.kill()
+                    raise ApiError(500, f"Error from API: The VM could not be restored: the guest is {status}")
+                time.sleep(0.01)
+        self.state = "Paused"
+        if body.get("resume"):
+            self.set_paused(False)
+
+    def hot_add(self, route, body):
+        """vm.add-fs / vm.add-net: before the boot, into the config (204);
+        on a booted VM, hot-plugged on a free root port (200, PciDeviceInfo)."""
+        vm = self.config.get("vm")
+        if vm is None:
+            raise ApiError(404, "Error from API: The device could not be added: VM is not created")
+        fs = route.endswith("add-fs")
+        key, prefix = ("fs", "_fs") if fs else ("net", "_net")
+        if fs:
+            self.must_exist(body["socket"], "fs socket")
+            if not vm.get("memory", {}).get("shared"):
+                raise ApiError(500, "Error from API: The device could not be added: vhost-user requires shared memory")
+        else:
+            self.must_be_tap(body.get("tap", ""))
+        taken = {d.get("id") for k in ("fs", "net", "disks") for d in vm.get(k, [])}
+        dev_id = body.get("id") or next(f"{prefix}{i}" for i in range(64) if f"{prefix}{i}" not in taken)
+        if dev_id in taken:
+            raise ApiError(409, f"Error from API: The device could not be added: identifier {dev_id} is in use")
+        body = dict(body, id=dev_id)
+        if self.state == "Not started":
+            vm.setdefault(key, []).append(body)
+            return 204, None
+        port = self.ports_used
+        if port >= HOTPLUG_PORTS:
+            raise ApiError(500, "Error from API: The device could not be added: no PCI slot is free")
+        bus = f"hp{port}"
+        if fs:
+            self.qmp_cmd("chardev-add", {"id": f"c{dev_id}", "backend": {"type": "socket", "data": {
+                "addr": {"type": "unix", "data": {"path": body["socket"]}}, "server": False}}})
+            self.qmp_cmd("device_add", {"driver": "vhost-user-fs-pci", "id": dev_id, "bus": bus, "chardev": f"c{dev_id}",
+                                        "tag": body["tag"], "queue-size": body["queue_size"]})
+        else:
+            self.qmp_cmd("netdev_add", {"type": "tap", "id": f"n{dev_id}", "ifname": body["tap"], "script": "no",
+                                        "downscript": "no"})
+            dev = {"driver": "virtio-net-pci", "id": dev_id, "bus": bus, "netdev": f"n{dev_id}"}
+            if body.get("mac"):
+                dev["mac"] = body["mac"]
+            if body.get("mtu"):
+                dev["host_mtu"] = body["mtu"]
+            self.qmp_cmd("device_add", dev)
+        self.ports_used += 1
+        vm.setdefault(key, []).append(body)
+        # (The bus number is the stand-in's: port n's secondary bus.)
+        return 200, {"id": dev_id, "bdf": f"0000:{port + 1:02x}:00.0"}
+
     # ---------------------------------------------------------------- the guest
 
-    def boot(self, kernel, initrd, cmdline, vcpus, mem_mib, drives, nics, vsock, balloon, fs=()):
+    def boot_vm(self, vm, incoming=None):
+        self.boot(kernel=vm["payload"]["kernel"], initrd=vm["payload"].get("initramfs"),
+                  cmdline=vm["payload"].get("cmdline", ""), vcpus=vm.get("cpus", {}).get("boot_vcpus", 1),
+                  mem_mib=vm.get("memory", {}).get("size", 512 << 20) >> 20,
+                  drives=[(d["path"], d.get("readonly", False)) for d in vm.get("disks", [])],
+                  nics=[(n["tap"], n.get("mac"), n.get("mtu")) for n in vm.get("net", [])],
+                  vsock=vm.get("vsock", {}).get("socket"), balloon="balloon" in vm,
+                  fs=[(f["tag"], f["socket"]) for f in vm.get("fs", [])],
+                  shared=vm.get("memory", {}).get("shared", False), hotplug=True, incoming=incoming)
+
+    def boot(self, kernel, initrd, cmdline, vcpus, mem_mib, drives, nics, vsock, balloon, fs=(), shared=False,
+             hotplug=False, incoming=None):
         def dev(d):
             return d + "-pci"
         # QEMU's sockets, relative to our working directory (the VMM's,
@@ -307,7 +442,7 @@ class StandIn:
         words = ["husk.channel=serial" if w == "husk.channel=vsock" else w for w in cmdline.split() if w != "pci=off"]
         machine = "q35,sata=off,smbus=off"
         mem = []
-        if fs:  # virtio-fs: the guest's RAM shared with virtiofsd
+        if fs or shared:  # virtio-fs: the guest's RAM shared with virtiofsd
             machine += ",memory-backend=ram"
             mem = ["-object", f"memory-backend-memfd,id=ram,size={mem_mib}M,share=on"]
         argv = ["qemu-system-x86_64", "-name", f"husk-standin-{self.flavour}", *mem,
@@ -333,13 +468,19 @@ class StandIn:
             argv += ["-device", f"{dev('virtio-balloon')},free-page-reporting=on"]
         for i, (tag, sock) in enumerate(fs):
             argv += ["-chardev", f"socket,id=fs{i},path={sock}", "-device", f"vhost-user-fs-pci,chardev=fs{i},tag={tag}"]
+        if hotplug:  # Cloud Hypervisor's hot-plug: a root port per device
+            for i in range(HOTPLUG_PORTS):
+                argv += ["-device", f"pcie-root-port,id=hp{i},bus=pcie.0,chassis={i + 1}"]
+        if incoming is not None:
+            argv += ["-incoming", f"fd:{incoming}"]
         self.say("boot: " + " ".join(argv))
         libc = ctypes.CDLL(None, use_errno=True)
         # QEMU dies with us (the shim SIGKILLs the VMM it launched). The
         # parent-death signal follows the forking thread, so the main
         # thread, which lives as long as we do, forks it.
         self.qemu = on_main_thread(lambda: subprocess.Popen(
-            argv, stdin=subprocess.DEVNULL, stderr=self.log, preexec_fn=lambda: libc.prctl(1, signal.SIGKILL)))
+            argv, stdin=subprocess.DEVNULL, stderr=self.log, preexec_fn=lambda: libc.prctl(1, signal.SIGKILL),
+            pass_fds=() if incoming is None else (incoming,)))
         self.qmp = self.connect(qmp)
         self.qmp_file = self.qmp.makefile("rw")
         self.qmp_file.readline()
@@ -366,15 +507,32 @@ class StandIn:
             time.sleep(0.01)
         raise ApiError(400, "the guest could not start")
 
-    def qmp_cmd(self, cmd):
-        self.qmp_file.write(json.dumps({"execute": cmd}) + "\n")
-        self.qmp_file.flush()
+    def qmp_cmd(self, cmd, args=None, fd=None):
+        """One QMP command (with `fd` passed along, for getfd): its return."""
+        msg = {"execute": cmd}
+        if args is not None:
+            msg["arguments"] = args
+        data = (json.dumps(msg) + "\n").encode()
+        try:
+            if fd is None:
+                self.qmp.sendall(data)
+            else:
+                socket.send_fds(self.qmp, [data], [fd])
+        except OSError as e:
+            raise ApiError(500, f"the guest's machine went away ({cmd}: {e})") from None
         while True:
-            r = json.loads(self.qmp_file.readline())
+            try:
+                line = self.qmp_file.readline()
+            except OSError:
+                line = ""
+            if not line:
+                raise ApiError(500, f"the guest's machine went away ({cmd})")
+            r = json.loads(line)
             if "return" in r:
-                return
+                return r["return"]
             if "error" in r:
-                raise ApiError(400, r["error"].get("desc", "qmp error"))
+                raise ApiError(400 if self.flavour == "firecracker" else 500,
+                               f"{cmd}: {r['error'].get('desc', 'qmp error')}")
 
     def set_paused(self, paused):
         self.qmp_cmd("stop" if paused else "cont")
@@ -476,9 +634,9 @@ def serve_conn(standin, c):
         else:
             try:
                 status, out = standin.handle(method, path, body)
-            except ApiError as e:
-                standin.say(f"{method} {path}: {e.status}: {e}")
-                status = e.status
+            except Exception as e:  # noqa: BLE001 - the VMM answers every request, as the real ones do
+                status = e.status if isinstance(e, ApiError) else 500
+                standin.say(f"{method} {path}: {status}: {e}")
                 out = {"fault_message": str(e)} if standin.flavour == "firecracker" else str(e)
         data = b"" if out is None else (json.dumps(out) if isinstance(out, dict) else out).encode()
         reason = {200: "OK", 204: "No Content", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
