@@ -332,8 +332,15 @@ Result<void> Shim::start_vmm(bool templates) {
     if (restoring_) log::debug("template: restoring " + template_key_ + " (" + template_dir_ + ")");
     else if (making_template_) log::debug("template: none of this shape yet: booting to save " + template_key_);
     else log::debug("template: none (" + template_why_ + ")");
-    vm_ = TRY(hv_->launch(cfg, paths_.dir, paths_.vmm_log));
     launched_at_ = Clock::now();
+    auto launched = hv_->launch(cfg, paths_.dir, paths_.vmm_log);
+    // A REST-API VMM restores inside launch: one that refused the
+    // template is dropped like any other (and the VM boots instead).
+    if (!launched && restoring_) {
+        restore_failed(launched.error().message);
+        return {};
+    }
+    vm_ = TRY(std::move(launched));
     console_w_.reset();
     // The VMM's now: a tap lives as long as the VMM does. (A template's
     // VMM has them from its attach: until then, ours, for a VM booted
@@ -433,6 +440,7 @@ bool Shim::restore_failed(const std::string& why) {
     console_tail_.clear();
     ::unlink(paths_.agent_sock.c_str());
     ::unlink(paths_.qmp_sock.c_str());
+    ::unlink(paths_.vsock_sock.c_str());  // a REST-API VMM's, bound again by the next
     ses_.restart_boot();
     restoring_ = attached_ = qmp_attached_ = false;
     template_shape_.clear();
