@@ -83,10 +83,8 @@ Capabilities CloudHypervisor::capabilities() const {
     c.shares = c.virtio_fs = true;
     c.nine_p = false;
     // vm.snapshot/vm.restore, and vm.add-fs/vm.add-net for what a
-    // template cannot hold (PCI hotplug: no port to run out of). Off
-    // until the test stand-in serves those calls and the e2e suite has
-    // run a container from a template through it (issue 23's note).
-    c.templates = false;
+    // template cannot hold (PCI hotplug: its segment has 31 slots).
+    c.templates = true;
     c.template_nics = 8;
     return c;
 }

@@ -7,6 +7,7 @@ run end to end. Where the real binary and /dev/kvm exist, scripts/test
 runs the suite on them too."""
 import json
 import os
+import re
 import socket
 import subprocess
 
@@ -32,12 +33,14 @@ def standin(tmp_path):
         link = d / flavour
         if not link.exists():
             link.symlink_to(STANDIN)
-        e = dict(os.environ, HUSK_TEST_VMM_STANDIN="1", HUSK_STANDIN_RECORD=str(record))
+        # Booting, unless a test asks for templates (these check the boot's calls).
+        e = dict(os.environ, HUSK_TEST_VMM_STANDIN="1", HUSK_STANDIN_RECORD=str(record), HUSK_TEMPLATES="0")
         e[ENV_BINARY[flavour]] = str(link)
         e.update(extra)
         return e
 
     env.calls = lambda: [json.loads(l) for l in record.read_text().splitlines()] if record.exists() else []
+    env.forget = lambda: record.unlink(missing_ok=True)
     return env
 
 
@@ -250,3 +253,103 @@ def test_without_kvm_the_drivers_are_refused_saying_why(husk, bundle, standin):
     r = husk("run", "-b", bundle(["true"], edit=on("firecracker")), new_id(), env=env)
     assert r.returncode != 0
     assert "needs /dev/kvm" in r.stderr.decode()
+
+
+# ------------------------------------------------------------ templates
+# Cloud Hypervisor's: vm.snapshot of the template-shaped VM (no share, no
+# NIC, shared memory), vm.restore into a new VMM, then vm.add-fs and
+# vm.add-net for the container (docs/design.md, "VM templates").
+
+CH_MADE = [("PUT", "/api/v1/vm.create"), ("PUT", "/api/v1/vm.boot"), ("PUT", "/api/v1/vm.pause"),
+           ("PUT", "/api/v1/vm.snapshot"), ("PUT", "/api/v1/vm.resume"), ("PUT", "/api/v1/vm.add-fs")]
+CH_FS = {"id": "fs0", "tag": "husk", "socket": "fs.sock", "num_queues": 1, "queue_size": 1024}
+SNAPSHOT_URL = "file:///vmm/template"
+
+
+def ch_templates(standin, tmp_path):
+    return standin("cloud-hypervisor", HUSK_TEMPLATES="1", HUSK_TEMPLATE_DIR=str(tmp_path / "templates"))
+
+
+def saved_templates(tmp_path):
+    d = tmp_path / "templates"
+    return sorted(d / p for p in os.listdir(d) if p.endswith(".state")) if d.is_dir() else []
+
+
+def test_cloud_hypervisor_makes_a_template_by_snapshot_and_restores_it(husk, bundle, standin, tmp_path, netpair):
+    env = ch_templates(standin, tmp_path)
+    b = bundle(["sh", "-c", "echo hello; grep ' / ' /proc/mounts"], edit=on("cloud-hypervisor"))
+    r = husk("run", "-b", b, new_id(), glob=("--debug",), env=env)
+    err = r.stderr.decode(errors="replace")
+    assert r.returncode == 0, err[-3000:]
+    assert re.search(r'msg="template: [0-9a-f]{32} saved in \d+ ms"', err), err[-3000:]
+    out = r.stdout.decode().splitlines()
+    assert out[0] == "hello" and " virtiofs " in out[1]
+    calls = standin.calls()
+    assert [(c["method"], c["path"]) for c in calls] == CH_MADE
+    vm = calls[0]["body"]
+    assert "fs" not in vm and "net" not in vm and vm["memory"]["shared"] is True
+    assert "husk.template=1" in vm["payload"]["cmdline"]
+    assert calls[3]["body"] == {"destination_url": SNAPSHOT_URL}
+    assert calls[5]["body"] == CH_FS
+    assert len(saved_templates(tmp_path)) == 1
+
+    # The next container restores it, and gets its share and its NIC.
+    standin.forget()
+    cid = new_id()
+    b2 = bundle(["sh", "-c", "echo restored > /from-clone; exec sleep 1000"],
+                edit=lambda c: (on("cloud-hypervisor")(c), in_netns(netpair["path"])(c)))
+    r = husk("run", "-d", "-b", b2, cid, glob=("--debug",), env=env)
+    err = r.stderr.decode(errors="replace")
+    assert r.returncode == 0, err[-3000:]
+    assert "template: restoring " in err and "Linux version" not in err, err[-3000:]
+    calls = standin.calls()
+    assert [(c["method"], c["path"]) for c in calls] == [
+        ("PUT", "/api/v1/vm.restore"), ("PUT", "/api/v1/vm.resume"), ("PUT", "/api/v1/vm.add-fs"),
+        ("PUT", "/api/v1/vm.add-net")]
+    assert calls[0]["body"] == {"source_url": SNAPSHOT_URL}
+    assert calls[2]["body"] == CH_FS
+    mac = link(netpair["ctr"], "eth0")["address"]
+    assert calls[3]["body"] == {"id": "net0", "tap": "tap0_husk", "mac": mac, "mtu": 1400}
+    wait_for(lambda: os.path.exists(os.path.join(b2, "rootfs", "from-clone")), "the clone's write on its share")
+    assert open(os.path.join(b2, "rootfs", "from-clone")).read() == "restored\n"
+    r = sh("ip", "netns", "exec", netpair["peer"], "busybox", "ping", "-c", "2", "-W", "5", netpair["addr"], check=False)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert husk("exec", cid, "cat", "/from-clone", env=env, check=True).stdout == b"restored\n"
+    # The snapshot was unpacked for the restore only.
+    assert not os.path.exists(os.path.join(husk.root, cid, "vmm", "template"))
+    husk("delete", "--force", cid, check=True, env=env)
+    assert_untouched(netpair["ctr"])
+
+
+def test_a_cloud_hypervisor_template_that_does_not_restore_is_dropped_and_the_vm_boots(husk, bundle, standin, tmp_path):
+    env = ch_templates(standin, tmp_path)
+    b = bundle(["echo", "hi"], edit=on("cloud-hypervisor"))
+    husk("run", "-b", b, new_id(), env=env, check=True)
+    (f,) = saved_templates(tmp_path)
+    # Rewrite the packed snapshot (api_vmm.h) with its memory cut short:
+    # it unpacks, and the VMM's restore fails on it.
+    data = f.read_bytes()
+    head, rest = data.split(b"\n", 1)
+    assert head == b"husk snapshot 1"
+    entries = []
+    while not rest.startswith(b"end\n"):
+        line, rest = rest.split(b"\n", 1)
+        size, name = line.split(b" ", 1)
+        entries.append((name, rest[:int(size)]))
+        rest = rest[int(size):]
+    assert {n for n, _ in entries} == {b"config.json", b"state.json", b"memory-ranges"}
+    packed = b"husk snapshot 1\n"
+    for name, body in entries:
+        if name == b"memory-ranges":
+            body = body[:len(body) // 2]
+        packed += b"%d %s\n" % (len(body), name) + body
+    f.write_bytes(packed + b"end\n")
+    log = tmp_path / "husk.log"
+    r = husk("run", "-b", b, new_id(), glob=("--log", str(log)), env=env)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == b"hi\n"
+    text = log.read_text()
+    assert re.search(r'level=warning msg="template [0-9a-f]{32} did not restore after \d+ ms \(cloud-hypervisor: '
+                     r'PUT /api/v1/vm.restore: 500: .*\): dropped, booting the VM instead"', text), text[-3000:]
+    assert saved_templates(tmp_path) == []
+    # (the husk fixture asserts no state dir, VMM, QEMU or mount is left)
