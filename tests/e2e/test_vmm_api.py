@@ -310,8 +310,9 @@ def test_cloud_hypervisor_makes_a_template_by_snapshot_and_restores_it(husk, bun
     assert calls[2]["body"] == CH_FS
     mac = link(netpair["ctr"], "eth0")["address"]
     assert calls[3]["body"] == {"id": "net0", "tap": "tap0_husk", "mac": mac, "mtu": 1400}
-    wait_for(lambda: os.path.exists(os.path.join(b2, "rootfs", "from-clone")), "the clone's write on its share")
-    assert open(os.path.join(b2, "rootfs", "from-clone")).read() == "restored\n"
+    written = os.path.join(b2, "rootfs", "from-clone")
+    # (made, then written: the file may be seen empty for a moment)
+    wait_for(lambda: os.path.exists(written) and open(written).read() == "restored\n", "the clone's write on its share")
     r = sh("ip", "netns", "exec", netpair["peer"], "busybox", "ping", "-c", "2", "-W", "5", netpair["addr"], check=False)
     assert r.returncode == 0, r.stdout + r.stderr
     assert husk("exec", cid, "cat", "/from-clone", env=env, check=True).stdout == b"restored\n"
