@@ -156,7 +156,7 @@ std::string log_tail(const std::string& path) {
     std::string s = sys::read_file(path).value_or("");
     if (s.size() > 1024) s = s.substr(s.size() - 1024);
     while (!s.empty() && (s.back() == '\n' || s.back() == ' ')) s.pop_back();
-    return s.empty() ? "" : "; its log ends:\n" + s;
+    return s.empty() ? "" : kVmmLogTail + s;
 }
 
 // The API socket answers, or the VMM died, or time ran out.

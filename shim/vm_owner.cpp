@@ -424,7 +424,10 @@ void Shim::attach_restored() {
 bool Shim::restore_failed(const std::string& why) {
     if (!restoring_) return false;
     auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - launched_at_).count();
-    std::string tail = sys::read_file(paths_.vmm_log, 1 << 16).value_or("");
+    // (A REST-API VMM's launch error carries its log's tail already.)
+    std::string tail = why.find(kVmmLogTail) == std::string::npos
+                           ? sys::read_file(paths_.vmm_log, 1 << 16).value_or("")
+                           : "";
     if (tail.size() > 300) tail = tail.substr(tail.size() - 300);
     while (!tail.empty() && tail.back() == '\n') tail.pop_back();
     log::warn("template " + template_key_ + " did not restore after " + std::to_string(ms) + " ms (" + why +

@@ -143,6 +143,10 @@ struct Capabilities {
 };
 
 // A launched VM. Destroying it kills the VMM.
+// What a launch error appends before the last lines of the VMM's log
+// (so that a caller that would add them knows they are there).
+inline constexpr const char* kVmmLogTail = "; its log ends:\n";
+
 class Vm {
 public:
     virtual ~Vm() = default;

@@ -352,5 +352,6 @@ def test_a_cloud_hypervisor_template_that_does_not_restore_is_dropped_and_the_vm
     text = log.read_text()
     assert re.search(r'level=warning msg="template [0-9a-f]{32} did not restore after \d+ ms \(cloud-hypervisor: '
                      r'PUT /api/v1/vm.restore: 500: .*\): dropped, booting the VM instead"', text), text[-3000:]
+    assert text.count("its log ends") == 1, text[-3000:]  # the VMM's log tail, once
     assert saved_templates(tmp_path) == []
     # (the husk fixture asserts no state dir, VMM, QEMU or mount is left)
