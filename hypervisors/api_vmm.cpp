@@ -52,17 +52,31 @@ Result<http::Response> api_call(const std::string& socket, const ApiCall& call, 
 Result<void> ApiVm::pause() { return api_call(socket_, pause_).map([](auto&&) {}); }
 Result<void> ApiVm::resume() { return api_call(socket_, resume_).map([](auto&&) {}); }
 
+namespace {
+
+// `fn` with `dir` made anew and empty; the directory goes after it,
+// whatever happened (a snapshot lives there only while it is written or read).
+template <typename Fn>
+Result<void> in_snapshot_dir(const std::string& dir, Fn fn) {
+    (void)sys::remove_all(dir);
+    auto r = [&]() -> Result<void> {
+        TRY(sys::mkdir_p(dir, 0700));
+        return fn();
+    }();
+    (void)sys::remove_all(dir);
+    return r;
+}
+
+}  // namespace
+
 // Paused, snapshotted into a directory of its own, packed into `fd`; the
 // directory goes, and the guest runs on whatever happened.
 Result<void> ApiVm::save_template(int fd) {
     if (tmpl_.save.empty()) return fail("this VMM cannot save its guest", ENOTSUP);
-    (void)sys::remove_all(snapshot_dir_);
-    TRY(sys::mkdir_p(snapshot_dir_, 0700));
-    auto saved = [&]() -> Result<void> {
+    auto saved = in_snapshot_dir(snapshot_dir_, [&]() -> Result<void> {
         for (const auto& c : tmpl_.save) TRY(api_call(socket_, c, 60000));
         return pack_snapshot(snapshot_dir_, fd);
-    }();
-    (void)sys::remove_all(snapshot_dir_);
+    });
     auto ran = api_call(socket_, resume_);
     TRY(saved);
     return ran.map([](auto&&) {});
@@ -142,11 +156,12 @@ Result<void> unpack_snapshot(int fd, const std::string& dir) {
         size_t sp = line.find(' ');
         std::string size = line.substr(0, sp), name = sp == std::string::npos ? "" : line.substr(sp + 1);
         off_t at = ::lseek(fd, 0, SEEK_CUR);
-        if (size.empty() || size.size() > 19 || size.find_first_not_of("0123456789") != std::string::npos ||
-            !plain_name(name) || at < 0 || std::stoull(size) > uint64_t(st.st_size - at))
+        bool digits = !size.empty() && size.size() <= 19 && size.find_first_not_of("0123456789") == std::string::npos;
+        uint64_t n = digits ? std::stoull(size) : 0;
+        if (!digits || !plain_name(name) || at < 0 || n > uint64_t(st.st_size - at))
             return fail("not a packed snapshot (bad entry \"" + line.substr(0, 80) + "\")", EINVAL);
         auto out = TRY(sys::open(dir + "/" + name, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW, 0600));
-        TRY(copy_bytes(fd, out.get(), std::stoull(size)));
+        TRY(copy_bytes(fd, out.get(), n));
     }
 }
 
@@ -221,14 +236,11 @@ Result<std::unique_ptr<Vm>> launch_api_vmm(const ApiVmmLaunch& l, const VmConfig
         // A template: its files where the VMM reads them, for as long as
         // it does (the guest's memory is its own once restored).
         if (l.tmpl.restore.empty()) return fail(l.name + ": this VMM cannot restore a guest", ENOTSUP);
-        auto restored = [&]() -> Result<void> {
-            (void)sys::remove_all(snapshot_dir);
-            TRY(sys::mkdir_p(snapshot_dir, 0700));
+        auto restored = in_snapshot_dir(snapshot_dir, [&]() -> Result<void> {
             TRY_CTX(unpack_snapshot(cfg.incoming_fd, snapshot_dir), "the template");
             for (const auto& c : l.tmpl.restore) TRY(api_call(socket, c, 20000));
             return {};
-        }();
-        (void)sys::remove_all(snapshot_dir);
+        });
         if (!restored) return fail_with_log(restored.error());
         return std::unique_ptr<Vm>(std::move(vm));
     }

@@ -142,11 +142,11 @@ struct Capabilities {
     bool nine_p = true;
 };
 
-// A launched VM. Destroying it kills the VMM.
 // What a launch error appends before the last lines of the VMM's log
 // (so that a caller that would add them knows they are there).
 inline constexpr const char* kVmmLogTail = "; its log ends:\n";
 
+// A launched VM. Destroying it kills the VMM.
 class Vm {
 public:
     virtual ~Vm() = default;
