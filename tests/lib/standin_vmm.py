@@ -79,6 +79,15 @@ FC = {
                             show_level=BOOL, show_log_origin=BOOL, module=STR),
     ("PUT", "/actions"): obj(["action_type"], action_type={"enum": ["FlushMetrics", "InstanceStart", "SendCtrlAltDel"]}),
     ("PATCH", "/vm"): obj(["state"], state={"enum": ["Paused", "Resumed"]}),
+    ("PATCH", "/drives/{id}"): obj(["drive_id"], drive_id=STR, path_on_host=STR, rate_limiter=RATE_LIMITER),
+    ("PUT", "/snapshot/create"): obj(["mem_file_path", "snapshot_path"], mem_file_path=STR, snapshot_path=STR,
+                                     snapshot_type={"enum": ["Full", "Diff"]}),
+    ("PUT", "/snapshot/load"): obj(
+        ["snapshot_path"], enable_diff_snapshots=BOOL, track_dirty_pages=BOOL, mem_file_path=STR,
+        mem_backend=obj(["backend_type", "backend_path"], backend_type={"enum": ["File", "Uffd"]}, backend_path=STR),
+        snapshot_path=STR, resume_vm=BOOL,
+        network_overrides={"type": "array", "items": obj(["iface_id", "host_dev_name"], iface_id=STR, host_dev_name=STR)},
+        vsock_override=obj(["uds_path"], uds_path=STR), clock_realtime=BOOL),
     ("GET", "/"): None,
 }
 
@@ -157,6 +166,7 @@ class StandIn:
         self.qemu = None
         self.qmp = None
         self.ports_used = 0
+        self.drive_gen = 0
         self.lock = threading.Lock()
 
     def say(self, msg):
@@ -209,9 +219,13 @@ class StandIn:
                                 "No such device") from None
 
     def firecracker(self, method, route, path, body):
-        preboot = method == "PUT" and route != "/actions"
+        preboot = method == "PUT" and route not in ("/actions", "/snapshot/create")
         if preboot and self.state != "Not started":
             raise ApiError(400, "The requested operation is not supported after starting the microVM.")
+        if route == "/snapshot/load" and any(self.config.values()):
+            raise ApiError(400, "Loading a microVM snapshot not allowed after configuring boot-specific resources.")
+        if method == "PATCH" and self.state == "Not started":
+            raise ApiError(400, "The requested operation is not supported before starting the microVM.")
         if route == "/machine-config":
             self.config["machine"] = body
         elif route == "/boot-source":
@@ -219,7 +233,7 @@ class StandIn:
             if "initrd_path" in body:
                 self.must_exist(body["initrd_path"], "initrd")
             self.config["boot"] = body
-        elif route == "/drives/{id}":
+        elif route == "/drives/{id}" and method == "PUT":
             if body["drive_id"] != path.rsplit("/", 1)[1]:
                 raise ApiError(400, "The id from the path does not match the id from the body!")
             self.must_exist(body.get("path_on_host", ""), "drive")
@@ -238,20 +252,128 @@ class StandIn:
                 raise ApiError(400, "The requested operation is not supported after starting the microVM.")
             if "boot" not in self.config:
                 raise ApiError(400, "Cannot start microvm without kernel configuration.")
-            m = self.config.get("machine", {"vcpu_count": 1, "mem_size_mib": 128})
-            cmdline = self.config["boot"].get("boot_args", "")
-            self.boot(kernel=self.config["boot"]["kernel_image_path"], initrd=self.config["boot"].get("initrd_path"),
-                      cmdline=cmdline, vcpus=m["vcpu_count"], mem_mib=m["mem_size_mib"],
-                      drives=[(d["path_on_host"], d.get("is_read_only", False)) for d in self.config["drives"].values()],
-                      nics=[(n["host_dev_name"], n.get("guest_mac"), None) for n in self.config["nets"].values()],
-                      vsock=self.config.get("vsock", {}).get("uds_path"), balloon="balloon" in self.config)
+            self.boot_fc(self.config)
         elif route == "/vm":
-            if self.state == "Not started":
-                raise ApiError(400, "The requested operation is not supported before starting the microVM.")
             self.set_paused(body["state"] == "Paused")
+        elif route == "/drives/{id}" and method == "PATCH":
+            self.patch_drive(path.rsplit("/", 1)[1], body)
+        elif route == "/snapshot/create":
+            self.fc_snapshot(body)
+        elif route == "/snapshot/load":
+            self.fc_load(body)
         elif route == "/":
             return 200, {"id": "husk", "state": self.state, "vmm_version": "stand-in", "app_name": "Firecracker"}
         return 204, None
+
+    def boot_fc(self, config, incoming=None):
+        m = config.get("machine", {"vcpu_count": 1, "mem_size_mib": 128})
+        self.boot(kernel=config["boot"]["kernel_image_path"], initrd=config["boot"].get("initrd_path"),
+                  cmdline=config["boot"].get("boot_args", ""), vcpus=m["vcpu_count"], mem_mib=m["mem_size_mib"],
+                  drives=[(d["path_on_host"], d.get("is_read_only", False)) for d in config["drives"].values()],
+                  nics=[(n["host_dev_name"], n.get("guest_mac"), None) for n in config["nets"].values()],
+                  vsock=config.get("vsock", {}).get("uds_path"), balloon="balloon" in config, incoming=incoming)
+
+    def patch_drive(self, drive_id, body):
+        """PATCH /drives/{id}: a running VM's drive moved to another file
+        (or the same one, grown): the guest is told its new size, as
+        Firecracker's block device does. Here: QEMU's node swapped under
+        the device (blockdev-reopen) and block_resize to notify."""
+        if body["drive_id"] != drive_id:
+            raise ApiError(400, "The id from the path does not match the id from the body!")
+        ids = list(self.config["drives"])
+        if drive_id not in ids:
+            raise ApiError(400, f"Invalid block device ID: {drive_id}")
+        drive = self.config["drives"][drive_id]
+        if "path_on_host" not in body:
+            return
+        self.must_exist(body["path_on_host"], "drive")
+        i, ro = ids.index(drive_id), drive.get("is_read_only", False)
+        self.drive_gen += 1
+        node = f"f{i}g{self.drive_gen}"
+        self.qmp_cmd("blockdev-add", {"driver": "file", "node-name": node, "filename": body["path_on_host"], "read-only": ro})
+        self.qmp_cmd("blockdev-reopen", {"options": [{"driver": "raw", "node-name": f"b{i}", "file": node, "read-only": ro}]})
+        self.qmp_cmd("block_resize", {"node-name": f"b{i}", "size": os.path.getsize(body["path_on_host"])})
+        drive["path_on_host"] = body["path_on_host"]
+
+    def fc_snapshot(self, body):
+        """PUT /snapshot/create: a paused VM's state (here: its config) to
+        snapshot_path, its memory (here: QEMU's migration stream, with the
+        device state) to mem_file_path."""
+        if self.state != "Paused":
+            raise ApiError(400, "Operation not allowed: the microVM is not paused.")
+        if body.get("snapshot_type", "Full") != "Full":
+            raise ApiError(400, "Diff snapshots require dirty page tracking (track_dirty_pages).")
+        try:
+            mem = open(body["mem_file_path"], "wb")
+            state = open(body["snapshot_path"], "w")
+        except OSError as e:
+            raise ApiError(400, f"Cannot create snapshot: {e}") from None
+        with mem, state:
+            self.migrate_to(mem, 400)
+            json.dump({"stand-in": "device state and memory: QEMU's migration stream, in the memory file",
+                       "config": self.config}, state)
+
+    def fc_load(self, body):
+        """PUT /snapshot/load on a fresh VMM: the same VM again, paused
+        (resumed with resume_vm), its taps (network_overrides) and vsock
+        socket (vsock_override) renamed if asked."""
+        if ("mem_file_path" in body) == ("mem_backend" in body):
+            raise ApiError(400, "Exactly one of mem_file_path or mem_backend must be given.")
+        backend = body.get("mem_backend", {"backend_type": "File", "backend_path": body.get("mem_file_path")})
+        if backend["backend_type"] != "File":
+            raise ApiError(400, "The stand-in loads guest memory from a file only (no Uffd).")
+        try:
+            with open(body["snapshot_path"]) as f:
+                config = json.load(f)["config"]
+            mem = open(backend["backend_path"], "rb")
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise ApiError(400, f"Load snapshot error: {e}") from None
+        with mem:
+            for o in body.get("network_overrides", []):
+                if o["iface_id"] not in config["nets"]:
+                    raise ApiError(400, f"Load snapshot error: no network interface {o['iface_id']} in the snapshot")
+                config["nets"][o["iface_id"]]["host_dev_name"] = o["host_dev_name"]
+            if "vsock_override" in body:
+                config["vsock"]["uds_path"] = body["vsock_override"]["uds_path"]
+            for d in config["drives"].values():
+                self.must_exist(d["path_on_host"], "drive")
+            for n in config["nets"].values():
+                self.must_be_tap(n["host_dev_name"])
+            self.config = config
+            self.boot_fc(config, incoming=mem.fileno())
+            self.wait_loaded(lambda status: ApiError(400, f"Load snapshot error: the guest is {status}"))
+        self.state = "Paused"
+        if body.get("resume_vm"):
+            self.set_paused(False)
+
+    def migrate_to(self, f, status):
+        """The paused guest, device state and memory, into the open file `f`."""
+        self.qmp_cmd("migrate-set-parameters", {"max-bandwidth": 1 << 40})
+        self.qmp_cmd("getfd", {"fdname": "snapshot"}, fd=f.fileno())
+        self.qmp_cmd("migrate", {"uri": "fd:snapshot"})
+        deadline = time.monotonic() + 50
+        while True:
+            m = self.qmp_cmd("query-migrate")
+            st = m.get("status") if isinstance(m, dict) else None
+            if st == "completed":
+                return
+            if st in ("failed", "cancelled") or time.monotonic() > deadline:
+                raise ApiError(status, ("" if self.flavour == "firecracker" else "Error from API: ") +
+                               f"The VM could not be snapshotted: migration {st}: "
+                                       f"{m.get('error-desc', '') if isinstance(m, dict) else ''}")
+            time.sleep(0.01)
+
+    def wait_loaded(self, error):
+        """An incoming migration loaded (QEMU paused), or `error(status)`."""
+        deadline = time.monotonic() + 15
+        while True:
+            status = self.qmp_cmd("query-status").get("status")
+            if status == "paused":
+                return
+            if status != "inmigrate" or time.monotonic() > deadline:
+                self.qemu.kill()
+                raise error(status)
+            time.sleep(0.01)
 
     def cloud_hypervisor(self, method, route, path, body):
         if route == "/api/v1/vm.create":
@@ -326,19 +448,7 @@ class StandIn:
             raise ApiError(500, "Error from API: The VM could not be snapshotted: VM is not paused")
         d = self.snapshot_dir(body.get("destination_url", ""), "destination_url")
         with open(os.path.join(d, SNAP_MEMORY), "wb") as mem:
-            self.qmp_cmd("migrate-set-parameters", {"max-bandwidth": 1 << 40})
-            self.qmp_cmd("getfd", {"fdname": "snapshot"}, fd=mem.fileno())
-            self.qmp_cmd("migrate", {"uri": "fd:snapshot"})
-            deadline = time.monotonic() + 50
-            while True:
-                m = self.qmp_cmd("query-migrate")
-                status = m.get("status") if isinstance(m, dict) else None
-                if status == "completed":
-                    break
-                if status in ("failed", "cancelled") or time.monotonic() > deadline:
-                    raise ApiError(500, f"Error from API: The VM could not be snapshotted: migration {status}: "
-                                        f"{m.get('error-desc', '') if isinstance(m, dict) else ''}")
-                time.sleep(0.01)
+            self.migrate_to(mem, 500)
         with open(os.path.join(d, SNAP_CONFIG), "w") as f:
             json.dump(self.config["vm"], f)
         with open(os.path.join(d, SNAP_STATE), "w") as f:
@@ -360,15 +470,7 @@ class StandIn:
         with mem:
             self.config["vm"] = vm
             self.boot_vm(vm, incoming=mem.fileno())
-            deadline = time.monotonic() + 15
-            while True:
-                status = self.qmp_cmd("query-status").get("status")
-                if status == "paused":
-                    break
-                if status != "inmigrate" or time.monotonic() > deadline:
-                    self.qemu.kill()
-                    raise ApiError(500, f"Error from API: The VM could not be restored: the guest is {status}")
-                time.sleep(0.01)
+            self.wait_loaded(lambda status: ApiError(500, f"Error from API: The VM could not be restored: the guest is {status}"))
         self.state = "Paused"
         if body.get("resume"):
             self.set_paused(False)
@@ -454,7 +556,7 @@ class StandIn:
         if initrd:
             argv += ["-initrd", initrd]
         for i, (path, ro) in enumerate(drives):
-            argv += ["-drive", f"file={path},if=none,id=d{i},format=raw" + (",readonly=on" if ro else ""),
+            argv += ["-drive", f"file={path},if=none,id=d{i},node-name=b{i},format=raw" + (",readonly=on" if ro else ""),
                      "-device", f"{dev('virtio-blk')},drive=d{i}"]
         for i, (tap, mac, mtu) in enumerate(nics):
             argv += ["-netdev", f"tap,id=n{i},ifname={tap},script=no,downscript=no",
