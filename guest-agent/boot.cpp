@@ -27,6 +27,7 @@
 #include "guest-agent/container.h"
 #include "husk/hypervisor.h"
 #include "protocol/protocol.h"
+#include "sys/netlink.h"
 #include "sys/sys.h"
 
 namespace husk::agent {
@@ -352,6 +353,9 @@ Result<void> attach(const proto::Attach& p) {
     if (::clock_settime(CLOCK_REALTIME, &ts) < 0) return fail_errno("attach: set the clock");
     if (p.debug) (void)sys::write_file("/proc/sys/kernel/printk", "7");
     say("attached to its container's host (" + p.share + ")");
+    // The template's NICs (one it held) take on the container's MACs,
+    // which create's network configuration finds them by.
+    if (!p.macs.empty()) TRY_CTX(sys::set_macs(p.macs, kAttachShareWaitMs), "attach");
     // vCPUs beyond the boot one (a template boots with one online).
     unsigned n = 1;
     for (const auto& [cpu, f] : cpu_online_files()) {

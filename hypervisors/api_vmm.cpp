@@ -11,6 +11,7 @@
 #include <thread>
 
 #include "husk/paths.h"
+#include "husk/vm_template.h"
 #include "hypervisors/jail.h"
 #include "hypervisors/virtiofsd.h"
 #include "sys/sys.h"
@@ -82,15 +83,23 @@ Result<void> ApiVm::save_template(int fd) {
     return ran.map([](auto&&) {});
 }
 
-Result<void> ApiVm::add_share(size_t index) {
-    if (index >= tmpl_.shares.size()) return fail("no share to add", EINVAL);
-    return api_call(socket_, tmpl_.shares[index]).map([](auto&&) {});
+std::string api_template_shape(const std::string& tag, const VmConfig& cfg, const std::string& binary,
+                               std::vector<ApiCall> (*translate)(const VmConfig&)) {
+    if (!cfg.template_shape) return "";
+    VmConfig seen = jailed_config(cfg);
+    seen.incoming_fd = -1;
+    return tag + "\n" + calls_to_json(translate(seen)).dump() + "\n" + templates::vm_files_identity(binary, cfg.kernel, cfg.initrd);
 }
 
-Result<void> ApiVm::add_nic(size_t index) {
-    if (index >= tmpl_.nics.size()) return fail("no NIC to add", EINVAL);
-    return api_call(socket_, tmpl_.nics[index]).map([](auto&&) {});
+// The template call for a container's device `index` of one kind.
+static Result<void> device_call(const std::string& socket, const std::vector<ApiCall>& calls, size_t index,
+                                const char* what) {
+    if (index >= calls.size()) return fail(std::string("no ") + what + " to give the VM", EINVAL);
+    return api_call(socket, calls[index]).map([](auto&&) {});
 }
+Result<void> ApiVm::add_share(size_t index) { return device_call(socket_, tmpl_.shares, index, "share"); }
+Result<void> ApiVm::add_nic(size_t index) { return device_call(socket_, tmpl_.nics, index, "NIC"); }
+Result<void> ApiVm::add_disk(size_t index) { return device_call(socket_, tmpl_.disks, index, "disk"); }
 
 namespace {
 
@@ -205,6 +214,8 @@ Result<std::unique_ptr<Vm>> launch_api_vmm(const ApiVmmLaunch& l, const VmConfig
     j.mounts.push_back({log_path, kApiJailLog, false, false});
     std::string socket = workdir + "/" + kVmmDirName + "/" + l.socket;
     ::unlink(socket.c_str());
+    if (!l.tmpl.disks.empty())
+        TRY(sys::open(workdir + "/" + kVmmDirName + "/" + kPlaceholderDiskName, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600));
     std::vector<std::string> argv = l.argv;
     argv[0] = binary;
     sys::SpawnOptions o;

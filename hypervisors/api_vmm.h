@@ -34,17 +34,22 @@ std::string api_error_message(const std::string& body);
 // only that, and only while it saves or restores.
 inline constexpr const char* kSnapshotDirName = "template";
 inline constexpr const char* kJailSnapshotDir = "/vmm/template";
+// A template's disks while it has none of a container's (Capabilities::
+// template_disks): an empty file there, made at launch.
+inline constexpr const char* kPlaceholderDiskName = "placeholder.img";
+inline constexpr const char* kJailPlaceholderDisk = "/vmm/placeholder.img";
 
 // A driver's template calls (Capabilities::templates). A VM saves by
 // `save` (pause, snapshot into kJailSnapshotDir) and then runs on
 // (ApiVmmLaunch::resume); the files it wrote are the template, packed
 // into one (pack_snapshot). A restore unpacks them there and makes
 // `restore` instead of ApiVmmLaunch::calls; then the guest runs, and gets
-// `shares[i]` and `nics[i]` as the container asks for them.
+// `shares[i]`, `nics[i]` and `disks[i]` (in place of the placeholder) as
+// the container asks for them.
 struct ApiTemplateCalls {
     std::vector<ApiCall> save;
     std::vector<ApiCall> restore;
-    std::vector<ApiCall> shares, nics;
+    std::vector<ApiCall> shares, nics, disks;
 };
 
 struct ApiVmmLaunch {
@@ -69,12 +74,20 @@ public:
     Result<void> run_restored() override { return {}; }
     Result<void> add_share(size_t index) override;
     Result<void> add_nic(size_t index) override;
+    Result<void> add_disk(size_t index) override;
 
 private:
     std::string socket_, snapshot_dir_;
     ApiCall pause_, resume_;
     ApiTemplateCalls tmpl_;
 };
+
+// A REST-API driver's Hypervisor::template_shape: `tag` (its name and
+// shape version), the calls `translate` makes of `cfg` as the jail shows
+// it (the same for every container of the shape: sockets and taps by
+// name), and the files the VM runs.
+std::string api_template_shape(const std::string& tag, const VmConfig& cfg, const std::string& binary,
+                               std::vector<ApiCall> (*translate)(const VmConfig&));
 
 // A snapshot directory's regular files as one stream to `fd` (what the
 // template store keeps), and back: `fd` (read from its start) unpacked

@@ -224,18 +224,20 @@ Result<void> Shim::launch_vm() {
     }
     // A template (vm_template.h) holds no container's devices: they are
     // added after the restore (the virtio-fs share, NICs up to the ports
-    // it has). A VM that needs one that cannot be (a disk, more NICs, a
+    // it has, the rootfs disk in place of a placeholder), or held with
+    // names and MACs of the template's own (Firecracker's NICs). A VM
+    // that needs one that cannot be (a disk elsewhere, more NICs, a
     // vhost-vsock device) boots on its own. (A hybrid vsock is the VMM's
     // own, in every clone the same: its guest end re-accepts after a
     // restore.)
     auto use = TRY(templates::choose(spec_.annotations, config.templates));
     template_why_ = !use.on                                ? use.why
                     : !caps.templates                      ? "the driver has none"
-                    : !host.share_disk.empty()             ? "the rootfs is on a disk"
+                    : !host.share_disk.empty() && !caps.template_disks ? "the rootfs is on a disk"
                     : nics_.size() > caps.template_nics    ? "the container has more NICs than a template can be given"
                     : host.vsock                           ? "the channel is vsock"
-                    : !caps.shares                         ? "nothing is shared"
-                                                           : "";
+                    : !caps.shares && host.share_disk.empty() ? "nothing is shared"
+                                                              : "";
     // Every socket of the VMM's is in vmm/, its jail's working directory
     // (the VMM sees them by name: sun_path's 108 bytes whatever --root is).
     if (::mkdir(paths_.vmm_dir.c_str(), 0700) < 0 && errno != EEXIST) return fail_errno("mkdir " + paths_.vmm_dir);
@@ -360,10 +362,15 @@ Result<void> Shim::start_vmm(bool templates) {
 // (virtio-fs, which a template cannot hold, plugged in now), and the
 // attach request's parameters.
 Result<proto::Attach> Shim::attach_template() {
-    if (host_.share_fs == ShareFs::VirtioFs) TRY_CTX(vm_->add_share(0), "add the virtio-fs share");
-    for (size_t i = 0; i < nics_.size(); ++i) TRY_CTX(vm_->add_nic(i), "add NIC " + std::to_string(i));
     proto::Attach a;
-    a.share = host_.share_fs == ShareFs::VirtioFs ? "virtiofs" : "9p";
+    if (share_disk_) TRY_CTX(vm_->add_disk(0), "give the VM its rootfs disk");
+    else if (host_.share_fs == ShareFs::VirtioFs) TRY_CTX(vm_->add_share(0), "add the virtio-fs share");
+    bool held = hv_->capabilities().template_holds_nics;
+    for (size_t i = 0; i < nics_.size(); ++i) {
+        if (held) a.macs.emplace_back(templates::mac(i), nics_[i].mac);
+        else TRY_CTX(vm_->add_nic(i), "add NIC " + std::to_string(i));
+    }
+    a.share = share_disk_ ? "disk" : host_.share_fs == ShareFs::VirtioFs ? "virtiofs" : "9p";
     a.debug = args_.log.debug;
     a.entropy.resize(64);
     if (::getrandom(a.entropy.data(), a.entropy.size(), 0) != ssize_t(a.entropy.size())) return fail_errno("getrandom");

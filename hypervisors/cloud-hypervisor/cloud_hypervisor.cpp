@@ -1,7 +1,5 @@
 #include "hypervisors/cloud-hypervisor/cloud_hypervisor.h"
 
-#include "husk/vm_template.h"
-#include "hypervisors/jail.h"
 
 namespace husk::cloud_hypervisor {
 
@@ -90,14 +88,7 @@ Capabilities CloudHypervisor::capabilities() const {
 }
 
 std::string CloudHypervisor::template_shape(const VmConfig& cfg) const {
-    if (!cfg.template_shape) return "";
-    // The calls that make its VM, with the paths its jail shows: the
-    // same for every container of this shape (sockets by name).
-    VmConfig seen = jailed_config(cfg);
-    seen.incoming_fd = -1;
-    std::string binary = binary_path();
-    return "cloud-hypervisor template 1\n" + calls_to_json(translate(seen)).dump() + "\n" +
-           templates::file_identity(binary) + templates::file_identity(cfg.kernel) + templates::file_identity(cfg.initrd);
+    return api_template_shape("cloud-hypervisor template 1", cfg, binary_path(), translate);
 }
 
 std::string CloudHypervisor::unavailable() const {

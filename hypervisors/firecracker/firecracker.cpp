@@ -1,5 +1,7 @@
 #include "hypervisors/firecracker/firecracker.h"
 
+#include "husk/vm_template.h"
+
 namespace husk::firecracker {
 
 using nlohmann::json;
@@ -21,7 +23,7 @@ std::vector<ApiCall> translate(const VmConfig& cfg) {
         std::string id = "disk" + std::to_string(i);
         c.push_back({"PUT", "/drives/" + id,
                      {{"drive_id", id},
-                      {"path_on_host", cfg.disks[i].path},
+                      {"path_on_host", cfg.template_shape ? kJailPlaceholderDisk : cfg.disks[i].path},
                       {"is_root_device", false},
                       {"is_read_only", cfg.disks[i].readonly}}});
     }
@@ -29,7 +31,9 @@ std::vector<ApiCall> translate(const VmConfig& cfg) {
     for (size_t i = 0; i < cfg.nics.size(); ++i) {
         std::string id = "net" + std::to_string(i);
         c.push_back({"PUT", "/network-interfaces/" + id,
-                     {{"iface_id", id}, {"host_dev_name", cfg.nics[i].tap}, {"guest_mac", cfg.nics[i].mac}}});
+                     {{"iface_id", id},
+                      {"host_dev_name", cfg.nics[i].tap},
+                      {"guest_mac", cfg.template_shape ? templates::mac(i) : cfg.nics[i].mac}}});
     }
     if (cfg.channel.kind != ChannelKind::None)
         c.push_back({"PUT", "/vsock", {{"guest_cid", cfg.channel.vsock_cid}, {"uds_path", cfg.channel.socket_path}}});
@@ -39,10 +43,47 @@ std::vector<ApiCall> translate(const VmConfig& cfg) {
     return c;
 }
 
+ApiTemplateCalls template_calls(const VmConfig& cfg) {
+    ApiTemplateCalls t;
+    std::string dir = kJailSnapshotDir;
+    // A snapshot is of a paused VM. The memory file is mapped, not read:
+    // it may go once the load returns (the mapping keeps it).
+    t.save = {{"PATCH", "/vm", {{"state", "Paused"}}},
+              {"PUT", "/snapshot/create",
+               {{"snapshot_type", "Full"}, {"snapshot_path", dir + "/vmstate"}, {"mem_file_path", dir + "/memory"}}}};
+    t.restore = {{"PUT", "/snapshot/load",
+                  {{"snapshot_path", dir + "/vmstate"},
+                   {"mem_backend", {{"backend_type", "File"}, {"backend_path", dir + "/memory"}}},
+                   {"resume_vm", true}}}};
+    // The drive leaves its placeholder for the container's disk; the
+    // guest is told the new size (a config-change interrupt).
+    for (size_t i = 0; i < cfg.disks.size(); ++i) {
+        std::string id = "disk" + std::to_string(i);
+        t.disks.push_back({"PATCH", "/drives/" + id, {{"drive_id", id}, {"path_on_host", cfg.disks[i].path}}});
+    }
+    return t;
+}
+
 std::vector<std::string> command(const std::string& binary, const std::string& log_path) {
     // --log-path: Firecracker's own messages go to the VMM log, so its
     // stdout carries nothing but the guest console.
     return {binary, "--api-sock", kApiSocket, "--id", "husk", "--log-path", log_path, "--level", "Warning"};
+}
+
+Capabilities FirecrackerHypervisor::capabilities() const {
+    Capabilities c = ApiHypervisor::capabilities();
+    // /snapshot/create and /snapshot/load; no hot-plug at all, so a
+    // template holds its NICs (taps by name, the template's MACs) and a
+    // placeholder for the rootfs disk, which PATCH /drives replaces.
+    c.templates = true;
+    c.template_nics = 8;
+    c.template_holds_nics = true;
+    c.template_disks = true;
+    return c;
+}
+
+std::string FirecrackerHypervisor::template_shape(const VmConfig& cfg) const {
+    return api_template_shape("firecracker template 1", cfg, binary_path(), translate);
 }
 
 std::string FirecrackerHypervisor::unavailable() const {
@@ -57,6 +98,7 @@ ApiVmmLaunch FirecrackerHypervisor::plan(const VmConfig& cfg, const std::string&
     l.calls = translate(cfg);
     l.pause = {"PATCH", "/vm", {{"state", "Paused"}}};
     l.resume = {"PATCH", "/vm", {{"state", "Resumed"}}};
+    if (cfg.template_shape) l.tmpl = template_calls(cfg);
     return l;
 }
 

@@ -156,7 +156,7 @@ std::string QemuHypervisor::template_shape(const VmConfig& cfg) const {
     std::string text = "qemu template 1\n";
     for (const auto& a : translate(seen, opt_)) text += a + "\n";
     std::string binary = sys::find_program(opt_.binary).value_or(opt_.binary);
-    return text + templates::file_identity(binary) + templates::file_identity(cfg.kernel) + templates::file_identity(cfg.initrd);
+    return text + templates::vm_files_identity(binary, cfg.kernel, cfg.initrd);
 }
 
 std::string QemuHypervisor::guest_kernel() const { return find_guest_kernel(); }

@@ -137,6 +137,15 @@ struct Capabilities {
     bool templates = false;
     // The most NICs a template's VM can be given (Vm::add_nic).
     unsigned template_nics = 0;
+    // A template's VM holds a container's NICs from its boot (a VMM with
+    // no hot-plug: Firecracker), with MACs of its own (templates::mac),
+    // the taps by their names (the same in every container's netns);
+    // else they are plugged in later (add_nic).
+    bool template_holds_nics = false;
+    // A template's VM holds a placeholder for each of VmConfig::disks (a
+    // file of no size) and is given the container's by Vm::add_disk; else
+    // a VM with disks boots on its own.
+    bool template_disks = false;
     // Its shares can be 9p (QEMU's own server; UML's hostfs stands in).
     // Without it, a share is virtio-fs or none (the rootfs on a disk).
     bool nine_p = true;
@@ -176,6 +185,9 @@ public:
     virtual Result<void> add_share(size_t /*index*/) { return fail("this VMM cannot add a share", ENOTSUP); }
     // ... and VmConfig::nics[index], its tap the fd the config had.
     virtual Result<void> add_nic(size_t /*index*/) { return fail("this VMM cannot add a NIC", ENOTSUP); }
+    // ... and VmConfig::disks[index] in place of its placeholder
+    // (Capabilities::template_disks).
+    virtual Result<void> add_disk(size_t /*index*/) { return fail("this VMM cannot change a disk", ENOTSUP); }
 };
 
 class Hypervisor {

@@ -191,6 +191,8 @@ VmConfig make_vm_config(const Spec& spec, const HostFacts& host, const SandboxPa
         c.template_shape = true;
         c.cmdline = std::string(defaults::kKernelCmdline) + " quiet husk.template=1";
         if (c.all_vcpus() > 1) c.cmdline += " maxcpus=1";
+        // A disk's module too: the template holds a placeholder for it.
+        if (!host.share_disk.empty()) c.cmdline += " husk.share=disk";
     } else {
         c.cmdline = std::string(defaults::kKernelCmdline) + (host.debug ? " husk.debug=1" : " quiet");
         if (!nics.empty()) c.cmdline += " husk.net=1";  // the agent loads virtio_net

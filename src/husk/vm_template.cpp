@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstdio>
 #include <cstdlib>
 #include <ctime>
 
@@ -54,6 +55,16 @@ std::string file_identity(const std::string& path) {
     if (::stat(real.c_str(), &st) < 0) return real + " missing\n";
     return real + " " + std::to_string(st.st_ino) + " " + std::to_string(st.st_size) + " " +
            std::to_string(st.st_mtim.tv_sec) + "." + std::to_string(st.st_mtim.tv_nsec) + "\n";
+}
+
+std::string vm_files_identity(const std::string& binary, const std::string& kernel, const std::string& initrd) {
+    return file_identity(binary) + file_identity(kernel) + file_identity(initrd);
+}
+
+std::string mac(size_t index) {
+    char buf[18];
+    std::snprintf(buf, sizeof buf, "02:68:75:73:6b:%02x", unsigned(index & 0xff));  // 02 "husk"
+    return buf;
 }
 
 std::string key_of(const std::string& shape) {

@@ -30,6 +30,11 @@ struct Choice {
 };
 Result<Choice> choose(const std::map<std::string, std::string>& annotations, std::optional<bool> config);
 
+// The MAC a template holds NIC `index` with (Capabilities::
+// template_holds_nics): locally administered, the same in every
+// template, taken over by the container's at attach (proto::Attach::macs).
+std::string mac(size_t index);
+
 // The file name stem of a shape: 32 hex digits (two 64-bit FNV-1a hashes).
 // The shape's full text is kept beside the state and compared on use, so
 // a hash collision is a miss, never a wrong restore.
@@ -39,6 +44,8 @@ std::string key_of(const std::string& shape);
 // inode, size and mtime (a rebuilt guest image or a new VMM binary is a
 // new template).
 std::string file_identity(const std::string& path);
+// A VM's files that way: the VMM binary, the kernel, the initrd.
+std::string vm_files_identity(const std::string& binary, const std::string& kernel, const std::string& initrd);
 
 struct Entry {
     std::string key;

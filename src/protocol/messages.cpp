@@ -33,25 +33,36 @@ Result<std::string> from_hex(const std::string& hex) {
     return out;
 }
 
+// aa:bb:cc:dd:ee:ff, lower case (as the host's netlink reads a MAC).
+static bool is_mac(const std::string& m) {
+    if (m.size() != 17) return false;
+    for (size_t i = 0; i < m.size(); ++i)
+        if (i % 3 == 2 ? m[i] != ':' : !((m[i] >= '0' && m[i] <= '9') || (m[i] >= 'a' && m[i] <= 'f'))) return false;
+    return true;
+}
+
 json to_json(const Attach& a) {
+    json macs = json::array();
+    for (const auto& [from, to] : a.macs) macs.push_back({from, to});
     return {{"share", a.share}, {"debug", a.debug}, {"entropy", to_hex(a.entropy)}, {"realtime_ns", a.realtime_ns},
-            {"vcpus", a.vcpus}};
+            {"vcpus", a.vcpus}, {"macs", macs}};
 }
 
 Result<Attach> attach_from_json(const json& j) {
     auto bad = [](const std::string& what) { return fail("attach: " + what, EINVAL); };
     if (!j.is_object()) return bad("expected an object");
     for (const auto& [k, v] : j.items())
-        if (k != "share" && k != "debug" && k != "entropy" && k != "realtime_ns" && k != "vcpus") return bad("unknown key " + k);
-    for (const char* k : {"share", "debug", "entropy", "realtime_ns", "vcpus"})
+        if (k != "share" && k != "debug" && k != "entropy" && k != "realtime_ns" && k != "vcpus" && k != "macs")
+            return bad("unknown key " + k);
+    for (const char* k : {"share", "debug", "entropy", "realtime_ns", "vcpus", "macs"})
         if (!j.contains(k)) return bad(std::string("missing ") + k);
     auto natural = [](const json& v) { return v.is_number_unsigned() || (v.is_number_integer() && v.get<int64_t>() >= 0); };
     if (!j["share"].is_string() || !j["debug"].is_boolean() || !j["entropy"].is_string() || !natural(j["realtime_ns"]) ||
-        !natural(j["vcpus"]))
+        !natural(j["vcpus"]) || !j["macs"].is_array())
         return bad("a field has the wrong type");
     Attach a;
     a.share = j["share"].get<std::string>();
-    if (a.share != "9p" && a.share != "virtiofs") return bad("unknown share \"" + a.share + "\"");
+    if (a.share != "9p" && a.share != "virtiofs" && a.share != "disk") return bad("unknown share \"" + a.share + "\"");
     a.debug = j["debug"].get<bool>();
     auto e = from_hex(j["entropy"].get<std::string>());
     if (!e) return bad("entropy: " + e.error().message);
@@ -61,6 +72,13 @@ Result<Attach> attach_from_json(const json& j) {
     uint64_t v = j["vcpus"].get<uint64_t>();
     if (v < 1 || v > 4096) return bad("vcpus out of range");
     a.vcpus = unsigned(v);
+    if (j["macs"].size() > 64) return bad("more than 64 NICs");
+    for (const auto& m : j["macs"]) {
+        if (!m.is_array() || m.size() != 2 || !m[0].is_string() || !m[1].is_string() || !is_mac(m[0].get<std::string>()) ||
+            !is_mac(m[1].get<std::string>()))
+            return bad("macs: expected [template MAC, container MAC] pairs");
+        a.macs.emplace_back(m[0].get<std::string>(), m[1].get<std::string>());
+    }
     return a;
 }
 

@@ -6,6 +6,8 @@
 #pragma once
 #include <cstdint>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 
@@ -17,11 +19,14 @@ namespace husk::proto {
 // becomes a container's VM. Sent once, first, by the template's maker
 // after saving it and by every clone after restoring it.
 struct Attach {
-    std::string share;         // the share's filesystem: "9p" or "virtiofs"
+    std::string share;         // the share's filesystem: "9p", "virtiofs" or "disk" (ext4 on the first disk)
     bool debug = false;        // the agent's --debug lines on the console
     std::string entropy;       // random bytes for this guest alone (raw; hex on the wire)
     uint64_t realtime_ns = 0;  // the host's CLOCK_REALTIME
     unsigned vcpus = 1;        // vCPUs to bring online (the template booted with one)
+    // NICs the template held (a VMM that cannot hot-plug them): each one's
+    // MAC in the template, and the container's it takes on.
+    std::vector<std::pair<std::string, std::string>> macs;
 };
 nlohmann::json to_json(const Attach& a);
 Result<Attach> attach_from_json(const nlohmann::json& j);

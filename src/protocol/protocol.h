@@ -26,7 +26,7 @@
 
 namespace husk::proto {
 
-constexpr uint32_t kVersion = 3;  // 2: stream ids carry 8 bits of fd (--preserve-fds); 3: templates (HELLO "template", attach)
+constexpr uint32_t kVersion = 4;  // 2: stream ids carry 8 bits of fd (--preserve-fds); 3: templates (HELLO "template", attach); 4: attach "disk", "macs"
 constexpr size_t kHeaderSize = 12;
 constexpr uint32_t kMaxPayload = 1u << 20;     // control frames (spec JSON fits)
 constexpr uint32_t kMaxDataPayload = 32u << 10; // one DATA frame

@@ -306,6 +306,23 @@ static Result<void> set_link(nl_sock* sk, int idx, const std::string& name, unsi
     return {};
 }
 
+Result<void> set_macs(const std::vector<std::pair<std::string, std::string>>& macs, int timeout_ms) {
+    auto sk = TRY(connect());
+    auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
+    for (const auto& [from, to] : macs) {
+        int idx = TRY(wait_for_mac(sk.get(), from, deadline));
+        Link orig, change(rtnl_link_alloc());
+        rtnl_link* o = nullptr;
+        if (int e = rtnl_link_get_kernel(sk.get(), idx, nullptr, &o); e < 0) return nl_fail("link " + std::to_string(idx), e);
+        orig.reset(o);
+        auto mac = TRY(parse_addr(to, AF_LLC));
+        rtnl_link_set_addr(change.get(), mac.get());
+        if (int e = rtnl_link_change(sk.get(), orig.get(), change.get(), 0); e < 0)
+            return nl_fail(std::string(rtnl_link_get_name(o)) + ": set MAC " + to, e);
+    }
+    return {};
+}
+
 Result<void> configure_interfaces(const std::vector<NetInterface>& ifs, int timeout_ms) {
     auto sk = TRY(connect());
     auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);

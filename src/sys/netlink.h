@@ -6,6 +6,7 @@
 #include <sys/types.h>
 
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "husk/network.h"
@@ -49,5 +50,9 @@ void remove_redirects(const std::vector<std::string>& links);
 // Guest: wait for a NIC with each interface's MAC, then give it the name,
 // MTU, addresses and state, and add the routes once every link is up.
 Result<void> configure_interfaces(const std::vector<NetInterface>& ifs, int timeout_ms);
+
+// Guest: give the NIC with each pair's first MAC the second (a template's
+// NICs, which it holds with MACs of its own, become a container's).
+Result<void> set_macs(const std::vector<std::pair<std::string, std::string>>& macs, int timeout_ms);
 
 }  // namespace husk::sys

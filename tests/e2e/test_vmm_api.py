@@ -355,3 +355,61 @@ def test_a_cloud_hypervisor_template_that_does_not_restore_is_dropped_and_the_vm
     assert text.count("its log ends") == 1, text[-3000:]  # the VMM's log tail, once
     assert saved_templates(tmp_path) == []
     # (the husk fixture asserts no state dir, VMM, QEMU or mount is left)
+
+
+# Firecracker's: no hot-plug at all, so its template holds the NICs (taps
+# by name, the same in every container's netns; MACs of the template's,
+# which the agent swaps for the container's at attach) and an empty disk
+# where the container's rootfs disk goes (PATCH /drives after the save or
+# the load); /snapshot/create of the paused VM, /snapshot/load resumed.
+
+FC_BOOT = [("PUT", "/machine-config"), ("PUT", "/boot-source"), ("PUT", "/drives/disk0"),
+           ("PUT", "/network-interfaces/net0"), ("PUT", "/vsock"), ("PUT", "/balloon"), ("PUT", "/actions")]
+FC_SNAPSHOT = {"snapshot_type": "Full", "snapshot_path": "/vmm/template/vmstate", "mem_file_path": "/vmm/template/memory"}
+FC_LOAD = {"snapshot_path": "/vmm/template/vmstate", "mem_backend": {"backend_type": "File", "backend_path": "/vmm/template/memory"},
+           "resume_vm": True}
+FC_DISK = {"drive_id": "disk0", "path_on_host": "/disk0"}
+
+
+def test_firecracker_makes_a_template_by_snapshot_and_loads_it(husk, bundle, standin, tmp_path, netpair):
+    env = standin("firecracker", HUSK_TEMPLATES="1", HUSK_TEMPLATE_DIR=str(tmp_path / "templates"))
+    mac = link(netpair["ctr"], "eth0")["address"]
+    in_pair = lambda c: (on("firecracker")(c), in_netns(netpair["path"])(c))  # noqa: E731
+    b = bundle(["sh", "-c", "echo hello; cat /sys/class/net/eth0/address"], edit=in_pair)
+    r = husk("run", "-b", b, new_id(), glob=("--debug",), env=env)
+    err = r.stderr.decode(errors="replace")
+    assert r.returncode == 0, err[-3000:]
+    assert re.search(r'msg="template: [0-9a-f]{32} saved in \d+ ms"', err), err[-3000:]
+    out = r.stdout.decode().splitlines()
+    # The maker's guest: its rootfs disk patched in after the save, its NIC
+    # with the container's MAC (the template's was another).
+    assert out[:2] == ["hello", mac], out
+    calls = standin.calls()
+    assert [(c["method"], c["path"]) for c in calls] == FC_BOOT + [
+        ("PATCH", "/vm"), ("PUT", "/snapshot/create"), ("PATCH", "/vm"), ("PATCH", "/drives/disk0")]
+    assert calls[2]["body"]["path_on_host"] == "/vmm/placeholder.img"
+    assert calls[3]["body"] == {"iface_id": "net0", "host_dev_name": "tap0_husk", "guest_mac": "02:68:75:73:6b:00"}
+    assert "husk.template=1" in calls[1]["body"]["boot_args"]
+    assert calls[8]["body"] == FC_SNAPSHOT
+    assert calls[10]["body"] == FC_DISK
+    assert len(saved_templates(tmp_path)) == 1
+
+    # The next container loads it, gets its disk, its MAC and its network.
+    standin.forget()
+    cid = new_id()
+    b2 = bundle(["sh", "-c", "echo restored > /from-clone; exec sleep 1000"], edit=in_pair)
+    r = husk("run", "-d", "-b", b2, cid, glob=("--debug",), env=env)
+    err = r.stderr.decode(errors="replace")
+    assert r.returncode == 0, err[-3000:]
+    assert "template: restoring " in err and "Linux version" not in err, err[-3000:]
+    calls = standin.calls()
+    assert [(c["method"], c["path"]) for c in calls] == [("PUT", "/snapshot/load"), ("PATCH", "/drives/disk0")]
+    assert calls[0]["body"] == FC_LOAD
+    assert calls[1]["body"] == FC_DISK
+    r = sh("ip", "netns", "exec", netpair["peer"], "busybox", "ping", "-c", "2", "-W", "5", netpair["addr"], check=False)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert husk("exec", cid, "cat", "/sys/class/net/eth0/address", env=env, check=True).stdout.decode().strip() == mac
+    wait_for(lambda: husk("exec", cid, "cat", "/from-clone", env=env).stdout == b"restored\n", "the clone's write")
+    assert not os.path.exists(os.path.join(husk.root, cid, "vmm", "template"))
+    husk("delete", "--force", cid, check=True, env=env)
+    assert_untouched(netpair["ctr"])

@@ -15,6 +15,7 @@
 #include "golden.h"
 #include "husk/disk_image.h"
 #include "husk/sandbox.h"
+#include "husk/vm_template.h"
 #include "hypervisors/api_vmm.h"
 #include "hypervisors/cloud-hypervisor/cloud_hypervisor.h"
 #include "hypervisors/firecracker/firecracker.h"
@@ -103,6 +104,12 @@ TEST_CASE("Cloud Hypervisor shares the rootfs over virtio-fs where virtiofsd can
     CHECK(host_share(share_support(Capabilities{.shares = true}, false, false), "uml", "").name == "hostfs");
 }
 
+// A template-shaped VM's boot calls and its template calls, as one golden document.
+static nlohmann::json template_golden(const std::vector<ApiCall>& boot, const ApiTemplateCalls& t) {
+    return {{"boot", calls_to_json(boot)},       {"save", calls_to_json(t.save)}, {"restore", calls_to_json(t.restore)},
+            {"shares", calls_to_json(t.shares)}, {"nics", calls_to_json(t.nics)}, {"disks", calls_to_json(t.disks)}};
+}
+
 TEST_CASE("Cloud Hypervisor templates: the VM without the container's share and NICs, then snapshot, restore, hot-add (golden)",
           "[drivers][templates]") {
     HostFacts host;
@@ -115,12 +122,8 @@ TEST_CASE("Cloud Hypervisor templates: the VM without the container's share and 
     VmConfig cfg = make_vm_config(small_spec(), host, state_sandbox_paths(), {eth0}, {"tap1_husk"});
     REQUIRE(cfg.template_shape);
     VmConfig seen = jailed_config(cfg);
-    nlohmann::json all = {{"boot", calls_to_json(cloud_hypervisor::translate(seen))}};
     auto t = cloud_hypervisor::template_calls(seen);
-    all["save"] = calls_to_json(t.save);
-    all["restore"] = calls_to_json(t.restore);
-    all["shares"] = calls_to_json(t.shares);
-    all["nics"] = calls_to_json(t.nics);
+    nlohmann::json all = template_golden(cloud_hypervisor::translate(seen), t);
     check_golden("translate/cloud-hypervisor-template.json", all.dump(2) + "\n");
     // What makes the template holds nothing of this container's.
     auto create = all["boot"][0]["body"];
@@ -149,6 +152,62 @@ TEST_CASE("Cloud Hypervisor templates: the VM without the container's share and 
     HostFacts cold = host;
     cold.template_shape = false;
     CHECK(ch.template_shape(make_vm_config(small_spec(), cold, state_sandbox_paths())).empty());
+}
+
+TEST_CASE("Firecracker templates: a placeholder disk and the template's MACs, then snapshot, load, the disk patched in (golden)",
+          "[drivers][templates]") {
+    HostFacts host;
+    host.host_cpus = 2, host.kernel = "/img/vmlinux", host.initrd = "/img/initramfs.img";
+    host.hybrid_vsock = true;
+    host.share_disk = "/state/c1/share.img";
+    host.template_shape = true;
+    NetInterface eth0;
+    eth0.name = "eth0", eth0.mac = "02:42:ac:11:00:02", eth0.mtu = 1400;
+    VmConfig cfg = make_vm_config(small_spec(), host, state_sandbox_paths(), {eth0}, {"tap0_husk"});
+    REQUIRE(cfg.template_shape);
+    CHECK_THAT(cfg.cmdline, Catch::Contains("husk.share=disk"));  // the agent loads virtio_blk
+    VmConfig seen = jailed_config(cfg);
+    auto t = firecracker::template_calls(seen);
+    nlohmann::json all = template_golden(firecracker::translate(seen), t);
+    check_golden("translate/firecracker-template.json", all.dump(2) + "\n");
+    // What makes the template holds nothing of this container's: an empty
+    // disk in place of its rootfs, the NIC with the template's MAC.
+    std::string boot = all["boot"].dump();
+    CHECK_THAT(boot, Catch::Contains(kJailPlaceholderDisk));
+    CHECK_THAT(boot, !Catch::Contains("\"" + jail_disk_path(0) + "\""));
+    CHECK_THAT(boot, Catch::Contains(templates::mac(0)));
+    CHECK_THAT(boot, !Catch::Contains(eth0.mac));
+    REQUIRE(t.disks.size() == 1);
+    CHECK(t.disks[0].method == "PATCH");
+    CHECK(t.disks[0].body["path_on_host"] == jail_disk_path(0));
+    CHECK(t.shares.empty());
+    CHECK(t.nics.empty());
+    firecracker::FirecrackerHypervisor fc;
+    auto caps = fc.capabilities();
+    CHECK(caps.templates);
+    CHECK(caps.template_holds_nics);
+    CHECK(caps.template_disks);
+    // One shape whatever the container's MACs and state directory.
+    std::string shape = fc.template_shape(cfg);
+    CHECK_THAT(shape, Catch::StartsWith("firecracker template 1\n"));
+    NetInterface other = eth0;
+    other.mac = "02:42:ac:11:00:09";
+    SandboxPaths elsewhere = state_sandbox_paths();
+    for (auto* p : {&elsewhere.shared, &elsewhere.agent_sock, &elsewhere.control_sock, &elsewhere.vsock_sock, &elsewhere.virtiofs_sock})
+        *p = "/elsewhere/c2/" + sys::basename(*p);
+    HostFacts host2 = host;
+    host2.share_disk = "/elsewhere/c2/share.img";
+    CHECK(fc.template_shape(make_vm_config(small_spec(), host2, elsewhere, {other}, {"tap0_husk"})) == shape);
+    // Another NIC count is another shape (the template holds them).
+    CHECK(fc.template_shape(make_vm_config(small_spec(), host, state_sandbox_paths())) != shape);
+    HostFacts cold = host;
+    cold.template_shape = false;
+    VmConfig booted = make_vm_config(small_spec(), cold, state_sandbox_paths(), {eth0}, {"tap0_husk"});
+    CHECK(fc.template_shape(booted).empty());
+    // A VM booted on its own has its disk and MAC from the start.
+    std::string plain = calls_to_json(firecracker::translate(jailed_config(booted))).dump();
+    CHECK_THAT(plain, Catch::Contains(eth0.mac));
+    CHECK_THAT(plain, !Catch::Contains(kJailPlaceholderDisk));
 }
 
 TEST_CASE("a snapshot directory packs into one template file and back, and a bad pack is refused", "[drivers][templates]") {

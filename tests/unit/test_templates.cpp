@@ -242,6 +242,7 @@ TEST_CASE("templates: on unless the annotation, HUSK_TEMPLATES or the config fil
 TEST_CASE("attach: one encoder, a strict decoder", "[templates][protocol]") {
     proto::Attach a;
     a.share = "virtiofs", a.debug = true, a.entropy = std::string(64, '\xa5'), a.realtime_ns = 1234567890123ull, a.vcpus = 2;
+    a.macs = {{"02:68:75:73:6b:00", "0a:58:0a:58:00:05"}};
     json j = proto::to_json(a);
     CHECK(j["entropy"].get<std::string>().size() == 128);
     CHECK(j["entropy"].get<std::string>().substr(0, 4) == "a5a5");
@@ -252,6 +253,7 @@ TEST_CASE("attach: one encoder, a strict decoder", "[templates][protocol]") {
     CHECK(back->entropy == a.entropy);
     CHECK(back->realtime_ns == a.realtime_ns);
     CHECK(back->vcpus == 2);
+    CHECK(back->macs == a.macs);
     auto refused = [&](json bad, const std::string& why) {
         auto r = proto::attach_from_json(bad);
         REQUIRE(!r);
@@ -269,6 +271,18 @@ TEST_CASE("attach: one encoder, a strict decoder", "[templates][protocol]") {
     x = j;
     x["share"] = "nfs";
     refused(x, "unknown share");
+    x = j;
+    x["share"] = "disk";
+    CHECK(proto::attach_from_json(x));
+    x = j;
+    x.erase("macs");
+    refused(x, "missing macs");
+    for (json m : {json::array({"02:68:75:73:6b:00"}), json::array({"02:68:75:73:6b:00", "0A:58:0A:58:00:05"}),
+                   json::array({"02:68:75:73:6b:0", "0a:58:0a:58:00:05"}), json::array({1, 2})}) {
+        x = j;
+        x["macs"] = json::array({m});
+        refused(x, "macs: expected");
+    }
     x = j;
     x["entropy"] = "abc";
     refused(x, "odd number");
