@@ -413,3 +413,26 @@ def test_firecracker_makes_a_template_by_snapshot_and_loads_it(husk, bundle, sta
     assert not os.path.exists(os.path.join(husk.root, cid, "vmm", "template"))
     husk("delete", "--force", cid, check=True, env=env)
     assert_untouched(netpair["ctr"])
+
+
+def test_a_firecracker_clone_whose_disk_cannot_be_patched_in_is_dropped_and_the_vm_boots(husk, bundle, standin, tmp_path):
+    env = standin("firecracker", HUSK_TEMPLATES="1", HUSK_TEMPLATE_DIR=str(tmp_path / "templates"))
+    b = bundle(["echo", "hi"], edit=on("firecracker"))
+    husk("run", "-b", b, new_id(), env=env, check=True)
+    assert len(saved_templates(tmp_path)) == 1
+    standin.forget()
+    log = tmp_path / "husk.log"
+    r = husk("run", "-b", b, new_id(), glob=("--log", str(log)),
+             env=dict(env, HUSK_STANDIN_FAIL="PATCH /drives/disk0"))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == b"hi\n"
+    text = log.read_text()
+    assert re.search(r'level=warning msg="template [0-9a-f]{32} did not restore after \d+ ms \(give the VM its rootfs '
+                     r'disk: PATCH /drives/disk0: 400: the stand-in was told to fail this call.*\): dropped, '
+                     r'booting the VM instead"', text), text[-3000:]
+    assert saved_templates(tmp_path) == []
+    # The VM that booted instead has its disk from the start.
+    calls = [(c["method"], c["path"]) for c in standin.calls()]
+    assert calls[:2] == [("PUT", "/snapshot/load"), ("PATCH", "/drives/disk0")]
+    assert calls[2:] == FC_BOOT[:3] + FC_BOOT[4:], calls
+    # (the husk fixture asserts no state dir, VMM, QEMU or mount is left)
