@@ -123,6 +123,7 @@ private:
     Result<json> do_freeze(const json& params);
     Result<json> do_attach(const json& params);
     Result<json> do_memory(const json& params);
+    Result<json> do_resume(const json& params);
     Result<Container*> container_of(const json& params);
     Result<pid_t> running_init(const Container& c);
     std::vector<pid_t> pids_of(const Container& c);
@@ -161,6 +162,9 @@ private:
     proto::Outbox out_;  // frames for the shim
     std::map<uint32_t, Process> procs_;
     bool hello_done_ = false;
+    // A checkpoint's "quiesce" was answered: nothing more goes to the host
+    // until "resume" (proto::Resumed).
+    bool quiesced_ = false;
     bool ack_reads_ = false;  // a tty channel: tell the shim what we read (proto::kChannelStream)
 };
 
@@ -381,6 +385,34 @@ Result<json> Agent::do_attach(const json& params) {
     return json::object();
 }
 
+// After a checkpoint's quiesce: relay again. On a copy restored from the
+// checkpoint, with a new shim whose buffers are empty: the send credit of
+// every output starts again at the full window, and the shim is told what
+// is still open and how much of its stdin we hold.
+Result<json> Agent::do_resume(const json& params) {
+    if (!quiesced_) return fail("resume: not quiesced", EINVAL);
+    if (!params.is_object() || params.size() != 1 || !params.contains("restored") || !params["restored"].is_boolean())
+        return fail("resume: expected {\"restored\": bool}", EINVAL);
+    quiesced_ = false;
+    proto::Resumed r;
+    if (params["restored"].get<bool>()) {
+        for (auto& [idx, p] : procs_) {
+            proto::ResumedProc rp;
+            rp.process = idx;
+            rp.exited = p.status.has_value() && !p.exit_sent;
+            for (auto& [fd, o] : p.out) {
+                o.credit = proto::kInitialCredit;
+                if (!o.eof) rp.out.push_back(fd);
+            }
+            for (auto& [fd, in] : p.in)
+                if (in.w && !in.close) rp.in.push_back({fd, uint32_t(in.buf.size())});
+            r.procs.push_back(std::move(rp));
+        }
+        say("resumed from a checkpoint");
+    }
+    return proto::to_json(r);
+}
+
 Result<json> Agent::do_memory(const json&) {
     auto order = sys::read_file(std::string(kLateModules) + "/order");
     if (!order) return fail("this guest was not booted to take memory (husk.mem)", ENOTSUP);
@@ -541,6 +573,11 @@ void Agent::on_request(const json& req) {
         else if (method == "remove") r = do_remove(params);
         else if (method == "freeze") r = do_freeze(params);
         else if (method == "memory") r = do_memory(params);
+        else if (method == "quiesce") {
+            quiesced_ = true;
+            r = json::object();
+        }
+        else if (method == "resume") r = do_resume(params);
     } catch (const json::exception& e) {
         r = fail(std::string("bad request: ") + e.what(), EINVAL);
     }
@@ -714,7 +751,8 @@ Result<void> Agent::run() {
             tags.push_back({kRedial, 0, 0});
         }
         for (auto& [idx, p] : procs_) {
-            if (p.sync) continue;  // not started: its output waits in the pipe
+            // Not started: its output waits in the pipe (and all of it while quiesced).
+            if (p.sync || quiesced_) continue;
             for (auto& [fd, o] : p.out)
                 if (!o.eof && o.credit > 0) {
                     pf.push_back({o.fd.get(), POLLIN, 0});
@@ -808,7 +846,7 @@ Result<void> Agent::run() {
         for (auto& [idx, p] : procs_) {
             for (auto& [fd, in] : p.in)
                 if (in.close && in.buf.empty() && in.w) close_input(in);
-            if (p.status && !p.exit_sent) {
+            if (p.status && !p.exit_sent && !quiesced_) {
                 // The process is gone: what is left in its pipes is all
                 // there will be, unless a stray child still holds them.
                 for (auto& [fd, o] : p.out)

@@ -51,6 +51,11 @@ void Session::attach_restored(const proto::Attach& a) {
     attach(a);
 }
 
+void Session::resume_restored() {
+    resume_req_ = request("resume", {{"restored", true}});
+    phase = Phase::Resuming;
+}
+
 void Session::restart_boot() {
     dec_ = proto::Decoder();
     failed_.reset();
@@ -183,6 +188,17 @@ Result<void> Session::on_response(const json& r) {
         host_.booted();
         create_req_ = request("create", host_.create_params());
         phase = Phase::Creating;
+        return {};
+    }
+    if (id == resume_req_) {
+        if (phase != Phase::Resuming) return fail("unexpected answer to resume", EPROTO);
+        if (!ok) return fail("resume the checkpoint's guest: " + err, EIO);
+        auto res = TRY(proto::resumed_from_json(r.contains("result") ? r["result"] : json()));
+        TRY(host_.resumed(res));
+        phase = Phase::Running;
+        procs[0].started = true;
+        log::debug("agent resumed from the checkpoint");
+        host_.running();
         return {};
     }
     if (id == create_req_) {

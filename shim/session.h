@@ -93,8 +93,10 @@ struct Pending {
 };
 
 // Attaching: a template's guest (its maker's, or a restored clone's) is
-// told it is this container's (proto::Attach) before create.
-enum class Phase { Booting, Attaching, Creating, Created, Running, Exiting };
+// told it is this container's (proto::Attach) before create. Resuming: a
+// VM restored from a checkpoint, its container running already, is asked
+// what of it is still open (proto::Resumed); then Running.
+enum class Phase { Booting, Attaching, Resuming, Creating, Created, Running, Exiting };
 
 // What the session needs from the shim around it.
 class SessionHost {
@@ -112,6 +114,9 @@ public:
     virtual void created(bool ok, const std::string& error) = 0;
     // The container's process started (the session is Running).
     virtual void running() = 0;
+    // A checkpoint's guest is resumed (restore): take over its processes'
+    // streams as the agent describes them. An error ends the session.
+    virtual Result<void> resumed(const proto::Resumed& /*r*/) { return fail("no checkpoint was restored", EPROTO); }
     // A client's request was answered (`client` is never 0).
     virtual void reply(uint64_t client, const nlohmann::json& r) = 0;
     // A request of the client's went to the agent.
@@ -139,6 +144,9 @@ public:
     void forget_client(uint64_t client);
     // A restored template's agent is past its HELLO: greet it and attach.
     void attach_restored(const proto::Attach& a);
+    // A VM restored from a checkpoint: its agent, quiesced when it was
+    // saved, is told to go on with us.
+    void resume_restored();
     // A guest that failed before it was attached is replaced by a new boot
     // (a template that did not restore): forget everything of its channel.
     void restart_boot();
@@ -165,7 +173,7 @@ private:
     proto::Decoder dec_;
     std::optional<Error> failed_;
     uint64_t next_req_ = 1;
-    uint64_t create_req_ = 0, attach_req_ = 0;
+    uint64_t create_req_ = 0, attach_req_ = 0, resume_req_ = 0;
     void attach(const proto::Attach& a);
     std::map<uint64_t, Pending> pending_;
 };

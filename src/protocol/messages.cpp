@@ -1,6 +1,8 @@
 #include "protocol/messages.h"
 
 #include <cerrno>
+#include <cstdint>
+#include <initializer_list>
 
 namespace husk::proto {
 
@@ -80,6 +82,47 @@ Result<Attach> attach_from_json(const json& j) {
         a.macs.emplace_back(m[0].get<std::string>(), m[1].get<std::string>());
     }
     return a;
+}
+
+json to_json(const Resumed& r) {
+    json procs = json::array();
+    for (const auto& p : r.procs) {
+        json in = json::array();
+        for (const auto& i : p.in) in.push_back({{"fd", i.fd}, {"buffered", i.buffered}});
+        procs.push_back({{"process", p.process}, {"out", p.out}, {"in", in}, {"exited", p.exited}});
+    }
+    return {{"procs", procs}};
+}
+
+Result<Resumed> resumed_from_json(const json& j) {
+    auto bad = [](const std::string& what) { return fail("resume: " + what, EPROTO); };
+    auto u32 = [](const json& v) { return v.is_number_unsigned() && v.get<uint64_t>() <= UINT32_MAX; };
+    auto only = [](const json& o, std::initializer_list<const char*> keys) {
+        if (!o.is_object() || o.size() != keys.size()) return false;
+        for (const char* k : keys)
+            if (!o.contains(k)) return false;
+        return true;
+    };
+    if (!only(j, {"procs"}) || !j["procs"].is_array() || j["procs"].size() > 4096) return bad("expected {\"procs\": [...]}");
+    Resumed r;
+    for (const auto& p : j["procs"]) {
+        if (!only(p, {"process", "out", "in", "exited"}) || !u32(p["process"]) || !p["out"].is_array() || !p["in"].is_array() ||
+            !p["exited"].is_boolean() || p["out"].size() > 256 || p["in"].size() > 256)
+            return bad("a process entry is malformed");
+        ResumedProc rp;
+        rp.process = p["process"].get<uint32_t>();
+        rp.exited = p["exited"].get<bool>();
+        for (const auto& o : p["out"]) {
+            if (!u32(o)) return bad("an output stream is malformed");
+            rp.out.push_back(o.get<uint32_t>());
+        }
+        for (const auto& i : p["in"]) {
+            if (!only(i, {"fd", "buffered"}) || !u32(i["fd"]) || !u32(i["buffered"])) return bad("an input stream is malformed");
+            rp.in.push_back({i["fd"].get<uint32_t>(), i["buffered"].get<uint32_t>()});
+        }
+        r.procs.push_back(std::move(rp));
+    }
+    return r;
 }
 
 }  // namespace husk::proto

@@ -31,6 +31,29 @@ struct Attach {
 nlohmann::json to_json(const Attach& a);
 Result<Attach> attach_from_json(const nlohmann::json& j);
 
+// "quiesce" (no params, no result): a checkpoint's first step. From its
+// answer on the agent sends nothing (no output read, no stdin written, no
+// exit reported) until "resume" {"restored": bool}: the same shim goes on
+// (--leave-running, or a checkpoint that failed), or a new shim on a copy
+// of the VM restored from the checkpoint, which is told what is still
+// open: the agent's send credit starts again at the full window, and the
+// shim's stdin credit is the window less what the agent still holds.
+struct ResumedInput {
+    uint32_t fd = 0;
+    uint32_t buffered = 0;  // bytes received, not yet written to the process
+};
+struct ResumedProc {
+    uint32_t process = 0;
+    std::vector<uint32_t> out;       // output streams still open
+    std::vector<ResumedInput> in;    // input streams still open
+    bool exited = false;             // its exit is still to be reported
+};
+struct Resumed {
+    std::vector<ResumedProc> procs;  // empty unless restored
+};
+nlohmann::json to_json(const Resumed& r);
+Result<Resumed> resumed_from_json(const nlohmann::json& j);
+
 std::string to_hex(const std::string& bytes);
 Result<std::string> from_hex(const std::string& hex);
 
