@@ -175,6 +175,8 @@ void Shim::on_client_line(uint64_t cid, const std::string& line) {
         // brings the online ones to this many first.
         if (op == "update" && max_vcpus_ > 1) params["vcpus"] = vcpus_;
         ses_.request(op, params, cid);
+    } else if (op == "checkpoint") {
+        start_checkpoint(cid, req);
     } else if (op == "exec") {
         if (!live) return reply(cid, false, ses_.phase == Phase::Exiting ? "container is stopping" : "container is not created yet");
         start_exec(cid, req);

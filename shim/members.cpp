@@ -62,6 +62,7 @@ void Shim::set_member_status(const std::string& id, const char* st, std::optiona
 
 // What a request about a member's init did to it.
 void Shim::answered(const std::string& method, uint32_t proc, bool ok) {
+    if (method == "quiesce" || method == "resume") return checkpoint_answered(method, ok);
     auto entry = proc ? member_entry_of_proc(proc) : members_.end();
     if (entry == members_.end()) return;
     std::string id = entry->first;  // (a copy: the entry may be erased below)

@@ -64,6 +64,7 @@ Result<Args> parse_args(int argc, char** argv) {
         else if (k == "--wait-hooks") a.wait_hooks = true;
         else if (k == "--hypervisor") a.hypervisor = TRY(val());
         else if (k == "--preserve-fds") a.preserve_fds = std::stoi(TRY(val()));
+        else if (k == "--restore") a.restore = TRY(val());
         else return fail("unknown argument " + k, EINVAL);
     }
     if (a.root.empty() || a.id.empty() || a.bundle.empty() || a.sync_fd < 0)
@@ -190,8 +191,8 @@ void Shim::on_signal() {
     }
 }
 
-void Shim::report_created() {
-    state_.status = status::kCreated;
+void Shim::report_created(const char* st) {
+    state_.status = st;
     if (auto r = write_state(paths_, state_); !r) abort_create(r.error());
     std::string ok = "ok\n";
     if (::write(args_.sync_fd, ok.data(), ok.size()) != ssize_t(ok.size())) creator_gone();
@@ -308,7 +309,7 @@ Result<void> Shim::loop() {
             add(c.fd.get(), short((c.closing || !c.out.empty() ? 0 : POLLIN) | (c.out.empty() ? 0 : POLLOUT)), kClient, cid);
 
         int timeout = -1;
-        if (ses_.phase <= Phase::Attaching) {
+        if (ses_.phase <= Phase::Resuming) {
             auto left = ms_until(boot_deadline_);
             if (left <= 0 && restore_failed("its agent did not answer")) continue;
             if (left <= 0)

@@ -33,6 +33,7 @@
 #include <nlohmann/json.hpp>
 
 #include "husk/cgroups.h"
+#include "husk/checkpoint.h"
 #include "husk/config.h"
 #include "husk/defaults.h"
 #include "husk/hooks.h"
@@ -73,6 +74,7 @@ struct Args {
     bool wait_hooks = false;  // husk runs create hooks before we start the VM
     int preserve_fds = 0;     // fds 3.. are the container's (--preserve-fds)
     std::string hypervisor = "qemu";  // husk create chose it (choose_hypervisor)
+    std::string restore;      // husk restore: the checkpoint image to load (husk/checkpoint.h)
     log::Config log;
 };
 
@@ -163,6 +165,13 @@ private:
     Result<void> set_paused(bool on);
     std::optional<json> guest_update_files(const json& files, Member* member);
     Result<void> pin_vmm(const std::string& list);
+    // husk checkpoint / restore (checkpoint.cpp).
+    std::string checkpoint_refusal() const;
+    void start_checkpoint(uint64_t cid, const json& req);
+    void checkpoint_answered(const std::string& method, bool ok);
+    Result<void> save_checkpoint();
+    Result<void> prepare_restore(HostFacts& host);
+    Result<void> resumed(const proto::Resumed& r) override;
     void reply(uint64_t cid, const json& r) override;
     void reply(uint64_t cid, bool ok, const std::string& err = "");
     void drop_client(uint64_t cid);
@@ -175,7 +184,7 @@ private:
     std::string boot_failure(const std::string& why);
     void reap_vm();
     [[noreturn]] void boot_failed(const std::string& why);
-    void report_created();
+    void report_created(const char* st = status::kCreated);
     void set_status(const char* st);
     [[noreturn]] void finish(int code, int sig);
     bool live_members() const;
@@ -196,6 +205,20 @@ private:
     // has none (when it has none).
     std::string template_shape_, template_dir_, template_key_, template_why_;
     bool making_template_ = false;  // booting to save the template at its HELLO
+    // A checkpoint in progress (the agent quiesced, the VM saved, then
+    // resumed or stopped), for the client that asked.
+    struct CheckpointJob {
+        uint64_t client = 0;
+        std::string dir;
+        bool leave_running = false;
+        std::string error;  // the save failed: said once the guest relays again
+        Clock::time_point began;
+    };
+    std::optional<CheckpointJob> checkpoint_;
+    std::string vm_shape_;             // Hypervisor::vm_shape of our VM ("" for a template's)
+    checkpoint::Info restore_info_;    // what --restore loads
+    sys::Fd checkpoint_state_;         // ... its VM state, open for the VMM
+    bool resuming_ = false;            // the VMM loads the checkpoint; its agent is not yet resumed
     bool restoring_ = false;        // the VMM restores the template
     bool attached_ = false;         // the restored guest was sent its attach
     bool qmp_attached_ = false;

@@ -213,7 +213,9 @@ Result<void> Shim::launch_vm() {
         if (!sys::exists(f)) return fail("guest image " + f + " not found (build rootfs-builder or set HUSK_KERNEL/HUSK_INITRD)", ENOENT);
     auto can = share_support(caps, !find_virtiofsd().empty(), rootless());
     auto config = TRY(load_config());
-    if (TRY(rootfs_on_disk(spec_, hv_->name(), can.any()))) {
+    if (!args_.restore.empty()) {
+        TRY(prepare_restore(host));  // the rootfs disk is the checkpoint's
+    } else if (TRY(rootfs_on_disk(spec_, hv_->name(), can.any()))) {
         share_disk_ = true;
         host.share_disk = paths_.dir + "/share.img";
         TRY_CTX(make_share_image(paths_.shared, host.share_disk), "rootfs disk");
@@ -231,7 +233,8 @@ Result<void> Shim::launch_vm() {
     // own, in every clone the same: its guest end re-accepts after a
     // restore.)
     auto use = TRY(templates::choose(spec_.annotations, config.templates));
-    template_why_ = !use.on                                ? use.why
+    template_why_ = !args_.restore.empty()                 ? "restoring a checkpoint"
+                    : !use.on                              ? use.why
                     : !caps.templates                      ? "the driver has none"
                     : !host.share_disk.empty() && !caps.template_disks ? "the rootfs is on a disk"
                     : nics_.size() > caps.template_nics    ? "the container has more NICs than a template can be given"
@@ -294,6 +297,17 @@ Result<void> Shim::start_vmm(bool templates) {
             }
         }
     }
+    if (!host.template_shape) vm_shape_ = hv_->vm_shape(cfg);
+    if (!args_.restore.empty()) {
+        // The checkpoint loads into a VM like the one it was saved from.
+        if (vm_shape_.empty() || vm_shape_ != restore_info_.vm_shape)
+            return fail("checkpoint image " + args_.restore + ": its VM differs from this container's: " +
+                            checkpoint::first_difference(restore_info_.vm_shape, vm_shape_),
+                        EINVAL);
+        checkpoint_state_ = TRY(sys::open(args_.restore + "/" + checkpoint::kStateFile, O_RDONLY | O_CLOEXEC));
+        cfg.incoming_fd = checkpoint_state_.get();
+        resuming_ = true;
+    }
     bool vhost = ::access("/dev/vhost-net", R_OK | W_OK) == 0;
     for (size_t i = 0; i < taps_.size(); ++i) {
         cfg.nics[i].fd = taps_[i].get();
@@ -331,7 +345,8 @@ Result<void> Shim::start_vmm(bool templates) {
     if (!share_why_.empty())
         log::debug(std::string("share: ") + (host.share_fs == ShareFs::VirtioFs ? "virtio-fs" : hv_->name() == "uml" ? "hostfs" : "9p") +
                    " (" + share_why_ + ")");
-    if (restoring_) log::debug("template: restoring " + template_key_ + " (" + template_dir_ + ")");
+    if (resuming_) log::debug("checkpoint: loading " + args_.restore);
+    else if (restoring_) log::debug("template: restoring " + template_key_ + " (" + template_dir_ + ")");
     else if (making_template_) log::debug("template: none of this shape yet: booting to save " + template_key_);
     else log::debug("template: none (" + template_why_ + ")");
     launched_at_ = Clock::now();
@@ -353,7 +368,7 @@ Result<void> Shim::start_vmm(bool templates) {
     TRY(write_state(paths_, state_));
     // A restore that has not reached its agent by then is given up on
     // (and the container's VM booted instead) long before a boot would be.
-    int timeout_ms = restoring_ ? std::min(boot_timeout_ms_, defaults::kTemplateRestoreTimeoutMs) : boot_timeout_ms_;
+    int timeout_ms = restoring_ || resuming_ ? std::min(boot_timeout_ms_, defaults::kTemplateRestoreTimeoutMs) : boot_timeout_ms_;
     boot_deadline_ = Clock::now() + std::chrono::milliseconds(timeout_ms);
     return {};
 }
@@ -410,8 +425,17 @@ Result<proto::Attach> Shim::template_hello() {
 // A restored template's channel and control socket are both up: plug in
 // the share and attach the guest.
 void Shim::attach_restored() {
-    if (!restoring_ || attached_ || !chan_ || !qmp_attached_) return;
+    if (!(restoring_ || resuming_) || attached_ || !chan_ || !qmp_attached_) return;
     attached_ = true;
+    if (resuming_) {
+        // A checkpoint's VM: loaded, run, and its agent told to go on with us.
+        auto ran = vm_->run_restored();
+        if (!ran) boot_failed(ran.error().message);
+        log::debug("checkpoint: loaded and running after " +
+                   std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - launched_at_).count()) + " ms");
+        ses_.resume_restored();
+        return;
+    }
     log::debug("template: restored VM connected after " +
                std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - launched_at_).count()) + " ms");
     auto ran = vm_->run_restored();
@@ -511,7 +535,9 @@ void Shim::boot_failed(const std::string& why) {
         reap_vm();
         if (!vm_died_) ::usleep(10000);
     }
-    abort_create(Error{EIO, boot_failure(vm_died_ ? "vm exited before the agent answered" : why)});
+    std::string what = vm_died_ ? "vm exited before the agent answered" : why;
+    if (resuming_) what = "checkpoint image " + args_.restore + " did not load: " + (vm_died_ ? "the VMM exited" : why);
+    abort_create(Error{EIO, boot_failure(what)});
 }
 
 void Shim::on_console_readable() {

@@ -144,19 +144,40 @@ Capabilities QemuHypervisor::capabilities() const {
     // Its hot-added share needs a PCIe port: not on microvm (virtio-mmio).
     c.templates = opt_.machine.rfind("microvm", 0) != 0;
     c.template_nics = kHotplugPorts - 1;
+    c.checkpoint = true;
     return c;
 }
 
+std::string QemuHypervisor::argv_shape(const std::string& tag, const VmConfig& cfg, bool booted) const {
+    VmConfig seen = opt_.jail ? jailed_config(cfg) : cfg;
+    seen.incoming_fd = -1;
+    std::string text = tag + "\n";
+    auto argv = translate(seen, opt_);
+    for (size_t i = 0; i < argv.size(); ++i) {
+        // A booted guest has read its command line: what it says now
+        // (--debug, quiet) does not matter to it.
+        if (booted && i > 0 && argv[i - 1] == "-append") continue;
+        text += argv[i] + "\n";
+    }
+    std::string binary = sys::find_program(opt_.binary).value_or(opt_.binary);
+    // A booted guest does not read its kernel and initrd files again either.
+    if (booted) return text + templates::file_identity(binary);
+    return text + templates::vm_files_identity(binary, cfg.kernel, cfg.initrd);
+}
+
 std::string QemuHypervisor::template_shape(const VmConfig& cfg) const {
-    if (!capabilities().templates || !cfg.template_shape || !opt_.jail) return "";
     // The argv the VMM runs with, as its jail sees it: the same for every
     // container of this shape (sockets by name, the share at /share0).
-    VmConfig seen = jailed_config(cfg);
-    seen.incoming_fd = -1;
-    std::string text = "qemu template 1\n";
-    for (const auto& a : translate(seen, opt_)) text += a + "\n";
-    std::string binary = sys::find_program(opt_.binary).value_or(opt_.binary);
-    return text + templates::vm_files_identity(binary, cfg.kernel, cfg.initrd);
+    if (!capabilities().templates || !cfg.template_shape || !opt_.jail) return "";
+    return argv_shape("qemu template 1", cfg, false);
+}
+
+// QEMU loads a migration stream into a VM with the same devices: the same
+// argv (a VMM that is not jailed names the container's state directory in
+// it, so its checkpoint restores under the same --root and id only).
+std::string QemuHypervisor::vm_shape(const VmConfig& cfg) const {
+    if (cfg.template_shape) return "";
+    return argv_shape("qemu vm 1", cfg, true);
 }
 
 std::string QemuHypervisor::guest_kernel() const { return find_guest_kernel(); }
@@ -208,13 +229,21 @@ public:
     // mounted (a mounted 9p blocks migration) and no vhost-user device is
     // plugged (they cannot be migrated): the template shape.
     Result<void> save_template(int fd) override {
+        TRY(checkpoint(fd));
+        return qmp_.execute("cont").map([](auto&&) {});
+    }
+
+    // Paused, saved, left paused: a completed migration has flushed the
+    // disks and let go of them (a `cont` takes them back). A failed one is
+    // run on at once.
+    Result<void> checkpoint(int fd) override {
         TRY(qmp_.execute("stop"));
         auto done = [&]() -> Result<void> {
             // QEMU 7.2 throttles migration to 128 MiB/s by default: a
             // file takes what it is given.
             TRY(qmp_.execute("migrate-set-parameters", {{"max-bandwidth", int64_t(1) << 40}}));
-            TRY(qmp_.execute_with_fd("getfd", {{"fdname", "husk-template"}}, fd));
-            TRY(qmp_.execute("migrate", {{"uri", "fd:husk-template"}}));
+            TRY(qmp_.execute_with_fd("getfd", {{"fdname", "husk-save"}}, fd));
+            TRY(qmp_.execute("migrate", {{"uri", "fd:husk-save"}}));
             auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
             for (;;) {
                 auto st = TRY(qmp_.execute("query-migrate"));
@@ -224,13 +253,12 @@ public:
                     bool why = st.contains("error-desc") && st["error-desc"].is_string();
                     return fail("qemu: migration " + status + (why ? ": " + st["error-desc"].get<std::string>() : ""), EIO);
                 }
-                if (std::chrono::steady_clock::now() > deadline) return fail("qemu: saving the template took over 60 s", ETIMEDOUT);
+                if (std::chrono::steady_clock::now() > deadline) return fail("qemu: saving the VM took over 60 s", ETIMEDOUT);
                 std::this_thread::sleep_for(std::chrono::milliseconds(5));
             }
         }();
-        auto cont = qmp_.execute("cont");
-        TRY(done);
-        return cont.map([](auto&&) {});
+        if (!done) (void)qmp_.execute("cont");
+        return done;
     }
 
     // The template was saved paused, so its restore ends paused: once

@@ -40,10 +40,16 @@ public:
     std::string guest_kernel() const override;
     std::string unavailable() const override;
     std::string template_shape(const VmConfig& cfg) const override;
+    std::string vm_shape(const VmConfig& cfg) const override;
     Result<std::unique_ptr<Vm>> launch(const VmConfig& cfg, const std::string& workdir,
                                        const std::string& log_path) override;
 
 private:
+    // `tag`, the argv QEMU runs `cfg` with (as its jail sees it, when
+    // jailed: the same for every container of one shape), its files; for
+    // a `booted` guest (a checkpoint's) not what only a boot reads: the
+    // kernel command line, the kernel and the initrd.
+    std::string argv_shape(const std::string& tag, const VmConfig& cfg, bool booted) const;
     Options opt_;
 };
 

@@ -36,6 +36,8 @@ void setup_update(CLI::App&, Globals&, Handler&);
 void setup_events(CLI::App&, Globals&, Handler&);
 void setup_check(CLI::App&, Globals&, Handler&);
 void setup_templates(CLI::App&, Globals&, Handler&);
+void setup_checkpoint(CLI::App&, Globals&, Handler&);
+void setup_restore(CLI::App&, Globals&, Handler&);
 
 // Print "<verb> <id>: <message>" to stderr and --log; returns 1.
 int report(const std::string& verb, const std::string& id, const Error& e);

@@ -42,7 +42,8 @@ static const Command kCommands[] = {
     {"list", setup_list},     {"spec", setup_spec},     {"features", setup_features},
     {"exec", setup_exec},     {"pause", setup_pause},   {"resume", setup_resume},
     {"ps", setup_ps},         {"update", setup_update}, {"events", setup_events},
-    {"check", setup_check},   {"templates", setup_templates},
+    {"check", setup_check},   {"templates", setup_templates}, {"checkpoint", setup_checkpoint},
+    {"restore", setup_restore},
 };
 
 }  // namespace husk::cli

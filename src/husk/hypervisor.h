@@ -146,6 +146,10 @@ struct Capabilities {
     // file of no size) and is given the container's by Vm::add_disk; else
     // a VM with disks boots on its own.
     bool template_disks = false;
+    // It saves a running VM whose rootfs is on a disk and loads it into a
+    // new VMM (Vm::checkpoint, VmConfig::incoming_fd; husk checkpoint and
+    // restore): Hypervisor::vm_shape says what it may be loaded into.
+    bool checkpoint = false;
     // Its shares can be 9p (QEMU's own server; UML's hostfs stands in).
     // Without it, a share is virtio-fs or none (the rootfs on a disk).
     bool nine_p = true;
@@ -177,6 +181,9 @@ public:
     // A template-shaped guest: pause it, write its state to `fd` (a file
     // of the caller's), and let it run on.
     virtual Result<void> save_template(int /*fd*/) { return fail("this VMM cannot save its guest", ENOTSUP); }
+    // Pause the guest and write its state to `fd`, leaving it paused
+    // (resume() runs it on) with its disks flushed (Capabilities::checkpoint).
+    virtual Result<void> checkpoint(int /*fd*/) { return fail("this VMM cannot checkpoint its guest", ENOTSUP); }
     // Restoring a template (VmConfig::incoming_fd): wait for the load to
     // finish and run the guest.
     virtual Result<void> run_restored() { return fail("this VMM cannot restore a guest", ENOTSUP); }
@@ -204,6 +211,10 @@ public:
     // configs with the same text restore each other's templates. "" when
     // this driver cannot make one of it.
     virtual std::string template_shape(const VmConfig& /*cfg*/) const { return ""; }
+    // What a checkpoint of a VM of `cfg` is restored into: a VM whose
+    // config has the same text (its devices, memory, vCPUs, the VMM and
+    // guest image files) can load it. "" when this driver cannot.
+    virtual std::string vm_shape(const VmConfig& /*cfg*/) const { return ""; }
     // Start the VMM. `keep_fds` are passed through to the child at their
     // numbers; everything else is closed. stdout/stderr go to `log_path`.
     virtual Result<std::unique_ptr<Vm>> launch(const VmConfig& cfg, const std::string& workdir,

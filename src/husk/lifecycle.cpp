@@ -165,6 +165,7 @@ static Result<pid_t> spawn_shim(const Globals& g, const std::string& id, const s
                                      "--sync-fd", std::to_string(sync_fd), "--hypervisor", hypervisor};
     if (o.preserve_fds) argv.insert(argv.end(), {"--preserve-fds", std::to_string(o.preserve_fds)});
     if (hooks) argv.push_back("--wait-hooks");
+    if (!o.restore_from.empty()) argv.insert(argv.end(), {"--restore", o.restore_from});
     if (!o.console_socket.empty()) argv.insert(argv.end(), {"--console-socket", TRY(absolute(o.console_socket))});
     if (!g.log.path.empty()) argv.insert(argv.end(), {"--log", g.log.path});
     if (g.log.format == log::Format::Json) argv.insert(argv.end(), {"--log-format", "json"});
@@ -486,6 +487,28 @@ Result<void> delete_container(const Globals& g, const std::string& id, bool forc
     return {};
 }
 
+Result<void> checkpoint_container(const Globals& g, const std::string& id, const std::string& image_path, bool leave_running) {
+    TRY(validate_id(id));
+    auto paths = state_paths(g.root, id);
+    State st;
+    {
+        auto lock = TRY(ContainerLock::acquire(paths));
+        st = TRY(load_state(g, id));
+        if (!st.sandbox.empty()) return fail("checkpoint: it is a pod's member: its VM holds other containers too", EINVAL);
+        std::string s = effective_status(st);
+        if (s != status::kRunning) return fail("checkpoint: container is not running: " + s, EINVAL);
+        std::string dir = TRY(absolute(image_path));
+        TRY_CTX(sys::mkdir_p(dir, 0700), "--image-path");
+        log::debug("checkpoint " + id + " into " + dir + (leave_running ? " (leaving it running)" : ""));
+        nlohmann::json req = {{"op", "checkpoint"}, {"image_path", dir}, {"leave_running", leave_running}};
+        TRY(shim_call(shim_route(g, st, req), req, 180000));
+    }
+    if (leave_running) return {};
+    // Its shim stops the VM and itself; the container goes, as runc's does.
+    sys::wait_process_exit(st.pid, st.pid_start, std::chrono::milliseconds(defaults::kStopTimeoutMs));
+    return delete_container(g, id, true);
+}
+
 Result<int> run_container(const Globals& g, const std::string& id, const CreateOptions& o, bool detach, bool keep) {
     // Signals that arrive while we run go to the container; block them
     // now so none is lost between create and the wait loop.
@@ -510,7 +533,10 @@ Result<int> run_container(const Globals& g, const std::string& id, const CreateO
         // as `start` goes out, and the program may look at once.
         if (master) copy_winsize(0, master.get());
     }
-    auto started = console && !master ? tl::unexpected(Error{EIO, "no terminal from the shim"}) : start_container(g, id);
+    // (A restored container is running already.)
+    auto started = console && !master             ? tl::unexpected(Error{EIO, "no terminal from the shim"})
+                   : !o.restore_from.empty()      ? Result<void>()
+                                                  : start_container(g, id);
     if (!started) {
         (void)delete_container(g, id, true);
         ::waitpid(shim, nullptr, 0);

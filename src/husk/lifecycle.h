@@ -31,6 +31,7 @@ struct CreateOptions {
     std::string pid_file;
     std::string console_socket;
     int preserve_fds = 0;
+    std::string restore_from;  // husk restore: the checkpoint image (absolute); the container comes up running
 };
 
 struct ExecOptions {
@@ -68,6 +69,10 @@ Result<std::vector<std::string>> update_container(const Globals& g, const std::s
 // The guest cgroup's stats files, name -> content (runc_stats shapes them).
 Result<nlohmann::json> stats_container(const Globals& g, const std::string& id);
 Result<void> delete_container(const Globals& g, const std::string& id, bool force);
+// husk checkpoint: the running container's VM saved into `image_path`
+// (husk/checkpoint.h); then it is deleted, as runc destroys it, unless
+// `leave_running`. husk restore is run_container with restore_from set.
+Result<void> checkpoint_container(const Globals& g, const std::string& id, const std::string& image_path, bool leave_running);
 // create + start + (unless detach) wait and mirror the exit status.
 // Returns a wait status for the CLI to reproduce.
 Result<int> run_container(const Globals& g, const std::string& id, const CreateOptions& o, bool detach, bool keep);

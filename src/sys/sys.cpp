@@ -111,6 +111,41 @@ Result<void> write_file_atomic(const std::string& path, const std::string& data,
     return {};
 }
 
+Result<void> copy_file_sparse(const std::string& from, const std::string& to, mode_t mode) {
+    auto in = TRY(open(from, O_RDONLY | O_CLOEXEC));
+    struct stat st{};
+    if (::fstat(in.get(), &st) < 0) return fail_errno("stat " + from);
+    ::unlink(to.c_str());
+    auto out = TRY(open(to, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, mode));
+    auto failed = [&](const std::string& what) {
+        int e = errno;
+        ::unlink(to.c_str());
+        return fail_errno(what + " " + from + " to " + to, e);
+    };
+    if (::ftruncate(out.get(), st.st_size) < 0) return failed("size");
+    for (off_t pos = 0; pos < st.st_size;) {
+        off_t data = ::lseek(in.get(), pos, SEEK_DATA);
+        if (data < 0 && errno == ENXIO) break;  // holes to the end
+        if (data < 0) return failed("seek data in");
+        off_t hole = ::lseek(in.get(), data, SEEK_HOLE);
+        if (hole < 0) return failed("seek hole in");
+        for (off_t off = data; off < hole;) {
+            loff_t src = off, dst = off;
+            ssize_t n = ::copy_file_range(in.get(), &src, out.get(), &dst, size_t(hole - off), 0);
+            if (n < 0 && errno == EINTR) continue;
+            if (n < 0) return failed("copy");
+            if (n == 0) {
+                ::unlink(to.c_str());
+                return fail("copy " + from + " to " + to + ": it ended early", EIO);
+            }
+            off += n;
+        }
+        pos = hole;
+    }
+    if (::fsync(out.get()) < 0) return failed("sync the copy of");
+    return {};
+}
+
 Result<void> mkdir_p(const std::string& path, mode_t mode) {
     if (path.empty()) return {};
     std::string cur;

@@ -28,6 +28,9 @@ std::optional<std::string> find_program(const std::string& name);
 Result<void> write_file(const std::string& path, const std::string& data, mode_t mode = 0644);
 // write to "<path>.tmp" then rename: readers never see a partial file.
 Result<void> write_file_atomic(const std::string& path, const std::string& data, mode_t mode = 0644);
+// `from` into a new file `to` (replaced if it exists), holes kept holes
+// (a disk image is mostly holes).
+Result<void> copy_file_sparse(const std::string& from, const std::string& to, mode_t mode = 0600);
 Result<void> mkdir_p(const std::string& path, mode_t mode = 0755);
 // Recursive remove that never crosses into another filesystem (a mount
 // point left by mistake is refused, not emptied).
