@@ -31,7 +31,7 @@ void Shim::start_checkpoint(uint64_t cid, const json& req) {
         req["image_path"].get<std::string>()[0] != '/' || (req.contains("leave_running") && !req["leave_running"].is_boolean()))
         return reply(cid, false, "malformed request");
     if (auto why = checkpoint_refusal(); !why.empty()) return reply(cid, false, "checkpoint: " + why);
-    checkpoint_ = CheckpointJob{cid, req["image_path"], req.value("leave_running", false), "", Clock::now()};
+    checkpoint_ = CheckpointJob{cid, req["image_path"], req.value("leave_running", false), "", Clock::now(), json()};
     clients_[cid].busy = true;  // answered once the save is done (checkpoint_answered)
     log::debug("checkpoint: into " + checkpoint_->dir + (checkpoint_->leave_running ? ", leaving it running" : ""));
     ses_.request("quiesce", json::object());
@@ -45,20 +45,28 @@ void Shim::checkpoint_answered(const std::string& method, bool ok) {
     if (method == "resume") {
         checkpoint_.reset();
         if (!ok && job.error.empty()) job.error = "checkpoint: the agent did not resume";
-        return reply(job.client, job.error.empty(), job.error);
+        if (!job.error.empty()) return reply(job.client, false, job.error);
+        return reply(job.client, json{{"ok", true}, {"stats", job.stats}});
     }
     if (!ok) {
         checkpoint_.reset();
         return reply(job.client, false, "checkpoint: the agent did not quiesce");
     }
     auto saved = save_checkpoint();
+    if (saved) {
+        saved->freezing_us = uint32_t(std::min<long long>(
+            UINT32_MAX, std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - job.began).count() -
+                            saved->frozen_us));
+        checkpoint_->stats = {{"freezing_us", saved->freezing_us}, {"frozen_us", saved->frozen_us}, {"memdump_us", saved->memdump_us},
+                              {"memwrite_us", saved->memwrite_us}, {"pages_written", saved->pages_written}};
+    }
     if (saved && !job.leave_running) {
         // Checkpointed: the container ends here, as runc's does (the caller
         // deletes it). The VMM goes at once, paused, its disk saved.
         log::debug("checkpoint: saved in " +
                    std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - job.began).count()) +
                    " ms; the container stops");
-        reply(job.client, true);
+        reply(job.client, json{{"ok", true}, {"stats", checkpoint_->stats}});
         flush_client(job.client);
         vm_.reset();
         finish(0, SIGKILL);
@@ -78,16 +86,30 @@ void Shim::checkpoint_answered(const std::string& method, bool ok) {
 
 // The VM, paused, into the image directory; then the rootfs disk (which
 // the save flushed and let go of) and the description. The VM stays paused.
-Result<void> Shim::save_checkpoint() {
+Result<checkpoint::DumpStats> Shim::save_checkpoint() {
+    auto us = [](Clock::time_point a, Clock::time_point b) {
+        return uint32_t(std::min<long long>(UINT32_MAX, std::chrono::duration_cast<std::chrono::microseconds>(b - a).count()));
+    };
+    checkpoint::DumpStats stats;
     const std::string& dir = checkpoint_->dir;
     TRY(sys::mkdir_p(dir, 0700));
     std::string state = dir + "/" + checkpoint::kStateFile;
+    auto paused = Clock::now();
     {
         auto fd = TRY(sys::open(state, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600));
         TRY(vm_->checkpoint(fd.get()));
         if (::fsync(fd.get()) < 0) return fail_errno("sync " + state);
+        struct stat st{};
+        if (::fstat(fd.get(), &st) == 0) stats.pages_written = uint64_t(st.st_size) / 4096;
     }
+    auto dumped = Clock::now();
+    stats.memdump_us = us(paused, dumped);
     TRY_CTX(sys::copy_file_sparse(host_.share_disk, dir + "/" + checkpoint::kDiskFile), "the rootfs disk");
+    stats.memwrite_us = us(dumped, Clock::now());
+    TRY(sys::write_file(dir + "/" + checkpoint::kInventoryFile, checkpoint::criu_inventory(), 0600));
+    json fds = json::array();
+    for (int fd = 0; fd <= 2; ++fd) fds.push_back(sys::read_link("/proc/self/fd/" + std::to_string(fd)).value_or("/dev/null"));
+    TRY(sys::write_file(dir + "/" + checkpoint::kDescriptorsFile, fds.dump(), 0600));
     checkpoint::Info info;
     info.hypervisor = hv_->name();
     info.protocol = proto::kVersion;
@@ -95,7 +117,9 @@ Result<void> Shim::save_checkpoint() {
     info.id = args_.id;
     info.terminal = ses_.procs[0].tty;
     info.saved = int64_t(::time(nullptr));
-    return sys::write_file_atomic(dir + "/" + checkpoint::kInfoFile, checkpoint::info_to_json(info), 0600);
+    TRY(sys::write_file_atomic(dir + "/" + checkpoint::kInfoFile, checkpoint::info_to_json(info), 0600));
+    stats.frozen_us = us(paused, Clock::now());
+    return stats;
 }
 
 // Restore: the image is one of ours, of this driver, with a terminal as

@@ -169,7 +169,7 @@ private:
     std::string checkpoint_refusal() const;
     void start_checkpoint(uint64_t cid, const json& req);
     void checkpoint_answered(const std::string& method, bool ok);
-    Result<void> save_checkpoint();
+    Result<checkpoint::DumpStats> save_checkpoint();
     Result<void> prepare_restore(HostFacts& host);
     Result<void> resumed(const proto::Resumed& r) override;
     void reply(uint64_t cid, const json& r) override;
@@ -213,6 +213,7 @@ private:
         bool leave_running = false;
         std::string error;  // the save failed: said once the guest relays again
         Clock::time_point began;
+        json stats;         // the save's figures (checkpoint::DumpStats), for the reply
     };
     std::optional<CheckpointJob> checkpoint_;
     std::string vm_shape_;             // Hypervisor::vm_shape of our VM ("" for a template's)

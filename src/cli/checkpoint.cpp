@@ -13,10 +13,12 @@ void add_create_flags(CLI::App& sub, CreateOptions& o);
 namespace {
 
 // The flags both commands share with runc's; `--work-path` is where runc
-// leaves CRIU's log, which husk has none of (errors go to stderr and --log).
+// leaves CRIU's log and statistics: husk writes the statistics (its own
+// figures in CRIU's stats-dump/stats-restore, which podman reads) and no
+// log (errors go to stderr and --log).
 void add_criu_flags(CLI::App& sub, std::string& image_path, std::string& work_path) {
     sub.add_option("--image-path", image_path, "the checkpoint's directory (default: ./checkpoint)");
-    sub.add_option("--work-path", work_path, "accepted for compatibility (CRIU's logs: husk writes none)");
+    sub.add_option("--work-path", work_path, "where stats-dump / stats-restore go (CRIU's figure files; default: the image)");
     for (const char* f : {"--tcp-established", "--ext-unix-sk", "--shell-job", "--file-locks", "--auto-dedup", "--tcp-skip-in-flight",
                           "--link-remap"})
         sub.add_flag(f)->description("accepted: the VM keeps all of its state");
@@ -50,7 +52,7 @@ void setup_checkpoint(CLI::App& sub, Globals& g, Handler& run) {
                 return report("checkpoint", o->id,
                               Error{ENOTSUP, "--pre-dump, --lazy-pages, --parent-path and --page-server are CRIU's: husk saves the "
                                              "whole VM at once"});
-            auto r = checkpoint_container(g, o->id, image_dir(o->image_path), o->leave_running);
+            auto r = checkpoint_container(g, o->id, image_dir(o->image_path), o->work_path, o->leave_running);
             return r ? 0 : report("checkpoint", o->id, r.error());
         };
     });
@@ -77,6 +79,11 @@ void setup_restore(CLI::App& sub, Globals& g, Handler& run) {
             if (!dir) return report("restore", o->id, dir.error());
             CreateOptions co = o->create;
             co.restore_from = *dir;
+            if (!o->work_path.empty()) {
+                auto work = absolute(o->work_path);
+                if (!work) return report("restore", o->id, work.error());
+                co.restore_work = *work;
+            }
             auto r = run_container(g, o->id, co, o->detach, false);
             if (!r) return report("restore", o->id, r.error());
             if (o->detach) return 0;

@@ -15,6 +15,62 @@ using nlohmann::json;
 
 constexpr int kVersion = 1;
 
+std::string criu_inventory() {
+    // INVENTORY_MAGIC 0x58313116, little-endian; entry size 2; field 1
+    // (img_version) varint 2.
+    return std::string("\x16\x31\x31\x58\x02\x00\x00\x00\x08\x02", 10);
+}
+
+namespace {
+
+// Protocol buffers' wire format, the little of it CRIU's stats need.
+void varint(std::string& out, uint64_t v) {
+    while (v >= 0x80) {
+        out.push_back(char((v & 0x7f) | 0x80));
+        v >>= 7;
+    }
+    out.push_back(char(v));
+}
+void field(std::string& out, unsigned num, uint64_t v) {
+    varint(out, uint64_t(num) << 3);  // wire type 0: varint
+    varint(out, v);
+}
+std::string stats_image(unsigned which, const std::string& entry) {
+    std::string stats;  // StatsEntry: dump = 1, restore = 2
+    varint(stats, uint64_t(which) << 3 | 2);
+    varint(stats, entry.size());
+    stats += entry;
+    std::string out("\x40\x59\x10\x55\x06\x33\x09\x57", 8);  // IMG_SERVICE_MAGIC, STATS_MAGIC
+    uint32_t n = uint32_t(stats.size());
+    for (int i = 0; i < 4; ++i) out.push_back(char(n >> (8 * i)));
+    return out + stats;
+}
+
+}  // namespace
+
+std::string criu_dump_stats(const DumpStats& s) {
+    std::string e;  // DumpStatsEntry
+    field(e, 1, s.freezing_us);
+    field(e, 2, s.frozen_us);
+    field(e, 3, s.memdump_us);
+    field(e, 4, s.memwrite_us);
+    field(e, 5, s.pages_written);  // pages_scanned
+    field(e, 6, 0);                // pages_skipped_parent
+    field(e, 7, s.pages_written);
+    field(e, 9, 0);                // pages_lazy
+    return stats_image(1, e);
+}
+
+std::string criu_restore_stats(const RestoreStats& s) {
+    std::string e;  // RestoreStatsEntry
+    field(e, 1, 0);  // pages_compared
+    field(e, 2, 0);  // pages_skipped_cow
+    field(e, 3, 0);  // forking_time
+    field(e, 4, s.restore_us);
+    field(e, 5, s.pages_restored);
+    return stats_image(2, e);
+}
+
 std::string info_to_json(const Info& i) {
     return json{{"husk_checkpoint", kVersion}, {"hypervisor", i.hypervisor}, {"protocol", i.protocol}, {"vm_shape", i.vm_shape},
                 {"id", i.id},                 {"terminal", i.terminal},     {"saved", i.saved}}

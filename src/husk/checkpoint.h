@@ -17,6 +17,39 @@ namespace husk::checkpoint {
 inline constexpr const char* kInfoFile = "husk-checkpoint.json";  // Info
 inline constexpr const char* kStateFile = "vm.state";             // the VMM's save of the paused VM
 inline constexpr const char* kDiskFile = "rootfs.img";            // the rootfs disk, as the guest left it
+// What callers built around runc look for in a checkpoint directory (no
+// CRIU process images follow: the VM's state is kStateFile):
+// - podman's restore refuses a directory without CRIU's inventory.img;
+//   this one is a valid CRIU inventory image that holds its version alone;
+// - runc writes the init's stdio targets to descriptors.json.
+inline constexpr const char* kInventoryFile = "inventory.img";
+inline constexpr const char* kDescriptorsFile = "descriptors.json";
+
+// CRIU's inventory image with img_version 2 (CRIU images v1.1) and nothing
+// else: its magic (inventory images carry no common magic), then one
+// protobuf entry, length first. Pure.
+std::string criu_inventory();
+
+// CRIU's statistics files, which runc leaves in --work-path and podman
+// reads (--print-stats; its export takes stats-dump along): husk's own
+// figures in CRIU's fields. Times in microseconds.
+inline constexpr const char* kDumpStatsFile = "stats-dump";
+inline constexpr const char* kRestoreStatsFile = "stats-restore";
+struct DumpStats {
+    uint32_t freezing_us = 0;  // the agent's quiesce
+    uint32_t frozen_us = 0;    // the VM paused until the image was written
+    uint32_t memdump_us = 0;   // the VMM's save
+    uint32_t memwrite_us = 0;  // the rootfs disk's copy
+    uint64_t pages_written = 0;  // vm.state, in 4 KiB pages
+};
+struct RestoreStats {
+    uint32_t restore_us = 0;     // husk restore until the container ran
+    uint64_t pages_restored = 0;
+};
+// The files' bytes: IMG_SERVICE_MAGIC, STATS_MAGIC, one StatsEntry (every
+// field CRIU marks required present). Pure.
+std::string criu_dump_stats(const DumpStats& s);
+std::string criu_restore_stats(const RestoreStats& s);
 
 struct Info {
     std::string hypervisor;  // the driver's name

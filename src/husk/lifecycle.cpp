@@ -17,6 +17,7 @@
 #include <optional>
 
 #include "husk/cgroups.h"
+#include "husk/checkpoint.h"
 #include "husk/config.h"
 #include "husk/console.h"
 #include "husk/defaults.h"
@@ -487,7 +488,18 @@ Result<void> delete_container(const Globals& g, const std::string& id, bool forc
     return {};
 }
 
-Result<void> checkpoint_container(const Globals& g, const std::string& id, const std::string& image_path, bool leave_running) {
+// The shim's figures of a save, as CRIU's stats-dump.
+static Result<void> write_dump_stats(const std::string& dir, const nlohmann::json& s) {
+    checkpoint::DumpStats d;
+    auto u = [&](const char* k) { return s.is_object() && s.contains(k) && s[k].is_number_unsigned() ? s[k].get<uint64_t>() : 0; };
+    d.freezing_us = uint32_t(u("freezing_us")), d.frozen_us = uint32_t(u("frozen_us")), d.memdump_us = uint32_t(u("memdump_us"));
+    d.memwrite_us = uint32_t(u("memwrite_us")), d.pages_written = u("pages_written");
+    TRY(sys::mkdir_p(dir, 0700));
+    return sys::write_file(dir + "/" + checkpoint::kDumpStatsFile, checkpoint::criu_dump_stats(d), 0600);
+}
+
+Result<void> checkpoint_container(const Globals& g, const std::string& id, const std::string& image_path,
+                                  const std::string& work_path, bool leave_running) {
     TRY(validate_id(id));
     auto paths = state_paths(g.root, id);
     State st;
@@ -501,7 +513,9 @@ Result<void> checkpoint_container(const Globals& g, const std::string& id, const
         TRY_CTX(sys::mkdir_p(dir, 0700), "--image-path");
         log::debug("checkpoint " + id + " into " + dir + (leave_running ? " (leaving it running)" : ""));
         nlohmann::json req = {{"op", "checkpoint"}, {"image_path", dir}, {"leave_running", leave_running}};
-        TRY(shim_call(shim_route(g, st, req), req, 180000));
+        auto r = TRY(shim_call(shim_route(g, st, req), req, 180000));
+        if (auto w = write_dump_stats(work_path.empty() ? dir : TRY(absolute(work_path)), r.value("stats", nlohmann::json())); !w)
+            log::warn("checkpoint: " + w.error().message);
     }
     if (leave_running) return {};
     // Its shim stops the VM and itself; the container goes, as runc's does.
@@ -524,7 +538,18 @@ Result<int> run_container(const Globals& g, const std::string& id, const CreateO
             co.console_socket = console->path();
         }
     }
+    auto began = std::chrono::steady_clock::now();
     pid_t shim = TRY(create_container(g, id, co));
+    if (!o.restore_from.empty()) {
+        // Restored and running: CRIU's stats-restore says how long it took.
+        checkpoint::RestoreStats rs;
+        rs.restore_us = uint32_t(std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - began).count());
+        struct stat sst{};
+        if (::stat((o.restore_from + "/" + checkpoint::kStateFile).c_str(), &sst) == 0) rs.pages_restored = uint64_t(sst.st_size) / 4096;
+        std::string dir = o.restore_work.empty() ? o.restore_from : o.restore_work;
+        if (auto w = sys::write_file(dir + "/" + checkpoint::kRestoreStatsFile, checkpoint::criu_restore_stats(rs), 0600); !w)
+            log::warn("restore: " + w.error().message);
+    }
     sys::Fd master;
     if (console) {
         auto m = console->receive(10000);

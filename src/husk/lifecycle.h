@@ -32,6 +32,7 @@ struct CreateOptions {
     std::string console_socket;
     int preserve_fds = 0;
     std::string restore_from;  // husk restore: the checkpoint image (absolute); the container comes up running
+    std::string restore_work;  // ... and where its CRIU-style stats-restore goes (--work-path, else the image)
 };
 
 struct ExecOptions {
@@ -72,7 +73,10 @@ Result<void> delete_container(const Globals& g, const std::string& id, bool forc
 // husk checkpoint: the running container's VM saved into `image_path`
 // (husk/checkpoint.h); then it is deleted, as runc destroys it, unless
 // `leave_running`. husk restore is run_container with restore_from set.
-Result<void> checkpoint_container(const Globals& g, const std::string& id, const std::string& image_path, bool leave_running);
+// Its figures go to `work_path`/stats-dump (the image when empty), as
+// CRIU's do under runc.
+Result<void> checkpoint_container(const Globals& g, const std::string& id, const std::string& image_path,
+                                  const std::string& work_path, bool leave_running);
 // create + start + (unless detach) wait and mirror the exit status.
 // Returns a wait status for the CLI to reproduce.
 Result<int> run_container(const Globals& g, const std::string& id, const CreateOptions& o, bool detach, bool keep);

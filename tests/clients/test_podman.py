@@ -187,3 +187,48 @@ def test_pod_one_vm_shared_namespaces_ports_and_lifecycle(podman, image):
         assert len(qemus()) == 1, qemus()
     finally:
         podman("pod", "rm", "-f", "-t", "0", "hk-pod")
+
+
+def test_checkpoint_and_restore_the_whole_vm(podman, image, tmp_path):
+    """podman container checkpoint/restore call husk checkpoint/restore:
+    the VM saved and loaded (its rootfs on a disk), the shell counting on
+    where it was, its published port and address as they were; the same
+    through an exported archive (-e/-i); a shared rootfs is refused."""
+    counter = "i=0; while :; do i=$((i+1)); echo $i; sleep 0.2; done"
+    podman("run", "-d", "--name", "hk-ckpt", "--annotation", "org.husk.rootfs=disk", "-p", "18083:80", image, "sh", "-c",
+           f"({counter}) & {WEB}", check=True)
+    counted = lambda: [int(x) for x in podman("logs", "hk-ckpt").stdout.split()]  # noqa: E731
+    wait_for(lambda: len(counted()) >= 5, what="the counter")
+    r = podman("container", "checkpoint", "--print-stats", "hk-ckpt")
+    assert r.returncode == 0, r.stderr
+    criu = json.loads(r.stdout)["container_statistics"][0]["criu_statistics"]  # husk's figures, in CRIU's files
+    assert criu["pages_written"] > 0 and 0 < criu["memdump_time"] <= criu["frozen_time"], criu
+    st = inspect(podman, "hk-ckpt")["State"]
+    assert st["Status"] == "exited" and st["Checkpointed"] is True, st
+    before = counted()
+    r = podman("container", "restore", "--print-stats", "hk-ckpt")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["container_statistics"][0]["criu_statistics"]["restore_time"] > 0, r.stdout
+    st = inspect(podman, "hk-ckpt")["State"]
+    assert st["Status"] == "running" and st["Restored"] is True, st
+    check_published_web(podman, "hk-ckpt", 18083, lambda: inspect(podman, "hk-ckpt"))
+    wait_for(lambda: len(counted()) >= len(before) + 5, what="the restored counter")
+    assert counted() == list(range(1, len(counted()) + 1))  # not a line lost or repeated
+
+    archive = tmp_path / "hk-ckpt.tar"
+    r = podman("container", "checkpoint", "--compress", "none", "-e", str(archive), "hk-ckpt")
+    assert r.returncode == 0, r.stderr
+    podman("rm", "hk-ckpt", check=True)
+    r = podman("container", "restore", "-i", str(archive))
+    assert r.returncode == 0, r.stderr
+    at = len(counted())
+    wait_for(lambda: len(counted()) >= at + 5, what="the counter restored from the archive")
+    assert counted() == list(range(1, len(counted()) + 1))
+    assert podman("exec", "hk-ckpt", "true").returncode == 0
+    podman("rm", "-f", "-t", "0", "hk-ckpt", check=True)
+
+    podman("run", "-d", "--name", "hk-ckpt-9p", image, "sleep", "1000", check=True)
+    r = podman("container", "checkpoint", "hk-ckpt-9p")
+    assert r.returncode != 0 and b"org.husk.rootfs=disk" in r.stderr, r.stderr
+    assert inspect(podman, "hk-ckpt-9p")["State"]["Status"] == "running"
+    podman("rm", "-f", "-t", "0", "hk-ckpt-9p", check=True)

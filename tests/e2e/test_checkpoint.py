@@ -5,6 +5,8 @@ restore"). QEMU only, with the rootfs on a disk (org.husk.rootfs=disk):
 QEMU 7.2 cannot migrate a mounted 9p share or a virtio-fs device."""
 import json
 import os
+import shutil
+import subprocess
 import time
 
 import pytest
@@ -42,7 +44,18 @@ def test_a_checkpointed_container_is_restored_where_it_was(husk, bundle, tmp_pat
     assert r.returncode == 0, r.stderr.decode(errors="replace")[-3000:]
     # The container is gone, as runc's is after a checkpoint.
     assert not os.path.exists(os.path.join(husk.root, cid))
-    assert sorted(os.listdir(image)) == ["husk-checkpoint.json", "rootfs.img", "vm.state"]
+    assert sorted(os.listdir(image)) == ["descriptors.json", "husk-checkpoint.json", "inventory.img", "rootfs.img", "stats-dump",
+                                         "vm.state"]
+    # What runc's callers look for: CRIU's inventory (its magic, version 2), runc's descriptors.
+    assert (image / "inventory.img").read_bytes() == b"\x16\x31\x31\x58\x02\x00\x00\x00\x08\x02"
+    assert len(json.loads((image / "descriptors.json").read_text())) == 3
+    # The save's figures in CRIU's stats-dump (podman --print-stats reads them).
+    assert (image / "stats-dump").read_bytes()[:8] == b"\x40\x59\x10\x55\x06\x33\x09\x57"
+    if shutil.which("crit"):
+        dump = json.loads(subprocess.run(["crit", "decode", "-i", str(image / "stats-dump")], capture_output=True,
+                                         check=True).stdout)["entries"][0]["dump"]
+        assert dump["pages_written"] * 4096 <= os.path.getsize(image / "vm.state") < (dump["pages_written"] + 1) * 4096
+        assert 0 < dump["memdump_time"] <= dump["frozen_time"]
     info = json.loads((image / "husk-checkpoint.json").read_text())
     assert info["hypervisor"] == "qemu" and info["id"] == cid and info["terminal"] is False
     before = numbers(out1)
@@ -59,6 +72,7 @@ def test_a_checkpointed_container_is_restored_where_it_was(husk, bundle, tmp_pat
     err = r.stderr.decode(errors="replace")
     assert r.returncode == 0, err[-3000:]
     assert "checkpoint: loading " in err and "Linux version" not in err, err[-3000:]
+    assert (image / "stats-restore").exists()
     assert husk.state(cid)["status"] == "running"
     wait_for(lambda: len(numbers(out2)) >= 5, "the restored counter's output")
     after = numbers(out2)

@@ -216,3 +216,19 @@ TEST_CASE("qemu: a checkpoint loads into a VM of the same devices, whatever its 
     tmpl.template_shape = true;
     CHECK(hv.vm_shape(make_vm_config(spec, tmpl, SandboxPaths{"/state/c1/shared", "/state/c1/agent.sock", "/state/c1/qmp.sock", "", ""})).empty());
 }
+
+TEST_CASE("checkpoint: CRIU's inventory and stats images, byte for byte", "[checkpoint]") {
+    CHECK(checkpoint::criu_inventory() == std::string("\x16\x31\x31\x58\x02\x00\x00\x00\x08\x02", 10));
+    checkpoint::DumpStats d;
+    d.freezing_us = 1, d.frozen_us = 300, d.memdump_us = 200, d.memwrite_us = 4, d.pages_written = 19662;
+    std::string s = checkpoint::criu_dump_stats(d);
+    REQUIRE(s.size() > 12);
+    CHECK(s.substr(0, 8) == std::string("\x40\x59\x10\x55\x06\x33\x09\x57", 8));  // IMG_SERVICE_MAGIC, STATS_MAGIC
+    uint32_t n = uint8_t(s[8]) | uint8_t(s[9]) << 8 | uint8_t(s[10]) << 16 | uint32_t(uint8_t(s[11])) << 24;
+    CHECK(n == s.size() - 12);
+    // StatsEntry.dump (field 1, length-delimited), then DumpStatsEntry's fields in order.
+    CHECK(uint8_t(s[12]) == 0x0a);
+    CHECK(s.substr(14, 6) == std::string("\x08\x01\x10\xac\x02\x18", 6));  // freezing 1, frozen 300, memdump...
+    std::string r = checkpoint::criu_restore_stats({1234, 7});
+    CHECK(uint8_t(r[12]) == 0x12);  // StatsEntry.restore (field 2)
+}
