@@ -135,7 +135,7 @@ Result<void> Shim::prepare_restore(HostFacts& host) {
                     EINVAL);
     if (restore_info_.terminal != spec_.process->terminal)
         return fail(std::string("checkpoint image ") + args_.restore + ": its process " +
-                        (restore_info_.terminal ? "had" : "had no") + " terminal; config.json's process.terminal says otherwise",
+                        (restore_info_.terminal ? "had a" : "had no") + " terminal; config.json's process.terminal says otherwise",
                     EINVAL);
     share_disk_ = true;
     host.share_disk = paths_.dir + "/share.img";

@@ -165,3 +165,36 @@ def test_a_restore_that_cannot_load_fails_clearly_and_leaves_nothing(husk, bundl
     r = husk("restore", "-d", "--image-path", str(image), "-b", b, cid)
     assert r.returncode != 0 and b"did not load: the VMM exited" in r.stderr and b"Not a migration stream" in r.stderr, r.stderr
     # (the husk fixture asserts no state dir, VMM, QEMU or mount is left)
+
+
+def test_a_terminal_container_is_restored_onto_a_new_console(husk, bundle, tmp_path):
+    from test_terminal import ConsoleSocket
+    cid = new_id()
+
+    def edit(c):
+        with_disk(c)
+        c["process"]["terminal"] = True
+    b = bundle(["sh"], edit=edit)
+    cs = ConsoleSocket(tmp_path / "c1.sock")
+    husk("run", "-d", "--console-socket", cs.path, "-b", b, cid, check=True)
+    t = cs.receive()
+    t.send(b"x=kept-in-memory; echo ready-$x\r")
+    t.expect(b"ready-kept-in-memory")
+    image = tmp_path / "image"
+    husk("checkpoint", "--image-path", str(image), cid, check=True)
+    assert json.loads((image / "husk-checkpoint.json").read_text())["terminal"] is True
+    os.close(t.fd)
+    # A new console: the same shell, its variable still set.
+    cs2 = ConsoleSocket(tmp_path / "c2.sock")
+    husk("restore", "-d", "--console-socket", cs2.path, "--image-path", str(image), "-b", b, cid, check=True)
+    t2 = cs2.receive()
+    t2.send(b"echo again-$x\r")
+    t2.expect(b"again-kept-in-memory")
+    t2.send(b"exit 3\r")
+    wait_for(lambda: husk.state(cid)["status"] == "stopped", "the restored shell to exit")
+    assert husk.state_file(cid).get("exit_code") == 3
+    husk("delete", cid, check=True)
+    os.close(t2.fd)
+    # A restore without a terminal of a checkpoint that had one: refused.
+    r = husk("restore", "-d", "--image-path", str(image), "-b", bundle(["sh"], edit=with_disk), cid)
+    assert r.returncode != 0 and b"its process had a terminal" in r.stderr, r.stderr
