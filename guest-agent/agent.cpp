@@ -746,7 +746,7 @@ Result<void> Agent::run() {
         tags.push_back({kChan, 0, 0});
         pf.push_back({sfd.get(), POLLIN, 0});
         tags.push_back({kSig, 0, 0});
-        if (int l = template_vsock_listener(); l >= 0) {
+        if (int l = redial_listener(quiesced_); l >= 0) {
             pf.push_back({l, POLLIN, 0});
             tags.push_back({kRedial, 0, 0});
         }
@@ -798,8 +798,8 @@ Result<void> Agent::run() {
                     out_.consume(size_t(w));
                 }
             } else if (t.tag == kRedial) {
-                // A restored clone's host: the saved connection (and what
-                // was on its way) is the template's maker's, gone.
+                // A restored clone's host, or a restored checkpoint's: the
+                // saved connection (and what was on its way) is gone.
                 auto c = sys::accept(pf[i].fd, SOCK_NONBLOCK);
                 if (!c) continue;
                 chan_ = std::move(*c);

@@ -37,7 +37,7 @@ namespace {
 // restore, may take to probe before its share mounts.
 constexpr int kAttachShareWaitMs = 10000;
 bool g_template = false;
-// A template's vsock listener, until it is attached (template_vsock_listener).
+// The vsock channel's listener (redial_listener).
 sys::Fd g_vsock_listener;
 }  // namespace
 
@@ -319,11 +319,13 @@ Result<sys::Fd> open_vsock_channel() {
     if (::bind(s.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr) < 0) return fail_errno("vsock bind");
     if (::listen(s.get(), 1) < 0) return fail_errno("vsock listen");
     auto c = TRY(sys::accept(s.get(), SOCK_NONBLOCK));
-    if (g_template) g_vsock_listener = std::move(s);  // a clone's host dials again
+    // Kept: a template's clone, or a VM restored from a checkpoint, has a
+    // new host that dials again (the VMM's restore resets vsock connections).
+    g_vsock_listener = std::move(s);
     return c;
 }
 
-int template_vsock_listener() { return g_template ? g_vsock_listener.get() : -1; }
+int redial_listener(bool quiesced) { return g_template || quiesced ? g_vsock_listener.get() : -1; }
 
 bool template_boot() { return g_template; }
 
@@ -337,7 +339,6 @@ bool template_boot() { return g_template; }
 Result<void> attach(const proto::Attach& p) {
     if (!g_template) return fail("this guest did not boot as a template", EPROTO);
     g_template = false;
-    g_vsock_listener.reset();
     g_debug = p.debug;
     {
         auto fd = TRY(sys::open("/dev/urandom", O_WRONLY));

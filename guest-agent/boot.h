@@ -37,10 +37,12 @@ std::vector<std::pair<unsigned, std::string>> cpu_online_files();
 
 // Booted as a template, and not attached yet.
 bool template_boot();
-// Until then, a vsock channel's listening socket (-1: none): a restored
-// clone's host connects anew (its VMM resets the saved connection, or
-// leaves it dead), and that connection is the channel from then on.
-int template_vsock_listener();
+// A vsock channel's listening socket while a new host may dial (-1: none,
+// or not now): a template's, until it is attached, and any agent's while a
+// checkpoint has it quiesced. A restored clone's or checkpoint's host
+// connects anew (its VMM resets the saved connection, or leaves it dead),
+// and that connection is the channel from then on.
+int redial_listener(bool quiesced);
 Result<void> attach(const proto::Attach& p);
 
 }  // namespace husk::agent

@@ -71,16 +71,21 @@ Result<void> in_snapshot_dir(const std::string& dir, Fn fn) {
 }  // namespace
 
 // Paused, snapshotted into a directory of its own, packed into `fd`; the
-// directory goes, and the guest runs on whatever happened.
-Result<void> ApiVm::save_template(int fd) {
+// directory goes. A save that fails runs the guest on; one that worked
+// leaves it paused (resume runs it).
+Result<void> ApiVm::checkpoint(int fd) {
     if (tmpl_.save.empty()) return fail("this VMM cannot save its guest", ENOTSUP);
     auto saved = in_snapshot_dir(snapshot_dir_, [&]() -> Result<void> {
         for (const auto& c : tmpl_.save) TRY(api_call(socket_, c, 60000));
         return pack_snapshot(snapshot_dir_, fd);
     });
-    auto ran = api_call(socket_, resume_);
-    TRY(saved);
-    return ran.map([](auto&&) {});
+    if (!saved) (void)api_call(socket_, resume_);
+    return saved;
+}
+
+Result<void> ApiVm::save_template(int fd) {
+    TRY(checkpoint(fd));
+    return resume();
 }
 
 std::string api_template_shape(const std::string& tag, const VmConfig& cfg, const std::string& binary,
@@ -89,6 +94,17 @@ std::string api_template_shape(const std::string& tag, const VmConfig& cfg, cons
     VmConfig seen = jailed_config(cfg);
     seen.incoming_fd = -1;
     return tag + "\n" + calls_to_json(translate(seen)).dump() + "\n" + templates::vm_files_identity(binary, cfg.kernel, cfg.initrd);
+}
+
+std::string api_vm_shape(const std::string& tag, const VmConfig& cfg, const std::string& binary,
+                         std::vector<ApiCall> (*translate)(const VmConfig&)) {
+    if (cfg.template_shape) return "";
+    VmConfig seen = jailed_config(cfg);
+    seen.incoming_fd = -1;
+    // A booted guest has read its command line (Firecracker's boot_args,
+    // Cloud Hypervisor's payload.cmdline): what it says now does not matter.
+    seen.cmdline.clear();
+    return tag + "\n" + calls_to_json(translate(seen)).dump() + "\n" + templates::file_identity(binary);
 }
 
 // The template call for a container's device `index` of one kind.
@@ -214,7 +230,7 @@ Result<std::unique_ptr<Vm>> launch_api_vmm(const ApiVmmLaunch& l, const VmConfig
     j.mounts.push_back({log_path, kApiJailLog, false, false});
     std::string socket = workdir + "/" + kVmmDirName + "/" + l.socket;
     ::unlink(socket.c_str());
-    if (!l.tmpl.disks.empty())
+    if (cfg.template_shape && !l.tmpl.disks.empty())
         TRY(sys::open(workdir + "/" + kVmmDirName + "/" + kPlaceholderDiskName, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600));
     std::vector<std::string> argv = l.argv;
     argv[0] = binary;
@@ -266,6 +282,7 @@ Capabilities ApiHypervisor::capabilities() const {
     c.vsock = true;
     c.hybrid_vsock = true;
     c.kvm = true;
+    c.checkpoint = true;  // the same snapshot calls as a template's
     return c;
 }
 

@@ -58,7 +58,9 @@ struct ApiVmmLaunch {
     std::string socket;               // the API socket, relative to workdir
     std::vector<ApiCall> calls;       // configure and boot
     ApiCall pause, resume;
-    ApiTemplateCalls tmpl;            // a template-shaped VM's
+    // Save and restore (a template's, or a checkpoint's: Vm::checkpoint);
+    // the device calls are a template's alone.
+    ApiTemplateCalls tmpl;
 };
 
 class ApiVm : public ProcessVm {
@@ -69,6 +71,7 @@ public:
     Result<void> pause() override;
     Result<void> resume() override;
     Result<void> save_template(int fd) override;
+    Result<void> checkpoint(int fd) override;
     // The restore ran the guest already (launch_api_vmm): its channel is
     // the VMM's to bridge, which a paused guest could not answer.
     Result<void> run_restored() override { return {}; }
@@ -88,6 +91,10 @@ private:
 // name), and the files the VM runs.
 std::string api_template_shape(const std::string& tag, const VmConfig& cfg, const std::string& binary,
                                std::vector<ApiCall> (*translate)(const VmConfig&));
+// ... and its Hypervisor::vm_shape: the calls without the kernel command
+// line (a booted guest does not read it again), and the VMM binary.
+std::string api_vm_shape(const std::string& tag, const VmConfig& cfg, const std::string& binary,
+                         std::vector<ApiCall> (*translate)(const VmConfig&));
 
 // A snapshot directory's regular files as one stream to `fd` (what the
 // template store keeps), and back: `fd` (read from its start) unpacked
@@ -111,7 +118,7 @@ Result<std::unique_ptr<Vm>> launch_api_vmm(const ApiVmmLaunch& l, const VmConfig
 // vmlinux. A driver names itself, says why it cannot run, and plans.
 class ApiHypervisor : public Hypervisor {
 public:
-    Capabilities capabilities() const override;
+    Capabilities capabilities() const override;  // checkpoint: yes (the snapshot calls), with vm_shape
     std::string guest_kernel() const override;
     Result<std::unique_ptr<Vm>> launch(const VmConfig& cfg, const std::string& workdir,
                                        const std::string& log_path) override;

@@ -12,7 +12,7 @@ std::string Shim::checkpoint_refusal() const {
     if (checkpoint_) return "a checkpoint of it is in progress";
     if (paused_) return "container is paused (podman and runc checkpoint running containers)";
     if (ses_.phase != Phase::Running) return "container is not running";
-    if (!hv_->capabilities().checkpoint) return "the " + hv_->name() + " driver cannot checkpoint a VM (the qemu driver can)";
+    if (!hv_->capabilities().checkpoint) return "the " + hv_->name() + " driver cannot checkpoint a VM (qemu, firecracker and cloud-hypervisor can)";
     if (!share_disk_)
         return std::string("its rootfs is shared with the VM (") + (host_.share_fs == ShareFs::VirtioFs ? "virtio-fs" : "9p") +
                "), and QEMU 7.2 cannot migrate a VM with a mounted 9p share or a virtio-fs device: create the container "

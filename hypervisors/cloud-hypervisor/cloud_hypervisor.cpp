@@ -91,6 +91,10 @@ std::string CloudHypervisor::template_shape(const VmConfig& cfg) const {
     return api_template_shape("cloud-hypervisor template 1", cfg, binary_path(), translate);
 }
 
+std::string CloudHypervisor::vm_shape(const VmConfig& cfg) const {
+    return api_vm_shape("cloud-hypervisor vm 1", cfg, binary_path(), translate);
+}
+
 std::string CloudHypervisor::unavailable() const {
     return kvm_vmm_unavailable(binary_path(), "install Cloud Hypervisor's release binary or set HUSK_CLOUD_HYPERVISOR");
 }
@@ -103,7 +107,7 @@ ApiVmmLaunch CloudHypervisor::plan(const VmConfig& cfg, const std::string& /*log
     l.calls = translate(cfg);
     l.pause = {"PUT", "/api/v1/vm.pause", nullptr};
     l.resume = {"PUT", "/api/v1/vm.resume", nullptr};
-    if (cfg.template_shape) l.tmpl = template_calls(cfg);
+    l.tmpl = template_calls(cfg);  // a template's save and restore, and a checkpoint's
     return l;
 }
 

@@ -30,6 +30,7 @@ public:
     std::string unavailable() const override;
     Capabilities capabilities() const override;
     std::string template_shape(const VmConfig& cfg) const override;
+    std::string vm_shape(const VmConfig& cfg) const override;
 
 protected:
     ApiVmmLaunch plan(const VmConfig& cfg, const std::string& log_path) const override;

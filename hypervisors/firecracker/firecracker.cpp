@@ -86,6 +86,10 @@ std::string FirecrackerHypervisor::template_shape(const VmConfig& cfg) const {
     return api_template_shape("firecracker template 1", cfg, binary_path(), translate);
 }
 
+std::string FirecrackerHypervisor::vm_shape(const VmConfig& cfg) const {
+    return api_vm_shape("firecracker vm 1", cfg, binary_path(), translate);
+}
+
 std::string FirecrackerHypervisor::unavailable() const {
     return kvm_vmm_unavailable(binary_path(), "install Firecracker's release binary or set HUSK_FIRECRACKER");
 }
@@ -98,7 +102,7 @@ ApiVmmLaunch FirecrackerHypervisor::plan(const VmConfig& cfg, const std::string&
     l.calls = translate(cfg);
     l.pause = {"PATCH", "/vm", {{"state", "Paused"}}};
     l.resume = {"PATCH", "/vm", {{"state", "Resumed"}}};
-    if (cfg.template_shape) l.tmpl = template_calls(cfg);
+    l.tmpl = template_calls(cfg);  // a template's save and restore, and a checkpoint's
     return l;
 }
 

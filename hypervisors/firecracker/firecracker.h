@@ -30,6 +30,7 @@ public:
     std::string name() const override { return "firecracker"; }
     Capabilities capabilities() const override;
     std::string template_shape(const VmConfig& cfg) const override;
+    std::string vm_shape(const VmConfig& cfg) const override;
     std::string unavailable() const override;
 
 protected:

@@ -436,3 +436,39 @@ def test_a_firecracker_clone_whose_disk_cannot_be_patched_in_is_dropped_and_the_
     assert calls[:2] == [("PUT", "/snapshot/load"), ("PATCH", "/drives/disk0")]
     assert calls[2:] == FC_BOOT[:3] + FC_BOOT[4:], calls
     # (the husk fixture asserts no state dir, VMM, QEMU or mount is left)
+
+
+# Checkpoints (husk checkpoint / restore) through the snapshot calls: the
+# VM saved paused into the image (packed), loaded into a new VMM; the
+# rootfs disk (Firecracker's always, Cloud Hypervisor's when asked) copied.
+
+@pytest.mark.parametrize("flavour", ["firecracker", "cloud-hypervisor"])
+def test_a_checkpoint_goes_through_the_snapshot_calls_and_restores(husk, bundle, standin, flavour, tmp_path):
+    env = standin(flavour)
+    counter = ["sh", "-c", "i=0; while :; do i=$((i+1)); echo $i; sleep 0.1; done"]
+    b = bundle(counter, edit=lambda c: (on(flavour)(c), c.setdefault("annotations", {}).update({"org.husk.rootfs": "disk"})))
+    cid = new_id()
+    out1, out2 = tmp_path / "out1", tmp_path / "out2"
+    count = lambda p: [int(x) for x in open(p).read().split()]  # noqa: E731
+    with open(out1, "wb") as f:
+        husk("run", "-d", "-b", b, cid, stdout=f, env=env, check=True)
+    wait_for(lambda: len(count(out1)) >= 5, "the counter")
+    booted = len(standin.calls())  # (the record file stays the running VMM's: no forget() now)
+    image = tmp_path / "image"
+    r = husk("checkpoint", "--image-path", str(image), cid, env=env)
+    assert r.returncode == 0, r.stderr
+    save = [(c["method"], c["path"]) for c in standin.calls()[booted:]]
+    assert save[:2] == ([("PATCH", "/vm"), ("PUT", "/snapshot/create")] if flavour == "firecracker" else
+                        [("PUT", "/api/v1/vm.pause"), ("PUT", "/api/v1/vm.snapshot")]), save
+    before = count(out1)
+    standin.forget()
+    with open(out2, "wb") as f:
+        r = husk("restore", "-d", "--image-path", str(image), "-b", b, cid, stdout=f, env=env)
+    assert r.returncode == 0, r.stderr
+    load = [(c["method"], c["path"]) for c in standin.calls()]
+    assert load == ([("PUT", "/snapshot/load")] if flavour == "firecracker" else
+                    [("PUT", "/api/v1/vm.restore"), ("PUT", "/api/v1/vm.resume")]), load
+    wait_for(lambda: len(count(out2)) >= 3, "the restored counter")
+    assert count(out2)[0] == before[-1] + 1, (before[-3:], count(out2)[:3])
+    assert husk("exec", cid, "true", env=env).returncode == 0
+    husk("delete", "--force", cid, check=True, env=env)

@@ -400,3 +400,31 @@ TEST_CASE("a REST-API VMM is configured with the paths of its jail", "[drivers]"
     CHECK(calls.find("/state/") == std::string::npos);  // no host path reaches the VMM
     CHECK(calls.find("/img/") == std::string::npos);
 }
+
+TEST_CASE("REST-API drivers checkpoint: the snapshot calls for any VM, a shape without the command line", "[drivers][checkpoint]") {
+    HostFacts host;
+    host.host_cpus = 2, host.kernel = "/img/vmlinux", host.initrd = "/img/initramfs.img";
+    host.hybrid_vsock = true;
+    host.share_disk = "/state/c1/share.img";
+    VmConfig cfg = make_vm_config(small_spec(), host, state_sandbox_paths());
+    firecracker::FirecrackerHypervisor fc;
+    cloud_hypervisor::CloudHypervisor ch;
+    CHECK(fc.capabilities().checkpoint);
+    CHECK(ch.capabilities().checkpoint);
+    for (const Hypervisor* hv : {static_cast<const Hypervisor*>(&fc), static_cast<const Hypervisor*>(&ch)}) {
+        std::string shape = hv->vm_shape(cfg);
+        REQUIRE(!shape.empty());
+        HostFacts debug = host;
+        debug.debug = true;
+        CHECK(hv->vm_shape(make_vm_config(small_spec(), debug, state_sandbox_paths())) == shape);
+        auto big = small_spec();
+        big.memory_limit = 1ll << 30;
+        CHECK(hv->vm_shape(make_vm_config(big, host, state_sandbox_paths())) != shape);
+    }
+    // A VM that is not a template's still gets the save and restore calls.
+    auto t = firecracker::template_calls(jailed_config(cfg));
+    REQUIRE(t.save.size() == 2);
+    CHECK(t.save[1].path == "/snapshot/create");
+    REQUIRE(t.restore.size() == 1);
+    CHECK(t.restore[0].path == "/snapshot/load");
+}
