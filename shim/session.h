@@ -24,6 +24,11 @@ namespace husk::shim {
 
 using Clock = std::chrono::steady_clock;
 
+// Milliseconds since `t`.
+inline long long ms_since(Clock::time_point t) {
+    return std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - t).count();
+}
+
 // Milliseconds from now until `t` (negative once it has passed).
 inline long long ms_until(Clock::time_point t) {
     return std::chrono::duration_cast<std::chrono::milliseconds>(t - Clock::now()).count();

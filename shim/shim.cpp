@@ -353,6 +353,7 @@ Result<void> Shim::loop() {
                 case kCon: on_console_readable(); break;
                 case kAgentL:
                     chan_ = TRY(sys::accept(agent_listen_.get(), SOCK_NONBLOCK));
+                    log::debug("vm: the channel connected after " + std::to_string(ms_since(launched_at_)) + " ms");
                     agent_listen_.reset();
                     ::unlink(paths_.agent_sock.c_str());
                     attach_restored();
@@ -368,6 +369,7 @@ Result<void> Shim::loop() {
                             break;
                         }
                         qmp_attached_ = true;
+                        log::debug("vm: QMP connected after " + std::to_string(ms_since(launched_at_)) + " ms");
                         attach_restored();
                     }
                     break;

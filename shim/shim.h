@@ -60,6 +60,7 @@ using nlohmann::json;
 using shim::Clock;
 using shim::Phase;
 using shim::Proc;
+using shim::ms_since;
 using shim::ms_until;
 using shim::status_reply;
 

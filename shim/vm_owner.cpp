@@ -358,6 +358,7 @@ Result<void> Shim::start_vmm(bool templates) {
         return {};
     }
     vm_ = TRY(std::move(launched));
+    log::debug("vm: the VMM runs, " + std::to_string(ms_since(launched_at_)) + " ms after its launch began");
     console_w_.reset();
     // The VMM's now: a tap lives as long as the VMM does. (A template's
     // VMM has them from its attach: until then, ours, for a VM booted

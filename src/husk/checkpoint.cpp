@@ -1,5 +1,7 @@
 #include "husk/checkpoint.h"
 
+#include <sys/stat.h>
+
 #include <cerrno>
 #include <algorithm>
 #include <cstdint>
@@ -127,9 +129,14 @@ std::string first_difference(const std::string& saved, const std::string& now) {
 
 Result<Info> read_image(const std::string& dir) {
     if (!sys::is_dir(dir)) return fail("checkpoint image " + dir + " does not exist", ENOENT);
-    for (const char* f : {kInfoFile, kStateFile, kDiskFile})
-        if (!sys::exists(dir + "/" + f))
+    for (const char* f : {kInfoFile, kStateFile, kDiskFile}) {
+        // Regular files only: a symlink would have the shim (root) copy
+        // whatever it names into the container's disk.
+        struct stat st{};
+        if (::lstat((dir + "/" + f).c_str(), &st) < 0)
             return fail("checkpoint image " + dir + " is not one husk checkpoint wrote (no " + f + ")", ENOENT);
+        if (!S_ISREG(st.st_mode)) return fail("checkpoint image " + dir + ": " + f + " is not a regular file", EINVAL);
+    }
     auto text = TRY_CTX(sys::read_file(dir + "/" + kInfoFile, 1 << 20), "checkpoint image");
     return TRY_CTX(info_from_json(text), "checkpoint image " + dir);
 }

@@ -70,6 +70,13 @@ TEST_CASE("checkpoint: an image directory must hold all three files", "[checkpoi
     REQUIRE(sys::write_file(d + "/" + checkpoint::kStateFile, "x"));
     REQUIRE(sys::write_file(d + "/" + checkpoint::kDiskFile, "x"));
     REQUIRE(checkpoint::read_image(d));
+    REQUIRE(::unlink((d + "/" + checkpoint::kDiskFile).c_str()) == 0);
+    REQUIRE(::symlink("/etc/shadow", (d + "/" + checkpoint::kDiskFile).c_str()) == 0);
+    r = checkpoint::read_image(d);
+    REQUIRE(!r);
+    CHECK_THAT(r.error().message, Catch::Contains("rootfs.img is not a regular file"));
+    REQUIRE(::unlink((d + "/" + checkpoint::kDiskFile).c_str()) == 0);
+    REQUIRE(sys::write_file(d + "/" + checkpoint::kDiskFile, "x"));
     REQUIRE(sys::write_file(d + "/" + checkpoint::kInfoFile, "{}"));
     CHECK(!checkpoint::read_image(d));
     REQUIRE(sys::remove_all(d));
