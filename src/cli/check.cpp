@@ -68,7 +68,25 @@ std::vector<Check> run_checks(const std::string& chosen) {
                        (t.on ? "on: " : "off (" + t.why + "): ") + std::to_string(t.count) + " saved, " +
                            std::to_string(t.bytes >> 20) + " MiB in " + t.dir,
                        ""});
+        // husk checkpoint/restore; podman's own check wants a CRIU binary.
+        bool cp = hv->capabilities().checkpoint;
+        bool criu = sys::find_program("criu").has_value();
+        out.push_back({"checkpoint", cp,
+                       cp ? "husk checkpoint/restore save the whole VM (the rootfs on a disk: org.husk.rootfs=disk); " +
+                                std::string(criu ? "criu is installed, which podman's checkpoint wants"
+                                                 : "podman's checkpoint also wants a criu binary, not found")
+                          : "the " + chosen + " driver cannot save a VM",
+                       !cp ? "use the qemu, firecracker or cloud-hypervisor driver" : criu ? "" : "apt-get install criu (for podman)"});
     }
+    // Same-page merging: the identical pages of 9p VMs (templates' clones
+    // most of all) are stored once; virtio-fs VMs' shared memory is not.
+    std::string ksm = sys::read_file("/sys/kernel/mm/ksm/run").value_or("");
+    bool ksm_on = ksm.rfind('1', 0) == 0;
+    out.push_back({"memory merging (KSM)", ksm_on,
+                   ksm.empty() ? "the kernel has no KSM"
+                   : ksm_on    ? "on: 9p VMs' identical pages are kept once (not virtio-fs's shared memory)"
+                               : "off: every VM keeps its own copy of pages it shares with others (for density: 9p and KSM)",
+                   ksm_on || ksm.empty() ? "" : "echo 1 > /sys/kernel/mm/ksm/run (host-wide; costs ksmd CPU)"});
     bool vnet = ::access("/dev/vhost-net", R_OK | W_OK) == 0;
     out.push_back({"vhost-net", vnet, vnet ? "in-kernel virtio-net datapath under KVM" : "no /dev/vhost-net: QEMU moves the packets",
                    vnet ? "" : "modprobe vhost_net"});

@@ -198,3 +198,11 @@ def test_a_terminal_container_is_restored_onto_a_new_console(husk, bundle, tmp_p
     # A restore without a terminal of a checkpoint that had one: refused.
     r = husk("restore", "-d", "--image-path", str(image), "-b", bundle(["sh"], edit=with_disk), cid)
     assert r.returncode != 0 and b"its process had a terminal" in r.stderr, r.stderr
+
+
+def test_husk_check_says_what_checkpoints_need(husk):
+    out = husk("check", check=True).stdout.decode()
+    line = next(l for l in out.splitlines() if l.startswith("checkpoint "))
+    assert " ok " in line and "org.husk.rootfs=disk" in line, out
+    assert ("criu is installed" in line) == bool(shutil.which("criu")), line
+    assert any(l.startswith("memory merging (KSM)") for l in out.splitlines()), out
