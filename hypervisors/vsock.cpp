@@ -5,6 +5,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <chrono>
 #include <cstring>
 
@@ -39,26 +40,39 @@ Result<void> parse_hybrid_vsock_reply(std::string_view line) {
     return {};
 }
 
-Result<sys::Fd> hybrid_vsock_connect(const std::string& uds, uint32_t port, int timeout_ms) {
-    auto s = TRY_CTX(sys::unix_connect(uds), "hybrid vsock");
-    TRY_CTX(sys::write_all(s.get(), "CONNECT " + std::to_string(port) + "\n"), "hybrid vsock");
-    auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
-    std::string line;
+Result<HybridVsockDial> HybridVsockDial::start(const std::string& uds, uint32_t port) {
+    HybridVsockDial d;
+    d.s_ = TRY_CTX(sys::unix_connect(uds), "hybrid vsock");
+    TRY(sys::set_nonblock(d.s_.get(), true));
+    // A few bytes into a fresh socket's empty buffer: they go at once.
+    TRY_CTX(sys::write_all(d.s_.get(), "CONNECT " + std::to_string(port) + "\n"), "hybrid vsock");
+    return d;
+}
+
+Result<std::optional<sys::Fd>> HybridVsockDial::step() {
     for (;;) {
-        int left = sys::ms_left(deadline);
-        if (left <= 0 || !TRY(sys::wait_fd(s.get(), POLLIN, left))) return fail("hybrid vsock: no answer", ETIMEDOUT);
         char c;  // a byte at a time: what follows the line is the agent's
-        ssize_t n = ::read(s.get(), &c, 1);
-        if (n < 0 && (errno == EINTR || errno == EAGAIN)) continue;
+        ssize_t n = ::read(s_.get(), &c, 1);
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0 && errno == EAGAIN) return std::optional<sys::Fd>();
+        if (n == 0 || (n < 0 && errno == ECONNRESET)) return fail("hybrid vsock: the guest is not listening yet", ECONNREFUSED);
         if (n < 0) return fail_errno("hybrid vsock: read");
-        if (n == 0) return fail("hybrid vsock: the guest is not listening yet", ECONNREFUSED);
         if (c == '\n') break;
-        if (line.size() >= 32) return fail("hybrid vsock: unexpected answer", EPROTO);
-        line += c;
+        if (line_.size() >= 32) return fail("hybrid vsock: unexpected answer", EPROTO);
+        line_ += c;
     }
-    TRY(parse_hybrid_vsock_reply(line));
-    TRY(sys::set_nonblock(s.get(), true));
-    return s;
+    TRY(parse_hybrid_vsock_reply(line_));
+    return std::optional<sys::Fd>(std::move(s_));
+}
+
+Result<sys::Fd> hybrid_vsock_connect(const std::string& uds, uint32_t port, int timeout_ms) {
+    auto d = TRY(HybridVsockDial::start(uds, port));
+    auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
+    for (;;) {
+        if (auto c = TRY(d.step())) return std::move(*c);
+        int left = sys::ms_left(deadline);
+        if (left <= 0 || !TRY(sys::wait_fd(d.fd(), POLLIN, left))) return fail("hybrid vsock: no answer", ETIMEDOUT);
+    }
 }
 
 }  // namespace husk

@@ -3,6 +3,7 @@
 // Cloud Hypervisor).
 #pragma once
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <string_view>
 
@@ -15,7 +16,24 @@ namespace husk {
 // Fails fast while the guest is still booting; the caller retries.
 Result<sys::Fd> vsock_connect(uint32_t cid, uint32_t port);
 
-// One connection attempt through a hybrid vsock: connect to the VMM's unix
+// One connection attempt through a hybrid vsock that never blocks: start()
+// connects to the VMM's unix socket `uds` and sends "CONNECT <port>\n";
+// step(), whenever fd() is readable, takes what has arrived of the VMM's
+// answer and returns the channel (non-blocking) once "OK <host port>\n" is
+// complete, nothing yet, or why not (ECONNREFUSED: the guest is not
+// listening yet; EPROTO: another answer). Nothing after the line is read.
+class HybridVsockDial {
+public:
+    static Result<HybridVsockDial> start(const std::string& uds, uint32_t port);
+    int fd() const { return s_.get(); }
+    Result<std::optional<sys::Fd>> step();
+
+private:
+    sys::Fd s_;
+    std::string line_;
+};
+
+// The same, waiting: connect to the VMM's unix
 // socket `uds`, send "CONNECT <port>\n" and wait up to `timeout_ms` for
 // "OK <host port>\n". A VMM whose guest is not listening yet closes the
 // connection (ECONNREFUSED: retry). Nothing after the OK line is read.

@@ -278,8 +278,26 @@ Result<void> Shim::loop() {
             finish(255, 0);
         }
 
+        // Until the agent answers, we dial it (vsock: we connect, retrying).
+        // A hybrid vsock's dial is a socket of the loop's: its answer is
+        // read as it comes, never waited for.
+        bool dials = ses_.phase <= Phase::Resuming && (vsock_cid_ || !hybrid_vsock_.empty());
+        if (dial_ && Clock::now() >= dial_deadline_) dial_.reset();  // no answer in time: again
+        if (dials && !chan_ && !dial_ && Clock::now() >= next_vsock_try_) {
+            if (vsock_cid_) {
+                if (auto c = vsock_connect(vsock_cid_, proto::kAgentVsockPort)) {
+                    chan_ = std::move(*c);  // non-blocking
+                    attach_restored();
+                }
+            } else if (auto d = HybridVsockDial::start(hybrid_vsock_, proto::kAgentVsockPort)) {
+                dial_ = std::move(*d);
+                dial_deadline_ = Clock::now() + std::chrono::seconds(1);
+            }
+            next_vsock_try_ = Clock::now() + std::chrono::milliseconds(50);
+        }
+
         std::vector<pollfd> p;
-        enum Tag { kSig, kCon, kAgentL, kQmpL, kShimL, kChan, kIn, kOut, kClient };
+        enum Tag { kSig, kCon, kAgentL, kQmpL, kShimL, kChan, kDial, kIn, kOut, kClient };
         struct T {
             Tag tag;
             uint64_t id;  // process index or client id
@@ -296,6 +314,7 @@ Result<void> Shim::loop() {
         if (qmp_listen_) add(qmp_listen_.get(), POLLIN, kQmpL);
         if (ses_.phase >= Phase::Created) add(shim_listen_.get(), POLLIN, kShimL);
         if (chan_) add(chan_.get(), short(POLLIN | (ses_.writable() ? POLLOUT : 0)), kChan);
+        if (dial_) add(dial_->fd(), POLLIN, kDial);
         for (auto& [idx, pr] : ses_.procs) {
             bool reads = idx == 0 ? ses_.phase >= Phase::Created : pr.started;
             for (auto& [fd, in] : pr.in)
@@ -315,17 +334,7 @@ Result<void> Shim::loop() {
             if (left <= 0)
                 abort_create(Error{ETIMEDOUT, boot_failure("the agent did not answer within " +
                                                            std::to_string(boot_timeout_ms_ / 1000.0).substr(0, 5) + "s")});
-            bool dials = vsock_cid_ || !hybrid_vsock_.empty();  // we connect to the agent, retrying
             timeout = int(std::min<long long>(left, dials ? 50 : 250));
-            if (dials && !chan_ && Clock::now() >= next_vsock_try_) {
-                auto c = vsock_cid_ ? vsock_connect(vsock_cid_, proto::kAgentVsockPort)
-                                    : hybrid_vsock_connect(hybrid_vsock_, proto::kAgentVsockPort, 1000);
-                if (c) {
-                    chan_ = std::move(*c);  // non-blocking
-                    attach_restored();
-                }
-                next_vsock_try_ = Clock::now() + std::chrono::milliseconds(50);
-            }
         } else if (ses_.phase == Phase::Exiting) {
             timeout = 250;  // the exec grace period
         }
@@ -370,6 +379,17 @@ Result<void> Shim::loop() {
                         }
                         qmp_attached_ = true;
                         log::debug("vm: QMP connected after " + std::to_string(ms_since(launched_at_)) + " ms");
+                        attach_restored();
+                    }
+                    break;
+                }
+                case kDial: {
+                    auto r = dial_->step();
+                    if (!r) {
+                        dial_.reset();  // not listening yet: the next try in 50 ms
+                    } else if (*r) {
+                        chan_ = std::move(**r);
+                        dial_.reset();
                         attach_restored();
                     }
                     break;

@@ -469,6 +469,7 @@ bool Shim::restore_failed(const std::string& why) {
     vm_.reset();
     vm_died_ = false;
     chan_.reset();
+    dial_.reset();
     agent_listen_.reset();
     qmp_listen_.reset();
     console_r_.reset();

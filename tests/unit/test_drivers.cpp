@@ -2,6 +2,7 @@
 // (golden), the HTTP framing, the hybrid vsock handshake (against a real
 // unix socket), and the rootfs disk image (built for real, read back with
 // debugfs).
+#include <poll.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -350,6 +351,45 @@ TEST_CASE("hybrid vsock: CONNECT, OK, and nothing more read", "[drivers]") {
     REQUIRE(!silent);
     CHECK(silent.error().code == ETIMEDOUT);
     vmm.join();
+    (void)sys::remove_all(dir);
+}
+
+TEST_CASE("hybrid vsock: a dial never blocks; its answer is taken as it comes", "[drivers]") {
+    std::string dir = make_tmpdir(), sock = dir + "/vsock.sock";
+    auto listener = sys::unix_listen(sock, 4);
+    REQUIRE(listener);
+    auto d = HybridVsockDial::start(sock, 1024);
+    REQUIRE(d);
+    auto c = sys::accept(listener->get());
+    REQUIRE(c);
+    char buf[64];
+    ssize_t n = ::read(c->get(), buf, sizeof buf);
+    CHECK(std::string(buf, size_t(std::max<ssize_t>(n, 0))) == "CONNECT 1024\n");
+    auto r = d->step();  // nothing yet: no wait
+    REQUIRE(r);
+    CHECK(!*r);
+    REQUIRE(::write(c->get(), "OK 10", 5) == 5);
+    r = d->step();
+    REQUIRE(r);
+    CHECK(!*r);
+    REQUIRE(::write(c->get(), "737\nHELLO", 9) == 9);
+    r = d->step();
+    REQUIRE(r);
+    REQUIRE(*r);
+    n = ::read((**r).get(), buf, sizeof buf);
+    CHECK(std::string(buf, size_t(std::max<ssize_t>(n, 0))) == "HELLO");  // the agent's, untouched
+    // A VMM whose guest does not listen closes: refused, to retry.
+    auto d2 = HybridVsockDial::start(sock, 1024);
+    REQUIRE(d2);
+    {
+        auto c2 = sys::accept(listener->get());
+        REQUIRE(c2);
+        n = ::read(c2->get(), buf, sizeof buf);  // the VMM reads the line, then closes
+    }
+    REQUIRE(sys::wait_fd(d2->fd(), POLLIN, 2000).value_or(false));
+    auto refused = d2->step();
+    REQUIRE(!refused);
+    CHECK(refused.error().code == ECONNREFUSED);
     (void)sys::remove_all(dir);
 }
 
