@@ -72,21 +72,29 @@ void Shim::checkpoint_answered(const std::string& method, bool ok) {
         finish(0, SIGKILL);
     }
     if (!saved) {
+        // (save_checkpoint has the VM running again.)
         checkpoint_->error = "checkpoint: " + saved.error().message;
         log::warn(checkpoint_->error + "; the container runs on");
         (void)sys::remove_all(job.dir + "/" + checkpoint::kInfoFile);  // not an image to restore
-    }
-    // Runs on: the VM (paused by the save, or after a failed one), then the agent.
-    if (auto r = vm_->resume(); !r) {
+    } else if (auto r = vm_->resume(); !r) {
         log::error("checkpoint: the VM did not resume: " + r.error().message);
         finish(255, 0);
     }
+    // The agent relays again; its answer answers the caller.
     ses_.request("resume", {{"restored", false}});
 }
 
 // The VM, paused, into the image directory; then the rootfs disk (which
-// the save flushed and let go of) and the description. The VM stays paused.
+// the save flushed and let go of) and the description. The VM stays paused
+// when all went well, and runs again when not.
 Result<checkpoint::DumpStats> Shim::save_checkpoint() {
+    bool saved = false;  // the VMM saved it: paused now
+    auto r = write_checkpoint(saved);
+    if (!r && saved) (void)vm_->resume();
+    return r;
+}
+
+Result<checkpoint::DumpStats> Shim::write_checkpoint(bool& saved) {
     auto us = [](Clock::time_point a, Clock::time_point b) {
         return uint32_t(std::min<long long>(UINT32_MAX, std::chrono::duration_cast<std::chrono::microseconds>(b - a).count()));
     };
@@ -97,7 +105,8 @@ Result<checkpoint::DumpStats> Shim::save_checkpoint() {
     auto paused = Clock::now();
     {
         auto fd = TRY(sys::open(state, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600));
-        TRY(vm_->checkpoint(fd.get()));
+        TRY(vm_->checkpoint(fd.get()));  // (a failed save runs the VM on)
+        saved = true;
         if (::fsync(fd.get()) < 0) return fail_errno("sync " + state);
         struct stat st{};
         if (::fstat(fd.get(), &st) == 0) stats.pages_written = uint64_t(st.st_size) / 4096;

@@ -118,6 +118,11 @@ void Shim::on_client_line(uint64_t cid, const std::string& line) {
     if (!req.is_object() || !req.contains("op") || !req["op"].is_string()) return reply(cid, false, "malformed request");
     std::string op = req["op"];
     bool live = ses_.phase == Phase::Created || ses_.phase == Phase::Running;
+    if (checkpoint_) {
+        // Nothing new for the guest until the save is done (checkpoint.cpp).
+        if (c.session) return;
+        return reply(cid, false, "a checkpoint of the container is in progress; try again");
+    }
     if (c.session) {
         // An exec session: signals and window sizes for its process.
         auto p = ses_.procs.find(c.proc);

@@ -179,7 +179,11 @@ void Shim::on_signal() {
     while (::read(sig_fd_.get(), &si, sizeof si) == sizeof si) {
         int sig = int(si.ssi_signo);
         if (sig == SIGCHLD) continue;  // VMM liveness is checked every loop
-        bool live = ses_.phase == Phase::Created || ses_.phase == Phase::Running;
+        // While a checkpoint has the agent quiesced, nothing new goes to
+        // the guest: a request's answer would follow the quiesce's into
+        // the saved VM. (The caller holds the container: runc's
+        // checkpoint leaves no room for a signal either.)
+        bool live = (ses_.phase == Phase::Created || ses_.phase == Phase::Running) && !checkpoint_;
         if (ses_.procs[0].tty) {
             // Our controlling terminal is the container's: a resize goes to
             // the guest pty; a hangup reaches the guest when the stream ends.
@@ -318,7 +322,7 @@ Result<void> Shim::loop() {
         for (auto& [idx, pr] : ses_.procs) {
             bool reads = idx == 0 ? ses_.phase >= Phase::Created : pr.started;
             for (auto& [fd, in] : pr.in)
-                if (reads && in.open && in.credit > 0 && in.fd >= 0) add(in.fd, POLLIN, kIn, idx, int(fd));
+                if (reads && in.open && in.credit > 0 && in.fd >= 0 && !checkpoint_) add(in.fd, POLLIN, kIn, idx, int(fd));
             for (auto& [fd, o] : pr.out)
                 if (!o.data.empty() && !o.dead) add(o.fd, POLLOUT, kOut, idx, int(fd));
         }

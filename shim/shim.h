@@ -171,6 +171,7 @@ private:
     void start_checkpoint(uint64_t cid, const json& req);
     void checkpoint_answered(const std::string& method, bool ok);
     Result<checkpoint::DumpStats> save_checkpoint();
+    Result<checkpoint::DumpStats> write_checkpoint(bool& saved);
     Result<void> prepare_restore(HostFacts& host);
     Result<void> resumed(const proto::Resumed& r) override;
     void reply(uint64_t cid, const json& r) override;

@@ -206,3 +206,19 @@ def test_husk_check_says_what_checkpoints_need(husk):
     assert " ok " in line and "org.husk.rootfs=disk" in line, out
     assert ("criu is installed" in line) == bool(shutil.which("criu")), line
     assert any(l.startswith("memory merging (KSM)") for l in out.splitlines()), out
+
+
+def test_a_save_that_fails_leaves_the_container_running_with_nothing_lost(husk, bundle, tmp_path):
+    cid = new_id()
+    b, out1 = run_counter(husk, bundle, tmp_path, cid)
+    image = tmp_path / "image"
+    (image / "rootfs.img").mkdir(parents=True)  # the disk's copy cannot be written: after the VM was saved
+    r = husk("checkpoint", "--image-path", str(image), cid)
+    assert r.returncode != 0 and b"the rootfs disk" in r.stderr, r.stderr
+    assert husk.state(cid)["status"] == "running"
+    assert not (image / "husk-checkpoint.json").exists()  # not an image to restore
+    at = len(numbers(out1))
+    wait_for(lambda: len(numbers(out1)) >= at + 5, "the counter to go on")
+    assert numbers(out1) == list(range(1, len(numbers(out1)) + 1))  # the agent relays again, nothing lost
+    assert husk("exec", cid, "true").returncode == 0
+    husk("delete", "--force", cid, check=True)
