@@ -94,7 +94,8 @@ def test_leave_running_keeps_the_container_and_its_checkpoint_restores_as_anothe
     # It runs on, relaying as before.
     assert husk.state(cid)["status"] == "running"
     wait_for(lambda: len(numbers(out1)) >= at + 5, "the counter to go on after the checkpoint")
-    assert numbers(out1) == list(range(1, len(numbers(out1)) + 1))
+    got = numbers(out1)
+    assert got == list(range(1, len(got) + 1))
     # The checkpoint starts a second container from the moment it was taken.
     out2 = tmp_path / "out2"
     with open(out2, "wb") as f:
@@ -219,6 +220,7 @@ def test_a_save_that_fails_leaves_the_container_running_with_nothing_lost(husk, 
     assert not (image / "husk-checkpoint.json").exists()  # not an image to restore
     at = len(numbers(out1))
     wait_for(lambda: len(numbers(out1)) >= at + 5, "the counter to go on")
-    assert numbers(out1) == list(range(1, len(numbers(out1)) + 1))  # the agent relays again, nothing lost
+    got = numbers(out1)
+    assert got == list(range(1, len(got) + 1))  # the agent relays again, nothing lost
     assert husk("exec", cid, "true").returncode == 0
     husk("delete", "--force", cid, check=True)
