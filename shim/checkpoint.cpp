@@ -18,6 +18,10 @@ std::string Shim::checkpoint_refusal() const {
                "), and QEMU 7.2 cannot migrate a VM with a mounted 9p share or a virtio-fs device: create the container "
                "with the annotation org.husk.rootfs=disk to checkpoint it";
     if (vm_shape_.empty()) return "the driver cannot describe its VM for a restore";
+    // A template's clone whose devices were hot-plugged after its restore
+    // (QEMU, Cloud Hypervisor) is no VM a bundle's boot config describes.
+    if (!template_shape_.empty() && !hv_->capabilities().template_holds_nics)
+        return "its VM came from a template, with devices plugged in after the restore, which a restore cannot rebuild";
     if (!members_.empty()) return "it is a pod's sandbox: its VM holds other containers too";
     for (const auto& [idx, p] : ses_.procs)
         if (idx != 0 && !p.exited) return "an exec process is running in it";

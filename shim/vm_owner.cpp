@@ -297,7 +297,16 @@ Result<void> Shim::start_vmm(bool templates) {
             }
         }
     }
-    if (!host.template_shape) vm_shape_ = hv_->vm_shape(cfg);
+    // What a checkpoint of it loads into: a VM made from the same bundle
+    // (a template's clone's too: a VMM that holds its devices from the
+    // boot, Firecracker, records the container's in its snapshot).
+    if (host.template_shape) {
+        HostFacts plain = host;
+        plain.template_shape = false;
+        vm_shape_ = hv_->vm_shape(make_vm_config(spec_, plain, sandbox_paths(), nics_, tap_names_));
+    } else {
+        vm_shape_ = hv_->vm_shape(cfg);
+    }
     if (!args_.restore.empty()) {
         // The checkpoint loads into a VM like the one it was saved from.
         if (vm_shape_.empty() || vm_shape_ != restore_info_.vm_shape)

@@ -472,3 +472,24 @@ def test_a_checkpoint_goes_through_the_snapshot_calls_and_restores(husk, bundle,
     assert count(out2)[0] == before[-1] + 1, (before[-3:], count(out2)[:3])
     assert husk("exec", cid, "true", env=env).returncode == 0
     husk("delete", "--force", cid, check=True, env=env)
+
+
+def test_a_firecracker_container_from_a_template_checkpoints_and_restores(husk, bundle, standin, tmp_path):
+    env = standin("firecracker", HUSK_TEMPLATES="1", HUSK_TEMPLATE_DIR=str(tmp_path / "templates"))
+    counter = ["sh", "-c", "i=0; while :; do i=$((i+1)); echo $i; sleep 0.1; done"]
+    b = bundle(counter, edit=on("firecracker"))
+    husk("run", "-b", bundle(["true"], edit=on("firecracker")), new_id(), env=env, check=True)  # makes the template
+    cid, out1, out2 = new_id(), tmp_path / "out1", tmp_path / "out2"
+    count = lambda p: [int(x) for x in open(p).read().split()]  # noqa: E731
+    with open(out1, "wb") as f:
+        r = husk("run", "-d", "-b", b, cid, stdout=f, env=env, glob=("--debug",))
+    assert r.returncode == 0 and b"template: restoring" in r.stderr, r.stderr[-2000:]
+    wait_for(lambda: len(count(out1)) >= 5, "the counter")
+    image = tmp_path / "image"
+    husk("checkpoint", "--image-path", str(image), cid, env=env, check=True)
+    before = count(out1)
+    with open(out2, "wb") as f:
+        husk("restore", "-d", "--image-path", str(image), "-b", b, cid, stdout=f, env=env, check=True)
+    wait_for(lambda: len(count(out2)) >= 3, "the restored counter")
+    assert count(out2)[0] == before[-1] + 1
+    husk("delete", "--force", cid, check=True, env=env)
