@@ -88,23 +88,27 @@ Result<void> ApiVm::save_template(int fd) {
     return resume();
 }
 
-std::string api_template_shape(const std::string& tag, const VmConfig& cfg, const std::string& binary,
-                               std::vector<ApiCall> (*translate)(const VmConfig&)) {
-    if (!cfg.template_shape) return "";
+// `tag`, the calls that make `cfg`'s VM as the jail shows it, and the
+// files it runs; for a `booted` guest (a checkpoint's) not what only a
+// boot reads: the kernel command line (Firecracker's boot_args, Cloud
+// Hypervisor's payload.cmdline), the kernel and the initrd.
+static std::string calls_shape(const std::string& tag, const VmConfig& cfg, const std::string& binary,
+                               std::vector<ApiCall> (*translate)(const VmConfig&), bool booted) {
     VmConfig seen = jailed_config(cfg);
     seen.incoming_fd = -1;
-    return tag + "\n" + calls_to_json(translate(seen)).dump() + "\n" + templates::vm_files_identity(binary, cfg.kernel, cfg.initrd);
+    if (booted) seen.cmdline.clear();
+    return tag + "\n" + calls_to_json(translate(seen)).dump() + "\n" +
+           (booted ? templates::file_identity(binary) : templates::vm_files_identity(binary, cfg.kernel, cfg.initrd));
+}
+
+std::string api_template_shape(const std::string& tag, const VmConfig& cfg, const std::string& binary,
+                               std::vector<ApiCall> (*translate)(const VmConfig&)) {
+    return cfg.template_shape ? calls_shape(tag, cfg, binary, translate, false) : "";
 }
 
 std::string api_vm_shape(const std::string& tag, const VmConfig& cfg, const std::string& binary,
                          std::vector<ApiCall> (*translate)(const VmConfig&)) {
-    if (cfg.template_shape) return "";
-    VmConfig seen = jailed_config(cfg);
-    seen.incoming_fd = -1;
-    // A booted guest has read its command line (Firecracker's boot_args,
-    // Cloud Hypervisor's payload.cmdline): what it says now does not matter.
-    seen.cmdline.clear();
-    return tag + "\n" + calls_to_json(translate(seen)).dump() + "\n" + templates::file_identity(binary);
+    return cfg.template_shape ? "" : calls_shape(tag, cfg, binary, translate, true);
 }
 
 // The template call for a container's device `index` of one kind.

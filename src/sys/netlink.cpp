@@ -293,17 +293,26 @@ static Result<int> wait_for_mac(nl_sock* sk, const std::string& mac, std::chrono
     }
 }
 
-static Result<void> set_link(nl_sock* sk, int idx, const std::string& name, unsigned mtu, bool up) {
+// Link `idx` as the kernel has it, changed by `edit(orig, change)`, which
+// says what it changed (for the error).
+template <typename F>
+static Result<void> change_link(nl_sock* sk, int idx, F edit) {
     Link orig, change(rtnl_link_alloc());
     rtnl_link* o = nullptr;
     if (int e = rtnl_link_get_kernel(sk, idx, nullptr, &o); e < 0) return nl_fail("link " + std::to_string(idx), e);
     orig.reset(o);
-    if (name != rtnl_link_get_name(o)) rtnl_link_set_name(change.get(), name.c_str());
-    if (mtu) rtnl_link_set_mtu(change.get(), mtu);
-    if (up) rtnl_link_set_flags(change.get(), IFF_UP);
-    if (int e = rtnl_link_change(sk, orig.get(), change.get(), 0); e < 0)
-        return nl_fail(name + ": set name" + (mtu ? ", mtu " + std::to_string(mtu) : "") + (up ? ", up" : ""), e);
+    std::string what = edit(o, change.get());
+    if (int e = rtnl_link_change(sk, orig.get(), change.get(), 0); e < 0) return nl_fail(what, e);
     return {};
+}
+
+static Result<void> set_link(nl_sock* sk, int idx, const std::string& name, unsigned mtu, bool up) {
+    return change_link(sk, idx, [&](rtnl_link* o, rtnl_link* change) {
+        if (name != rtnl_link_get_name(o)) rtnl_link_set_name(change, name.c_str());
+        if (mtu) rtnl_link_set_mtu(change, mtu);
+        if (up) rtnl_link_set_flags(change, IFF_UP);
+        return name + ": set name" + (mtu ? ", mtu " + std::to_string(mtu) : "") + (up ? ", up" : "");
+    });
 }
 
 Result<void> set_macs(const std::vector<std::pair<std::string, std::string>>& macs, int timeout_ms) {
@@ -311,14 +320,11 @@ Result<void> set_macs(const std::vector<std::pair<std::string, std::string>>& ma
     auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
     for (const auto& [from, to] : macs) {
         int idx = TRY(wait_for_mac(sk.get(), from, deadline));
-        Link orig, change(rtnl_link_alloc());
-        rtnl_link* o = nullptr;
-        if (int e = rtnl_link_get_kernel(sk.get(), idx, nullptr, &o); e < 0) return nl_fail("link " + std::to_string(idx), e);
-        orig.reset(o);
         auto mac = TRY(parse_addr(to, AF_LLC));
-        rtnl_link_set_addr(change.get(), mac.get());
-        if (int e = rtnl_link_change(sk.get(), orig.get(), change.get(), 0); e < 0)
-            return nl_fail(std::string(rtnl_link_get_name(o)) + ": set MAC " + to, e);
+        TRY(change_link(sk.get(), idx, [&](rtnl_link* o, rtnl_link* change) {
+            rtnl_link_set_addr(change, mac.get());
+            return std::string(rtnl_link_get_name(o)) + ": set MAC " + to;
+        }));
     }
     return {};
 }
