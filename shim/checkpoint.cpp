@@ -35,7 +35,7 @@ void Shim::start_checkpoint(uint64_t cid, const json& req) {
         req["image_path"].get<std::string>()[0] != '/' || (req.contains("leave_running") && !req["leave_running"].is_boolean()))
         return reply(cid, false, "malformed request");
     if (auto why = checkpoint_refusal(); !why.empty()) return reply(cid, false, "checkpoint: " + why);
-    checkpoint_ = CheckpointJob{cid, req["image_path"], req.value("leave_running", false), "", Clock::now(), json()};
+    checkpoint_ = CheckpointJob{cid, req["image_path"], req.value("leave_running", false), "", Clock::now(), {}};
     clients_[cid].busy = true;  // answered once the save is done (checkpoint_answered)
     log::debug("checkpoint: into " + checkpoint_->dir + (checkpoint_->leave_running ? ", leaving it running" : ""));
     ses_.request("quiesce", json::object());
@@ -50,27 +50,19 @@ void Shim::checkpoint_answered(const std::string& method, bool ok) {
         checkpoint_.reset();
         if (!ok && job.error.empty()) job.error = "checkpoint: the agent did not resume";
         if (!job.error.empty()) return reply(job.client, false, job.error);
-        return reply(job.client, json{{"ok", true}, {"stats", job.stats}});
+        return reply(job.client, json{{"ok", true}, {"stats", checkpoint::stats_to_json(job.stats)}});
     }
     if (!ok) {
         checkpoint_.reset();
         return reply(job.client, false, "checkpoint: the agent did not quiesce");
     }
     auto saved = save_checkpoint();
-    if (saved) {
-        saved->freezing_us = uint32_t(std::min<long long>(
-            UINT32_MAX, std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - job.began).count() -
-                            saved->frozen_us));
-        checkpoint_->stats = {{"freezing_us", saved->freezing_us}, {"frozen_us", saved->frozen_us}, {"memdump_us", saved->memdump_us},
-                              {"memwrite_us", saved->memwrite_us}, {"pages_written", saved->pages_written}};
-    }
+    if (saved) checkpoint_->stats = *saved;
     if (saved && !job.leave_running) {
         // Checkpointed: the container ends here, as runc's does (the caller
         // deletes it). The VMM goes at once, paused, its disk saved.
-        log::debug("checkpoint: saved in " +
-                   std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - job.began).count()) +
-                   " ms; the container stops");
-        reply(job.client, json{{"ok", true}, {"stats", checkpoint_->stats}});
+        log::debug("checkpoint: saved in " + std::to_string(ms_since(job.began)) + " ms; the container stops");
+        reply(job.client, json{{"ok", true}, {"stats", checkpoint::stats_to_json(*saved)}});
         flush_client(job.client);
         vm_.reset();
         finish(0, SIGKILL);
@@ -107,6 +99,7 @@ Result<checkpoint::DumpStats> Shim::write_checkpoint(bool& saved) {
     TRY(sys::mkdir_p(dir, 0700));
     std::string state = dir + "/" + checkpoint::kStateFile;
     auto paused = Clock::now();
+    stats.freezing_us = us(checkpoint_->began, paused);  // the agent's quiesce
     {
         auto fd = TRY(sys::open(state, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600));
         TRY(vm_->checkpoint(fd.get()));  // (a failed save runs the VM on)

@@ -215,10 +215,10 @@ private:
         bool leave_running = false;
         std::string error;  // the save failed: said once the guest relays again
         Clock::time_point began;
-        json stats;         // the save's figures (checkpoint::DumpStats), for the reply
+        checkpoint::DumpStats stats;  // the save's figures, for the reply
     };
     std::optional<CheckpointJob> checkpoint_;
-    std::string vm_shape_;             // Hypervisor::vm_shape of our VM ("" for a template's)
+    std::string vm_shape_;             // Hypervisor::vm_shape of our VM (a template's clone: of the same bundle booted)
     checkpoint::Info restore_info_;    // what --restore loads
     sys::Fd checkpoint_state_;         // ... its VM state, open for the VMM
     bool resuming_ = false;            // the VMM loads the checkpoint; its agent is not yet resumed

@@ -419,7 +419,7 @@ Result<proto::Attach> Shim::template_hello() {
         TRY(vm_->save_template(fd.get()));
         return templates::publish(template_dir_, template_shape_, fd.get(), defaults::kTemplateCacheMiB << 20);
     }();
-    auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - t0).count();
+    auto ms = ms_since(t0);
     if (!saved) {
         // The container does not need the template: it boots on, unless
         // its VM was left stopped.
@@ -442,15 +442,15 @@ void Shim::attach_restored() {
         auto ran = vm_->run_restored();
         if (!ran) boot_failed(ran.error().message);
         log::debug("checkpoint: loaded and running after " +
-                   std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - launched_at_).count()) + " ms");
+                   std::to_string(ms_since(launched_at_)) + " ms");
         ses_.resume_restored();
         return;
     }
     log::debug("template: restored VM connected after " +
-               std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - launched_at_).count()) + " ms");
+               std::to_string(ms_since(launched_at_)) + " ms");
     auto ran = vm_->run_restored();
     log::debug("template: restored VM running after " +
-               std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - launched_at_).count()) + " ms");
+               std::to_string(ms_since(launched_at_)) + " ms");
     auto a = ran ? attach_template() : tl::unexpected(ran.error());
     if (!a) {
         restore_failed(a.error().message);
@@ -464,7 +464,7 @@ void Shim::attach_restored() {
 // VM boots on its own instead.
 bool Shim::restore_failed(const std::string& why) {
     if (!restoring_) return false;
-    auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - launched_at_).count();
+    auto ms = ms_since(launched_at_);
     // (A REST-API VMM's launch error carries its log's tail already.)
     std::string tail = why.find(kVmmLogTail) == std::string::npos
                            ? sys::read_file(paths_.vmm_log, 1 << 16).value_or("")

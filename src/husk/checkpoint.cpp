@@ -50,6 +50,19 @@ std::string stats_image(unsigned which, const std::string& entry) {
 
 }  // namespace
 
+nlohmann::json stats_to_json(const DumpStats& s) {
+    return {{"freezing_us", s.freezing_us}, {"frozen_us", s.frozen_us},   {"memdump_us", s.memdump_us},
+            {"memwrite_us", s.memwrite_us}, {"pages_written", s.pages_written}};
+}
+
+DumpStats stats_from_json(const nlohmann::json& j) {
+    auto u = [&](const char* k) { return j.is_object() && j.contains(k) && j[k].is_number_unsigned() ? j[k].get<uint64_t>() : 0; };
+    DumpStats s;
+    s.freezing_us = uint32_t(u("freezing_us")), s.frozen_us = uint32_t(u("frozen_us")), s.memdump_us = uint32_t(u("memdump_us"));
+    s.memwrite_us = uint32_t(u("memwrite_us")), s.pages_written = u("pages_written");
+    return s;
+}
+
 std::string criu_dump_stats(const DumpStats& s) {
     std::string e;  // DumpStatsEntry
     field(e, 1, s.freezing_us);

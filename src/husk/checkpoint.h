@@ -9,6 +9,8 @@
 #include <cstdint>
 #include <string>
 
+#include <nlohmann/json.hpp>
+
 #include "husk/result.h"
 
 namespace husk::checkpoint {
@@ -46,6 +48,10 @@ struct RestoreStats {
     uint32_t restore_us = 0;     // husk restore until the container ran
     uint64_t pages_restored = 0;
 };
+// The save's figures as the shim's checkpoint reply carries them ("stats"),
+// and back; a field that is missing or not a number reads as 0.
+nlohmann::json stats_to_json(const DumpStats& s);
+DumpStats stats_from_json(const nlohmann::json& j);
 // The files' bytes: IMG_SERVICE_MAGIC, STATS_MAGIC, one StatsEntry (every
 // field CRIU marks required present). Pure.
 std::string criu_dump_stats(const DumpStats& s);

@@ -490,12 +490,8 @@ Result<void> delete_container(const Globals& g, const std::string& id, bool forc
 
 // The shim's figures of a save, as CRIU's stats-dump.
 static Result<void> write_dump_stats(const std::string& dir, const nlohmann::json& s) {
-    checkpoint::DumpStats d;
-    auto u = [&](const char* k) { return s.is_object() && s.contains(k) && s[k].is_number_unsigned() ? s[k].get<uint64_t>() : 0; };
-    d.freezing_us = uint32_t(u("freezing_us")), d.frozen_us = uint32_t(u("frozen_us")), d.memdump_us = uint32_t(u("memdump_us"));
-    d.memwrite_us = uint32_t(u("memwrite_us")), d.pages_written = u("pages_written");
     TRY(sys::mkdir_p(dir, 0700));
-    return sys::write_file(dir + "/" + checkpoint::kDumpStatsFile, checkpoint::criu_dump_stats(d), 0600);
+    return sys::write_file(dir + "/" + checkpoint::kDumpStatsFile, checkpoint::criu_dump_stats(checkpoint::stats_from_json(s)), 0600);
 }
 
 Result<void> checkpoint_container(const Globals& g, const std::string& id, const std::string& image_path,

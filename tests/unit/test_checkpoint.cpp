@@ -236,6 +236,10 @@ TEST_CASE("checkpoint: CRIU's inventory and stats images, byte for byte", "[chec
     // StatsEntry.dump (field 1, length-delimited), then DumpStatsEntry's fields in order.
     CHECK(uint8_t(s[12]) == 0x0a);
     CHECK(s.substr(14, 6) == std::string("\x08\x01\x10\xac\x02\x18", 6));  // freezing 1, frozen 300, memdump...
+    auto back = checkpoint::stats_from_json(checkpoint::stats_to_json(d));  // the shim's reply, read by husk
+    CHECK(back.frozen_us == 300);
+    CHECK(back.pages_written == 19662);
+    CHECK(checkpoint::stats_from_json(json{{"frozen_us", "x"}}).frozen_us == 0);
     std::string r = checkpoint::criu_restore_stats({1234, 7});
     CHECK(uint8_t(r[12]) == 0x12);  // StatsEntry.restore (field 2)
 }
