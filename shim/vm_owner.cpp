@@ -421,10 +421,9 @@ Result<proto::Attach> Shim::template_hello() {
     }();
     auto ms = ms_since(t0);
     if (!saved) {
-        // The container does not need the template: it boots on, unless
-        // its VM was left stopped.
+        // The container does not need the template: it boots on (a save
+        // runs the guest on whatever happened: Vm::save_template).
         log::warn("template " + template_key_ + " not saved: " + saved.error().message);
-        TRY_CTX(vm_->resume(), "resume the vm after a failed save");
     } else {
         log::debug("template: " + template_key_ + (*saved ? " saved" : " saved by another container first") + " in " +
                    std::to_string(ms) + " ms");

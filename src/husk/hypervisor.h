@@ -179,7 +179,7 @@ public:
         return fail("this VMM cannot change its guest's memory", ENOTSUP);
     }
     // A template-shaped guest: pause it, write its state to `fd` (a file
-    // of the caller's), and let it run on.
+    // of the caller's), and let it run on, whether the save worked or not.
     virtual Result<void> save_template(int /*fd*/) { return fail("this VMM cannot save its guest", ENOTSUP); }
     // Pause the guest and write its state to `fd`, leaving it paused
     // (resume() runs it on) with its disks flushed (Capabilities::checkpoint).

@@ -493,3 +493,15 @@ def test_a_firecracker_container_from_a_template_checkpoints_and_restores(husk, 
     wait_for(lambda: len(count(out2)) >= 3, "the restored counter")
     assert count(out2)[0] == before[-1] + 1
     husk("delete", "--force", cid, check=True, env=env)
+
+
+def test_a_template_that_cannot_be_saved_leaves_its_maker_running(husk, bundle, standin, tmp_path):
+    # The VMM refuses the snapshot: the save runs the guest on, and the
+    # container that was to make the template goes on without one.
+    env = dict(ch_templates(standin, tmp_path), HUSK_STANDIN_FAIL="PUT /api/v1/vm.snapshot")
+    log = tmp_path / "husk.log"
+    r = husk("run", "-b", bundle(["echo", "made"], edit=on("cloud-hypervisor")), new_id(), glob=("--log", str(log)), env=env)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == b"made\n"
+    assert re.search(r'level=warning msg="template [0-9a-f]{32} not saved: .*the stand-in was told to fail this call', log.read_text())
+    assert saved_templates(tmp_path) == []
