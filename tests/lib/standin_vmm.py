@@ -340,11 +340,8 @@ class StandIn:
             for n in config["nets"].values():
                 self.must_be_tap(n["host_dev_name"])
             self.config = config
-            self.boot_fc(config, incoming=mem.fileno())
-            self.wait_loaded(lambda status: ApiError(400, f"Load snapshot error: the guest is {status}"))
-        self.state = "Paused"
-        if body.get("resume_vm"):
-            self.set_paused(False)
+            self.load(lambda incoming: self.boot_fc(config, incoming=incoming), mem,
+                      lambda status: ApiError(400, f"Load snapshot error: the guest is {status}"), body.get("resume_vm"))
 
     def migrate_to(self, f, status):
         """The paused guest, device state and memory, into the open file `f`."""
@@ -362,6 +359,16 @@ class StandIn:
                                f"The VM could not be snapshotted: migration {st}: "
                                        f"{m.get('error-desc', '') if isinstance(m, dict) else ''}")
             time.sleep(0.01)
+
+    def load(self, boot, mem, error, resume):
+        """`boot(incoming=fd)` from the open snapshot `mem` (QEMU's
+        -incoming), and the load waited for: the VM paused, or running
+        with `resume`; `error(status)` when it does not load."""
+        boot(mem.fileno())
+        self.wait_loaded(error)
+        self.state = "Paused"
+        if resume:
+            self.set_paused(False)
 
     def wait_loaded(self, error):
         """An incoming migration loaded (QEMU paused), or `error(status)`."""
@@ -469,11 +476,9 @@ class StandIn:
             raise ApiError(400, f"Error from API: The VM could not be restored: {e}") from None
         with mem:
             self.config["vm"] = vm
-            self.boot_vm(vm, incoming=mem.fileno())
-            self.wait_loaded(lambda status: ApiError(500, f"Error from API: The VM could not be restored: the guest is {status}"))
-        self.state = "Paused"
-        if body.get("resume"):
-            self.set_paused(False)
+            self.load(lambda incoming: self.boot_vm(vm, incoming=incoming), mem,
+                      lambda status: ApiError(500, f"Error from API: The VM could not be restored: the guest is {status}"),
+                      body.get("resume"))
 
     def hot_add(self, route, body):
         """vm.add-fs / vm.add-net: before the boot, into the config (204);
