@@ -164,7 +164,7 @@ Result<void> Shim::resumed(const proto::Resumed& r) {
         for (auto& [fd, o] : init.out)
             if (std::find(p.out.begin(), p.out.end(), fd) == p.out.end()) o.eof = true;
         for (auto& [fd, in] : init.in) {
-            auto it = std::find_if(p.in.begin(), p.in.end(), [&](const proto::ResumedInput& i) { return i.fd == fd; });
+            auto it = std::find_if(p.in.begin(), p.in.end(), [f = fd](const proto::ResumedInput& i) { return i.fd == f; });
             if (it == p.in.end()) in.open = false;
             else in.credit = ses_.stdin_window - std::min(it->buffered, ses_.stdin_window);
         }

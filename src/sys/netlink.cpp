@@ -318,8 +318,9 @@ static Result<void> set_link(nl_sock* sk, int idx, const std::string& name, unsi
 Result<void> set_macs(const std::vector<std::pair<std::string, std::string>>& macs, int timeout_ms) {
     auto sk = TRY(connect());
     auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
-    for (const auto& [from, to] : macs) {
-        int idx = TRY(wait_for_mac(sk.get(), from, deadline));
+    for (const auto& pair : macs) {
+        const std::string& to = pair.second;  // (a named reference: clang 14 cannot capture a structured binding)
+        int idx = TRY(wait_for_mac(sk.get(), pair.first, deadline));
         auto mac = TRY(parse_addr(to, AF_LLC));
         TRY(change_link(sk.get(), idx, [&](rtnl_link* o, rtnl_link* change) {
             rtnl_link_set_addr(change, mac.get());
