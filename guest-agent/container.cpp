@@ -643,6 +643,10 @@ void reset_signals() {
     pty.reset();  // the agent holds the master now
     char c = 0;
     if (::read(sync_fd, &c, 1) != 1 || c != 'S') _exit(1);  // deleted before start
+    // Nothing of the agent's past exec but stdio and the preserved fds,
+    // whatever was opened without O_CLOEXEC (runc's CVE-2024-21626 was a
+    // leaked fd); before seccomp, which may refuse close_range.
+    sys::cloexec_from(3 + int(io.extra.size()));
     if (!seccomp.is_null() && nnp) CHECK(load_seccomp(seccomp));
     // startContainer hooks: as runc, once the process is what it will be
     // (its seccomp filter included), right before its program starts.

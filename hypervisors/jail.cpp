@@ -153,8 +153,8 @@ void jail_spawn(const Jail& jail, sys::SpawnOptions& o) {
             // The VMM's owner may hand it to another process (a pod's VM
             // outliving its first container's shim): live while any holds
             // the lifeline's write end, and take the VMM along when none does.
-            ::syscall(SYS_close_range, 3, kLifelineFd - 1, 0);
-            ::syscall(SYS_close_range, kLifelineFd + 1, ~0U, 0);
+            int keep = kLifelineFd;
+            sys::close_fds_except(3, &keep, 1);
             int pidfd = int(::syscall(SYS_pidfd_open, vmm, 0));
             for (;;) {
                 pollfd p[2] = {{kLifelineFd, POLLIN, 0}, {pidfd, POLLIN, 0}};
@@ -171,7 +171,7 @@ void jail_spawn(const Jail& jail, sys::SpawnOptions& o) {
                 }
             }
         }
-        ::syscall(SYS_close_range, 3, ~0U, 0);  // the spawn's error pipe too: the VMM reports exec failures
+        sys::close_fds_except(3, nullptr, 0);  // the spawn's error pipe too: the VMM reports exec failures
         for (;;) {
             int st;
             pid_t r = ::waitpid(-1, &st, 0);

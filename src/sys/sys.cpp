@@ -707,6 +707,32 @@ std::string self_exe_dir() {
     return dirname(buf);
 }
 
+// close_range(2) over [lo, hi]; where the kernel has none (before 5.9),
+// one by one up to the fd limit.
+static void close_span(unsigned lo, unsigned hi, bool cloexec) {
+    if (::close_range(lo, hi, cloexec ? CLOSE_RANGE_CLOEXEC : 0) == 0) return;
+    struct rlimit rl{};
+    unsigned top = 1u << 20;  // the kernel's default nr_open
+    if (::getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_max != RLIM_INFINITY) top = unsigned(std::min<rlim_t>(rl.rlim_max, top));
+    for (unsigned fd = lo; fd <= hi && fd < top; ++fd)
+        if (cloexec) ::fcntl(int(fd), F_SETFD, FD_CLOEXEC);
+        else ::close(int(fd));
+}
+
+void close_fds_except(int low, const int* keep, size_t n) {
+    unsigned cur = unsigned(std::max(low, 0));
+    for (;;) {
+        unsigned next = ~0U;  // the lowest kept fd at or above cur
+        for (size_t i = 0; i < n; ++i)
+            if (keep[i] >= 0 && unsigned(keep[i]) >= cur && unsigned(keep[i]) < next) next = unsigned(keep[i]);
+        if (next == ~0U) return close_span(cur, ~0U, false);
+        if (next > cur) close_span(cur, next - 1, false);
+        cur = next + 1;
+    }
+}
+
+void cloexec_from(int low) { close_span(unsigned(std::max(low, 0)), ~0U, true); }
+
 Result<pid_t> spawn(const std::vector<std::string>& argv, const SpawnOptions& o) {
     // The child writes why it failed into this pipe; exec closes it.
     auto [err_r, err_w_] = TRY(pipe(O_CLOEXEC));
@@ -716,6 +742,8 @@ Result<pid_t> spawn(const std::vector<std::string>& argv, const SpawnOptions& o)
     args.push_back(nullptr);
     int first_free = 3;
     for (auto& [from, to] : o.fds) first_free = std::max(first_free, to + 1);
+    std::vector<int> keep{err_w};  // built before the fork: the child only reads it
+    for (auto& [from, to] : o.fds) keep.push_back(to);
     pid_t parent = getpid();
     pid_t pid;
     if (o.clone_flags) {
@@ -756,10 +784,8 @@ Result<pid_t> spawn(const std::vector<std::string>& argv, const SpawnOptions& o)
         for (size_t i = 0; i < o.fds.size(); ++i)
             if (::dup2(parked[i], o.fds[i].second) < 0) die("dup2 fd " + std::to_string(o.fds[i].second));
         // Every fd but the mapped ones (which may leave gaps: a lifeline
-        // at 100) and the error pipe.
-        for (int fd = 3; fd < 1024; ++fd)
-            if (fd != err_w && std::none_of(o.fds.begin(), o.fds.end(), [&](const auto& m) { return m.second == fd; }))
-                ::close(fd);
+        // at 100) and the error pipe, however high the caller's fds go.
+        close_fds_except(3, keep.data(), keep.size());
         if (o.in_child)
             if (std::string why = o.in_child(); !why.empty()) {
                 (void)!::write(err_w, why.data(), why.size());

@@ -173,6 +173,12 @@ struct SpawnOptions {
     // single-threaded and may allocate.
     std::function<std::string()> in_child;
 };
+// Between fork and exec (no allocation): close every fd from `low` up but
+// the n in `keep`, or mark every fd from `low` up close-on-exec, however
+// high the fds go (close_range(2), one by one without it).
+void close_fds_except(int low, const int* keep, size_t n);
+void cloexec_from(int low);
+
 // fork + execvp with an empty signal mask. A failure before or at exec is
 // reported here (the child is reaped), never by a child that runs on.
 Result<pid_t> spawn(const std::vector<std::string>& argv, const SpawnOptions& o);

@@ -105,14 +105,14 @@ class Husk:
     def cmd(self, *args, glob=()):
         return [HUSK, "--root", self.root, *glob, *args]
 
-    def __call__(self, *args, input=None, timeout=TIMEOUT, check=False, glob=(), env=None, **kw):
+    def __call__(self, *args, input=None, timeout=TIMEOUT, check=False, glob=(), env=None, prefix=(), **kw):
         # stdout/stderr go to files, not pipes: after `create` or `run -d`
         # the shim keeps them open (as runc's init does), so a pipe would
         # never reach EOF.
         with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
             if input is None and "stdin" not in kw:
                 kw["stdin"] = subprocess.DEVNULL
-            p = subprocess.run(self.cmd(*args, glob=glob), input=input, stdout=kw.pop("stdout", out),
+            p = subprocess.run([*prefix, *self.cmd(*args, glob=glob)], input=input, stdout=kw.pop("stdout", out),
                                stderr=err, timeout=timeout, env=env, **kw)
             out.seek(0)
             err.seek(0)

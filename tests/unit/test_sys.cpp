@@ -1,6 +1,7 @@
 #include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/mount.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <termios.h>
@@ -39,6 +40,43 @@ TEST_CASE("spawn maps fds, even onto each other's numbers, and closes the rest",
     waitpid(*pid, &st, 0);
     CHECK(WIFEXITED(st));
     CHECK(WEXITSTATUS(st) == 0);
+}
+
+TEST_CASE("spawn closes inherited fds above 1024 too, and keeps mapped ones at any number", "[sys]") {
+    // A caller with more fds than select() knows (runc's CVE-2024-21626 was
+    // a leaked fd): inheritable fds at 1030 and 5000 must not reach the child.
+    struct rlimit old{}, big{};
+    REQUIRE(getrlimit(RLIMIT_NOFILE, &old) == 0);
+    big = old;
+    big.rlim_cur = std::min<rlim_t>(old.rlim_max, 8192);
+    REQUIRE(big.rlim_cur > 5000);
+    REQUIRE(setrlimit(RLIMIT_NOFILE, &big) == 0);
+    int null = ::open("/dev/null", O_RDONLY);  // inheritable
+    REQUIRE(null >= 0);
+    REQUIRE(::dup2(null, 1030) == 1030);
+    REQUIRE(::dup2(null, 5000) == 5000);
+    auto out = sys::pipe().value();
+    sys::SpawnOptions o;
+    o.fds = {{out.second.get(), 1}, {null, 2000}};  // kept, with gaps on both sides
+    auto pid = sys::spawn({"sh", "-c", "ls /proc/$$/fd; true"}, o);  // ls is the shell's child
+    REQUIRE(pid);
+    out.second.reset();
+    auto seen = sys::read_to_eof(out.first.get()).value();
+    ::close(1030);
+    ::close(5000);
+    ::close(null);
+    setrlimit(RLIMIT_NOFILE, &old);
+    int st;
+    waitpid(*pid, &st, 0);
+    CHECK(seen == "0\n1\n2\n2000\n");
+
+    // The same for the agent's exec path: close-on-exec from a number up.
+    int marked = ::open("/dev/null", O_RDONLY);
+    REQUIRE(marked >= 0);
+    sys::cloexec_from(marked);
+    CHECK((::fcntl(marked, F_GETFD) & FD_CLOEXEC) != 0);
+    CHECK((::fcntl(0, F_GETFD) & FD_CLOEXEC) == 0);
+    ::close(marked);
 }
 
 TEST_CASE("spawn reports exec failure in the parent and reaps the child", "[sys]") {
