@@ -1,8 +1,11 @@
 #include <sched.h>
 #include <signal.h>
 #include <stdlib.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
+
+#include <sstream>
 
 #include <catch2/catch.hpp>
 
@@ -91,7 +94,8 @@ TEST_CASE("a zombie counts as dead", "[state]") {
     pid_t child = fork();
     if (child == 0) _exit(0);
     auto start = sys::proc_start_time(child).value_or(0);
-    usleep(100000);  // exited, not reaped
+    siginfo_t si{};
+    REQUIRE(waitid(P_PID, id_t(child), &si, WEXITED | WNOWAIT) == 0);  // exited, not reaped
     CHECK_FALSE(sys::process_alive(child, start));
     waitpid(child, nullptr, 0);
 }
@@ -122,7 +126,23 @@ TEST_CASE("the lock serialises and notices deletion", "[state]") {
         auto l = ContainerLock::acquire(p);
         if (!l) _exit(1);
         (void)!write(ready[1], "x", 1);
-        usleep(300000);
+        // Until the parent is blocked on this lock: /proc/locks lists a
+        // waiter as "N: -> FLOCK ADVISORY WRITE <pid> <dev>:<inode> ...".
+        struct stat st{};
+        if (stat(p.dir.c_str(), &st) < 0) _exit(1);
+        std::string waiter = "FLOCK  ADVISORY  WRITE " + std::to_string(getppid()) + " ";
+        std::string inode = ":" + std::to_string(st.st_ino) + " ";
+        for (int i = 0;; ++i) {
+            auto locks = sys::read_file("/proc/locks").value_or("");
+            std::istringstream lines(locks);
+            bool blocked = false;
+            for (std::string l; std::getline(lines, l);)
+                blocked = blocked || (l.find("-> ") != std::string::npos && l.find(waiter) != std::string::npos &&
+                                      l.find(inode) != std::string::npos);
+            if (blocked) break;
+            if (i > 10000) _exit(2);  // 10 s: the parent never waited
+            usleep(1000);
+        }
         rmdir(p.dir.c_str());
         _exit(0);
     }
