@@ -6,8 +6,11 @@
 #include <string>
 
 #include "husk/cgroups.h"
+#include "husk/hypervisor.h"
+#include "husk/pod.h"
 #include "husk/sandbox.h"
 #include "husk/spec.h"
+#include "husk/vm_template.h"
 
 using namespace husk;
 
@@ -23,5 +26,21 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     (void)vm_memory_mib(*spec);
     (void)vm_vcpus(*spec, 2);
     if (spec->process) (void)agent_process_params(*spec->process);
+    (void)parse_cpu_list(spec->cpuset_cpus);
+    // Every annotation husk reads, as create checks them before anything
+    // starts: the driver, the share, the boot timeout, templates, where the
+    // rootfs goes, and the pod rules (one running sandbox to join, whose
+    // namespaces every path names).
+    (void)choose_hypervisor(spec->annotations, "");
+    (void)check_share_annotation(*spec);
+    (void)boot_timeout_ms(*spec);
+    (void)templates::choose(spec->annotations, std::nullopt);
+    (void)rootfs_on_disk(*spec, "qemu", true);
+    (void)rootfs_on_disk(*spec, "firecracker", false);
+    std::vector<PodPeer> peers{{"sb", 1, "", std::pair<dev_t, ino_t>{1, 2}}, {"member", 2, "sb", std::nullopt}};
+    (void)resolve_pod(*spec, peers, [](const std::string& path) -> std::optional<std::pair<dev_t, ino_t>> {
+        if (path.rfind("/proc/", 0) != 0) return std::nullopt;
+        return std::pair<dev_t, ino_t>{1, path.size() % 3};
+    });
     return 0;
 }
