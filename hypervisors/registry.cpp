@@ -119,6 +119,21 @@ AccelInfo detect_accel_info() {
 
 Accel detect_accel() { return detect_accel_info().accel; }
 
+// The CPU's clock from /proc/cpuinfo: a constant TSC's rate, as on the
+// hosts we run; 0 if it says none.
+static unsigned host_tsc_khz() {
+    auto info = sys::read_file("/proc/cpuinfo", 1 << 20).value_or("");
+    auto at = info.find("cpu MHz");
+    if (at == std::string::npos || (at = info.find(':', at)) == std::string::npos) return 0;
+    double mhz = std::strtod(info.c_str() + at + 1, nullptr);
+    return mhz > 0 && mhz < 100000 ? unsigned(mhz * 1000) : 0;
+}
+
+bool kvm_shape() {
+    const char* test = ::getenv("HUSK_TEST_KVM_SHAPE");
+    return (test && std::string(test) == "1") || detect_accel() == Accel::Kvm;
+}
+
 bool vsock_available() { return ::access("/dev/vhost-vsock", R_OK | W_OK) == 0; }
 
 const char* accel_name(Accel a) { return a == Accel::Kvm ? "kvm" : "tcg"; }
@@ -150,7 +165,8 @@ std::unique_ptr<Hypervisor> make_hypervisor(const std::string& name) {
     if (name == "qemu" || name.empty()) {
         qemu::Options o;
         o.binary = defaults::kQemuBinary;
-        o.machine = detect_accel() == Accel::Kvm ? defaults::kQemuMachineKvm : defaults::kQemuMachineTcg;
+        o.machine = kvm_shape() ? defaults::kQemuMachineKvm : defaults::kQemuMachineTcg;
+        if (kvm_shape() && detect_accel() != Accel::Kvm) o.tcg_tsc_khz = host_tsc_khz();
         return std::make_unique<qemu::QemuHypervisor>(o);
     }
     return nullptr;

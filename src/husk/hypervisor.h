@@ -231,6 +231,11 @@ struct AccelInfo {
 };
 AccelInfo detect_accel_info();
 Accel detect_accel();
+// The VM a KVM host gets (QEMU's microvm machine and its virtio-mmio
+// devices) whatever the accelerator: under KVM, or when
+// HUSK_TEST_KVM_SHAPE=1 asks for it under TCG, so that a host without KVM
+// still runs everything of that path but the accelerator (scripts/test).
+bool kvm_shape();
 // What the agent prints on the console when booted with husk.probe=1.
 inline constexpr const char* kProbeMarker = "HUSK-PROBE-OK";
 bool vsock_available();

@@ -31,6 +31,9 @@ DRIVER = os.environ.get("HUSK_HYPERVISOR") or "qemu"
 # The drivers that cannot share a directory: the rootfs is an ext4 copy on a
 # disk, so the host does not see what the container writes there.
 DISK_DRIVERS = ("firecracker", "cloud-hypervisor")
+# QEMU as a KVM host runs it (microvm, virtio-mmio, no templates), under TCG
+# (scripts/test's KVM-configuration phase).
+KVM_SHAPE = DRIVER == "qemu" and os.environ.get("HUSK_TEST_KVM_SHAPE") == "1"
 # VM templates are husk's normal start path: every run of the suite shares
 # one store (scripts/test empties it first, so the suite makes its own).
 TEMPLATE_DIR = os.environ.setdefault("HUSK_TEMPLATE_DIR", "/tmp/husk-e2e-templates")

@@ -298,6 +298,30 @@ TEST_CASE("a terminal process carries its console size to the agent; a probe VM 
     CHECK(std::none_of(argv.begin(), argv.end(), [](auto& a) { return a.find("vsock") != std::string::npos; }));
 }
 
+TEST_CASE("microvm, the KVM configuration: no virtio-fs; under TCG the guest is given the TSC's rate", "[translate]") {
+    qemu::Options micro;
+    micro.machine = "microvm";
+    qemu::Options q35;
+    q35.machine = "q35";
+    CHECK_FALSE(qemu::QemuHypervisor(micro).capabilities().virtio_fs);
+    CHECK(qemu::QemuHypervisor(q35).capabilities().virtio_fs);
+    CHECK(choose_share_fs(Spec{}, "", share_support(qemu::QemuHypervisor(micro).capabilities(), true, false))->fs == ShareFs::NineP);
+
+    VmConfig cfg;
+    cfg.kernel = "/k";
+    cfg.initrd = "/i";
+    micro.tcg_tsc_khz = 2596138;
+    auto append = [&](const VmConfig& c) {
+        auto argv = qemu::translate(c, micro);
+        auto it = std::find(argv.begin(), argv.end(), "-append");
+        REQUIRE(it != argv.end());
+        return *(it + 1);
+    };
+    CHECK(append(cfg).find(" tsc_early_khz=2596138") != std::string::npos);
+    cfg.accel = Accel::Kvm;  // kvm-clock: nothing to calibrate
+    CHECK(append(cfg).find("tsc_early_khz") == std::string::npos);
+}
+
 TEST_CASE("capabilities, rlimits and oomScoreAdj become numbers for the agent", "[translate]") {
     auto p = parse_process_file(R"({"args":["sh"],"cwd":"/",
         "capabilities":{"bounding":["CAP_CHOWN","CAP_SYS_ADMIN","CAP_BOGUS"],"ambient":["CAP_NET_BIND_SERVICE"]},
