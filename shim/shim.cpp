@@ -166,6 +166,10 @@ void Shim::creator_gone() {
         (void)sys::umount(paths_.shared + "/" + it->name, MNT_DETACH);
     (void)sys::umount(paths_.shared, MNT_DETACH);
     if (auto r = sys::remove_all(paths_.dir); !r) log::error("remove state: " + r.error().message);
+    // The host cgroups its creator made (and would have removed): nothing
+    // of the VM is left in them, and we step out to their parents first.
+    for (const auto& dir : state_.cgroups) (void)sys::write_file(sys::dirname(dir) + "/cgroup.procs", "0");
+    remove_host_cgroups(state_.cgroups);
     _exit(1);
 }
 

@@ -64,9 +64,14 @@ def test_caller_killed_during_create_leaves_nothing(husk, bundle, tmp_path):
         except (OSError, ValueError):
             return False
     wait_for(booting, "the VM to be launched", interval=0.05)
+    cgroups = husk.state_file(cid)["cgroups"]
+    assert cgroups and all(os.path.isdir(d) for d in cgroups)
     p.kill()
     p.wait()
     wait_for(lambda: not os.path.exists(os.path.join(husk.root, cid)), "the shim to remove an orphaned create", 180)
+    # Its host cgroups too: the caller that made them is gone (bench/chaos
+    # found them left).
+    wait_for(lambda: not any(os.path.isdir(d) for d in cgroups), "the shim to remove the host cgroups", 30)
     # Tearing down the state never reaches through the shim's bind mounts
     # into the bundle (it once did).
     assert os.path.exists(os.path.join(b, "rootfs", "bin", "busybox"))
