@@ -165,8 +165,9 @@ std::unique_ptr<Hypervisor> make_hypervisor(const std::string& name) {
     if (name == "qemu" || name.empty()) {
         qemu::Options o;
         o.binary = defaults::kQemuBinary;
-        o.machine = kvm_shape() ? defaults::kQemuMachineKvm : defaults::kQemuMachineTcg;
-        if (kvm_shape() && detect_accel() != Accel::Kvm) o.tcg_tsc_khz = host_tsc_khz();
+        bool kvm = kvm_shape();
+        o.machine = kvm ? defaults::kQemuMachineKvm : defaults::kQemuMachineTcg;
+        if (kvm && detect_accel() != Accel::Kvm) o.tcg_tsc_khz = host_tsc_khz();
         return std::make_unique<qemu::QemuHypervisor>(o);
     }
     return nullptr;

@@ -23,7 +23,7 @@ namespace husk::qemu {
 
 // microvm has only virtio-mmio; every other machine gets virtio-pci.
 static std::string virtio(const Options& opt, const std::string& dev) {
-    return dev + (opt.machine.rfind("microvm", 0) == 0 ? "-device" : "-pci");
+    return dev + (opt.microvm() ? "-device" : "-pci");
 }
 
 static std::string escape(const std::string& v) {
@@ -56,7 +56,7 @@ std::vector<std::string> translate(const VmConfig& cfg, const Options& opt) {
     }
     if (cfg.accel == Accel::Kvm) add({"-accel", "kvm", "-cpu", "host"});
     else add({"-accel", "tcg,tb-size=" + std::to_string(defaults::kTcgCodeCacheMiB)});
-    bool hotplug = cfg.hotplug_mib && opt.machine.rfind("microvm", 0) != 0;  // virtio-mem is PCI only
+    bool hotplug = cfg.hotplug_mib && !opt.microvm();  // virtio-mem is PCI only
     if (hotplug) add({"-m", std::to_string(cfg.memory_mib) + ",maxmem=" + std::to_string(cfg.memory_mib + cfg.hotplug_mib) + "M"});
     else add({"-m", std::to_string(cfg.memory_mib)});
     // Every vCPU the VM may use, from the start (the guest brings up
@@ -139,15 +139,15 @@ Capabilities QemuHypervisor::capabilities() const {
     c.kvm = detect_accel() == Accel::Kvm;
     c.control_socket = true;
     c.nic_fd = true;  // -netdev tap,fd=N
-    c.memory_hotplug = opt_.machine.rfind("microvm", 0) != 0;
+    c.memory_hotplug = !opt_.microvm();
     c.cpu_hotplug = true;  // offline vCPUs, onlined by the agent
     // Not on microvm (virtio-mmio): there QEMU 7.2's vhost-user-fs-device
     // mounts, and then the first container's create hangs in the guest on
     // the share, every time (under TCG here, HUSK_TEST_KVM_SHAPE=1; KVM
     // could not be tried). 9p over virtio-mmio works, so it serves.
-    c.virtio_fs = opt_.machine.rfind("microvm", 0) != 0;
+    c.virtio_fs = !opt_.microvm();
     // Its hot-added share needs a PCIe port: not on microvm (virtio-mmio).
-    c.templates = opt_.machine.rfind("microvm", 0) != 0;
+    c.templates = !opt_.microvm();
     c.template_nics = kHotplugPorts - 1;
     c.checkpoint = true;
     return c;
@@ -292,7 +292,7 @@ public:
                                                {"data", {{"addr", {{"type", "unix"}, {"data", {{"path", s.socket_path}}}}},
                                                          {"server", false}}}}}};
         TRY(qmp_.execute("chardev-add", chardev));
-        std::string dev = opt_.machine.rfind("microvm", 0) == 0 ? "vhost-user-fs-device" : "vhost-user-fs-pci";
+        std::string dev = virtio(opt_, "vhost-user-fs");
         TRY(qmp_.execute("device_add", {{"driver", dev}, {"id", id + "dev"}, {"chardev", id}, {"tag", s.tag},
                                         {"queue-size", 1024}, {"bus", hotplug_port(0)}}));
         return {};

@@ -10,6 +10,7 @@ namespace husk::qemu {
 struct Options {
     std::string binary = "qemu-system-x86_64";
     std::string machine = "microvm";  // or "q35,...": picks virtio-mmio vs -pci
+    bool microvm() const { return machine.rfind("microvm", 0) == 0; }
     bool sandbox = true;  // QEMU's seccomp filter (-sandbox on,...)
     // Run in the VMM jail (hypervisors/jail.h), configured with the jail's
     // paths. Only the KVM probe, which boots husk's own image with nothing
