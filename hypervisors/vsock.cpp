@@ -13,7 +13,15 @@
 
 namespace husk {
 
-Result<sys::Fd> vsock_connect(uint32_t cid, uint32_t port) {
+Result<VsockDial> VsockDial::connecting(sys::Fd s, const void* addr, unsigned len, const char* what) {
+    VsockDial d;
+    if (::connect(s.get(), static_cast<const sockaddr*>(addr), socklen_t(len)) < 0 && errno != EINPROGRESS)
+        return fail_errno(what);
+    d.s_ = std::move(s);  // connected, or connecting: step() says which when it is writable
+    return d;
+}
+
+Result<VsockDial> VsockDial::kernel(uint32_t cid, uint32_t port) {
     sys::Fd s(::socket(AF_VSOCK, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
     if (!s) return fail_errno("vsock socket");
     sockaddr_vm addr;
@@ -21,16 +29,10 @@ Result<sys::Fd> vsock_connect(uint32_t cid, uint32_t port) {
     addr.svm_family = AF_VSOCK;
     addr.svm_cid = cid;
     addr.svm_port = port;
-    if (::connect(s.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr) < 0) {
-        if (errno != EINPROGRESS) return fail_errno("vsock connect");
-        if (!TRY(sys::wait_fd(s.get(), POLLOUT, 100))) return fail("vsock connect: timed out", ETIMEDOUT);
-        int err = 0;
-        socklen_t len = sizeof err;
-        getsockopt(s.get(), SOL_SOCKET, SO_ERROR, &err, &len);
-        if (err) return fail_errno("vsock connect", err);
-    }
-    return s;
+    return connecting(std::move(s), &addr, sizeof addr, "vsock connect");
 }
+
+short VsockDial::events() const { return hybrid_ ? POLLIN : POLLOUT; }
 
 Result<void> parse_hybrid_vsock_reply(std::string_view line) {
     // "OK <the host-side port the VMM assigned>"
@@ -40,8 +42,9 @@ Result<void> parse_hybrid_vsock_reply(std::string_view line) {
     return {};
 }
 
-Result<HybridVsockDial> HybridVsockDial::start(const std::string& uds, uint32_t port) {
-    HybridVsockDial d;
+Result<VsockDial> VsockDial::hybrid(const std::string& uds, uint32_t port) {
+    VsockDial d;
+    d.hybrid_ = true;
     d.s_ = TRY_CTX(sys::unix_connect(uds), "hybrid vsock");
     TRY(sys::set_nonblock(d.s_.get(), true));
     // A few bytes into a fresh socket's empty buffer: they go at once.
@@ -49,7 +52,18 @@ Result<HybridVsockDial> HybridVsockDial::start(const std::string& uds, uint32_t 
     return d;
 }
 
-Result<std::optional<sys::Fd>> HybridVsockDial::step() {
+Result<std::optional<sys::Fd>> VsockDial::step() {
+    if (!hybrid_) {
+        pollfd p{s_.get(), POLLOUT, 0};
+        if (::poll(&p, 1, 0) < 0) return fail_errno("poll");
+        int err = 0;
+        socklen_t len = sizeof err;
+        if (::getsockopt(s_.get(), SOL_SOCKET, SO_ERROR, &err, &len) < 0) return fail_errno("vsock connect");
+        if (err) return fail_errno("vsock connect", err);
+        if (p.revents & (POLLERR | POLLHUP)) return fail("vsock connect: the guest is not listening yet", ECONNREFUSED);
+        if (!(p.revents & POLLOUT)) return std::optional<sys::Fd>();  // still connecting
+        return std::optional<sys::Fd>(std::move(s_));
+    }
     for (;;) {
         char c;  // a byte at a time: what follows the line is the agent's
         ssize_t n = ::read(s_.get(), &c, 1);
@@ -66,7 +80,7 @@ Result<std::optional<sys::Fd>> HybridVsockDial::step() {
 }
 
 Result<sys::Fd> hybrid_vsock_connect(const std::string& uds, uint32_t port, int timeout_ms) {
-    auto d = TRY(HybridVsockDial::start(uds, port));
+    auto d = TRY(VsockDial::hybrid(uds, port));
     auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
     for (;;) {
         if (auto c = TRY(d.step())) return std::move(*c);

@@ -286,18 +286,15 @@ Result<void> Shim::loop() {
             finish(255, 0);
         }
 
-        // Until the agent answers, we dial it (vsock: we connect, retrying).
-        // A hybrid vsock's dial is a socket of the loop's: its answer is
-        // read as it comes, never waited for.
+        // Until the agent answers, we dial it, retrying. A dial is a socket
+        // of the loop's (a vsock connect, a hybrid vsock's answer): it is
+        // taken as it comes, never waited for.
         bool dials = ses_.phase <= Phase::Resuming && (vsock_cid_ || !hybrid_vsock_.empty());
         if (dial_ && Clock::now() >= dial_deadline_) dial_.reset();  // no answer in time: again
         if (dials && !chan_ && !dial_ && Clock::now() >= next_vsock_try_) {
-            if (vsock_cid_) {
-                if (auto c = vsock_connect(vsock_cid_, proto::kAgentVsockPort)) {
-                    chan_ = std::move(*c);  // non-blocking
-                    attach_restored();
-                }
-            } else if (auto d = HybridVsockDial::start(hybrid_vsock_, proto::kAgentVsockPort)) {
+            auto d = vsock_cid_ ? VsockDial::kernel(vsock_cid_, proto::kAgentVsockPort)
+                                : VsockDial::hybrid(hybrid_vsock_, proto::kAgentVsockPort);
+            if (d) {
                 dial_ = std::move(*d);
                 dial_deadline_ = Clock::now() + std::chrono::seconds(1);
             }
@@ -322,7 +319,7 @@ Result<void> Shim::loop() {
         if (qmp_listen_) add(qmp_listen_.get(), POLLIN, kQmpL);
         if (ses_.phase >= Phase::Created) add(shim_listen_.get(), POLLIN, kShimL);
         if (chan_) add(chan_.get(), short(POLLIN | (ses_.writable() ? POLLOUT : 0)), kChan);
-        if (dial_) add(dial_->fd(), POLLIN, kDial);
+        if (dial_) add(dial_->fd(), dial_->events(), kDial);
         for (auto& [idx, pr] : ses_.procs) {
             bool reads = idx == 0 ? ses_.phase >= Phase::Created : pr.started;
             for (auto& [fd, in] : pr.in)

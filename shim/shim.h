@@ -238,7 +238,7 @@ private:
     Clock::time_point boot_deadline_;
     int boot_timeout_ms_ = 0;
     Clock::time_point next_vsock_try_;
-    std::optional<HybridVsockDial> dial_;  // a hybrid vsock dial waiting for its answer
+    std::optional<VsockDial> dial_;  // a dial of the agent waiting for its answer
     Clock::time_point dial_deadline_;
     std::string console_tail_;
     std::string console_line_;  // --debug: the line being assembled
