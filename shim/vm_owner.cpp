@@ -286,8 +286,11 @@ Result<void> Shim::start_vmm(bool templates) {
         } else {
             template_dir_ = templates::dir();
             template_key_ = templates::key_of(template_shape_);
-            auto found = templates::open_saved(template_dir_, template_shape_);
+            long hashed_ms = -1;
+            auto found = templates::open_saved(template_dir_, template_shape_, &hashed_ms);
             if (!found) log::warn("template " + template_key_ + ": " + found.error().message + "; booting to make it again");
+            else if (*found && hashed_ms >= 0)
+                log::debug("template: " + template_key_ + " hashed again and as sealed (" + std::to_string(hashed_ms) + " ms)");
             if (found && *found) {
                 saved = std::move(**found);
                 cfg.incoming_fd = saved.get();

@@ -47,11 +47,30 @@ std::string file_identity(const std::string& path);
 // A VM's files that way: the VMM binary, the kernel, the initrd.
 std::string vm_files_identity(const std::string& binary, const std::string& kernel, const std::string& initrd);
 
+// What the store knows of a saved state's bytes (<dir>/<key>.seal): their
+// SHA-256, taken from the maker's file as it is published, and the inode,
+// size and ctime at which they were last hashed. A template is restored
+// only when its bytes are the ones sealed: unchanged since (no write to
+// the inode, which would have moved its ctime), or hashed again and the
+// same. Anything else (a byte changed after the save, a truncated or
+// replaced file, a missing or damaged seal) drops the template: the
+// container boots, and makes it again.
+struct Seal {
+    std::string sha256;  // 64 hex digits
+    uint64_t bytes = 0;
+    uint64_t ino = 0;       // 0: not hashed since it was given its name
+    int64_t ctime_ns = 0;
+};
+std::string seal_to_json(const Seal& s);
+Result<Seal> seal_from_json(const std::string& text);  // strict
+// The SHA-256 of what `fd` holds from offset 0 (pread: its offset stays).
+Result<std::string> sha256_of(int fd);
+
 struct Entry {
     std::string key;
     std::string state;  // <dir>/<key>.state: the saved VM
     uint64_t bytes = 0;
-    int64_t used = 0;   // last made or restored (mtime, seconds)
+    int64_t used = 0;   // last made or restored (the seal's mtime, seconds)
     int64_t used_ns = 0;  // the same, to the nanosecond
     std::string shape;  // <dir>/<key>.shape's text
 };
@@ -59,14 +78,17 @@ struct Entry {
 std::vector<Entry> list(const std::string& d);
 
 // The saved template of `shape`, open read-only, its use recorded; nullopt
-// when there is none (or its shape text differs).
-Result<std::optional<sys::Fd>> open_saved(const std::string& d, const std::string& shape);
+// when there is none (or its shape text differs). Its bytes are checked
+// against its seal first: a template that is not what was saved is
+// removed, and the error (EBADMSG) says why. `hashed_ms`, when given, is
+// set to how long a hash took (-1: the seal's inode and ctime held).
+Result<std::optional<sys::Fd>> open_saved(const std::string& d, const std::string& shape, long* hashed_ms = nullptr);
 
 // A file for the VMM to save into: unnamed until publish() (O_TMPFILE), so
 // a maker that dies leaves nothing behind.
 Result<sys::Fd> begin_save(const std::string& d);
-// fsync it and give it the shape's name. false: another maker published
-// the same shape first (ours is dropped). Then keep the store within
+// fsync it, seal it and give it the shape's name. false: another maker
+// published the same shape first (ours is dropped). Then keep the store within
 // `max_bytes`, dropping the least recently used others.
 Result<bool> publish(const std::string& d, const std::string& shape, int fd, uint64_t max_bytes);
 

@@ -2,6 +2,7 @@
 shape boots and saves its guest; the next ones restore it. Each test has
 a template store of its own (HUSK_TEMPLATE_DIR), so it sees the making and
 the using. The rest of the suite runs on templates too (conftest.py)."""
+import hashlib
 import json
 import os
 import re
@@ -12,7 +13,7 @@ import time
 
 import pytest
 
-from conftest import DRIVER, new_id
+from conftest import DRIVER, jailed_vmm, new_id, reseal
 
 pytestmark = pytest.mark.not_on(("uml", "firecracker", "cloud-hypervisor"),
                                 reason="QEMU's templates (q35); UML boots every VM, Firecracker too (it cannot hot-add the "
@@ -109,6 +110,65 @@ def test_a_restored_vm_gets_its_share_and_vcpus(husk, bundle, store):
     assert out[1].startswith("root:x:0:0"), out
 
 
+def fds_of(pid):
+    out = []
+    for n in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            out.append(os.stat(f"/proc/{pid}/fd/{n}"))
+        except OSError:
+            pass  # closed meanwhile
+    return out
+
+
+def test_a_template_changed_after_its_save_is_never_restored(husk, bundle, store, tmp_path):
+    """The store seals each template (SHA-256 of what the maker's VMM
+    saved): one whose bytes changed since is dropped and the VM boots; and
+    no VMM holds a template file it could write into."""
+    d, env = store
+    cid = new_id()
+    b = bundle(["sleep", "1000"])
+    r = husk("run", "-d", "-b", b, cid, glob=("--debug",), env=env)
+    assert r.returncode == 0, r.stderr.decode(errors="replace")[-3000:]
+    (f,) = states(d)
+    saved = os.stat(d / f)
+    # The maker's VMM has let go of the file it saved into.
+    vmm = jailed_vmm(husk, cid)
+    assert not [s for s in fds_of(vmm) if (s.st_dev, s.st_ino) == (saved.st_dev, saved.st_ino)]
+    husk("delete", "--force", cid, check=True)
+    # A clone's VMM holds it read-only, while it runs.
+    cid = new_id()
+    husk("run", "-d", "-b", b, cid, env=env, check=True)
+    vmm = jailed_vmm(husk, cid)
+    for n in os.listdir(f"/proc/{vmm}/fd"):
+        try:
+            s = os.stat(f"/proc/{vmm}/fd/{n}")
+            flags = int(open(f"/proc/{vmm}/fdinfo/{n}").read().split("flags:")[1].split()[0], 8)
+        except (OSError, IndexError):
+            continue
+        if (s.st_dev, s.st_ino) == (saved.st_dev, saved.st_ino):
+            assert flags & os.O_ACCMODE == os.O_RDONLY, oct(flags)
+    husk("delete", "--force", cid, check=True)
+    # One page of the saved RAM changed, the size kept: dropped, not restored.
+    with open(d / f, "r+b") as fh:
+        fh.seek(saved.st_size // 2)
+        fh.write(os.urandom(4096))
+    log = tmp_path / "husk.log"
+    r = husk("run", "-b", bundle(["echo", "hi"]), new_id(), glob=("--debug", "--log", str(log)), env=env)
+    assert r.returncode == 0 and r.stdout == b"hi\n", r.stderr.decode(errors="replace")[-3000:]
+    text = log.read_text()
+    assert re.search(r'level=warning msg="template [0-9a-f]{32}: dropped: its bytes are not the ones saved \(sha256 [0-9a-f]{64}, '
+                     r'sealed [0-9a-f]{64}\); booting to make it again"', text), text[-3000:]
+    assert "template: restoring" not in text
+    assert "booting to save" in text
+    # Made again, sealed again: the next container restores the new one.
+    (f2,) = states(d)
+    with open(d / f2, "rb") as fh:
+        seal = json.load(open(d / (f2[:-len(".state")] + ".seal")))
+        assert seal["sha256"] == hashlib.sha256(fh.read()).hexdigest()
+    _, err = run(husk, bundle(["true"]), env)
+    assert "template: restoring" in err, err[-3000:]
+
+
 def test_a_template_that_does_not_restore_is_dropped_and_the_vm_boots(husk, bundle, store, tmp_path):
     d, env = store
     b = bundle(["echo", "hi"])
@@ -119,6 +179,7 @@ def test_a_template_that_does_not_restore_is_dropped_and_the_vm_boots(husk, bund
         fh.seek(size // 2)
         fh.write(os.urandom(4096))
         fh.truncate(size - 65536)
+    reseal(d / f)  # as if saved so (another VMM that writes what this one cannot load)
     log = tmp_path / "husk.log"
     r = husk("run", "-b", b, new_id(), glob=("--log", str(log)), env=env)
     assert r.returncode == 0, r.stderr
@@ -179,7 +240,7 @@ def test_two_containers_racing_to_make_one_template(husk, bundle, store):
     saved = [r for r in results if re.search(rb"template: [0-9a-f]{32} saved in", r.stderr)]
     assert saved  # at least one made it (both may have booted to make it)
     assert len(states(d)) == 1
-    assert len(os.listdir(d)) == 2  # its state and its shape: nothing half-made
+    assert len(os.listdir(d)) == 3  # its state, shape and seal: nothing half-made
 
 
 def test_exec_pause_and_kill_on_a_restored_vm(husk, bundle, store):

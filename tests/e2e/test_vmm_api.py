@@ -13,7 +13,7 @@ import subprocess
 
 import pytest
 
-from conftest import DRIVER, ROOT, assert_untouched, in_netns, jail_devices, jailed_vmm, link, new_id, sh, wait_for
+from conftest import DRIVER, ROOT, assert_untouched, in_netns, jail_devices, jailed_vmm, link, new_id, reseal, sh, wait_for
 
 # It runs both API drivers itself: once, in the default pass.
 pytestmark = pytest.mark.skipif(DRIVER != "qemu", reason="picks its drivers itself; runs in the default pass")
@@ -345,6 +345,7 @@ def test_a_cloud_hypervisor_template_that_does_not_restore_is_dropped_and_the_vm
             body = body[:len(body) // 2]
         packed += b"%d %s\n" % (len(body), name) + body
     f.write_bytes(packed + b"end\n")
+    reseal(f)  # as if saved so: what the VMM makes of it is the test
     log = tmp_path / "husk.log"
     r = husk("run", "-b", b, new_id(), glob=("--log", str(log)), env=env)
     assert r.returncode == 0, r.stderr

@@ -1,11 +1,13 @@
 // VM templates: the store (husk/vm_template.h), the shape QEMU boots a
 // template in and restores it from, the attach message, and the shim
 // session's way through a template's HELLO.
+#include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <filesystem>
+#include <functional>
 #include <thread>
 
 #include <catch2/catch.hpp>
@@ -188,10 +190,10 @@ TEST_CASE("templates: two makers of one shape: one is published, nothing else is
     REQUIRE(*saved);
     std::string bytes = sys::read_to_eof((*saved)->get()).value_or("");
     CHECK(bytes == (*got[0] ? "first" : "second"));
-    CHECK(sys::list_dir(d).value_or(std::vector<std::string>{}).size() == 2);  // <key>.state, <key>.shape
+    CHECK(sys::list_dir(d).value_or(std::vector<std::string>{}).size() == 3);  // <key>.state, .shape, .seal
     // A maker that dies before publishing leaves nothing at all.
     { auto c = templates::begin_save(d); REQUIRE(c); REQUIRE(sys::write_all(c->get(), std::string("lost"))); }
-    CHECK(sys::list_dir(d).value_or(std::vector<std::string>{}).size() == 2);
+    CHECK(sys::list_dir(d).value_or(std::vector<std::string>{}).size() == 3);
     std::filesystem::remove_all(d);
 }
 
@@ -199,10 +201,10 @@ TEST_CASE("templates: the store keeps within its bound, the least recently used 
     std::string d = make_tmpdir("tprune");
     REQUIRE(save(d, "old", std::string(400, 'o')));
     REQUIRE(save(d, "mid", std::string(400, 'm')));
-    // Ages as mtimes: "old" last used long ago, "mid" a while ago.
+    // Ages as the seals' mtimes: "old" last used long ago, "mid" a while ago.
     for (auto [shape, age] : {std::pair<const char*, int>{"old", 3000}, {"mid", 2000}}) {
         timespec t[2] = {{::time(nullptr) - age, 0}, {::time(nullptr) - age, 0}};
-        REQUIRE(::utimensat(AT_FDCWD, (d + "/" + templates::key_of(shape) + ".state").c_str(), t, 0) == 0);
+        REQUIRE(::utimensat(AT_FDCWD, (d + "/" + templates::key_of(shape) + ".seal").c_str(), t, 0) == 0);
     }
     REQUIRE(templates::open_saved(d, "mid"));  // a restore is a use: "mid" is now the newest
     std::this_thread::sleep_for(std::chrono::milliseconds(50));  // past the filesystem's clock tick
@@ -212,6 +214,97 @@ TEST_CASE("templates: the store keeps within its bound, the least recently used 
     CHECK(keys == std::vector<std::string>{templates::key_of("new"), templates::key_of("mid")});
     CHECK(templates::prune(d, 0, templates::key_of("new")) == 1);  // never the one being kept
     CHECK(templates::list(d).size() == 1);
+    std::filesystem::remove_all(d);
+}
+
+TEST_CASE("templates: a template is restored only as it was sealed; anything else is dropped", "[templates]") {
+    std::string d = make_tmpdir("tseal");
+    std::string key = templates::key_of("S"), state = d + "/" + key + ".state", seal = d + "/" + key + ".seal";
+    std::string bytes(3 << 20, 'v');
+    REQUIRE(save(d, "S", bytes));
+    auto sealed = templates::seal_from_json(sys::read_file(seal).value_or(""));
+    REQUIRE(sealed);
+    struct stat st;
+    REQUIRE(::stat(state.c_str(), &st) == 0);
+    CHECK(sealed->bytes == bytes.size());
+    CHECK(sealed->ino == st.st_ino);  // recorded once named: the first restore need not hash
+    auto fd = sys::open(state, O_RDONLY);
+    REQUIRE(fd);
+    CHECK(templates::sha256_of(fd->get()).value_or("") == sealed->sha256);
+    long hashed = 0;
+    auto r = templates::open_saved(d, "S", &hashed);
+    REQUIRE(r);
+    REQUIRE(*r);
+    CHECK(hashed == -1);
+    // Touched without a change (its ctime moves): hashed again, the same,
+    // restored, and recorded so the next restore need not hash.
+    REQUIRE(::chmod(state.c_str(), 0600) == 0);
+    r = templates::open_saved(d, "S", &hashed);
+    REQUIRE(r);
+    REQUIRE(*r);
+    CHECK(hashed >= 0);
+    r = templates::open_saved(d, "S", &hashed);
+    REQUIRE(r);
+    CHECK(hashed == -1);
+    // One byte changed in the middle: refused with why, and dropped whole.
+    {
+        auto w = sys::open(state, O_WRONLY);
+        REQUIRE(w);
+        REQUIRE(::pwrite(w->get(), "X", 1, off_t(bytes.size() / 2)) == 1);
+    }
+    r = templates::open_saved(d, "S", &hashed);
+    REQUIRE(!r);
+    CHECK(r.error().code == EBADMSG);
+    CHECK(r.error().message.find("not the ones saved") != std::string::npos);
+    CHECK(sys::list_dir(d).value_or(std::vector<std::string>{"x"}).empty());
+    r = templates::open_saved(d, "S");
+    REQUIRE(r);
+    CHECK(!*r);  // a miss: the next container makes it again
+    // Cut short, a missing seal, a seal that is not one: the same.
+    auto dropped = [&](const std::function<void()>& tamper, const std::string& why) {
+        REQUIRE(save(d, "S", bytes));
+        tamper();
+        auto t = templates::open_saved(d, "S");
+        REQUIRE(!t);
+        CHECK(t.error().code == EBADMSG);
+        CHECK(t.error().message.find(why) != std::string::npos);
+        CHECK(sys::list_dir(d).value_or(std::vector<std::string>{"x"}).empty());
+    };
+    dropped([&] { REQUIRE(::truncate(state.c_str(), off_t(bytes.size() - 4096)) == 0); }, "bytes where");
+    dropped([&] { REQUIRE(::unlink(seal.c_str()) == 0); }, "no seal");
+    dropped([&] { REQUIRE(sys::write_file(seal, R"({"sha256":"00","bytes":1,"ino":1,"ctime_ns":1})")); }, "64 hex");
+    dropped([&] { REQUIRE(sys::write_file(seal, R"({"sha256":"0","bytes":1,"ino":1,"ctime_ns":1,"more":1})")); }, "unknown key");
+    // A file swapped in whole (another inode, the same size): hashed, refused.
+    dropped(
+        [&] {
+            REQUIRE(sys::write_file(state + ".new", std::string(bytes.size(), 'w'), 0600));
+            REQUIRE(::rename((state + ".new").c_str(), state.c_str()) == 0);
+        },
+        "not the ones saved");
+    std::filesystem::remove_all(d);
+}
+
+TEST_CASE("templates: two makers: one seal, its state; a seal a dead maker left goes after a minute", "[templates]") {
+    std::string d = make_tmpdir("tseal2");
+    std::string key = templates::key_of("S");
+    // A seal whose state never came (its maker died between the two).
+    REQUIRE(sys::write_file(d + "/" + key + ".seal", "{}", 0600));
+    REQUIRE(sys::write_file(d + "/" + key + ".seal.123.123", "{", 0600));  // half replaced
+    auto lost = save(d, "S", "mine");
+    REQUIRE(lost);
+    CHECK(!*lost);  // not published while that seal may be a maker's
+    timespec old[2] = {{::time(nullptr) - 120, 0}, {::time(nullptr) - 120, 0}};
+    for (const char* n : {".seal", ".seal.123.123"}) REQUIRE(::utimensat(AT_FDCWD, (d + "/" + key + n).c_str(), old, 0) == 0);
+    templates::prune(d, 1u << 30);
+    CHECK(!sys::exists(d + "/" + key + ".seal"));
+    CHECK(!sys::exists(d + "/" + key + ".seal.123.123"));
+    auto won = save(d, "S", "mine");
+    REQUIRE(won);
+    CHECK(*won);
+    auto r = templates::open_saved(d, "S");
+    REQUIRE(r);
+    REQUIRE(*r);
+    CHECK(sys::read_to_eof((*r)->get()).value_or("") == "mine");
     std::filesystem::remove_all(d);
 }
 
