@@ -7,6 +7,7 @@ import ctypes
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -281,3 +282,36 @@ def in_netns(path):
             if n["type"] == "network":
                 n["path"] = path
     return edit
+
+
+# The share attacked from the guest (test_isolation.py, test_pod.py).
+
+ATTACKS = ("dotdot", "symlink", "hardlink", "handles", "race")
+
+
+@pytest.fixture(scope="session")
+def share_attack(tmp_path_factory):
+    """tests/e2e/helpers/share_attack.c, built static (it runs on busybox)."""
+    out = str(tmp_path_factory.mktemp("helpers") / "share-attack")
+    src = os.path.join(ROOT, "tests", "e2e", "helpers", "share_attack.c")
+    subprocess.run(["gcc", "-static", "-O1", "-Wall", "-Wextra", "-Werror", "-o", out, src], check=True)
+    return out
+
+
+def plant_secrets(secret, *dirs):
+    """husk-secret files holding `secret` in each of `dirs` (on the host)."""
+    for d in dirs:
+        with open(os.path.join(d, "husk-secret"), "w") as f:
+            f.write(secret)
+
+
+def assert_no_escape(out, secret, bases):
+    """share-attack's report: every technique tried on every base, nothing
+    of the secret reached."""
+    assert "ESCAPE" not in out and secret not in out, out
+    assert out.rstrip().endswith("done"), out
+    for base in bases:
+        for t in ATTACKS:
+            m = re.search(rf"^{t} {re.escape(base)}: (\d+) attempts, (\d+) escapes", out, re.M)
+            assert m, (t, base, out)
+            assert int(m.group(2)) == 0 and (int(m.group(1)) > 0 or t == "handles"), (t, base, out)

@@ -11,11 +11,14 @@ namespaces pivot-rooted into the share, with its own seccomp filter, no
 new privileges, an empty bounding set and only a file server's
 capabilities; and it goes with its VM."""
 import os
+import shutil
 import signal
+import uuid
 
 import pytest
 
-from conftest import DISK_DRIVERS, DRIVER, jail_devices, jailed_vmm, new_id, wait_for
+from conftest import (DISK_DRIVERS, DRIVER, KVM_SHAPE, assert_no_escape, jail_devices, jailed_vmm, new_id, plant_secrets,
+                      wait_for)
 
 # CAP_CHOWN, CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH, CAP_FOWNER, CAP_FSETID, CAP_MKNOD
 FILE_SERVER_CAPS = (1 << 0) | (1 << 1) | (1 << 2) | (1 << 3) | (1 << 4) | (1 << 27)
@@ -129,3 +132,65 @@ def test_virtiofsd_sees_only_the_share_and_goes_with_its_vm(husk, bundle):
              timeout=30)
     for c in (a, b):
         husk("delete", "--force", c, check=True)
+
+
+# ---------------------------------------------------------------- the share, attacked from the guest
+
+SHARES = (["9p"] if KVM_SHAPE else ["virtiofs", "9p"]) if DRIVER == "qemu" else ["default"]
+
+
+@pytest.mark.not_on(DISK_DRIVERS, reason="no shared filesystem: the rootfs is a copy on a disk (README)")
+@pytest.mark.parametrize("share", SHARES)
+def test_root_in_the_guest_cannot_leave_the_share(husk, bundle, tmp_path, share_attack, share):
+    """A root process with every capability and no seccomp profile mounts
+    the share anew where it can, and tries to reach the host's files
+    beside it: `..`, absolute and relative symlinks, hard links, forged
+    file handles, a directory swapped for a symlink while it is walked.
+    On 9p and virtio-fs, QEMU's server and virtiofsd resolve every name in
+    the share without following the guest's links; UML's hostfs can mount
+    any path of the UML process, whose jail (above) holds none of the
+    host's."""
+    secret = "husk-secret-" + uuid.uuid4().hex
+    parent = tmp_path / "vols"
+    vol = parent / "vol"
+    vol.mkdir(parents=True)
+    mount = {"virtiofs": "mount -t virtiofs husk /mnt/share",
+             "9p": "mount -t 9p -o trans=virtio,version=9p2000.L husk /mnt/share",
+             "default": "mount -t hostfs none /mnt/share -o /"}[share]
+    script = (f"mkdir -p /mnt/share; if {mount} 2>/tmp/mount.err; then echo 'share: mounted'; S=/mnt/share; "
+              f"else echo \"share: not mounted: $(cat /tmp/mount.err)\"; S=; fi; "
+              f"share-attack {secret} / /vol $S")
+
+    def edit(c):
+        c["mounts"].append({"destination": "/vol", "type": "bind", "source": str(vol), "options": ["rbind", "rw"]})
+        c["mounts"].append({"destination": "/tmp", "type": "tmpfs", "source": "tmpfs", "options": ["size=1m"]})
+        if share != "default":
+            c.setdefault("annotations", {})["org.husk.share"] = share
+    b = bundle(["sh", "-c", script], edit)
+    shutil.copy2(share_attack, os.path.join(b, "rootfs", "bin", "share-attack"))
+    cid = new_id()
+    out_path = tmp_path / "out"
+    with open(out_path, "wb") as f:
+        husk("create", "-b", b, cid, check=True, stdout=f)
+    plant_secrets(secret, b, parent, tmp_path, os.path.join(husk.root, cid))
+    before = {d: sorted(os.listdir(d)) for d in (b, parent, tmp_path)}
+    husk("start", cid, check=True)
+    wait_for(lambda: husk.state(cid)["status"] == "stopped", "the attack to end", timeout=180)
+    out = out_path.read_text()
+    bases = ["/", "/vol"]
+    if share == "virtiofs" or share == "default":
+        # virtio-fs takes a second mount of its tag, hostfs of any path; a
+        # 9p channel serves one mount only.
+        assert "share: mounted" in out, out
+        bases.append("/mnt/share")
+    else:
+        assert "share: not mounted" in out, out
+    assert_no_escape(out, secret, bases)
+    assert husk.state_file(cid)["exit_code"] == 0, out
+    # Nothing of the host changed beside the share.
+    for d, names in before.items():
+        assert sorted(os.listdir(d)) == names, d
+    for d in (b, parent, tmp_path):
+        with open(os.path.join(d, "husk-secret")) as f:
+            assert f.read() == secret
+    husk("delete", cid, check=True)

@@ -7,13 +7,15 @@ shares, with its own rootfs, mount namespace, cgroup, process and exit.
 """
 import json
 import os
+import shutil
 import signal
 import subprocess
 import time
+import uuid
 
 import pytest
 
-from conftest import new_id, reap, wait_for
+from conftest import assert_no_escape, new_id, reap, share_attack, wait_for  # noqa: F401 (a fixture)
 
 
 def gone(pid):
@@ -316,3 +318,66 @@ def test_the_vm_outlives_the_sandbox_container_for_its_members(husk, bundle, tmp
     assert husk.state(mid)["status"] == "running"
     husk("delete", "--force", mid, check=True)
     husk("delete", sid, check=True)
+
+
+# docker's and containerd's default capabilities: no CAP_SYS_ADMIN (no
+# mount), no CAP_DAC_READ_SEARCH (no open_by_handle_at), as a pod's
+# members get them from podman, docker and Kubernetes.
+DEFAULT_CAPS = ["CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FSETID", "CAP_FOWNER", "CAP_MKNOD", "CAP_NET_RAW", "CAP_SETGID",
+                "CAP_SETUID", "CAP_SETFCAP", "CAP_SETPCAP", "CAP_NET_BIND_SERVICE", "CAP_SYS_CHROOT", "CAP_KILL",
+                "CAP_AUDIT_WRITE"]
+
+
+def test_a_member_sees_nothing_of_another_members(husk, bundle, tmp_path, share_attack):
+    """One VM, one share holding every member's rootfs and volumes: each
+    member still sees its own only. A member with the default capabilities
+    looks for another member's files (by name, through `..`, symlinks,
+    hard links, file handles, a rename race, a mount of the share) and
+    processes (its pid namespace is its own unless the spec shares one)."""
+    secret = "husk-secret-" + uuid.uuid4().hex
+    sid, spid, sout = start_sandbox(husk, bundle, tmp_path, "echo ready; exec sleep 1000")
+    wait_for(lambda: "ready" in read(sout), "sandbox up")
+    vol_a, vol_b = tmp_path / "vol-a", tmp_path / "vol-b"
+    vol_a.mkdir()
+    vol_b.mkdir()
+
+    def member(vol, caps=None):
+        def edit(c):
+            ns_paths(spid)(c)
+            c["mounts"].append({"destination": "/vol", "type": "bind", "source": str(vol), "options": ["rbind", "rw"]})
+            if caps:
+                c["process"]["capabilities"] = {k: caps for k in ("bounding", "effective", "permitted")}
+        return edit
+    # A keeps the secret in its rootfs and its volume.
+    a, aout = create_member(husk, bundle, tmp_path, ["sh", "-c", f"echo {secret} >/husk-secret; "
+                                                                 f"echo {secret} >/vol/husk-secret; echo up; "
+                                                                 "exec sleep 1000"], member(vol_a))
+    wait_for(lambda: "up" in read(aout), "member A up")
+    b_script = ("mkdir -p /mnt/share; mount -t virtiofs husk /mnt/share 2>/dev/null || "
+                "mount -t 9p -o trans=virtio husk /mnt/share 2>/dev/null && echo 'mounted the share'; "
+                "find / -xdev -name husk-secret 2>/dev/null | sed 's/^/found: /'; "
+                "for p in /proc/[0-9]*; do tr '\\0' ' ' <$p/cmdline; echo; done | grep '^sleep' | sed 's/^/process: /'; "
+                f"share-attack {secret} / /vol")
+
+    def b_edit(c):
+        member(vol_b, DEFAULT_CAPS)(c)
+    bdir = bundle(["sh", "-c", b_script], b_edit)
+    shutil.copy2(share_attack, os.path.join(bdir, "rootfs", "bin", "share-attack"))
+    b = new_id()
+    bout = tmp_path / "b.out"
+    with open(bout, "wb") as f:
+        husk("create", "-b", bdir, b, check=True, stdout=f)
+    husk("start", b, check=True)
+    wait_for(lambda: husk.state(b)["status"] == "stopped", "member B's search ends", timeout=180)
+    out = read(bout)
+    # Not the share, not A's files, not A's or the sandbox's sleep: B's pid
+    # namespace is its own.
+    assert "mounted the share" not in out and "found:" not in out and "process:" not in out, out
+    assert_no_escape(out, secret, ["/", "/vol"])
+    # A is untouched and running; the host holds A's files where A wrote them.
+    assert husk.state(a)["status"] == "running"
+    assert (vol_a / "husk-secret").read_text() == secret + "\n"
+    assert os.listdir(vol_b) == []
+    for c in (b, a):
+        husk("delete", "--force", c, check=True)
+    husk("delete", "--force", sid, check=True)
