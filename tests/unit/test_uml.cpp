@@ -144,13 +144,38 @@ TEST_CASE("config file: the default driver, strictly", "[config]") {
     CHECK(parse_config("", "x")->hypervisor.empty());
     auto bad = parse_config("hypervisor = 3\n", "c.toml");
     REQUIRE_FALSE(bad);
-    CHECK(bad.error().message == "c.toml: hypervisor: expected a string");
+    CHECK(bad.error().message.rfind("c.toml:1: not a string or a bool", 0) == 0);
     bad = parse_config("hypervsior = \"uml\"\n", "c.toml");
     REQUIRE_FALSE(bad);
     CHECK(bad.error().message == "c.toml: unknown key \"hypervsior\"");
     bad = parse_config("hypervisor = \n", "c.toml");
     REQUIRE_FALSE(bad);
     CHECK(bad.error().message.rfind("c.toml:1:", 0) == 0);
+    // A subset of TOML, checked before toml++ 3.3 (which aborts or reaches
+    // unreachable code on some of these) sees the text.
+    for (auto [text, why] : std::vector<std::pair<std::string, std::string>>{
+             {"[{", "a table"},
+             {"hypervisor = \"uml\"\n  [[[1]]]\n", "a table"},
+             {"[husk]\nshare = \"9p\"\n", "a table"},
+             {"hB=[[[[[[[[[}[[{\"[-----[[[---!t-.1 (", "not a string or a bool"},
+             {"share = \"9p", "an unterminated string"},
+             {"share = \"9p\" x", "more after the value"},
+             {"= 1", "not a key"},
+             {"share \"9p\"", "no '=' after the key"},
+             {"\xef\xbb\xbf", "a byte 239"},
+             {"share = \"9p\"\n# \xc3\xa9t\xc3\xa9\n", "a byte 195"},
+             {std::string("a\0b", 3), "a byte 0"}}) {
+        bad = parse_config(text, "c.toml");
+        REQUIRE_FALSE(bad);
+        CHECK(bad.error().message.find(why) != std::string::npos);
+        CHECK(bad.error().message.find("husk's config takes key = \"text\"") != std::string::npos);
+    }
+    // What it takes: strings (escapes, either quote), bools, comments, blank lines.
+    auto good = parse_config("# husk\n\n  hypervisor = 'uml'  # the default\r\nshare=\"9\\u0070\"\ntemplates = false\n", "c.toml");
+    REQUIRE(good);
+    CHECK(good->hypervisor == "uml");
+    CHECK(good->share == "9p");
+    CHECK(good->templates == std::optional<bool>(false));
     // Where it came from is in the error of an unknown name.
     auto unknown = choose_hypervisor({}, "kvmtool", "/etc/husk/config.toml");
     REQUIRE_FALSE(unknown);
