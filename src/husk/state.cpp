@@ -6,6 +6,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <cstdint>
 #include <ctime>
 
 #include "sys/sys.h"
@@ -20,7 +21,7 @@ json state_to_json(const State& s) {
               {"vmm_pid", s.vmm_pid}, {"vmm_start", s.vmm_start}, {"annotations", s.annotations}};
     if (!s.hooks.is_null()) j["hooks"] = s.hooks;
     if (!s.cgroups.empty()) j["cgroups"] = s.cgroups;
-    if (!s.net_links.empty()) j["network"] = {{"netns", s.netns}, {"links", s.net_links}};
+    if (!s.net_links.empty() || !s.net_taps.empty()) j["network"] = {{"netns", s.netns}, {"links", s.net_links}};
     if (!s.net_taps.empty()) j["network"]["taps"] = s.net_taps;
     if (!s.sandbox.empty()) j["sandbox"] = s.sandbox;
     if (s.exit_code) j["exit_code"] = *s.exit_code;
@@ -28,34 +29,69 @@ json state_to_json(const State& s) {
     return j;
 }
 
+// Strict, as every typed contract is: a missing key, an unknown one, a
+// wrong type or a number out of range is an error naming the key (never
+// a default, never a float cut to an int).
 Result<State> state_from_json(const json& j) {
-    try {
-        State s;
-        s.id = j.at("id").get<std::string>();
-        s.bundle = j.at("bundle").get<std::string>();
-        s.rootfs = j.value("rootfs", "");
-        s.status = j.at("status").get<std::string>();
-        s.created = j.value("created", "");
-        s.owner = j.value("owner", "");
-        s.pid = j.value("pid", 0);
-        s.pid_start = j.value("pid_start", 0ull);
-        s.vmm_pid = j.value("vmm_pid", 0);
-        s.vmm_start = j.value("vmm_start", 0ull);
-        s.sandbox = j.value("sandbox", "");
-        if (j.contains("exit_code")) s.exit_code = j["exit_code"].get<int>();
-        if (j.contains("exit_signal")) s.exit_signal = j["exit_signal"].get<int>();
-        if (j.contains("annotations")) s.annotations = j["annotations"].get<std::map<std::string, std::string>>();
-        if (j.contains("hooks")) s.hooks = j["hooks"];
-        if (j.contains("cgroups")) s.cgroups = j["cgroups"].get<std::vector<std::string>>();
-        if (j.contains("network")) {
-            s.netns = j["network"].at("netns").get<std::string>();
-            s.net_links = j["network"].at("links").get<std::vector<std::string>>();
-            s.net_taps = j["network"].value("taps", std::vector<std::string>{});
-        }
-        return s;
-    } catch (const json::exception& e) {
-        return fail(std::string("corrupt state: ") + e.what(), EINVAL);
+    auto bad = [](const std::string& what) { return fail("corrupt state: " + what, EINVAL); };
+    if (!j.is_object()) return bad("not a JSON object");
+    static const char* const kRequired[] = {"id",  "bundle",    "rootfs",  "status",    "created",
+                                            "owner", "pid", "pid_start", "vmm_pid", "vmm_start", "annotations"};
+    static const char* const kOptional[] = {"hooks", "cgroups", "network", "sandbox", "exit_code", "exit_signal"};
+    for (const auto& [k, v] : j.items()) {
+        bool known = false;
+        for (const char* n : kRequired) known |= k == n;
+        for (const char* n : kOptional) known |= k == n;
+        if (!known) return bad("unknown key " + k);
     }
+    for (const char* n : kRequired)
+        if (!j.contains(n)) return bad(std::string("missing ") + n);
+    auto str = [&](const json& v, const std::string& k) -> Result<std::string> {
+        if (!v.is_string()) return bad(k + ": not a string");
+        return v.get<std::string>();
+    };
+    auto strings = [&](const json& v, const std::string& k) -> Result<std::vector<std::string>> {
+        if (!v.is_array()) return bad(k + ": not a list of strings");
+        std::vector<std::string> out;
+        for (const auto& e : v) out.push_back(TRY(str(e, k)));
+        return out;
+    };
+    auto integer = [&](const json& v, const std::string& k, int64_t lo, uint64_t hi) -> Result<int64_t> {
+        if (v.is_number_unsigned() && v.get<uint64_t>() <= hi) return int64_t(v.get<uint64_t>());
+        if (v.is_number_integer() && !v.is_number_unsigned() && v.get<int64_t>() >= lo &&
+            (v.get<int64_t>() < 0 || uint64_t(v.get<int64_t>()) <= hi))
+            return v.get<int64_t>();
+        return bad(k + ": not an integer in range");
+    };
+    State s;
+    s.id = TRY(str(j["id"], "id"));
+    s.bundle = TRY(str(j["bundle"], "bundle"));
+    s.rootfs = TRY(str(j["rootfs"], "rootfs"));
+    s.status = TRY(str(j["status"], "status"));
+    s.created = TRY(str(j["created"], "created"));
+    s.owner = TRY(str(j["owner"], "owner"));
+    s.pid = pid_t(TRY(integer(j["pid"], "pid", 0, INT32_MAX)));
+    s.pid_start = uint64_t(TRY(integer(j["pid_start"], "pid_start", 0, INT64_MAX)));
+    s.vmm_pid = pid_t(TRY(integer(j["vmm_pid"], "vmm_pid", 0, INT32_MAX)));
+    s.vmm_start = uint64_t(TRY(integer(j["vmm_start"], "vmm_start", 0, INT64_MAX)));
+    if (!j["annotations"].is_object()) return bad("annotations: not an object");
+    for (const auto& [k, v] : j["annotations"].items()) s.annotations[k] = TRY(str(v, "annotations." + k));
+    if (j.contains("hooks")) s.hooks = j["hooks"];  // config.json's, parsed again where they run (parse_hooks)
+    if (j.contains("cgroups")) s.cgroups = TRY(strings(j["cgroups"], "cgroups"));
+    if (j.contains("network")) {
+        const json& n = j["network"];
+        if (!n.is_object()) return bad("network: not an object");
+        for (const auto& [k, v] : n.items())
+            if (k != "netns" && k != "links" && k != "taps") return bad("network: unknown key " + k);
+        if (!n.contains("netns") || !n.contains("links")) return bad("network: missing netns or links");
+        s.netns = TRY(str(n["netns"], "network.netns"));
+        s.net_links = TRY(strings(n["links"], "network.links"));
+        if (n.contains("taps")) s.net_taps = TRY(strings(n["taps"], "network.taps"));
+    }
+    if (j.contains("sandbox")) s.sandbox = TRY(str(j["sandbox"], "sandbox"));
+    if (j.contains("exit_code")) s.exit_code = int(TRY(integer(j["exit_code"], "exit_code", INT32_MIN, INT32_MAX)));
+    if (j.contains("exit_signal")) s.exit_signal = int(TRY(integer(j["exit_signal"], "exit_signal", 0, 64)));
+    return s;
 }
 
 Result<State> read_state(const StatePaths& p) {

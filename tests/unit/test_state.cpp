@@ -5,6 +5,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <functional>
 #include <sstream>
 
 #include <catch2/catch.hpp>
@@ -108,6 +109,36 @@ TEST_CASE("corrupt state is an error, not a crash", "[state]") {
     CHECK_FALSE(read_state(p));
     REQUIRE(sys::write_file(p.state_json, R"({"id": 5})"));
     CHECK_FALSE(read_state(p));
+}
+
+TEST_CASE("state.json is decoded strictly: every key, its type, its range", "[state]") {
+    State s;
+    s.id = "c1";
+    s.bundle = "/b";
+    s.pid = 42;
+    s.exit_signal = 9;
+    s.sandbox = "pod";
+    s.net_taps = {"tap0_husk"};  // (a tap without a link: still a network entry to decode)
+    nlohmann::json good = state_to_json(s);
+    auto back = state_from_json(good);
+    REQUIRE(back);
+    CHECK(state_to_json(*back) == good);
+    auto why = [&](const std::function<void(nlohmann::json&)>& edit) {
+        nlohmann::json j = good;
+        edit(j);
+        auto r = state_from_json(j);
+        return r ? std::string("decoded") : r.error().message;
+    };
+    CHECK(why([](auto& j) { j["pid"] = 2.5e58; }) == "corrupt state: pid: not an integer in range");  // (fuzz_files)
+    CHECK(why([](auto& j) { j["pid"] = -1; }) == "corrupt state: pid: not an integer in range");
+    CHECK(why([](auto& j) { j["pid"] = "42"; }) == "corrupt state: pid: not an integer in range");
+    CHECK(why([](auto& j) { j["exit_signal"] = 4096; }) == "corrupt state: exit_signal: not an integer in range");
+    CHECK(why([](auto& j) { j.erase("owner"); }) == "corrupt state: missing owner");
+    CHECK(why([](auto& j) { j["ownre"] = ""; }) == "corrupt state: unknown key ownre");
+    CHECK(why([](auto& j) { j["annotations"]["a"] = 1; }) == "corrupt state: annotations.a: not a string");
+    CHECK(why([](auto& j) { j["cgroups"] = {"/a", 2}; }) == "corrupt state: cgroups: not a string");
+    CHECK(why([](auto& j) { j["network"]["x"] = 1; }) == "corrupt state: network: unknown key x");
+    CHECK(why([](auto& j) { j["status"] = nullptr; }) == "corrupt state: status: not a string");
 }
 
 TEST_CASE("the lock serialises and notices deletion", "[state]") {
