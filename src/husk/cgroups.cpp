@@ -1,12 +1,15 @@
 #include "husk/cgroups.h"
 
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <csignal>
 #include <climits>
 #include <map>
 #include <sstream>
+#include <thread>
 
 #include "sys/sys.h"
 
@@ -350,6 +353,43 @@ Result<void> make_host_cgroups(const std::vector<std::string>& dirs) {
 
 void remove_host_cgroups(const std::vector<std::string>& dirs) {
     for (const auto& d : dirs) ::rmdir(d.c_str());
+}
+
+static std::vector<pid_t> procs_in(const std::vector<std::string>& dirs) {
+    std::vector<pid_t> out;
+    for (const auto& d : dirs) {
+        std::istringstream in(sys::read_file(d + "/cgroup.procs").value_or(""));
+        for (long pid; in >> pid;)
+            if (pid > 0 && std::find(out.begin(), out.end(), pid_t(pid)) == out.end()) out.push_back(pid_t(pid));
+    }
+    return out;
+}
+
+size_t kill_host_cgroup_procs(const std::vector<std::string>& dirs, std::chrono::milliseconds grace,
+                              std::chrono::milliseconds timeout) {
+    auto start = std::chrono::steady_clock::now();
+    size_t killed = 0;
+    for (;;) {
+        auto pids = procs_in(dirs);
+        pids.erase(std::remove(pids.begin(), pids.end(), ::getpid()), pids.end());
+        auto now = std::chrono::steady_clock::now();
+        if (pids.empty() || now >= start + timeout) return killed;
+        if (now < start + grace) {  // going by themselves (their VM was stopped): let them
+            std::this_thread::sleep_for(std::chrono::milliseconds(20));
+            continue;
+        }
+        for (pid_t pid : pids) {
+            // The pidfd names the process that has the pid now; still
+            // listed after it was taken, it is ours (a pid reused by a
+            // process elsewhere is never signalled).
+            auto fd = sys::pidfd_open(pid);
+            if (!fd) continue;
+            auto now = procs_in(dirs);
+            if (std::find(now.begin(), now.end(), pid) == now.end()) continue;
+            if (::syscall(SYS_pidfd_send_signal, fd->get(), SIGKILL, nullptr, 0) == 0) ++killed;
+        }
+        std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
 }
 
 std::vector<std::pair<std::string, std::string>> host_cgroup_limits(const json& res, std::optional<uint64_t> vm_bound,

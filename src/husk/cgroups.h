@@ -4,6 +4,7 @@
 // into the cgroup the caller named in cgroupsPath, so host accounting
 // (podman stats, systemd, the caller's limits) still sees the container.
 #pragma once
+#include <chrono>
 #include <optional>
 #include <string>
 #include <utility>
@@ -52,6 +53,15 @@ Result<std::vector<std::string>> host_cgroup_dirs(const std::string& cgroups_pat
 Result<void> make_host_cgroups(const std::vector<std::string>& dirs);
 // Remove them, deepest first; the ones that are busy or gone are left.
 void remove_host_cgroups(const std::vector<std::string>& dirs);
+// Wait up to `grace` for the processes in them (but the caller) to go,
+// then SIGKILL what is left until none is or `timeout` passes; returns how
+// many signals went. What `delete` does
+// before removing a container's groups, as runc's delete kills what its
+// cgroup holds: a sandbox's shim that handed its VM over to a fork of
+// itself (its heir, in no state file) is still in them while it serves
+// the members, and would keep the groups busy.
+size_t kill_host_cgroup_procs(const std::vector<std::string>& dirs, std::chrono::milliseconds grace,
+                              std::chrono::milliseconds timeout);
 
 // What bounds the VM on the host, in those directories: the CPU limits as
 // the spec says them (v1 cpu.shares/cfs_*, v2 cpu.weight/cpu.max), the

@@ -474,6 +474,8 @@ Result<void> delete_container(const Globals& g, const std::string& id, bool forc
             nlohmann::json req = {{"op", "remove"}};
             (void)shim_call(shim_route(g, *st, req), req, 10000);
         }
+        if (auto n = kill_host_cgroup_procs(st->cgroups, std::chrono::seconds(1), std::chrono::milliseconds(defaults::kStopTimeoutMs)))
+            log::debug("delete " + id + ": killed " + std::to_string(n) + " processes left in its host cgroup");
         remove_host_cgroups(st->cgroups);
     } else if (st.error().code != ENOENT && !force) {
         return fail("read state: " + st.error().message + " (use --force to remove)", st.error().code);

@@ -305,7 +305,12 @@ def test_the_vm_outlives_the_sandbox_container_for_its_members(husk, bundle, tmp
     assert r.stdout == b"still-here\n"
     r = husk("create", "-b", bundle(["true"], edit=ns_paths(spid)), "late2")
     assert r.returncode != 0, "no container joins a stopped sandbox"
+    cgroups = husk.state_file(sid)["cgroups"]
+    assert cgroups and all(os.path.isdir(d) for d in cgroups)
     husk("delete", sid, check=True)  # the VM goes with it, and its members
+    # ... and so do its host cgroups, which its heir (the shim's fork that
+    # kept the VM for the member) was still in (bench/chaos found them left).
+    assert not [d for d in cgroups if os.path.exists(d)]
     wait_for(lambda: husk.state(mid)["status"] == "stopped", "the member stops with the VM")
     husk("delete", mid, check=True)
 
