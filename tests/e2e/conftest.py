@@ -106,11 +106,14 @@ class Husk:
     def __init__(self, root, tmp):
         self.root = root
         self.tmp = tmp
+        self.ids = set()  # every container this test made: none may leave a host cgroup
 
     def cmd(self, *args, glob=()):
         return [HUSK, "--root", self.root, *glob, *args]
 
     def __call__(self, *args, input=None, timeout=TIMEOUT, check=False, glob=(), env=None, prefix=(), **kw):
+        if args and args[0] in ("create", "run", "restore"):
+            self.ids.add(args[-1])
         # stdout/stderr go to files, not pipes: after `create` or `run -d`
         # the shim keeps them open (as runc's init does), so a pipe would
         # never reach EOF.
@@ -149,6 +152,35 @@ def husk(tmp_path):
     reap()
     assert_no_leaks(root)
     assert not leftover, f"test left containers behind: {leftover}"
+    cgroups = [os.path.join(base, cid) for cid in h.ids for base in CGROUP_BASES if os.path.isdir(os.path.join(base, cid))]
+    assert not cgroups, f"leaked host cgroups: {cgroups}"
+
+
+def cgroup_bases():
+    """Where husk makes a container's host cgroups when the spec names
+    none (lifecycle.cpp, host_cgroups): under this process's own group in
+    every hierarchy (husk is our child, so its groups are ours)."""
+    mounts = {}
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            fields = line.split()
+            sep = fields.index("-")
+            if fields[sep + 1] in ("cgroup", "cgroup2"):
+                opts = set(fields[sep + 3].split(",")) if fields[sep + 1] == "cgroup" else {""}
+                mounts[frozenset(opts)] = fields[4]
+    bases = []
+    with open("/proc/self/cgroup") as f:
+        for line in f:
+            _, ctrls, path = line.rstrip("\n").split(":", 2)
+            want = set(ctrls.split(",")) if ctrls else {""}
+            for opts, mnt in mounts.items():
+                if want <= opts:
+                    bases.append(mnt + path.rstrip("/"))
+                    break
+    return bases
+
+
+CGROUP_BASES = cgroup_bases()
 
 
 def assert_no_leaks(root):
