@@ -5,8 +5,8 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <csignal>
 #include <climits>
+#include <csignal>
 #include <map>
 #include <sstream>
 #include <thread>
@@ -384,8 +384,8 @@ size_t kill_host_cgroup_procs(const std::vector<std::string>& dirs, std::chrono:
             // process elsewhere is never signalled).
             auto fd = sys::pidfd_open(pid);
             if (!fd) continue;
-            auto now = procs_in(dirs);
-            if (std::find(now.begin(), now.end(), pid) == now.end()) continue;
+            auto listed = procs_in(dirs);
+            if (std::find(listed.begin(), listed.end(), pid) == listed.end()) continue;
             if (::syscall(SYS_pidfd_send_signal, fd->get(), SIGKILL, nullptr, 0) == 0) ++killed;
         }
         std::this_thread::sleep_for(std::chrono::milliseconds(20));

@@ -55,9 +55,8 @@ Result<void> make_host_cgroups(const std::vector<std::string>& dirs);
 void remove_host_cgroups(const std::vector<std::string>& dirs);
 // Wait up to `grace` for the processes in them (but the caller) to go,
 // then SIGKILL what is left until none is or `timeout` passes; returns how
-// many signals went. What `delete` does
-// before removing a container's groups, as runc's delete kills what its
-// cgroup holds: a sandbox's shim that handed its VM over to a fork of
+// many signals went. What `delete` does before removing a container's
+// groups, as runc's delete kills what its cgroup holds: a sandbox's shim that handed its VM over to a fork of
 // itself (its heir, in no state file) is still in them while it serves
 // the members, and would keep the groups busy.
 size_t kill_host_cgroup_procs(const std::vector<std::string>& dirs, std::chrono::milliseconds grace,

@@ -6,8 +6,8 @@
 
 #include <algorithm>
 #include <cerrno>
-#include <cstdio>
 #include <chrono>
+#include <cstdio>
 #include <cstdlib>
 #include <ctime>
 #include <memory>
@@ -249,8 +249,10 @@ Result<bool> publish(const std::string& d, const std::string& shape, int fd, uin
     auto sealed = TRY(sys::open(d, O_TMPFILE | O_RDWR, 0600));
     TRY(sys::write_all(sealed.get(), seal_to_json(seal)));
     if (!TRY(link_as(sealed.get(), seal_path(d, key)))) {
-        prune(d, max_bytes, key);  // (a seal left by a maker that died is gone after a minute)
-        return false;
+        // Another maker's, or one a maker that died left (gone once it is
+        // a minute old: then ours may take the name).
+        prune(d, max_bytes);
+        if (!TRY(link_as(sealed.get(), seal_path(d, key)))) return false;
     }
     if (!TRY(link_as(fd, state_path(d, key)))) return false;  // (never sealed: a reader drops it)
     // Named (which moved its ctime): from now on, unchanged means the same.
