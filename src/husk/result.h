@@ -20,8 +20,16 @@ struct Error {
     }
 };
 
+// [[nodiscard]]: a Result dropped on the floor is a compile error (with
+// -Werror); the installed tl::expected (1.0) is not marked. Write
+// `(void)call()` where an error truly does not matter, and say why.
 template <typename T = void>
-using Result = tl::expected<T, Error>;
+class [[nodiscard]] Result : public tl::expected<T, Error> {
+public:
+    using tl::expected<T, Error>::expected;
+    Result(tl::expected<T, Error>&& e) : tl::expected<T, Error>(std::move(e)) {}
+    Result(const tl::expected<T, Error>& e) : tl::expected<T, Error>(e) {}
+};
 
 inline tl::unexpected<Error> fail(std::string msg, int code = 0) {
     return tl::unexpected(Error{code, std::move(msg)});
