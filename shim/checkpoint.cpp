@@ -30,12 +30,9 @@ std::string Shim::checkpoint_refusal() const {
     return "";
 }
 
-void Shim::start_checkpoint(uint64_t cid, const json& req) {
-    if (!req.contains("image_path") || !req["image_path"].is_string() || req["image_path"].get<std::string>().empty() ||
-        req["image_path"].get<std::string>()[0] != '/' || (req.contains("leave_running") && !req["leave_running"].is_boolean()))
-        return reply(cid, false, "malformed request");
+void Shim::start_checkpoint(uint64_t cid, const proto::ControlRequest& req) {
     if (auto why = checkpoint_refusal(); !why.empty()) return reply(cid, false, "checkpoint: " + why);
-    checkpoint_ = CheckpointJob{cid, req["image_path"], req.value("leave_running", false), "", Clock::now(), {}};
+    checkpoint_ = CheckpointJob{cid, req.image_path, req.leave_running, "", Clock::now(), {}};
     clients_[cid].busy = true;  // answered once the save is done (checkpoint_answered)
     log::debug("checkpoint: into " + checkpoint_->dir + (checkpoint_->leave_running ? ", leaving it running" : ""));
     ses_.request("quiesce", json::object());
@@ -50,7 +47,7 @@ void Shim::checkpoint_answered(const std::string& method, bool ok) {
         checkpoint_.reset();
         if (!ok && job.error.empty()) job.error = "checkpoint: the agent did not resume";
         if (!job.error.empty()) return reply(job.client, false, job.error);
-        return reply(job.client, json{{"ok", true}, {"stats", checkpoint::stats_to_json(job.stats)}});
+        return reply(job.client, proto::ControlReply{.stats = checkpoint::stats_to_json(job.stats)});
     }
     if (!ok) {
         checkpoint_.reset();
@@ -62,7 +59,7 @@ void Shim::checkpoint_answered(const std::string& method, bool ok) {
         // Checkpointed: the container ends here, as runc's does (the caller
         // deletes it). The VMM goes at once, paused, its disk saved.
         log::debug("checkpoint: saved in " + std::to_string(ms_since(job.began)) + " ms; the container stops");
-        reply(job.client, json{{"ok", true}, {"stats", checkpoint::stats_to_json(*saved)}});
+        reply(job.client, proto::ControlReply{.stats = checkpoint::stats_to_json(*saved)});
         flush_client(job.client);
         vm_.reset();
         finish(0, SIGKILL);

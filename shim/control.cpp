@@ -15,11 +15,11 @@ void Shim::created(bool ok, const std::string& error) {
 
 // Answer a client. One-shot clients are done after their reply; exec
 // sessions stay until their process exits.
-void Shim::reply(uint64_t cid, const json& r) {
+void Shim::reply(uint64_t cid, const proto::ControlReply& r) {
     auto it = clients_.find(cid);
     if (it == clients_.end()) return;
     it->second.busy = false;
-    send_line(cid, r.dump() + "\n", !it->second.session);
+    send_line(cid, proto::to_json(r).dump() + "\n", !it->second.session);
 }
 
 // Queue a line for a client and write what its socket takes now; with
@@ -72,14 +72,14 @@ void Shim::retire_execs() {
             ++it;
             continue;
         }
-        json ex = p.sig ? json{{"signal", *p.sig}} : json{{"code", p.code.value_or(255)}};
+        proto::SessionExit ex{.code = p.sig ? std::nullopt : std::optional<int>(p.code.value_or(255) & 0xff), .signal = p.sig};
         if (Member* m = member_of_proc(p.idx)) {
             m->exited = true;
             set_member_status(p.container, status::kStopped, p.sig ? std::nullopt : std::optional<int>(p.code.value_or(255)), p.sig);
         }
         uint64_t w = p.waiter;
         it = ses_.procs.erase(it);
-        send_line(w, json{{"exit", ex}}.dump() + "\n", true);
+        send_line(w, proto::to_json(ex).dump() + "\n", true);
     }
 }
 
@@ -102,21 +102,19 @@ void Shim::on_client(uint64_t cid) {
         if (nl == std::string::npos) return;
         std::string line = it->second.in.substr(0, nl);
         it->second.in.erase(0, nl + 1);
-        try {
-            on_client_line(cid, line);
-        } catch (const json::exception&) {
-            // A field of the wrong type (json::value() throws): the client's
-            // mistake, never the end of the container.
-            reply(cid, false, "malformed request");
-        }
+        on_client_line(cid, line);
     }
 }
 
 void Shim::on_client_line(uint64_t cid, const std::string& line) {
     auto& c = clients_[cid];
-    json req = json::parse(line, nullptr, false);
-    if (!req.is_object() || !req.contains("op") || !req["op"].is_string()) return reply(cid, false, "malformed request");
-    std::string op = req["op"];
+    // Strict (protocol/control.h): a malformed request is refused, saying
+    // what is wrong with it; it never reaches the guest.
+    auto decoded = proto::control_request_from_json(json::parse(line, nullptr, false));
+    if (!decoded) return reply(cid, proto::refused("malformed request: " + decoded.error().message, EPROTO));
+    const proto::ControlRequest& req = *decoded;
+    using proto::Op;
+    Op op = req.op;
     bool live = ses_.phase == Phase::Created || ses_.phase == Phase::Running;
     if (checkpoint_) {
         // Nothing new for the guest until the save is done (checkpoint.cpp).
@@ -127,23 +125,24 @@ void Shim::on_client_line(uint64_t cid, const std::string& line) {
         // An exec session: signals and window sizes for its process.
         auto p = ses_.procs.find(c.proc);
         if (p == ses_.procs.end() || p->second.exited) return;
-        if (op == "signal" && req.contains("signal") && req["signal"].is_number_integer())
-            ses_.request("kill", {{"process", c.proc}, {"signal", req["signal"].get<int>()}, {"all", false}});
-        else if (op == "resize" && p->second.tty)
-            ses_.request("resize", {{"process", c.proc}, {"rows", req.value("rows", 0)}, {"cols", req.value("cols", 0)}});
+        if (op == Op::Signal)
+            ses_.request("kill", {{"process", c.proc}, {"signal", req.signal}, {"all", false}});
+        else if (op == Op::Resize && p->second.tty)
+            ses_.request("resize", {{"process", c.proc}, {"rows", req.rows}, {"cols", req.cols}});
         return;
     }
-    if (req.contains("container") && req["container"].is_string() && req["container"] != args_.id)
-        return on_member_line(cid, op, req);
-    if (op == "start") {
+    if (op == Op::Signal || op == Op::Resize) return reply(cid, false, std::string(proto::op_name(op)) + ": not in a session");
+    if (!req.container.empty() && req.container != args_.id) return on_member_line(cid, req);
+    if (op == Op::Create) return reply(cid, false, "container " + args_.id + " is this sandbox's own");
+    if (op == Op::Start) {
         if (ses_.phase != Phase::Created) return reply(cid, false, "container is not in created state");
         if (ses_.procs[0].tty) send_resize(0, tty_slave_.get());  // the caller's size, before the process looks
         ses_.request("start", {{"process", 0}}, cid);
-    } else if (op == "kill") {
+    } else if (op == Op::Kill) {
         if (ses_.phase == Phase::Exiting) return reply(cid, false, "container not running");
         if (!live) return reply(cid, false, "container is not created yet");
-        int sig = req.value("signal", SIGTERM);
-        json params = {{"process", 0}, {"signal", sig}, {"all", req.value("all", false)}};
+        int sig = req.signal;
+        json params = {{"process", 0}, {"signal", sig}, {"all", req.all}};
         if (paused_) {
             // The agent cannot answer while the vCPUs are stopped. SIGKILL
             // wakes the VM so the container dies (runc thaws for it too);
@@ -161,32 +160,29 @@ void Shim::on_client_line(uint64_t cid, const std::string& line) {
         // it in time (hung, or its agent wedged) loses its VM instead.
         if (sig == SIGKILL && !kill_deadline_)
             kill_deadline_ = Clock::now() + std::chrono::milliseconds(defaults::kGuestKillTimeoutMs);
-    } else if (op == "pause" || op == "resume") {
+    } else if (op == Op::Pause || op == Op::Resume) {
         if (ses_.phase != Phase::Running) return reply(cid, false, "container is not running");
-        if (paused_ == (op == "pause")) return reply(cid, false, std::string("container is ") + (paused_ ? "already paused" : "not paused"));
-        auto r = set_paused(op == "pause");
+        if (paused_ == (op == Op::Pause)) return reply(cid, false, std::string("container is ") + (paused_ ? "already paused" : "not paused"));
+        auto r = set_paused(op == Op::Pause);
         reply(cid, bool(r), r ? "" : r.error().message);
-    } else if (op == "ps" || op == "update" || op == "stats") {
+    } else if (op == Op::Ps || op == Op::Update || op == Op::Stats) {
         // Questions for the guest, which cannot answer while paused.
         if (!live) return reply(cid, false, "container is not running");
         if (paused_) return reply(cid, false, "container is paused");
-        std::optional<json> files;
-        if (op == "update" && !(files = guest_update_files(req.value("files", json::array()), nullptr)))
-            return reply(cid, false, "malformed request");
-        json params = op == "ps"       ? json{{"process", 0}}
-                      : op == "update" ? json{{"files", *files}}
-                                       : json{{"files", stats_files()}};
+        json params = op == Op::Ps       ? json{{"process", 0}}
+                      : op == Op::Update ? json{{"files", guest_update_files(req.files, nullptr)}}
+                                         : json{{"files", stats_files()}};
         // The guest cgroup's cpuset may name vCPUs still offline: the agent
         // brings the online ones to this many first.
-        if (op == "update" && max_vcpus_ > 1) params["vcpus"] = vcpus_;
-        ses_.request(op, params, cid);
-    } else if (op == "checkpoint") {
+        if (op == Op::Update && max_vcpus_ > 1) params["vcpus"] = vcpus_;
+        ses_.request(proto::op_name(op), params, cid);
+    } else if (op == Op::Checkpoint) {
         start_checkpoint(cid, req);
-    } else if (op == "exec") {
+    } else if (op == Op::Exec) {
         if (!live) return reply(cid, false, ses_.phase == Phase::Exiting ? "container is stopping" : "container is not created yet");
         start_exec(cid, req);
     } else {
-        reply(cid, false, "unknown op " + op);
+        reply(cid, false, std::string(proto::op_name(op)) + ": not for a sandbox's own container");  // remove: a member's
     }
 }
 
@@ -257,13 +253,6 @@ Result<json> Shim::setup_extra_fds(Proc& p, std::vector<sys::Fd> fds) {
     return flows;
 }
 
-// A request's "preserve_fds" (0 when absent); nullopt when out of bounds.
-std::optional<int> preserve_fds_of(const json& req) {
-    int n = req.contains("preserve_fds") && req["preserve_fds"].is_number_integer() ? req["preserve_fds"].get<int>() : 0;
-    if (n < 0 || n > kMaxPreservedFds) return std::nullopt;
-    return n;
-}
-
 // A process index no live process has, wrapping below proto::kMaxProcess.
 uint32_t Shim::new_proc_index() {
     while (next_proc_ == 0 || next_proc_ > proto::kMaxProcess || ses_.procs.count(next_proc_))
@@ -273,27 +262,25 @@ uint32_t Shim::new_proc_index() {
 
 // An exec: its stdio came as fds. The connection stays open as the
 // session that gets the exit. `container`: a pod member's id, or "".
-void Shim::start_exec(uint64_t cid, const json& req) {
+void Shim::start_exec(uint64_t cid, const proto::ControlRequest& req) {
     auto& c = clients_[cid];
-    if (!req.contains("process") || !req["process"].is_object()) return reply(cid, false, "exec: no process");
-    std::string container = req.value("container", "");
-    bool tty = req["process"].value("terminal", false);
-    auto preserve = preserve_fds_of(req);
-    if (!preserve) return reply(cid, false, "malformed request");
+    std::string container = req.container == args_.id ? "" : req.container;
+    // (The agent decodes the process's parameters; its terminal is ours to know.)
+    bool tty = req.process.contains("terminal") && req.process["terminal"].is_boolean() && req.process["terminal"].get<bool>();
     uint32_t idx = new_proc_index();
     Proc& p = ses_.procs[idx];
     p.idx = idx;
     p.tty = tty;
     p.waiter = cid;
     p.container = container;
-    auto extra = setup_stdio(cid, p, tty, *preserve);
+    auto extra = setup_stdio(cid, p, tty, req.preserve_fds);
     if (!extra) {
         ses_.procs.erase(idx);
         return reply(cid, false, "exec: " + extra.error().message);
     }
     c.session = true;
     c.proc = idx;
-    json process = req["process"];
+    json process = req.process;
     if (!extra->empty()) process["extra_fds"] = *extra;
     ses_.request("exec", {{"process_index", idx}, {"process", process}, {"container", container.empty() ? args_.id : container}},
                  cid, idx);
@@ -304,18 +291,12 @@ void Shim::start_exec(uint64_t cid, const json& req) {
 // A memory limit past what the VM holds for the container grows the VM
 // (fit_memory). `member`: a pod member's update (the VM's pinning is the
 // sandbox's alone).
-std::optional<json> Shim::guest_update_files(const json& files, Member* member) {
-    if (!files.is_array()) return std::nullopt;
-    std::vector<std::pair<std::string, std::string>> w;
-    for (const auto& f : files) {
-        if (!f.is_array() || f.size() != 2 || !f[0].is_string() || !f[1].is_string()) return std::nullopt;
-        w.emplace_back(f[0], f[1]);
-    }
+json Shim::guest_update_files(std::vector<std::pair<std::string, std::string>> w, Member* member) {
     for (const auto& [k, v] : w)
         if (k == "cpuset.cpus" && vm_ && !member)
             if (auto r = pin_vmm(v); !r) log::warn("update: " + r.error().message);
     if (!member) fit_vcpus(w);
-    if (auto mib = memory_max_mib(files)) {
+    if (auto mib = memory_max_mib(w)) {
         if (member) member->memory_mib = *mib;
         else own_extra_mib_ = *mib + defaults::kMemoryOverheadMiB > vm_mib_ ? *mib + defaults::kMemoryOverheadMiB - vm_mib_ : 0;
         fit_memory("update");
@@ -339,10 +320,10 @@ void Shim::fit_vcpus(const std::vector<std::pair<std::string, std::string>>& w) 
 }
 
 // The MiB a [[file, value], ...] update's memory.max asks for, if a number.
-std::optional<uint64_t> Shim::memory_max_mib(const json& files) {
-    for (const auto& f : files)
-        if (f.is_array() && f.size() == 2 && f[0] == "memory.max" && f[1].is_string()) {
-            auto bytes = decimal_figure(f[1].get<std::string>());
+std::optional<uint64_t> Shim::memory_max_mib(const std::vector<std::pair<std::string, std::string>>& files) {
+    for (const auto& [k, v] : files)
+        if (k == "memory.max") {
+            auto bytes = decimal_figure(v);
             if (!bytes) return std::nullopt;
             return (*bytes + (1 << 20) - 1) >> 20;
         }

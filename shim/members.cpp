@@ -96,50 +96,47 @@ void Shim::unmount_member(Member& m) {
 }
 
 // A request about a container that joined the sandbox.
-void Shim::on_member_line(uint64_t cid, const std::string& op, const json& req) {
-    std::string id = req["container"];
+void Shim::on_member_line(uint64_t cid, const proto::ControlRequest& req) {
+    using proto::Op;
+    const std::string& id = req.container;
+    Op op = req.op;
     bool live = ses_.phase == Phase::Created || ses_.phase == Phase::Running || handed_over_;
     if (!live) return reply(cid, false, ses_.phase == Phase::Exiting ? "the pod's sandbox is stopping" : "the pod's sandbox is not created yet");
-    if (handed_over_ && op == "create") return reply(cid, false, "the pod's sandbox has stopped: no container can join it");
+    if (handed_over_ && op == Op::Create) return reply(cid, false, "the pod's sandbox has stopped: no container can join it");
     if (paused_) return reply(cid, false, "the pod's sandbox is paused");
-    if (op == "create") return create_member(cid, id, req);
+    if (op == Op::Create) return create_member(cid, req);
     auto it = members_.find(id);
     if (it == members_.end() || !it->second.created) return reply(cid, false, "container " + id + " is not in this sandbox");
     Member& m = it->second;
     auto init = ses_.procs.find(m.init);
     bool running = init != ses_.procs.end() && !init->second.exited;
-    if (op == "remove") {
+    if (op == Op::Remove) {
         // Its processes and group in the guest, then its share here.
         return (void)ses_.request("remove", {{"container", id}}, cid, m.init);
     }
     if (!running) return reply(cid, false, "container not running");
-    if (op == "start") {
+    if (op == Op::Start) {
         if (m.started) return reply(cid, false, "container is not in created state");
         ses_.request("start", {{"process", m.init}}, cid, m.init);
-    } else if (op == "kill") {
-        ses_.request("kill", {{"process", m.init}, {"signal", req.value("signal", SIGTERM)}, {"all", req.value("all", false)}}, cid);
-    } else if (op == "pause" || op == "resume") {
-        bool on = op == "pause";
+    } else if (op == Op::Kill) {
+        ses_.request("kill", {{"process", m.init}, {"signal", req.signal}, {"all", req.all}}, cid);
+    } else if (op == Op::Pause || op == Op::Resume) {
+        bool on = op == Op::Pause;
         if (m.paused == on) return reply(cid, false, std::string("container is ") + (on ? "already paused" : "not paused"));
         m.paused = on;  // as asked; the answer may still refuse it
         set_member_status(id, on ? status::kPaused : status::kRunning);
         ses_.request("freeze", {{"container", id}, {"frozen", on}}, cid, m.init);
-    } else if (op == "ps" || op == "update" || op == "stats") {
+    } else if (op == Op::Ps || op == Op::Update || op == Op::Stats) {
         if (m.paused) return reply(cid, false, "container is paused");
         json params = {{"container", id}};
-        if (op == "update") {
-            auto files = guest_update_files(req.contains("files") ? req["files"] : json::array(), &m);
-            if (!files) return reply(cid, false, "malformed request");
-            params["files"] = *files;
-        } else if (op == "stats") {
-            params["files"] = stats_files();
-        }
-        ses_.request(op, params, cid);
-    } else if (op == "exec") {
+        if (op == Op::Update) params["files"] = guest_update_files(req.files, &m);
+        else if (op == Op::Stats) params["files"] = stats_files();
+        ses_.request(proto::op_name(op), params, cid);
+    } else if (op == Op::Exec) {
         if (m.paused) return reply(cid, false, "container is paused");
         start_exec(cid, req);
     } else {
-        reply(cid, false, "unknown op " + op);
+        reply(cid, false, std::string(proto::op_name(op)) + ": not for a pod's member");  // checkpoint
     }
 }
 
@@ -148,20 +145,16 @@ void Shim::on_member_line(uint64_t cid, const std::string& op, const json& req) 
 // the others, in the namespaces it shares with them (req.join: type ->
 // container id). Its stdio came as fds; this connection, from its relay,
 // stays open as the session that gets its exit.
-void Shim::create_member(uint64_t cid, const std::string& id, const json& req) {
+void Shim::create_member(uint64_t cid, const proto::ControlRequest& req) {
+    const std::string& id = req.container;
     if (share_disk_) return reply(cid, false, "this sandbox's VM has its rootfs on a disk (" + hv_->name() +
                                                   "): no container can join it");
     if (!validate_id(id) || id == args_.id || members_.count(id)) return reply(cid, false, "container " + id + " is already in this sandbox");
-    if (!req.contains("bundle") || !req["bundle"].is_string()) return reply(cid, false, "create: no bundle");
-    const json join = req.contains("join") && req["join"].is_object() ? req["join"] : json::object();
-    for (const auto& [type, target] : join.items()) {
-        if (!target.is_string()) return reply(cid, false, "malformed request");
-        std::string t = target;
+    const auto& join = req.join;
+    for (const auto& [type, t] : join)
         if (t != args_.id && !members_.count(t)) return reply(cid, false, "container " + t + " is not in this sandbox");
-    }
-    std::string bundle = req["bundle"];
-    auto preserve = preserve_fds_of(req);
-    if (!preserve) return reply(cid, false, "malformed request");
+    const std::string& bundle = req.bundle;
+    int preserve = req.preserve_fds;
     Member m;
     auto build = [&]() -> Result<json> {
         Spec spec = TRY(load_spec(bundle));
@@ -176,8 +169,11 @@ void Shim::create_member(uint64_t cid, const std::string& id, const json& req) {
         // The stdio first, its preserved fds, then one tree per share entry.
         std::vector<sys::Fd> trees;
         auto& fds = clients_[cid].fds;
-        size_t nstdio = (spec.process->terminal ? 1 : 3) + size_t(*preserve);
-        if (fds.size() < nstdio) return fail("expected its stdio and preserved fds", EINVAL);
+        size_t nstdio = (spec.process->terminal ? 1 : 3) + size_t(preserve);
+        if (fds.size() != nstdio + req.trees)
+            return fail("expected its stdio, " + std::to_string(preserve) + " preserved fds and " + std::to_string(req.trees) +
+                            " mount trees, got " + std::to_string(fds.size()) + " fds",
+                        EINVAL);
         for (size_t i = nstdio; i < fds.size(); ++i) trees.push_back(std::move(fds[i]));
         fds.resize(nstdio);
         TRY_CTX(bind_shares(plan, &m.mounts, &trees), "share rootfs");
@@ -187,7 +183,7 @@ void Shim::create_member(uint64_t cid, const std::string& id, const json& req) {
         // What it shares is the other container's; what it does not, its own.
         json own = json::array();
         for (const auto& n : p["namespaces"])
-            if (!join.contains(n.get<std::string>())) own.push_back(n);
+            if (!join.count(n.get<std::string>())) own.push_back(n);
         p["namespaces"] = own;
         if (!join.empty()) p["join"] = join;
         for (const char* stage : {"createContainer", "startContainer"})
@@ -211,7 +207,7 @@ void Shim::create_member(uint64_t cid, const std::string& id, const json& req) {
     p.tty = (*params)["process"].value("terminal", false);
     p.waiter = cid;
     p.container = id;
-    auto extra = setup_stdio(cid, p, p.tty, *preserve);
+    auto extra = setup_stdio(cid, p, p.tty, preserve);
     if (!extra) {
         ses_.procs.erase(idx);
         unmount_member(m);

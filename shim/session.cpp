@@ -29,7 +29,7 @@ uint64_t Session::request(const std::string& method, const json& params, uint64_
     return id;
 }
 
-void Session::answer_pending(const std::string& method, const json& r) {
+void Session::answer_pending(const std::string& method, const proto::ControlReply& r) {
     for (auto it = pending_.begin(); it != pending_.end();) {
         if (it->second.method != method) {
             ++it;
@@ -71,17 +71,13 @@ void Session::forget_client(uint64_t client) {
         if (pd.client == client) pd.client = 0;
 }
 
-void Session::answer(uint64_t client, const json& r) {
+void Session::answer(uint64_t client, const proto::ControlReply& r) {
     if (client) host_.reply(client, r);
 }
 
 void Session::answer(uint64_t client, bool ok, const std::string& err) { answer(client, status_reply(ok, err)); }
 
-json status_reply(bool ok, const std::string& err) {
-    json r = {{"ok", ok}};
-    if (!ok) r["error"] = err;
-    return r;
-}
+proto::ControlReply status_reply(bool ok, const std::string& err) { return ok ? proto::ControlReply{} : proto::refused(err); }
 
 Result<void> Session::on_frame(const proto::Frame& f) {
     using proto::Type;
@@ -232,11 +228,11 @@ Result<void> Session::on_response(const json& r) {
         p->second.started = true;
         const json* pid = r.contains("result") && r["result"].is_object() && r["result"].contains("pid")
                               ? &r["result"]["pid"] : nullptr;
-        answer(pd.client, json{{"ok", true}, {"pid", pid && pid->is_number_integer() ? pid->get<int64_t>() : 0}});
+        answer(pd.client, proto::ControlReply{.pid = pid && pid->is_number_integer() ? pid->get<int64_t>() : 0});
         return {};
     }
     if ((pd.method == "ps" || pd.method == "stats") && ok) {
-        answer(pd.client, json{{"ok", true}, {"result", r.contains("result") ? r["result"] : json::array()}});
+        answer(pd.client, proto::ControlReply{.result = r.contains("result") ? r["result"] : json::array()});
         return {};
     }
     answer(pd.client, ok, err);

@@ -16,6 +16,7 @@
 #include <nlohmann/json.hpp>
 
 #include "husk/result.h"
+#include "protocol/control.h"
 #include "protocol/messages.h"
 #include "protocol/protocol.h"
 #include "sys/sys.h"
@@ -34,9 +35,9 @@ inline long long ms_until(Clock::time_point t) {
     return std::chrono::duration_cast<std::chrono::milliseconds>(t - Clock::now()).count();
 }
 
-// The answer to a client's request that carries no result:
-// {"ok":true} or {"ok":false,"error":err}.
-nlohmann::json status_reply(bool ok, const std::string& err = {});
+// The answer to a client's request that carries no result: ok, or
+// refused with why.
+proto::ControlReply status_reply(bool ok, const std::string& err = {});
 
 // Bytes waiting for a destination fd, with the stream they came from so
 // credit can be returned as they drain.
@@ -123,7 +124,7 @@ public:
     // streams as the agent describes them. An error ends the session.
     virtual Result<void> resumed(const proto::Resumed& /*r*/) { return fail("no checkpoint was restored", EPROTO); }
     // A client's request was answered (`client` is never 0).
-    virtual void reply(uint64_t client, const nlohmann::json& r) = 0;
+    virtual void reply(uint64_t client, const proto::ControlReply& r) = 0;
     // A request of the client's went to the agent.
     virtual void busy(uint64_t client) = 0;
     // A request about process `proc` was answered (before the client hears).
@@ -144,7 +145,7 @@ public:
     // Answer every request of `method` in flight with `r`, now, and forget
     // them (the agent's answers would then be to unknown requests: the
     // caller is done with the guest).
-    void answer_pending(const std::string& method, const nlohmann::json& r);
+    void answer_pending(const std::string& method, const proto::ControlReply& r);
     // The client is gone: answers to its requests go nowhere.
     void forget_client(uint64_t client);
     // A restored template's agent is past its HELLO: greet it and attach.
@@ -171,7 +172,7 @@ private:
     Result<void> on_frame(const proto::Frame& f);
     Result<void> on_response(const nlohmann::json& r);
     Result<void> on_event(const nlohmann::json& e);
-    void answer(uint64_t client, const nlohmann::json& r);
+    void answer(uint64_t client, const proto::ControlReply& r);
     void answer(uint64_t client, bool ok, const std::string& err);
 
     SessionHost& host_;

@@ -80,9 +80,6 @@ struct Args {
 };
 
 Result<Args> parse_args(int argc, char** argv);
-// A shim.sock request's "preserve_fds" (exec, a pod member's create): 0
-// when absent, nullopt when out of bounds.
-std::optional<int> preserve_fds_of(const json& req);
 
 
 // A connection on shim.sock: one request and its reply, or an exec
@@ -143,8 +140,8 @@ private:
     void busy(uint64_t client) override;
     void answered(const std::string& method, uint32_t proc, bool ok) override;
     Result<void> bind_shares(SharePlan& plan, std::vector<std::string>* made, std::vector<sys::Fd>* trees = nullptr);
-    void on_member_line(uint64_t cid, const std::string& op, const json& req);
-    void create_member(uint64_t cid, const std::string& id, const json& req);
+    void on_member_line(uint64_t cid, const proto::ControlRequest& req);
+    void create_member(uint64_t cid, const proto::ControlRequest& req);
     Result<json> setup_stdio(uint64_t cid, Proc& p, bool tty, int preserve_fds);
     Result<json> setup_extra_fds(Proc& p, std::vector<sys::Fd> fds);
     uint32_t new_proc_index();
@@ -154,27 +151,27 @@ private:
     void set_member_status(const std::string& id, const char* st, std::optional<int> code = {}, std::optional<int> sig = {});
     void fit_memory(const std::string& why);
     void fit_vcpus(const std::vector<std::pair<std::string, std::string>>& w);
-    std::optional<uint64_t> memory_max_mib(const json& files);
+    std::optional<uint64_t> memory_max_mib(const std::vector<std::pair<std::string, std::string>>& files);
     Result<void> loop();
     Result<void> on_channel_readable();
     void on_console_readable();
     void on_client(uint64_t cid);
     void on_client_line(uint64_t cid, const std::string& line);
-    void start_exec(uint64_t cid, const json& req);
+    void start_exec(uint64_t cid, const proto::ControlRequest& req);
     void on_signal();
     void send_resize(uint32_t proc, int fd);
     Result<void> set_paused(bool on);
-    std::optional<json> guest_update_files(const json& files, Member* member);
+    json guest_update_files(std::vector<std::pair<std::string, std::string>> files, Member* member);
     Result<void> pin_vmm(const std::string& list);
     // husk checkpoint / restore (checkpoint.cpp).
     std::string checkpoint_refusal() const;
-    void start_checkpoint(uint64_t cid, const json& req);
+    void start_checkpoint(uint64_t cid, const proto::ControlRequest& req);
     void checkpoint_answered(const std::string& method, bool ok);
     Result<checkpoint::DumpStats> save_checkpoint();
     Result<checkpoint::DumpStats> write_checkpoint(bool& saved);
     Result<void> prepare_restore(HostFacts& host);
     Result<void> resumed(const proto::Resumed& r) override;
-    void reply(uint64_t cid, const json& r) override;
+    void reply(uint64_t cid, const proto::ControlReply& r) override;
     void reply(uint64_t cid, bool ok, const std::string& err = "");
     void drop_client(uint64_t cid);
     void send_line(uint64_t cid, const std::string& line, bool last);

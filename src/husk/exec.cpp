@@ -92,8 +92,7 @@ Result<int> exec_container(const Globals& g, const std::string& id, const ExecOp
         return fail("--console-socket needs a terminal (--tty or process.terminal)", EINVAL);
     if (proc.terminal && o.detach && o.console_socket.empty())
         return fail("cannot allocate a terminal with --detach and no --console-socket", EINVAL);
-    json req = {{"op", "exec"}, {"process", agent_process_params(proc)}};
-    if (o.preserve_fds) req["preserve_fds"] = o.preserve_fds;
+    proto::ControlRequest req{.op = proto::Op::Exec, .process = agent_process_params(proc), .preserve_fds = o.preserve_fds};
     std::vector<int> extra = preserved_fds(o.preserve_fds);
     auto paths = shim_route(g, st, req);
 

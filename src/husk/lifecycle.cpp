@@ -349,7 +349,7 @@ Result<void> start_container(const Globals& g, const std::string& id) {
     if (s == status::kRunning || s == status::kPaused) return fail("cannot start an already running container", EINVAL);
     if (s != status::kCreated) return fail("cannot start a container in the " + s + " state", EINVAL);
     log::debug("start " + id);
-    nlohmann::json req = {{"op", "start"}};
+    proto::ControlRequest req{.op = proto::Op::Start};
     TRY(shim_call(shim_route(g, st, req), req, 120000));
     if (auto hooks = parse_hooks(st.hooks); hooks && hooks->count("poststart")) {
         st.status = status::kRunning;
@@ -365,7 +365,7 @@ Result<void> kill_container(const Globals& g, const std::string& id, int sig, bo
     if (s != status::kCreated && s != status::kRunning && s != status::kPaused)
         return fail("container not running", ESRCH);
     log::debug("kill " + id + ": signal " + std::to_string(sig) + (all ? " to all its processes" : ""));
-    nlohmann::json req = {{"op", "kill"}, {"signal", sig}, {"all", all}};
+    proto::ControlRequest req{.op = proto::Op::Kill, .signal = sig, .all = all};
     TRY(shim_call(shim_route(g, st, req), req, 30000));
     return {};
 }
@@ -378,14 +378,14 @@ Result<void> pause_container(const Globals& g, const std::string& id, bool pause
     std::string s = effective_status(st);
     if (pause && s != status::kRunning) return fail("container not running: " + s, EINVAL);
     if (!pause && s != status::kPaused) return fail("container not paused: " + s, EINVAL);
-    nlohmann::json req = {{"op", pause ? "pause" : "resume"}};
+    proto::ControlRequest req{.op = pause ? proto::Op::Pause : proto::Op::Resume};
     TRY(shim_call(shim_route(g, st, req), req, 30000));
     return {};
 }
 
-StatePaths shim_route(const Globals& g, const State& st, nlohmann::json& req) {
+StatePaths shim_route(const Globals& g, const State& st, proto::ControlRequest& req) {
     if (st.sandbox.empty()) return state_paths(g.root, st.id);
-    req["container"] = st.id;
+    req.container = st.id;
     return state_paths(g.root, st.sandbox);
 }
 
@@ -400,14 +400,14 @@ static Result<State> live_container(const Globals& g, const std::string& id) {
 }
 
 // One question for a live container's guest.
-static Result<nlohmann::json> ask_live(const Globals& g, const std::string& id, nlohmann::json req) {
+static Result<proto::ControlReply> ask_live(const Globals& g, const std::string& id, proto::ControlRequest req) {
     auto st = TRY(live_container(g, id));
     return shim_call(shim_route(g, st, req), req, 30000);
 }
 
 Result<nlohmann::json> ps_container(const Globals& g, const std::string& id) {
-    auto r = TRY(ask_live(g, id, {{"op", "ps"}}));
-    return r.value("result", nlohmann::json::array());
+    auto r = TRY(ask_live(g, id, {.op = proto::Op::Ps}));
+    return r.result.value_or(nlohmann::json::array());
 }
 
 Result<std::vector<std::string>> update_container(const Globals& g, const std::string& id, const nlohmann::json& given) {
@@ -416,9 +416,9 @@ Result<std::vector<std::string>> update_container(const Globals& g, const std::s
     if (resources.contains("memory") && resources["memory"].contains("swap") && !resources["memory"].contains("limit")) {
         // Swap counts memory plus swap: measure it against the limit the
         // container has now, as runc does.
-        auto r = TRY(ask_live(g, id, {{"op", "stats"}}));
+        auto r = TRY(ask_live(g, id, {.op = proto::Op::Stats}));
         // (What the guest reported: any shape.)
-        const auto& res = r.contains("result") ? r["result"] : nlohmann::json();
+        const auto res = r.result.value_or(nlohmann::json());
         std::string cur = res.is_object() && res.contains("memory.max") && res["memory.max"].is_string()
                               ? res["memory.max"].get<std::string>() : "max";
         try {
@@ -434,16 +434,14 @@ Result<std::vector<std::string>> update_container(const Globals& g, const std::s
     // the guest. (A pod member's bounds are its guest cgroup's: its VM is
     // the sandbox's, bounded by the sandbox's host cgroup.)
     if (st.sandbox.empty()) TRY(apply_host_limits(resources, std::nullopt, st.cgroups));
-    nlohmann::json writes = nlohmann::json::array();
-    for (const auto& [f, v] : files.writes) writes.push_back({f, v});
     if (resources.contains("devices")) files.warnings.push_back("devices: device rules cannot be changed after create; ignored");
-    TRY(ask_live(g, id, {{"op", "update"}, {"files", writes}}));
+    TRY(ask_live(g, id, {.op = proto::Op::Update, .files = files.writes}));
     return files.warnings;
 }
 
 Result<nlohmann::json> stats_container(const Globals& g, const std::string& id) {
-    auto r = TRY(ask_live(g, id, {{"op", "stats"}}));
-    return r.value("result", nlohmann::json::object());
+    auto r = TRY(ask_live(g, id, {.op = proto::Op::Stats}));
+    return r.result.value_or(nlohmann::json::object());
 }
 
 Result<void> delete_container(const Globals& g, const std::string& id, bool force) {
@@ -463,7 +461,7 @@ Result<void> delete_container(const Globals& g, const std::string& id, bool forc
         if (s != status::kStopped) {
             // created (runc kills it), or forced: SIGKILL through the shim,
             // then make sure nothing is left.
-            nlohmann::json req = {{"op", "kill"}, {"signal", SIGKILL}, {"all", true}};
+            proto::ControlRequest req{.op = proto::Op::Kill, .signal = SIGKILL, .all = true};
             (void)shim_call(shim_route(g, *st, req), req, 5000);
             sys::wait_process_exit(st->pid, st->pid_start, std::chrono::milliseconds(defaults::kStopTimeoutMs));
         }
@@ -471,7 +469,7 @@ Result<void> delete_container(const Globals& g, const std::string& id, bool forc
         if (!st->sandbox.empty()) {
             // A pod member: its share, cgroup and processes in the guest go
             // (the sandbox may be gone already: nothing then to free).
-            nlohmann::json req = {{"op", "remove"}};
+            proto::ControlRequest req{.op = proto::Op::Remove};
             (void)shim_call(shim_route(g, *st, req), req, 10000);
         }
         if (auto n = kill_host_cgroup_procs(st->cgroups, std::chrono::seconds(1), std::chrono::milliseconds(defaults::kStopTimeoutMs)))
@@ -510,9 +508,9 @@ Result<void> checkpoint_container(const Globals& g, const std::string& id, const
         std::string dir = TRY(absolute(image_path));
         TRY_CTX(sys::mkdir_p(dir, 0700), "--image-path");
         log::debug("checkpoint " + id + " into " + dir + (leave_running ? " (leaving it running)" : ""));
-        nlohmann::json req = {{"op", "checkpoint"}, {"image_path", dir}, {"leave_running", leave_running}};
+        proto::ControlRequest req{.op = proto::Op::Checkpoint, .image_path = dir, .leave_running = leave_running};
         auto r = TRY(shim_call(shim_route(g, st, req), req, 180000));
-        if (auto w = write_dump_stats(work_path.empty() ? dir : TRY(absolute(work_path)), r.value("stats", nlohmann::json())); !w)
+        if (auto w = write_dump_stats(work_path.empty() ? dir : TRY(absolute(work_path)), r.stats.value_or(nlohmann::json())); !w)
             log::warn("checkpoint: " + w.error().message);
     }
     if (leave_running) return {};

@@ -16,6 +16,7 @@
 #include "husk/sandbox.h"
 #include "husk/spec.h"
 #include "husk/state.h"
+#include "protocol/control.h"
 
 namespace husk {
 
@@ -90,7 +91,7 @@ Result<std::string> absolute(const std::string& path);
 Result<void> write_pid_file(const std::string& path, pid_t pid);
 // Where a container's requests go: its own shim, or (a pod member) its
 // sandbox's, with req["container"] naming it.
-StatePaths shim_route(const Globals& g, const State& st, nlohmann::json& req);
+StatePaths shim_route(const Globals& g, const State& st, proto::ControlRequest& req);
 
 // Shared by lifecycle's units (lifecycle.cpp, pod_member.cpp).
 // A container's directory as create makes it: <root>/<id> (or "container

@@ -91,8 +91,12 @@ Result<pid_t> create_member(const Globals& g, const std::string& id, const std::
     // After its stdio: the preserved fds, then one tree per share entry.
     std::vector<int> tree_fds = preserved_fds(o.preserve_fds);
     for (auto& t : trees) tree_fds.push_back(t.get());
-    json req = {{"op", "create"}, {"container", id}, {"bundle", bundle}, {"join", pod.join}, {"trees", trees.size()}};
-    if (o.preserve_fds) req["preserve_fds"] = o.preserve_fds;
+    proto::ControlRequest req{.op = proto::Op::Create,
+                              .container = id,
+                              .preserve_fds = o.preserve_fds,
+                              .bundle = bundle,
+                              .join = pod.join,
+                              .trees = uint32_t(trees.size())};
     std::string console = o.console_socket.empty() ? "" : TRY(absolute(o.console_socket));
     std::string netns;
     for (const auto& n : spec.namespaces)
@@ -148,8 +152,8 @@ Result<pid_t> create_member(const Globals& g, const std::string& id, const std::
     }
     if (!o.pid_file.empty())
         if (auto r = write_pid_file(o.pid_file, relay); !r) {
-            json kill = {{"op", "remove"}};
-            (void)shim_call(shim_route(g, st, kill), kill, 10000);
+            proto::ControlRequest remove{.op = proto::Op::Remove};
+            (void)shim_call(shim_route(g, st, remove), remove, 10000);
             return cleanup(r.error());
         }
     log::debug("create " + id + ": created, pid " + std::to_string(relay));

@@ -15,8 +15,8 @@
 namespace husk {
 
 // Fds 3..255: a stream id carries 8 bits of fd.
-constexpr int kFirstPreservedFd = 3;
-constexpr int kMaxPreservedFds = int(proto::kMaxStreamFd) - kFirstPreservedFd + 1;
+using proto::kFirstPreservedFd;
+using proto::kMaxPreservedFds;
 
 // The flow of an fd from its open flags (O_ACCMODE and O_PATH), its file
 // type and whether it is a listening socket. Pure: unit-tested.

@@ -17,22 +17,21 @@ namespace husk {
 
 using nlohmann::json;
 
-Result<RelaySession> RelaySession::start(const StatePaths& paths, const nlohmann::json& req, const std::vector<int>& fds) {
+Result<RelaySession> RelaySession::start(const StatePaths& paths, const proto::ControlRequest& req, const std::vector<int>& fds) {
     RelaySession s;
     s.fd_ = TRY_CTX(sys::unix_connect(paths.shim_sock), "contact shim");
-    TRY_CTX(sys::send_fds(s.fd_.get(), req.dump() + "\n", fds), "contact shim");
+    TRY_CTX(sys::send_fds(s.fd_.get(), proto::to_json(req).dump() + "\n", fds), "contact shim");
     std::optional<std::string> line;
     while (!(line = s.next_line())) {
         if (!TRY(sys::wait_fd(s.fd_.get(), POLLIN, 120000))) return fail("shim did not answer", ETIMEDOUT);
         if (!s.fill()) return fail("the container stopped before the process started", ESRCH);
     }
-    nlohmann::json r = nlohmann::json::parse(*line, nullptr, false);
-    if (!r.is_object()) return fail("malformed reply from shim", EPROTO);
-    if (!r.value("ok", false)) return fail(r.value("error", std::string("shim refused")), EINVAL);
+    auto r = TRY_CTX(proto::control_reply_from_json(json::parse(*line, nullptr, false)), "reply from shim");
+    if (!r.ok) return fail(r.error, r.code ? r.code : EINVAL);
     return s;
 }
 
-void RelaySession::send(const nlohmann::json& j) { (void)sys::write_all(fd_.get(), j.dump() + "\n"); }
+void RelaySession::send(const proto::ControlRequest& line) { (void)sys::write_all(fd_.get(), proto::to_json(line).dump() + "\n"); }
 
 int RelaySession::wait(int sigfd, int tty) {
     if (tty >= 0) resize(tty);
@@ -41,11 +40,15 @@ int RelaySession::wait(int sigfd, int tty) {
         // The exit line may already be buffered: a quick process's exit
         // can arrive in the same read as the reply that started it.
         while (auto line = next_line()) {
-            nlohmann::json r = nlohmann::json::parse(*line, nullptr, false);
-            if (!r.is_object() || !r.contains("exit") || !r["exit"].is_object()) continue;
-            const nlohmann::json& e = r["exit"];
-            if (e.contains("signal") && e["signal"].is_number_integer()) return e["signal"].get<int>() & 0x7f;
-            return (e.value("code", 255) & 0xff) << 8;
+            json j = json::parse(*line, nullptr, false);
+            if (j.is_object() && j.contains("ok")) continue;  // (a reply to a line of ours: not the end)
+            auto e = proto::session_exit_from_json(j);
+            if (!e) {
+                log::error("exec: " + e.error().message);
+                return 255 << 8;
+            }
+            if (e->signal) return *e->signal & 0x7f;
+            return (*e->code & 0xff) << 8;
         }
         if (eof) break;
         pollfd p[2] = {{fd_.get(), POLLIN, 0}, {sigfd, POLLIN, 0}};
@@ -57,7 +60,7 @@ int RelaySession::wait(int sigfd, int tty) {
                 if (sig == SIGWINCH) {
                     if (tty >= 0) resize(tty);
                 } else if (sig != SIGCHLD) {
-                    send({{"op", "signal"}, {"signal", sig}});
+                    send({.op = proto::Op::Signal, .signal = sig});
                 }
             }
         }
@@ -68,7 +71,7 @@ int RelaySession::wait(int sigfd, int tty) {
 }
 
 void RelaySession::resize(int tty) {
-    if (auto ws = sys::window_size(tty)) send({{"op", "resize"}, {"rows", ws->ws_row}, {"cols", ws->ws_col}});
+    if (auto ws = sys::window_size(tty)) send({.op = proto::Op::Resize, .rows = ws->ws_row, .cols = ws->ws_col});
 }
 
 bool RelaySession::fill() {
@@ -92,8 +95,8 @@ std::optional<std::string> RelaySession::next_line() {
 // The relay child: detached, or owner of the terminal. A session leader,
 // so with a terminal the pty is its controlling one and resizes arrive as
 // SIGWINCH.
-[[noreturn]] void relay_child(const StatePaths& paths, json req, bool tty, const std::string& console, int report, int go,
-                              const std::vector<int>& extra) {
+[[noreturn]] void relay_child(const StatePaths& paths, proto::ControlRequest req, bool tty, const std::string& console,
+                              int report, int go, const std::vector<int>& extra) {
     setsid();
     if (go >= 0) {
         char c = 0;
@@ -123,8 +126,8 @@ std::optional<std::string> RelaySession::next_line() {
         if (auto r = sys::send_console(console, *pty); !r) fail_with(r.error());
         pty->master.reset();
         fds = {pty->slave.get()};
-        if (auto ws = sys::window_size(fds[0]); ws && req.contains("process"))
-            req["process"]["console_size"] = {{"rows", ws->ws_row}, {"cols", ws->ws_col}};
+        if (auto ws = sys::window_size(fds[0]); ws && req.op == proto::Op::Exec)
+            req.process["console_size"] = {{"rows", ws->ws_row}, {"cols", ws->ws_col}};
     }
     fds.insert(fds.end(), extra.begin(), extra.end());
     auto sess = RelaySession::start(paths, req, fds);

@@ -9,10 +9,9 @@
 #include <string>
 #include <vector>
 
-#include <nlohmann/json.hpp>
-
 #include "husk/paths.h"
 #include "husk/result.h"
+#include "protocol/control.h"
 #include "sys/sys.h"
 
 namespace husk {
@@ -22,8 +21,8 @@ namespace husk {
 // later the process's exit.
 class RelaySession {
 public:
-    static Result<RelaySession> start(const StatePaths& paths, const nlohmann::json& req, const std::vector<int>& fds);
-    void send(const nlohmann::json& j);
+    static Result<RelaySession> start(const StatePaths& paths, const proto::ControlRequest& req, const std::vector<int>& fds);
+    void send(const proto::ControlRequest& line);
     // Until the exit line: forward signals from `sigfd`, and with a
     // terminal (`tty` >= 0, our controlling one) its size on SIGWINCH.
     // Returns a wait status.
@@ -43,7 +42,7 @@ private:
 // `tty`) and then `extra` fds to the shim of `paths`, reports "ok\n" or
 // "error: ...\n" on `report`, then stands in for the process until it
 // exits.
-[[noreturn]] void relay_child(const StatePaths& paths, nlohmann::json req, bool tty, const std::string& console, int report,
-                              int go, const std::vector<int>& extra = {});
+[[noreturn]] void relay_child(const StatePaths& paths, proto::ControlRequest req, bool tty, const std::string& console,
+                              int report, int go, const std::vector<int>& extra = {});
 
 }  // namespace husk

@@ -9,9 +9,9 @@
 
 namespace husk {
 
-Result<nlohmann::json> shim_call(const StatePaths& p, const nlohmann::json& req, int timeout_ms) {
+Result<proto::ControlReply> shim_call(const StatePaths& p, const proto::ControlRequest& req, int timeout_ms) {
     auto fd = TRY_CTX(sys::unix_connect(p.shim_sock), "contact shim");
-    TRY_CTX(sys::write_all(fd.get(), req.dump() + "\n"), "contact shim");
+    TRY_CTX(sys::write_all(fd.get(), proto::to_json(req).dump() + "\n"), "contact shim");
     std::string buf;
     auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
     while (buf.find('\n') == std::string::npos) {
@@ -27,10 +27,10 @@ Result<nlohmann::json> shim_call(const StatePaths& p, const nlohmann::json& req,
         buf.append(tmp, size_t(n));
         if (buf.size() > (1 << 20)) return fail("shim reply too large", EPROTO);
     }
-    auto j = nlohmann::json::parse(buf.substr(0, buf.find('\n')), nullptr, false);
-    if (j.is_discarded() || !j.is_object()) return fail("malformed reply from shim", EPROTO);
-    if (!j.value("ok", false)) return fail(j.value("error", std::string("shim refused")), j.value("errno", EIO));
-    return j;
+    auto r = TRY_CTX(proto::control_reply_from_json(nlohmann::json::parse(buf.substr(0, buf.find('\n')), nullptr, false)),
+                     "reply from shim");
+    if (!r.ok) return fail(r.error, r.code ? r.code : EIO);
+    return r;
 }
 
 }  // namespace husk

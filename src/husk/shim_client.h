@@ -1,13 +1,13 @@
-// husk <-> husk-shim: one newline-terminated JSON request per connection
-// to <state>/shim.sock, one JSON reply {"ok":bool,"error":"..."}.
+// husk <-> husk-shim: one request per connection to <state>/shim.sock,
+// one reply (protocol/control.h).
 #pragma once
-#include <nlohmann/json.hpp>
-
 #include "husk/paths.h"
 #include "husk/result.h"
+#include "protocol/control.h"
 
 namespace husk {
 
-Result<nlohmann::json> shim_call(const StatePaths& p, const nlohmann::json& req, int timeout_ms);
+// The reply when the shim says ok; its refusal as the error otherwise.
+Result<proto::ControlReply> shim_call(const StatePaths& p, const proto::ControlRequest& req, int timeout_ms);
 
 }  // namespace husk

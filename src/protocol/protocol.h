@@ -69,6 +69,9 @@ constexpr uint32_t kMaxProcess = (kChannelStream >> kStreamFdBits) - 1;
 constexpr uint32_t stream_id(uint32_t process, uint32_t fd) { return (process << kStreamFdBits) | fd; }
 constexpr uint32_t stream_process(uint32_t stream) { return stream >> kStreamFdBits; }
 constexpr uint32_t stream_fd(uint32_t stream) { return stream & kMaxStreamFd; }
+// --preserve-fds: fds 3.. of the caller, as many as a stream id can name.
+constexpr int kFirstPreservedFd = 3;
+constexpr int kMaxPreservedFds = int(kMaxStreamFd) - kFirstPreservedFd + 1;
 
 // Which way a preserved fd's bytes go, as the process in the guest sees
 // it: it reads (the host fd was opened O_RDONLY), writes (O_WRONLY), or

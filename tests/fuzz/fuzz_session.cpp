@@ -35,9 +35,10 @@ struct Host : shim::SessionHost {
     }
     void running() override {}
     void busy(uint64_t client) override { waiting.insert(client); }
-    void reply(uint64_t client, const json& r) override {
-        // Only a client that asked, once per request, with an object.
-        if (!waiting.erase(client) || !r.is_object() || !r.contains("ok")) __builtin_trap();
+    void reply(uint64_t client, const proto::ControlReply& r) override {
+        // Only a client that asked, once per request, with a reply that
+        // husk's strict decoder takes.
+        if (!waiting.erase(client) || !proto::control_reply_from_json(proto::to_json(r))) __builtin_trap();
     }
 };
 

@@ -139,7 +139,7 @@ struct ResumeHost : shim::SessionHost {
     void created(bool, const std::string&) override {}
     void running() override { running_called = true; }
     void busy(uint64_t) override {}
-    void reply(uint64_t, const json&) override {}
+    void reply(uint64_t, const proto::ControlReply&) override {}
     Result<void> resumed(const proto::Resumed& r) override {
         resumed_called = true;
         got = r;

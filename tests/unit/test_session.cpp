@@ -19,7 +19,7 @@ struct Host : shim::SessionHost {
     void created(bool ok, const std::string& e) override { ok ? ++created_ok : (created_errors.push_back(e), 0); }
     void running() override { ++running_calls; }
     void busy(uint64_t) override {}
-    void reply(uint64_t c, const json& r) override { replies.emplace_back(c, r); }
+    void reply(uint64_t c, const proto::ControlReply& r) override { replies.emplace_back(c, proto::to_json(r)); }
 };
 
 std::string frame(proto::Type t, uint32_t stream, const json& j) { return proto::encode(t, stream, j.dump()); }
@@ -175,7 +175,7 @@ TEST_CASE("session: a refused create reaches the shim; a forgotten client gets n
     // The shim answers a kill itself when it stops a hung guest's VM.
     s2.request("kill", {{"signal", 9}}, 10);
     s2.request("ps", {{"process", 0}}, 11);
-    s2.answer_pending("kill", {{"ok", true}});
+    s2.answer_pending("kill", proto::ControlReply{});
     CHECK(h2.replies == std::vector<std::pair<uint64_t, json>>{{10, {{"ok", true}}}});
     CHECK(s2.in_flight() == 1);  // the ps is still the guest's to answer
 }

@@ -399,7 +399,7 @@ struct TemplateHost : shim::SessionHost {
     void created(bool, const std::string&) override {}
     void running() override {}
     void busy(uint64_t) override {}
-    void reply(uint64_t, const json&) override {}
+    void reply(uint64_t, const proto::ControlReply&) override {}
     void booted() override { ++booted_calls; }
     Result<proto::Attach> template_hello() override {
         ++hellos;

@@ -1,0 +1,121 @@
+// shim.sock's typed contract (protocol/control.h): what every request,
+// reply and session line looks like on the wire (golden), and what the
+// strict decoders refuse.
+#include <csignal>
+#include <functional>
+
+#include <catch2/catch.hpp>
+
+#include "golden.h"
+#include "protocol/control.h"
+
+using namespace husk;
+using namespace husk::proto;
+using nlohmann::json;
+
+namespace {
+
+// Every op as husk and the relays send it: one line each.
+std::vector<ControlRequest> every_request() {
+    return {
+        {.op = Op::Start},
+        {.op = Op::Start, .container = "member1"},
+        {.op = Op::Kill, .signal = SIGTERM, .all = false},
+        {.op = Op::Kill, .container = "member1", .signal = SIGKILL, .all = true},
+        {.op = Op::Pause},
+        {.op = Op::Resume},
+        {.op = Op::Ps},
+        {.op = Op::Stats, .container = "member1"},
+        {.op = Op::Update, .files = {{"memory.max", "268435456"}, {"cpu.max", "50000 100000"}}},
+        {.op = Op::Checkpoint, .image_path = "/var/lib/ckpt", .leave_running = true},
+        {.op = Op::Exec, .process = {{"args", {"sh"}}, {"terminal", true}}},
+        {.op = Op::Exec, .container = "member1", .process = {{"args", {"true"}}}, .preserve_fds = 2},
+        {.op = Op::Create,
+         .container = "member1",
+         .preserve_fds = 1,
+         .bundle = "/b/member1",
+         .join = {{"ipc", "pod"}, {"uts", "pod"}},
+         .trees = 3},
+        {.op = Op::Remove, .container = "member1"},
+        {.op = Op::Signal, .signal = SIGINT},
+        {.op = Op::Resize, .rows = 40, .cols = 120},
+    };
+}
+
+std::string why(const json& j) {
+    auto r = control_request_from_json(j);
+    return r ? "decoded" : r.error().message;
+}
+
+}  // namespace
+
+TEST_CASE("shim.sock: every request, encoded (golden) and decoded back to the same", "[control][protocol]") {
+    std::string text;
+    for (const auto& r : every_request()) {
+        json j = to_json(r);
+        text += j.dump() + "\n";
+        auto back = control_request_from_json(j);
+        REQUIRE(back);
+        CHECK(to_json(*back) == j);
+    }
+    check_golden("control-requests.jsonl", text);
+}
+
+TEST_CASE("shim.sock: a request takes its op's fields only, each of its type and range", "[control][protocol]") {
+    CHECK(why(json::array()) == "shim.sock: a request is a JSON object");
+    CHECK(why({{"signal", 9}}) == "shim.sock: no op");
+    CHECK(why({{"op", "reboot"}}) == "shim.sock: unknown op reboot");
+    // The misspelt key that once became a default silently.
+    CHECK(why({{"op", "kill"}, {"signal", 9}, {"al", true}}) == "shim.sock: kill: unknown key al");
+    CHECK(why({{"op", "kill"}, {"signal", 9}}) == "shim.sock: kill: missing all");
+    CHECK(why({{"op", "start"}, {"signal", 9}}) == "shim.sock: start: unknown key signal");
+    CHECK(why({{"op", "kill"}, {"signal", "9"}, {"all", false}}) == "shim.sock: signal: expected an integer in 1..64");
+    CHECK(why({{"op", "kill"}, {"signal", 65}, {"all", false}}) == "shim.sock: signal: expected an integer in 1..64");
+    CHECK(why({{"op", "kill"}, {"signal", 9.5}, {"all", false}}) == "shim.sock: signal: expected an integer in 1..64");
+    CHECK(why({{"op", "kill"}, {"signal", 9}, {"all", 1}}) == "shim.sock: all: expected true or false");
+    CHECK(why({{"op", "exec"}, {"process", "sh"}}) == "shim.sock: process: expected an object");
+    CHECK(why({{"op", "exec"}, {"process", json::object()}, {"preserve_fds", 254}}) ==
+          "shim.sock: preserve_fds: expected an integer in 0..253");
+    CHECK(why({{"op", "update"}, {"files", {{"memory.max", 5}}}}) == "shim.sock: files: expected [[file, value], ...]");
+    CHECK(why({{"op", "checkpoint"}, {"image_path", "ckpt"}, {"leave_running", false}}) ==
+          "shim.sock: image_path: expected an absolute path");
+    CHECK(why({{"op", "checkpoint"}, {"image_path", "/c"}, {"leave_running", false}, {"container", "m"}}) ==
+          "shim.sock: checkpoint: unknown key container");
+    CHECK(why({{"op", "create"}, {"container", "m"}, {"bundle", "/b"}, {"join", {{"ipc", 1}}}, {"trees", 1}}) ==
+          "shim.sock: join: expected {type: container}");
+    CHECK(why({{"op", "create"}, {"container", ""}, {"bundle", "/b"}, {"join", json::object()}, {"trees", 1}}) ==
+          "shim.sock: container: expected a string");
+    CHECK(why({{"op", "resize"}, {"rows", -1}, {"cols", 80}}) == "shim.sock: rows: expected an integer in 0..65535");
+    CHECK(control_request_from_json({{"op", "kill"}}).error().code == EPROTO);
+}
+
+TEST_CASE("shim.sock: replies and a session's exit line", "[control][protocol]") {
+    std::vector<std::pair<ControlReply, json>> cases = {
+        {ControlReply{}, {{"ok", true}}},
+        {refused("container not running"), {{"ok", false}, {"error", "container not running"}}},
+        {refused("busy", EBUSY), {{"ok", false}, {"error", "busy"}, {"errno", EBUSY}}},
+        {ControlReply{.pid = 42}, {{"ok", true}, {"pid", 42}}},
+        {ControlReply{.result = json::array({1, 7})}, {{"ok", true}, {"result", {1, 7}}}},
+        {ControlReply{.stats = json{{"memdump_us", 5}}}, {{"ok", true}, {"stats", {{"memdump_us", 5}}}}},
+    };
+    for (const auto& [r, j] : cases) {
+        CHECK(to_json(r) == j);
+        auto back = control_reply_from_json(j);
+        REQUIRE(back);
+        CHECK(to_json(*back) == j);
+    }
+    CHECK(!control_reply_from_json({{"ok", true}, {"error", "x"}}));
+    CHECK(!control_reply_from_json({{"ok", false}}));
+    CHECK(!control_reply_from_json({{"ok", true}, {"pid", "42"}}));
+    CHECK(!control_reply_from_json({{"ok", true}, {"pdi", 42}}));
+    CHECK(!control_reply_from_json({{"ok", false}, {"error", "x"}, {"errno", 0}}));
+
+    CHECK(to_json(SessionExit{.code = 3}) == json{{"exit", {{"code", 3}}}});
+    CHECK(to_json(SessionExit{.signal = SIGKILL}) == json{{"exit", {{"signal", 9}}}});
+    CHECK(session_exit_from_json({{"exit", {{"code", 0}}}})->code == 0);
+    CHECK(session_exit_from_json({{"exit", {{"signal", 15}}}})->signal == 15);
+    CHECK(!session_exit_from_json({{"exit", {{"code", 256}}}}));
+    CHECK(!session_exit_from_json({{"exit", {{"code", 1}, {"signal", 9}}}}));
+    CHECK(!session_exit_from_json({{"exit", json::object()}}));
+    CHECK(!session_exit_from_json({{"ok", true}}));
+}
