@@ -1,8 +1,9 @@
 // The typed contracts that arrive as files or lines the shim and husk read
 // back: state.json (written by one husk process, read by every other),
 // a checkpoint image's husk-checkpoint.json (a directory the caller
-// names), a VM template's seal, the config file (TOML), and the agent's
-// attach and resumed messages. Each decoder either fails as a value or
+// names), a VM template's seal, the config file (TOML), the agent's
+// attach and resumed messages, and shim.sock's requests, replies and
+// session lines (a local client's bytes, and the shim's). Each decoder either fails as a value or
 // gives a struct that encodes and decodes to the same again.
 #include <cstddef>
 #include <cstdint>
@@ -15,6 +16,7 @@
 #include "husk/config.h"
 #include "husk/state.h"
 #include "husk/vm_template.h"
+#include "protocol/control.h"
 #include "protocol/messages.h"
 
 using namespace husk;
@@ -42,6 +44,18 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     if (auto a = proto::attach_from_json(j)) {
         auto again = proto::attach_from_json(proto::to_json(*a));
         same(again && proto::to_json(*again) == proto::to_json(*a));
+    }
+    if (auto r = proto::control_request_from_json(j)) {
+        auto again = proto::control_request_from_json(proto::to_json(*r));
+        same(again && proto::to_json(*again) == proto::to_json(*r));
+    }
+    if (auto r = proto::control_reply_from_json(j)) {
+        auto again = proto::control_reply_from_json(proto::to_json(*r));
+        same(again && proto::to_json(*again) == proto::to_json(*r));
+    }
+    if (auto e = proto::session_exit_from_json(j)) {
+        auto again = proto::session_exit_from_json(proto::to_json(*e));
+        same(again && proto::to_json(*again) == proto::to_json(*e));
     }
     if (auto r = proto::resumed_from_json(j)) {
         auto again = proto::resumed_from_json(proto::to_json(*r));
