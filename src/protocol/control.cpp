@@ -106,7 +106,7 @@ Result<ControlRequest> control_request_from_json(const json& j) {
     ControlRequest r;
     r.op = i->op;
     if (j.contains("container")) r.container = TRY(text(j, "container"));
-    if (j.contains("signal")) r.signal = int(TRY(integer(j, "signal", 1, 64)));
+    if (j.contains("signal")) r.signal = int(TRY(integer(j, "signal", 0, 64)));  // 0: kill's existence check
     if (j.contains("all")) r.all = TRY(flag(j, "all"));
     if (j.contains("files")) {
         if (!j["files"].is_array()) return bad("files: expected [[file, value], ...]");

@@ -30,7 +30,7 @@ struct ControlRequest {
     // A pod member, served by its sandbox's shim; "" = the shim's own
     // container. (Not for checkpoint, signal or resize.)
     std::string container{};
-    int signal = 0;     // kill, signal: 1..64
+    int signal = 0;     // kill, signal: 0..64 (0: whether it exists, as kill(2))
     bool all = false;   // kill: every process of the container
     // update: the guest cgroup's files and values (src/husk/cgroups.h)
     std::vector<std::pair<std::string, std::string>> files{};

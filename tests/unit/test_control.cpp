@@ -69,9 +69,9 @@ TEST_CASE("shim.sock: a request takes its op's fields only, each of its type and
     CHECK(why({{"op", "kill"}, {"signal", 9}, {"al", true}}) == "shim.sock: kill: unknown key al");
     CHECK(why({{"op", "kill"}, {"signal", 9}}) == "shim.sock: kill: missing all");
     CHECK(why({{"op", "start"}, {"signal", 9}}) == "shim.sock: start: unknown key signal");
-    CHECK(why({{"op", "kill"}, {"signal", "9"}, {"all", false}}) == "shim.sock: signal: expected an integer in 1..64");
-    CHECK(why({{"op", "kill"}, {"signal", 65}, {"all", false}}) == "shim.sock: signal: expected an integer in 1..64");
-    CHECK(why({{"op", "kill"}, {"signal", 9.5}, {"all", false}}) == "shim.sock: signal: expected an integer in 1..64");
+    CHECK(why({{"op", "kill"}, {"signal", "9"}, {"all", false}}) == "shim.sock: signal: expected an integer in 0..64");
+    CHECK(why({{"op", "kill"}, {"signal", 65}, {"all", false}}) == "shim.sock: signal: expected an integer in 0..64");
+    CHECK(why({{"op", "kill"}, {"signal", 9.5}, {"all", false}}) == "shim.sock: signal: expected an integer in 0..64");
     CHECK(why({{"op", "kill"}, {"signal", 9}, {"all", 1}}) == "shim.sock: all: expected true or false");
     CHECK(why({{"op", "exec"}, {"process", "sh"}}) == "shim.sock: process: expected an object");
     CHECK(why({{"op", "exec"}, {"process", json::object()}, {"preserve_fds", 254}}) ==
