@@ -330,6 +330,22 @@ def share_attack(tmp_path_factory):
     return out
 
 
+def run_attack(husk, bundle, share_attack, out_path, script, edit, before_start=lambda cid, b: None):
+    """A container whose rootfs holds share-attack runs `script` to its
+    end; `before_start(cid, bundle_dir)` runs between its create and its
+    start. Returns (its id, its bundle, what it printed)."""
+    b = bundle(["sh", "-c", script], edit)
+    shutil.copy2(share_attack, os.path.join(b, "rootfs", "bin", "share-attack"))
+    cid = new_id()
+    with open(out_path, "wb") as f:
+        husk("create", "-b", b, cid, check=True, stdout=f)
+    before_start(cid, b)
+    husk("start", cid, check=True)
+    wait_for(lambda: husk.state(cid)["status"] == "stopped", "the attack to end", timeout=180)
+    with open(out_path) as f:
+        return cid, b, f.read()
+
+
 def plant_secrets(secret, *dirs):
     """husk-secret files holding `secret` in each of `dirs` (on the host)."""
     for d in dirs:

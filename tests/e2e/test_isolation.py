@@ -11,14 +11,13 @@ namespaces pivot-rooted into the share, with its own seccomp filter, no
 new privileges, an empty bounding set and only a file server's
 capabilities; and it goes with its VM."""
 import os
-import shutil
 import signal
 import uuid
 
 import pytest
 
 from conftest import (DISK_DRIVERS, DRIVER, KVM_SHAPE, assert_no_escape, jail_devices, jailed_vmm, new_id, plant_secrets,
-                      wait_for)
+                      run_attack, wait_for)
 
 # CAP_CHOWN, CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH, CAP_FOWNER, CAP_FSETID, CAP_MKNOD
 FILE_SERVER_CAPS = (1 << 0) | (1 << 1) | (1 << 2) | (1 << 3) | (1 << 4) | (1 << 27)
@@ -166,17 +165,12 @@ def test_root_in_the_guest_cannot_leave_the_share(husk, bundle, tmp_path, share_
         c["mounts"].append({"destination": "/tmp", "type": "tmpfs", "source": "tmpfs", "options": ["size=1m"]})
         if share != "default":
             c.setdefault("annotations", {})["org.husk.share"] = share
-    b = bundle(["sh", "-c", script], edit)
-    shutil.copy2(share_attack, os.path.join(b, "rootfs", "bin", "share-attack"))
-    cid = new_id()
-    out_path = tmp_path / "out"
-    with open(out_path, "wb") as f:
-        husk("create", "-b", b, cid, check=True, stdout=f)
-    plant_secrets(secret, b, parent, tmp_path, os.path.join(husk.root, cid))
-    before = {d: sorted(os.listdir(d)) for d in (b, parent, tmp_path)}
-    husk("start", cid, check=True)
-    wait_for(lambda: husk.state(cid)["status"] == "stopped", "the attack to end", timeout=180)
-    out = out_path.read_text()
+    before = {}
+
+    def plant(cid, b):
+        plant_secrets(secret, b, parent, tmp_path, os.path.join(husk.root, cid))
+        before.update({d: sorted(os.listdir(d)) for d in (b, parent, tmp_path)})
+    cid, b, out = run_attack(husk, bundle, share_attack, tmp_path / "out", script, edit, plant)
     bases = ["/", "/vol"]
     if share == "virtiofs" or share == "default":
         # virtio-fs takes a second mount of its tag, hostfs of any path; a

@@ -7,7 +7,6 @@ shares, with its own rootfs, mount namespace, cgroup, process and exit.
 """
 import json
 import os
-import shutil
 import signal
 import subprocess
 import time
@@ -15,7 +14,7 @@ import uuid
 
 import pytest
 
-from conftest import assert_no_escape, new_id, reap, share_attack, wait_for  # noqa: F401 (a fixture)
+from conftest import assert_no_escape, new_id, reap, run_attack, wait_for
 
 
 def gone(pid):
@@ -364,17 +363,7 @@ def test_a_member_sees_nothing_of_another_members(husk, bundle, tmp_path, share_
                 "for p in /proc/[0-9]*; do tr '\\0' ' ' <$p/cmdline; echo; done | grep '^sleep' | sed 's/^/process: /'; "
                 f"share-attack {secret} / /vol")
 
-    def b_edit(c):
-        member(vol_b, DEFAULT_CAPS)(c)
-    bdir = bundle(["sh", "-c", b_script], b_edit)
-    shutil.copy2(share_attack, os.path.join(bdir, "rootfs", "bin", "share-attack"))
-    b = new_id()
-    bout = tmp_path / "b.out"
-    with open(bout, "wb") as f:
-        husk("create", "-b", bdir, b, check=True, stdout=f)
-    husk("start", b, check=True)
-    wait_for(lambda: husk.state(b)["status"] == "stopped", "member B's search ends", timeout=180)
-    out = read(bout)
+    b, _, out = run_attack(husk, bundle, share_attack, tmp_path / "b.out", b_script, member(vol_b, DEFAULT_CAPS))
     # Not the share, not A's files, not A's or the sandbox's sleep: B's pid
     # namespace is its own.
     assert "mounted the share" not in out and "found:" not in out and "process:" not in out, out
