@@ -26,6 +26,7 @@
 #include "guest-agent/cgroup.h"
 #include "guest-agent/container.h"
 #include "husk/hypervisor.h"
+#include "husk/numbers.h"
 #include "protocol/protocol.h"
 #include "sys/netlink.h"
 #include "sys/sys.h"
@@ -61,16 +62,8 @@ void say(const std::string& m) {
     _exit(1);
 }
 
-std::string cmdline_param(const std::string& cmdline, const std::string& key) {
-    size_t pos = 0;
-    while (pos < cmdline.size()) {
-        size_t e = cmdline.find_first_of(" \n", pos);
-        if (e == std::string::npos) e = cmdline.size();
-        std::string w = cmdline.substr(pos, e - pos);
-        if (w.rfind(key + "=", 0) == 0) return w.substr(key.size() + 1);
-        pos = e + 1;
-    }
-    return "";
+Result<proto::BootParams> boot_params() {
+    return proto::boot_params_from_cmdline(TRY(sys::read_file("/proc/cmdline")));
 }
 
 // Remove the initramfs contents (they are in RAM) except `keep`, never
@@ -195,9 +188,9 @@ Result<void> early_init() {
     TRY(sys::mount("devtmpfs", "/dev", "devtmpfs", MS_NOSUID, "mode=0755"));
     TRY(sys::mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC));
     TRY(sys::mount("sysfs", "/sys", "sysfs", MS_NOSUID | MS_NODEV | MS_NOEXEC));
-    auto cmdline = sys::read_file("/proc/cmdline").value_or("");
-    g_debug = cmdline_param(cmdline, "husk.debug") == "1";
-    if (cmdline_param(cmdline, "husk.probe") == "1") {
+    auto boot = TRY(boot_params());
+    g_debug = boot.debug;
+    if (boot.probe) {
         // The host is checking that guests boot under its accelerator.
         int fd = ::open("/dev/console", O_WRONLY | O_NOCTTY | O_CLOEXEC);
         std::string m = std::string("\n") + kProbeMarker + "\n";
@@ -211,10 +204,10 @@ Result<void> early_init() {
     // that module comes from the host's UML package, and a guest without
     // it gets IPv4 only (the kernel may not be the one it was built for).
     std::string order;
-    g_template = cmdline_param(cmdline, "husk.template") == "1";
-    std::string share = cmdline_param(cmdline, "husk.share");
-    bool uml = cmdline_param(cmdline, "husk.vmm") == "uml";
-    if (uml && cmdline_param(cmdline, "husk.net") == "1") {
+    g_template = boot.template_boot;
+    const std::string& share = boot.share;
+    bool uml = boot.vmm == "uml";
+    if (uml && boot.net) {
         order = sys::read_file("/lib/modules/uml/order.net").value_or("");
     } else if (!uml) {
         order = sys::read_file("/lib/modules/order").value_or("");
@@ -222,8 +215,8 @@ Result<void> early_init() {
         // disk). A template is attached to either, and may carry NICs.
         if (share == "virtiofs" || g_template) order += sys::read_file("/lib/modules/order.virtiofs").value_or("");
         if ((share != "disk" && share != "virtiofs") || g_template) order += sys::read_file("/lib/modules/order.9p").value_or("");
-        if (cmdline_param(cmdline, "husk.channel") == "vsock") order += sys::read_file("/lib/modules/order.vsock").value_or("");
-        if (cmdline_param(cmdline, "husk.net") == "1" || g_template) order += sys::read_file("/lib/modules/order.net").value_or("");
+        if (boot.channel == "vsock") order += sys::read_file("/lib/modules/order.vsock").value_or("");
+        if (boot.net || g_template) order += sys::read_file("/lib/modules/order.net").value_or("");
         if (share == "disk") order += sys::read_file("/lib/modules/order.disk").value_or("");
     }
     for (const auto& name : order_names(order)) {
@@ -245,7 +238,7 @@ Result<void> early_init() {
     for (auto d : {"dev", "proc", "sys"}) TRY(sys::mount(std::string("/") + d, std::string("/newroot/") + d, "", MS_MOVE));
     // virtio_mem, for a VM that may be given memory: loaded when it first
     // is (Agent::do_memory), not at boot (~80 ms of TCG a boot).
-    if (!uml && cmdline_param(cmdline, "husk.mem") == "1") {
+    if (!uml && boot.mem) {
         std::string late = sys::read_file("/lib/modules/order.mem").value_or("");
         TRY(sys::mkdir_p(std::string("/newroot") + kLateModules, 0700));
         TRY(sys::write_file(std::string("/newroot") + kLateModules + "/order", late));
@@ -268,7 +261,7 @@ Result<void> early_init() {
         say("template: waiting to be attached");
         return {};
     }
-    TRY(mount_share(share, cmdline_param(cmdline, "husk.hostfs"), 0));
+    TRY(mount_share(share, boot.hostfs, 0));
     return {};
 }
 
@@ -370,9 +363,9 @@ Result<void> attach(const proto::Attach& p) {
 std::vector<std::pair<unsigned, std::string>> cpu_online_files() {
     std::vector<std::pair<unsigned, std::string>> out;
     for (const auto& e : sys::list_dir("/sys/devices/system/cpu").value_or(std::vector<std::string>{}))
-        if (e.size() > 3 && e.rfind("cpu", 0) == 0 && std::all_of(e.begin() + 3, e.end(), ::isdigit)) {
+        if (auto n = e.rfind("cpu", 0) == 0 ? parse_number<unsigned>(std::string_view(e).substr(3)) : std::nullopt) {
             std::string f = "/sys/devices/system/cpu/" + e + "/online";
-            if (sys::exists(f)) out.emplace_back(unsigned(std::stoul(e.substr(3))), f);
+            if (sys::exists(f)) out.emplace_back(*n, f);
         }
     std::sort(out.begin(), out.end());
     return out;

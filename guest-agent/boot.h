@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "husk/result.h"
+#include "protocol/boot.h"
 #include "protocol/messages.h"
 #include "sys/fd.h"
 
@@ -19,7 +20,8 @@ extern bool g_debug;
 void say(const std::string& m);
 // The message on the console, and the VM powers off (PID 1).
 [[noreturn]] void fatal(const std::string& m);
-std::string cmdline_param(const std::string& cmdline, const std::string& key);
+// The husk.* words of /proc/cmdline (protocol/boot.h), strictly.
+Result<proto::BootParams> boot_params();
 
 Result<void> early_init();
 Result<sys::Fd> open_serial_channel();

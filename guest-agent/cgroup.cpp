@@ -27,9 +27,7 @@ Result<void> init_cgroups() {
     return {};
 }
 
-static Result<std::string> file_path(const std::string& dir, const json& name) {
-    if (!name.is_string()) return fail("cgroup file name must be a string", EINVAL);
-    std::string n = name.get<std::string>();
+static Result<std::string> file_path(const std::string& dir, const std::string& n) {
     if (n.empty() || n.find('/') != std::string::npos || n[0] == '.') return fail("bad cgroup file name " + n, EINVAL);
     return dir + "/" + n;
 }
@@ -38,13 +36,12 @@ std::string container_cgroup_dir(uint32_t init) {
     return init == 0 ? std::string(kContainerCgroup) : std::string(kContainerCgroup) + "-" + std::to_string(init);
 }
 
-Result<void> write_cgroup_files(const std::string& dir, const json& files) {
-    for (const auto& f : files) {
-        if (!f.is_array() || f.size() != 2 || !f[1].is_string()) return fail("bad cgroup write", EINVAL);
-        std::string path = TRY(file_path(dir, f[0]));
-        if (auto r = sys::write_file(path, f[1].get<std::string>()); !r) {
+Result<void> write_cgroup_files(const std::string& dir, const CgroupFiles& files) {
+    for (const auto& [name, value] : files) {
+        std::string path = TRY(file_path(dir, name));
+        if (auto r = sys::write_file(path, value); !r) {
             std::string why = r.error().code == ENOENT ? "not supported by the guest kernel" : std::strerror(r.error().code);
-            return fail("cgroup " + f[0].get<std::string>() + " = " + f[1].get<std::string>() + ": " + why, r.error().code);
+            return fail("cgroup " + name + " = " + value + ": " + why, r.error().code);
         }
     }
     return {};
@@ -97,20 +94,20 @@ void set_off(uint64_t& raw, int16_t off) {
 
 }  // namespace
 
-std::vector<uint64_t> device_program(const json& rules) {
+std::vector<uint64_t> device_program(const std::vector<proto::DeviceRule>& rules) {
     // r2 = device type, r3 = access bits, r4 = major, r5 = minor
     // (struct bpf_cgroup_dev_ctx: access_type = type | access << 16).
     std::vector<uint64_t> p = {ld_ctx(2, 0), alu_k(BPF_AND, 2, 0xffff), ld_ctx(3, 0), alu_k(BPF_RSH, 3, 16),
                                ld_ctx(4, 4), ld_ctx(5, 8)};
     // First match wins, so the last rule is checked first.
     for (auto it = rules.rbegin(); it != rules.rend(); ++it) {
-        const json& r = *it;
+        const proto::DeviceRule& r = *it;
         std::vector<uint64_t> b;
-        std::string type = r.value("type", "a");
+        const std::string& type = r.type;
         if (type == "c") b.push_back(jne(2, BPF_DEVCG_DEV_CHAR));
         else if (type == "b") b.push_back(jne(2, BPF_DEVCG_DEV_BLOCK));
         int32_t acc = 0;
-        for (char c : r.value("access", std::string("rwm")))
+        for (char c : r.access)
             acc |= c == 'r' ? BPF_DEVCG_ACC_READ : c == 'w' ? BPF_DEVCG_ACC_WRITE : c == 'm' ? BPF_DEVCG_ACC_MKNOD : 0;
         if (acc != (BPF_DEVCG_ACC_READ | BPF_DEVCG_ACC_WRITE | BPF_DEVCG_ACC_MKNOD)) {
             // Matches only if every requested bit is one the rule names.
@@ -118,10 +115,10 @@ std::vector<uint64_t> device_program(const json& rules) {
             b.push_back(alu_k(BPF_AND, 1, ~acc));
             b.push_back(jne(1, 0));
         }
-        if (int64_t maj = r.value("major", int64_t(-1)); maj >= 0) b.push_back(jne(4, int32_t(maj)));
-        if (int64_t min = r.value("minor", int64_t(-1)); min >= 0) b.push_back(jne(5, int32_t(min)));
+        if (r.major >= 0) b.push_back(jne(4, int32_t(r.major)));
+        if (r.minor >= 0) b.push_back(jne(5, int32_t(r.minor)));
         size_t body = b.size();
-        b.push_back(ret(r.value("allow", false) ? 1 : 0));
+        b.push_back(ret(r.allow ? 1 : 0));
         b.push_back(exit_insn());
         for (size_t i = 0; i < body; ++i)  // each test jumps to the next rule
             if (is_jump(b[i])) set_off(b[i], int16_t(b.size() - i - 1));
@@ -136,7 +133,7 @@ std::vector<uint64_t> device_program(const json& rules) {
     return p;
 }
 
-Result<sys::Fd> load_device_program(const json& rules) {
+Result<sys::Fd> load_device_program(const std::vector<proto::DeviceRule>& rules) {
     auto prog = device_program(rules);
     static char log[16384];
     union bpf_attr load;
@@ -153,7 +150,7 @@ Result<sys::Fd> load_device_program(const json& rules) {
     return sys::Fd(pfd);
 }
 
-static Result<void> attach_device_filter(int cgroup_fd, const json& rules) {
+static Result<void> attach_device_filter(int cgroup_fd, const std::vector<proto::DeviceRule>& rules) {
     auto prog_fd = TRY(load_device_program(rules));
     union bpf_attr at;
     std::memset(&at, 0, sizeof at);
@@ -165,11 +162,12 @@ static Result<void> attach_device_filter(int cgroup_fd, const json& rules) {
     return {};
 }
 
-Result<sys::Fd> create_container_cgroup(const std::string& dir, const json& files, const json& device_rules) {
+Result<sys::Fd> create_container_cgroup(const std::string& dir, const CgroupFiles& files,
+                                        const std::vector<proto::DeviceRule>& device_rules) {
     if (::mkdir(dir.c_str(), 0755) < 0 && errno != EEXIST) return fail_errno("mkdir " + dir);
     TRY(write_cgroup_files(dir, files));
     auto fd = TRY(sys::open(dir, O_RDONLY | O_DIRECTORY));
-    if (device_rules.is_array()) TRY(attach_device_filter(fd.get(), device_rules));
+    TRY(attach_device_filter(fd.get(), device_rules));
     return fd;
 }
 

@@ -9,6 +9,7 @@
 #include <nlohmann/json.hpp>
 
 #include "husk/result.h"
+#include "protocol/agent.h"
 #include "sys/fd.h"
 
 namespace husk::agent {
@@ -22,24 +23,25 @@ Result<void> init_cgroups();
 // The group of the container whose init has process index `init`.
 std::string container_cgroup_dir(uint32_t init);
 
-// Create the container's group `dir`, write `files` ([[name, value], ...])
-// and attach the device filter for `device_rules`. Returns an fd for
-// clone3(CLONE_INTO_CGROUP).
-Result<sys::Fd> create_container_cgroup(const std::string& dir, const nlohmann::json& files,
-                                        const nlohmann::json& device_rules);
+using CgroupFiles = std::vector<std::pair<std::string, std::string>>;
+
+// Create the container's group `dir`, write `files` and attach the device
+// filter for `device_rules`. Returns an fd for clone3(CLONE_INTO_CGROUP).
+Result<sys::Fd> create_container_cgroup(const std::string& dir, const CgroupFiles& files,
+                                        const std::vector<proto::DeviceRule>& device_rules);
 // Remove it once its processes are gone (waiting briefly for them).
 void remove_container_cgroup(const std::string& dir);
 
-// Write [[name, value], ...] into the container's group.
-Result<void> write_cgroup_files(const std::string& dir, const nlohmann::json& files);
+// Write (name, value)s into the container's group.
+Result<void> write_cgroup_files(const std::string& dir, const CgroupFiles& files);
 
 // name -> content for each readable file of `names` (missing ones left out).
 nlohmann::json read_cgroup_files(const std::string& dir, const std::vector<std::string>& names);
 
 // The eBPF instructions of a cgroup device program for `rules` (later
 // rules win; nothing matched: denied), as raw struct bpf_insn bytes.
-std::vector<uint64_t> device_program(const nlohmann::json& rules);
+std::vector<uint64_t> device_program(const std::vector<proto::DeviceRule>& rules);
 // Load it into the kernel (the verifier's log in the error).
-Result<sys::Fd> load_device_program(const nlohmann::json& rules);
+Result<sys::Fd> load_device_program(const std::vector<proto::DeviceRule>& rules);
 
 }  // namespace husk::agent

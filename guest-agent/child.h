@@ -39,11 +39,11 @@ namespace husk::agent {
 // nodes and the mounts under it. A tmpfs elsewhere goes read-only right
 // after; /dev once the rest of it is built (`dev_ro`: the flags to
 // remount it with).
-Result<void> do_mount(int root, const nlohmann::json& m, unsigned long& dev_ro);
+Result<void> do_mount(int root, const proto::Mount& m, unsigned long& dev_ro);
 // What runc puts in a tmpfs /dev: the standard nodes and links.
 Result<void> populate_dev();
 // linux.devices: the nodes the spec asks for.
-Result<void> make_devices(const nlohmann::json& devices);
+Result<void> make_devices(const std::vector<proto::Device>& devices);
 // maskedPaths and readonlyPaths, as runc applies them.
 Result<void> mask_path(const std::string& p);
 Result<void> readonly_path(const std::string& p);
@@ -58,7 +58,12 @@ void reset_signals();
 // container's namespaces and root: stdio (pipes, or a pty from the
 // container's own devpts), credentials, cwd, then "R" (with the pty master
 // attached), wait for "S", execve.
-[[noreturn]] void run_process(const nlohmann::json& proc, const nlohmann::json& seccomp, int sync_fd, const Stdio& io,
-                              const nlohmann::json& start_hooks = nlohmann::json());
+// `start_hooks`: startContainer's, with the state they read.
+struct StartHooks {
+    std::vector<SpecHook> hooks;
+    nlohmann::json state;
+};
+[[noreturn]] void run_process(const proto::Process& proc, const std::optional<proto::Seccomp>& seccomp, int sync_fd,
+                              const Stdio& io, const std::optional<StartHooks>& start_hooks = std::nullopt);
 
 }  // namespace husk::agent

@@ -4,9 +4,12 @@
 #include <utility>
 #include <vector>
 
+#include <optional>
+
 #include <nlohmann/json.hpp>
 
 #include "husk/result.h"
+#include "protocol/agent.h"
 
 namespace husk::agent {
 
@@ -24,7 +27,7 @@ struct MountFlags {
 MountFlags parse_mount_options(const std::vector<std::string>& opts);
 
 // clone() flags for the namespaces the request asks for (mount always).
-int clone_flags(const nlohmann::json& params);
+int clone_flags(const proto::Create& params);
 
 // The pipe ends a process without a terminal gets as fds 0-2, and its
 // preserved fds (pipe or socketpair ends) as fds 3.., terminal or not.
@@ -41,10 +44,12 @@ struct Stdio {
 // container_init builds the container: mounts, pivot_root, hostname...
 // First it enters `joins` (fd, CLONE_NEW*): the namespaces it shares with
 // another container of the sandbox.
-[[noreturn]] void container_init(const nlohmann::json& params, const std::vector<std::pair<int, int>>& joins, int sync_fd,
+[[noreturn]] void container_init(const proto::Create& params, const std::vector<std::pair<int, int>>& joins, int sync_fd,
                                  const Stdio& io);
 // exec_init joins the container of `init_pid` (whose pid namespace the
-// caller entered for its children before clone) and runs params.process.
-[[noreturn]] void exec_init(const nlohmann::json& params, pid_t init_pid, int sync_fd, const Stdio& io);
+// caller entered for its children before clone; its user namespace too
+// with `userns`) and runs `proc` under the container's `seccomp`.
+[[noreturn]] void exec_init(const proto::Process& proc, const std::optional<proto::Seccomp>& seccomp, bool userns,
+                            pid_t init_pid, int sync_fd, const Stdio& io);
 
 }  // namespace husk::agent

@@ -24,9 +24,10 @@ int main() {
     // container's processes are reset to SCHED_OTHER when we fork them.
     sched_param sp{};
     (void)sched_setscheduler(0, SCHED_BATCH | SCHED_RESET_ON_FORK, &sp);
-    auto cmdline = sys::read_file("/proc/cmdline").value_or("");
-    g_debug = cmdline_param(cmdline, "husk.debug") == "1";
-    std::string kind = cmdline_param(cmdline, "husk.channel");
+    auto boot = boot_params();
+    if (!boot) fatal(boot.error().message);
+    g_debug = boot->debug;
+    const std::string& kind = boot->channel;
     auto chan = kind == "vsock"               ? open_vsock_channel()
                 : kind.rfind("tty", 0) == 0   ? open_tty_channel(kind)
                                               : open_serial_channel();

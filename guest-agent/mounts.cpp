@@ -222,16 +222,16 @@ Result<void> make_node(const std::string& path, mode_t kind, mode_t mode, dev_t 
 // nodes and the mounts under it. A tmpfs elsewhere goes read-only right
 // after; /dev once the rest of it is built (`dev_ro`: the flags to
 // remount it with).
-Result<void> do_mount(int root, const json& m, unsigned long& dev_ro) {
-    std::string dest = m.at("destination");
-    std::string type = m.value("type", "");
-    std::vector<std::string> opts = m.value("options", std::vector<std::string>{});
+Result<void> do_mount(int root, const proto::Mount& m, unsigned long& dev_ro) {
+    const std::string& dest = m.destination;
+    std::string type = m.type;
+    std::vector<std::string> opts = m.options;
     // runc's extension: a tmpfs starts with what the image had there.
     bool copyup = std::find(opts.begin(), opts.end(), "tmpcopyup") != opts.end();
     opts.erase(std::remove(opts.begin(), opts.end(), "tmpcopyup"), opts.end());
     MountFlags mf = parse_mount_options(opts);
-    if (m.contains("share")) {
-        std::string src = std::string(kShareMount) + "/" + m["share"].get<std::string>();
+    if (m.share) {
+        std::string src = std::string(kShareMount) + "/" + *m.share;
         bool file = !sys::is_dir(src);
         auto target = TRY(make_mountpoint(root, dest, file));
         unsigned long bflags = MS_BIND | (mf.flags & MS_REC);
@@ -239,7 +239,7 @@ Result<void> do_mount(int root, const json& m, unsigned long& dev_ro) {
         // The host's mounts under an rbind source are one filesystem with
         // it here: bound again each (parents first), so that a read-only
         // top leaves them writable, as the kernel's bind does on the host.
-        for (const auto& sub : m.value("submounts", std::vector<std::string>{})) {
+        for (const auto& sub : m.submounts) {
             if (sub.empty() || sub[0] == '/' || sub.find("..") != std::string::npos) continue;
             auto at = openat2_in_root(root, dest + "/" + sub, O_PATH);
             if (at) TRY(sys::mount(src + "/" + sub, fd_path(*at), "", MS_BIND));
@@ -251,7 +251,7 @@ Result<void> do_mount(int root, const json& m, unsigned long& dev_ro) {
         if (mf.propagation) TRY(sys::mount("", fd_path(mounted), "", mf.propagation));
         return {};
     }
-    std::string source = m.value("source", "");
+    std::string source = m.source;
     if (type == "cgroup") {
         // The guest runs cgroup v2 only, whatever the host has.
         type = "cgroup2";
@@ -315,15 +315,14 @@ Result<void> populate_dev() {
 }
 
 // linux.devices: made after pivot_root, so every path is the container's.
-Result<void> make_devices(const json& devices) {
+Result<void> make_devices(const std::vector<proto::Device>& devices) {
     for (const auto& d : devices) {
-        std::string path = d.at("path");
-        std::string type = d.at("type");
-        mode_t kind = type == "b" ? S_IFBLK : type == "p" ? S_IFIFO : S_IFCHR;
+        const std::string& path = d.path;
+        mode_t kind = d.type == "b" ? S_IFBLK : d.type == "p" ? S_IFIFO : S_IFCHR;
         TRY(sys::mkdir_p(sys::dirname(path), 0755));
         ::unlink(path.c_str());  // runc replaces what the image had there
-        TRY(make_node(path, kind, mode_t(d.value("file_mode", 0666u)), makedev(d.value("major", 0u), d.value("minor", 0u)),
-                      d.value("uid", 0u), d.value("gid", 0u)));
+        TRY(make_node(path, kind, mode_t(d.file_mode.value_or(0666)), makedev(unsigned(d.major), unsigned(d.minor)), d.uid,
+                      d.gid));
     }
     return {};
 }

@@ -44,11 +44,20 @@ Result<void> apply_bounding(const std::vector<int>& keep) {
     return {};
 }
 
-Result<void> apply_caps(const json& caps) {
+using CapSets = std::map<std::string, std::vector<int>>;
+
+// The numbers of one set (none when the spec left it out).
+const std::vector<int>& cap_set(const CapSets& caps, const char* set) {
+    static const std::vector<int> none;
+    auto it = caps.find(set);
+    return it == caps.end() ? none : it->second;
+}
+
+Result<void> apply_caps(const CapSets& caps) {
     __user_cap_header_struct hdr{_LINUX_CAPABILITY_VERSION_3, 0};
     __user_cap_data_struct data[2] = {};
     auto fill = [&](const char* set, uint32_t __user_cap_data_struct::*field) {
-        for (int cap : caps.value(set, std::vector<int>{})) {
+        for (int cap : cap_set(caps, set)) {
             if (cap < 0 || cap > 63) continue;
             data[cap / 32].*field |= 1u << (cap % 32);
         }
@@ -62,7 +71,7 @@ Result<void> apply_caps(const json& caps) {
     // inheritable. runc (1.1) tries each and ignores the refusals, so the
     // default spec (ambient caps, no inheritable set: `runc spec`, `husk
     // spec`) runs with CapAmb 0 instead of failing.
-    for (int cap : caps.value("ambient", std::vector<int>{}))
+    for (int cap : cap_set(caps, "ambient"))
         if (prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, cap, 0, 0) < 0 && errno != EPERM)
             return fail_errno("raise ambient cap " + std::to_string(cap));
     return {};
@@ -89,9 +98,8 @@ bool seccomp_args_repeat(const std::vector<scmp_arg_cmp>& args) {
 // linux.seccomp with libseccomp, as runc builds it: unknown syscall names
 // are skipped (profiles name syscalls of newer kernels), rules equal to the
 // default action are redundant and skipped.
-Result<void> load_seccomp(const json& sec) {
-    uint32_t def_errno = sec.value("defaultErrnoRet", uint32_t(EPERM));
-    uint32_t def = seccomp_action(sec.at("defaultAction").get<std::string>(), def_errno);
+Result<void> load_seccomp(const proto::Seccomp& sec) {
+    uint32_t def = seccomp_action(sec.default_action, sec.default_errno_ret.value_or(EPERM));
     scmp_filter_ctx ctx = seccomp_init(def);
     if (!ctx) return fail("seccomp: init failed", EINVAL);
     struct Release {
@@ -102,7 +110,7 @@ Result<void> load_seccomp(const json& sec) {
     // process has it is process.noNewPrivileges's call alone.
     if (int rc = seccomp_attr_set(ctx, SCMP_FLTATR_CTL_NNP, 0); rc < 0)
         return fail(std::string("seccomp: ") + strerror(-rc), EINVAL);
-    for (const auto& a : sec.value("architectures", std::vector<std::string>{})) {
+    for (const auto& a : sec.architectures) {
         std::string n = a.rfind("SCMP_ARCH_", 0) == 0 ? a.substr(10) : a;
         for (auto& ch : n) ch = char(std::tolower(static_cast<unsigned char>(ch)));
         uint32_t arch = seccomp_arch_resolve_name(n.c_str());
@@ -110,7 +118,7 @@ Result<void> load_seccomp(const json& sec) {
         int rc = seccomp_arch_add(ctx, arch);
         if (rc < 0 && rc != -EEXIST) return fail("seccomp: architecture " + a + ": " + strerror(-rc), EINVAL);
     }
-    for (const auto& f : sec.value("flags", std::vector<std::string>{})) {
+    for (const auto& f : sec.flags) {
         int rc = 0;
         if (f == "SECCOMP_FILTER_FLAG_TSYNC") rc = seccomp_attr_set(ctx, SCMP_FLTATR_CTL_TSYNC, 1);
         else if (f == "SECCOMP_FILTER_FLAG_LOG") rc = seccomp_attr_set(ctx, SCMP_FLTATR_CTL_LOG, 1);
@@ -122,13 +130,15 @@ Result<void> load_seccomp(const json& sec) {
         {"SCMP_CMP_NE", SCMP_CMP_NE}, {"SCMP_CMP_LT", SCMP_CMP_LT}, {"SCMP_CMP_LE", SCMP_CMP_LE},
         {"SCMP_CMP_EQ", SCMP_CMP_EQ}, {"SCMP_CMP_GE", SCMP_CMP_GE}, {"SCMP_CMP_GT", SCMP_CMP_GT},
         {"SCMP_CMP_MASKED_EQ", SCMP_CMP_MASKED_EQ}};
-    for (const auto& rule : sec.value("syscalls", json::array())) {
-        uint32_t act = seccomp_action(rule.at("action").get<std::string>(), rule.value("errnoRet", uint32_t(EPERM)));
+    for (const auto& rule : sec.syscalls) {
+        uint32_t act = seccomp_action(rule.action, rule.errno_ret.value_or(EPERM));
         if (act == def) continue;
         std::vector<scmp_arg_cmp> args;
-        for (const auto& a : rule.value("args", json::array()))
-            args.push_back({a.at("index").get<unsigned>(), ops.at(a.at("op").get<std::string>()),
-                            a.at("value").get<uint64_t>(), a.value("valueTwo", uint64_t(0))});
+        for (const auto& a : rule.args) {
+            auto op = ops.find(a.op);
+            if (op == ops.end()) return fail("seccomp: unknown operator " + a.op, EINVAL);  // (the decoder refused it)
+            args.push_back({a.index, op->second, a.value, a.value_two});
+        }
         // libseccomp refuses two comparisons of one argument in a rule;
         // runc then adds each condition as a rule of its own (so they
         // match as alternatives), and so do we.
@@ -137,12 +147,12 @@ Result<void> load_seccomp(const json& sec) {
             for (const auto& a : args) rules.push_back({a});
         else
             rules.push_back(args);
-        for (const auto& name : rule.at("names")) {
-            int nr = seccomp_syscall_resolve_name(name.get<std::string>().c_str());
+        for (const auto& name : rule.names) {
+            int nr = seccomp_syscall_resolve_name(name.c_str());
             if (nr == __NR_SCMP_ERROR) continue;
             for (const auto& r : rules) {
                 int rc = seccomp_rule_add_array(ctx, act, nr, unsigned(r.size()), r.data());
-                if (rc < 0) return fail("seccomp: rule for " + name.get<std::string>() + ": " + strerror(-rc), EINVAL);
+                if (rc < 0) return fail("seccomp: rule for " + name + ": " + strerror(-rc), EINVAL);
             }
         }
     }
@@ -197,25 +207,13 @@ Result<std::string> find_executable(const std::string& arg0, const std::vector<s
     std::string path = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
     for (const auto& e : env)
         if (e.rfind("PATH=", 0) == 0) path = e.substr(5);
-    size_t pos = 0;
-    while (pos <= path.size()) {
-        size_t e = path.find(':', pos);
-        if (e == std::string::npos) e = path.size();
-        std::string dir = path.substr(pos, e - pos);
-        if (dir.empty()) dir = ".";
-        std::string c = dir + "/" + arg0;
-        struct stat st;
-        if (::stat(c.c_str(), &st) == 0 && S_ISREG(st.st_mode) && ::access(c.c_str(), X_OK) == 0) return c;
-        pos = e + 1;
-    }
+    if (auto found = sys::search_path(arg0, path)) return *found;
     return fail("exec: \"" + arg0 + "\": executable file not found in $PATH", ENOENT);
 }
 
 void reset_signals() {
     // The agent blocks signals for its signalfd; the workload must not inherit that.
-    sigset_t none;
-    sigemptyset(&none);
-    sigprocmask(SIG_SETMASK, &none, nullptr);
+    sys::unblock_all_signals();
     for (int sig = 1; sig < NSIG; ++sig) signal(sig, SIG_DFL);
 }
 
@@ -223,8 +221,8 @@ void reset_signals() {
 // container's namespaces and root: stdio (pipes, or a pty from the
 // container's own devpts), credentials, cwd, then "R" (with the pty master
 // attached), wait for "S", execve.
-[[noreturn]] void run_process(const json& proc, const json& seccomp, int sync_fd, const Stdio& io,
-                              const json& start_hooks) {
+[[noreturn]] void run_process(const proto::Process& proc, const std::optional<proto::Seccomp>& seccomp, int sync_fd,
+                              const Stdio& io, const std::optional<StartHooks>& start_hooks) {
     setsid();
     // Preserved fds first, to 3.. as runc passes them: every fd that must
     // outlive this (the sync socket, stdio's pipes) moves above them, and
@@ -244,7 +242,7 @@ void reset_signals() {
             if (dup2(moved.extra[i], int(3 + i)) < 0) die(sync_fd, "dup2 preserved fd failed");
     }
     std::optional<sys::Pty> pty;
-    if (proc.value("terminal", false)) {
+    if (proc.terminal) {
         auto p = sys::open_pty("/dev/ptmx");
         if (!p) die(sync_fd, "terminal: " + p.error().message + " (the container needs /dev/pts and /dev/ptmx)");
         pty = std::move(*p);
@@ -260,25 +258,23 @@ void reset_signals() {
             if (dup2(fds[i], i) < 0) die(sync_fd, "dup2 stdio failed");
     }
 
-    std::string cwd = proc.value("cwd", "/");
-    if (proc.contains("umask")) ::umask(mode_t(proc["umask"].get<uint32_t>()));
-    else ::umask(022);
+    const std::string& cwd = proc.cwd;
+    ::umask(mode_t(proc.umask.value_or(022)));
 
     // runc's order: limits while still privileged; seccomp now if it cannot
     // wait for no_new_privs (loading it then needs CAP_SYS_ADMIN); bounding
     // set; user with caps kept; the configured caps; cwd; no_new_privs;
     // seccomp last when no_new_privs lets it load unprivileged.
-    for (const auto& l : proc.value("rlimits", json::array())) {
-        struct rlimit rl{l.at("soft").get<rlim_t>(), l.at("hard").get<rlim_t>()};
-        if (::setrlimit(l.at("resource").get<int>(), &rl) < 0) die(sync_fd, std::string("setrlimit: ") + strerror(errno));
+    for (const auto& l : proc.rlimits) {
+        struct rlimit rl{rlim_t(l.soft), rlim_t(l.hard)};
+        if (::setrlimit(l.resource, &rl) < 0) die(sync_fd, std::string("setrlimit: ") + strerror(errno));
     }
-    if (proc.contains("oom_score_adj"))
-        CHECK(sys::write_file("/proc/self/oom_score_adj", std::to_string(proc["oom_score_adj"].get<int>())));
-    auto env = proc.value("env", std::vector<std::string>{});
+    if (proc.oom_score_adj) CHECK(sys::write_file("/proc/self/oom_score_adj", std::to_string(*proc.oom_score_adj)));
+    auto env = proc.env;
     if (std::none_of(env.begin(), env.end(), [](const std::string& e) { return e.rfind("HOME=", 0) == 0; }))
-        env.push_back("HOME=" + home_of(proc.value("uid", 0u)));  // as runc, from the container's passwd
-    bool nnp = proc.value("no_new_privileges", false);
-    if (!seccomp.is_null() && !nnp) CHECK(load_seccomp(seccomp));
+        env.push_back("HOME=" + home_of(proc.uid));  // as runc, from the container's passwd
+    bool nnp = proc.no_new_privileges;
+    if (seccomp && !nnp) CHECK(load_seccomp(*seccomp));
     // The cwd as runc enters it: first with every privilege (a directory
     // root may enter but the user may not still works), again as the
     // user if that was refused (one the user may enter but root, lacking
@@ -288,16 +284,16 @@ void reset_signals() {
         if (errno != EACCES && errno != EPERM) die(sync_fd, "chdir to cwd " + cwd + ": " + strerror(errno));
         cwd_later = true;
     }
-    bool caps = proc.contains("capabilities");
+    bool caps = proc.capabilities.has_value();
     if (caps) {
-        CHECK(apply_bounding(proc["capabilities"].value("bounding", std::vector<int>{})));
+        CHECK(apply_bounding(cap_set(*proc.capabilities, "bounding")));
         if (prctl(PR_SET_KEEPCAPS, 1, 0, 0, 0) < 0) die(sync_fd, std::string("keepcaps: ") + strerror(errno));
     }
 
     std::vector<gid_t> groups;
-    for (auto g : proc.value("additional_gids", std::vector<uint32_t>{})) groups.push_back(g);
-    uid_t uid = proc.value("uid", 0u);
-    gid_t gid = proc.value("gid", 0u);
+    for (auto g : proc.additional_gids) groups.push_back(g);
+    uid_t uid = proc.uid;
+    gid_t gid = proc.gid;
     fix_stdio_owner(uid);
     if (::setgroups(groups.size(), groups.data()) < 0) die(sync_fd, std::string("setgroups: ") + strerror(errno));
     if (::setresgid(gid, gid, gid) < 0) die(sync_fd, std::string("setgid: ") + strerror(errno));
@@ -305,11 +301,11 @@ void reset_signals() {
     if (cwd_later && ::chdir(cwd.c_str()) < 0) die(sync_fd, "chdir to cwd " + cwd + ": " + strerror(errno));
     if (caps) {
         prctl(PR_SET_KEEPCAPS, 0, 0, 0, 0);
-        CHECK(apply_caps(proc["capabilities"]));
+        CHECK(apply_caps(*proc.capabilities));
     }
     if (nnp && prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0) die(sync_fd, std::string("no_new_privs: ") + strerror(errno));
 
-    auto args = proc.at("args").get<std::vector<std::string>>();
+    auto args = proc.args;
     std::string exe = CHECK(find_executable(args[0], env));
 
     std::vector<int> pass;
@@ -322,11 +318,11 @@ void reset_signals() {
     // whatever was opened without O_CLOEXEC (runc's CVE-2024-21626 was a
     // leaked fd); before seccomp, which may refuse close_range.
     sys::cloexec_from(3 + int(io.extra.size()));
-    if (!seccomp.is_null() && nnp) CHECK(load_seccomp(seccomp));
+    if (seccomp && nnp) CHECK(load_seccomp(*seccomp));
     // startContainer hooks: as runc, once the process is what it will be
     // (its seccomp filter included), right before its program starts.
-    if (!start_hooks.is_null()) {
-        auto r = run_hooks(hooks_from_json(start_hooks["hooks"]), "startContainer", start_hooks["state"]);
+    if (start_hooks) {
+        auto r = run_hooks(start_hooks->hooks, "startContainer", start_hooks->state);
         if (!r) die(sync_fd, r.error().message);
     }
 

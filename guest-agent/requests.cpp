@@ -4,9 +4,8 @@
 
 namespace husk::agent {
 
-// The container a request names ("container"; the first one's when absent).
-Result<Container*> Agent::container_of(const json& params) {
-    std::string id = params.value("container", "");
+// The container a request names ("" = the sandbox's first).
+Result<Container*> Agent::container_of(const std::string& id) {
     if (id.empty() && !containers_.empty()) {
         for (auto& [cid, c] : containers_)
             if (c.init == 0) return &c;
@@ -33,17 +32,16 @@ std::vector<pid_t> Agent::pids_of(const Container& c) {
 // A container: the sandbox's first (process 0, with the VM's network), or
 // one that joins it ("process_index" its init's, and "join": the
 // namespaces it shares, each that of another container's init).
-Result<json> Agent::do_create(const json& params) {
-    std::string id = params.value("container", "");
-    uint32_t idx = params.value("process_index", 0u);
+Result<json> Agent::do_create(const proto::Create& params) {
+    const std::string& id = params.container;
+    uint32_t idx = params.process_index;
     if (containers_.count(id) || procs_.count(idx)) return fail("container " + id + " already created", EEXIST);
     if ((idx == 0) != containers_.empty()) return fail("process index " + std::to_string(idx) + " is not this container's", EINVAL);
     // The NICs first: createContainer hooks and the workload see the
     // network the container's netns had on the host.
-    if (params.contains("network")) {
-        auto ifs = TRY(interfaces_from_json(params["network"]));
-        TRY_CTX(sys::configure_interfaces(ifs, kNicTimeoutMs), "network");
-        say("network configured: " + std::to_string(ifs.size()) + " interface(s)");
+    if (params.network) {
+        TRY_CTX(sys::configure_interfaces(*params.network, kNicTimeoutMs), "network");
+        say("network configured: " + std::to_string(params.network->size()) + " interface(s)");
     }
     // The namespaces it shares: opened now, entered by the child (the pid
     // one by us, for the child to be born in it).
@@ -51,12 +49,11 @@ Result<json> Agent::do_create(const json& params) {
         {"ipc", CLONE_NEWIPC}, {"uts", CLONE_NEWUTS}, {"cgroup", CLONE_NEWCGROUP}, {"pid", CLONE_NEWPID}};
     std::vector<std::pair<sys::Fd, int>> joins;
     sys::Fd join_pid;
-    const json join = params.value("join", json::object());
-    for (const auto& [type, target] : join.items()) {
+    for (const auto& [type, target] : params.join) {
         auto k = kJoinable.find(type);
         if (k == kJoinable.end()) return fail("cannot join a " + type + " namespace", EINVAL);
-        auto t = containers_.find(target.get<std::string>());
-        if (t == containers_.end()) return fail("no container " + target.get<std::string>() + " to share a " + type + " namespace with", ESRCH);
+        auto t = containers_.find(target);
+        if (t == containers_.end()) return fail("no container " + target + " to share a " + type + " namespace with", ESRCH);
         pid_t tp = TRY_CTX(running_init(t->second), "container " + t->first);
         auto fd = TRY(sys::open("/proc/" + std::to_string(tp) + "/ns/" + type, O_RDONLY));
         if (k->second == CLONE_NEWPID) join_pid = std::move(fd);
@@ -64,20 +61,22 @@ Result<json> Agent::do_create(const json& params) {
     }
     Container c;
     c.init = idx;
-    c.seccomp = params.value("seccomp", json());
-    c.userns = params.contains("userns");
-    if (params.contains("cgroup")) {
+    c.seccomp = params.seccomp;
+    c.userns = params.userns.has_value();
+    if (params.cgroup) {
         c.cgroup_dir = agent::container_cgroup_dir(idx);
-        c.cgroup = TRY(agent::create_container_cgroup(c.cgroup_dir, params["cgroup"].value("files", json::array()),
-                                                      params["cgroup"].value("devices", json())));
+        c.cgroup = TRY(agent::create_container_cgroup(c.cgroup_dir, params.cgroup->files, params.cgroup->devices));
     }
     std::vector<std::pair<int, int>> join_fds;
     for (auto& [fd, flag] : joins) join_fds.emplace_back(fd.get(), flag);
-    if (join_pid && ::setns(join_pid.get(), CLONE_NEWPID) < 0) return fail_errno("join the pid namespace");
-    auto p = spawn(params.at("process"), agent::clone_flags(params),
-                   [&](int sync, const agent::Stdio& io) { agent::container_init(params, join_fds, sync, io); },
-                   params.value("userns", json()), c.cgroup ? c.cgroup.get() : -1);
-    if (join_pid && ::setns(own_pidns_.get(), CLONE_NEWPID) < 0) fatal(std::string("setns back to own pid ns: ") + strerror(errno));
+    Result<Process> p = fail("no process", EINVAL);
+    {
+        std::optional<ChildPidns> in_pidns;
+        if (join_pid) in_pidns.emplace(TRY(ChildPidns::enter(join_pid.get(), own_pidns_.get())));
+        p = spawn(params.process, agent::clone_flags(params),
+                  [&](int sync, const agent::Stdio& io) { agent::container_init(params, join_fds, sync, io); }, params.userns,
+                  c.cgroup ? c.cgroup.get() : -1);
+    }
     if (!p) {
         if (c.cgroup) agent::remove_container_cgroup(c.cgroup_dir);
         return tl::unexpected(p.error());
@@ -87,27 +86,26 @@ Result<json> Agent::do_create(const json& params) {
     procs_[idx] = std::move(*p);
     containers_[id] = std::move(c);
     say("container " + id + " created, pid " + std::to_string(pid));
-    return json{{"pid", pid}};
+    return proto::to_json(proto::Spawned{pid});
 }
 
 // A container that joined the sandbox is gone: its processes, its group.
-Result<json> Agent::do_remove(const json& params) {
-    Container* c = TRY(container_of(params));
+Result<json> Agent::do_remove(const proto::Target& params) {
+    Container* c = TRY(container_of(params.container));
     if (c->init == 0) return fail("the sandbox's first container goes with the VM", EINVAL);
     for (pid_t q : pids_of(*c)) ::kill(q, SIGKILL);
     for (auto& [idx, p] : procs_)
-        if (p.container == params.value("container", "") && !p.status) ::kill(p.pid, SIGKILL);
+        if (p.container == params.container && !p.status) ::kill(p.pid, SIGKILL);
     // What its init left in a pid namespace it shares (the pod's), too.
     if (!c->cgroup_dir.empty()) (void)sys::write_file(c->cgroup_dir + "/cgroup.kill", "1");
     if (!c->cgroup_dir.empty()) {
         c->cgroup.reset();
         agent::remove_container_cgroup(c->cgroup_dir);
     }
-    containers_.erase(params.value("container", ""));
+    containers_.erase(params.container);
     return json::object();
 }
 
-// The VM is about to be given memory: its driver, once.
 // A template's guest becomes this container's VM (boot.h: attach).
 Result<json> Agent::do_attach(const json& params) {
     TRY(attach(TRY(proto::attach_from_json(params))));
@@ -118,13 +116,11 @@ Result<json> Agent::do_attach(const json& params) {
 // checkpoint, with a new shim whose buffers are empty: the send credit of
 // every output starts again at the full window, and the shim is told what
 // is still open and how much of its stdin we hold.
-Result<json> Agent::do_resume(const json& params) {
+Result<json> Agent::do_resume(const proto::Resume& params) {
     if (!quiesced_) return fail("resume: not quiesced", EINVAL);
-    if (!params.is_object() || params.size() != 1 || !params.contains("restored") || !params["restored"].is_boolean())
-        return fail("resume: expected {\"restored\": bool}", EINVAL);
     quiesced_ = false;
     proto::Resumed r;
-    if (params["restored"].get<bool>()) {
+    if (params.restored) {
         for (auto& [idx, p] : procs_) {
             proto::ResumedProc rp;
             rp.process = idx;
@@ -142,7 +138,8 @@ Result<json> Agent::do_resume(const json& params) {
     return proto::to_json(r);
 }
 
-Result<json> Agent::do_memory(const json&) {
+// The VM is about to be given memory: its driver, once.
+Result<json> Agent::do_memory() {
     auto order = sys::read_file(std::string(kLateModules) + "/order");
     if (!order) return fail("this guest was not booted to take memory (husk.mem)", ENOTSUP);
     for (const auto& name : order_names(*order)) TRY(load_module(std::string(kLateModules) + "/" + name));
@@ -150,11 +147,12 @@ Result<json> Agent::do_memory(const json&) {
 }
 
 // A pod member's pause: its group frozen, the rest of the VM running.
-Result<json> Agent::do_freeze(const json& params) {
-    Container* c = TRY(container_of(params));
+Result<json> Agent::do_freeze(const proto::Target& params) {
+    Container* c = TRY(container_of(params.container));
     if (c->cgroup_dir.empty()) return fail("container has no cgroup to freeze", ENOENT);
-    bool on = params.value("frozen", false);
-    TRY(agent::write_cgroup_files(c->cgroup_dir, json::array({json::array({"cgroup.freeze", on ? "1" : "0"})})));
+    if (!params.frozen) return fail("freeze: frozen: missing", EPROTO);
+    bool on = *params.frozen;
+    TRY(agent::write_cgroup_files(c->cgroup_dir, {{"cgroup.freeze", on ? "1" : "0"}}));
     // Done once the kernel says so (every task stopped, or running again).
     for (int i = 0; i < 500; ++i) {
         auto ev = sys::read_file(c->cgroup_dir + "/cgroup.events").value_or("");
@@ -164,22 +162,24 @@ Result<json> Agent::do_freeze(const json& params) {
     return fail(on ? "the container's cgroup did not freeze" : "the container's cgroup did not thaw", ETIMEDOUT);
 }
 
-Result<json> Agent::do_exec(const json& params) {
-    uint32_t idx = params.at("process_index").get<uint32_t>();
+Result<json> Agent::do_exec(const proto::Exec& params) {
+    uint32_t idx = params.process_index;
     if (idx == 0 || procs_.count(idx)) return fail("process index " + std::to_string(idx) + " in use", EEXIST);
-    Container* c = TRY(container_of(params));
+    Container* c = TRY(container_of(params.container));
     pid_t init_pid = TRY(running_init(*c));
     std::string cid = procs_[c->init].container;
     // Children of ours are born in the container's pid namespace; the
     // agent itself stays where it is and switches back right after.
     auto pidns = TRY(sys::open("/proc/" + std::to_string(init_pid) + "/ns/pid", O_RDONLY));
-    if (::setns(pidns.get(), CLONE_NEWPID) < 0) return fail_errno("setns pid");
-    json xp = params;
-    xp["seccomp"] = c->seccomp;
-    xp["userns"] = c->userns;
-    auto p = spawn(params.at("process"), 0, [&](int sync, const agent::Stdio& io) { agent::exec_init(xp, init_pid, sync, io); },
-                   json(), c->cgroup ? c->cgroup.get() : -1);
-    if (::setns(own_pidns_.get(), CLONE_NEWPID) < 0) fatal(std::string("setns back to own pid ns: ") + strerror(errno));
+    Result<Process> p = fail("no process", EINVAL);
+    {
+        auto in_pidns = TRY(ChildPidns::enter(pidns.get(), own_pidns_.get()));
+        p = spawn(params.process, 0,
+                  [&](int sync, const agent::Stdio& io) {
+                      agent::exec_init(params.process, c->seccomp, c->userns, init_pid, sync, io);
+                  },
+                  std::nullopt, c->cgroup ? c->cgroup.get() : -1);
+    }
     if (!p) return tl::unexpected(p.error());
     // No start step for exec: go.
     pid_t pid = p->pid;
@@ -191,36 +191,36 @@ Result<json> Agent::do_exec(const json& params) {
     p->container = cid;
     procs_[idx] = std::move(*p);
     say("exec " + std::to_string(idx) + " started, pid " + std::to_string(pid));
-    return json{{"pid", pid}};
+    return proto::to_json(proto::Spawned{pid});
 }
 
 // The container's processes, as `husk ps` shows them.
-Result<json> Agent::do_ps(const json& params) {
-    Container* c = TRY(container_of(params));
+Result<json> Agent::do_ps(const proto::Target& params) {
+    Container* c = TRY(container_of(params.container));
     pid_t init = TRY(running_init(*c));
     return agent::ps_processes(init, pids_of(*c));
 }
 
-Result<json> Agent::do_update(const json& params) {
-    Container* c = TRY(container_of(params));
+Result<json> Agent::do_update(const proto::Target& params) {
+    Container* c = TRY(container_of(params.container));
     if (c->cgroup_dir.empty()) return fail("container has no cgroup", ENOENT);
-    TRY(agent::write_cgroup_files(c->cgroup_dir, params.value("files", json::array())));
+    TRY(agent::write_cgroup_files(c->cgroup_dir, params.files));
     return json::object();
 }
 
-Result<json> Agent::do_stats(const json& params) {
-    Container* c = TRY(container_of(params));
+Result<json> Agent::do_stats(const proto::Target& params) {
+    Container* c = TRY(container_of(params.container));
     if (c->cgroup_dir.empty()) return fail("container has no cgroup", ENOENT);
-    return agent::read_cgroup_files(c->cgroup_dir, params.value("files", std::vector<std::string>{}));
+    return agent::read_cgroup_files(c->cgroup_dir, params.names);
 }
 
-Result<json> Agent::do_resize(const json& params) {
-    uint32_t idx = params.at("process").get<uint32_t>();
+Result<json> Agent::do_resize(const proto::Resize& params) {
+    uint32_t idx = params.process;
     auto it = procs_.find(idx);
     if (it == procs_.end() || !it->second.tty) return fail("process has no terminal", ENOTTY);
     struct winsize ws{};
-    ws.ws_row = params.at("rows").get<uint16_t>();
-    ws.ws_col = params.at("cols").get<uint16_t>();
+    ws.ws_row = params.rows;
+    ws.ws_col = params.cols;
     if (::ioctl(it->second.tty.get(), TIOCSWINSZ, &ws) < 0) return fail_errno("resize");
     return json::object();
 }
@@ -238,21 +238,21 @@ Result<void> Agent::release(Process& p) {
     return {};
 }
 
-Result<json> Agent::do_start(const json& params) {
-    uint32_t idx = params.value("process", 0u);
+Result<json> Agent::do_start(const proto::Start& params) {
+    uint32_t idx = params.process;
     auto it = procs_.find(idx);
     if (it == procs_.end() || !it->second.sync) return fail("process not waiting for start", ESRCH);
     TRY(release(it->second));
     return json{{"started", true}};
 }
 
-Result<json> Agent::do_kill(const json& params) {
-    uint32_t idx = params.value("process", 0u);
-    int sig = params.value("signal", SIGTERM);
+Result<json> Agent::do_kill(const proto::Kill& params) {
+    uint32_t idx = params.process;
+    int sig = params.signal;
     auto it = procs_.find(idx);
     if (it == procs_.end() || it->second.status) return fail("container not running", ESRCH);
     pid_t pid = it->second.pid;
-    if (params.value("all", false))
+    if (params.all)
         if (auto c = containers_.find(it->second.container); c != containers_.end())
             for (pid_t q : pids_of(c->second))
                 if (q != pid) ::kill(q, sig);  // the init last, below, so its failure is reported
@@ -280,38 +280,41 @@ void Agent::retry_late_signals() {
     });
 }
 
-void Agent::on_request(const json& req) {
-    json id = req.value("id", json(nullptr));
-    std::string method = req.value("method", "");
-    json params = req.value("params", json::object());
+// Each method's params decoded strictly (protocol/agent.h) before its
+// handler sees them: a malformed request builds nothing.
+void Agent::on_request(const proto::Request& req) {
+    const std::string& method = req.method;
+    const json& params = req.params;
+    auto typed = [&]<class T>(Result<json> (Agent::*handler)(const T&)) -> Result<json> {
+        auto p = proto::decode<T>(params, method);
+        if (!p) return tl::unexpected(p.error());
+        return (this->*handler)(*p);
+    };
     Result<json> r = fail("unknown method " + method, ENOSYS);
-    try {
-        if (template_boot() && method != "attach") r = fail("this guest waits to be attached (a template)", EPROTO);
-        else if (method == "attach") r = do_attach(params);
-        else if (method == "create") r = do_create(params);
-        else if (method == "start") r = do_start(params);
-        else if (method == "kill") r = do_kill(params);
-        else if (method == "exec") r = do_exec(params);
-        else if (method == "resize") r = do_resize(params);
-        else if (method == "ps") r = do_ps(params);
-        else if (method == "update") {
-            if (park_update(id, params)) return;  // answered once its vCPUs are online
-            r = do_update(params);
-        }
-        else if (method == "stats") r = do_stats(params);
-        else if (method == "remove") r = do_remove(params);
-        else if (method == "freeze") r = do_freeze(params);
-        else if (method == "memory") r = do_memory(params);
-        else if (method == "quiesce") {
-            quiesced_ = true;
-            r = json::object();
-        }
-        else if (method == "resume") r = do_resume(params);
-    } catch (const json::exception& e) {
-        r = fail(std::string("bad request: ") + e.what(), EINVAL);
+    if (template_boot() && method != "attach") r = fail("this guest waits to be attached (a template)", EPROTO);
+    else if (method == "attach") r = do_attach(params);
+    else if (method == "create") r = typed(&Agent::do_create);
+    else if (method == "start") r = typed(&Agent::do_start);
+    else if (method == "kill") r = typed(&Agent::do_kill);
+    else if (method == "exec") r = typed(&Agent::do_exec);
+    else if (method == "resize") r = typed(&Agent::do_resize);
+    else if (method == "ps") r = typed(&Agent::do_ps);
+    else if (method == "update") {
+        auto t = proto::decode<proto::Target>(params, method);
+        if (t && park_update(req.id, *t)) return;  // answered once its vCPUs are online
+        r = t ? do_update(*t) : tl::unexpected(t.error());
     }
-    if (r) respond(id, true, "", *r);
-    else respond(id, false, r.error().message);
+    else if (method == "stats") r = typed(&Agent::do_stats);
+    else if (method == "remove") r = typed(&Agent::do_remove);
+    else if (method == "freeze") r = typed(&Agent::do_freeze);
+    else if ((method == "memory" || method == "quiesce") && !params.empty()) r = fail(method + ": takes no params", EPROTO);
+    else if (method == "memory") r = do_memory();
+    else if (method == "quiesce") {
+        quiesced_ = true;
+        r = json::object();
+    }
+    else if (method == "resume") r = typed(&Agent::do_resume);
+    respond(req.id, r);
 }
 
 // A VM boots with all its vCPUs, the ones its container's CPU limits do
@@ -329,9 +332,9 @@ void Agent::on_request(const json& req) {
     _exit(bad ? 1 : 0);
 }
 
-bool Agent::park_update(const json& id, const json& params) {
-    if (!params.contains("vcpus") || !params["vcpus"].is_number_unsigned()) return false;
-    unsigned n = params["vcpus"].get<unsigned>();
+bool Agent::park_update(uint64_t id, const proto::Target& params) {
+    if (!params.vcpus) return false;
+    unsigned n = *params.vcpus;
     pid_t pid = ::fork();
     if (pid < 0) return false;  // then the writes alone
     if (pid == 0) set_online_cpus(n);
@@ -346,9 +349,7 @@ bool Agent::unpark(pid_t pid, int status) {
     Parked p = std::move(*it);
     parked_.erase(it);
     if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) say("update: not every vCPU could be brought to its state");
-    auto r = do_update(p.params);
-    if (r) respond(p.id, true, "", *r);
-    else respond(p.id, false, r.error().message);
+    respond(p.id, do_update(p.params));
     return true;
 }
 

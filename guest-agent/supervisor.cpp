@@ -8,9 +8,9 @@ namespace husk::agent {
 // clone() a child that runs `child(sync_fd, stdio)` with `flags`, and wait
 // for its "R" (or "E<message>"). A started process's output waits in its
 // pipes until the shim is told it exists.
-Result<Process> Agent::spawn(const json& proc, int flags, const std::function<void(int, const agent::Stdio&)>& child,
-                             const json& userns, int cgroup) {
-    bool tty = proc.value("terminal", false);
+Result<Process> Agent::spawn(const proto::Process& proc, int flags, const std::function<void(int, const agent::Stdio&)>& child,
+                             const std::optional<proto::UserNs>& userns, int cgroup) {
+    bool tty = proc.terminal;
     auto [in_r, in_w] = TRY(sys::pipe(O_CLOEXEC));
     auto [out_r, out_w] = TRY(sys::pipe(O_CLOEXEC));
     auto [err_r, err_w] = TRY(sys::pipe(O_CLOEXEC));
@@ -18,8 +18,8 @@ Result<Process> Agent::spawn(const json& proc, int flags, const std::function<vo
     // socketpair both.
     std::vector<proto::Flow> flows;
     std::vector<sys::Fd> child_ends, our_ends;
-    for (const auto& e : proc.value("extra_fds", json::array())) {
-        auto flow = e.is_string() ? proto::flow_of_name(e.get<std::string>()) : std::nullopt;
+    for (const auto& e : proc.extra_fds) {
+        auto flow = proto::flow_of_name(e);
         if (!flow || flows.size() >= size_t(proto::kMaxStreamFd - 2)) return fail("malformed extra_fds", EINVAL);
         flows.push_back(*flow);
         if (*flow == proto::Flow::Both) {
@@ -60,11 +60,11 @@ Result<Process> Agent::spawn(const json& proc, int flags, const std::function<vo
     p.sync = std::move(sync_p);
     std::vector<sys::Fd> fds;
     auto msg = sys::recv_fds(p.sync.get(), 4096, fds);
-    if (msg && *msg == "U" && userns.is_object()) {
+    if (msg && *msg == "U" && userns) {
         // The child made its user namespace: map it, and let it go on.
         std::string base = "/proc/" + std::to_string(pid);
-        auto ok = sys::write_file(base + "/uid_map", userns.value("uid_map", ""));
-        if (ok) ok = sys::write_file(base + "/gid_map", userns.value("gid_map", ""));
+        auto ok = sys::write_file(base + "/uid_map", userns->uid_map);
+        if (ok) ok = sys::write_file(base + "/gid_map", userns->gid_map);
         if (!ok) {
             ::kill(pid, SIGKILL);
             ::waitpid(pid, nullptr, 0);
@@ -82,10 +82,10 @@ Result<Process> Agent::spawn(const json& proc, int flags, const std::function<vo
         // One pty master carries both directions; there is no stderr
         // stream (the shim knows: it asked for the terminal).
         p.tty = std::move(fds[0]);
-        if (proc.contains("console_size")) {  // before the process can look
+        if (proc.console_size) {  // before the process can look
             struct winsize ws{};
-            ws.ws_row = proc["console_size"].value("rows", uint16_t(0));
-            ws.ws_col = proc["console_size"].value("cols", uint16_t(0));
+            ws.ws_row = proc.console_size->rows;
+            ws.ws_col = proc.console_size->cols;
             ::ioctl(p.tty.get(), TIOCSWINSZ, &ws);
         }
         p.out[1].fd = TRY(sys::dup(p.tty.get()));
@@ -132,9 +132,7 @@ Result<void> Agent::on_frame(const proto::Frame& f) {
     switch (f.type) {
         case Type::Hello: hello_done_ = true; return {};
         case Type::Request: {
-            json req = json::parse(f.payload, nullptr, false);
-            if (!req.is_object()) return fail("malformed request", EPROTO);
-            on_request(req);
+            on_request(TRY(proto::decode<proto::Request>(json::parse(f.payload, nullptr, false), "request")));
             return {};
         }
         case Type::Data: {
@@ -205,24 +203,18 @@ void Agent::read_output(uint32_t idx, uint32_t fd, bool exited) {
 void Agent::maybe_send_exit(uint32_t idx) {
     auto& p = procs_[idx];
     if (p.exit_sent || !p.status || !p.outputs_closed()) return;
-    json e = {{"event", "exit"}, {"process", idx}};
-    if (WIFSIGNALED(*p.status)) e["signal"] = WTERMSIG(*p.status);
-    else e["code"] = WEXITSTATUS(*p.status);
-    send(proto::encode(proto::Type::Event, 0, e.dump()));
+    proto::ExitEvent e{.process = idx};
+    if (WIFSIGNALED(*p.status)) e.signal = WTERMSIG(*p.status);
+    else e.code = WEXITSTATUS(*p.status);
+    send(proto::encode(proto::Type::Event, 0, proto::to_json(e).dump()));
     p.exit_sent = true;
 }
 
 Result<void> Agent::run() {
-    sigset_t mask;
-    sigemptyset(&mask);
-    sigaddset(&mask, SIGCHLD);
-    sigprocmask(SIG_BLOCK, &mask, nullptr);
-    sys::Fd sfd(signalfd(-1, &mask, SFD_NONBLOCK | SFD_CLOEXEC));
-    if (!sfd) return fail_errno("signalfd");
+    sys::Fd sfd = TRY(sys::signalfd_of({SIGCHLD}));
 
-    json hello = {{"version", proto::kVersion}};
-    if (template_boot()) hello["template"] = true;  // attach first (boot.h)
-    send(proto::encode(proto::Type::Hello, 0, hello.dump()));
+    // A template's guest is attached first (boot.h).
+    send(proto::encode(proto::Type::Hello, 0, proto::to_json(proto::Hello{proto::kVersion, template_boot()}).dump()));
     for (;;) {
         std::vector<pollfd> pf;
         enum Tag { kChan, kSig, kOut, kIn, kRedial };

@@ -35,6 +35,7 @@
 #include "guest-agent/procfs.h"
 #include "husk/hypervisor.h"
 #include "husk/network.h"
+#include "protocol/agent.h"
 #include "protocol/messages.h"
 #include "protocol/protocol.h"
 #include "sys/netlink.h"
@@ -84,11 +85,31 @@ struct Process {
     }
 };
 
+// The pid namespace the agent's children are born in (setns(CLONE_NEWPID)
+// moves only them) while this lives: back to the agent's own when it
+// goes, whichever way the scope is left.
+class ChildPidns {
+public:
+    static Result<ChildPidns> enter(int ns, int own) {
+        if (::setns(ns, CLONE_NEWPID) < 0) return fail_errno("setns pid");
+        return ChildPidns(own);
+    }
+    ChildPidns(ChildPidns&& o) noexcept : own_(std::exchange(o.own_, -1)) {}
+    ChildPidns& operator=(ChildPidns&&) = delete;
+    ~ChildPidns() {
+        if (own_ >= 0 && ::setns(own_, CLONE_NEWPID) < 0) fatal(std::string("setns back to own pid ns: ") + strerror(errno));
+    }
+
+private:
+    explicit ChildPidns(int own) : own_(own) {}
+    int own_;
+};
+
 // One container of the sandbox: the first (its init is process 0) or one
 // that joined it. Its processes are in procs_, tagged with its id.
 struct Container {
     uint32_t init = 0;  // process index of its init
-    nlohmann::json seccomp;  // execs get the container's profile too
+    std::optional<proto::Seccomp> seccomp;  // execs get the container's profile too
     bool userns = false;
     std::string cgroup_dir;  // "" without a cgroup
     sys::Fd cgroup;  // every process of it is born there
@@ -102,33 +123,31 @@ public:
 
 private:
     void send(const std::string& f) { out_.append(f); }
-    void respond(const json& id, bool ok, const std::string& err = "", const json& result = nullptr) {
-        json r = {{"id", id}, {"ok", ok}};
-        if (!ok) r["error"] = err;
-        if (!result.is_null()) r["result"] = result;
-        send(proto::encode(proto::Type::Response, 0, r.dump()));
+    void respond(uint64_t id, const Result<json>& r) {
+        proto::Response out{id, bool(r), r ? "" : r.error().message, r ? std::optional<json>(*r) : std::nullopt};
+        send(proto::encode(proto::Type::Response, 0, proto::to_json(out).dump()));
     }
     Result<void> on_frame(const proto::Frame& f);
-    void on_request(const json& req);
-    Result<json> do_create(const json& params);
-    Result<json> do_start(const json& params);
+    void on_request(const proto::Request& req);
+    Result<json> do_create(const proto::Create& params);
+    Result<json> do_start(const proto::Start& params);
     Result<void> release(Process& p);
-    Result<json> do_kill(const json& params);
-    Result<json> do_exec(const json& params);
-    Result<json> do_resize(const json& params);
-    Result<json> do_ps(const json& params);
-    Result<json> do_update(const json& params);
-    Result<json> do_stats(const json& params);
-    Result<json> do_remove(const json& params);
-    Result<json> do_freeze(const json& params);
+    Result<json> do_kill(const proto::Kill& params);
+    Result<json> do_exec(const proto::Exec& params);
+    Result<json> do_resize(const proto::Resize& params);
+    Result<json> do_ps(const proto::Target& params);
+    Result<json> do_update(const proto::Target& params);
+    Result<json> do_stats(const proto::Target& params);
+    Result<json> do_remove(const proto::Target& params);
+    Result<json> do_freeze(const proto::Target& params);
     Result<json> do_attach(const json& params);
-    Result<json> do_memory(const json& params);
-    Result<json> do_resume(const json& params);
-    Result<Container*> container_of(const json& params);
+    Result<json> do_memory();
+    Result<json> do_resume(const proto::Resume& params);
+    Result<Container*> container_of(const std::string& id);
     Result<pid_t> running_init(const Container& c);
     std::vector<pid_t> pids_of(const Container& c);
-    Result<Process> spawn(const json& proc, int flags, const std::function<void(int, const agent::Stdio&)>& child,
-                          const json& userns = json(), int cgroup = -1);
+    Result<Process> spawn(const proto::Process& proc, int flags, const std::function<void(int, const agent::Stdio&)>& child,
+                          const std::optional<proto::UserNs>& userns = std::nullopt, int cgroup = -1);
     void reap();
     void read_output(uint32_t idx, uint32_t fd, bool exited);
     Input* input_of(uint32_t stream);
@@ -152,11 +171,12 @@ private:
     void retry_late_signals();
     // Updates that wait for their vCPUs to come online (park_update).
     struct Parked {
-        json id, params;
+        uint64_t id;
+        proto::Target params;
         pid_t pid;  // the child onlining them
     };
     std::vector<Parked> parked_;
-    bool park_update(const json& id, const json& params);
+    bool park_update(uint64_t id, const proto::Target& params);
     bool unpark(pid_t pid, int status);
     proto::Decoder dec_;
     proto::Outbox out_;  // frames for the shim

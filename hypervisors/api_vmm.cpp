@@ -10,6 +10,7 @@
 #include <chrono>
 #include <thread>
 
+#include "husk/numbers.h"
 #include "husk/paths.h"
 #include "husk/vm_template.h"
 #include "hypervisors/jail.h"
@@ -96,7 +97,10 @@ static std::string calls_shape(const std::string& tag, const VmConfig& cfg, cons
                                std::vector<ApiCall> (*translate)(const VmConfig&), bool booted) {
     VmConfig seen = jailed_config(cfg);
     seen.incoming_fd = -1;
-    if (booted) seen.cmdline.clear();
+    if (booted) {
+        seen.cmdline.clear();
+        seen.boot = {};
+    }
     return tag + "\n" + calls_to_json(translate(seen)).dump() + "\n" +
            (booted ? templates::file_identity(binary) : templates::vm_files_identity(binary, cfg.kernel, cfg.initrd));
 }
@@ -185,8 +189,9 @@ Result<void> unpack_snapshot(int fd, const std::string& dir) {
         size_t sp = line.find(' ');
         std::string size = line.substr(0, sp), name = sp == std::string::npos ? "" : line.substr(sp + 1);
         off_t at = ::lseek(fd, 0, SEEK_CUR);
-        bool digits = !size.empty() && size.size() <= 19 && size.find_first_not_of("0123456789") == std::string::npos;
-        uint64_t n = digits ? std::stoull(size) : 0;
+        auto parsed = size.find_first_not_of("0123456789") == std::string::npos ? parse_number<uint64_t>(size) : std::nullopt;
+        bool digits = parsed.has_value();
+        uint64_t n = parsed.value_or(0);
         if (!digits || !plain_name(name) || at < 0 || n > uint64_t(st.st_size - at))
             return fail("not a packed snapshot (bad entry \"" + line.substr(0, 80) + "\")", EINVAL);
         auto out = TRY(sys::open(dir + "/" + name, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW, 0600));

@@ -43,7 +43,8 @@ AccelInfo probe_kvm() {
     VmConfig cfg;
     cfg.kernel = kernel;
     cfg.initrd = initrd;
-    cfg.cmdline = std::string(defaults::kKernelCmdline) + " quiet husk.probe=1";
+    cfg.cmdline = std::string(defaults::kKernelCmdline) + " quiet";
+    cfg.boot.probe = true;
     cfg.memory_mib = 128;
     cfg.accel = Accel::Kvm;
     cfg.channel.kind = ChannelKind::None;

@@ -74,7 +74,7 @@ void Shim::checkpoint_answered(const std::string& method, bool ok) {
         finish(255, 0);
     }
     // The agent relays again; its answer answers the caller.
-    ses_.request("resume", {{"restored", false}});
+    ses_.request("resume", proto::to_json(proto::Resume{false}));
 }
 
 // The VM, paused, into the image directory; then the rootfs disk (which

@@ -58,7 +58,7 @@ void Shim::drop_client(uint64_t cid) {
             // A pod member's relay is the process its callers wait on:
             // gone, so is the container (as runc's init taking it along).
             if (member_of_proc(p->first) && p->second.started && !p->second.exited)
-                ses_.request("kill", {{"process", p->first}, {"signal", SIGKILL}, {"all", true}});
+                ses_.request("kill", proto::to_json(proto::Kill{p->first, SIGKILL, true}));
         }
     clients_.erase(it);
 }
@@ -126,9 +126,9 @@ void Shim::on_client_line(uint64_t cid, const std::string& line) {
         auto p = ses_.procs.find(c.proc);
         if (p == ses_.procs.end() || p->second.exited) return;
         if (op == Op::Signal)
-            ses_.request("kill", {{"process", c.proc}, {"signal", req.signal}, {"all", false}});
+            ses_.request("kill", proto::to_json(proto::Kill{c.proc, req.signal, false}));
         else if (op == Op::Resize && p->second.tty)
-            ses_.request("resize", {{"process", c.proc}, {"rows", req.rows}, {"cols", req.cols}});
+            ses_.request("resize", proto::to_json(proto::Resize{c.proc, req.rows, req.cols}));
         return;
     }
     if (op == Op::Signal || op == Op::Resize) return reply(cid, false, std::string(proto::op_name(op)) + ": not in a session");
@@ -137,12 +137,12 @@ void Shim::on_client_line(uint64_t cid, const std::string& line) {
     if (op == Op::Start) {
         if (ses_.phase != Phase::Created) return reply(cid, false, "container is not in created state");
         if (ses_.procs[0].tty) send_resize(0, tty_slave_.get());  // the caller's size, before the process looks
-        ses_.request("start", {{"process", 0}}, cid);
+        ses_.request("start", proto::to_json(proto::Start{0}), cid);
     } else if (op == Op::Kill) {
         if (ses_.phase == Phase::Exiting) return reply(cid, false, "container not running");
         if (!live) return reply(cid, false, "container is not created yet");
         int sig = req.signal;
-        json params = {{"process", 0}, {"signal", sig}, {"all", req.all}};
+        json params = proto::to_json(proto::Kill{0, sig, req.all});
         if (paused_) {
             // The agent cannot answer while the vCPUs are stopped. SIGKILL
             // wakes the VM so the container dies (runc thaws for it too);
@@ -169,13 +169,13 @@ void Shim::on_client_line(uint64_t cid, const std::string& line) {
         // Questions for the guest, which cannot answer while paused.
         if (!live) return reply(cid, false, "container is not running");
         if (paused_) return reply(cid, false, "container is paused");
-        json params = op == Op::Ps       ? json{{"process", 0}}
-                      : op == Op::Update ? json{{"files", guest_update_files(req.files, nullptr)}}
-                                         : json{{"files", stats_files()}};
+        proto::Target t;
+        if (op == Op::Update) t.files = guest_update_files(req.files, nullptr);
+        if (op == Op::Stats) t.names = stats_files();
         // The guest cgroup's cpuset may name vCPUs still offline: the agent
         // brings the online ones to this many first.
-        if (op == Op::Update && max_vcpus_ > 1) params["vcpus"] = vcpus_;
-        ses_.request(proto::op_name(op), params, cid);
+        if (op == Op::Update && max_vcpus_ > 1) t.vcpus = vcpus_;
+        ses_.request(proto::op_name(op), proto::to_json(t), cid);
     } else if (op == Op::Checkpoint) {
         start_checkpoint(cid, req);
     } else if (op == Op::Exec) {
@@ -192,7 +192,7 @@ void Shim::on_client_line(uint64_t cid, const std::string& line) {
 // (stdin, stdout, stderr; one pty for a terminal), then its `preserve_fds`
 // preserved fds; the client keeps what follows them. Returns what the
 // agent is told of the preserved ones (setup_extra_fds).
-Result<json> Shim::setup_stdio(uint64_t cid, Proc& p, bool tty, int preserve_fds) {
+Result<std::vector<std::string>> Shim::setup_stdio(uint64_t cid, Proc& p, bool tty, int preserve_fds) {
     auto& c = clients_[cid];
     size_t nstdio = tty ? 1 : 3;
     if (preserve_fds < 0 || c.fds.size() < nstdio + size_t(preserve_fds))
@@ -229,8 +229,8 @@ Result<json> Shim::setup_stdio(uint64_t cid, Proc& p, bool tty, int preserve_fds
 // A process's preserved fds (3.., in order): each becomes a stream of the
 // guest in the directions its access mode allows (fd_flow). Returns what
 // the agent is told: "extra_fds".
-Result<json> Shim::setup_extra_fds(Proc& p, std::vector<sys::Fd> fds) {
-    json flows = json::array();
+Result<std::vector<std::string>> Shim::setup_extra_fds(Proc& p, std::vector<sys::Fd> fds) {
+    std::vector<std::string> flows;
     uint32_t fd = kFirstPreservedFd;
     for (auto& f : fds) {
         auto flow = TRY(fd_flow(f.get(), int(fd)));
@@ -265,8 +265,7 @@ uint32_t Shim::new_proc_index() {
 void Shim::start_exec(uint64_t cid, const proto::ControlRequest& req) {
     auto& c = clients_[cid];
     std::string container = req.container == args_.id ? "" : req.container;
-    // (The agent decodes the process's parameters; its terminal is ours to know.)
-    bool tty = req.process.contains("terminal") && req.process["terminal"].is_boolean() && req.process["terminal"].get<bool>();
+    bool tty = req.process.terminal;
     uint32_t idx = new_proc_index();
     Proc& p = ses_.procs[idx];
     p.idx = idx;
@@ -280,18 +279,18 @@ void Shim::start_exec(uint64_t cid, const proto::ControlRequest& req) {
     }
     c.session = true;
     c.proc = idx;
-    json process = req.process;
-    if (!extra->empty()) process["extra_fds"] = *extra;
-    ses_.request("exec", {{"process_index", idx}, {"process", process}, {"container", container.empty() ? args_.id : container}},
-                 cid, idx);
+    proto::Exec e{container.empty() ? args_.id : container, idx, req.process};
+    e.process.extra_fds = std::move(*extra);
+    ses_.request("exec", proto::to_json(e), cid, idx);
 }
 
 // `update`'s cgroup writes as the guest must see them (its own vCPU ids);
-// a new cpuset re-pins the VMM on the host. nullopt: not [[name, value]...].
+// a new cpuset re-pins the VMM on the host.
 // A memory limit past what the VM holds for the container grows the VM
 // (fit_memory). `member`: a pod member's update (the VM's pinning is the
 // sandbox's alone).
-json Shim::guest_update_files(std::vector<std::pair<std::string, std::string>> w, Member* member) {
+std::vector<std::pair<std::string, std::string>> Shim::guest_update_files(std::vector<std::pair<std::string, std::string>> w,
+                                                                         Member* member) {
     for (const auto& [k, v] : w)
         if (k == "cpuset.cpus" && vm_ && !member)
             if (auto r = pin_vmm(v); !r) log::warn("update: " + r.error().message);
@@ -302,9 +301,7 @@ json Shim::guest_update_files(std::vector<std::pair<std::string, std::string>> w
         fit_memory("update");
     }
     translate_cpusets(w, vcpus_, guest_cpusets_);
-    json out = json::array();
-    for (const auto& [k, v] : w) out.push_back({k, v});
-    return out;
+    return w;
 }
 
 // The guest's online vCPUs for the container's CPU limits as `w` (an
@@ -331,7 +328,7 @@ std::optional<uint64_t> Shim::memory_max_mib(const std::vector<std::pair<std::st
 }
 
 void Shim::send_resize(uint32_t proc, int fd) {
-    if (auto ws = sys::window_size(fd)) ses_.request("resize", {{"process", proc}, {"rows", ws->ws_row}, {"cols", ws->ws_col}});
+    if (auto ws = sys::window_size(fd)) ses_.request("resize", proto::to_json(proto::Resize{proc, ws->ws_row, ws->ws_col}));
 }
 
 }  // namespace husk::shimd

@@ -112,26 +112,26 @@ void Shim::on_member_line(uint64_t cid, const proto::ControlRequest& req) {
     bool running = init != ses_.procs.end() && !init->second.exited;
     if (op == Op::Remove) {
         // Its processes and group in the guest, then its share here.
-        return (void)ses_.request("remove", {{"container", id}}, cid, m.init);
+        return (void)ses_.request("remove", proto::to_json(proto::Target{.container = id}), cid, m.init);
     }
     if (!running) return reply(cid, false, "container not running");
     if (op == Op::Start) {
         if (m.started) return reply(cid, false, "container is not in created state");
-        ses_.request("start", {{"process", m.init}}, cid, m.init);
+        ses_.request("start", proto::to_json(proto::Start{m.init}), cid, m.init);
     } else if (op == Op::Kill) {
-        ses_.request("kill", {{"process", m.init}, {"signal", req.signal}, {"all", req.all}}, cid);
+        ses_.request("kill", proto::to_json(proto::Kill{m.init, req.signal, req.all}), cid);
     } else if (op == Op::Pause || op == Op::Resume) {
         bool on = op == Op::Pause;
         if (m.paused == on) return reply(cid, false, std::string("container is ") + (on ? "already paused" : "not paused"));
         m.paused = on;  // as asked; the answer may still refuse it
         set_member_status(id, on ? status::kPaused : status::kRunning);
-        ses_.request("freeze", {{"container", id}, {"frozen", on}}, cid, m.init);
+        ses_.request("freeze", proto::to_json(proto::Target{.container = id, .frozen = on}), cid, m.init);
     } else if (op == Op::Ps || op == Op::Update || op == Op::Stats) {
         if (m.paused) return reply(cid, false, "container is paused");
-        json params = {{"container", id}};
-        if (op == Op::Update) params["files"] = guest_update_files(req.files, &m);
-        else if (op == Op::Stats) params["files"] = stats_files();
-        ses_.request(proto::op_name(op), params, cid);
+        proto::Target t{.container = id};
+        if (op == Op::Update) t.files = guest_update_files(req.files, &m);
+        else if (op == Op::Stats) t.names = stats_files();
+        ses_.request(proto::op_name(op), proto::to_json(t), cid);
     } else if (op == Op::Exec) {
         if (m.paused) return reply(cid, false, "container is paused");
         start_exec(cid, req);
@@ -156,7 +156,7 @@ void Shim::create_member(uint64_t cid, const proto::ControlRequest& req) {
     const std::string& bundle = req.bundle;
     int preserve = req.preserve_fds;
     Member m;
-    auto build = [&]() -> Result<json> {
+    auto build = [&]() -> Result<proto::Create> {
         Spec spec = TRY(load_spec(bundle));
         if (!spec.process) return fail("config.json: process: required", EINVAL);
         auto cg = TRY(guest_cgroup_files(spec.resources.is_object() ? spec.resources : json::object(), "linux.resources"));
@@ -177,22 +177,16 @@ void Shim::create_member(uint64_t cid, const proto::ControlRequest& req) {
         for (size_t i = nstdio; i < fds.size(); ++i) trees.push_back(std::move(fds[i]));
         fds.resize(nstdio);
         TRY_CTX(bind_shares(plan, &m.mounts, &trees), "share rootfs");
-        json p = agent_create_params(spec, plan, cg);
-        p["container"] = id;
+        proto::Create p = agent_create_params(spec, plan, cg);
+        p.container = id;
         m.memory_mib = spec.memory_limit ? (uint64_t(*spec.memory_limit) + (1 << 20) - 1) >> 20 : defaults::kContainerMemoryMiB;
         // What it shares is the other container's; what it does not, its own.
-        json own = json::array();
-        for (const auto& n : p["namespaces"])
-            if (!join.count(n.get<std::string>())) own.push_back(n);
-        p["namespaces"] = own;
-        if (!join.empty()) p["join"] = join;
-        for (const char* stage : {"createContainer", "startContainer"})
-            if (auto it = spec.hooks.find(stage); it != spec.hooks.end() && !it->second.empty())
-                p["hooks"][stage] = hooks_to_json(it->second);
-        if (p.contains("hooks")) {
-            auto st = TRY(read_state(state_paths(args_.root, id)));
-            p["hook_state"] = oci_state(st);
-            p["hook_state"]["status"] = status::kCreating;
+        std::erase_if(p.namespaces, [&](const std::string& n) { return join.count(n) > 0; });
+        p.join = join;
+        p.hooks = guest_hooks(spec.hooks);
+        if (!p.hooks.empty()) {
+            p.hook_state = oci_state(TRY(read_state(state_paths(args_.root, id))));
+            (*p.hook_state)["status"] = status::kCreating;
         }
         return p;
     };
@@ -204,7 +198,7 @@ void Shim::create_member(uint64_t cid, const proto::ControlRequest& req) {
     uint32_t idx = new_proc_index();
     Proc& p = ses_.procs[idx];
     p.idx = idx;
-    p.tty = (*params)["process"].value("terminal", false);
+    p.tty = params->process.terminal;
     p.waiter = cid;
     p.container = id;
     auto extra = setup_stdio(cid, p, p.tty, preserve);
@@ -213,8 +207,8 @@ void Shim::create_member(uint64_t cid, const proto::ControlRequest& req) {
         unmount_member(m);
         return reply(cid, false, "create: " + extra.error().message);
     }
-    if (!extra->empty()) (*params)["process"]["extra_fds"] = *extra;
-    (*params)["process_index"] = idx;
+    params->process.extra_fds = std::move(*extra);
+    params->process_index = idx;
     m.init = idx;
     members_[id] = std::move(m);
     fit_memory(id + " joins the pod");
@@ -222,7 +216,7 @@ void Shim::create_member(uint64_t cid, const proto::ControlRequest& req) {
     c.session = true;
     c.proc = idx;
     log::debug("pod: " + id + " joins sandbox " + args_.id + " as process " + std::to_string(idx));
-    ses_.request("create", *params, cid, idx);
+    ses_.request("create", proto::to_json(*params), cid, idx);
 }
 
 }  // namespace husk::shimd

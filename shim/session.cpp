@@ -22,8 +22,7 @@ Result<void> Session::feed(const char* data, size_t n) {
 
 uint64_t Session::request(const std::string& method, const json& params, uint64_t client, uint32_t proc) {
     uint64_t id = next_req_++;
-    json r = {{"id", id}, {"method", method}, {"params", params}};
-    send(proto::encode(proto::Type::Request, 0, r.dump()));
+    send(proto::encode(proto::Type::Request, 0, proto::to_json(proto::Request{id, method, params}).dump()));
     pending_[id] = Pending{client, method, proc};
     if (client) host_.busy(client);
     return id;
@@ -47,12 +46,12 @@ void Session::attach(const proto::Attach& a) {
 }
 
 void Session::attach_restored(const proto::Attach& a) {
-    send(proto::encode(proto::Type::Hello, 0, json{{"version", proto::kVersion}}.dump()));
+    send(proto::encode(proto::Type::Hello, 0, proto::to_json(proto::Hello{proto::kVersion}).dump()));
     attach(a);
 }
 
 void Session::resume_restored() {
-    resume_req_ = request("resume", {{"restored", true}});
+    resume_req_ = request("resume", proto::to_json(proto::Resume{true}));
     phase = Phase::Resuming;
 }
 
@@ -87,34 +86,29 @@ Result<void> Session::on_frame(const proto::Frame& f) {
     };
     switch (f.type) {
         case Type::Hello: {
-            json h = json::parse(f.payload, nullptr, false);
-            if (phase != Phase::Booting || !h.is_object() || !h.contains("version") || !h["version"].is_number_unsigned())
-                return fail("unexpected HELLO from agent", EPROTO);
-            if (h["version"].get<uint32_t>() != proto::kVersion)
-                return fail("agent speaks protocol " + h["version"].dump() + ", shim speaks " + std::to_string(proto::kVersion), EPROTO);
-            if (h.contains("template") && !h["template"].is_boolean()) return fail("malformed HELLO from agent", EPROTO);
-            send(proto::encode(Type::Hello, 0, json{{"version", proto::kVersion}}.dump()));
-            if (h.value("template", false)) {
+            if (phase != Phase::Booting) return fail("unexpected HELLO from agent", EPROTO);
+            auto h = TRY_CTX(proto::decode<proto::Hello>(json::parse(f.payload, nullptr, false), "hello"), "agent");
+            if (h.version != proto::kVersion)
+                return fail("agent speaks protocol " + std::to_string(h.version) + ", shim speaks " + std::to_string(proto::kVersion),
+                            EPROTO);
+            send(proto::encode(Type::Hello, 0, proto::to_json(proto::Hello{proto::kVersion}).dump()));
+            if (h.template_boot) {
                 log::debug("agent said hello (a template)");
                 attach(TRY(host_.template_hello()));
                 return {};
             }
             host_.booted();
-            create_req_ = request("create", host_.create_params());
+            create_req_ = request("create", proto::to_json(host_.create_params()));
             phase = Phase::Creating;
             log::debug("agent said hello");
             return {};
         }
         case Type::Response: {
-            json r = json::parse(f.payload, nullptr, false);
-            if (!r.is_object() || !r.contains("id") || !r["id"].is_number_unsigned())
-                return fail("malformed response from agent", EPROTO);
-            return on_response(r);
+            return on_response(TRY_CTX(proto::decode<proto::Response>(json::parse(f.payload, nullptr, false), "response"),
+                                       "agent"));
         }
         case Type::Event: {
-            json e = json::parse(f.payload, nullptr, false);
-            if (!e.is_object()) return fail("malformed event from agent", EPROTO);
-            return on_event(e);
+            return on_event(TRY_CTX(proto::decode<proto::ExitEvent>(json::parse(f.payload, nullptr, false), "event"), "agent"));
         }
         case Type::Data: {
             uint32_t fd = proto::stream_fd(f.stream);
@@ -166,30 +160,27 @@ Result<void> Session::on_frame(const proto::Frame& f) {
     return {};
 }
 
-Result<void> Session::on_response(const json& r) {
-    uint64_t id = r["id"].get<uint64_t>();
+Result<void> Session::on_response(const proto::Response& r) {
+    uint64_t id = r.id;
     auto it = pending_.find(id);
     if (it == pending_.end()) return fail("response to unknown request " + std::to_string(id), EPROTO);
     Pending pd = it->second;
     pending_.erase(it);
-    // (json::value() throws on a present field of another type: never on
-    // what the guest sent.)
-    if (r.contains("ok") && !r["ok"].is_boolean()) return fail("malformed response from agent", EPROTO);
-    bool ok = r.contains("ok") && r["ok"].get<bool>();
-    std::string err = r.contains("error") && r["error"].is_string() ? r["error"].get<std::string>() : "agent error";
+    bool ok = r.ok;
+    const std::string& err = r.error;
     if (id == attach_req_) {
         if (phase != Phase::Attaching) return fail("unexpected answer to attach", EPROTO);
         if (!ok) return fail("attach the template's guest: " + err, EIO);
         log::debug("agent attached");
         host_.booted();
-        create_req_ = request("create", host_.create_params());
+        create_req_ = request("create", proto::to_json(host_.create_params()));
         phase = Phase::Creating;
         return {};
     }
     if (id == resume_req_) {
         if (phase != Phase::Resuming) return fail("unexpected answer to resume", EPROTO);
         if (!ok) return fail("resume the checkpoint's guest: " + err, EIO);
-        auto res = TRY(proto::resumed_from_json(r.contains("result") ? r["result"] : json()));
+        auto res = TRY(proto::resumed_from_json(r.result.value_or(json())));
         TRY(host_.resumed(res));
         phase = Phase::Running;
         procs[0].started = true;
@@ -226,38 +217,31 @@ Result<void> Session::on_response(const json& r) {
         // Its streams are live from now: a member's init killed before
         // start still closes them and reports its exit.
         p->second.started = true;
-        const json* pid = r.contains("result") && r["result"].is_object() && r["result"].contains("pid")
-                              ? &r["result"]["pid"] : nullptr;
-        answer(pd.client, proto::ControlReply{.pid = pid && pid->is_number_integer() ? pid->get<int64_t>() : 0});
+        auto pid = proto::decode<proto::Spawned>(r.result.value_or(json()), pd.method);
+        if (!pid) return fail("agent: " + pid.error().message, EPROTO);
+        answer(pd.client, proto::ControlReply{.pid = pid->pid});
         return {};
     }
     if ((pd.method == "ps" || pd.method == "stats") && ok) {
-        answer(pd.client, proto::ControlReply{.result = r.contains("result") ? r["result"] : json::array()});
+        answer(pd.client, proto::ControlReply{.result = r.result.value_or(json::array())});
         return {};
     }
     answer(pd.client, ok, err);
     return {};
 }
 
-Result<void> Session::on_event(const json& e) {
-    std::string ev = e.contains("event") && e["event"].is_string() ? e["event"].get<std::string>() : "";
-    if (ev == "exit") {
-        if (!e.contains("process") || !e["process"].is_number_unsigned()) return fail("malformed exit event", EPROTO);
-        auto it = procs.find(e["process"].get<uint32_t>());
-        if (it == procs.end() || !it->second.started || it->second.exited)
-            return fail("exit event for unknown process " + e["process"].dump(), EPROTO);
-        auto& p = it->second;
-        if (e.contains("signal") && e["signal"].is_number_integer()) p.sig = e["signal"].get<int>();
-        else if (e.contains("code") && e["code"].is_number_integer()) p.code = e["code"].get<int>();
-        else return fail("malformed exit event", EPROTO);
-        p.exited = true;
-        log::debug("process exited: " + e.dump());
-        if (p.idx == 0) {
-            phase = Phase::Exiting;
-            exit_deadline = Clock::now() + std::chrono::seconds(5);
-        }
-    } else if (ev == "log") {
-        if (e.contains("msg") && e["msg"].is_string()) log::debug("agent: " + e["msg"].get<std::string>());
+Result<void> Session::on_event(const proto::ExitEvent& e) {
+    auto it = procs.find(e.process);
+    if (it == procs.end() || !it->second.started || it->second.exited)
+        return fail("exit event for unknown process " + std::to_string(e.process), EPROTO);
+    auto& p = it->second;
+    p.sig = e.signal;
+    p.code = e.code;
+    p.exited = true;
+    log::debug("process exited: " + proto::to_json(e).dump());
+    if (p.idx == 0) {
+        phase = Phase::Exiting;
+        exit_deadline = Clock::now() + std::chrono::seconds(5);
     }
     return {};
 }

@@ -115,7 +115,7 @@ public:
     // in what it could not hold, and say what to attach it with.
     virtual Result<proto::Attach> template_hello() { return fail("the agent booted as a template unasked", EPROTO); }
     // Then: the create request's parameters.
-    virtual nlohmann::json create_params() = 0;
+    virtual proto::Create create_params() = 0;
     // The create request's answer (the session is Created when `ok`).
     virtual void created(bool ok, const std::string& error) = 0;
     // The container's process started (the session is Running).
@@ -170,8 +170,8 @@ public:
 
 private:
     Result<void> on_frame(const proto::Frame& f);
-    Result<void> on_response(const nlohmann::json& r);
-    Result<void> on_event(const nlohmann::json& e);
+    Result<void> on_response(const proto::Response& r);
+    Result<void> on_event(const proto::ExitEvent& e);
     void answer(uint64_t client, const proto::ControlReply& r);
     void answer(uint64_t client, bool ok, const std::string& err);
 

@@ -8,6 +8,8 @@
 // The class and its files: shim.h.
 #include "shim/shim.h"
 
+#include "husk/numbers.h"
+
 #if defined(__SANITIZE_ADDRESS__)
 #include <sanitizer/lsan_interface.h>
 #endif
@@ -42,6 +44,12 @@ Result<cpu_set_t> cpu_set_of(const std::string& list) {
     return set;
 }
 
+// An fd number or count from the command line husk gave us.
+static Result<int> fd_number(const std::string& flag, const std::string& v) {
+    auto n = parse_number<int>(v);
+    if (!n || *n < 0) return fail(flag + ": expected a number, got \"" + v + "\"", EINVAL);
+    return *n;
+}
 
 Result<Args> parse_args(int argc, char** argv) {
     Args a;
@@ -56,14 +64,14 @@ Result<Args> parse_args(int argc, char** argv) {
         if (k == "--root") a.root = TRY(val());
         else if (k == "--id") a.id = TRY(val());
         else if (k == "--bundle") a.bundle = TRY(val());
-        else if (k == "--sync-fd") a.sync_fd = std::stoi(TRY(val()));
+        else if (k == "--sync-fd") a.sync_fd = TRY(fd_number(k, TRY(val())));
         else if (k == "--console-socket") a.console_socket = TRY(val());
         else if (k == "--log") a.log.path = TRY(val());
         else if (k == "--log-format") a.log.format = TRY(val()) == "json" ? log::Format::Json : log::Format::Text;
         else if (k == "--debug") a.log.debug = true;
         else if (k == "--wait-hooks") a.wait_hooks = true;
         else if (k == "--hypervisor") a.hypervisor = TRY(val());
-        else if (k == "--preserve-fds") a.preserve_fds = std::stoi(TRY(val()));
+        else if (k == "--preserve-fds") a.preserve_fds = TRY(fd_number(k, TRY(val())));
         else if (k == "--restore") a.restore = TRY(val());
         else return fail("unknown argument " + k, EINVAL);
     }
@@ -195,7 +203,7 @@ void Shim::on_signal() {
             if (sig == SIGWINCH || sig == SIGHUP || sig == SIGCONT) continue;
         }
         // Signals sent to the shim go to the container, as with runc's init.
-        if (live) ses_.request("kill", {{"process", 0}, {"signal", sig}, {"all", false}});
+        if (live) ses_.request("kill", proto::to_json(proto::Kill{0, sig, false}));
     }
 }
 
@@ -451,14 +459,10 @@ Result<void> Shim::loop() {
 int Shim::main() {
     signal(SIGPIPE, SIG_IGN);
     setsid();
-    sigset_t mask;
-    sigemptyset(&mask);
-    for (int s : {SIGCHLD, SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR1, SIGUSR2, SIGALRM, SIGCONT, SIGWINCH, SIGTSTP,
-                  SIGTTIN, SIGTTOU})
-        sigaddset(&mask, s);
-    sigprocmask(SIG_BLOCK, &mask, nullptr);
-    sig_fd_ = sys::Fd(signalfd(-1, &mask, SFD_NONBLOCK | SFD_CLOEXEC));
-    if (!sig_fd_) abort_create(Error{errno, "signalfd failed"});
+    auto sfd = sys::signalfd_of({SIGCHLD, SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR1, SIGUSR2, SIGALRM, SIGCONT, SIGWINCH,
+                                 SIGTSTP, SIGTTIN, SIGTTOU});
+    if (!sfd) abort_create(sfd.error());
+    sig_fd_ = std::move(*sfd);
 
     if (auto r = prepare(); !r) abort_create(r.error());
     auto r = loop();

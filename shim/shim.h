@@ -134,7 +134,7 @@ private:
     // SessionHost: what the agent session asks of us.
     void booted() override;
     void release_boot_images();
-    json create_params() override;
+    proto::Create create_params() override;
     void created(bool ok, const std::string& error) override;
     void running() override { set_status(status::kRunning); }
     void busy(uint64_t client) override;
@@ -142,8 +142,8 @@ private:
     Result<void> bind_shares(SharePlan& plan, std::vector<std::string>* made, std::vector<sys::Fd>* trees = nullptr);
     void on_member_line(uint64_t cid, const proto::ControlRequest& req);
     void create_member(uint64_t cid, const proto::ControlRequest& req);
-    Result<json> setup_stdio(uint64_t cid, Proc& p, bool tty, int preserve_fds);
-    Result<json> setup_extra_fds(Proc& p, std::vector<sys::Fd> fds);
+    Result<std::vector<std::string>> setup_stdio(uint64_t cid, Proc& p, bool tty, int preserve_fds);
+    Result<std::vector<std::string>> setup_extra_fds(Proc& p, std::vector<sys::Fd> fds);
     uint32_t new_proc_index();
     void unmount_member(Member& m);
     Member* member_of_proc(uint32_t idx);
@@ -161,7 +161,8 @@ private:
     void on_signal();
     void send_resize(uint32_t proc, int fd);
     Result<void> set_paused(bool on);
-    json guest_update_files(std::vector<std::pair<std::string, std::string>> files, Member* member);
+    std::vector<std::pair<std::string, std::string>> guest_update_files(std::vector<std::pair<std::string, std::string>> files,
+                                                                        Member* member);
     Result<void> pin_vmm(const std::string& list);
     // husk checkpoint / restore (checkpoint.cpp).
     std::string checkpoint_refusal() const;
@@ -253,7 +254,7 @@ private:
     bool handed_over_ = false;  // we are the VM's owner for a pod's members; the sandbox's container is gone
     uint64_t next_client_ = 1;
     uint32_t next_proc_ = 1;
-    json init_extra_fds_ = json::array();  // the init's preserved fds, as the agent is told
+    std::vector<std::string> init_extra_fds_;  // the init's preserved fds, as the agent is told
     sys::Fd tty_slave_;  // host side of the init's terminal (our controlling tty)
     bool paused_ = false;
     std::optional<Clock::time_point> kill_deadline_;  // SIGKILL sent: the guest has until then

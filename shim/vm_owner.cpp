@@ -27,18 +27,16 @@ void Shim::release_boot_images() {
 
 // The agent's create request. The hooks that run in the guest come with
 // the state they are to read (the init's pid, as callers see it, is ours).
-json Shim::create_params() {
-    json p = agent_create_params(spec_, plan_, cgroup_);
-    p["container"] = args_.id;
-    p["process_index"] = 0;
-    if (!init_extra_fds_.empty()) p["process"]["extra_fds"] = init_extra_fds_;
-    if (!nics_.empty()) p["network"] = interfaces_to_json(nics_);
-    for (const char* stage : {"createContainer", "startContainer"})
-        if (auto it = spec_.hooks.find(stage); it != spec_.hooks.end() && !it->second.empty())
-            p["hooks"][stage] = hooks_to_json(it->second);
-    if (p.contains("hooks")) {
-        p["hook_state"] = oci_state(state_);
-        p["hook_state"]["status"] = status::kCreating;
+proto::Create Shim::create_params() {
+    proto::Create p = agent_create_params(spec_, plan_, cgroup_);
+    p.container = args_.id;
+    p.process_index = 0;
+    p.process.extra_fds = init_extra_fds_;
+    if (!nics_.empty()) p.network = nics_;
+    p.hooks = guest_hooks(spec_.hooks);
+    if (!p.hooks.empty()) {
+        p.hook_state = oci_state(state_);
+        (*p.hook_state)["status"] = status::kCreating;
     }
     return p;
 }

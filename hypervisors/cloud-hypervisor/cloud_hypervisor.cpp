@@ -23,8 +23,10 @@ json net_config(const VmConfig& cfg, size_t i) {
 }  // namespace
 
 std::vector<ApiCall> translate(const VmConfig& cfg) {
-    std::string cmdline = cfg.cmdline + " console=ttyS0 husk.vmm=cloud-hypervisor";
-    if (cfg.channel.kind != ChannelKind::None) cmdline += " husk.channel=vsock";
+    proto::BootParams b = cfg.boot;
+    b.vmm = "cloud-hypervisor";
+    if (cfg.channel.kind != ChannelKind::None) b.channel = "vsock";
+    std::string cmdline = cfg.cmdline + " console=ttyS0" + proto::to_cmdline(b);
     json payload = {{"kernel", cfg.kernel}, {"cmdline", cmdline}};
     if (!cfg.initrd.empty()) payload["initramfs"] = cfg.initrd;
     json vm = {

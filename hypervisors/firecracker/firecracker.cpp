@@ -13,8 +13,10 @@ std::vector<ApiCall> translate(const VmConfig& cfg) {
     // The serial console is ttyS0 (Firecracker's stdout); there is no PCI
     // bus, devices are virtio-mmio (Firecracker adds virtio_mmio.device=
     // for each to the command line).
-    std::string cmdline = cfg.cmdline + " console=ttyS0 pci=off husk.vmm=firecracker";
-    if (cfg.channel.kind != ChannelKind::None) cmdline += " husk.channel=vsock";
+    proto::BootParams b = cfg.boot;
+    b.vmm = "firecracker";
+    if (cfg.channel.kind != ChannelKind::None) b.channel = "vsock";
+    std::string cmdline = cfg.cmdline + " console=ttyS0 pci=off" + proto::to_cmdline(b);
     c.push_back({"PUT", "/machine-config", {{"vcpu_count", cfg.vcpus}, {"mem_size_mib", cfg.memory_mib}, {"smt", false}}});
     json boot = {{"kernel_image_path", cfg.kernel}, {"boot_args", cmdline}};
     if (!cfg.initrd.empty()) boot["initrd_path"] = cfg.initrd;

@@ -68,8 +68,9 @@ std::vector<std::string> translate(const VmConfig& cfg, const Options& opt) {
     add({"-nodefaults", "-no-user-config", "-nographic", "-no-reboot"});
     std::string cmdline = cfg.cmdline + " console=ttyS0";
     if (opt.tcg_tsc_khz && cfg.accel != Accel::Kvm) cmdline += " tsc_early_khz=" + std::to_string(opt.tcg_tsc_khz);
-    if (cfg.channel.kind != ChannelKind::None)
-        cmdline += std::string(" husk.channel=") + (cfg.channel.kind == ChannelKind::Vsock ? "vsock" : "serial");
+    proto::BootParams boot = cfg.boot;
+    if (cfg.channel.kind != ChannelKind::None) boot.channel = cfg.channel.kind == ChannelKind::Vsock ? "vsock" : "serial";
+    cmdline += proto::to_cmdline(boot);
     add({"-kernel", cfg.kernel, "-initrd", cfg.initrd, "-append", cmdline});
     add({"-chardev", "file,id=con,path=/proc/self/fd/" + std::to_string(kConsoleFd), "-serial", "chardev:con"});
     if (cfg.channel.kind == ChannelKind::VirtioSerial) {

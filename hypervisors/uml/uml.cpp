@@ -37,9 +37,13 @@ std::vector<std::string> translate(const VmConfig& cfg) {
         a.push_back("ubd" + std::to_string(i) + (cfg.disks[i].readonly ? "r" : "") + "=" + cfg.disks[i].path);
     std::istringstream words(cfg.cmdline);
     for (std::string w; words >> w;) a.push_back(w);
-    a.insert(a.end(), {"console=tty0", "husk.vmm=uml"});
-    if (cfg.channel.kind != ChannelKind::None) a.push_back("husk.channel=tty1");
-    if (!cfg.shares.empty()) a.push_back("husk.hostfs=" + cfg.shares[0].host_path);
+    a.push_back("console=tty0");
+    proto::BootParams boot = cfg.boot;
+    boot.vmm = "uml";
+    if (cfg.channel.kind != ChannelKind::None) boot.channel = "tty1";
+    if (!cfg.shares.empty()) boot.hostfs = cfg.shares[0].host_path;
+    std::istringstream husk_words(proto::to_cmdline(boot));
+    for (std::string w; husk_words >> w;) a.push_back(w);
     return a;
 }
 

@@ -6,6 +6,7 @@
 #include <iostream>
 
 #include "cli/commands.h"
+#include "husk/numbers.h"
 #include "husk/version.h"
 #include "sys/sys.h"
 
@@ -22,11 +23,8 @@ std::optional<double> scaled_number(const std::string& v, std::initializer_list<
     if (i == 0) return std::nullopt;
     for (auto [suffix, factor] : units)
         if (v.compare(i, std::string::npos, suffix) == 0) {
-            try {
-                return std::stod(v.substr(0, i)) * factor;
-            } catch (...) {
-                return std::nullopt;
-            }
+            if (auto n = parse_double(std::string_view(v).substr(0, i))) return *n * factor;
+            return std::nullopt;
         }
     return std::nullopt;
 }

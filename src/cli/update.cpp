@@ -3,6 +3,7 @@
 #include <sstream>
 
 #include "cli/commands.h"
+#include "husk/numbers.h"
 #include "husk/spec.h"
 #include "sys/sys.h"
 
@@ -67,14 +68,9 @@ void setup_update(CLI::App& sub, Globals& g, Handler& run) {
                 res[where.at(f).first][where.at(f).second] = *n;
             }
             for (auto& [f, v] : o->numbers) {
-                int64_t n;
-                try {
-                    size_t used;
-                    n = std::stoll(v, &used);
-                    if (used != v.size()) throw std::invalid_argument(v);
-                } catch (...) {
-                    return report("update", o->id, Error{EINVAL, "--" + f + ": invalid number \"" + v + "\""});
-                }
+                auto parsed = parse_number<int64_t>(v);
+                if (!parsed) return report("update", o->id, Error{EINVAL, "--" + f + ": invalid number \"" + v + "\""});
+                int64_t n = *parsed;
                 bool is_unsigned = f == "cpu-period" || f == "cpu-share" || f == "cpu-rt-period" || f == "blkio-weight";
                 if (is_unsigned && n < 0)
                     return report("update", o->id, Error{EINVAL, "--" + f + ": must not be negative"});

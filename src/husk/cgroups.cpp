@@ -11,6 +11,7 @@
 #include <sstream>
 #include <thread>
 
+#include "husk/numbers.h"
 #include "sys/sys.h"
 
 namespace husk {
@@ -104,27 +105,17 @@ Result<CgroupFiles> guest_cgroup_files(const json& res, const std::string& at) {
     return out;
 }
 
-json guest_device_rules(const json& res) {
-    json rules = json::array();
-    for (const auto& d : res.value("devices", json::array())) {
-        json r = {{"allow", d["allow"].get<bool>()},
-                  {"type", d.value("type", "a")},
-                  {"major", d.value("major", int64_t(-1))},
-                  {"minor", d.value("minor", int64_t(-1))},
-                  {"access", d.value("access", "rwm")}};
-        rules.push_back(r);
-    }
+std::vector<proto::DeviceRule> guest_device_rules(const json& res) {
+    std::vector<proto::DeviceRule> rules;
+    for (const auto& d : res.value("devices", json::array()))
+        rules.push_back({d["allow"].get<bool>(), d.value("type", "a"), d.value("major", int64_t(-1)), d.value("minor", int64_t(-1)),
+                         d.value("access", "rwm")});
     // runc's AllowedDevices, appended so they win over a deny-all.
-    struct D {
-        const char* type;
-        int64_t major, minor;
-        const char* access;
-    };
-    static const D defaults[] = {{"c", -1, -1, "m"}, {"b", -1, -1, "m"}, {"c", 1, 3, "rwm"},  {"c", 1, 8, "rwm"},
-                                 {"c", 1, 7, "rwm"}, {"c", 5, 0, "rwm"},  {"c", 1, 5, "rwm"}, {"c", 1, 9, "rwm"},
-                                 {"c", 136, -1, "rwm"}, {"c", 5, 2, "rwm"}, {"c", 10, 200, "rwm"}};
-    for (const auto& d : defaults)
-        rules.push_back({{"allow", true}, {"type", d.type}, {"major", d.major}, {"minor", d.minor}, {"access", d.access}});
+    static const proto::DeviceRule defaults[] = {
+        {true, "c", -1, -1, "m"},  {true, "b", -1, -1, "m"},    {true, "c", 1, 3, "rwm"}, {true, "c", 1, 8, "rwm"},
+        {true, "c", 1, 7, "rwm"},  {true, "c", 5, 0, "rwm"},    {true, "c", 1, 5, "rwm"}, {true, "c", 1, 9, "rwm"},
+        {true, "c", 136, -1, "rwm"}, {true, "c", 5, 2, "rwm"}, {true, "c", 10, 200, "rwm"}};
+    rules.insert(rules.end(), std::begin(defaults), std::end(defaults));
     return rules;
 }
 
@@ -153,11 +144,8 @@ uint64_t single(const json& files, const std::string& name) {
     if (it == files.end() || !it->is_string()) return 0;
     std::string s = it->get<std::string>();
     if (s.rfind("max", 0) == 0) return UINT64_MAX;
-    try {
-        return std::stoull(s);
-    } catch (...) {
-        return 0;
-    }
+    while (!s.empty() && (s.back() == '\n' || s.back() == ' ')) s.pop_back();
+    return parse_number<uint64_t>(s).value_or(0);
 }
 
 std::string text(const json& files, const std::string& name) {
@@ -171,13 +159,12 @@ json cpu_list(const std::string& s) {
     std::istringstream in(s);
     std::string part;
     while (std::getline(in, part, ',')) {
-        try {
-            auto dash = part.find('-');
-            unsigned long a = std::stoul(part.substr(0, dash));
-            unsigned long b = dash == std::string::npos ? a : std::stoul(part.substr(dash + 1));
-            for (unsigned long i = a; i <= b && i < 4096; ++i) out.push_back(i);
-        } catch (...) {
-        }
+        while (!part.empty() && (part.back() == '\n' || part.back() == ' ')) part.pop_back();
+        auto dash = part.find('-');
+        auto a = parse_number<unsigned>(std::string_view(part).substr(0, dash));
+        auto b = dash == std::string::npos ? a : parse_number<unsigned>(std::string_view(part).substr(dash + 1));
+        if (a && b)
+            for (unsigned i = *a; i <= *b && i < 4096; ++i) out.push_back(i);
     }
     return out;
 }

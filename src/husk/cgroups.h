@@ -13,6 +13,7 @@
 #include <nlohmann/json.hpp>
 
 #include "husk/result.h"
+#include "protocol/agent.h"
 
 namespace husk {
 
@@ -31,7 +32,7 @@ Result<CgroupFiles> guest_cgroup_files(const nlohmann::json& resources, const st
 // The device rules the guest enforces (with an eBPF device program, as
 // runc does on cgroup v2): the spec's rules, then runc's defaults (the
 // standard nodes, ptys, mknod of anything). Later rules win.
-nlohmann::json guest_device_rules(const nlohmann::json& resources);
+std::vector<proto::DeviceRule> guest_device_rules(const nlohmann::json& resources);
 
 // `husk events` data from the guest cgroup's files (name -> content), in
 // the shape of runc's types.Stats.

@@ -15,6 +15,7 @@
 
 #include "husk/console.h"
 #include "husk/lifecycle.h"
+#include "husk/numbers.h"
 #include "husk/preserved_fds.h"
 #include "husk/relay.h"
 #include "husk/sandbox.h"
@@ -59,19 +60,12 @@ Result<SpecProcess> exec_process(const State& st, const ExecOptions& o) {
     }
     if (!o.user.empty()) {
         auto colon = o.user.find(':');
-        try {
-            size_t used = 0;
-            std::string u = o.user.substr(0, colon);
-            p.user.uid = uint32_t(std::stoul(u, &used));
-            if (used != u.size()) throw std::invalid_argument("uid");
-            if (colon != std::string::npos) {
-                std::string g = o.user.substr(colon + 1);
-                p.user.gid = uint32_t(std::stoul(g, &used));
-                if (used != g.size()) throw std::invalid_argument("gid");
-            }
-        } catch (const std::exception&) {
-            return fail("--user: expected UID[:GID] as numbers, got \"" + o.user + "\"", EINVAL);
-        }
+        auto uid = parse_number<uint32_t>(std::string_view(o.user).substr(0, colon));
+        auto gid = colon == std::string::npos ? std::optional(p.user.gid)
+                                              : parse_number<uint32_t>(std::string_view(o.user).substr(colon + 1));
+        if (!uid || !gid) return fail("--user: expected UID[:GID] as numbers, got \"" + o.user + "\"", EINVAL);
+        p.user.uid = *uid;
+        p.user.gid = *gid;
     }
     if (!o.additional_gids.empty()) p.user.additional_gids = o.additional_gids;
     if (o.no_new_privs) p.no_new_privileges = true;

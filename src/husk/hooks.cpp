@@ -75,18 +75,4 @@ std::vector<std::string> run_all_hooks(const std::vector<SpecHook>& hooks, const
     return errors;
 }
 
-nlohmann::json hooks_to_json(const std::vector<SpecHook>& hooks) {
-    nlohmann::json out = nlohmann::json::array();
-    for (const auto& h : hooks) out.push_back({{"path", h.path}, {"args", h.args}, {"env", h.env}, {"timeout", h.timeout}});
-    return out;
-}
-
-std::vector<SpecHook> hooks_from_json(const nlohmann::json& j) {
-    std::vector<SpecHook> out;
-    for (const auto& h : j)
-        out.push_back(SpecHook{h.value("path", ""), h.value("args", std::vector<std::string>{}),
-                               h.value("env", std::vector<std::string>{}), h.value("timeout", 0)});
-    return out;
-}
-
 }  // namespace husk

@@ -20,8 +20,4 @@ Result<void> run_hooks(const std::vector<SpecHook>& hooks, const std::string& st
 // Run them all; returns the failures (poststart, poststop only warn).
 std::vector<std::string> run_all_hooks(const std::vector<SpecHook>& hooks, const std::string& stage, const nlohmann::json& state);
 
-// The agent's copy of a stage's hooks.
-nlohmann::json hooks_to_json(const std::vector<SpecHook>& hooks);
-std::vector<SpecHook> hooks_from_json(const nlohmann::json& j);
-
 }  // namespace husk

@@ -12,6 +12,7 @@
 
 #include "husk/defaults.h"
 #include "husk/result.h"
+#include "protocol/boot.h"
 
 namespace husk {
 
@@ -61,7 +62,8 @@ struct Channel {
 struct VmConfig {
     std::string kernel;
     std::string initrd;
-    std::string cmdline;
+    std::string cmdline;     // the kernel's own words
+    proto::BootParams boot;  // the agent's (husk.*): the driver adds its channel and VMM
     unsigned vcpus = 1;
     uint64_t memory_mib = 192;
     Accel accel = Accel::Tcg;

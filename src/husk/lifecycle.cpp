@@ -23,6 +23,7 @@
 #include "husk/defaults.h"
 #include "husk/hooks.h"
 #include "husk/hypervisor.h"
+#include "husk/numbers.h"
 #include "husk/pod.h"
 #include "husk/preserved_fds.h"
 #include "husk/sandbox.h"
@@ -421,10 +422,8 @@ Result<std::vector<std::string>> update_container(const Globals& g, const std::s
         const auto res = r.result.value_or(nlohmann::json());
         std::string cur = res.is_object() && res.contains("memory.max") && res["memory.max"].is_string()
                               ? res["memory.max"].get<std::string>() : "max";
-        try {
-            if (cur.rfind("max", 0) != 0) resources["memory"]["limit"] = std::stoll(cur);
-        } catch (const std::exception&) {
-        }
+        while (!cur.empty() && (cur.back() == '\n' || cur.back() == ' ')) cur.pop_back();
+        if (auto limit = parse_number<int64_t>(cur)) resources["memory"]["limit"] = *limit;
     }
     if (resources.contains("cpu") && resources["cpu"].is_object() && resources["cpu"].contains("cpus") &&
         resources["cpu"]["cpus"].is_string())

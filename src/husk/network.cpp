@@ -5,9 +5,13 @@
 #include <algorithm>
 #include <cctype>
 
+#include "protocol/decode.h"
+
 namespace husk {
 
 using nlohmann::json;
+using proto::bad_field;
+using proto::Object;
 
 std::string tap_name(size_t index) { return "tap" + std::to_string(index) + "_husk"; }
 
@@ -28,50 +32,39 @@ json interfaces_to_json(const std::vector<NetInterface>& ifs) {
     return out;
 }
 
-static bool valid_mac(const std::string& m) {
-    if (m.size() != 17) return false;
-    for (size_t k = 0; k < m.size(); ++k) {
-        bool sep = k % 3 == 2;
-        if (sep != (m[k] == ':')) return false;
-        if (!sep && !std::isxdigit(static_cast<unsigned char>(m[k]))) return false;
-    }
-    return true;
+Result<void> get(const json& v, const std::string& at, NetRoute& out) {
+    auto o = TRY(Object::of(v, at));
+    std::string family;
+    TRY(o.req("family", family));
+    if (family != "inet" && family != "inet6") return bad_field(at + ".family", "must be inet or inet6");
+    out.family = family == "inet6" ? AF_INET6 : AF_INET;
+    TRY(o.req("dst", out.dst));
+    TRY(o.opt("gateway", out.gateway));
+    TRY(o.opt("scope", out.scope));
+    TRY(o.opt("metric", out.metric));
+    return o.end();
+}
+
+Result<void> get(const json& v, const std::string& at, NetInterface& out) {
+    auto o = TRY(Object::of(v, at));
+    TRY(o.req("name", out.name));
+    TRY(o.req("mac", out.mac));
+    TRY(o.req("mtu", out.mtu));
+    TRY(o.req("up", out.up));
+    TRY(o.req("addresses", out.addresses));
+    TRY(o.req("routes", out.routes));
+    if (out.name.empty() || out.name.size() > 15 || out.name.find_first_of("/ \t\n:") != std::string::npos)
+        return bad_field(at + ".name", "not an interface name: \"" + out.name + "\"");
+    bool mac = out.mac.size() == 17;
+    for (size_t k = 0; mac && k < out.mac.size(); ++k)
+        mac = k % 3 == 2 ? out.mac[k] == ':' : std::isxdigit(static_cast<unsigned char>(out.mac[k])) != 0;
+    if (!mac) return bad_field(at + ".mac", "not a MAC address: \"" + out.mac + "\"");
+    if (out.mtu < 68 || out.mtu > 65535) return bad_field(at + ".mtu", "out of range");
+    return o.end();
 }
 
 Result<std::vector<NetInterface>> interfaces_from_json(const json& j) {
-    if (!j.is_array()) return fail("network: expected an array", EINVAL);
-    std::vector<NetInterface> out;
-    for (size_t n = 0; n < j.size(); ++n) {
-        const auto& e = j[n];
-        std::string at = "network[" + std::to_string(n) + "]";
-        try {
-            NetInterface i;
-            i.name = e.at("name").get<std::string>();
-            i.mac = e.at("mac").get<std::string>();
-            i.mtu = e.at("mtu").get<unsigned>();
-            i.up = e.at("up").get<bool>();
-            i.addresses = e.at("addresses").get<std::vector<std::string>>();
-            if (i.name.empty() || i.name.size() > 15 || i.name.find_first_of("/ \t\n:") != std::string::npos)
-                return fail(at + ".name: not an interface name: \"" + i.name + "\"", EINVAL);
-            if (!valid_mac(i.mac)) return fail(at + ".mac: not a MAC address: \"" + i.mac + "\"", EINVAL);
-            if (i.mtu < 68 || i.mtu > 65535) return fail(at + ".mtu: out of range", EINVAL);
-            for (const auto& r : e.at("routes")) {
-                NetRoute nr;
-                auto fam = r.at("family").get<std::string>();
-                if (fam != "inet" && fam != "inet6") return fail(at + ".routes: family must be inet or inet6", EINVAL);
-                nr.family = fam == "inet6" ? AF_INET6 : AF_INET;
-                nr.dst = r.at("dst").get<std::string>();
-                nr.gateway = r.value("gateway", "");
-                nr.scope = r.value("scope", 0);
-                nr.metric = r.value("metric", 0u);
-                i.routes.push_back(nr);
-            }
-            out.push_back(std::move(i));
-        } catch (const json::exception& ex) {
-            return fail(at + ": " + ex.what(), EINVAL);
-        }
-    }
-    return out;
+    return proto::decode<std::vector<NetInterface>>(j, "network");
 }
 
 void order_routes(std::vector<NetRoute>& routes) {

@@ -21,6 +21,7 @@ struct NetRoute {
     std::string gateway;       // empty for a directly connected route
     int scope = 0;             // RT_SCOPE_*
     uint32_t metric = 0;
+    bool operator==(const NetRoute&) const = default;
 };
 
 struct NetInterface {
@@ -30,6 +31,7 @@ struct NetInterface {
     bool up = true;
     std::vector<std::string> addresses;  // address/prefix, IPv4 and IPv6
     std::vector<NetRoute> routes;        // connected routes first
+    bool operator==(const NetInterface&) const = default;
 };
 
 // The host's side of one interface: the tap the VMM reads, named per
@@ -38,8 +40,11 @@ std::string tap_name(size_t index);
 inline constexpr uint16_t kRedirectPrio = 0xc0de;  // our tc filter's priority
 
 nlohmann::json interfaces_to_json(const std::vector<NetInterface>& ifs);
-// Strict: the agent configures nothing from a malformed list.
+// Strict (protocol/decode.h): the agent configures nothing from a
+// malformed list.
 Result<std::vector<NetInterface>> interfaces_from_json(const nlohmann::json& j);
+Result<void> get(const nlohmann::json& v, const std::string& at, NetInterface& out);
+Result<void> get(const nlohmann::json& v, const std::string& at, NetRoute& out);
 
 // Routes in an order the kernel accepts: a gateway must be reachable
 // through a route added before it (connected routes, then the rest).

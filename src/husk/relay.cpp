@@ -127,7 +127,7 @@ std::optional<std::string> RelaySession::next_line() {
         pty->master.reset();
         fds = {pty->slave.get()};
         if (auto ws = sys::window_size(fds[0]); ws && req.op == proto::Op::Exec)
-            req.process["console_size"] = {{"rows", ws->ws_row}, {"cols", ws->ws_col}};
+            req.process.console_size = proto::ConsoleSize{ws->ws_row, ws->ws_col};
     }
     fds.insert(fds.end(), extra.begin(), extra.end());
     auto sess = RelaySession::start(paths, req, fds);

@@ -8,6 +8,7 @@
 #include <cap-ng.h>
 
 #include "husk/defaults.h"
+#include "husk/numbers.h"
 
 namespace husk {
 
@@ -44,8 +45,8 @@ SharePlan plan_shares(const Spec& spec, const std::string& bundle, bool (*is_dir
 }
 
 std::optional<uint64_t> decimal_figure(const std::string& v) {
-    if (v.empty() || v.size() > 18 || v.find_first_not_of("0123456789") != std::string::npos) return std::nullopt;
-    return std::stoull(v);
+    if (v.size() > 18 || v.find_first_not_of("0123456789") != std::string::npos) return std::nullopt;
+    return parse_number<uint64_t>(v);
 }
 
 // A CRI sandbox's pod-level figure (containerd sets these on the pause
@@ -80,9 +81,10 @@ Result<std::vector<unsigned>> parse_cpu_list(const std::string& list) {
     std::vector<unsigned> out;
     auto bad = [&] { return fail("\"" + list + "\": expected a CPU list such as 0-3,6", EINVAL); };
     auto number = [](const std::string& t, unsigned& v) {
-        if (t.empty() || t.size() > 4 || t.find_first_not_of("0123456789") != std::string::npos) return false;
-        v = unsigned(std::stoul(t));
-        return v < kMaxCpuId;
+        auto n = t.size() <= 4 && t.find_first_not_of("0123456789") == std::string::npos ? parse_number<unsigned>(t)
+                                                                                          : std::nullopt;
+        v = n.value_or(0);
+        return n && v < kMaxCpuId;
     };
     size_t pos = 0;
     while (pos <= list.size() && !list.empty()) {
@@ -189,15 +191,17 @@ VmConfig make_vm_config(const Spec& spec, const HostFacts& host, const SandboxPa
         // shares' modules, and attach says which to mount, whether to
         // debug, and how many vCPUs to bring up beyond the first.
         c.template_shape = true;
-        c.cmdline = std::string(defaults::kKernelCmdline) + " quiet husk.template=1";
+        c.cmdline = std::string(defaults::kKernelCmdline) + " quiet";
+        c.boot.template_boot = true;
         if (c.all_vcpus() > 1) c.cmdline += " maxcpus=1";
         // A disk's module too: the template holds a placeholder for it.
-        if (!host.share_disk.empty()) c.cmdline += " husk.share=disk";
+        if (!host.share_disk.empty()) c.boot.share = "disk";
     } else {
-        c.cmdline = std::string(defaults::kKernelCmdline) + (host.debug ? " husk.debug=1" : " quiet");
-        if (!nics.empty()) c.cmdline += " husk.net=1";  // the agent loads virtio_net
-        if (!host.share_disk.empty()) c.cmdline += " husk.share=disk";
-        else if (host.share_fs == ShareFs::VirtioFs) c.cmdline += " husk.share=virtiofs";
+        c.cmdline = std::string(defaults::kKernelCmdline) + (host.debug ? "" : " quiet");
+        c.boot.debug = host.debug;
+        c.boot.net = !nics.empty();  // the agent loads virtio_net
+        if (!host.share_disk.empty()) c.boot.share = "disk";
+        else if (host.share_fs == ShareFs::VirtioFs) c.boot.share = "virtiofs";
         if (c.max_vcpus > c.vcpus) c.cmdline += " maxcpus=" + std::to_string(c.vcpus);  // the rest wait offline
     }
     if (host.hotplug_mib) {
@@ -207,7 +211,8 @@ VmConfig make_vm_config(const Spec& spec, const HostFacts& host, const SandboxPa
         // 64 MiB of bounce buffers (swiotlb) for 32-bit DMA: virtio needs
         // none, and the guest had 145 MiB of its 192 then 79.
         c.hotplug_mib = host.hotplug_mib;
-        c.cmdline += " husk.mem=1 memhp_default_state=online_movable swiotlb=noforce";
+        c.boot.mem = true;
+        c.cmdline += " memhp_default_state=online_movable swiotlb=noforce";
     }
     return c;
 }
@@ -302,64 +307,81 @@ std::vector<std::string> unknown_capabilities(const SpecProcess& proc) {
     return out;
 }
 
-json agent_process_params(const SpecProcess& proc) {
-    json p = {{"args", proc.args},
-              {"env", proc.env},
-              {"cwd", proc.cwd},
-              {"uid", proc.user.uid},
-              {"gid", proc.user.gid},
-              {"additional_gids", proc.user.additional_gids},
-              {"no_new_privileges", proc.no_new_privileges},
-              {"terminal", proc.terminal}};
-    if (proc.user.umask) p["umask"] = *proc.user.umask;
+proto::Process agent_process_params(const SpecProcess& proc) {
+    proto::Process p;
+    p.args = proc.args;
+    p.env = proc.env;
+    p.cwd = proc.cwd;
+    p.uid = proc.user.uid;
+    p.gid = proc.user.gid;
+    p.additional_gids = proc.user.additional_gids;
+    p.no_new_privileges = proc.no_new_privileges;
+    p.terminal = proc.terminal;
+    p.umask = proc.user.umask;
     if (proc.terminal && proc.console_height && proc.console_width)
-        p["console_size"] = {{"rows", proc.console_height}, {"cols", proc.console_width}};
+        p.console_size = proto::ConsoleSize{uint16_t(proc.console_height), uint16_t(proc.console_width)};
     if (proc.capabilities) {
         // Names the host's libcap-ng does not know are skipped (the runtime
         // spec asks for a warning, not a failure; the shim logs them).
-        json caps = json::object();
+        p.capabilities.emplace();
         for (const auto& [set, names] : *proc.capabilities) {
-            json nums = json::array();
+            auto& nums = (*p.capabilities)[set];
             for (const auto& n : names)
                 if (int c = capability_number(n); c >= 0) nums.push_back(c);
-            caps[set] = nums;
         }
-        p["capabilities"] = caps;
     }
-    if (!proc.rlimits.empty()) {
-        json rl = json::array();
-        for (const auto& l : proc.rlimits)
-            rl.push_back({{"resource", rlimit_resource(l.type)}, {"soft", l.soft}, {"hard", l.hard}});
-        p["rlimits"] = rl;
-    }
-    if (proc.oom_score_adj) p["oom_score_adj"] = *proc.oom_score_adj;
+    for (const auto& l : proc.rlimits) p.rlimits.push_back({rlimit_resource(l.type), l.soft, l.hard});
+    p.oom_score_adj = proc.oom_score_adj;
     return p;
 }
 
-json agent_create_params(const Spec& spec, const SharePlan& plan, const CgroupFiles& cgroup) {
-    json p;
-    p["process"] = agent_process_params(*spec.process);
-    p["root"] = {{"share", plan.entries[0].name}, {"readonly", spec.root_readonly}};
-    p["hostname"] = spec.hostname;
-    json mounts = json::array();
+std::map<std::string, std::vector<SpecHook>> guest_hooks(const SpecHooks& hooks) {
+    std::map<std::string, std::vector<SpecHook>> out;
+    for (const char* stage : {"createContainer", "startContainer"})
+        if (auto it = hooks.find(stage); it != hooks.end() && !it->second.empty()) out[stage] = it->second;
+    return out;
+}
+
+// linux.seccomp, which the spec's parser checked (spec.cpp check_seccomp).
+static proto::Seccomp seccomp_of(const json& sec) {
+    proto::Seccomp s;
+    s.default_action = sec.at("defaultAction").get<std::string>();
+    if (sec.contains("defaultErrnoRet")) s.default_errno_ret = sec["defaultErrnoRet"].get<uint32_t>();
+    s.architectures = sec.value("architectures", std::vector<std::string>{});
+    s.flags = sec.value("flags", std::vector<std::string>{});
+    for (const auto& r : sec.value("syscalls", json::array())) {
+        proto::SeccompRule rule;
+        rule.names = r.at("names").get<std::vector<std::string>>();
+        rule.action = r.at("action").get<std::string>();
+        if (r.contains("errnoRet")) rule.errno_ret = r["errnoRet"].get<uint32_t>();
+        for (const auto& a : r.value("args", json::array()))
+            rule.args.push_back({a.at("index").get<unsigned>(), a.at("value").get<uint64_t>(), a.value("valueTwo", uint64_t(0)),
+                                 a.at("op").get<std::string>()});
+        s.syscalls.push_back(std::move(rule));
+    }
+    return s;
+}
+
+proto::Create agent_create_params(const Spec& spec, const SharePlan& plan, const CgroupFiles& cgroup) {
+    proto::Create p;
+    p.process = agent_process_params(*spec.process);
+    p.root_share = plan.entries[0].name;
+    p.root_readonly = spec.root_readonly;
+    p.hostname = spec.hostname;
     for (size_t i = 0; i < spec.mounts.size(); ++i) {
         const auto& m = spec.mounts[i];
-        json jm = {{"destination", m.destination}, {"type", m.type}, {"options", m.options}};
+        proto::Mount pm{m.destination, m.type, m.options, "", std::nullopt, {}};
         if (!plan.mount_share[i].empty()) {
-            jm["type"] = "bind";
-            jm["share"] = plan.mount_share[i];
-            if (i < plan.mount_submounts.size() && !plan.mount_submounts[i].empty())
-                jm["submounts"] = plan.mount_submounts[i];
+            pm.type = "bind";
+            pm.share = plan.mount_share[i];
+            if (i < plan.mount_submounts.size()) pm.submounts = plan.mount_submounts[i];
         } else {
-            jm["source"] = m.source;
+            pm.source = m.source;
         }
-        mounts.push_back(jm);
+        p.mounts.push_back(std::move(pm));
     }
-    p["mounts"] = mounts;
-    json ns = json::array();
     for (const auto& n : spec.namespaces)
-        if (n.type != "network") ns.push_back(n.type);  // the VM is the network
-    p["namespaces"] = ns;
+        if (n.type != "network") p.namespaces.push_back(n.type);  // the VM is the network
     if (spec.has_namespace("user")) {
         auto lines = [](const std::vector<SpecIdMap>& maps) {
             std::string out;
@@ -367,24 +389,14 @@ json agent_create_params(const Spec& spec, const SharePlan& plan, const CgroupFi
                 out += std::to_string(m.container_id) + " " + std::to_string(m.host_id) + " " + std::to_string(m.size) + "\n";
             return out;
         };
-        p["userns"] = {{"uid_map", lines(spec.uid_mappings)}, {"gid_map", lines(spec.gid_mappings)}};
+        p.userns = proto::UserNs{lines(spec.uid_mappings), lines(spec.gid_mappings)};
     }
-    p["masked_paths"] = spec.masked_paths;
-    if (!spec.sysctl.empty()) p["sysctl"] = spec.sysctl;
-    if (!spec.seccomp.is_null()) p["seccomp"] = spec.seccomp;
-    p["readonly_paths"] = spec.readonly_paths;
-    json files = json::array();
-    for (const auto& [f, v] : cgroup.writes) files.push_back({f, v});
-    p["cgroup"] = {{"files", files}, {"devices", guest_device_rules(spec.resources.is_object() ? spec.resources : json::object())}};
-    if (!spec.devices.empty()) {
-        json devs = json::array();
-        for (const auto& d : spec.devices) {
-            json jd = {{"path", d.path}, {"type", d.type}, {"major", d.major}, {"minor", d.minor}, {"uid", d.uid}, {"gid", d.gid}};
-            if (d.file_mode) jd["file_mode"] = *d.file_mode;
-            devs.push_back(jd);
-        }
-        p["devices"] = devs;
-    }
+    p.masked_paths = spec.masked_paths;
+    p.readonly_paths = spec.readonly_paths;
+    p.sysctl = spec.sysctl;
+    if (!spec.seccomp.is_null()) p.seccomp = seccomp_of(spec.seccomp);
+    p.cgroup = proto::Cgroup{cgroup.writes, guest_device_rules(spec.resources.is_object() ? spec.resources : json::object())};
+    for (const auto& d : spec.devices) p.devices.push_back({d.path, d.type, d.major, d.minor, d.uid, d.gid, d.file_mode});
     return p;
 }
 

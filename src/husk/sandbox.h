@@ -11,6 +11,7 @@
 #include "husk/hypervisor.h"
 #include "husk/network.h"
 #include "husk/spec.h"
+#include "protocol/agent.h"
 
 namespace husk {
 
@@ -166,11 +167,15 @@ int capability_number(const std::string& name);
 std::vector<std::string> unknown_capabilities(const SpecProcess& proc);
 
 // The process part of the agent's "create" and "exec" params.
-nlohmann::json agent_process_params(const SpecProcess& proc);
+proto::Process agent_process_params(const SpecProcess& proc);
 
 // The agent's "create" params: everything it needs to build the container,
 // with host paths replaced by share names, and the container's guest
 // cgroup (guest_cgroup_files of linux.resources) with its device rules.
-nlohmann::json agent_create_params(const Spec& spec, const SharePlan& plan, const CgroupFiles& cgroup);
+// The hooks that run in the guest (createContainer, startContainer).
+std::map<std::string, std::vector<SpecHook>> guest_hooks(const SpecHooks& hooks);
+
+// The container's id and its init's process index are the caller's to set.
+proto::Create agent_create_params(const Spec& spec, const SharePlan& plan, const CgroupFiles& cgroup);
 
 }  // namespace husk

@@ -1,5 +1,7 @@
 #include "husk/signals.h"
 
+#include "husk/numbers.h"
+
 #include <signal.h>
 #include <sys/wait.h>
 
@@ -32,7 +34,7 @@ Result<int> parse_signal(const std::string& in) {
     auto bad = [&] { return fail("unknown signal \"" + in + "\"", EINVAL); };
     if (all_digits(in)) {
         if (in.size() > 3) return bad();
-        int n = std::stoi(in);
+        int n = parse_number<int>(in).value_or(0);
         if (n < 1 || n > kRtMax) return bad();
         return n;
     }
@@ -48,7 +50,7 @@ Result<int> parse_signal(const std::string& in) {
         char sign = rest.empty() ? 0 : rest[0];
         if ((dir > 0 && sign != '+') || (dir < 0 && sign != '-') || !all_digits(rest.substr(1)) || rest.size() > 3)
             return bad();
-        int n = origin + dir * std::stoi(rest.substr(1));
+        int n = origin + dir * parse_number<int>(rest.substr(1)).value_or(kRtMax + 1);
         if (n < kRtMin || n > kRtMax) return bad();
         return n;
     };

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 
+#include "protocol/agent.h"
 #include "sys/sys.h"
 
 namespace husk {
@@ -178,10 +179,9 @@ Result<void> check_seccomp(const Reader& r, const json& sec) {
     const std::string at = "linux.seccomp";
     auto action = [&](const json& o, const std::string& p, bool required) -> Result<void> {
         auto a = TRY(r.field(o, p, required ? "action" : "defaultAction", vt::string, true));
-        static const char* known[] = {"SCMP_ACT_KILL", "SCMP_ACT_KILL_PROCESS", "SCMP_ACT_KILL_THREAD", "SCMP_ACT_TRAP",
-                                      "SCMP_ACT_ERRNO", "SCMP_ACT_TRACE", "SCMP_ACT_ALLOW", "SCMP_ACT_LOG"};
+        const auto& known = proto::seccomp_actions();
         std::string v = a->get<std::string>();
-        if (std::none_of(std::begin(known), std::end(known), [&](auto k) { return v == k; }))
+        if (std::find(known.begin(), known.end(), v) == known.end())
             return r.err(Reader::child(p, required ? "action" : "defaultAction"),
                          "unsupported action \"" + v + "\"" + (v == "SCMP_ACT_NOTIFY" ? " (no notify agent in the guest)" : ""));
         return {};
@@ -198,9 +198,8 @@ Result<void> check_seccomp(const Reader& r, const json& sec) {
         TRY(r.field(a, ap, "value", vt::number_unsigned, true));
         TRY(r.field(a, ap, "valueTwo", vt::number_unsigned, false));
         auto op = TRY(r.field(a, ap, "op", vt::string, true))->get<std::string>();
-        static const char* ops[] = {"SCMP_CMP_NE", "SCMP_CMP_LT", "SCMP_CMP_LE", "SCMP_CMP_EQ",
-                                    "SCMP_CMP_GE", "SCMP_CMP_GT", "SCMP_CMP_MASKED_EQ"};
-        if (std::none_of(std::begin(ops), std::end(ops), [&](auto k) { return op == k; }))
+        const auto& ops = proto::seccomp_operators();
+        if (std::find(ops.begin(), ops.end(), op) == ops.end())
             return r.err(ap + ".op", "unknown operator \"" + op + "\"");
         return {};
     };

@@ -25,6 +25,7 @@ struct SpecHook {
     std::string path;
     std::vector<std::string> args, env;
     int timeout = 0;  // seconds; 0: none
+    bool operator==(const SpecHook&) const = default;
 };
 
 // config.json's hooks, by stage ("prestart", "createRuntime", ...).

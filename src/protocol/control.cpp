@@ -82,7 +82,7 @@ json to_json(const ControlRequest& r) {
     }
     if (has("image_path")) j["image_path"] = r.image_path;
     if (has("leave_running")) j["leave_running"] = r.leave_running;
-    if (has("process")) j["process"] = r.process;
+    if (has("process")) j["process"] = to_json(r.process);
     if (has("preserve_fds") && r.preserve_fds) j["preserve_fds"] = r.preserve_fds;
     if (has("bundle")) j["bundle"] = r.bundle;
     if (has("join")) j["join"] = r.join;
@@ -118,10 +118,8 @@ Result<ControlRequest> control_request_from_json(const json& j) {
     }
     if (j.contains("image_path")) r.image_path = TRY(text(j, "image_path", true));
     if (j.contains("leave_running")) r.leave_running = TRY(flag(j, "leave_running"));
-    if (j.contains("process")) {
-        if (!j["process"].is_object()) return bad("process: expected an object");
-        r.process = j["process"];
-    }
+    if (j.contains("process"))
+        if (auto p = get(j["process"], "process", r.process); !p) return bad(p.error().message);
     if (j.contains("preserve_fds")) r.preserve_fds = int(TRY(integer(j, "preserve_fds", 0, kMaxPreservedFds)));
     if (j.contains("bundle")) r.bundle = TRY(text(j, "bundle", true));
     if (j.contains("join")) {

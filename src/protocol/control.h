@@ -16,6 +16,7 @@
 #include <nlohmann/json.hpp>
 
 #include "husk/result.h"
+#include "protocol/agent.h"
 #include "protocol/protocol.h"
 
 namespace husk::proto {
@@ -36,9 +37,9 @@ struct ControlRequest {
     std::vector<std::pair<std::string, std::string>> files{};
     std::string image_path{};   // checkpoint: absolute
     bool leave_running = false; // checkpoint
-    // exec: the agent's process parameters (spec.h agent_process_params;
-    // the agent decodes them), a JSON object
-    nlohmann::json process = nlohmann::json::object();
+    // exec: the process (sandbox.h agent_process_params), as the agent
+    // takes it
+    Process process{};
     // exec, create: the preserved fds that follow the stdio fds
     // (SCM_RIGHTS), 0..kMaxPreservedFds (protocol.h)
     int preserve_fds = 0;

@@ -59,19 +59,24 @@ Result<std::string> read_link(const std::string& path) {
     return std::string(buf, size_t(n));
 }
 
+std::optional<std::string> search_path(const std::string& name, const std::string& path) {
+    size_t pos = 0;
+    while (pos <= path.size()) {
+        size_t e = path.find(':', pos);
+        if (e == std::string::npos) e = path.size();
+        std::string dir = path.substr(pos, e - pos);
+        std::string full = (dir.empty() ? "." : dir) + "/" + name;
+        struct stat st;
+        if (::stat(full.c_str(), &st) == 0 && S_ISREG(st.st_mode) && ::access(full.c_str(), X_OK) == 0) return full;
+        pos = e + 1;
+    }
+    return std::nullopt;
+}
+
 std::optional<std::string> find_program(const std::string& name) {
     if (name.find('/') != std::string::npos) return ::access(name.c_str(), X_OK) == 0 ? std::optional(name) : std::nullopt;
     const char* env = ::getenv("PATH");
-    std::string path = env && *env ? env : "/usr/local/bin:/usr/bin:/bin";
-    size_t pos = 0;
-    for (;;) {
-        size_t e = path.find(':', pos);
-        std::string dir = path.substr(pos, e == std::string::npos ? std::string::npos : e - pos);
-        std::string full = (dir.empty() ? "." : dir) + "/" + name;
-        if (::access(full.c_str(), X_OK) == 0) return full;
-        if (e == std::string::npos) return std::nullopt;
-        pos = e + 1;
-    }
+    return search_path(name, env && *env ? env : "/usr/local/bin:/usr/bin:/bin");
 }
 
 Result<std::string> read_file(const std::string& path, size_t limit) {

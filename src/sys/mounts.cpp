@@ -28,6 +28,8 @@
 #include <sstream>
 #include <thread>
 
+#include "husk/numbers.h"
+
 namespace husk::sys {
 
 Result<BindSource> open_bind_source(const std::string& path) {
@@ -82,7 +84,7 @@ std::vector<std::string> mounts_under(const std::string& mountinfo, const std::s
         for (size_t i = 0; i < s.size(); ++i) {
             auto digit = [&](size_t k) { return std::isdigit(static_cast<unsigned char>(s[k])) != 0; };
             if (s[i] == '\\' && i + 3 < s.size() && digit(i + 1) && digit(i + 2) && digit(i + 3)) {
-                out += char(std::stoi(s.substr(i + 1, 3), nullptr, 8));
+                out += char(parse_number<int>(std::string_view(s).substr(i + 1, 3), 8).value_or('?'));
                 i += 3;
             } else {
                 out += s[i];

@@ -11,6 +11,7 @@
 #include <termios.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
+#include <sys/signalfd.h>
 #include <sys/mount.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -195,9 +196,7 @@ Result<pid_t> spawn(const std::vector<std::string>& argv, const SpawnOptions& o)
             if (prctl(PR_SET_PDEATHSIG, SIGKILL) < 0) die("prctl");
             if (!(o.clone_flags & CLONE_NEWPID) && getppid() != parent) _exit(1);  // already orphaned
         }
-        sigset_t none;
-        sigemptyset(&none);
-        sigprocmask(SIG_SETMASK, &none, nullptr);
+        unblock_all_signals();
         signal(SIGPIPE, SIG_DFL);  // an ignored SIGPIPE would survive exec
         // Park the sources above every target first, so one dup2 cannot
         // clobber a source another still needs; dup2 clears close-on-exec.
@@ -250,6 +249,22 @@ void ensure_std_fds() {
             int n = ::open("/dev/null", O_RDWR);  // lowest free: this one
             if (n >= 0 && n != fd) ::close(n);
         }
+}
+
+Result<Fd> signalfd_of(std::initializer_list<int> signals) {
+    sigset_t mask;
+    sigemptyset(&mask);
+    for (int s : signals) sigaddset(&mask, s);
+    if (sigprocmask(SIG_BLOCK, &mask, nullptr) < 0) return fail_errno("sigprocmask");
+    Fd fd(::signalfd(-1, &mask, SFD_NONBLOCK | SFD_CLOEXEC));
+    if (!fd) return fail_errno("signalfd");
+    return fd;
+}
+
+void unblock_all_signals() {
+    sigset_t none;
+    sigemptyset(&none);
+    sigprocmask(SIG_SETMASK, &none, nullptr);
 }
 
 void die_of_signal(int sig) {

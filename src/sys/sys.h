@@ -9,6 +9,7 @@
 #include <chrono>
 #include <cstdint>
 #include <functional>
+#include <initializer_list>
 #include <optional>
 #include <string>
 #include <utility>
@@ -25,6 +26,10 @@ Result<std::string> read_file(const std::string& path, size_t limit = 16 << 20);
 Result<std::string> read_link(const std::string& path);
 // An executable by name, as execvp finds it (a name with '/' as it is).
 std::optional<std::string> find_program(const std::string& name);
+// The first regular executable file `name` in the directories of `path`
+// (colon-separated; an empty entry is "."). The host's PATH above, a
+// container's in the guest (agent: find_executable).
+std::optional<std::string> search_path(const std::string& name, const std::string& path);
 Result<void> write_file(const std::string& path, const std::string& data, mode_t mode = 0644);
 // write to "<path>.tmp" then rename: readers never see a partial file.
 Result<void> write_file_atomic(const std::string& path, const std::string& data, mode_t mode = 0644);
@@ -186,6 +191,12 @@ Result<pid_t> spawn(const std::vector<std::string>& argv, const SpawnOptions& o)
 // Open /dev/null on any of fds 0-2 that is closed, so later opens never
 // land there and get mistaken for stdio.
 void ensure_std_fds();
+
+// Block `signals` and return a signalfd (non-blocking, close-on-exec)
+// that reads them: how the shim's and the agent's loops take signals.
+Result<Fd> signalfd_of(std::initializer_list<int> signals);
+// No signal blocked (a child about to exec: a mask survives exec).
+void unblock_all_signals();
 
 // Terminate with `sig` (default action, no core file) so the parent's wait
 // status matches a process that died of it; 128+sig if it does not kill.

@@ -29,7 +29,7 @@ namespace {
 struct Host : shim::SessionHost {
     std::set<uint64_t> waiting;  // clients with a request out
     unsigned creates = 0;
-    json create_params() override { return {{"spec", "fuzz"}}; }
+    proto::Create create_params() override { return {}; }
     void created(bool, const std::string&) override {
         if (++creates > 1) __builtin_trap();  // one create, one answer
     }

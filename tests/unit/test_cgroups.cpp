@@ -76,8 +76,8 @@ TEST_CASE("resources that cannot be applied are refused with their path", "[cgro
 TEST_CASE("device rules: the spec's, then runc's defaults; the program the kernel accepts", "[cgroups]") {
     auto rules = guest_device_rules(json::parse(R"({"devices": [{"allow": false, "access": "rwm"}]})"));
     REQUIRE(rules.size() == 12);
-    CHECK(rules[0] == json::parse(R"({"allow": false, "type": "a", "major": -1, "minor": -1, "access": "rwm"})"));
-    CHECK(rules[3] == json::parse(R"({"allow": true, "type": "c", "major": 1, "minor": 3, "access": "rwm"})"));
+    CHECK(proto::to_json(rules[0]) == json::parse(R"({"allow": false, "type": "a", "major": -1, "minor": -1, "access": "rwm"})"));
+    CHECK(proto::to_json(rules[3]) == json::parse(R"({"allow": true, "type": "c", "major": 1, "minor": 3, "access": "rwm"})"));
 
     auto prog = agent::device_program(rules);
     // Every jump stays inside the program.
@@ -91,7 +91,7 @@ TEST_CASE("device rules: the spec's, then runc's defaults; the program the kerne
     // unconditionally in 2 and ends the program.
     CHECK(prog.size() == 6 + 8 * 5 + 4 + 2 * 6 + 2);
     // Without a catch-all rule, nothing matched means denied.
-    auto one = agent::device_program(json::parse(R"([{"allow": true, "type": "c", "major": 1, "minor": 3, "access": "rwm"}])"));
+    auto one = agent::device_program({{true, "c", 1, 3, "rwm"}});
     CHECK(one.size() == 6 + 5 + 2);
 
     // The host kernel's verifier is the same as the guest's: it must take it.
@@ -102,7 +102,7 @@ TEST_CASE("device rules: the spec's, then runc's defaults; the program the kerne
     auto fd = agent::load_device_program(rules);
     INFO((fd ? "" : fd.error().message));
     REQUIRE(fd);
-    auto one_fd = agent::load_device_program(json::array());
+    auto one_fd = agent::load_device_program({});
     REQUIRE(one_fd);
 }
 

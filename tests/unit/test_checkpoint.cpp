@@ -135,7 +135,7 @@ namespace {
 struct ResumeHost : shim::SessionHost {
     bool resumed_called = false, running_called = false, refuse = false;
     proto::Resumed got;
-    json create_params() override { return json::object(); }
+    proto::Create create_params() override { return {}; }
     void created(bool, const std::string&) override {}
     void running() override { running_called = true; }
     void busy(uint64_t) override {}

@@ -15,6 +15,15 @@ using nlohmann::json;
 
 namespace {
 
+// An exec's process.
+proto::Process process(std::vector<std::string> args, bool terminal) {
+    proto::Process p;
+    p.args = std::move(args);
+    p.env = {"PATH=/usr/bin:/bin"};
+    p.terminal = terminal;
+    return p;
+}
+
 // Every op as husk and the relays send it: one line each.
 std::vector<ControlRequest> every_request() {
     return {
@@ -28,8 +37,8 @@ std::vector<ControlRequest> every_request() {
         {.op = Op::Stats, .container = "member1"},
         {.op = Op::Update, .files = {{"memory.max", "268435456"}, {"cpu.max", "50000 100000"}}},
         {.op = Op::Checkpoint, .image_path = "/var/lib/ckpt", .leave_running = true},
-        {.op = Op::Exec, .process = {{"args", {"sh"}}, {"terminal", true}}},
-        {.op = Op::Exec, .container = "member1", .process = {{"args", {"true"}}}, .preserve_fds = 2},
+        {.op = Op::Exec, .process = process({"sh"}, true)},
+        {.op = Op::Exec, .container = "member1", .process = process({"true"}, false), .preserve_fds = 2},
         {.op = Op::Create,
          .container = "member1",
          .preserve_fds = 1,
@@ -74,7 +83,8 @@ TEST_CASE("shim.sock: a request takes its op's fields only, each of its type and
     CHECK(why({{"op", "kill"}, {"signal", 9.5}, {"all", false}}) == "shim.sock: signal: expected an integer in 0..64");
     CHECK(why({{"op", "kill"}, {"signal", 9}, {"all", 1}}) == "shim.sock: all: expected true or false");
     CHECK(why({{"op", "exec"}, {"process", "sh"}}) == "shim.sock: process: expected an object");
-    CHECK(why({{"op", "exec"}, {"process", json::object()}, {"preserve_fds", 254}}) ==
+    CHECK(why({{"op", "exec"}, {"process", json::object()}}) == "shim.sock: process.args: missing");
+    CHECK(why({{"op", "exec"}, {"process", proto::to_json(process({"sh"}, false))}, {"preserve_fds", 254}}) ==
           "shim.sock: preserve_fds: expected an integer in 0..253");
     CHECK(why({{"op", "update"}, {"files", {{"memory.max", 5}}}}) == "shim.sock: files: expected [[file, value], ...]");
     CHECK(why({{"op", "checkpoint"}, {"image_path", "ckpt"}, {"leave_running", false}}) ==

@@ -167,7 +167,7 @@ TEST_CASE("Firecracker templates: a placeholder disk and the template's MACs, th
     eth0.name = "eth0", eth0.mac = "02:42:ac:11:00:02", eth0.mtu = 1400;
     VmConfig cfg = make_vm_config(small_spec(), host, state_sandbox_paths(), {eth0}, {"tap0_husk"});
     REQUIRE(cfg.template_shape);
-    CHECK_THAT(cfg.cmdline, Catch::Contains("husk.share=disk"));  // the agent loads virtio_blk
+    CHECK(cfg.boot.share == "disk");  // the agent loads virtio_blk
     VmConfig seen = jailed_config(cfg);
     auto t = firecracker::template_calls(seen);
     nlohmann::json all = template_golden(firecracker::translate(seen), t);

@@ -15,7 +15,11 @@ struct Host : shim::SessionHost {
     std::vector<std::pair<uint64_t, json>> replies;
     std::vector<std::string> created_errors;
     int created_ok = 0, running_calls = 0;
-    json create_params() override { return {{"bundle", "b"}}; }
+    proto::Create create_params() override {
+        proto::Create c;
+        c.container = "b";
+        return c;
+    }
     void created(bool ok, const std::string& e) override { ok ? ++created_ok : (created_errors.push_back(e), 0); }
     void running() override { ++running_calls; }
     void busy(uint64_t) override {}
@@ -39,7 +43,8 @@ void created(shim::Session& s) {
     s.procs[0].idx = 0;
     stdio(s.procs[0]);
     REQUIRE(feed(s, frame(proto::Type::Hello, 0, {{"version", proto::kVersion}})));
-    REQUIRE(s.out.find(R"("method":"create","params":{"bundle":"b"})") != std::string::npos);
+    REQUIRE(s.out.find(R"("method":"create","params":{)") != std::string::npos);
+    REQUIRE(s.out.find(R"("container":"b")") != std::string::npos);
     REQUIRE(feed(s, response({{"id", 1}, {"ok", true}})));
     REQUIRE(s.phase == shim::Phase::Created);
 }
@@ -78,7 +83,11 @@ TEST_CASE("session: a guest that lies is refused with an error, never a crash", 
     };
     const Case cases[] = {
         // json::value() would throw on these: the shim died of it once.
-        {"ok of the wrong type", response({{"id", 3}, {"ok", "yes"}}), "malformed response from agent"},
+        {"ok of the wrong type", response({{"id", 3}, {"ok", "yes"}}), "agent: response.ok: expected true or false"},
+        {"a refusal without its error", response({{"id", 3}, {"ok", false}}), "agent: response.error: missing"},
+        {"a key the protocol does not have", response({{"id", 3}, {"ok", true}, {"okay", true}}),
+         "agent: response.okay: unknown key"},
+        {"an exec's pid that is not one", "exec", "agent: exec.pid: not a pid"},
         {"an answer nobody asked for", response({{"id", 99}, {"ok", true}}), "response to unknown request 99"},
         {"a second hello", frame(proto::Type::Hello, 0, {{"version", proto::kVersion}}), "unexpected HELLO from agent"},
         {"output for a process never started", proto::encode(proto::Type::Data, proto::stream_id(5, 1), "x"),
@@ -89,7 +98,12 @@ TEST_CASE("session: a guest that lies is refused with an error, never a crash", 
         {"an exit for no process", frame(proto::Type::Event, 0, {{"event", "exit"}, {"process", 3}, {"code", 0}}),
          "exit event for unknown process 3"},
         {"an exit without a status", frame(proto::Type::Event, 0, {{"event", "exit"}, {"process", 0}, {"code", "0"}}),
-         "malformed exit event"},
+         "agent: event.code: expected an integer in -2147483648..2147483647"},
+        {"an exit with a code and a signal",
+         frame(proto::Type::Event, 0, {{"event", "exit"}, {"process", 0}, {"code", 0}, {"signal", 9}}),
+         "agent: event: expected a code or a signal"},
+        {"an event husk does not know", frame(proto::Type::Event, 0, {{"event", "oops"}, {"process", 0}}),
+         "agent: event.event: not an event husk knows: oops"},
         {"a request to the shim", frame(proto::Type::Request, 0, {{"id", 1}}), "agent sent a request"},
         {"too much stdin credit", proto::encode_credit(proto::stream_id(0, 0), 1), "agent returned too much credit"},
         {"output on an fd the process was not given", proto::encode(proto::Type::Data, proto::stream_id(0, 3), "x"),
@@ -106,6 +120,11 @@ TEST_CASE("session: a guest that lies is refused with an error, never a crash", 
         REQUIRE(feed(s, response({{"id", 2}, {"ok", true}})));
         s.request("ps", {{"process", 0}}, 8);  // id 3
         std::string bytes = c.bytes;
+        if (bytes == "exec") {
+            s.procs[1].idx = 1;
+            s.request("exec", json::object(), 9, 1);  // id 4
+            bytes = response({{"id", 4}, {"ok", true}, {"result", {{"pid", -1}}}});
+        }
         if (bytes.empty()) {
             // All the credit it was granted, then one byte more.
             std::string chunk(proto::kMaxDataPayload, 'x');

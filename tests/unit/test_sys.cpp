@@ -3,6 +3,7 @@
 #include <sys/mount.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <termios.h>
 #include <unistd.h>
@@ -11,6 +12,7 @@
 
 #include <catch2/catch.hpp>
 
+#include "husk/numbers.h"
 #include "sys/sys.h"
 #include "tmpdir.h"
 
@@ -267,4 +269,40 @@ TEST_CASE("mounts under a directory, from mountinfo, parents first", "[sys]") {
         "44 22 0:44 / /s/m10 rw - tmpfs t rw\n";
     CHECK(sys::mounts_under(mi, "/s/m1") == std::vector<std::string>{"a", "with space", "a/b"});
     CHECK(sys::mounts_under(mi, "/s/m10").empty());
+}
+
+TEST_CASE("a PATH search finds the first regular executable file, as execvp", "[sys]") {
+    std::string t = make_tmpdir("path");
+    std::string a = t + "/a", b = t + "/b";
+    REQUIRE(sys::mkdir_p(a + "/tool", 0755));  // a directory of the name: not it
+    REQUIRE(sys::mkdir_p(b, 0755));
+    REQUIRE(sys::write_file(a + "/plain", "x"));  // not executable: not it
+    REQUIRE(sys::write_file(b + "/plain", "#!/bin/sh\n"));
+    REQUIRE(sys::write_file(b + "/tool", "#!/bin/sh\n"));
+    REQUIRE(::chmod((b + "/plain").c_str(), 0755) == 0);
+    REQUIRE(::chmod((b + "/tool").c_str(), 0755) == 0);
+    CHECK(sys::search_path("tool", a + ":" + b) == b + "/tool");
+    CHECK(sys::search_path("plain", a + ":" + b) == b + "/plain");
+    CHECK_FALSE(sys::search_path("tool", a));
+    CHECK_FALSE(sys::search_path("none", a + ":" + b));
+    CHECK(sys::find_program("sh").has_value());
+    CHECK(sys::remove_all(t));
+}
+
+TEST_CASE("numbers from text: the whole string, in range, or nothing; never an exception", "[numbers]") {
+    CHECK(parse_number<uint64_t>("18446744073709551615") == UINT64_MAX);
+    CHECK_FALSE(parse_number<uint64_t>("18446744073709551616"));
+    CHECK_FALSE(parse_number<uint64_t>("-1"));
+    CHECK(parse_number<int64_t>("-5") == -5);
+    CHECK_FALSE(parse_number<int>(""));
+    CHECK_FALSE(parse_number<int>(" 1"));
+    CHECK_FALSE(parse_number<int>("+1"));
+    CHECK_FALSE(parse_number<int>("1x"));
+    CHECK_FALSE(parse_number<int>("1.5"));
+    CHECK_FALSE(parse_number<int>("268435456\n"));  // cgroup files: the caller strips the newline
+    CHECK(parse_number<int>("755", 8) == 0755);
+    CHECK_FALSE(parse_number<int>("8", 8));
+    CHECK(parse_double("1.5") == 1.5);
+    CHECK_FALSE(parse_double("1.5s"));
+    CHECK_FALSE(parse_double(""));
 }

@@ -65,8 +65,8 @@ TEST_CASE("templates: a template's QEMU argv holds nothing of one container's, a
     a.console_fd = 7;
     a.nics[0].fd = 9;
     CHECK(a.template_shape);
-    CHECK(a.cmdline == std::string(defaults::kKernelCmdline) + " quiet husk.template=1 maxcpus=1 husk.mem=1 "
-                                                                "memhp_default_state=online_movable swiotlb=noforce");
+    CHECK(a.cmdline == std::string(defaults::kKernelCmdline) + " quiet maxcpus=1 memhp_default_state=online_movable swiotlb=noforce");
+    CHECK(a.boot == proto::BootParams{.template_boot = true, .mem = true});
     auto argv = qemu::translate(jailed_config(a), opt);
     check_golden("translate/qemu-q35-template.argv", lines(argv));
     // No virtio-fs device and no NIC (added after the boot or the restore):
@@ -100,7 +100,7 @@ TEST_CASE("templates: a template's QEMU argv holds nothing of one container's, a
     cold.template_shape = false;
     VmConfig c = make_vm_config(spec_of(kSpec), cold, state_sandbox_paths("/state/a"), {eth0}, {"tap0_husk"});
     CHECK(!c.template_shape);
-    CHECK_THAT(c.cmdline, Catch::Contains("husk.share=virtiofs") && Catch::Contains("husk.net=1") && !Catch::Contains("husk.template"));
+    CHECK(c.boot == proto::BootParams{.share = "virtiofs", .net = true, .mem = true});
     auto cargv = qemu::translate(jailed_config(c), opt);
     CHECK(std::any_of(cargv.begin(), cargv.end(), [](const std::string& w) { return w.rfind("vhost-user-fs-pci", 0) == 0; }));
     CHECK(std::none_of(cargv.begin(), cargv.end(), [](const std::string& w) { return w.find("pcie-root-port") != std::string::npos; }));
@@ -395,7 +395,7 @@ namespace {
 struct TemplateHost : shim::SessionHost {
     int booted_calls = 0, hellos = 0;
     bool ours = true;
-    json create_params() override { return {{"bundle", "b"}}; }
+    proto::Create create_params() override { return {}; }
     void created(bool, const std::string&) override {}
     void running() override {}
     void busy(uint64_t) override {}
@@ -432,7 +432,7 @@ TEST_CASE("session: a template's HELLO is answered with attach, and create comes
     REQUIRE(feed(s, proto::encode(proto::Type::Response, 0, json{{"id", 1}, {"ok", true}}.dump())));
     CHECK(s.phase == shim::Phase::Creating);
     CHECK(h.booted_calls == 1);
-    CHECK(s.out.find(R"("method":"create","params":{"bundle":"b"})") != std::string::npos);
+    CHECK(s.out.find(R"("method":"create","params":{)") != std::string::npos);
 }
 
 TEST_CASE("session: a restored template is greeted and attached without a HELLO of its own", "[templates][session]") {

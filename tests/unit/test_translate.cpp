@@ -132,7 +132,8 @@ TEST_CASE("a VM that can be given memory: virtio-mem, none of it plugged, on q35
     host.hotplug_mib = 2048;
     VmConfig cfg = make_vm_config(spec_from(kBundle), host, state_sandbox_paths());
     CHECK(cfg.hotplug_mib == 2048);
-    CHECK_THAT(cfg.cmdline, Catch::Contains("husk.mem=1") && Catch::Contains("memhp_default_state=online_movable"));
+    CHECK(cfg.boot.mem);
+    CHECK_THAT(cfg.cmdline, Catch::Contains("memhp_default_state=online_movable"));
     qemu::Options opt;
     opt.machine = "q35";
     auto argv = qemu::translate(jailed_config(cfg), opt);
@@ -194,7 +195,7 @@ TEST_CASE("a virtio-fs share: shared guest RAM, a vhost-user-fs device, virtiofs
     CHECK(cfg.shares[0].fs == ShareFs::VirtioFs);
     CHECK(cfg.shares[0].socket_path == "/state/c1/vmm/fs.sock");
     CHECK(cfg.shares[0].cache == "auto");
-    CHECK_THAT(cfg.cmdline, Catch::Contains("husk.share=virtiofs"));
+    CHECK(cfg.boot.share == "virtiofs");
     qemu::Options opt;
     opt.machine = "q35";
     // Every byte of guest RAM (the hot-pluggable part too) is a shared
@@ -271,7 +272,14 @@ TEST_CASE("OCI -> agent create request (golden)", "[translate]") {
     auto plan = plan_shares(s, "/bundle", fake_is_dir);
     auto cg = guest_cgroup_files(s.resources.is_object() ? s.resources : nlohmann::json::object(), "linux.resources");
     REQUIRE(cg);
-    check_golden("translate/agent-create.json", agent_create_params(s, plan, *cg).dump(2) + "\n");
+    proto::Create c = agent_create_params(s, plan, *cg);
+    c.container = "box";
+    check_golden("translate/agent-create.json", proto::to_json(c).dump(2) + "\n");
+    // What the agent decodes is what was sent.
+    auto back = proto::decode<proto::Create>(proto::to_json(c), "create");
+    INFO((back ? "" : back.error().message));
+    REQUIRE(back);
+    CHECK(*back == c);
 }
 
 TEST_CASE("a terminal process carries its console size to the agent; a probe VM has no channel", "[translate]") {
@@ -280,11 +288,11 @@ TEST_CASE("a terminal process carries its console size to the agent; a probe VM 
     p.terminal = true;
     p.console_height = 24;
     p.console_width = 80;
-    auto j = agent_process_params(p);
+    auto j = proto::to_json(agent_process_params(p));
     CHECK(j["terminal"] == true);
     CHECK(j["console_size"] == nlohmann::json{{"rows", 24}, {"cols", 80}});
     p.terminal = false;
-    CHECK_FALSE(agent_process_params(p).contains("console_size"));
+    CHECK_FALSE(agent_process_params(p).console_size);
 
     VmConfig cfg;
     cfg.kernel = "/k";
@@ -328,7 +336,7 @@ TEST_CASE("capabilities, rlimits and oomScoreAdj become numbers for the agent", 
         "rlimits":[{"type":"RLIMIT_NOFILE","soft":10,"hard":20},{"type":"RLIMIT_CORE","soft":0,"hard":18446744073709551615}],
         "oomScoreAdj":-17})", "p.json");
     REQUIRE(p);
-    auto j = agent_process_params(*p);
+    auto j = proto::to_json(agent_process_params(*p));
     CHECK(j["capabilities"]["bounding"] == nlohmann::json{0, 21});  // CAP_BOGUS skipped
     CHECK(j["capabilities"]["ambient"] == nlohmann::json{10});
     CHECK(j["capabilities"]["effective"] == nlohmann::json::array());
@@ -338,5 +346,5 @@ TEST_CASE("capabilities, rlimits and oomScoreAdj become numbers for the agent", 
     CHECK(j["oom_score_adj"] == -17);
     // No capabilities object: the agent leaves them alone (runc does too).
     auto q = parse_process_file(R"({"args":["sh"],"cwd":"/"})", "q.json");
-    CHECK_FALSE(agent_process_params(*q).contains("capabilities"));
+    CHECK_FALSE(agent_process_params(*q).capabilities);
 }
