@@ -108,6 +108,13 @@ Result<NewContainer> begin_container(const Globals& g, const std::string& id, co
 State new_state(const std::string& id, const std::string& bundle, const Spec& spec);
 std::string owner_name();
 Result<std::vector<std::string>> host_cgroups(const Globals& g, const Spec& spec, const std::string& id);
+// A cpuset names host CPUs (the VMM is pinned to them): one the host does
+// not have fails, as runc's write to cpuset.cpus would.
+Result<void> check_host_cpus(const std::string& list);
+// The VM's bounds on the host (host_cgroup_limits); a rootless caller
+// without delegation gets a warning instead, as with rootless runc.
+Result<void> apply_host_limits(const nlohmann::json& resources, std::optional<uint64_t> vm_bound,
+                               const std::vector<std::string>& dirs);
 // The running husk containers under --root, as resolve_pod sees them.
 Result<std::vector<PodPeer>> pod_peers(const Globals& g);
 std::optional<std::pair<dev_t, ino_t>> namespace_identity(const std::string& path);
