@@ -126,7 +126,7 @@ Result<json> Agent::do_resume(const proto::Resume& params) {
             rp.process = idx;
             rp.exited = p.status.has_value() && !p.exit_sent;
             for (auto& [fd, o] : p.out) {
-                o.credit.refill();
+                o.credit = proto::kInitialCredit;
                 if (!o.eof) rp.out.push_back(fd);
             }
             for (auto& [fd, in] : p.in)

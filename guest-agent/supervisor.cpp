@@ -3,8 +3,6 @@
 // processes take it, exits reported once their output is out.
 #include "guest-agent/supervisor.h"
 
-#include "sys/poll_set.h"
-
 namespace husk::agent {
 
 // clone() a child that runs `child(sync_fd, stdio)` with `flags`, and wait
@@ -148,8 +146,7 @@ Result<void> Agent::on_frame(const proto::Frame& f) {
             uint32_t c = TRY(proto::decode_credit(f));
             auto it = procs_.find(proto::stream_process(f.stream));
             if (it == procs_.end()) return {};
-            if (auto o = it->second.out.find(proto::stream_fd(f.stream)); o != it->second.out.end() && !o->second.credit.give_back(c))
-                return fail("the shim returned credit it was not given on stream " + std::to_string(f.stream), EPROTO);
+            if (auto o = it->second.out.find(proto::stream_fd(f.stream)); o != it->second.out.end()) o->second.credit += c;
             return {};
         }
         case Type::Close: {
@@ -183,14 +180,14 @@ void Agent::read_output(uint32_t idx, uint32_t fd, bool exited) {
     // Everything the pipe holds, up to the credit, in one wakeup (under
     // TCG every switch between the writer and us costs a TLB refill),
     // read straight into the frame.
-    while (s.credit.left() > 0) {
-        size_t want = std::min<size_t>(proto::kMaxDataPayload, s.credit.left());
+    while (s.credit > 0) {
+        size_t want = std::min<size_t>(proto::kMaxDataPayload, s.credit);
         char* frame = out_.reserve(proto::kHeaderSize + want);
         ssize_t r = ::read(s.fd.get(), frame + proto::kHeaderSize, want);
         if (r > 0) {
             proto::put_header(frame, proto::Type::Data, sid, uint32_t(r));
             out_.commit(proto::kHeaderSize + size_t(r));
-            s.credit.spend(uint32_t(r));
+            s.credit -= uint32_t(r);
             if (size_t(r) < want) return;  // drained for now
         } else if (r == 0 || exited || (errno != EAGAIN && errno != EINTR)) {
             s.eof = true;
@@ -219,32 +216,44 @@ Result<void> Agent::run() {
     // A template's guest is attached first (boot.h).
     send(proto::encode(proto::Type::Hello, 0, proto::to_json(proto::Hello{proto::kVersion, template_boot()}).dump()));
     for (;;) {
+        std::vector<pollfd> pf;
         enum Tag { kChan, kSig, kOut, kIn, kRedial };
         struct T {
             Tag tag;
             uint32_t proc;
             uint32_t fd;
         };
-        sys::PollSet<T> pf;
-        pf.add(chan_.get(), short(POLLIN | (out_.empty() ? 0 : POLLOUT)), {kChan, 0, 0});
-        pf.add(sfd.get(), POLLIN, {kSig, 0, 0});
-        if (int l = redial_listener(quiesced_); l >= 0) pf.add(l, POLLIN, {kRedial, 0, 0});
+        std::vector<T> tags;
+        pf.push_back({chan_.get(), short(POLLIN | (out_.empty() ? 0 : POLLOUT)), 0});
+        tags.push_back({kChan, 0, 0});
+        pf.push_back({sfd.get(), POLLIN, 0});
+        tags.push_back({kSig, 0, 0});
+        if (int l = redial_listener(quiesced_); l >= 0) {
+            pf.push_back({l, POLLIN, 0});
+            tags.push_back({kRedial, 0, 0});
+        }
         for (auto& [idx, p] : procs_) {
             // Not started: its output waits in the pipe (and all of it while quiesced).
             if (p.sync || quiesced_) continue;
             for (auto& [fd, o] : p.out)
-                if (!o.eof && o.credit.left() > 0) pf.add(o.fd.get(), POLLIN, {kOut, idx, fd});
+                if (!o.eof && o.credit > 0) {
+                    pf.push_back({o.fd.get(), POLLIN, 0});
+                    tags.push_back({kOut, idx, fd});
+                }
             for (auto& [fd, in] : p.in)
-                if (in.w && !in.buf.empty()) pf.add(in.w.get(), POLLOUT, {kIn, idx, fd});
+                if (in.w && !in.buf.empty()) {
+                    pf.push_back({in.w.get(), POLLOUT, 0});
+                    tags.push_back({kIn, idx, fd});
+                }
         }
-        int n = TRY(pf.wait(late_.empty() ? -1 : 10));
+        int n = ::poll(pf.data(), pf.size(), late_.empty() ? -1 : 10);
+        if (n < 0 && errno != EINTR) return fail_errno("poll");
         if (!late_.empty()) retry_late_signals();
         for (size_t i = 0; n > 0 && i < pf.size(); ++i) {
-            short revents = pf.revents(i);
-            if (!revents) continue;
-            auto t = pf.tag(i);
+            if (!pf[i].revents) continue;
+            auto t = tags[i];
             if (t.tag == kChan) {
-                if (revents & (POLLIN | POLLHUP | POLLERR)) {
+                if (pf[i].revents & (POLLIN | POLLHUP | POLLERR)) {
                     char buf[64 << 10];
                     ssize_t r = ::read(chan_.get(), buf, sizeof buf);
                     if (r > 0) {
@@ -255,7 +264,7 @@ Result<void> Agent::run() {
                             if (!f) break;
                             TRY(on_frame(*f));
                         }
-                    } else if ((r == 0 && (revents & POLLHUP)) || (r < 0 && errno != EAGAIN && errno != EINTR)) {
+                    } else if ((r == 0 && (pf[i].revents & POLLHUP)) || (r < 0 && errno != EAGAIN && errno != EINTR)) {
                         // virtio-serial reports HUP while the host end is
                         // not connected (a template's vsock connection is
                         // reset once restored): nothing to read, wait a little.
@@ -265,7 +274,7 @@ Result<void> Agent::run() {
                 // Until the channel pushes back: virtio_console takes at
                 // most 32 KiB a write, and a round of poll per write cost
                 // more than the writes.
-                while ((revents & POLLOUT) && !out_.empty()) {
+                while ((pf[i].revents & POLLOUT) && !out_.empty()) {
                     ssize_t w = ::write(chan_.get(), out_.data(), out_.size());
                     if (w <= 0) break;
                     out_.consume(size_t(w));
@@ -273,7 +282,7 @@ Result<void> Agent::run() {
             } else if (t.tag == kRedial) {
                 // A restored clone's host, or a restored checkpoint's: the
                 // saved connection (and what was on its way) is gone.
-                auto c = sys::accept(pf.fd(i), SOCK_NONBLOCK);
+                auto c = sys::accept(pf[i].fd, SOCK_NONBLOCK);
                 if (!c) continue;
                 chan_ = std::move(*c);
                 dec_ = proto::Decoder();
@@ -323,7 +332,7 @@ Result<void> Agent::run() {
                 // The process is gone: what is left in its pipes is all
                 // there will be, unless a stray child still holds them.
                 for (auto& [fd, o] : p.out)
-                    if (!o.eof && o.credit.left() > 0) read_output(idx, fd, true);
+                    if (!o.eof && o.credit > 0) read_output(idx, fd, true);
                 maybe_send_exit(idx);
             }
         }

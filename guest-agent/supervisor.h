@@ -54,7 +54,7 @@ constexpr int kPipeSize = 1 << 20;  // a process's stdio pipes (the default is 6
 // read from our end and sent within the shim's credit.
 struct Stream {
     sys::Fd fd;
-    proto::Credit credit;  // what we may send
+    uint32_t credit = proto::kInitialCredit;  // what we may send
     bool eof = false;
 };
 

@@ -61,7 +61,7 @@ void Session::restart_boot() {
     pending_.clear();
     out.clear();
     create_req_ = attach_req_ = 0;
-    if (channel) channel->refill();
+    channel_credit = channel_window;
     phase = Phase::Booting;
 }
 
@@ -126,14 +126,17 @@ Result<void> Session::on_frame(const proto::Frame& f) {
         case Type::Credit: {
             uint32_t c = TRY(proto::decode_credit(f));
             if (f.stream == proto::kChannelStream) {
-                if (!channel || !channel->give_back(c)) return fail("agent returned channel credit it was not given", EPROTO);
+                if (!channel_window || uint64_t(channel_credit) + c > channel_window)
+                    return fail("agent returned channel credit it was not given", EPROTO);
+                channel_credit += c;
                 return {};
             }
             Proc* p = proc_of(f.stream);
             if (!p) return {};
             auto in = p->in.find(proto::stream_fd(f.stream));
             if (in == p->in.end()) return {};
-            if (!in->second.credit.give_back(c)) return fail("agent returned too much credit", EPROTO);
+            if (uint64_t(in->second.credit) + c > stdin_window) return fail("agent returned too much credit", EPROTO);
+            in->second.credit += c;
             return {};
         }
         case Type::Close: {

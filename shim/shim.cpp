@@ -8,8 +8,6 @@
 // The class and its files: shim.h.
 #include "shim/shim.h"
 
-#include "sys/poll_set.h"
-
 #include "husk/numbers.h"
 
 #if defined(__SANITIZE_ADDRESS__)
@@ -311,14 +309,18 @@ Result<void> Shim::loop() {
             next_vsock_try_ = Clock::now() + std::chrono::milliseconds(50);
         }
 
+        std::vector<pollfd> p;
         enum Tag { kSig, kCon, kAgentL, kQmpL, kShimL, kChan, kDial, kIn, kOut, kClient };
         struct T {
             Tag tag;
             uint64_t id;  // process index or client id
             int fd;       // the stream's fd for kIn/kOut
         };
-        sys::PollSet<T> p;
-        auto add = [&](int fd, short ev, Tag t, uint64_t id = 0, int which = 0) { p.add(fd, ev, {t, id, which}); };
+        std::vector<T> tags;
+        auto add = [&](int fd, short ev, Tag t, uint64_t id = 0, int which = 0) {
+            p.push_back({fd, ev, 0});
+            tags.push_back({t, id, which});
+        };
         add(sig_fd_.get(), POLLIN, kSig);
         if (console_r_) add(console_r_.get(), POLLIN, kCon);
         if (agent_listen_) add(agent_listen_.get(), POLLIN, kAgentL);
@@ -329,7 +331,7 @@ Result<void> Shim::loop() {
         for (auto& [idx, pr] : ses_.procs) {
             bool reads = idx == 0 ? ses_.phase >= Phase::Created : pr.started;
             for (auto& [fd, in] : pr.in)
-                if (reads && in.open && in.credit.left() > 0 && in.fd >= 0 && !checkpoint_) add(in.fd, POLLIN, kIn, idx, int(fd));
+                if (reads && in.open && in.credit > 0 && in.fd >= 0 && !checkpoint_) add(in.fd, POLLIN, kIn, idx, int(fd));
             for (auto& [fd, o] : pr.out)
                 if (!o.data.empty() && !o.dead) add(o.fd, POLLOUT, kOut, idx, int(fd));
         }
@@ -359,15 +361,15 @@ Result<void> Shim::loop() {
             }
             timeout = timeout < 0 ? int(left) : std::min(timeout, int(left));
         }
-        int n = TRY(p.wait(timeout));
+        int n = ::poll(p.data(), p.size(), timeout);
+        if (n < 0 && errno != EINTR) return fail_errno("poll");
 
         reap_vm();
-        if (n == 0) continue;
+        if (n <= 0) continue;
 
         for (size_t i = 0; i < p.size() && !relaunched_; ++i) {
-            short revents = p.revents(i);
-            if (!revents) continue;
-            auto t = p.tag(i);
+            if (!p[i].revents) continue;
+            auto t = tags[i];
             switch (t.tag) {
                 case kSig: on_signal(); break;
                 case kCon: on_console_readable(); break;
@@ -411,7 +413,7 @@ Result<void> Shim::loop() {
                     break;
                 }
                 case kChan:
-                    if (revents & (POLLIN | POLLHUP | POLLERR)) {
+                    if (p[i].revents & (POLLIN | POLLHUP | POLLERR)) {
                         auto r = on_channel_readable();
                         if (!r) {
                             if (ses_.phase < Phase::Created && restore_failed(r.error().message)) break;
@@ -425,11 +427,11 @@ Result<void> Shim::loop() {
                             finish(255, 0);
                         }
                     }
-                    if (chan_ && (revents & POLLOUT) && ses_.writable()) {
+                    if (chan_ && (p[i].revents & POLLOUT) && ses_.writable()) {
                         ssize_t w = ::write(chan_.get(), ses_.out.data(), ses_.writable());
                         if (w > 0) {
                             ses_.out.erase(0, size_t(w));
-                            if (ses_.channel) ses_.channel->spend(uint32_t(w));
+                            if (ses_.channel_window) ses_.channel_credit -= uint32_t(w);
                         }
                     }
                     if (boot_images_held_ && ses_.out.empty()) release_boot_images();
@@ -441,11 +443,11 @@ Result<void> Shim::loop() {
                     if (auto it = ses_.procs.find(uint32_t(t.id)); it != ses_.procs.end()) write_out(it->second, uint32_t(t.fd));
                     break;
                 case kClient:
-                    if (clients_.count(t.id) && (revents & POLLOUT)) flush_client(t.id);
-                    if (clients_.count(t.id) && (revents & (POLLIN | POLLHUP | POLLERR)) && !clients_[t.id].closing &&
+                    if (clients_.count(t.id) && (p[i].revents & POLLOUT)) flush_client(t.id);
+                    if (clients_.count(t.id) && (p[i].revents & (POLLIN | POLLHUP | POLLERR)) && !clients_[t.id].closing &&
                         clients_[t.id].out.empty())
                         on_client(t.id);
-                    else if (clients_.count(t.id) && (revents & (POLLHUP | POLLERR)))
+                    else if (clients_.count(t.id) && (p[i].revents & (POLLHUP | POLLERR)))
                         drop_client(t.id);  // a peer that hung up takes nothing more
                     break;
             }

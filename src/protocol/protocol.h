@@ -90,30 +90,6 @@ std::string encode(Type t, uint32_t stream, std::string_view payload);
 std::string encode_credit(uint32_t stream, uint32_t bytes);
 Result<uint32_t> decode_credit(const Frame& f);
 
-// What a sender may still send on one stream (or, a tty channel, on the
-// channel itself): the receiver's window, spent as DATA goes out and given
-// back by its CREDIT frames, never past the window. The shim's stdin and
-// the agent's output streams both count with it.
-class Credit {
-public:
-    Credit() = default;
-    explicit Credit(uint32_t window) : window_(window), left_(window) {}
-    uint32_t left() const { return left_; }
-    uint32_t window() const { return window_; }
-    void spend(uint32_t n) { left_ -= n < left_ ? n : left_; }
-    // CREDIT from the receiver: false (and nothing given) if that is more
-    // than was spent, which only a broken or lying peer sends.
-    [[nodiscard]] bool give_back(uint32_t n) {
-        if (uint64_t(left_) + n > window_) return false;
-        left_ += n;
-        return true;
-    }
-    void refill() { left_ = window_; }
-
-private:
-    uint32_t window_ = kInitialCredit, left_ = kInitialCredit;
-};
-
 // Bytes queued for a stream (frames for the other side): appended at the
 // tail, written from the head. A DATA frame can be read straight into the
 // tail (reserve, then commit), so a process's output is copied once in, once

@@ -194,20 +194,3 @@ TEST_CASE("the outbox keeps bytes in order through partial writes, reserves and 
     CHECK(frames == 2000);
     CHECK(d.buffered() == 0);
 }
-
-TEST_CASE("credit: spent as data goes, given back up to the window and never past it", "[protocol]") {
-    proto::Credit c(100);
-    CHECK(c.left() == 100);
-    c.spend(60);
-    CHECK(c.left() == 40);
-    c.spend(70);  // a caller never sends more than it has: clamps
-    CHECK(c.left() == 0);
-    CHECK(c.give_back(100));
-    CHECK(c.left() == 100);
-    CHECK_FALSE(c.give_back(1));  // more than was spent
-    CHECK(c.left() == 100);
-    c.spend(30);
-    CHECK_FALSE(c.give_back(UINT32_MAX));  // no wrap-around
-    c.refill();
-    CHECK(c.left() == c.window());
-}

@@ -158,9 +158,9 @@ TEST_CASE("session: preserved fds are streams of their own, one way or both", "[
     CHECK(p.out[3].data == "both");
     CHECK(p.out[4].data == "out");
     // What the guest reads returns credit on the same id, and only up to the window.
-    p.in[3].credit.spend(10);
+    p.in[3].credit -= 10;
     REQUIRE(feed(s, proto::encode_credit(proto::stream_id(0, 3), 10)));
-    CHECK(p.in[3].credit.left() == s.stdin_window);
+    CHECK(p.in[3].credit == s.stdin_window);
     // The guest closing a two-way fd ends its output, not what it reads.
     REQUIRE(feed(s, proto::encode(proto::Type::Close, proto::stream_id(0, 3), "")));
     CHECK(p.out[3].eof);
@@ -202,12 +202,12 @@ TEST_CASE("session: a refused create reaches the shim; a forgotten client gets n
 TEST_CASE("session: a windowed channel takes only what the agent said it read", "[session]") {
     Host h;
     shim::Session s(h);
-    s.channel = proto::Credit(2048);
+    s.channel_window = s.channel_credit = 2048;
     created(s);  // HELLO and the create request are queued
     s.send(std::string(5000, 'x'));
     CHECK(s.writable() == 2048);
     s.out.erase(0, 2048);  // the shim wrote that much
-    s.channel->spend(2048);
+    s.channel_credit = 0;
     CHECK(s.writable() == 0);
     REQUIRE(feed(s, proto::encode_credit(proto::kChannelStream, 1000)));
     CHECK(s.writable() == 1000);
