@@ -7,13 +7,12 @@ import json
 import os
 import re
 import stat
-import subprocess
 import threading
 import time
 
 import pytest
 
-from conftest import DRIVER, jailed_vmm, new_id, reseal
+from conftest import jailed_vmm, new_id, reseal
 
 pytestmark = pytest.mark.not_on(("uml", "firecracker", "cloud-hypervisor"),
                                 reason="QEMU's templates (q35); UML boots every VM, Firecracker too (it cannot hot-add the "
