@@ -139,19 +139,15 @@ std::map<std::string, uint64_t> flat_keyed(const std::string& text) {
     return out;
 }
 
-uint64_t single(const json& files, const std::string& name) {
-    auto it = files.find(name);
-    if (it == files.end() || !it->is_string()) return 0;
-    std::string s = it->get<std::string>();
-    if (s.rfind("max", 0) == 0) return UINT64_MAX;
-    while (!s.empty() && (s.back() == '\n' || s.back() == ' ')) s.pop_back();
-    return parse_number<uint64_t>(s).value_or(0);
-}
-
+// A file's content without the newline the kernel ends it with ("" if absent).
 std::string text(const json& files, const std::string& name) {
     auto it = files.find(name);
-    return it != files.end() && it->is_string() ? it->get<std::string>() : std::string();
+    std::string s = it != files.end() && it->is_string() ? it->get<std::string>() : std::string();
+    while (!s.empty() && (s.back() == '\n' || s.back() == ' ')) s.pop_back();
+    return s;
 }
+
+uint64_t single(const json& files, const std::string& name) { return cgroup_figure(files, name).value_or(0); }
 
 // "0-2,4" -> [0,1,2,4]
 json cpu_list(const std::string& s) {
@@ -159,7 +155,6 @@ json cpu_list(const std::string& s) {
     std::istringstream in(s);
     std::string part;
     while (std::getline(in, part, ',')) {
-        while (!part.empty() && (part.back() == '\n' || part.back() == ' ')) part.pop_back();
         auto dash = part.find('-');
         auto a = parse_number<unsigned>(std::string_view(part).substr(0, dash));
         auto b = dash == std::string::npos ? a : parse_number<unsigned>(std::string_view(part).substr(dash + 1));
@@ -170,6 +165,12 @@ json cpu_list(const std::string& s) {
 }
 
 }  // namespace
+
+std::optional<uint64_t> cgroup_figure(const json& files, const std::string& name) {
+    std::string s = text(files, name);
+    if (s.rfind("max", 0) == 0) return UINT64_MAX;
+    return parse_number<uint64_t>(s);
+}
 
 uint64_t oom_kills(const json& files) { return flat_keyed(text(files, "memory.events"))["oom_kill"]; }
 

@@ -4,10 +4,10 @@
 // and deleting are lifecycle.cpp's.
 #include <algorithm>
 
+#include "husk/cgroups.h"
 #include "husk/hooks.h"
 #include "husk/lifecycle.h"
 #include "husk/log.h"
-#include "husk/numbers.h"
 #include "husk/shim_client.h"
 #include "husk/spec.h"
 
@@ -92,11 +92,8 @@ Result<std::vector<std::string>> update_container(const Globals& g, const std::s
         // container has now, as runc does.
         auto r = TRY(ask_live(g, id, {.op = proto::Op::Stats}));
         // (What the guest reported: any shape.)
-        const auto res = r.result.value_or(nlohmann::json());
-        std::string cur = res.is_object() && res.contains("memory.max") && res["memory.max"].is_string()
-                              ? res["memory.max"].get<std::string>() : "max";
-        while (!cur.empty() && (cur.back() == '\n' || cur.back() == ' ')) cur.pop_back();
-        if (auto limit = parse_number<int64_t>(cur)) resources["memory"]["limit"] = *limit;
+        auto cur = cgroup_figure(r.result.value_or(nlohmann::json::object()), "memory.max");
+        if (cur && *cur <= uint64_t(INT64_MAX)) resources["memory"]["limit"] = int64_t(*cur);  // not "max"
     }
     if (resources.contains("cpu") && resources["cpu"].is_object() && resources["cpu"].contains("cpus") &&
         resources["cpu"]["cpus"].is_string())

@@ -45,8 +45,7 @@ SharePlan plan_shares(const Spec& spec, const std::string& bundle, bool (*is_dir
 }
 
 std::optional<uint64_t> decimal_figure(const std::string& v) {
-    if (v.size() > 18 || v.find_first_not_of("0123456789") != std::string::npos) return std::nullopt;
-    return parse_number<uint64_t>(v);
+    return v.size() <= 18 ? parse_number<uint64_t>(v) : std::nullopt;  // (digits alone: unsigned takes no sign)
 }
 
 // A CRI sandbox's pod-level figure (containerd sets these on the pause
@@ -81,8 +80,7 @@ Result<std::vector<unsigned>> parse_cpu_list(const std::string& list) {
     std::vector<unsigned> out;
     auto bad = [&] { return fail("\"" + list + "\": expected a CPU list such as 0-3,6", EINVAL); };
     auto number = [](const std::string& t, unsigned& v) {
-        auto n = t.size() <= 4 && t.find_first_not_of("0123456789") == std::string::npos ? parse_number<unsigned>(t)
-                                                                                          : std::nullopt;
+        auto n = t.size() <= 4 ? parse_number<unsigned>(t) : std::nullopt;
         v = n.value_or(0);
         return n && v < kMaxCpuId;
     };

@@ -349,7 +349,7 @@ Result<void> get(const json& v, const std::string& at, SpecHook& out) {
     TRY(o.req("args", out.args));
     TRY(o.req("env", out.env));
     TRY(o.req("timeout", out.timeout));
-    if (out.path.empty() || out.path[0] != '/') return bad_field(at + ".path", "expected an absolute path");
+    if (!proto::absolute(out.path)) return bad_field(at + ".path", "expected an absolute path");
     if (out.timeout < 0) return bad_field(at + ".timeout", "expected seconds, 0 for none");
     return o.end();
 }
