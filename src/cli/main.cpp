@@ -1,50 +1,10 @@
 // husk: the runc CLI, flag for flag, over VM sandboxes.
 #include <signal.h>
-#include <sys/wait.h>
-#include <unistd.h>
 
 #include <iostream>
 
-#include "cli/commands.h"
-#include "husk/numbers.h"
-#include "husk/version.h"
+#include "cli/app.h"
 #include "sys/sys.h"
-
-namespace husk::cli {
-
-int report(const std::string& verb, const std::string& id, const Error& e) {
-    log::error(verb + (id.empty() ? "" : " " + id) + ": " + e.message);
-    return 1;
-}
-
-std::optional<double> scaled_number(const std::string& v, std::initializer_list<std::pair<const char*, double>> units) {
-    size_t i = 0;
-    while (i < v.size() && (std::isdigit(static_cast<unsigned char>(v[i])) || v[i] == '.')) ++i;
-    if (i == 0) return std::nullopt;
-    for (auto [suffix, factor] : units)
-        if (v.compare(i, std::string::npos, suffix) == 0) {
-            if (auto n = parse_double(std::string_view(v).substr(0, i))) return *n * factor;
-            return std::nullopt;
-        }
-    return std::nullopt;
-}
-
-void exit_like(int wst) {
-    if (WIFSIGNALED(wst)) sys::die_of_signal(WTERMSIG(wst));
-    _exit(WEXITSTATUS(wst));
-}
-
-static const Command kCommands[] = {
-    {"create", setup_create}, {"start", setup_start}, {"state", setup_state},
-    {"kill", setup_kill},     {"delete", setup_delete}, {"run", setup_run},
-    {"list", setup_list},     {"spec", setup_spec},     {"features", setup_features},
-    {"exec", setup_exec},     {"pause", setup_pause},   {"resume", setup_resume},
-    {"ps", setup_ps},         {"update", setup_update}, {"events", setup_events},
-    {"check", setup_check},   {"templates", setup_templates}, {"checkpoint", setup_checkpoint},
-    {"restore", setup_restore},
-};
-
-}  // namespace husk::cli
 
 int main(int argc, char** argv) {
     using namespace husk;
@@ -52,36 +12,19 @@ int main(int argc, char** argv) {
     // A shim or hook that goes away mid-write is an error to report, not a
     // reason to die. (Children get the default back: see sys::spawn.)
     signal(SIGPIPE, SIG_IGN);
-    Globals g;
-    CLI::App app{"husk: an OCI runtime that runs each container in its own virtual machine", "husk"};
-    app.require_subcommand(0, 1);
-    app.set_version_flag("-v,--version",
-                         std::string("husk version ") + HUSK_VERSION + "\nspec: " + HUSK_OCI_SPEC_VERSION);
-    std::string log_format = "text";
-    app.add_option("--root", g.root, "state directory")->capture_default_str();
-    app.add_option("--log", g.log.path, "log file (errors and debug go here too)");
-    app.add_option("--log-format", log_format, "text or json")->check(CLI::IsMember({"text", "json"}));
-    app.add_flag("--debug", g.log.debug, "debug output, including the guest console");
-    app.add_option("--hypervisor", g.hypervisor, "VMM driver for new containers: qemu or uml (annotation org.husk.hypervisor overrides)")
-        ->envname("HUSK_HYPERVISOR");
-    app.add_flag("--systemd-cgroup", g.systemd_cgroup, "cgroupsPath is slice:prefix:name (the shim and VMM go there)");
-
-    cli::Handler handler;
-    for (const auto& c : cli::kCommands) {
-        auto* sub = app.add_subcommand(c.name);
-        sub->fallthrough();
-        c.setup(*sub, g, handler);
-    }
+    cli::AppState s;
+    CLI::App app;
+    cli::build_app(app, s);
     try {
         app.parse(argc, argv);
     } catch (const CLI::ParseError& e) {
         return app.exit(e);
     }
-    g.log.format = log_format == "json" ? log::Format::Json : log::Format::Text;
-    log::init(g.log);
-    if (!handler) {
+    s.g.log.format = s.log_format == "json" ? log::Format::Json : log::Format::Text;
+    log::init(s.g.log);
+    if (!s.handler) {
         std::cout << app.help();
         return 0;
     }
-    return handler();
+    return s.handler();
 }
