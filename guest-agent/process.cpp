@@ -191,7 +191,8 @@ void fix_stdio_owner(uid_t uid) {
         struct stat st;
         if (::fstat(fd, &st) < 0 || st.st_uid == uid) continue;
         if (have_null && S_ISCHR(st.st_mode) && st.st_rdev == null_st.st_rdev) continue;
-        (void)::fchown(fd, uid, st.st_gid);
+        int left_alone_if_not = ::fchown(fd, uid, st.st_gid);  // (void) does not quiet _FORTIFY_SOURCE's warn_unused_result
+        (void)left_alone_if_not;
     }
 }
 
