@@ -14,6 +14,7 @@
 #include <nlohmann/json.hpp>
 
 #include "husk/defaults.h"
+#include "husk/log.h"
 #include "husk/paths.h"
 #include "sys/sys.h"
 #include "husk/hypervisor.h"
@@ -111,6 +112,7 @@ AccelInfo detect_accel_info() {
             return *memo;
         }
     }
+    log::progress("probing KVM: one guest boot tells whether it runs here (once per host boot, up to 10 s)");
     memo = probe_kvm();
     if (!cache.empty())
         (void)sys::write_file_atomic(cache, nlohmann::json{{"boot_id", boot_id}, {"accel", accel_name(memo->accel)},

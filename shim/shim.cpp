@@ -208,6 +208,8 @@ void Shim::on_signal() {
 }
 
 void Shim::report_created(const char* st) {
+    timeline_.mark("container created");
+    log::debug("timeline: " + timeline_.line() + " (since the shim began)");
     state_.status = st;
     if (auto r = write_state(paths_, state_); !r) abort_create(r.error());
     std::string ok = "ok\n";

@@ -48,6 +48,7 @@
 #include "husk/vm_template.h"
 #include "protocol/protocol.h"
 #include "shim/session.h"
+#include "shim/timeline.h"
 #include "husk/disk_image.h"
 #include "hypervisors/virtiofsd.h"
 #include "hypervisors/vsock.h"
@@ -225,6 +226,7 @@ private:
     bool qmp_attached_ = false;
     bool relaunched_ = false;       // the loop's fds are stale: a new VMM replaced the last
     Clock::time_point launched_at_;
+    shim::Timeline timeline_;  // --debug: the start, step by step
     bool boot_images_held_ = false;  // the guest booted; its VMM still holds the boot images
     shim::Session ses_{*this};  // the agent protocol: phase, requests, processes
     sys::Fd agent_listen_, qmp_listen_, shim_listen_, chan_, console_r_, console_w_, sig_fd_, console_log_;

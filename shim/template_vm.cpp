@@ -71,6 +71,7 @@ void Shim::attach_restored() {
     log::debug("template: restored VM connected after " +
                std::to_string(ms_since(launched_at_)) + " ms");
     auto ran = vm_->run_restored();
+    timeline_.mark("template restored");
     log::debug("template: restored VM running after " +
                std::to_string(ms_since(launched_at_)) + " ms");
     auto a = ran ? attach_template() : tl::unexpected(ran.error());

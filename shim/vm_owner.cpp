@@ -10,6 +10,7 @@ namespace husk::shimd {
 // (A restored template is past restoring: what fails from now on is the
 // container's, not the template's.)
 void Shim::booted() {
+    timeline_.mark("agent up");
     boot_images_held_ = true;
     restoring_ = false;
     taps_.clear();
@@ -209,9 +210,17 @@ Result<void> Shim::start_vmm(bool templates) {
                    " (" + share_why_ + ")");
     if (resuming_) log::debug("checkpoint: loading " + args_.restore);
     else if (restoring_) log::debug("template: restoring " + template_key_ + " (" + template_dir_ + ")");
-    else if (making_template_) log::debug("template: none of this shape yet: booting to save " + template_key_);
+    else if (making_template_) {
+        log::debug("template: none of this shape yet: booting to save " + template_key_);
+        // The caller's terminal hears of it (husk create passes it on).
+        if (!args_.log.debug && args_.sync_fd >= 0)
+            (void)sys::write_all(args_.sync_fd, std::string(defaults::kShimProgress) +
+                                                    "the first container of its VM shape: booting a VM to save as a "
+                                                    "template (once; the next ones start from it)\n");
+    }
     else log::debug("template: none (" + template_why_ + ")");
     launched_at_ = Clock::now();
+    timeline_.mark("VMM launched");
     auto launched = hv_->launch(cfg, paths_.dir, paths_.vmm_log);
     // A REST-API VMM restores inside launch: one that refused the
     // template is dropped like any other (and the VM boots instead).
@@ -221,6 +230,7 @@ Result<void> Shim::start_vmm(bool templates) {
     }
     vm_ = TRY(std::move(launched));
     log::debug("vm: the VMM runs, " + std::to_string(ms_since(launched_at_)) + " ms after its launch began");
+    timeline_.mark("VMM up");
     console_w_.reset();
     // The VMM's now: a tap lives as long as the VMM does. (A template's
     // VMM has them from its attach: until then, ours, for a VM booted
@@ -307,11 +317,16 @@ void Shim::on_console_readable() {
         console_written_ += size_t(n);
     }
     if (!args_.log.debug) return;
+    // (Unquiet under --debug: the kernel's first line is its console's;
+    // a restored VM's kernel was up before it was saved.)
+    if (!restoring_ && !resuming_ && !timeline_.has("agent up") && !timeline_.has("template restored"))
+        timeline_.mark("kernel console up");
     // Serial output arrives a few bytes at a time: log whole lines.
     for (ssize_t i = 0; i < n; ++i) {
         char c = buf[i];
         if (c == '\n' || console_line_.size() >= 4096) {
             log::debug("console: " + console_line_);
+            timeline_.console_line(console_line_);
             console_line_.clear();
         } else if (c != '\r') {
             console_line_ += c;

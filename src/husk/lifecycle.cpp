@@ -143,6 +143,10 @@ static void reap_leftovers(const State& s) {
 // create hooks to run ("go\n" back), else "ok\n" or "error: <why>\n"
 // and EOF.
 static constexpr const char* kShimHooksReady = "hooks\n";
+using defaults::kShimProgress;
+// The shim's answer on the sync socket ("hooks", "ok", "error: ...").
+// Before it, "progress: <step>" lines name a long step the caller waits
+// on (a template's first boot): passed on as log::progress.
 static Result<std::string> read_shim_reply(int fd) {
     std::string out;
     char buf[4096];
@@ -152,6 +156,10 @@ static Result<std::string> read_shim_reply(int fd) {
         if (n < 0) return fail_errno("read from shim");
         if (n == 0) break;
         out.append(buf, size_t(n));
+        for (size_t nl; out.rfind(kShimProgress, 0) == 0 && (nl = out.find('\n')) != std::string::npos;) {
+            log::progress(out.substr(kShimProgress.size(), nl - kShimProgress.size()));
+            out.erase(0, nl + 1);
+        }
         if (out == kShimHooksReady) break;
     }
     return out;
@@ -251,6 +259,11 @@ Result<pid_t> create_container(const Globals& g, const std::string& id, const Cr
     std::string hypervisor = TRY(container_hypervisor(g, spec.annotations));
     if (auto why = make_hypervisor(hypervisor)->unavailable(); !why.empty())
         return fail("hypervisor " + hypervisor + ": " + why, ENOENT);
+    // QEMU's accelerator is decided once per host boot by a real guest boot
+    // (detect_accel_info): here, where the caller's terminal can be told
+    // (log::progress), rather than in the shim, whose stderr is the
+    // container's. The shim reads the verdict back from its cache.
+    if (hypervisor == "qemu") (void)detect_accel_info();
 
     log::debug("create " + id + ": bundle " + bundle + ", hypervisor " + hypervisor);
     TRY(sys::mkdir_p(g.root, 0711));

@@ -56,4 +56,11 @@ void write(Level lvl, const std::string& msg) {
     ::close(fd);
 }
 
+void progress(const std::string& m) {
+    if (g.debug) return write(Level::Debug, m);
+    if (!g.to_stderr || !::isatty(2)) return;
+    std::string line = g.prefix + ": " + m + "\n";
+    (void)!::write(2, line.data(), line.size());
+}
+
 }  // namespace husk::log

@@ -24,5 +24,9 @@ inline void debug(const std::string& m) { write(Level::Debug, m); }
 inline void info(const std::string& m) { write(Level::Info, m); }
 inline void warn(const std::string& m) { write(Level::Warn, m); }
 inline void error(const std::string& m) { write(Level::Error, m); }
+// A long step a user waits on (a KVM probe, a template's first boot): one
+// line on stderr when it is a terminal, nothing when it is not (a client's
+// pipe, a log); under --debug, a debug line.
+void progress(const std::string& m);
 
 }  // namespace husk::log

@@ -1,15 +1,16 @@
 """Kubernetes' path without a kubelet (issue 21): containerd's CRI plugin
 over its gRPC socket, husk as the BinaryName of a `husk` runtime handler
-(what a RuntimeClass names). A pod's sandbox and its containers share one
+(what a RuntimeClass names), both as docs/kubernetes.md gives them. A pod's sandbox and its containers share one
 VM: the pause container's, which the app containers join through the CRI
 annotations and namespace paths containerd writes."""
 import json
 import os
+import re
 import time
 
 import pytest
 
-from conftest import HUSK, assert_nothing_left, daemon, have, mkimage, processes_mentioning, run, stop_daemon, wait_for
+from conftest import HUSK, ROOT as SOURCES, assert_nothing_left, daemon, have, mkimage, processes_mentioning, run, stop_daemon, wait_for
 
 try:
     import cri
@@ -24,6 +25,24 @@ pytestmark = [pytest.mark.skipif(not have("containerd"), reason="containerd is n
 IMAGE = "husk.test/busybox:latest"
 PAUSE = "husk.test/pause:latest"
 HUSK_ROOT = "/run/containerd/runc/k8s.io"  # the runc shim's --root for the CRI's namespace
+
+
+def doc_block(marker):
+    """The fenced block after `marker` in docs/kubernetes.md: the page
+    shows what this test runs."""
+    with open(os.path.join(SOURCES, "docs", "kubernetes.md")) as f:
+        text = f.read()
+    m = re.search(re.escape(marker) + r"[^\n]*\n```\w*\n(.*?)```", text, re.S)
+    assert m, f"docs/kubernetes.md has no block after {marker}"
+    return m.group(1)
+
+
+# containerd's runtime handler, as the page gives it (runc stays the
+# default runtime: only the handler a pod names brings husk in).
+HANDLER_TOML = doc_block("<!-- containerd-runtime-handler")
+assert '"/usr/bin/husk"' in HANDLER_TOML, "the page's BinaryName is the test's to point at the husk under test"
+# The handler a RuntimeClass names, which a kubelet passes to RunPodSandbox.
+HANDLER = re.search(r"^handler: (\S+)$", doc_block("<!-- runtime-class"), re.M).group(1)
 
 
 @pytest.fixture(scope="module")
@@ -44,15 +63,13 @@ state = "{d}/state"
 [plugins."io.containerd.grpc.v1.cri"]
   sandbox_image = "{PAUSE}"
   [plugins."io.containerd.grpc.v1.cri".containerd]
-    default_runtime_name = "husk"
-  [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.husk]
+    default_runtime_name = "runc"
+  [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
     runtime_type = "io.containerd.runc.v2"
-    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.husk.options]
-      BinaryName = "{HUSK}"
   [plugins."io.containerd.grpc.v1.cri".cni]
     bin_dir = "/usr/lib/cni"
     conf_dir = "{d}/cni"
-""")
+{HANDLER_TOML.replace('"/usr/bin/husk"', json.dumps(HUSK))}""")
 
     def ready():
         return os.path.exists(sock) and run(["ctr", "-a", sock, "version"], check=False, timeout=30).returncode == 0
@@ -77,7 +94,7 @@ def test_pod_sandbox_and_two_containers_in_one_vm(runtime):
     logs = d / "logs"
     logs.mkdir(exist_ok=True)
     config = rt.sandbox_config("hk-pod", "uid-1", str(logs))
-    pod = rt.run_pod_sandbox(config, "husk")
+    pod = rt.run_pod_sandbox(config, HANDLER)
     try:
         ip = rt.pod_ip(pod)
         assert ip.startswith("10.88.77."), ip
