@@ -1,7 +1,7 @@
 // Every tunable default, in one place.
 #pragma once
-#include <string_view>
 #include <cstdint>
+#include <string_view>
 
 namespace husk::defaults {
 
@@ -61,11 +61,11 @@ inline constexpr const char* kVirtiofsCache = "auto";
 // 0.3 s of a 2.1 s TCG boot (initcall_debug: crypto_algapi_init); they
 // check the implementations against test vectors, which guards nothing
 // in a VM whose CPU the host emulates or virtualizes. (fips=1 ignores it.)
+inline constexpr const char* kKernelCmdline = "panic=-1 cryptomgr.notests";
+
 // On the shim's sync socket to `husk create`, before its answer: a line
 // naming a long step the caller waits on (log::progress).
 inline constexpr std::string_view kShimProgress = "progress: ";
-
-inline constexpr const char* kKernelCmdline = "panic=-1 cryptomgr.notests";
 
 // Annotations husk reads from config.json.
 inline constexpr const char* kAnnotationBootTimeout = "org.husk.boot-timeout";  // seconds
