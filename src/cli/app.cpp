@@ -64,6 +64,13 @@ void build_app(CLI::App& app, AppState& s) {
     }
 }
 
+std::vector<std::string> option_flags(const CLI::Option& o) {
+    std::vector<std::string> out;
+    for (const auto& n : o.get_snames()) out.push_back("-" + n);
+    for (const auto& n : o.get_lnames()) out.push_back("--" + n);
+    return out;
+}
+
 bool takes_existing_id(const CLI::App& sub) {
     const std::string& n = sub.get_name();
     if (n == "create" || n == "run" || n == "restore") return false;

@@ -3,6 +3,7 @@
 // completion, and the unit tests hold the manual pages to it.
 #pragma once
 #include <string>
+#include <vector>
 
 #include "cli/commands.h"
 
@@ -22,5 +23,8 @@ void build_app(CLI::App& app, AppState& s);
 // that act on an existing container (not create, run, restore, which
 // name a new one).
 bool takes_existing_id(const CLI::App& sub);
+
+// An option's flags as a user types them: "-b", "--bundle".
+std::vector<std::string> option_flags(const CLI::Option& o);
 
 }  // namespace husk::cli

@@ -38,10 +38,7 @@ void walk(CLI::App& app, const std::string& path, std::map<std::string, Level>& 
     Level& l = levels[path];
     for (auto* o : app.get_options()) {
         if (!o->nonpositional()) continue;
-        std::vector<std::string> names;
-        for (const auto& n : o->get_snames()) names.push_back("-" + n);
-        for (const auto& n : o->get_lnames()) names.push_back("--" + n);
-        for (const auto& n : names) {
+        for (const auto& n : husk::cli::option_flags(*o)) {
             add(o->get_items_expected_max() > 0 ? l.valued : l.flags, n);
             if (auto c = choices(*o); !c.empty()) values[path + "|" + n] = c;
         }

@@ -22,10 +22,8 @@ std::string page(const std::string& name) {
 
 // "-b" and "--bundle" for every option of `app` and its subcommands.
 void option_names(CLI::App& app, std::set<std::string>& out) {
-    for (auto* o : app.get_options()) {
-        for (const auto& n : o->get_snames()) out.insert("-" + n);
-        for (const auto& n : o->get_lnames()) out.insert("--" + n);
-    }
+    for (auto* o : app.get_options())
+        for (const auto& n : husk::cli::option_flags(*o)) out.insert(n);
     for (auto* sub : app.get_subcommands([](CLI::App*) { return true; })) option_names(*sub, out);
 }
 
@@ -53,10 +51,8 @@ TEST_CASE("every subcommand has a manual page that names each of its options, an
     CLI::App app;
     husk::cli::build_app(app, s);
     std::set<std::string> global;
-    for (auto* o : app.get_options()) {
-        for (const auto& n : o->get_snames()) global.insert("-" + n);
-        for (const auto& n : o->get_lnames()) global.insert("--" + n);
-    }
+    for (auto* o : app.get_options())
+        for (const auto& n : husk::cli::option_flags(*o)) global.insert(n);
     std::string main_page = page("husk.8");
     REQUIRE(!main_page.empty());
     for (const auto& g : global) {
