@@ -29,10 +29,16 @@ std::vector<std::string> translate(const VmConfig& cfg) {
     a.insert(a.end(), {"con=null", "ssl=null", "con0=null,fd:" + std::to_string(kConsoleFd)});
     if (cfg.channel.kind != ChannelKind::None)
         a.push_back("con1=fd:" + std::to_string(kChannelFd) + ",fd:" + std::to_string(kChannelFd));
-    // UML's tuntap transport attaches to the (persistent) tap by name; the
-    // guest's ethN carries the container's MAC.
+    // The vector driver's tap transport attaches to the (persistent) tap by
+    // name, with vnet headers: gro=1 lets TSO/GSO segments and checksum
+    // offload through, as QEMU's virtio-net has them. Measured (bench/README,
+    // 2026-12-06): 211-263 MiB/s out of the guest and 224-327 in, against
+    // 119 and 130 with the legacy tuntap transport, 135-183 and 142-229 for
+    // QEMU under TCG.
+    // The guest's NIC carries the container's MAC.
     for (size_t i = 0; i < cfg.nics.size(); ++i)
-        a.push_back("eth" + std::to_string(i) + "=tuntap," + cfg.nics[i].tap + "," + cfg.nics[i].mac);
+        a.push_back("vec" + std::to_string(i) + ":transport=tap,ifname=" + cfg.nics[i].tap + ",mac=" + cfg.nics[i].mac +
+                    ",gro=1");
     for (size_t i = 0; i < cfg.disks.size(); ++i)
         a.push_back("ubd" + std::to_string(i) + (cfg.disks[i].readonly ? "r" : "") + "=" + cfg.disks[i].path);
     std::istringstream words(cfg.cmdline);
