@@ -146,21 +146,6 @@ const std::vector<std::string>& hypervisor_names() {
     return names;
 }
 
-Result<std::string> choose_hypervisor(const std::map<std::string, std::string>& annotations, const std::string& global,
-                                      const std::string& origin) {
-    std::string name = global.empty() ? hypervisor_names().front() : global;
-    std::string from = global.empty() ? "default" : origin;
-    if (auto it = annotations.find(kAnnotationHypervisor); it != annotations.end()) {
-        name = it->second;
-        from = std::string("annotation ") + kAnnotationHypervisor;
-    }
-    const auto& known = hypervisor_names();
-    if (std::find(known.begin(), known.end(), name) != known.end()) return name;
-    std::string list;
-    for (const auto& k : known) list += (list.empty() ? "" : ", ") + k;
-    return fail(from + ": unknown hypervisor \"" + name + "\" (known: " + list + ")", EINVAL);
-}
-
 std::unique_ptr<Hypervisor> make_hypervisor(const std::string& name) {
     if (name == "uml") return std::make_unique<uml::UmlHypervisor>();
     if (name == "firecracker") return std::make_unique<firecracker::FirecrackerHypervisor>();

@@ -205,6 +205,7 @@ def main():
     a = ap.parse_args()
 
     deb = find_deb(a.cache)
+    log(f"unpacking {os.path.basename(deb)} (the guest's kernel and modules)")
     tar = deb_data(deb)
     vmlinuz, index, builtin = None, {}, set()
     for m in tar.getmembers():
@@ -259,6 +260,7 @@ def main():
         entries.append((f"lib/modules/uml/{n}.ko", 0o100644, uml_index[n][1]))
     entries.sort(key=lambda e: e[0])
 
+    log(f"writing the guest image: vmlinuz, vmlinux (its PVH ELF), initramfs.img ({len(entries)} entries)")
     tmp_k, tmp_i, tmp_x = a.kernel_out + ".tmp", a.initrd_out + ".tmp", a.vmlinux_out + ".tmp"
     # Written through to disk before the rename: a whole file or the old
     # one after a crash, and clean pages, which the shim can return to the

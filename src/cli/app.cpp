@@ -53,8 +53,8 @@ void build_app(CLI::App& app, AppState& s) {
     app.add_option("--log-format", s.log_format, "text or json")->check(CLI::IsMember({"text", "json"}));
     app.add_flag("--debug", g.log.debug, "debug output, including the guest console");
     app.add_option("--hypervisor", g.hypervisor,
-                   "VMM driver for new containers: qemu, uml, firecracker or cloud-hypervisor (annotation "
-                   "org.husk.hypervisor overrides)")
+                   "VMM driver for new containers: auto (the default: husk picks per host and container), qemu, uml, "
+                   "firecracker or cloud-hypervisor (annotation org.husk.hypervisor overrides)")
         ->envname("HUSK_HYPERVISOR");
     app.add_flag("--systemd-cgroup", g.systemd_cgroup, "cgroupsPath is slice:prefix:name (the shim and VMM go there)");
     for (const auto& c : kCommands) {

@@ -116,13 +116,15 @@ void setup_check(CLI::App& sub, Globals& g, Handler& run) {
         run = [&g, format] {
             auto driver = container_hypervisor(g);
             if (!driver) return report("check", "", driver.error());
-            std::string chosen = *driver;
+            std::string chosen = driver->name;
             auto checks = run_checks(chosen);
+            checks.insert(checks.begin(), Check{"default driver", true, chosen + ": " + driver->why, ""});
             bool ok = true;
             for (const auto& c : checks)
                 if (c.required && !c.ok) ok = false;
             if (*format == "json") {
-                nlohmann::ordered_json j = {{"ok", ok}, {"hypervisor", chosen}, {"checks", nlohmann::ordered_json::array()}};
+                nlohmann::ordered_json j = {{"ok", ok}, {"hypervisor", chosen}, {"hypervisor_reason", driver->why},
+                                            {"checks", nlohmann::ordered_json::array()}};
                 for (const auto& c : checks)
                     j["checks"].push_back({{"name", c.name}, {"ok", c.ok}, {"required", c.required}, {"detail", c.detail}, {"fix", c.fix}});
                 std::cout << j.dump(2) << "\n";

@@ -17,10 +17,10 @@ void setup_features(CLI::App& sub, Globals& g, Handler& run) {
     sub.callback([&g, &run] {
         run = [&g] {
             // The driver new containers get (--hypervisor, HUSK_HYPERVISOR,
-            // the config file), as `husk check` reports it.
+            // the config file, else husk's choice), as `husk check` reports it.
             auto chosen = container_hypervisor(g);
             if (!chosen) return report("features", "", chosen.error());
-            auto hv = make_hypervisor(*chosen);
+            auto hv = make_hypervisor(chosen->name);
             nlohmann::json cap_names = nlohmann::json::array();
             for (int c = 0; c <= CAP_LAST_CAP; ++c)
                 if (const char* n = capng_capability_to_name(capng_type_t(c))) {
@@ -58,6 +58,7 @@ void setup_features(CLI::App& sub, Globals& g, Handler& run) {
                   {"selinux", {{"enabled", false}}}}},
                 {"annotations",
                  {{"org.husk.hypervisor", hv->name()},
+                  {"org.husk.hypervisor.reason", chosen->why},
                   {"org.husk.accel", accel_name(detect_accel())},
                   {"org.husk.accel.reason", detect_accel_info().why},
                   {"org.husk.channel", caps.hybrid_vsock ? "hybrid vsock" : caps.vsock ? "vsock"

@@ -249,10 +249,4 @@ const std::vector<std::string>& hypervisor_names();
 std::unique_ptr<Hypervisor> make_hypervisor(const std::string& name);
 // The annotation that picks a container's driver, over the global choice.
 inline constexpr const char* kAnnotationHypervisor = "org.husk.hypervisor";
-// The container's driver: its annotation, else `global` (--hypervisor, or
-// the config file's default: `origin` says which), else the default; an
-// unknown name is an error naming where it came from.
-Result<std::string> choose_hypervisor(const std::map<std::string, std::string>& annotations, const std::string& global,
-                                      const std::string& origin = "--hypervisor");
-
 }  // namespace husk

@@ -227,10 +227,17 @@ Result<void> apply_host_limits(const nlohmann::json& resources, std::optional<ui
     return {};
 }
 
-Result<std::string> container_hypervisor(const Globals& g, const std::map<std::string, std::string>& annotations) {
+Result<DriverChoice> container_hypervisor(const Globals& g, const Spec* spec) {
     std::string global = g.hypervisor, origin = "--hypervisor";
     if (global.empty()) global = TRY(load_config()).hypervisor, origin = config_path();
-    return choose_hypervisor(annotations, global, origin);
+    static const std::map<std::string, std::string> none;
+    // The host is looked at only for the automatic choice (a KVM probe
+    // boots a guest, once per host boot).
+    std::string asked = global;
+    if (spec)
+        if (auto it = spec->annotations.find(kAnnotationHypervisor); it != spec->annotations.end()) asked = it->second;
+    bool named = !asked.empty() && asked != kAutoDriver;
+    return choose_driver(spec ? spec->annotations : none, global, origin, spec, named ? DriverHost{} : this_host_drivers());
 }
 
 HostShare share_on_this_host(const Hypervisor& hv) {
@@ -256,7 +263,8 @@ Result<pid_t> create_container(const Globals& g, const std::string& id, const Cr
     if (!sys::is_dir(rootfs)) return fail("rootfs " + rootfs + " does not exist", ENOENT);
     if (auto pod = TRY(resolve_pod(spec, TRY(pod_peers(g)), namespace_identity)))
         return create_member(g, id, bundle, spec, *pod, o);
-    std::string hypervisor = TRY(container_hypervisor(g, spec.annotations));
+    auto driver = TRY(container_hypervisor(g, &spec));
+    const std::string& hypervisor = driver.name;
     if (auto why = make_hypervisor(hypervisor)->unavailable(); !why.empty())
         return fail("hypervisor " + hypervisor + ": " + why, ENOENT);
     // QEMU's accelerator is decided once per host boot by a real guest boot
@@ -265,7 +273,7 @@ Result<pid_t> create_container(const Globals& g, const std::string& id, const Cr
     // container's. The shim reads the verdict back from its cache.
     if (hypervisor == "qemu") (void)detect_accel_info();
 
-    log::debug("create " + id + ": bundle " + bundle + ", hypervisor " + hypervisor);
+    log::debug("create " + id + ": bundle " + bundle + ", hypervisor " + hypervisor + ": " + driver.why);
     TRY(sys::mkdir_p(g.root, 0711));
     auto nc = TRY(begin_container(g, id, bundle, spec));
     auto& paths = nc.paths;

@@ -10,10 +10,12 @@
 
 #include <nlohmann/json.hpp>
 
+#include "husk/driver_choice.h"
 #include "husk/log.h"
 #include "husk/pod.h"
 #include "husk/result.h"
 #include "husk/sandbox.h"
+#include "husk/driver_choice.h"
 #include "husk/spec.h"
 #include "husk/state.h"
 #include "protocol/control.h"
@@ -49,9 +51,11 @@ struct ExecOptions {
     bool ignore_paused = false;
 };
 
-// The driver a new container gets: its annotation, else --hypervisor (or
-// HUSK_HYPERVISOR), else the config file's, else the default.
-Result<std::string> container_hypervisor(const Globals& g, const std::map<std::string, std::string>& annotations = {});
+// The driver a new container gets, and why: its annotation, else
+// --hypervisor (or HUSK_HYPERVISOR), else the config file's, else the
+// automatic choice for `spec` (driver_choice.h; spec null: for no container
+// in particular, as husk check and features report it).
+Result<DriverChoice> container_hypervisor(const Globals& g, const Spec* spec = nullptr);
 // What a new container of `hv` gets on this host for its share (the
 // config file's `share`, virtiofsd, rootless), for husk features/check.
 HostShare share_on_this_host(const Hypervisor& hv);

@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <string>
 
+#include "husk/driver_choice.h"
 #include "husk/cgroups.h"
 #include "husk/hypervisor.h"
 #include "husk/pod.h"
@@ -31,7 +32,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     // starts: the driver, the share, the boot timeout, templates, where the
     // rootfs goes, and the pod rules (one running sandbox to join, whose
     // namespaces every path names).
-    (void)choose_hypervisor(spec->annotations, "");
+    (void)choose_driver(spec->annotations, "", "--hypervisor", &*spec, DriverHost{});
     (void)check_share_annotation(*spec);
     (void)boot_timeout_ms(*spec);
     (void)templates::choose(spec->annotations, std::nullopt);

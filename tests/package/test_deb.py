@@ -134,9 +134,22 @@ def test_installed_husk_runs_a_husk_spec_bundle(installed, tmp_path):
     c["process"]["args"] = ["sh", "-c", "echo hello from $(uname -r); exit 3"]
     with open(bundle / "config.json", "w") as f:
         json.dump(c, f)
-    r = husk("run", "-b", str(bundle), "pkg-run", check=False, cwd=str(tmp_path))
+    r = husk("--debug", "run", "-b", str(bundle), "pkg-run", check=False, cwd=str(tmp_path))
     assert r.returncode == 3, r.stderr
-    # The guest runs the kernel the package holds.
+    # husk chose its driver (user-mode-linux is a Recommends): UML for
+    # this bundle where there is no KVM, else QEMU under KVM.
+    driver = re.search(r"hypervisor (\w+): ", r.stderr)
+    assert driver, r.stderr
+    if driver[1] == "uml":
+        assert "no usable KVM" in r.stderr and r.stdout.startswith("hello from "), r.stdout + r.stderr
+        # A container that may write files as another user needs QEMU.
+        c["process"]["user"] = {"uid": 1000, "gid": 1000}
+        with open(bundle / "config.json", "w") as f:
+            json.dump(c, f)
+        r = husk("--debug", "run", "-b", str(bundle), "pkg-run", check=False, cwd=str(tmp_path))
+        assert r.returncode == 3, r.stderr
+        assert "hypervisor qemu: " in r.stderr, r.stderr
+    # The QEMU guest runs the kernel the package holds.
     assert r.stdout.strip() == f"hello from {kernel_release('/usr/share/husk/vmlinuz')}", r.stdout + r.stderr
     # The first container of its shape made a VM template where an
     # installed husk keeps them; the purge takes it away.

@@ -9,6 +9,7 @@
 #include <catch2/catch.hpp>
 
 #include "cli/app.h"
+#include "husk/driver_choice.h"
 
 namespace {
 
@@ -107,7 +108,7 @@ TEST_CASE("husk-config(5) documents every key the config file takes") {
     std::string uncommented = std::regex_replace(example.str(), std::regex("^#([a-z])", std::regex::multiline), "$1");
     auto u = husk::parse_config(uncommented, "docs/config.toml, uncommented");
     REQUIRE(u);
-    CHECK(u->hypervisor == "qemu");
+    CHECK(u->hypervisor == husk::kAutoDriver);
     CHECK(u->share == "virtiofs");
     CHECK(u->templates == std::optional<bool>(true));
 }

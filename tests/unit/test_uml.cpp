@@ -68,25 +68,6 @@ TEST_CASE("mconsole: request layout and reply checks", "[uml]") {
     CHECK_FALSE(uml::mconsole_parse_reply(bad.data(), 5));
 }
 
-TEST_CASE("the driver: annotation over --hypervisor over the default", "[uml]") {
-    CHECK(choose_hypervisor({}, "") == std::string("qemu"));
-    CHECK(choose_hypervisor({}, "uml") == std::string("uml"));
-    CHECK(choose_hypervisor({{kAnnotationHypervisor, "uml"}}, "qemu") == std::string("uml"));
-    CHECK(choose_hypervisor({{kAnnotationHypervisor, "qemu"}}, "uml") == std::string("qemu"));
-    auto bad = choose_hypervisor({}, "vmware");
-    REQUIRE_FALSE(bad);
-    CHECK(bad.error().message == "--hypervisor: unknown hypervisor \"vmware\" (known: qemu, uml, firecracker, cloud-hypervisor)");
-    bad = choose_hypervisor({{kAnnotationHypervisor, ""}}, "");
-    REQUIRE_FALSE(bad);
-    CHECK(bad.error().message.find("annotation org.husk.hypervisor") == 0);
-    for (const auto& n : hypervisor_names()) {
-        auto hv = make_hypervisor(n);
-        REQUIRE(hv);
-        CHECK(hv->name() == n);
-    }
-    CHECK_FALSE(make_hypervisor("vmware"));
-}
-
 TEST_CASE("a jailed process sees only what its jail names", "[uml][jail]") {
     REQUIRE(::geteuid() == 0);  // the unit suite runs as root (scripts/test)
     auto busybox = sys::find_program("busybox");
@@ -176,10 +157,6 @@ TEST_CASE("config file: the default driver, strictly", "[config]") {
     CHECK(good->hypervisor == "uml");
     CHECK(good->share == "9p");
     CHECK(good->templates == std::optional<bool>(false));
-    // Where it came from is in the error of an unknown name.
-    auto unknown = choose_hypervisor({}, "kvmtool", "/etc/husk/config.toml");
-    REQUIRE_FALSE(unknown);
-    CHECK(unknown.error().message.rfind("/etc/husk/config.toml: unknown hypervisor \"kvmtool\"", 0) == 0);
 }
 
 TEST_CASE("UML keeps the guest tty from throttling: a stdin window under n_tty's 4 KiB", "[uml]") {

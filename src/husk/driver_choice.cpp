@@ -1,0 +1,92 @@
+// Which driver a container gets, and why (driver_choice.h).
+#include "husk/driver_choice.h"
+
+#include <algorithm>
+#include <cerrno>
+
+#include "husk/hypervisor.h"
+#include "husk/pod.h"
+#include "husk/sandbox.h"
+
+namespace husk {
+
+DriverHost this_host_drivers() {
+    DriverHost h;
+    auto accel = detect_accel_info();
+    h.kvm = accel.accel == Accel::Kvm;
+    h.kvm_why = accel.why;
+    h.qemu_unavailable = make_hypervisor("qemu")->unavailable();
+    h.uml_unavailable = make_hypervisor("uml")->unavailable();
+    return h;
+}
+
+namespace {
+
+bool has_cap(const SpecProcess& p, const char* cap) {
+    if (!p.capabilities) return true;  // absent: it keeps what it has (a root process: all)
+    auto it = p.capabilities->find("bounding");
+    if (it == p.capabilities->end()) return true;
+    return std::find(it->second.begin(), it->second.end(), cap) != it->second.end();
+}
+
+}  // namespace
+
+std::string uml_lacks(const Spec& spec) {
+    for (const char* k : {kCriContainerType, kCrioContainerType})
+        if (auto it = spec.annotations.find(k); it != spec.annotations.end() && it->second == "sandbox")
+            return "is a pod's sandbox: the members that join its VM may need what UML lacks";
+    if (spec.annotations.count(kAnnotationShare))
+        return std::string("has annotation ") + kAnnotationShare + ", a share UML has not (its share is hostfs)";
+    // hostfs creates and chowns as the UML process: what a container's
+    // non-root user creates is root's, and then not its own to chmod or
+    // (mode 0644) to write. A process that is root and cannot become anyone
+    // else never meets that.
+    if (spec.process) {
+        const auto& u = spec.process->user;
+        if (u.uid != 0 || u.gid != 0)
+            return "runs as uid " + std::to_string(u.uid) + " gid " + std::to_string(u.gid) +
+                   ": UML's hostfs would make the files it creates root's";
+        if (has_cap(*spec.process, "CAP_SETUID") || has_cap(*spec.process, "CAP_SETGID"))
+            return "may change its user (CAP_SETUID or CAP_SETGID in its bounding set): UML's hostfs would make the files "
+                   "another user creates root's";
+    }
+    if (spec.has_namespace("user") || !spec.uid_mappings.empty())
+        return "maps user ids (a user namespace): UML's hostfs keeps the host's ownership";
+    if (spec.cpu_quota && *spec.cpu_quota > 0 && spec.cpu_period && *spec.cpu_period > 0 &&
+        uint64_t(*spec.cpu_quota) > *spec.cpu_period)
+        return "asks for more than one CPU (linux.resources.cpu.quota): UML's guest has one";
+    if (!spec.cpuset_cpus.empty())
+        if (auto cpus = parse_cpu_list(spec.cpuset_cpus); cpus && cpus->size() > 1)
+            return "asks for " + std::to_string(cpus->size()) + " CPUs (linux.resources.cpu.cpus): UML's guest has one";
+    // A network namespace to join is no reason: UML's NIC (the vector
+    // driver's tap transport, offloads on) moves as much as QEMU's.
+    return "";
+}
+
+Result<DriverChoice> choose_driver(const std::map<std::string, std::string>& annotations, const std::string& global,
+                                   const std::string& origin, const Spec* spec, const DriverHost& host) {
+    std::string name = global, from = origin;
+    if (auto it = annotations.find(kAnnotationHypervisor); it != annotations.end())
+        name = it->second, from = std::string("annotation ") + kAnnotationHypervisor;
+    const auto& known = hypervisor_names();
+    if (std::find(known.begin(), known.end(), name) != known.end()) return DriverChoice{name, from + " says " + name};
+    if (!(name == kAutoDriver || (name.empty() && from == origin))) {
+        std::string list = kAutoDriver;
+        for (const auto& k : known) list += ", " + k;
+        return fail(from + ": unknown hypervisor \"" + name + "\" (known: " + list + ")", EINVAL);
+    }
+    if (host.kvm) return DriverChoice{"qemu", "KVM works here (" + host.kvm_why + ")"};
+    std::string no_kvm = "no usable KVM (" + host.kvm_why + ")";
+    if (!host.uml_unavailable.empty())
+        return DriverChoice{"qemu", no_kvm + ": QEMU under TCG (UML, faster for most work here, is not: " +
+                                        host.uml_unavailable + ")"};
+    if (!host.qemu_unavailable.empty()) return DriverChoice{"uml", no_kvm + " and no QEMU (" + host.qemu_unavailable + ")"};
+    if (!spec)
+        return DriverChoice{"qemu", no_kvm + ": UML for a container that needs nothing it lacks (root, no way to change "
+                                             "user, one CPU, no user namespace, not a pod's sandbox), else QEMU under TCG"};
+    if (auto lacks = uml_lacks(*spec); !lacks.empty())
+        return DriverChoice{"qemu", no_kvm + ": QEMU under TCG, since the container " + lacks};
+    return DriverChoice{"uml", no_kvm + ": UML runs the container's own code natively, and it needs nothing UML lacks"};
+}
+
+}  // namespace husk
