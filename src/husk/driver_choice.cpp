@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <utility>
 
 #include "husk/hypervisor.h"
 #include "husk/pod.h"
@@ -37,6 +38,10 @@ std::string uml_lacks(const Spec& spec) {
             return "is a pod's sandbox: the members that join its VM may need what UML lacks";
     if (spec.annotations.count(kAnnotationShare))
         return std::string("has annotation ") + kAnnotationShare + ", a share UML has not (its share is hostfs)";
+    // A disk is what a checkpoint needs (README), and UML cannot save a VM.
+    if (auto it = spec.annotations.find(kAnnotationRootfs); it != spec.annotations.end() && it->second == "disk")
+        return std::string("has its rootfs on a disk (") + kAnnotationRootfs +
+               "=disk), which is for checkpoints, and UML cannot checkpoint";
     // hostfs creates and chowns as the UML process: what a container's
     // non-root user creates is root's, and then not its own to chmod or
     // (mode 0644) to write. A process that is root and cannot become anyone
@@ -63,6 +68,11 @@ std::string uml_lacks(const Spec& spec) {
     return "";
 }
 
+DriverChoice driver_for_restore(DriverChoice chosen, const std::string& image_driver) {
+    if (!chosen.automatic || image_driver.empty()) return chosen;
+    return DriverChoice{image_driver, "the checkpoint image is of a " + image_driver + " VM", true};
+}
+
 Result<DriverChoice> choose_driver(const std::map<std::string, std::string>& annotations, const std::string& global,
                                    const std::string& origin, const Spec* spec, const DriverHost& host) {
     std::string name = global, from = origin;
@@ -75,18 +85,18 @@ Result<DriverChoice> choose_driver(const std::map<std::string, std::string>& ann
         for (const auto& k : known) list += ", " + k;
         return fail(from + ": unknown hypervisor \"" + name + "\" (known: " + list + ")", EINVAL);
     }
-    if (host.kvm) return DriverChoice{"qemu", "KVM works here (" + host.kvm_why + ")"};
+    auto chose = [](std::string name, std::string why) { return DriverChoice{std::move(name), std::move(why), true}; };
+    if (host.kvm) return chose("qemu", "KVM works here (" + host.kvm_why + ")");
     std::string no_kvm = "no usable KVM (" + host.kvm_why + ")";
     if (!host.uml_unavailable.empty())
-        return DriverChoice{"qemu", no_kvm + ": QEMU under TCG (UML, faster for most work here, is not: " +
-                                        host.uml_unavailable + ")"};
-    if (!host.qemu_unavailable.empty()) return DriverChoice{"uml", no_kvm + " and no QEMU (" + host.qemu_unavailable + ")"};
+        return chose("qemu", no_kvm + ": QEMU under TCG (UML, faster for most work here, is not: " + host.uml_unavailable + ")");
+    if (!host.qemu_unavailable.empty()) return chose("uml", no_kvm + " and no QEMU (" + host.qemu_unavailable + ")");
     if (!spec)
-        return DriverChoice{"qemu", no_kvm + ": UML for a container that needs nothing it lacks (root, no way to change "
-                                             "user, one CPU, no user namespace, not a pod's sandbox), else QEMU under TCG"};
+        return chose("qemu", no_kvm + ": UML for a container that needs nothing it lacks (root, no way to change user, one "
+                                      "CPU, no user namespace, no disk rootfs, not a pod's sandbox), else QEMU under TCG");
     if (auto lacks = uml_lacks(*spec); !lacks.empty())
-        return DriverChoice{"qemu", no_kvm + ": QEMU under TCG, since the container " + lacks};
-    return DriverChoice{"uml", no_kvm + ": UML runs the container's own code natively, and it needs nothing UML lacks"};
+        return chose("qemu", no_kvm + ": QEMU under TCG, since the container " + lacks);
+    return chose("uml", no_kvm + ": UML runs the container's own code natively, and it needs nothing UML lacks");
 }
 
 }  // namespace husk

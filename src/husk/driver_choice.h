@@ -26,6 +26,7 @@ inline constexpr const char* kAutoDriver = "auto";
 struct DriverChoice {
     std::string name;  // a hypervisor_names() entry
     std::string why;   // one clause: "no usable KVM (...); the container needs nothing UML lacks"
+    bool automatic = false;  // husk chose it (nothing named a driver)
 };
 
 // What the automatic choice looks at on this host.
@@ -48,5 +49,10 @@ std::string uml_lacks(const Spec& spec);
 // unknown name is an error naming where it came from.
 Result<DriverChoice> choose_driver(const std::map<std::string, std::string>& annotations, const std::string& global,
                                    const std::string& origin, const Spec* spec, const DriverHost& host);
+
+// A restore's driver: the one its checkpoint image was saved from
+// (`image_driver`), unless something named another (which the shim then
+// refuses, saying both).
+DriverChoice driver_for_restore(DriverChoice chosen, const std::string& image_driver);
 
 }  // namespace husk

@@ -264,6 +264,8 @@ Result<pid_t> create_container(const Globals& g, const std::string& id, const Cr
     if (auto pod = TRY(resolve_pod(spec, TRY(pod_peers(g)), namespace_identity)))
         return create_member(g, id, bundle, spec, *pod, o);
     auto driver = TRY(container_hypervisor(g, &spec));
+    if (!o.restore_from.empty())
+        if (auto image = checkpoint::read_image(o.restore_from)) driver = driver_for_restore(driver, image->hypervisor);
     const std::string& hypervisor = driver.name;
     if (auto why = make_hypervisor(hypervisor)->unavailable(); !why.empty())
         return fail("hypervisor " + hypervisor + ": " + why, ENOENT);

@@ -70,6 +70,8 @@ TEST_CASE("automatic: QEMU under KVM; without it UML unless the container needs 
     CHECK(pick(plain, kKvm).why == "KVM works here (a guest booted under KVM)");
     auto c = pick(plain);
     CHECK(c.name == "uml");
+    CHECK(c.automatic);
+    CHECK_FALSE(pick(plain, kNoKvm, "uml").automatic);
     CHECK(c.why.find("no usable KVM (no usable /dev/kvm)") == 0);
     CHECK(uml_lacks(plain).empty());
 
@@ -100,6 +102,8 @@ TEST_CASE("automatic: QEMU under KVM; without it UML unless the container needs 
          "more than one CPU"},
         {"a two-CPU cpuset", [](auto& j) { j["linux"]["resources"]["cpu"] = {{"cpus", "0-1"}}; }, "asks for 2 CPUs"},
         {"a share annotation", [](auto& j) { j["annotations"][kAnnotationShare] = "9p"; }, "has annotation org.husk.share"},
+        {"a rootfs on a disk", [](auto& j) { j["annotations"][kAnnotationRootfs] = "disk"; },
+         "has its rootfs on a disk (org.husk.rootfs=disk), which is for checkpoints"},
         {"a CRI pod sandbox", [](auto& j) { j["annotations"][kCriContainerType] = "sandbox"; }, "is a pod's sandbox"},
         {"a CRI-O pod sandbox", [](auto& j) { j["annotations"][kCrioContainerType] = "sandbox"; }, "is a pod's sandbox"},
     };
@@ -123,6 +127,19 @@ TEST_CASE("automatic: QEMU under KVM; without it UML unless the container needs 
              [](auto& j) { j["annotations"][kCriContainerType] = "container"; },
          })
         CHECK(pick(spec_of(edit)).name == "uml");
+}
+
+TEST_CASE("a restore goes to the driver its image was saved from, unless one is named", "[driver]") {
+    auto plain = spec_of();
+    auto restored = driver_for_restore(pick(plain), "qemu");  // automatic would say uml
+    CHECK(restored.name == "qemu");
+    CHECK(restored.why == "the checkpoint image is of a qemu VM");
+    CHECK(driver_for_restore(pick(plain, kKvm), "firecracker").name == "firecracker");
+    // Named: kept (the shim refuses a mismatch, naming both).
+    auto named = driver_for_restore(pick(plain, kNoKvm, "uml"), "qemu");
+    CHECK(named.name == "uml");
+    CHECK(named.why == "--hypervisor says uml");
+    CHECK(driver_for_restore(pick(plain), "").name == "uml");  // no image read: as chosen
 }
 
 TEST_CASE("automatic, where a driver is missing, and for no container in particular", "[driver]") {
