@@ -74,7 +74,8 @@ DriverChoice driver_for_restore(DriverChoice chosen, const std::string& image_dr
 }
 
 Result<DriverChoice> choose_driver(const std::map<std::string, std::string>& annotations, const std::string& global,
-                                   const std::string& origin, const Spec* spec, const DriverHost& host) {
+                                   const std::string& origin, const Spec* spec,
+                                   const std::function<DriverHost()>& probe) {
     std::string name = global, from = origin;
     if (auto it = annotations.find(kAnnotationHypervisor); it != annotations.end())
         name = it->second, from = std::string("annotation ") + kAnnotationHypervisor;
@@ -86,6 +87,7 @@ Result<DriverChoice> choose_driver(const std::map<std::string, std::string>& ann
         return fail(from + ": unknown hypervisor \"" + name + "\" (known: " + list + ")", EINVAL);
     }
     auto chose = [](std::string name, std::string why) { return DriverChoice{std::move(name), std::move(why), true}; };
+    const DriverHost host = probe();
     if (host.kvm) return chose("qemu", "KVM works here (" + host.kvm_why + ")");
     std::string no_kvm = "no usable KVM (" + host.kvm_why + ")";
     if (!host.uml_unavailable.empty())

@@ -11,6 +11,7 @@
 //     UML lacks (uml_lacks); else qemu under TCG, which starts from a VM
 //     template 1.6x-2x as fast and takes stdin far faster.
 #pragma once
+#include <functional>
 #include <map>
 #include <string>
 
@@ -46,9 +47,11 @@ std::string uml_lacks(const Spec& spec);
 // The container's driver: its annotation, else `global` (--hypervisor or the
 // config file's, `origin` says which; "" or "auto": the automatic choice
 // for `spec`, or for no container in particular when spec is null). An
-// unknown name is an error naming where it came from.
+// unknown name is an error naming where it came from. `host` is called
+// only for the automatic choice (this_host_drivers may probe KVM).
 Result<DriverChoice> choose_driver(const std::map<std::string, std::string>& annotations, const std::string& global,
-                                   const std::string& origin, const Spec* spec, const DriverHost& host);
+                                   const std::string& origin, const Spec* spec,
+                                   const std::function<DriverHost()>& host = this_host_drivers);
 
 // A restore's driver: the one its checkpoint image was saved from
 // (`image_driver`), unless something named another (which the shim then

@@ -231,13 +231,7 @@ Result<DriverChoice> container_hypervisor(const Globals& g, const Spec* spec) {
     std::string global = g.hypervisor, origin = "--hypervisor";
     if (global.empty()) global = TRY(load_config()).hypervisor, origin = config_path();
     static const std::map<std::string, std::string> none;
-    // The host is looked at only for the automatic choice (a KVM probe
-    // boots a guest, once per host boot).
-    std::string asked = global;
-    if (spec)
-        if (auto it = spec->annotations.find(kAnnotationHypervisor); it != spec->annotations.end()) asked = it->second;
-    bool named = !asked.empty() && asked != kAutoDriver;
-    return choose_driver(spec ? spec->annotations : none, global, origin, spec, named ? DriverHost{} : this_host_drivers());
+    return choose_driver(spec ? spec->annotations : none, global, origin, spec);
 }
 
 HostShare share_on_this_host(const Hypervisor& hv) {
@@ -264,7 +258,7 @@ Result<pid_t> create_container(const Globals& g, const std::string& id, const Cr
     if (auto pod = TRY(resolve_pod(spec, TRY(pod_peers(g)), namespace_identity)))
         return create_member(g, id, bundle, spec, *pod, o);
     auto driver = TRY(container_hypervisor(g, &spec));
-    if (!o.restore_from.empty())
+    if (!o.restore_from.empty() && driver.automatic)
         if (auto image = checkpoint::read_image(o.restore_from)) driver = driver_for_restore(driver, image->hypervisor);
     const std::string& hypervisor = driver.name;
     if (auto why = make_hypervisor(hypervisor)->unavailable(); !why.empty())

@@ -32,7 +32,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     // starts: the driver, the share, the boot timeout, templates, where the
     // rootfs goes, and the pod rules (one running sandbox to join, whose
     // namespaces every path names).
-    (void)choose_driver(spec->annotations, "", "--hypervisor", &*spec, DriverHost{});
+    (void)choose_driver(spec->annotations, "", "--hypervisor", &*spec, [] { return DriverHost{}; });
     (void)check_share_annotation(*spec);
     (void)boot_timeout_ms(*spec);
     (void)templates::choose(spec->annotations, std::nullopt);

@@ -26,7 +26,7 @@ const DriverHost kNoKvm{false, "no usable /dev/kvm", "", ""};
 const DriverHost kKvm{true, "a guest booted under KVM", "", ""};
 
 DriverChoice pick(const Spec& s, const DriverHost& host = kNoKvm, const std::string& global = "") {
-    auto c = choose_driver(s.annotations, global, "--hypervisor", &s, host);
+    auto c = choose_driver(s.annotations, global, "--hypervisor", &s, [&] { return host; });
     REQUIRE(c);
     return *c;
 }
@@ -41,19 +41,26 @@ TEST_CASE("a named driver is that driver: annotation over --hypervisor over the 
     auto annotated = spec_of([](auto& j) { j["annotations"][kAnnotationHypervisor] = "qemu"; });
     CHECK(pick(annotated, kNoKvm, "uml").name == "qemu");
     CHECK(pick(annotated).why == "annotation org.husk.hypervisor says qemu");
+    // A named driver never looks at the host (the automatic choice may boot a KVM probe).
+    auto unprobed = [] {
+        FAIL("the host was probed for a named driver");
+        return DriverHost{};
+    };
+    CHECK(choose_driver(annotated.annotations, "", "--hypervisor", &annotated, unprobed));
+    CHECK(choose_driver({}, "uml", "--hypervisor", &s, unprobed));
     // "auto" asks for the choice, as leaving it unset does.
     auto autoann = spec_of([](auto& j) { j["annotations"][kAnnotationHypervisor] = "auto"; });
     CHECK(pick(autoann, kNoKvm, "qemu").name == "uml");
     CHECK(pick(s, kNoKvm, "auto").name == "uml");
 
-    auto bad = choose_driver({}, "vmware", "--hypervisor", nullptr, kNoKvm);
+    auto bad = choose_driver({}, "vmware", "--hypervisor", nullptr, [] { return kNoKvm; });
     REQUIRE_FALSE(bad);
     CHECK(bad.error().message ==
           "--hypervisor: unknown hypervisor \"vmware\" (known: auto, qemu, uml, firecracker, cloud-hypervisor)");
-    bad = choose_driver({}, "kvmtool", "/etc/husk/config.toml", nullptr, kNoKvm);
+    bad = choose_driver({}, "kvmtool", "/etc/husk/config.toml", nullptr, [] { return kNoKvm; });
     REQUIRE_FALSE(bad);
     CHECK(bad.error().message.rfind("/etc/husk/config.toml: unknown hypervisor \"kvmtool\"", 0) == 0);
-    bad = choose_driver({{kAnnotationHypervisor, ""}}, "", "--hypervisor", nullptr, kNoKvm);
+    bad = choose_driver({{kAnnotationHypervisor, ""}}, "", "--hypervisor", nullptr, [] { return kNoKvm; });
     REQUIRE_FALSE(bad);
     CHECK(bad.error().message.find("annotation org.husk.hypervisor") == 0);
     for (const auto& n : hypervisor_names()) {
@@ -153,11 +160,11 @@ TEST_CASE("automatic, where a driver is missing, and for no container in particu
     no_qemu.qemu_unavailable = "qemu-system-x86_64 not found";
     CHECK(pick(spec_of([](auto& j) { j["process"]["user"]["uid"] = 7; }), no_qemu).name == "uml");
     // husk check / features: the host's rule, and QEMU as the driver every container can have.
-    auto host = choose_driver({}, "", "--hypervisor", nullptr, kNoKvm);
+    auto host = choose_driver({}, "", "--hypervisor", nullptr, [] { return kNoKvm; });
     REQUIRE(host);
     CHECK(host->name == "qemu");
     CHECK(host->why.find("UML for a container that needs nothing it lacks") != std::string::npos);
-    host = choose_driver({}, "", "--hypervisor", nullptr, kKvm);
+    host = choose_driver({}, "", "--hypervisor", nullptr, [] { return kKvm; });
     REQUIRE(host);
     CHECK(host->name == "qemu");
 }
