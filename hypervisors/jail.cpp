@@ -195,6 +195,7 @@ VmConfig jailed_config(const VmConfig& cfg) {
     }
     // Its sockets are in its working directory, the jail's /vmm.
     if (!in.channel.socket_path.empty()) in.channel.socket_path = sys::basename(in.channel.socket_path);
+    if (!in.channel.vhost_socket.empty()) in.channel.vhost_socket = sys::basename(in.channel.vhost_socket);
     if (!in.control_socket.empty()) in.control_socket = sys::basename(in.control_socket);
     return in;
 }

@@ -205,6 +205,7 @@ private:
     // is not template-shaped), where it is kept, and its name; why the VM
     // has none (when it has none).
     std::string template_shape_, template_dir_, template_key_, template_why_;
+    std::string channel_why_;  // why not husk-vsock's device, where it could be
     bool making_template_ = false;  // booting to save the template at its HELLO
     // A checkpoint in progress (the agent quiesced, the VM saved, then
     // resumed or stopped), for the client that asked.

@@ -92,6 +92,16 @@ Result<void> Shim::launch_vm() {
                     : host.vsock                           ? "the channel is vsock"
                     : !caps.shares && host.share_disk.empty() ? "nothing is shared"
                                                               : "";
+    // husk-vsock's device where the kernel has no vhost-vsock, unless the
+    // VM is to be saved: QEMU 7.2 cannot migrate a vhost-user-vsock
+    // device, so a template and a checkpointable VM (its rootfs on a disk)
+    // keep virtio-serial.
+    if (caps.vsock_backend) {
+        channel_why_ = !template_why_.empty() ? "" : "a template cannot hold husk-vsock's device (QEMU cannot save it)";
+        if (channel_why_.empty() && !host.share_disk.empty())
+            channel_why_ = "the rootfs is on a disk, for a checkpoint, and QEMU cannot save husk-vsock's device";
+        host.hybrid_vsock = host.vsock_backend = channel_why_.empty();
+    }
     // Every socket of the VMM's is in vmm/, its jail's working directory
     // (the VMM sees them by name: sun_path's 108 bytes whatever --root is).
     if (::mkdir(paths_.vmm_dir.c_str(), 0700) < 0 && errno != EEXIST) return fail_errno("mkdir " + paths_.vmm_dir);
@@ -117,7 +127,8 @@ Result<void> Shim::launch_vm() {
 }
 
 SandboxPaths Shim::sandbox_paths() const {
-    return SandboxPaths{paths_.shared, paths_.agent_sock, paths_.qmp_sock, paths_.vsock_sock, paths_.virtiofs_sock};
+    return SandboxPaths{paths_.shared, paths_.agent_sock, paths_.qmp_sock, paths_.vsock_sock, paths_.virtiofs_sock,
+                        paths_.vsock_vhost_sock};
 }
 
 // The VMM, booting (as a template, to make one, when `templates` and
@@ -198,12 +209,14 @@ Result<void> Shim::start_vmm(bool templates) {
     cfg.lifeline_fd = life_r.get();
     console_log_ = TRY(sys::open(paths_.console_log, O_WRONLY | O_CREAT | O_TRUNC, 0600));
     // QEMU says its accelerator (tests and users read "vm: tcg"); others their name.
-    std::string channel = host.hybrid_vsock ? "hybrid vsock"
+    std::string channel = host.vsock_backend ? "vsock (husk-vsock)"
+                          : host.hybrid_vsock ? "hybrid vsock"
                           : host.vsock      ? "vsock"
                           : hv_->name() == "uml" ? "console line"
                                                  : "virtio-serial";
     log::debug("vm: " + (hv_->name() == "qemu" ? std::string(accel_name(host.accel)) : hv_->name()) + ", " +
                std::to_string(cfg.vcpus) + " vcpu, " + std::to_string(cfg.memory_mib) + " MiB, channel " + channel +
+               (channel_why_.empty() ? "" : " (" + channel_why_ + ")") +
                (host.share_disk.empty() ? "" : ", rootfs on a disk") + " (sized by " + vm_size_reason(spec_) + ")");
     if (!share_why_.empty())
         log::debug(std::string("share: ") + (host.share_fs == ShareFs::VirtioFs ? "virtio-fs" : hv_->name() == "uml" ? "hostfs" : "9p") +

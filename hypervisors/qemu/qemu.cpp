@@ -17,6 +17,7 @@
 #include "hypervisors/process_vm.h"
 #include "hypervisors/qemu/qmp.h"
 #include "hypervisors/virtiofsd.h"
+#include "hypervisors/vsock_backend.h"
 #include "sys/sys.h"
 
 namespace husk::qemu {
@@ -45,7 +46,8 @@ std::vector<std::string> translate(const VmConfig& cfg, const Options& opt) {
     // A vhost-user daemon (virtiofsd) reads and writes the guest's memory
     // itself: all of it is then a shared memory file, not QEMU's private
     // anonymous memory.
-    bool shared_ram = std::any_of(cfg.shares.begin(), cfg.shares.end(), [](const Share& s) { return s.fs == ShareFs::VirtioFs; });
+    bool shared_ram = std::any_of(cfg.shares.begin(), cfg.shares.end(), [](const Share& s) { return s.fs == ShareFs::VirtioFs; }) ||
+                      !cfg.channel.vhost_socket.empty();  // husk-vsock too
     std::string ram_backend = shared_ram ? "memory-backend-memfd" : "memory-backend-ram";
     std::string ram_share = shared_ram ? ",share=on" : "";
     if (shared_ram) {
@@ -77,6 +79,10 @@ std::vector<std::string> translate(const VmConfig& cfg, const Options& opt) {
         add({"-device", virtio(opt, "virtio-serial") + ",max_ports=2"});
         add({"-chardev", "socket,id=agent,path=" + escape(cfg.channel.socket_path)});
         add({"-device", "virtserialport,chardev=agent,name=husk.agent"});
+    } else if (cfg.channel.kind == ChannelKind::Vsock && !cfg.channel.vhost_socket.empty()) {
+        // husk-vsock (vsock_backend.h) serves the device; it says the CID.
+        add({"-chardev", "socket,id=vsock,path=" + escape(cfg.channel.vhost_socket)});
+        add({"-device", virtio(opt, "vhost-user-vsock") + ",chardev=vsock"});
     } else if (cfg.channel.kind == ChannelKind::Vsock) {
         add({"-device", virtio(opt, "vhost-vsock") + ",guest-cid=" + std::to_string(cfg.channel.vsock_cid)});
     }
@@ -137,6 +143,8 @@ Capabilities QemuHypervisor::capabilities() const {
     c.pause = true;
     c.shares = true;
     c.vsock = vsock_available();
+    // Without /dev/vhost-vsock, a device of our own (husk-vsock).
+    c.vsock_backend = !c.vsock && !find_husk_vsock().empty();
     c.kvm = detect_accel() == Accel::Kvm;
     c.control_socket = true;
     c.nic_fd = true;  // -netdev tap,fd=N
@@ -339,6 +347,8 @@ Result<std::unique_ptr<Vm>> QemuHypervisor::launch(const VmConfig& cfg, const st
     o.die_with_parent = true;  // the VMM must not outlive its shim
     // Each virtio-fs share's daemon first: QEMU connects to its socket.
     auto daemons = TRY(start_share_daemons(cfg, workdir, log_path));
+    // And husk-vsock, whose socket QEMU's vsock device connects to.
+    if (!cfg.channel.vhost_socket.empty()) daemons.add(TRY(start_husk_vsock(cfg, workdir, log_path)));
     VmConfig seen = opt_.jail ? jailed_config(cfg) : cfg;  // the paths QEMU is given
     Options in = opt_;
     if (opt_.jail) {

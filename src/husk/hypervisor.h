@@ -57,6 +57,9 @@ struct Channel {
     // its working directory (jail.h: jailed_config).
     std::string socket_path;
     uint32_t vsock_cid = 0;   // vsock: the guest's CID
+    // A hybrid vsock that husk-vsock serves (vsock_backend.h): QEMU's
+    // vhost-user-vsock device connects to it here ("" otherwise).
+    std::string vhost_socket;
 };
 
 struct VmConfig {
@@ -110,6 +113,11 @@ struct Capabilities {
     // The channel is the VMM's hybrid vsock (Firecracker, Cloud
     // Hypervisor): a unix socket where "CONNECT <port>" reaches the guest.
     bool hybrid_vsock = false;
+    // It can have a vsock device served by husk-vsock (Channel::
+    // vhost_socket), a hybrid vsock of our own. Such a VM cannot be
+    // saved (QEMU 7.2 migrates no vhost-user-vsock device), so templates
+    // and checkpointable VMs keep virtio-serial.
+    bool vsock_backend = false;
     // At most this many stdin bytes in flight to the agent per process
     // (0: the protocol's window), for channels that lose data or stall
     // when the guest's side fills up.

@@ -27,6 +27,7 @@ StatePaths state_paths(const std::string& root, const std::string& id) {
     p.agent_sock = p.vmm_dir + "/agent.sock";
     p.qmp_sock = p.vmm_dir + "/qmp.sock";
     p.vsock_sock = p.vmm_dir + "/vsock.sock";
+    p.vsock_vhost_sock = p.vmm_dir + "/vsock-vhost.sock";
     p.virtiofs_sock = p.vmm_dir + "/fs.sock";
     p.console_log = p.dir + "/console.log";
     p.vmm_log = p.dir + "/vmm.log";

@@ -19,6 +19,7 @@ struct StatePaths {
     std::string agent_sock;  // host end of the virtio-serial channel (in vmm/)
     std::string qmp_sock;    // QEMU's QMP connects here (in vmm/)
     std::string vsock_sock;  // a hybrid vsock: the VMM serves it (in vmm/)
+    std::string vsock_vhost_sock;  // husk-vsock's vhost-user socket (in vmm/)
     std::string virtiofs_sock;  // virtiofsd's vhost-user socket (in vmm/)
     std::string console_log; // guest serial console
     std::string vmm_log;     // VMM's own stdout/stderr

@@ -180,6 +180,7 @@ VmConfig make_vm_config(const Spec& spec, const HostFacts& host, const SandboxPa
     c.channel.kind = host.vsock || host.hybrid_vsock ? ChannelKind::Vsock : ChannelKind::VirtioSerial;
     c.channel.socket_path = host.hybrid_vsock ? paths.vsock_sock : paths.agent_sock;
     if (host.hybrid_vsock) c.channel.vsock_cid = 3;  // the VMM's own: any CID will do
+    if (host.vsock_backend) c.channel.vhost_socket = paths.vsock_vhost_sock;
     c.control_socket = paths.control_sock;
     // The console is quiet unless debugging: under TCG every emulated
     // serial byte costs boot time.

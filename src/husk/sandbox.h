@@ -50,6 +50,7 @@ struct HostFacts {
     std::string initrd;
     bool debug = false;
     bool hybrid_vsock = false;  // the VMM's unix socket stands for vsock
+    bool vsock_backend = false;  // ...served by husk-vsock (Capabilities::vsock_backend)
     // The share as a disk image (rootfs_on_disk), instead of shared.
     std::string share_disk;
     // Memory the VM may be given later (Capabilities::memory_hotplug).
@@ -69,6 +70,7 @@ struct SandboxPaths {
     std::string control_sock;
     std::string vsock_sock;  // hybrid vsock: the VMM creates it
     std::string virtiofs_sock;  // virtio-fs: virtiofsd listens there
+    std::string vsock_vhost_sock;  // husk-vsock's vhost-user socket
 };
 
 // The annotation that puts the rootfs on a disk: "disk" (a copy of the

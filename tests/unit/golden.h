@@ -30,7 +30,7 @@ inline std::string lines(const std::vector<std::string>& v) {
 // A container's state dir as the shim passes it to make_vm_config.
 inline husk::SandboxPaths state_sandbox_paths(const std::string& dir = "/state/c1") {
     return {dir + "/shared", dir + "/vmm/agent.sock", dir + "/vmm/qmp.sock", dir + "/vmm/vsock.sock",
-            dir + "/vmm/fs.sock"};
+            dir + "/vmm/fs.sock", dir + "/vmm/vsock-vhost.sock"};
 }
 
 inline void check_golden(const std::string& name, const std::string& actual) {

@@ -209,19 +209,19 @@ TEST_CASE("qemu: a checkpoint loads into a VM of the same devices, whatever its 
     REQUIRE(parsed);
     Spec spec = *parsed;
     qemu::QemuHypervisor hv(qemu::Options{});
-    VmConfig cfg = make_vm_config(spec, host, SandboxPaths{"/state/c1/shared", "/state/c1/agent.sock", "/state/c1/qmp.sock", "", ""});
+    VmConfig cfg = make_vm_config(spec, host, SandboxPaths{"/state/c1/shared", "/state/c1/agent.sock", "/state/c1/qmp.sock", "", "", ""});
     std::string shape = hv.vm_shape(cfg);
     REQUIRE(!shape.empty());
     CHECK_THAT(shape, Catch::StartsWith("qemu vm 1\n"));
     HostFacts debug = host;
     debug.debug = true;  // another kernel command line: the same VM to load into
-    CHECK(hv.vm_shape(make_vm_config(spec, debug, SandboxPaths{"/state/c1/shared", "/state/c1/agent.sock", "/state/c1/qmp.sock", "", ""})) == shape);
+    CHECK(hv.vm_shape(make_vm_config(spec, debug, SandboxPaths{"/state/c1/shared", "/state/c1/agent.sock", "/state/c1/qmp.sock", "", "", ""})) == shape);
     Spec big = spec;
     big.memory_limit = 1ll << 30;  // more memory: another VM
-    CHECK(hv.vm_shape(make_vm_config(big, host, SandboxPaths{"/state/c1/shared", "/state/c1/agent.sock", "/state/c1/qmp.sock", "", ""})) != shape);
+    CHECK(hv.vm_shape(make_vm_config(big, host, SandboxPaths{"/state/c1/shared", "/state/c1/agent.sock", "/state/c1/qmp.sock", "", "", ""})) != shape);
     HostFacts tmpl = host;
     tmpl.template_shape = true;
-    CHECK(hv.vm_shape(make_vm_config(spec, tmpl, SandboxPaths{"/state/c1/shared", "/state/c1/agent.sock", "/state/c1/qmp.sock", "", ""})).empty());
+    CHECK(hv.vm_shape(make_vm_config(spec, tmpl, SandboxPaths{"/state/c1/shared", "/state/c1/agent.sock", "/state/c1/qmp.sock", "", "", ""})).empty());
 }
 
 TEST_CASE("checkpoint: CRIU's inventory and stats images, byte for byte", "[checkpoint]") {
