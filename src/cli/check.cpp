@@ -53,9 +53,12 @@ std::vector<Check> run_checks(const std::string& chosen) {
     std::string shim = find_shim_binary();
     bool shim_ok = ::access(shim.c_str(), X_OK) == 0;
     out.push_back({"shim", shim_ok, shim, shim_ok ? "" : "build or install husk-shim, or set HUSK_SHIM", true});
-    bool vsock = vsock_available();
-    out.push_back({"vsock", vsock, vsock ? "/dev/vhost-vsock: the agent's channel is AF_VSOCK" : "no /dev/vhost-vsock: the channel is virtio-serial",
-                   vsock ? "" : "modprobe vhost_vsock"});
+    if (hv) {
+        auto ch = channel_on_this_host(*hv);
+        // UML has nothing to fix: its console line is its channel.
+        out.push_back({"vsock", ch.vsock || hv->name() == "uml", ch.name + ": " + ch.why,
+                       ch.vsock || hv->name() == "uml" ? "" : "modprobe vhost_vsock, or build husk-vsock (HUSK_VSOCK)"});
+    }
     std::string vfsd = find_virtiofsd();
     out.push_back({"virtiofsd", !vfsd.empty(), (vfsd.empty() ? std::string("not found") : vfsd),
                    vfsd.empty() ? "apt-get install qemu-system-common (or set HUSK_VIRTIOFSD)" : ""});

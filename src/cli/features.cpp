@@ -30,6 +30,7 @@ void setup_features(CLI::App& sub, Globals& g, Handler& run) {
                 }
             auto caps = hv->capabilities();
             auto share = share_on_this_host(*hv);
+            auto channel = channel_on_this_host(*hv);
             nlohmann::json j = {
                 {"ociVersionMin", "1.0.0"},
                 {"ociVersionMax", HUSK_OCI_SPEC_VERSION},
@@ -61,8 +62,8 @@ void setup_features(CLI::App& sub, Globals& g, Handler& run) {
                   {"org.husk.hypervisor.reason", chosen->why},
                   {"org.husk.accel", accel_name(detect_accel())},
                   {"org.husk.accel.reason", detect_accel_info().why},
-                  {"org.husk.channel", caps.hybrid_vsock ? "hybrid vsock" : caps.vsock ? "vsock"
-                                        : hv->name() == "uml" ? "console line" : "virtio-serial"},
+                  {"org.husk.channel", channel.name},
+                  {"org.husk.channel.reason", channel.why},
                   {"org.husk.kvm", caps.kvm ? "true" : "false"},
                   // How the rootfs and bind mounts reach the guest (`husk check` says why).
                   {"org.husk.share", share.name},

@@ -59,6 +59,14 @@ Result<DriverChoice> container_hypervisor(const Globals& g, const Spec* spec = n
 // What a new container of `hv` gets on this host for its share (the
 // config file's `share`, virtiofsd, rootless), for husk features/check.
 HostShare share_on_this_host(const Hypervisor& hv);
+// The agent's channel a new container of `hv` gets on this host, and why
+// (husk check and features).
+struct HostChannel {
+    std::string name;  // "vsock", "vsock (husk-vsock)", "hybrid vsock", "virtio-serial", "console line"
+    bool vsock = false;
+    std::string why;
+};
+HostChannel channel_on_this_host(const Hypervisor& hv);
 
 // Fork the shim and return once the container is created (or failed,
 // leaving nothing behind). Returns the shim's pid, which is our child.

@@ -189,7 +189,12 @@ def test_check_says_what_this_host_can_run_and_how_to_fix_the_rest(husk):
     for d in ("qemu", "uml", "firecracker", "cloud-hypervisor"):
         assert checks[f"driver {d}"]["ok"] == (ann[f"org.husk.hypervisor.{d}"] == "available")
     assert checks["acceleration"]["detail"].startswith(ann["org.husk.accel"] + ": ")
-    assert checks["vsock"]["ok"] == os.path.exists("/dev/vhost-vsock")
+    # The channel: vsock where the kernel or husk-vsock serves the device
+    # (here, with no /dev/vhost-vsock, husk-vsock), the same words as features'.
+    assert checks["vsock"]["detail"] == ann["org.husk.channel"] + ": " + ann["org.husk.channel.reason"]
+    assert checks["vsock"]["ok"] == (ann["org.husk.channel"] != "virtio-serial")
+    if DRIVER == "qemu" and not os.path.exists("/dev/vhost-vsock"):
+        assert ann["org.husk.channel"] == "vsock (husk-vsock)", ann
     assert all(c["fix"] for c in j["checks"] if not c["ok"] and c["name"] != "host cgroups")
     # A missing guest image fails it, saying what to do.
     r = husk("check", env=dict(os.environ, HUSK_KERNEL="/nonexistent/vmlinux", HUSK_INITRD="/nonexistent/initrd"))

@@ -25,7 +25,7 @@ def processes_mentioning(needle):
             continue
         if st == "Z":
             continue
-        jailed = "husk.vmm=uml" in cmd or "virtiofsd" in cmd
+        jailed = "husk.vmm=uml" in cmd or "virtiofsd" in cmd or "husk-vsock" in cmd
         if needle in cmd or (jailed and _mounts_mention(pid, needle)):
             found.append((int(pid), cmd))
     return found

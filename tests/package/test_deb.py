@@ -18,7 +18,7 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # What a user's shell has: no build tree, no HUSK_* variables.
 USER_ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/root", "LANG": "C.UTF-8"}
-INSTALLED = ["/usr/bin/husk", "/usr/libexec/husk/husk-shim", "/usr/share/husk/vmlinux", "/usr/share/husk/vmlinuz",
+INSTALLED = ["/usr/bin/husk", "/usr/libexec/husk/husk-shim", "/usr/libexec/husk/husk-vsock", "/usr/share/husk/vmlinux", "/usr/share/husk/vmlinuz",
              "/usr/share/husk/initramfs.img", "/usr/share/bash-completion/completions/husk", "/etc/husk/config.toml",
              "/usr/share/man/man8/husk.8.gz", "/usr/share/man/man5/husk-config.5.gz"]
 
@@ -119,6 +119,9 @@ def test_installed_husk_runs_a_husk_spec_bundle(installed, tmp_path):
     assert f"husk version {version()}" in husk("--version").stdout
     check = json.loads(husk("check", "-f", "json").stdout)
     assert check["ok"], check
+    # The installed husk finds its vsock backend where the host has no vhost-vsock.
+    if not os.path.exists("/dev/vhost-vsock"):
+        assert json.loads(husk("--hypervisor", "qemu", "features").stdout)["annotations"]["org.husk.channel"] == "vsock (husk-vsock)"
     # A bundle as a user makes one: husk spec, a rootfs, the process.
     bundle = tmp_path / "bundle"
     bundle.mkdir()

@@ -1,0 +1,98 @@
+"""The agent's channel over vsock on a host without /dev/vhost-vsock:
+husk-vsock (hypervisors/husk-vsock/) serves QEMU's vhost-user-vsock device,
+and the shim reaches the agent through its hybrid socket. A VM booted on
+its own gets it; a template (QEMU 7.2 cannot save the device) keeps
+virtio-serial, and says why."""
+import hashlib
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+
+from conftest import DRIVER, KVM_SHAPE, new_id, wait_for
+from husktest import processes_mentioning
+
+pytestmark = pytest.mark.skipif(DRIVER != "qemu", reason="husk-vsock is QEMU's vsock device (UML keeps its console line; "
+                                "Firecracker and Cloud Hypervisor have their own hybrid vsock)")
+
+BOOTED = dict(os.environ, HUSK_TEMPLATES="0")
+
+
+def no_kernel_vsock():
+    if os.path.exists("/dev/vhost-vsock"):
+        pytest.skip("this host has /dev/vhost-vsock: QEMU's vhost-vsock device is the channel, not husk-vsock")
+
+
+def backend_pids(husk):
+    return [p for p, cmd in processes_mentioning(husk.root) if "husk-vsock" in cmd]
+
+
+def test_a_booted_vm_talks_to_its_agent_over_vsock(husk, bundle):
+    no_kernel_vsock()
+    b = bundle(["sh", "-c", "cat /proc/cmdline; ls /sys/bus/virtio/drivers/; exit 5"])
+    r = husk("--debug", "run", "-b", b, new_id(), env=BOOTED)
+    err = r.stderr.decode()
+    assert r.returncode == 5, err
+    assert "channel vsock (husk-vsock)" in err, err
+    assert "channel open (vsock)" in err, err
+    out = r.stdout.decode()
+    assert "husk.channel=vsock" in out
+    assert "vmw_vsock_virtio_transport" in out, out
+
+
+def test_stdio_and_exec_over_vsock_arrive_intact(husk, bundle):
+    no_kernel_vsock()
+    data = os.urandom(3 * 1024 * 1024 + 17)
+    b = bundle(["sh", "-c", "md5sum | cut -d' ' -f1 >&2; head -c 5242880 /dev/urandom | tee /tmp/x | md5sum >&2; cat /tmp/x"])
+    r = husk("run", "-b", b, new_id(), input=data, env=BOOTED)
+    assert r.returncode == 0, r.stderr
+    sums = r.stderr.decode().split()
+    assert sums[0] == hashlib.md5(data).hexdigest()
+    assert len(r.stdout) == 5242880 and hashlib.md5(r.stdout).hexdigest() == sums[1]
+    # Many execs, each its own session on the one stream.
+    cid = new_id()
+    husk("run", "-d", "-b", bundle(["sleep", "600"]), cid, env=BOOTED, check=True)
+    assert backend_pids(husk), "no husk-vsock for a booted VM"
+    for i in range(5):
+        e = husk("exec", cid, "sh", "-c", f"echo exec {i}; exit {i}")
+        assert e.returncode == i and e.stdout == f"exec {i}\n".encode(), e.stderr
+    husk("kill", cid, "KILL", check=True)
+    wait_for(lambda: husk.state(cid)["status"] == "stopped", "stopped")
+    husk("delete", cid, check=True)
+    assert not backend_pids(husk), "husk-vsock outlived its VM"
+
+
+def test_a_template_keeps_virtio_serial_and_says_why(husk, bundle):
+    no_kernel_vsock()
+    if KVM_SHAPE:
+        pytest.skip("the KVM configuration makes no templates")
+    r = husk("--debug", "run", "-b", bundle(["true"]), new_id())
+    err = r.stderr.decode()
+    assert r.returncode == 0, err
+    assert "channel virtio-serial (a template cannot hold husk-vsock's device" in err, err
+
+
+def test_a_backend_that_dies_stops_the_container_and_leaves_nothing(husk, bundle):
+    no_kernel_vsock()
+    cid = new_id()
+    husk("run", "-d", "-b", bundle(["sleep", "600"]), cid, env=BOOTED, check=True)
+    pids = backend_pids(husk)
+    assert pids
+    for p in pids:
+        os.kill(p, signal.SIGKILL)
+    # The shim loses its agent: the container is over, as when its VM dies.
+    wait_for(lambda: husk.state(cid)["status"] == "stopped", "stopped after husk-vsock died", timeout=60)
+    husk("delete", cid, check=True)
+
+
+def test_a_backend_that_fails_to_start_fails_the_create(husk, bundle, tmp_path):
+    no_kernel_vsock()
+    broken = tmp_path / "husk-vsock"
+    broken.write_text("#!/bin/sh\necho 'husk-vsock: broken on purpose' >&2\nexit 1\n")
+    broken.chmod(0o755)
+    r = husk("run", "-b", bundle(["true"]), new_id(), env=dict(BOOTED, HUSK_VSOCK=str(broken)))
+    assert r.returncode != 0
+    err = r.stderr.decode()
+    assert "vhost" in err or "husk-vsock" in err or "vsock" in err, err
