@@ -122,6 +122,13 @@ Jail base_jail(const std::string& root) {
     return j;
 }
 
+std::string jail_binary(Jail& jail, const std::string& binary, const std::string& name) {
+    if (binary.rfind("/usr/", 0) == 0) return binary;
+    std::string in_jail = std::string(kJailBin) + "/" + (name.empty() ? sys::basename(binary) : name);
+    jail.mounts.push_back({binary, in_jail, true, false});
+    return in_jail;
+}
+
 std::vector<int> file_server_caps() {
     return {CAP_CHOWN, CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH, CAP_FOWNER, CAP_FSETID, CAP_MKNOD};
 }
@@ -211,13 +218,7 @@ Result<VmmJail> vmm_jail(const VmConfig& cfg, const std::string& workdir, const 
         // The VMM runs from /usr, which the jail has; one from elsewhere
         // (a test's stand-in, a /usr/local build) is bound in on its own.
         std::string real = sys::find_program(binary).value_or(binary);
-        real = sys::realpath(real).value_or(real);
-        if (real.rfind("/usr/", 0) == 0) {
-            v.binary = real;
-        } else {
-            v.binary = std::string(kJailBin) + "/" + sys::basename(binary);
-            j.mounts.push_back({real, v.binary, true, false});
-        }
+        v.binary = jail_binary(j, sys::realpath(real).value_or(real), sys::basename(binary));
     }
     j.mounts.push_back({cfg.kernel, kJailKernel, true, false});
     if (!cfg.initrd.empty()) j.mounts.push_back({cfg.initrd, kJailInitrd, true, false});

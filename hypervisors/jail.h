@@ -47,6 +47,11 @@ inline constexpr int kLifelineFd = 100;  // the lifeline's number in the jail's 
 // firmware) and the /lib, /lib64, /bin links a merged-/usr host has.
 Jail base_jail(const std::string& root);
 
+// `binary` (a real path) as `jail` sees it: itself under /usr, which
+// every jail has; else bound in read-only at /vmm-bin/<name> (`name`:
+// its own, unless given: the name it was found by).
+std::string jail_binary(Jail& jail, const std::string& binary, const std::string& name = "");
+
 // The file-owner capabilities a VMM that serves a shared directory keeps:
 // it creates and chowns files there for the guest.
 std::vector<int> file_server_caps();

@@ -70,11 +70,7 @@ Result<pid_t> start_virtiofsd(const VmConfig& cfg, size_t index, const std::stri
     std::string root = workdir + "/vfsd-root" + std::to_string(index);
     if (::mkdir(root.c_str(), 0700) < 0 && errno != EEXIST) return fail_errno("mkdir " + root);
     Jail j = base_jail(root);
-    std::string in_jail = binary;
-    if (binary.rfind("/usr/", 0) != 0) {
-        in_jail = std::string(kJailBin) + "/" + sys::basename(binary);
-        j.mounts.push_back({binary, in_jail, true, false});
-    }
+    std::string in_jail = jail_binary(j, binary);
     // The share with its submounts, and later ones (a pod's members).
     j.mounts.push_back({share.host_path, kVirtiofsdSource, share.readonly, true, true});
     j.keep_caps = virtiofsd_caps();

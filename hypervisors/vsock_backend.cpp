@@ -17,7 +17,8 @@
 namespace husk {
 
 std::string find_husk_vsock() {
-    if (const char* e = std::getenv("HUSK_VSOCK"); e && *e) return sys::find_program(e).value_or("");
+    if (const char* e = std::getenv("HUSK_VSOCK"); e && *e)
+        return std::string(e) == "none" ? "" : sys::find_program(e).value_or("");
     std::string here = sys::self_exe_dir();
     for (const auto& c : {here + "/husk-vsock", here + "/../husk-vsock", std::string(HUSK_LIBEXECDIR) + "/husk-vsock"})
         if (::access(c.c_str(), X_OK) == 0) return sys::realpath(c).value_or(c);
@@ -35,11 +36,7 @@ Result<pid_t> start_husk_vsock(const VmConfig& cfg, const std::string& workdir, 
     std::string root = workdir + "/vsock-root";
     if (::mkdir(root.c_str(), 0700) < 0 && errno != EEXIST) return fail_errno("mkdir " + root);
     Jail j = base_jail(root);
-    std::string in_jail = binary;
-    if (binary.rfind("/usr/", 0) != 0) {
-        in_jail = std::string(kJailBin) + "/" + sys::basename(binary);
-        j.mounts.push_back({binary, in_jail, true, false});
-    }
+    std::string in_jail = jail_binary(j, binary);
     // The VMM's socket directory, where guest-initiated streams find
     // their <uds>_<port> listeners; nothing else of the host.
     j.mounts.push_back({sys::dirname(cfg.channel.socket_path), kJailVmmDir, false, false});

@@ -15,7 +15,7 @@
 namespace husk {
 
 // HUSK_VSOCK, else next to this binary, else the installed one; "" when
-// there is none.
+// there is none, or HUSK_VSOCK is "none" (virtio-serial, as without it).
 std::string find_husk_vsock();
 
 // Its command line (pure; fds as it is given them, the hybrid socket's

@@ -29,7 +29,7 @@ namespace husk::vsock {
 inline constexpr uint64_t kHostCid = 2;
 inline constexpr size_t kHeaderSize = 44;
 inline constexpr uint32_t kMaxPayload = 64 * 1024;  // the Linux driver's largest packet
-inline constexpr uint32_t kBufAlloc = 256 * 1024;   // our receive room per connection
+inline constexpr uint32_t kBufAlloc = 1024 * 1024;  // our receive room per connection
 inline constexpr uint32_t kFirstHostPort = 1u << 30;  // ports given to host-initiated streams
 
 enum Op : uint16_t { kRequest = 1, kResponse = 2, kRst = 3, kShutdown = 4, kRw = 5, kCreditUpdate = 6, kCreditRequest = 7 };

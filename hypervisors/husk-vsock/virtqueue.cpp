@@ -125,32 +125,18 @@ bool Virtqueue::wants_interrupt() const {
 
 size_t copy_from(const std::vector<iovec>& iov, size_t off, void* to, size_t len) {
     size_t done = 0;
-    for (const auto& v : iov) {
-        if (done == len) break;
-        if (off >= v.iov_len) {
-            off -= v.iov_len;
-            continue;
-        }
-        size_t n = std::min(v.iov_len - off, len - done);
-        std::memcpy(static_cast<uint8_t*>(to) + done, static_cast<uint8_t*>(v.iov_base) + off, n);
-        done += n;
-        off = 0;
+    for (const auto& v : slice(iov, off, len)) {
+        std::memcpy(static_cast<uint8_t*>(to) + done, v.iov_base, v.iov_len);
+        done += v.iov_len;
     }
     return done;
 }
 
 size_t copy_to(const std::vector<iovec>& iov, size_t off, const void* from, size_t len) {
     size_t done = 0;
-    for (const auto& v : iov) {
-        if (done == len) break;
-        if (off >= v.iov_len) {
-            off -= v.iov_len;
-            continue;
-        }
-        size_t n = std::min(v.iov_len - off, len - done);
-        std::memcpy(static_cast<uint8_t*>(v.iov_base) + off, static_cast<const uint8_t*>(from) + done, n);
-        done += n;
-        off = 0;
+    for (const auto& v : slice(iov, off, len)) {
+        std::memcpy(v.iov_base, static_cast<const uint8_t*>(from) + done, v.iov_len);
+        done += v.iov_len;
     }
     return done;
 }
