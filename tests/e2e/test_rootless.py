@@ -30,11 +30,12 @@ def plain_user():
         if k in os.environ:
             env[k] = os.environ[k]
 
-    def as_user(*args, timeout=240):
+    def as_user(*args, timeout=240, extra_env=None):
         # Files, not pipes: after create the shim keeps stdout/stderr open.
+        e = dict(env, **(extra_env or {}))
         with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
             p = subprocess.run(["setpriv", f"--reuid={pw.pw_uid}", f"--regid={pw.pw_gid}", "--init-groups",
-                                "--reset-env", "env", *[f"{k}={v}" for k, v in env.items()], HUSK, *args],
+                                "--reset-env", "env", *[f"{k}={v}" for k, v in e.items()], HUSK, *args],
                                stdout=out, stderr=err, timeout=timeout, stdin=subprocess.DEVNULL)
             out.seek(0)
             err.seek(0)
@@ -77,6 +78,20 @@ def test_a_plain_user_runs_a_container(plain_user, driver):
     # virtiofsd must be root to act as the guest's users: rootless, the
     # share is 9p (QEMU) or hostfs (UML), and --debug says why.
     assert ("share: 9p (9p: rootless" if driver == "qemu" else "share: hostfs") in r.stderr.decode()
+    wait_for(lambda: no_processes_of(plain_user), "the user's husk processes to go", timeout=20)
+    assert not os.listdir(plain_user.state)
+    shutil.rmtree(b)
+
+
+def test_a_plain_user_boots_a_vm_whose_channel_is_husk_vsock(plain_user):
+    # husk-vsock runs in a jail of the user's own user namespace, as the VMM does.
+    if os.path.exists("/dev/vhost-vsock"):
+        pytest.skip("this host has /dev/vhost-vsock: the kernel serves the channel")
+    b = user_bundle(plain_user, ["sh", "-c", "echo over vsock; exit 3"])
+    r = plain_user("--debug", "--hypervisor", "qemu", "run", "-b", b, new_id(), extra_env={"HUSK_TEMPLATES": "0"})
+    assert r.returncode == 3, r.stderr
+    assert r.stdout == b"over vsock\n"
+    assert "channel vsock (husk-vsock)" in r.stderr.decode(), r.stderr
     wait_for(lambda: no_processes_of(plain_user), "the user's husk processes to go", timeout=20)
     assert not os.listdir(plain_user.state)
     shutil.rmtree(b)

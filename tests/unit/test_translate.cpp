@@ -7,6 +7,7 @@
 #include "golden.h"
 #include "husk/sandbox.h"
 #include "hypervisors/jail.h"
+#include "hypervisors/vsock_backend.h"
 #include "hypervisors/qemu/qemu.h"
 #include "hypervisors/virtiofsd.h"
 
@@ -124,6 +125,30 @@ TEST_CASE("OCI -> VmConfig -> QEMU argv (golden)", "[translate]") {
     auto raw = qemu::translate(cfg, opt);
     CHECK(std::find(raw.begin(), raw.end(),
                     "local,id=fs0,path=/state/c,,1/shared,security_model=passthrough,multidevs=remap") != raw.end());
+}
+
+TEST_CASE("a booted VM without /dev/vhost-vsock: husk-vsock's vhost-user-vsock device, RAM shared", "[translate]") {
+    HostFacts host;
+    host.host_cpus = 2, host.kernel = "/img/vmlinux", host.initrd = "/img/initramfs.img";
+    host.hybrid_vsock = host.vsock_backend = true;
+    VmConfig cfg = make_vm_config(spec_from(kBundle), host, state_sandbox_paths());
+    CHECK(cfg.channel.kind == ChannelKind::Vsock);
+    CHECK(cfg.channel.vhost_socket == "/state/c1/vmm/vsock-vhost.sock");
+    CHECK(cfg.channel.socket_path == "/state/c1/vmm/vsock.sock");
+    cfg.console_fd = 7;
+    qemu::Options opt;
+    opt.machine = "q35";
+    auto jailed = jailed_config(cfg);
+    CHECK(jailed.channel.vhost_socket == "vsock-vhost.sock");  // in its working directory, the jail's /vmm
+    check_golden("translate/qemu-q35-tcg-husk-vsock.argv", lines(qemu::translate(jailed, opt)));
+    // On microvm, the virtio-mmio form of the same device.
+    opt.machine = "microvm";
+    auto micro = qemu::translate(jailed, opt);
+    CHECK(std::find(micro.begin(), micro.end(), "vhost-user-vsock-device,chardev=vsock") != micro.end());
+    // husk-vsock's command line: its two sockets as fds, the hybrid one by name.
+    CHECK(husk_vsock_argv("/vmm-bin/husk-vsock", "vsock.sock", 3) ==
+          std::vector<std::string>{"/vmm-bin/husk-vsock", "--socket-fd", "3", "--uds-fd", "4", "--uds", "vsock.sock",
+                                   "--guest-cid", "3"});
 }
 
 TEST_CASE("a VM that can be given memory: virtio-mem, none of it plugged, on q35 only", "[translate]") {
