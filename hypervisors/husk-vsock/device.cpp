@@ -383,11 +383,8 @@ void Device::process() {
     std::erase_if(pending_, [](const auto& p) { return p->done; });
 }
 
-void Device::reset() {
+void Device::release_rx() {
     if (held_rx_ && q_.rx->ready()) q_.rx->unpop();
-    conns_.clear();
-    pending_.clear();
-    control_.clear();
     held_rx_.reset();
 }
 

@@ -73,8 +73,9 @@ public:
     // Take what the guest put on the tx queue, and fill the rx queue with
     // what is waiting for it. Called after a kick and after handle().
     void process();
-    // The queues stopped (the VMM reset the device): every stream ends.
-    void reset();
+    // The queues stop (a pause), or guest memory moves: give back an rx
+    // buffer taken and not filled, untouched. The streams live on.
+    void release_rx();
 
     size_t connections() const { return conns_.size(); }
     const std::string& error() const { return error_; }

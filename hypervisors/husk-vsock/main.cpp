@@ -80,7 +80,7 @@ int main(int argc, char** argv) {
     Rings rings(vu);
     rings.update();
     Device dev(cid, uds, sys::Fd(uds_fd), rings);
-    vu.on_stop = [&] { dev.reset(); };
+    vu.on_stop = [&] { dev.release_rx(); };
     std::string last_error;
     std::vector<pollfd> fds;
     for (;;) {

@@ -77,10 +77,12 @@ Result<std::optional<Message>> read_message(int sock) {
 Result<void> write_message(int sock, const Message& m) { return sys::write_all(sock, wire(m)); }
 
 VhostUser::VhostUser(uint64_t guest_cid, Mapper& mapper) : cid_(guest_cid), mapper_(mapper) {}
-VhostUser::~VhostUser() { unmap_all(); }
+VhostUser::~VhostUser() {
+    for (auto& r : rings_) r.q.reset();
+    unmap_all();
+}
 
 void VhostUser::unmap_all() {
-    for (auto& r : rings_) r.q.reset();
     for (const auto& m : maps_) mapper_.unmap(m.base, m.size, m.offset);
     maps_.clear();
     mem_.set({});
@@ -105,6 +107,9 @@ Result<void> VhostUser::set_mem_table(const Message& m) {
         return fail("vhost-user: a memory table of " + std::to_string(n) + " regions and " + std::to_string(m.fds.size()) +
                         " fds",
                     EPROTO);
+    // A new table while the rings run (QEMU sends one when memory is
+    // plugged in): what the device holds points into the old mappings.
+    if (on_stop) on_stop();
     unmap_all();
     std::vector<MemRegion> regions;
     for (uint32_t i = 0; i < n; ++i) {
@@ -121,6 +126,7 @@ Result<void> VhostUser::set_mem_table(const Message& m) {
         regions.push_back(r);
     }
     mem_.set(std::move(regions));
+    for (auto& r : rings_) TRY(r.q.remap(mem_));
     return {};
 }
 

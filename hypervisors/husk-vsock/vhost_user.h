@@ -87,8 +87,10 @@ public:
     bool running(int i) const;
     int kick_fd(int i) const { return rings_[i].kick.get(); }
     int call_fd(int i) const { return rings_[i].call.get(); }
-    // Called when a ring stops (GET_VRING_BASE), before its base is
-    // read: the device gives back a buffer it holds and forgets its streams.
+    // Called when a ring stops (GET_VRING_BASE: the VM paused or the
+    // device stopped), before its base is read, and before guest memory
+    // is mapped anew: the device gives back a buffer it holds. Its
+    // streams live on: the rings start again where they stopped.
     std::function<void()> on_stop;
 
 private:

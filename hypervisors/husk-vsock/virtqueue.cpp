@@ -38,26 +38,38 @@ uint8_t* translate(const std::vector<MemRegion>& rs, uint64_t addr, uint64_t len
 uint8_t* GuestMemory::gpa(uint64_t addr, uint64_t len) const { return translate(regions_, addr, len, false); }
 uint8_t* GuestMemory::uva(uint64_t addr, uint64_t len) const { return translate(regions_, addr, len, true); }
 
-Result<void> Virtqueue::set_addresses(const GuestMemory& mem, uint64_t desc, uint64_t avail, uint64_t used, uint16_t num) {
-    if (num == 0 || num > kMaxQueueSize || (num & (num - 1))) return fail("virtqueue size " + std::to_string(num), EINVAL);
-    uint8_t* d = mem.uva(desc, uint64_t(num) * kDescSize);
-    uint8_t* a = mem.uva(avail, 6 + 2 * uint64_t(num));
-    uint8_t* u = mem.uva(used, 6 + 8 * uint64_t(num));
+Result<void> Virtqueue::translate_rings(const GuestMemory& mem) {
+    uint8_t* d = mem.uva(desc_uva_, uint64_t(num_) * kDescSize);
+    uint8_t* a = mem.uva(avail_uva_, 6 + 2 * uint64_t(num_));
+    uint8_t* u = mem.uva(used_uva_, 6 + 8 * uint64_t(num_));
+    desc_ = avail_ = used_ = nullptr;
     if (!d || !a || !u) return fail("virtqueue rings outside guest memory", EFAULT);
     if ((reinterpret_cast<uintptr_t>(d) | reinterpret_cast<uintptr_t>(a) | reinterpret_cast<uintptr_t>(u)) & 1)
         return fail("virtqueue rings misaligned", EINVAL);
     desc_ = d;
     avail_ = a;
     used_ = u;
-    num_ = num;
+    return {};
+}
+
+Result<void> Virtqueue::set_addresses(const GuestMemory& mem, uint64_t desc, uint64_t avail, uint64_t used, uint16_t num) {
+    if (num == 0 || num > kMaxQueueSize || (num & (num - 1))) return fail("virtqueue size " + std::to_string(num), EINVAL);
+    desc_uva_ = desc, avail_uva_ = avail, used_uva_ = used, num_ = num;
+    TRY(translate_rings(mem));
     used_idx_ = load16(used_ + 2);
     broken_ = false;
     why_.clear();
     return {};
 }
 
+Result<void> Virtqueue::remap(const GuestMemory& mem) {
+    if (!has_addresses()) return {};
+    return translate_rings(mem);
+}
+
 void Virtqueue::reset() {
     desc_ = avail_ = used_ = nullptr;
+    desc_uva_ = avail_uva_ = used_uva_ = 0;
     num_ = last_avail_ = used_idx_ = 0;
     broken_ = false;
     why_.clear();

@@ -53,6 +53,10 @@ public:
     // The ring's layout, in VMM addresses (VHOST_USER_SET_VRING_ADDR),
     // checked against `mem`; `num` entries (a power of two up to 32768).
     Result<void> set_addresses(const GuestMemory& mem, uint64_t desc, uint64_t avail, uint64_t used, uint16_t num);
+    // The same ring in a new memory table (memory plugged in while it
+    // runs): its addresses found again, its indexes kept.
+    Result<void> remap(const GuestMemory& mem);
+    bool has_addresses() const { return num_ != 0; }
     bool ready() const { return desc_ && !broken_; }
     bool broken() const { return broken_; }
     const std::string& why_broken() const { return why_; }
@@ -73,6 +77,8 @@ public:
 
 private:
     Result<void> bad(std::string why);
+    Result<void> translate_rings(const GuestMemory& mem);
+    uint64_t desc_uva_ = 0, avail_uva_ = 0, used_uva_ = 0;
     uint8_t* desc_ = nullptr;
     uint8_t* avail_ = nullptr;
     uint8_t* used_ = nullptr;

@@ -30,7 +30,7 @@ void run_messages(const uint8_t* data, size_t size) {
     Guest g;
     g.update();
     Device dev(3, "/nonexistent/vsock.sock", husk::sys::Fd(), g);
-    g.vu.on_stop = [&] { dev.reset(); };
+    g.vu.on_stop = [&] { dev.release_rx(); };
     size_t at = 0;
     while (size - at >= 12) {
         Message m;

@@ -80,6 +80,44 @@ struct Guest : Queues {
         update();
         return good;
     }
+    // What QEMU does at a pause and the resume after it: each ring
+    // stopped (its base read back), then set up again from that base.
+    uint32_t bases[2] = {0, 0};  // what the last pause read back
+    bool pause_and_resume() {
+        for (uint32_t q = 0; q < 2; ++q) {
+            auto r = vu.handle(msg(kGetVringBase, le(q) + le(uint32_t(0))));
+            if (!r || !*r || (*r)->payload.size() != 8) return false;
+            std::memcpy(&bases[q], (*r)->payload.data() + 4, 4);
+            update();
+        }
+        if (vu.running(0) || vu.running(1)) return false;
+        bool good = true;
+        for (uint32_t q = 0; q < 2; ++q) {
+            auto ok = [&](Message m, int fd = -1) {
+                if (fd >= 0) m.fds.emplace_back(fd);
+                return bool(vu.handle(std::move(m)));
+            };
+            good = good && ok(msg(kSetVringNum, le(q) + le(uint32_t(kNum)))) && ok(msg(kSetVringBase, le(q) + le(bases[q]))) &&
+                   ok(msg(kSetVringAddr, le(q) + le(uint32_t(0)) + le(uva_base + desc_off(q)) + le(uva_base + used_off(q)) +
+                                             le(uva_base + avail_off(q)) + le(uint64_t(0)))) &&
+                   ok(msg(kSetVringKick, le(uint64_t(q))), ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)) &&
+                   ok(msg(kSetVringEnable, le(q) + le(uint32_t(1))));
+        }
+        update();
+        return good;
+    }
+    // A new memory table while the rings run: RAM as before plus a region
+    // plugged in (QEMU sends one when virtio-mem plugs memory).
+    bool plug_memory() {
+        Message table = msg(kSetMemTable, le(uint32_t(2)) + le(uint32_t(0)) + le(kGpaBase) + le(kMemSize) + le(uva_base) +
+                                              le(uint64_t(0)) + le(uint64_t(1) << 32) + le(uint64_t(0x1000)) +
+                                              le(uint64_t(0x7e0000000000)) + le(uint64_t(0)));
+        table.fds.emplace_back(::eventfd(0, EFD_CLOEXEC));
+        table.fds.emplace_back(::eventfd(0, EFD_CLOEXEC));
+        bool good = bool(vu.handle(std::move(table)));
+        update();
+        return good && vu.running(0) && vu.running(1);
+    }
     void update() {
         mem = &vu.memory();
         rx = &vu.queue(0);
