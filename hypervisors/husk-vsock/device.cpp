@@ -23,6 +23,21 @@ template <typename T>
 void put(uint8_t* p, T v) { std::memcpy(p, &v, sizeof v); }
 
 constexpr size_t kMaxPendingClients = 64;
+// Headers waiting for rx buffers: past this many, the guest's tx queue
+// waits (a guest that sends and never posts rx buffers must not grow our
+// memory with the replies it is owed).
+constexpr size_t kMaxControl = 1024;
+
+// Never SIGPIPE: a unix peer that went away is an error to handle.
+ssize_t send_iov(int fd, const iovec* iov, size_t n) {
+    msghdr m{};
+    m.msg_iov = const_cast<iovec*>(iov);
+    m.msg_iovlen = n;
+    ssize_t r;
+    do r = ::sendmsg(fd, &m, MSG_NOSIGNAL | MSG_DONTWAIT);
+    while (r < 0 && errno == EINTR);
+    return r;
+}
 constexpr size_t kConnectLineMax = 32;
 }  // namespace
 
@@ -153,8 +168,8 @@ void Device::maybe_credit(Conn& c) {
 // half-close the guest asked for, once nothing is left to write.
 void Device::drain(Conn& c) {
     while (!c.dead && c.out_off < c.out.size()) {
-        ssize_t n = ::write(c.fd.get(), c.out.data() + c.out_off, c.out.size() - c.out_off);
-        if (n < 0 && errno == EINTR) continue;
+        iovec v{c.out.data() + c.out_off, c.out.size() - c.out_off};
+        ssize_t n = send_iov(c.fd.get(), &v, 1);
         if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) break;
         if (n <= 0) return drop(c, true);  // nobody reads it any more
         c.out_off += size_t(n);
@@ -234,9 +249,7 @@ void Device::on_packet(const Header& h, const Chain& chain) {
         size_t off = 0;
         if (c->out.empty()) {
             auto iov = slice(chain.readable, kHeaderSize, h.len);
-            ssize_t n;
-            do n = ::writev(c->fd.get(), iov.data(), int(iov.size()));
-            while (n < 0 && errno == EINTR);
+            ssize_t n = iov.empty() ? 0 : send_iov(c->fd.get(), iov.data(), iov.size());
             if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK) return drop(*c, true);
             off = n > 0 ? size_t(n) : 0;
             c->fwd_cnt += uint32_t(off);
@@ -260,9 +273,9 @@ void Device::on_packet(const Header& h, const Chain& chain) {
     }
 }
 
-void Device::take_tx() {
+bool Device::take_tx() {
     bool used = false;
-    for (;;) {
+    while (control_.size() < kMaxControl) {
         auto next = q_.tx->pop(*q_.mem);
         if (!next) {
             error_ = next.error().message;
@@ -281,6 +294,7 @@ void Device::take_tx() {
         used = true;
     }
     if (used && q_.tx->wants_interrupt()) q_.interrupt(*q_.tx);
+    return control_.size() >= kMaxControl;  // stopped for the replies, not for want of packets
 }
 
 // The next header waiting for the guest into `chain`.
@@ -309,6 +323,7 @@ bool Device::send_control() {
 // guest has room for.
 bool Device::send_data(Conn& c) {
     uint32_t room = std::min<uint64_t>({peer_credit(c), held_rx_->writable_len - kHeaderSize, kMaxPayload});
+    if (!room) return false;  // a buffer with room for a header only: for control packets
     auto iov = slice(held_rx_->writable, kHeaderSize, room);
     ssize_t n;
     do n = ::readv(c.fd.get(), iov.data(), int(iov.size()));
@@ -376,9 +391,15 @@ void Device::fill_rx() {
 }
 
 void Device::process() {
-    if (q_.tx->ready()) take_tx();
+    bool more = q_.tx->ready() && take_tx();
     for (auto& [key, c] : conns_) drain(*c);
     if (q_.rx->ready()) fill_rx();
+    // tx waited for the replies to go: once they have, on with it (the
+    // guest kicked once; it will not again for what it already queued).
+    while (more && control_.size() < kMaxControl && q_.tx->ready()) {
+        more = take_tx();
+        fill_rx();
+    }
     std::erase_if(conns_, [](const auto& kv) { return kv.second->dead; });
     std::erase_if(pending_, [](const auto& p) { return p->done; });
 }

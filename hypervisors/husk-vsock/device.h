@@ -85,7 +85,7 @@ private:
     struct Pending;  // a host client that has not said CONNECT yet
     using Key = std::pair<uint32_t, uint32_t>;  // (host port, guest port)
 
-    void take_tx();
+    bool take_tx();  // true: it stopped with packets left (too many replies owed)
     void on_packet(const Header& h, const Chain& c);
     void fill_rx();
     bool send_control();

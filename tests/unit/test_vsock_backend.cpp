@@ -299,6 +299,35 @@ TEST_CASE("husk-vsock: a guest that sends past the room it was given loses the s
     CHECK(sent > kBufAlloc);
 }
 
+TEST_CASE("husk-vsock: a guest that is owed replies and posts no rx buffers is not read further") {
+    Setup s;
+    // Packets for streams that do not exist: each is owed an RST, and
+    // there is nowhere to put them. The replies held stay bounded: tx
+    // waits once 1024 are owed.
+    unsigned sent = 0;
+    for (int round = 0; round < 400; ++round) {
+        // As a driver does: no more in flight than the ring holds (8
+        // packets of two descriptors).
+        while (uint16_t(s.g.avail_idx[1] - s.g.tx_used()) < 8 && sent < 1600)
+            s.g.send(from_guest(kRw, 9000 + sent / 8, sent % 8)), ++sent;
+        spin(*s.dev, 1);
+    }
+    uint16_t stuck = s.g.tx_used();
+    CHECK(stuck == 1024);
+    // Room for replies: they go, and tx goes on by itself.
+    unsigned rsts = 0;
+    for (int i = 0; i < 400 && rsts < sent; ++i) {
+        s.g.post_rx(16);
+        spin(*s.dev, 1);
+        for (auto& [h, p] : s.g.received()) rsts += h.op == kRst;
+        while (uint16_t(s.g.avail_idx[1] - s.g.tx_used()) < 8 && sent < 1600)
+            s.g.send(from_guest(kRw, 9000 + sent / 8, sent % 8)), ++sent;
+    }
+    CHECK(sent == 1600);
+    CHECK(rsts == 1600);
+    CHECK(s.g.tx_used() == 1600);
+}
+
 TEST_CASE("husk-vsock: guest-initiated streams reach <uds>_<port>, or are refused") {
     Setup s;
     s.g.post_rx(4);
