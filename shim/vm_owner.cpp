@@ -209,11 +209,7 @@ Result<void> Shim::start_vmm(bool templates) {
     cfg.lifeline_fd = life_r.get();
     console_log_ = TRY(sys::open(paths_.console_log, O_WRONLY | O_CREAT | O_TRUNC, 0600));
     // QEMU says its accelerator (tests and users read "vm: tcg"); others their name.
-    std::string channel = host.vsock_backend ? "vsock (husk-vsock)"
-                          : host.hybrid_vsock ? "hybrid vsock"
-                          : host.vsock      ? "vsock"
-                          : hv_->name() == "uml" ? "console line"
-                                                 : "virtio-serial";
+    std::string channel = channel_name(host.vsock_backend, host.hybrid_vsock, host.vsock, hv_->name());
     log::debug("vm: " + (hv_->name() == "qemu" ? std::string(accel_name(host.accel)) : hv_->name()) + ", " +
                std::to_string(cfg.vcpus) + " vcpu, " + std::to_string(cfg.memory_mib) + " MiB, channel " + channel +
                (channel_why_.empty() ? "" : " (" + channel_why_ + ")") +

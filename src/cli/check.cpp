@@ -55,9 +55,8 @@ std::vector<Check> run_checks(const std::string& chosen) {
     out.push_back({"shim", shim_ok, shim, shim_ok ? "" : "build or install husk-shim, or set HUSK_SHIM", true});
     if (hv) {
         auto ch = channel_on_this_host(*hv);
-        // UML has nothing to fix: its console line is its channel.
-        out.push_back({"vsock", ch.vsock || hv->name() == "uml", ch.name + ": " + ch.why,
-                       ch.vsock || hv->name() == "uml" ? "" : "modprobe vhost_vsock, or build husk-vsock (HUSK_VSOCK)"});
+        bool ok = ch.vsock || hv->name() == "uml";  // UML has nothing to fix: its console line is its channel
+        out.push_back({"vsock", ok, ch.name + ": " + ch.why, ok ? "" : "modprobe vhost_vsock, or build husk-vsock (HUSK_VSOCK)"});
     }
     std::string vfsd = find_virtiofsd();
     out.push_back({"virtiofsd", !vfsd.empty(), (vfsd.empty() ? std::string("not found") : vfsd),

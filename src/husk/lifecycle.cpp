@@ -242,15 +242,18 @@ HostShare share_on_this_host(const Hypervisor& hv) {
 
 HostChannel channel_on_this_host(const Hypervisor& hv) {
     auto caps = hv.capabilities();
-    if (caps.hybrid_vsock) return {"hybrid vsock", true, "the VMM's own vsock device, reached through its unix socket"};
-    if (caps.vsock) return {"vsock", true, "/dev/vhost-vsock: the kernel serves the guest's vsock device"};
-    if (caps.vsock_backend)
-        return {"vsock (husk-vsock)", true,
-                "no /dev/vhost-vsock: husk-vsock serves the vsock device of a VM booted on its own; a VM from a template, "
-                "or one that may be checkpointed (its rootfs on a disk), keeps virtio-serial, since QEMU 7.2 cannot save "
-                "a vhost-user-vsock device"};
-    if (hv.name() == "uml") return {"console line", false, "UML has no vsock device: a line of its console (a host pty)"};
-    return {"virtio-serial", false, "no /dev/vhost-vsock and no husk-vsock (build it, or set HUSK_VSOCK)"};
+    HostChannel c;
+    c.name = channel_name(caps.vsock_backend, caps.hybrid_vsock, caps.vsock, hv.name());
+    c.vsock = caps.vsock_backend || caps.hybrid_vsock || caps.vsock;
+    c.why = caps.hybrid_vsock ? "the VMM's own vsock device, reached through its unix socket"
+            : caps.vsock      ? "/dev/vhost-vsock: the kernel serves the guest's vsock device"
+            : caps.vsock_backend
+                ? "no /dev/vhost-vsock: husk-vsock serves the vsock device of a VM booted on its own; a VM from a template, "
+                  "or one that may be checkpointed (its rootfs on a disk), keeps virtio-serial, since QEMU 7.2 cannot save "
+                  "a vhost-user-vsock device"
+            : hv.name() == "uml" ? "UML has no vsock device: a line of its console (a host pty)"
+                                 : "no /dev/vhost-vsock and no husk-vsock (build it, or set HUSK_VSOCK)";
+    return c;
 }
 
 Result<pid_t> create_container(const Globals& g, const std::string& id, const CreateOptions& o) {

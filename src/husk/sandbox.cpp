@@ -156,6 +156,14 @@ void translate_cpusets(std::vector<std::pair<std::string, std::string>>& writes,
     }
 }
 
+std::string channel_name(bool husk_vsock, bool hybrid_vsock, bool kernel_vsock, const std::string& driver) {
+    return husk_vsock     ? "vsock (husk-vsock)"  // a hybrid vsock too: checked first
+           : hybrid_vsock ? "hybrid vsock"
+           : kernel_vsock ? "vsock"
+           : driver == "uml" ? "console line"
+                             : "virtio-serial";
+}
+
 VmConfig make_vm_config(const Spec& spec, const HostFacts& host, const SandboxPaths& paths,
                         const std::vector<NetInterface>& nics, const std::vector<std::string>& taps) {
     VmConfig c;

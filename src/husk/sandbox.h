@@ -64,6 +64,11 @@ struct HostFacts {
     bool template_shape = false;
 };
 
+// The agent's channel as husk names it (--debug, husk check, features):
+// husk-vsock's device, a VMM's hybrid vsock, the kernel's vhost-vsock,
+// UML's console line, else virtio-serial.
+std::string channel_name(bool husk_vsock, bool hybrid_vsock, bool kernel_vsock, const std::string& driver);
+
 struct SandboxPaths {
     std::string shared;
     std::string agent_sock;
