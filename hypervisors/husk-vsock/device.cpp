@@ -157,8 +157,15 @@ void Device::drop(Conn& c, bool send_rst) {
     c.fd.reset();
 }
 
+// A credit update once half of what the guest may have in flight has
+// gone on since it last heard. That is our room or, newer Linux guests
+// (virtio_transport_tx_buf_alloc, in Debian's 6.1 kernels since 2025),
+// its own receive buffer if smaller: at half of ours, a guest capped at
+// its 256 KiB stalled with nothing in flight and nothing to tell it so.
 void Device::maybe_credit(Conn& c) {
-    if (!c.credit_queued && c.fwd_cnt - c.last_adv_fwd >= kBufAlloc / 2) {
+    uint32_t window = c.peer_buf_alloc ? std::min(kBufAlloc, c.peer_buf_alloc) : kBufAlloc;
+    uint32_t gone = c.fwd_cnt - c.last_adv_fwd;
+    if (!c.credit_queued && gone > 0 && gone >= window / 2) {
         control(c, kCreditUpdate);
         c.credit_queued = true;
     }
