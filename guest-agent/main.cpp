@@ -35,10 +35,7 @@ int main() {
     say("channel open (" + (kind.empty() ? std::string("serial") : kind) + ")");
     auto pidns = sys::open("/proc/self/ns/pid", O_RDONLY);
     if (!pidns) fatal(pidns.error().message);
-    Agent a(std::move(*chan), std::move(*pidns),
-            kind == "vsock"               ? Carrier::Vsock
-            : kind.rfind("tty", 0) == 0   ? Carrier::Tty
-                                          : Carrier::Serial);
+    Agent a(std::move(*chan), std::move(*pidns), kind.rfind("tty", 0) == 0);
     auto r = a.run();
     fatal(r ? "agent loop ended" : r.error().message);
 }

@@ -106,12 +106,8 @@ Result<Process> Agent::spawn(const proto::Process& proc, int flags, const std::f
         }
         if (proto::flows_out(flows[i])) p.out[fd].fd = std::move(our_ends[i]);
     }
-    for (auto& [fd, o] : p.out) {
-        if (!o.fd) continue;
-        TRY(sys::set_nonblock(o.fd.get(), true));
-        struct stat st{};
-        o.pipe = ::fstat(o.fd.get(), &st) == 0 && S_ISFIFO(st.st_mode);
-    }
+    for (auto& [fd, o] : p.out)
+        if (o.fd) TRY(sys::set_nonblock(o.fd.get(), true));
     for (auto& [fd, in] : p.in) TRY(sys::set_nonblock(in.w.get(), true));
     return p;
 }
@@ -181,7 +177,6 @@ void Agent::reap() {
 void Agent::read_output(uint32_t idx, uint32_t fd, bool exited) {
     auto& s = procs_[idx].out[fd];
     uint32_t sid = proto::stream_id(idx, uint32_t(fd));
-    if (splice_output(idx, fd)) return;
     // Everything the pipe holds, up to the credit, in one wakeup (under
     // TCG every switch between the writer and us costs a TLB refill),
     // read straight into the frame.
@@ -202,100 +197,6 @@ void Agent::read_output(uint32_t idx, uint32_t fd, bool exited) {
         } else {
             return;
         }
-    }
-}
-
-// A pipe's bytes go to the channel without passing through us: moved
-// (not copied) into a pipe of ours, the frame's header written, and the
-// payload spliced on (virtio_console hands the pipe's pages to the
-// virtqueue; vsock copies them once, in the kernel). Under TCG every copy
-// the guest makes is emulated: this saves one of the three between the
-// process and the host, and a read per frame. The pipe of ours is what
-// makes it safe: virtio_console builds its buffer with one entry for each
-// page in the pipe, and hands QEMU the entries a splice leaves empty too
-// (QEMU then stops the device: "zero sized buffers are not allowed"), so a
-// splice must take all that its pipe holds, which a process's pipe, still
-// being written, cannot promise. Only when nothing else waits for the
-// channel. False: nothing started, read instead.
-bool Agent::splice_output(uint32_t idx, uint32_t fd) {
-    auto& s = procs_[idx].out[fd];
-    if (!splice_ok_ || !s.pipe || !out_.empty() || splicing_ || s.credit == 0) return false;
-    if (!staged_r_) {
-        auto p = sys::pipe(O_CLOEXEC | O_NONBLOCK);
-        if (!p) {
-            splice_ok_ = false;
-            return false;
-        }
-        std::tie(staged_r_, staged_w_) = std::move(*p);
-        (void)::fcntl(staged_w_.get(), F_SETPIPE_SZ, 1 << 20);
-    }
-    uint32_t want = std::min(s.credit, proto::kMaxDataPayload);
-    ssize_t m = ::splice(s.fd.get(), nullptr, staged_w_.get(), nullptr, want, SPLICE_F_NONBLOCK | SPLICE_F_MOVE);
-    if (m <= 0) return false;  // empty, EOF or refused: read() sees which
-    s.credit -= uint32_t(m);
-    char header[proto::kHeaderSize];
-    proto::put_header(header, proto::Type::Data, proto::stream_id(idx, fd), uint32_t(m));
-    splicing_ = Splicing{uint32_t(m), std::string(header, sizeof header)};
-    pump_splice();
-    return true;
-}
-
-// As much of the owed frame as the channel takes now. Should it refuse
-// splice (a channel whose driver has none), the rest is read and put in
-// front of what waits, and splice is not tried again.
-void Agent::pump_splice() {
-    if (!splicing_) return;
-    while (!splicing_->head.empty()) {
-        ssize_t w = ::write(chan_.get(), splicing_->head.data(), splicing_->head.size());
-        if (w <= 0) return;  // POLLOUT
-        splicing_->head.erase(0, size_t(w));
-    }
-    while (splicing_->left > 0) {
-        ssize_t r = ::splice(staged_r_.get(), nullptr, chan_.get(), nullptr, splicing_->left, SPLICE_F_NONBLOCK | SPLICE_F_MOVE);
-        if (r > 0) {
-            splicing_->left -= uint32_t(r);
-            continue;
-        }
-        if (r < 0 && (errno == EAGAIN || errno == EINTR)) return;  // the channel is full: POLLOUT
-        if (r < 0 && errno != EINVAL) say(std::string("splice: ") + strerror(errno) + "; reading instead");
-        splice_ok_ = false;
-        std::string rest(splicing_->left, '\0');
-        size_t got = 0;
-        while (got < rest.size()) {
-            ssize_t g = ::read(staged_r_.get(), rest.data() + got, rest.size() - got);
-            if (g > 0) got += size_t(g);
-            else if (g < 0 && errno == EINTR) continue;
-            else break;
-        }
-        // Short only if the kernel lost them (virtio_console drops a
-        // spliced buffer it could not queue, an atomic allocation that
-        // failed): the frame keeps its length.
-        rest.resize(splicing_->left, '\0');
-        std::string after(out_.data(), out_.size());
-        out_.clear();
-        out_.append(rest);
-        out_.append(after);
-        break;
-    }
-    splicing_.reset();
-}
-
-// The channel is a new connection: a frame half sent on the old one is
-// gone with it, as what waited in out_ is.
-void Agent::drop_splice() {
-    splicing_.reset();
-    staged_r_.reset();
-    staged_w_.reset();
-}
-
-// Out of out_ until the channel pushes back: virtio_console takes at
-// most 32 KiB a write, and a round of poll per write cost more than the
-// writes.
-void Agent::flush_channel() {
-    while (!out_.empty()) {
-        ssize_t w = ::write(chan_.get(), out_.data(), out_.size());
-        if (w <= 0) break;
-        out_.consume(size_t(w));
     }
 }
 
@@ -323,7 +224,7 @@ Result<void> Agent::run() {
             uint32_t fd;
         };
         std::vector<T> tags;
-        pf.push_back({chan_.get(), short(POLLIN | (out_.empty() && !splicing_ ? 0 : POLLOUT)), 0});
+        pf.push_back({chan_.get(), short(POLLIN | (out_.empty() ? 0 : POLLOUT)), 0});
         tags.push_back({kChan, 0, 0});
         pf.push_back({sfd.get(), POLLIN, 0});
         tags.push_back({kSig, 0, 0});
@@ -370,9 +271,13 @@ Result<void> Agent::run() {
                         std::this_thread::sleep_for(std::chrono::milliseconds(10));
                     }
                 }
-                if (pf[i].revents & POLLOUT) {
-                    pump_splice();  // an owed payload goes before what waits
-                    if (!splicing_) flush_channel();
+                // Until the channel pushes back: virtio_console takes at
+                // most 32 KiB a write, and a round of poll per write cost
+                // more than the writes.
+                while ((pf[i].revents & POLLOUT) && !out_.empty()) {
+                    ssize_t w = ::write(chan_.get(), out_.data(), out_.size());
+                    if (w <= 0) break;
+                    out_.consume(size_t(w));
                 }
             } else if (t.tag == kRedial) {
                 // A restored clone's host, or a restored checkpoint's: the
@@ -382,7 +287,6 @@ Result<void> Agent::run() {
                 chan_ = std::move(*c);
                 dec_ = proto::Decoder();
                 out_.clear();
-                drop_splice();
                 say("template: the channel is a new connection");
                 break;  // chan_'s pollfd is stale
             } else if (t.tag == kSig) {

@@ -56,7 +56,6 @@ struct Stream {
     sys::Fd fd;
     uint32_t credit = proto::kInitialCredit;  // what we may send
     bool eof = false;
-    bool pipe = false;  // our end is a pipe: its bytes can be spliced to the channel
 };
 
 // What a process reads (stdin, a preserved fd it reads): the shim's bytes,
@@ -116,17 +115,10 @@ struct Container {
     sys::Fd cgroup;  // every process of it is born there
 };
 
-// What carries the channel: a virtio-serial port, a UML console line, a
-// vsock stream.
-enum class Carrier { Serial, Tty, Vsock };
-
 class Agent {
 public:
-    Agent(sys::Fd chan, sys::Fd own_pidns, Carrier kind)
-        : chan_(std::move(chan)),
-          own_pidns_(std::move(own_pidns)),
-          splice_ok_(kind == Carrier::Serial),
-          ack_reads_(kind == Carrier::Tty) {}
+    Agent(sys::Fd chan, sys::Fd own_pidns, bool ack_reads)
+        : chan_(std::move(chan)), own_pidns_(std::move(own_pidns)), ack_reads_(ack_reads) {}
     Result<void> run();
 
 private:
@@ -158,10 +150,6 @@ private:
                           const std::optional<proto::UserNs>& userns = std::nullopt, int cgroup = -1);
     void reap();
     void read_output(uint32_t idx, uint32_t fd, bool exited);
-    bool splice_output(uint32_t idx, uint32_t fd);
-    void drop_splice();
-    void pump_splice();
-    void flush_channel();
     Input* input_of(uint32_t stream);
     void maybe_send_exit(uint32_t idx);
 
@@ -192,19 +180,6 @@ private:
     bool unpark(pid_t pid, int status);
     proto::Decoder dec_;
     proto::Outbox out_;  // frames for the shim
-    // A DATA frame whose header is on the channel (all but `head`) and
-    // whose payload, `left` bytes, waits in `staged_`, a pipe of ours, to
-    // go to the channel by splice(2) before anything in out_. Only on a
-    // virtio-serial port (`splice_ok_`), and off for good once it refuses
-    // splice: a vsock socket takes a splice a page at a time, a packet
-    // each, and measured 0.3x its copying path (bench/README.md).
-    struct Splicing {
-        uint32_t left;
-        std::string head;  // what the channel has not yet taken of the header
-    };
-    std::optional<Splicing> splicing_;
-    sys::Fd staged_r_, staged_w_;
-    bool splice_ok_;
     std::map<uint32_t, Process> procs_;
     bool hello_done_ = false;
     // A checkpoint's "quiesce" was answered: nothing more goes to the host

@@ -29,7 +29,7 @@ namespace husk::proto {
 constexpr uint32_t kVersion = 4;  // 2: stream ids carry 8 bits of fd (--preserve-fds); 3: templates (HELLO "template", attach); 4: attach "disk", "macs"
 constexpr size_t kHeaderSize = 12;
 constexpr uint32_t kMaxPayload = 1u << 20;     // control frames (spec JSON fits)
-constexpr uint32_t kMaxDataPayload = 64u << 10;  // one DATA frame
+constexpr uint32_t kMaxDataPayload = 32u << 10; // one DATA frame
 constexpr uint32_t kInitialCredit = 1u << 20;    // per stream, each direction
 constexpr uint32_t kAgentVsockPort = 1024;
 // CREDIT on this stream returns channel bytes: an agent whose channel is a
