@@ -158,10 +158,11 @@ void Device::drop(Conn& c, bool send_rst) {
 }
 
 // A credit update once half of what the guest may have in flight has
-// gone on since it last heard. That is our room or, newer Linux guests
-// (virtio_transport_tx_buf_alloc, in Debian's 6.1 kernels since 2025),
-// its own receive buffer if smaller: at half of ours, a guest capped at
-// its 256 KiB stalled with nothing in flight and nothing to tell it so.
+// gone on since it last heard. That is our room or, if smaller, the
+// guest's own receive buffer: Debian's 6.1 guest kernel was seen never to
+// have more than its 256 KiB in flight (newer Linux caps a sender at the
+// smaller of the two). Counted against our 1 MiB alone, such a guest
+// stopped at 256 KiB in flight and was never told it could go on.
 void Device::maybe_credit(Conn& c) {
     uint32_t window = c.peer_buf_alloc ? std::min(kBufAlloc, c.peer_buf_alloc) : kBufAlloc;
     uint32_t gone = c.fwd_cnt - c.last_adv_fwd;
