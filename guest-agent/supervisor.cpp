@@ -246,9 +246,12 @@ Result<void> Agent::run() {
                     tags.push_back({kIn, idx, fd});
                 }
         }
-        int n = ::poll(pf.data(), pf.size(), late_.empty() ? -1 : 10);
+        int timeout = pin_timeout_ms();
+        if (!late_.empty()) timeout = timeout < 0 ? 10 : std::min(timeout, 10);
+        int n = ::poll(pf.data(), pf.size(), timeout);
         if (n < 0 && errno != EINTR) return fail_errno("poll");
         if (!late_.empty()) retry_late_signals();
+        if (!unpins_.empty()) release_pins();
         for (size_t i = 0; n > 0 && i < pf.size(); ++i) {
             if (!pf[i].revents) continue;
             auto t = tags[i];

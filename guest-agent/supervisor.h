@@ -48,6 +48,7 @@ using nlohmann::json;
 // How long virtio_net may take to probe the NICs the shim announced.
 constexpr int kNicTimeoutMs = 60000;
 constexpr int kPipeSize = 1 << 20;  // a process's stdio pipes (the default is 64 KiB)
+constexpr std::chrono::seconds kUnpinDelay{2};  // a removed container's mounts are let go of (requests.cpp: mount_pin)
 
 
 // What a process writes (stdout, stderr, a preserved fd it writes),
@@ -113,6 +114,8 @@ struct Container {
     bool userns = false;
     std::string cgroup_dir;  // "" without a cgroup
     sys::Fd cgroup;  // every process of it is born there
+    // Its mount namespace, held by the agent (see mount_pin in requests.cpp).
+    sys::Fd mounts;
 };
 
 class Agent {
@@ -169,6 +172,15 @@ private:
     };
     std::vector<LateSignal> late_;
     void retry_late_signals();
+    // Removed containers' mount namespaces, let go of a while later
+    // (mount_pin in requests.cpp).
+    struct Unpin {
+        sys::Fd mounts;
+        std::chrono::steady_clock::time_point at;
+    };
+    std::vector<Unpin> unpins_;
+    void release_pins();
+    int pin_timeout_ms() const;
     // Updates that wait for their vCPUs to come online (park_update).
     struct Parked {
         uint64_t id;
