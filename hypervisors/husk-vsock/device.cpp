@@ -1,3 +1,7 @@
+// The virtio-vsock device of one VM: its queues, its connections' state
+// and credit both ways, and the unix sockets on the host side (Firecracker's
+// hybrid vsock handshake). A little over 500 lines on purpose: one state
+// machine, whose packet, credit and socket rules read best side by side.
 #include "hypervisors/husk-vsock/device.h"
 
 #include <sys/socket.h>
