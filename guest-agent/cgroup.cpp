@@ -47,8 +47,8 @@ Result<void> write_cgroup_files(const std::string& dir, const CgroupFiles& files
     return {};
 }
 
-json read_cgroup_files(const std::string& dir, const std::vector<std::string>& names) {
-    json out = json::object();
+proto::CgroupStats read_cgroup_files(const std::string& dir, const std::vector<std::string>& names) {
+    proto::CgroupStats out;
     for (const auto& n : names) {
         auto path = file_path(dir, n);
         if (!path) continue;

@@ -36,7 +36,7 @@ void remove_container_cgroup(const std::string& dir);
 Result<void> write_cgroup_files(const std::string& dir, const CgroupFiles& files);
 
 // name -> content for each readable file of `names` (missing ones left out).
-nlohmann::json read_cgroup_files(const std::string& dir, const std::vector<std::string>& names);
+proto::CgroupStats read_cgroup_files(const std::string& dir, const std::vector<std::string>& names);
 
 // The eBPF instructions of a cgroup device program for `rules` (later
 // rules win; nothing matched: denied), as raw struct bpf_insn bytes.

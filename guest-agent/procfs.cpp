@@ -10,8 +10,6 @@
 
 namespace husk::agent {
 
-using nlohmann::json;
-
 namespace {
 
 std::string pid_ns_of(pid_t pid) {
@@ -126,7 +124,7 @@ std::vector<pid_t> container_pids(pid_t init, const std::string& group) {
     return pids;
 }
 
-json ps_processes(pid_t init, const std::vector<pid_t>& pids) {
+std::vector<proto::PsProcess> ps_processes(pid_t init, const std::vector<pid_t>& pids) {
     long hz = ::sysconf(_SC_CLK_TCK);
     if (hz <= 0) hz = 100;
     double uptime = number(sys::read_file("/proc/uptime").value_or("0"));
@@ -135,7 +133,7 @@ json ps_processes(pid_t init, const std::vector<pid_t>& pids) {
     double btime = bt == std::string::npos ? 0 : number(pstat.substr(bt + 7));
     double mem_total = number(status_field(sys::read_file("/proc/meminfo", 65536).value_or(""), "MemTotal"));
     auto names = passwd_names(sys::read_file("/proc/" + std::to_string(init) + "/root/etc/passwd", 1 << 20).value_or(""));
-    json out = json::array();
+    std::vector<proto::PsProcess> out;
     for (pid_t q : pids) {
         std::string base = "/proc/" + std::to_string(q);
         auto status = sys::read_file(base + "/status", 65536).value_or("");
@@ -167,23 +165,25 @@ json ps_processes(pid_t init, const std::vector<pid_t>& pids) {
         if (std::atol(f[17].c_str()) > 1) stat += "l";
         if (f[4] != "0" && f[2] == f[5]) stat += "+";  // in its terminal's foreground group
         auto user = names.find(uid);
-        out.push_back({{"pid", inner_pid(status)},
-                       {"ppid", ppid},
-                       {"uid", uid},
-                       {"user", user == names.end() ? "" : user->second},
-                       {"state", f[0]},
-                       {"stat", stat},
-                       {"cmd", cmd},
-                       {"comm", comm},
-                       {"tty", tty_name(std::strtoul(f[4].c_str(), nullptr, 10))},
-                       {"start", int64_t(btime + started)},
-                       {"cpu", cpu},
-                       {"pcpu", elapsed > 0 ? cpu * 100 / elapsed : 0.0},
-                       {"pmem", mem_total > 0 ? rss_kib * 100 / mem_total : 0.0},
-                       {"vsz", int64_t(number(f[20]) / 1024)},
-                       {"rss", int64_t(rss_kib)}});
+        int pid = inner_pid(status);
+        if (pid <= 0) continue;  // gone meanwhile
+        out.push_back({.pid = pid,
+                       .ppid = ppid,
+                       .uid = uid,
+                       .user = user == names.end() ? "" : user->second,
+                       .state = f[0],
+                       .stat = stat,
+                       .cmd = cmd,
+                       .comm = comm,
+                       .tty = tty_name(std::strtoul(f[4].c_str(), nullptr, 10)),
+                       .start = int64_t(btime + started),
+                       .cpu = cpu,
+                       .pcpu = elapsed > 0 ? cpu * 100 / elapsed : 0.0,
+                       .pmem = mem_total > 0 ? rss_kib * 100 / mem_total : 0.0,
+                       .vsz = int64_t(number(f[20]) / 1024),
+                       .rss = int64_t(rss_kib)});
     }
-    std::sort(out.begin(), out.end(), [](const json& a, const json& b) { return a["pid"] < b["pid"]; });
+    std::sort(out.begin(), out.end(), [](const auto& a, const auto& b) { return a.pid < b.pid; });
     return out;
 }
 

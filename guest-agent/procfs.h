@@ -6,7 +6,7 @@
 #include <string>
 #include <vector>
 
-#include <nlohmann/json.hpp>
+#include "protocol/agent.h"
 
 namespace husk::agent {
 
@@ -40,11 +40,9 @@ bool takes_signal(const std::string& status, int sig);
 std::string tty_name(unsigned long tty_nr);
 
 // The processes `pids` (container_pids of `init`) as `ps` shows them, sorted by
-// pid, with the pids that namespace gives them: pid, ppid, uid, user (the
-// container's /etc/passwd name, "" if none), state and stat (ps's STAT:
-// the state with s/+/l/</N), cmd (the command line, or [comm]), comm, tty,
-// start (seconds since the epoch), cpu (seconds used), pcpu and pmem
-// (percent), vsz and rss (KiB).
-nlohmann::json ps_processes(pid_t init, const std::vector<pid_t>& pids);
+// pid, with the pids that namespace gives them (protocol/agent.h:
+// PsProcess). stat is ps's STAT: the state with s/+/l/</N; cmd the command
+// line, or [comm]. One that is gone meanwhile is left out.
+std::vector<proto::PsProcess> ps_processes(pid_t init, const std::vector<pid_t>& pids);
 
 }  // namespace husk::agent

@@ -234,7 +234,9 @@ Result<json> Agent::do_exec(const proto::Exec& params) {
 Result<json> Agent::do_ps(const proto::Target& params) {
     Container* c = TRY(container_of(params.container));
     pid_t init = TRY(running_init(*c));
-    return agent::ps_processes(init, pids_of(*c));
+    json out = json::array();
+    for (const auto& p : agent::ps_processes(init, pids_of(*c))) out.push_back(proto::to_json(p));
+    return out;
 }
 
 Result<json> Agent::do_update(const proto::Target& params) {
@@ -247,7 +249,7 @@ Result<json> Agent::do_update(const proto::Target& params) {
 Result<json> Agent::do_stats(const proto::Target& params) {
     Container* c = TRY(container_of(params.container));
     if (c->cgroup_dir.empty()) return fail("container has no cgroup", ENOENT);
-    return agent::read_cgroup_files(c->cgroup_dir, params.names);
+    return json(agent::read_cgroup_files(c->cgroup_dir, params.names));
 }
 
 Result<json> Agent::do_resize(const proto::Resize& params) {

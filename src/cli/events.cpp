@@ -42,7 +42,7 @@ void setup_events(CLI::App& sub, Globals& g, Handler& run) {
             auto tick = std::min(*every, std::chrono::milliseconds(1000));
             uint64_t ooms = oom_kills(*first);
             auto next_stats = std::chrono::steady_clock::now();
-            nlohmann::json files = *first;
+            proto::CgroupStats files = *first;
             for (;;) {
                 if (uint64_t n = oom_kills(files); n > ooms) {
                     for (; ooms < n; ++ooms) emit("oom", nullptr);

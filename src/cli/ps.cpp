@@ -33,7 +33,7 @@ void setup_ps(CLI::App& sub, Globals& g, Handler& run) {
             if (!r) return report("ps", *id, r.error());
             if (*format == "json") {
                 nlohmann::json pids = nlohmann::json::array();
-                for (auto& p : *r) pids.push_back(p["pid"]);
+                for (const auto& p : *r) pids.push_back(p.pid);
                 std::cout << pids.dump() << "\n";
                 return 0;
             }

@@ -140,14 +140,14 @@ std::map<std::string, uint64_t> flat_keyed(const std::string& text) {
 }
 
 // A file's content without the newline the kernel ends it with ("" if absent).
-std::string text(const json& files, const std::string& name) {
+std::string text(const proto::CgroupStats& files, const std::string& name) {
     auto it = files.find(name);
-    std::string s = it != files.end() && it->is_string() ? it->get<std::string>() : std::string();
+    std::string s = it != files.end() ? it->second : std::string();
     while (!s.empty() && (s.back() == '\n' || s.back() == ' ')) s.pop_back();
     return s;
 }
 
-uint64_t single(const json& files, const std::string& name) { return cgroup_figure(files, name).value_or(0); }
+uint64_t single(const proto::CgroupStats& files, const std::string& name) { return cgroup_figure(files, name).value_or(0); }
 
 // "0-2,4" -> [0,1,2,4]
 json cpu_list(const std::string& s) {
@@ -166,16 +166,16 @@ json cpu_list(const std::string& s) {
 
 }  // namespace
 
-std::optional<uint64_t> cgroup_figure(const json& files, const std::string& name) {
+std::optional<uint64_t> cgroup_figure(const proto::CgroupStats& files, const std::string& name) {
     std::string s = text(files, name);
     if (s.rfind("max", 0) == 0) return UINT64_MAX;
     return parse_number<uint64_t>(s);
 }
 
-uint64_t oom_kills(const json& files) { return flat_keyed(text(files, "memory.events"))["oom_kill"]; }
+uint64_t oom_kills(const proto::CgroupStats& files) { return flat_keyed(text(files, "memory.events"))["oom_kill"]; }
 
 // runc's types.Stats, its fields in the struct's order (as Go prints them).
-nlohmann::ordered_json runc_stats(const json& files) {
+nlohmann::ordered_json runc_stats(const proto::CgroupStats& files) {
     using ojson = nlohmann::ordered_json;
     auto cpu = flat_keyed(text(files, "cpu.stat"));
     ojson usage = {{"total", cpu["usage_usec"] * 1000}, {"kernel", cpu["system_usec"] * 1000}, {"user", cpu["user_usec"] * 1000}};

@@ -36,12 +36,12 @@ std::vector<proto::DeviceRule> guest_device_rules(const nlohmann::json& resource
 
 // `husk events` data from the guest cgroup's files (name -> content), in
 // the shape of runc's types.Stats.
-nlohmann::ordered_json runc_stats(const nlohmann::json& files);
+nlohmann::ordered_json runc_stats(const proto::CgroupStats& files);
 // OOM kills so far (memory.events oom_kill) in those files.
-uint64_t oom_kills(const nlohmann::json& files);
+uint64_t oom_kills(const proto::CgroupStats& files);
 // One figure of those files: its number ("max": UINT64_MAX), or nullopt
 // if the file is absent or holds no number.
-std::optional<uint64_t> cgroup_figure(const nlohmann::json& files, const std::string& name);
+std::optional<uint64_t> cgroup_figure(const proto::CgroupStats& files, const std::string& name);
 // The cgroup files the guest reads for runc_stats.
 const std::vector<std::string>& stats_files();
 

@@ -76,12 +76,12 @@ Result<void> kill_container(const Globals& g, const std::string& id, int sig, bo
 // Stop (pause=true) or restart the container's VM; state says paused.
 Result<void> pause_container(const Globals& g, const std::string& id, bool pause);
 // The container's processes as its pid namespace numbers them.
-Result<nlohmann::json> ps_container(const Globals& g, const std::string& id);
+Result<std::vector<proto::PsProcess>> ps_container(const Globals& g, const std::string& id);
 // Apply a LinuxResources object to the container's guest cgroup (runc
 // update). Returns the warnings for what the guest cannot apply.
 Result<std::vector<std::string>> update_container(const Globals& g, const std::string& id, const nlohmann::json& resources);
 // The guest cgroup's stats files, name -> content (runc_stats shapes them).
-Result<nlohmann::json> stats_container(const Globals& g, const std::string& id);
+Result<proto::CgroupStats> stats_container(const Globals& g, const std::string& id);
 Result<void> delete_container(const Globals& g, const std::string& id, bool force);
 // husk checkpoint: the running container's VM saved into `image_path`
 // (husk/checkpoint.h); then it is deleted, as runc destroys it, unless

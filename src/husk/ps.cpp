@@ -4,8 +4,6 @@
 
 namespace husk {
 
-using nlohmann::json;
-
 namespace {
 
 std::string fmt(const char* f, auto... args) {
@@ -34,10 +32,7 @@ std::string cpu_time(double secs) {
     return days + fmt("%02ld:%02ld:%02ld", s / 3600, s / 60 % 60, s % 60);
 }
 
-std::string user_of(const json& p) {
-    std::string u = p.value("user", "");
-    return u.empty() ? std::to_string(p.value("uid", 0L)) : u;
-}
+std::string user_of(const proto::PsProcess& p) { return p.user.empty() ? std::to_string(p.uid) : p.user; }
 
 }  // namespace
 
@@ -73,36 +68,36 @@ Result<void> check_ps_options(const std::vector<std::string>& opts) {
     return {};
 }
 
-Result<std::string> format_ps(const json& procs, const std::vector<std::string>& given, time_t now) {
+Result<std::string> format_ps(const std::vector<proto::PsProcess>& procs, const std::vector<std::string>& given, time_t now) {
     auto [full, bsd, user] = TRY(ps_form(given));
     std::string out;
     if (user) {
         out = "USER       PID %CPU %MEM    VSZ   RSS TTY      STAT START   TIME COMMAND\n";
         for (const auto& p : procs) {
-            long t = long(p.value("cpu", 0.0));
+            long t = long(p.cpu);
             out += fmt("%-8s %5d %4.1f %4.1f %6ld %5ld %-8s %-4s %5s %3ld:%02ld %s\n", user_of(p).substr(0, 8).c_str(),
-                       p.value("pid", 0), p.value("pcpu", 0.0), p.value("pmem", 0.0), p.value("vsz", 0L), p.value("rss", 0L),
-                       p.value("tty", "?").c_str(), p.value("stat", "?").c_str(),
-                       start_time(p.value("start", 0L), now).c_str(), t / 60, t % 60, p.value("cmd", "").c_str());
+                       int(p.pid), p.pcpu, p.pmem, long(p.vsz), long(p.rss),
+                       p.tty.c_str(), p.stat.c_str(),
+                       start_time(time_t(p.start), now).c_str(), t / 60, t % 60, p.cmd.c_str());
         }
     } else if (bsd) {
         out = "  PID TTY      STAT   TIME COMMAND\n";
         for (const auto& p : procs) {
-            long t = long(p.value("cpu", 0.0));
-            out += fmt("%5d %-8s %-6s %ld:%02ld %s\n", p.value("pid", 0), p.value("tty", "?").c_str(),
-                       p.value("stat", "?").c_str(), t / 60, t % 60, p.value("cmd", "").c_str());
+            long t = long(p.cpu);
+            out += fmt("%5d %-8s %-6s %ld:%02ld %s\n", int(p.pid), p.tty.c_str(),
+                       p.stat.c_str(), t / 60, t % 60, p.cmd.c_str());
         }
     } else if (full) {
         out = "UID        PID  PPID  C STIME TTY          TIME CMD\n";
         for (const auto& p : procs)
-            out += fmt("%-8s %5d %5d %2d %5s %-8s %8s %s\n", user_of(p).substr(0, 8).c_str(), p.value("pid", 0),
-                       p.value("ppid", 0), int(p.value("pcpu", 0.0)), start_time(p.value("start", 0L), now).c_str(),
-                       p.value("tty", "?").c_str(), cpu_time(p.value("cpu", 0.0)).c_str(), p.value("cmd", "").c_str());
+            out += fmt("%-8s %5d %5d %2d %5s %-8s %8s %s\n", user_of(p).substr(0, 8).c_str(), int(p.pid),
+                       int(p.ppid), int(p.pcpu), start_time(time_t(p.start), now).c_str(),
+                       p.tty.c_str(), cpu_time(p.cpu).c_str(), p.cmd.c_str());
     } else {
         out = "  PID TTY          TIME CMD\n";
         for (const auto& p : procs)
-            out += fmt("%5d %-8s %8s %s\n", p.value("pid", 0), p.value("tty", "?").c_str(),
-                       cpu_time(p.value("cpu", 0.0)).c_str(), p.value("comm", "").c_str());
+            out += fmt("%5d %-8s %8s %s\n", int(p.pid), p.tty.c_str(),
+                       cpu_time(p.cpu).c_str(), p.comm.c_str());
     }
     return out;
 }

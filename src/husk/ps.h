@@ -6,9 +6,8 @@
 #include <string>
 #include <vector>
 
-#include <nlohmann/json.hpp>
-
 #include "husk/result.h"
+#include "protocol/agent.h"
 
 namespace husk {
 
@@ -17,7 +16,7 @@ namespace husk {
 // (any mix: the full format with f, else PID TTY TIME CMD) and BSD a, u,
 // x (USER PID %CPU %MEM VSZ RSS TTY STAT START TIME COMMAND with u, else
 // PID TTY STAT TIME COMMAND). `now` dates STIME/START.
-Result<std::string> format_ps(const nlohmann::json& procs, const std::vector<std::string>& opts, time_t now);
+Result<std::string> format_ps(const std::vector<proto::PsProcess>& procs, const std::vector<std::string>& opts, time_t now);
 // Whether format_ps takes `opts` (checked before the guest is asked).
 Result<void> check_ps_options(const std::vector<std::string>& opts);
 

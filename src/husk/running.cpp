@@ -79,9 +79,10 @@ static Result<proto::ControlReply> ask_live(const Globals& g, const std::string&
     return shim_call(shim_route(g, st, req), req, 30000);
 }
 
-Result<nlohmann::json> ps_container(const Globals& g, const std::string& id) {
+Result<std::vector<proto::PsProcess>> ps_container(const Globals& g, const std::string& id) {
     auto r = TRY(ask_live(g, id, {.op = proto::Op::Ps}));
-    return r.result.value_or(nlohmann::json::array());
+    return TRY_CTX(proto::decode<std::vector<proto::PsProcess>>(r.result.value_or(nlohmann::json::array()), "ps"),
+                   "the guest's answer");
 }
 
 Result<std::vector<std::string>> update_container(const Globals& g, const std::string& id, const nlohmann::json& given) {
@@ -90,9 +91,7 @@ Result<std::vector<std::string>> update_container(const Globals& g, const std::s
     if (resources.contains("memory") && resources["memory"].contains("swap") && !resources["memory"].contains("limit")) {
         // Swap counts memory plus swap: measure it against the limit the
         // container has now, as runc does.
-        auto r = TRY(ask_live(g, id, {.op = proto::Op::Stats}));
-        // (What the guest reported: any shape.)
-        auto cur = cgroup_figure(r.result.value_or(nlohmann::json::object()), "memory.max");
+        auto cur = cgroup_figure(TRY(stats_container(g, id)), "memory.max");
         if (cur && *cur <= uint64_t(INT64_MAX)) resources["memory"]["limit"] = int64_t(*cur);  // not "max"
     }
     if (resources.contains("cpu") && resources["cpu"].is_object() && resources["cpu"].contains("cpus") &&
@@ -108,9 +107,10 @@ Result<std::vector<std::string>> update_container(const Globals& g, const std::s
     return files.warnings;
 }
 
-Result<nlohmann::json> stats_container(const Globals& g, const std::string& id) {
+Result<proto::CgroupStats> stats_container(const Globals& g, const std::string& id) {
     auto r = TRY(ask_live(g, id, {.op = proto::Op::Stats}));
-    return r.result.value_or(nlohmann::json::object());
+    return TRY_CTX(proto::decode<proto::CgroupStats>(r.result.value_or(nlohmann::json::object()), "stats"),
+                   "the guest's answer");
 }
 
 }  // namespace husk

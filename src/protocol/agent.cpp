@@ -161,6 +161,12 @@ json to_json(const Kill& k) { return {{"process", k.process}, {"signal", k.signa
 
 json to_json(const Resize& r) { return {{"process", r.process}, {"rows", r.rows}, {"cols", r.cols}}; }
 
+json to_json(const PsProcess& p) {
+    return {{"pid", p.pid},   {"ppid", p.ppid}, {"uid", p.uid},   {"user", p.user}, {"state", p.state},
+            {"stat", p.stat}, {"cmd", p.cmd},   {"comm", p.comm}, {"tty", p.tty},   {"start", p.start},
+            {"cpu", p.cpu},   {"pcpu", p.pcpu}, {"pmem", p.pmem}, {"vsz", p.vsz},   {"rss", p.rss}};
+}
+
 json to_json(const Target& t) {
     json j = json::object();
     if (!t.container.empty()) j["container"] = t.container;

@@ -234,6 +234,23 @@ struct Target {
     bool operator==(const Target&) const = default;
 };
 
+// The answer to "ps": a process of the container, as its own pid
+// namespace sees it (its pid; its parent's if that is in the container
+// too, else 0), with what ps prints of it.
+struct PsProcess {
+    int64_t pid = 0, ppid = 0;
+    int64_t uid = 0;
+    std::string user{};  // "" when the container's /etc/passwd has no name for uid
+    std::string state{}, stat{}, cmd{}, comm{}, tty{};
+    int64_t start = 0;                   // seconds since the epoch
+    double cpu = 0, pcpu = 0, pmem = 0;  // CPU seconds; percent of its life, of the guest's memory
+    int64_t vsz = 0, rss = 0;            // KiB
+    bool operator==(const PsProcess&) const = default;
+};
+// The answer to "stats": the container's cgroup files that could be read,
+// name -> content (cgroups.h: runc_stats shapes them).
+using CgroupStats = std::map<std::string, std::string>;
+
 nlohmann::json to_json(const Hello& h);
 nlohmann::json to_json(const Request& r);
 nlohmann::json to_json(const Response& r);
@@ -249,6 +266,7 @@ nlohmann::json to_json(const Start& s);
 nlohmann::json to_json(const Kill& k);
 nlohmann::json to_json(const Resize& r);
 nlohmann::json to_json(const Target& t);
+nlohmann::json to_json(const PsProcess& p);
 
 Result<void> get(const nlohmann::json& v, const std::string& at, Hello& out);
 Result<void> get(const nlohmann::json& v, const std::string& at, Request& out);
@@ -273,6 +291,7 @@ Result<void> get(const nlohmann::json& v, const std::string& at, Start& out);
 Result<void> get(const nlohmann::json& v, const std::string& at, Kill& out);
 Result<void> get(const nlohmann::json& v, const std::string& at, Resize& out);
 Result<void> get(const nlohmann::json& v, const std::string& at, Target& out);
+Result<void> get(const nlohmann::json& v, const std::string& at, PsProcess& out);
 
 }  // namespace husk::proto
 

@@ -324,6 +324,32 @@ Result<void> get(const json& v, const std::string& at, Resize& out) {
     return o.end();
 }
 
+Result<void> get(const json& v, const std::string& at, PsProcess& out) {
+    auto o = TRY(Object::of(v, at));
+    TRY(o.req("pid", out.pid));
+    TRY(check(out.pid > 0 && out.pid <= INT32_MAX, at + ".pid", "not a pid"));
+    TRY(o.req("ppid", out.ppid));
+    TRY(check(out.ppid >= 0 && out.ppid <= INT32_MAX, at + ".ppid", "not a pid (or 0)"));
+    TRY(o.req("uid", out.uid));
+    TRY(check(out.uid >= 0 && out.uid <= UINT32_MAX, at + ".uid", "not a uid"));
+    TRY(o.req("user", out.user));
+    TRY(o.req("state", out.state));
+    TRY(o.req("stat", out.stat));
+    TRY(o.req("cmd", out.cmd));
+    TRY(o.req("comm", out.comm));
+    TRY(o.req("tty", out.tty));
+    TRY(o.req("start", out.start));
+    TRY(o.req("cpu", out.cpu));
+    TRY(o.req("pcpu", out.pcpu));
+    TRY(o.req("pmem", out.pmem));
+    TRY(o.req("vsz", out.vsz));
+    TRY(o.req("rss", out.rss));
+    for (auto [name, x] : {std::pair{"cpu", out.cpu}, {"pcpu", out.pcpu}, {"pmem", out.pmem}})
+        TRY(check(x >= 0 && x < 1e15, at + "." + name, "not a figure"));
+    TRY(check(out.vsz >= 0 && out.rss >= 0, at + (out.vsz < 0 ? ".vsz" : ".rss"), "negative"));
+    return o.end();
+}
+
 Result<void> get(const json& v, const std::string& at, Target& out) {
     auto o = TRY(Object::of(v, at));
     TRY(o.opt("container", out.container));

@@ -79,6 +79,13 @@ Result<void> get(const nlohmann::json& v, const std::string& at, T& out) {
     return bad_field(at, "expected an integer in " + std::to_string(L::min()) + ".." + std::to_string(L::max()));
 }
 
+// A number, integer or not (a figure: seconds, a percentage).
+inline Result<void> get(const nlohmann::json& v, const std::string& at, double& out) {
+    if (!v.is_number()) return bad_field(at, "expected a number");
+    out = v.get<double>();
+    return {};
+}
+
 // A JSON value carried as it is (a document of another contract: an OCI
 // state for hooks to read).
 inline Result<void> get(const nlohmann::json& v, const std::string&, nlohmann::json& out) {

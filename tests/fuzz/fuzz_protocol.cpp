@@ -36,6 +36,9 @@ void agent_messages(const nlohmann::json& j) {
     round_trip<proto::ExitEvent>(j);
     round_trip<proto::Spawned>(j);
     round_trip<proto::Request>(j);
+    round_trip<proto::PsProcess>(j);
+    if (j.is_array())
+        for (const auto& x : j) round_trip<proto::PsProcess>(x);
     const nlohmann::json& p = j.is_object() && j.contains("params") ? j["params"] : j;
     round_trip<proto::Create>(p);
     round_trip<proto::Exec>(p);

@@ -129,6 +129,11 @@ TEST_CASE("agent protocol: every message, encoded (golden) and decoded back to t
     text += line(Target{.container = "member1", .files = {{"cpu.max", "50000 100000"}}, .vcpus = 2}, "update");
     text += line(Target{.container = "member1", .names = {"memory.current", "pids.current"}}, "stats");
     text += line(Target{.container = "member1", .frozen = true}, "freeze");
+    // ... and the answers that are structs of their own.
+    text += line(PsProcess{.pid = 1, .ppid = 0, .uid = 0, .user = "root", .state = "S", .stat = "Ss", .cmd = "sh -c sleep 9",
+                           .comm = "sh", .tty = "?", .start = 1764626400, .cpu = 0.25, .pcpu = 1.5, .pmem = 0.5,
+                           .vsz = 1664, .rss = 980},
+                 "ps[0]");
     check_golden("agent-requests.jsonl", text);
 }
 
@@ -208,6 +213,29 @@ TEST_CASE("agent protocol: what a guest sends the shim is decoded as strictly", 
     CHECK(why<Spawned>({{"pid", 0}}, "exec") == "exec.pid: not a pid");
     CHECK(why<Request>({{"id", 1}, {"method", "ps"}, {"params", json::array()}}, "request") ==
           "request.params: expected an object");
+    // ps's and stats' answers.
+    json p = to_json(PsProcess{.pid = 7, .ppid = 1, .uid = 1000, .state = "R", .stat = "R", .cmd = "x", .comm = "x", .tty = "?"});
+    CHECK(why<std::vector<PsProcess>>(json::array({p}), "ps") == "decoded");
+    auto with = [&](const char* k, json v) {
+        json q = p;
+        q[k] = std::move(v);
+        return why<std::vector<PsProcess>>(json::array({p, q}), "ps");
+    };
+    CHECK(with("pid", 0) == "ps[1].pid: not a pid");
+    CHECK(with("ppid", -1) == "ps[1].ppid: not a pid (or 0)");
+    CHECK(with("uid", int64_t(1) << 32) == "ps[1].uid: not a uid");
+    CHECK(with("pcpu", -0.5) == "ps[1].pcpu: not a figure");
+    CHECK(with("cpu", "1") == "ps[1].cpu: expected a number");
+    CHECK(with("rss", -1) == "ps[1].rss: negative");
+    CHECK(with("cmd", 1) == "ps[1].cmd: expected a string");
+    CHECK(with("threads", 2) == "ps[1].threads: unknown key");
+    json no_tty = p;
+    no_tty.erase("tty");
+    CHECK(why<std::vector<PsProcess>>(json::array({no_tty}), "ps") == "ps[0].tty: missing");
+    CHECK(why<std::vector<PsProcess>>(p, "ps") == "ps: expected an array");
+    CHECK(why<CgroupStats>({{"memory.current", "4096\n"}}, "stats") == "decoded");
+    CHECK(why<CgroupStats>({{"memory.current", 4096}}, "stats") == "stats.memory.current: expected a string");
+    CHECK(why<CgroupStats>(json::array(), "stats") == "stats: expected an object");
 }
 
 TEST_CASE("decode: integers keep to their type's range, floats are not integers", "[protocol]") {

@@ -107,7 +107,7 @@ TEST_CASE("device rules: the spec's, then runc's defaults; the program the kerne
 }
 
 TEST_CASE("guest cgroup files become runc's stats", "[cgroups]") {
-    json files = {
+    proto::CgroupStats files = {
         {"cpu.stat", "usage_usec 2000\nuser_usec 1500\nsystem_usec 500\nnr_periods 10\nnr_throttled 2\nthrottled_usec 300\n"},
         {"memory.current", "1048576\n"},
         {"memory.max", "max\n"},
@@ -120,7 +120,7 @@ TEST_CASE("guest cgroup files become runc's stats", "[cgroups]") {
     };
     check_golden("cgroups/stats.json", runc_stats(files).dump(2) + "\n");
     CHECK(oom_kills(files) == 1);
-    CHECK(oom_kills(json::object()) == 0);
+    CHECK(oom_kills({}) == 0);
 }
 
 static const char* kMountinfo =

@@ -9,12 +9,13 @@ using nlohmann::json;
 namespace {
 // Two processes as the agent reports them; `now` is the same day as the
 // first's start and a later day than the second's.
-const json kProcs = json::parse(R"([
+// (Through the decoder the host reads the agent's answer with.)
+const std::vector<proto::PsProcess> kProcs = *proto::decode<std::vector<proto::PsProcess>>(json::parse(R"([
   {"pid": 1, "ppid": 0, "uid": 0, "user": "root", "state": "S", "stat": "Ss", "cmd": "sh -c sleep 1000",
    "comm": "sh", "tty": "?", "start": 1764626400, "cpu": 3725.4, "pcpu": 0.5, "pmem": 0.25, "vsz": 1664, "rss": 980},
   {"pid": 7, "ppid": 1, "uid": 1000, "user": "", "state": "R", "stat": "R+", "cmd": "[kworker]",
    "comm": "kworker", "tty": "pts/0", "start": 1764540000, "cpu": 61.0, "pcpu": 12.0, "pmem": 1.5, "vsz": 0, "rss": 0}
-])");
+])"), "ps");
 time_t now() { return 1764626400 + 3600; }
 }  // namespace
 
