@@ -116,12 +116,8 @@ void Agent::release_pins() {
     std::erase_if(unpins_, [&](const Unpin& u) { return now >= u.at; });
 }
 
-int Agent::pin_timeout_ms() const {
-    if (unpins_.empty()) return -1;
-    auto first = std::min_element(unpins_.begin(), unpins_.end(), [](const Unpin& a, const Unpin& b) { return a.at < b.at; })->at;
-    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(first - std::chrono::steady_clock::now()).count();
-    return int(std::clamp<long long>(left, 0, 60000));
-}
+// (Each goes kUnpinDelay after its remove: the first is the soonest.)
+int Agent::pin_timeout_ms() const { return unpins_.empty() ? -1 : std::max(0, sys::ms_left(unpins_.front().at)); }
 
 // A container that joined the sandbox is gone: its processes, its group.
 Result<json> Agent::do_remove(const proto::Target& params) {

@@ -30,11 +30,6 @@ inline long long ms_since(Clock::time_point t) {
     return std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - t).count();
 }
 
-// Milliseconds from now until `t` (negative once it has passed).
-inline long long ms_until(Clock::time_point t) {
-    return std::chrono::duration_cast<std::chrono::milliseconds>(t - Clock::now()).count();
-}
-
 // The answer to a client's request that carries no result: ok, or
 // refused with why.
 proto::ControlReply status_reply(bool ok, const std::string& err = {});

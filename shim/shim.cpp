@@ -344,24 +344,24 @@ Result<void> Shim::loop() {
 
         int timeout = -1;
         if (ses_.phase <= Phase::Resuming) {
-            auto left = ms_until(boot_deadline_);
+            int left = sys::ms_left(boot_deadline_);
             if (left <= 0 && restore_failed("its agent did not answer")) continue;
             if (left <= 0)
                 abort_create(Error{ETIMEDOUT, boot_failure("the agent did not answer within " +
                                                            std::to_string(boot_timeout_ms_ / 1000.0).substr(0, 5) + "s")});
-            timeout = int(std::min<long long>(left, dials ? 50 : 250));
+            timeout = std::min(left, dials ? 50 : 250);
         } else if (ses_.phase == Phase::Exiting) {
             timeout = 250;  // the exec grace period
         }
         if (kill_deadline_ && ses_.phase != Phase::Exiting) {
-            auto left = ms_until(*kill_deadline_);
+            int left = sys::ms_left(*kill_deadline_);
             if (left <= 0) {
                 log::warn("the guest did not act on SIGKILL within " + std::to_string(defaults::kGuestKillTimeoutMs / 1000) +
                           " s: stopping its VM");
                 ses_.answer_pending("kill", status_reply(true));  // killed it is
                 finish(0, SIGKILL);
             }
-            timeout = timeout < 0 ? int(left) : std::min(timeout, int(left));
+            timeout = timeout < 0 ? left : std::min(timeout, left);
         }
         int n = ::poll(p.data(), p.size(), timeout);
         if (n < 0 && errno != EINTR) return fail_errno("poll");

@@ -62,7 +62,6 @@ using shim::Clock;
 using shim::Phase;
 using shim::Proc;
 using shim::ms_since;
-using shim::ms_until;
 using shim::status_reply;
 
 // A destination for a process's output that never blocks the loop (shim.cpp).
