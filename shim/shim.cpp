@@ -146,17 +146,12 @@ Result<void> Shim::prepare() {
 // container's namespaces with no VM yet: what they plug into the netns is
 // what the VM's NICs are made from.
 Result<void> Shim::wait_for_hooks() {
-    TRY(sys::write_all(args_.sync_fd, "hooks\n"));
-    std::string go;
-    char c;
-    while (go.size() < 8) {
-        ssize_t n = ::read(args_.sync_fd, &c, 1);
-        if (n < 0 && errno == EINTR) continue;
-        if (n <= 0) creator_gone();
-        if (c == '\n') break;
-        go.push_back(c);
-    }
-    if (go != "go") return fail("unexpected reply from husk: " + go, EPROTO);
+    proto::ReportLink link(args_.sync_fd);
+    TRY(link.send({.kind = proto::Report::Kind::Hooks}));
+    auto go = link.next();
+    if (go && !*go) creator_gone();
+    if (!go) return tl::unexpected(go.error().context("from husk"));
+    if ((*go)->kind != proto::Report::Kind::Go) return fail("unexpected report from husk", EPROTO);
     return {};
 }
 
@@ -212,8 +207,7 @@ void Shim::report_created(const char* st) {
     log::debug("timeline: " + timeline_.line() + " (since the shim began)");
     state_.status = st;
     if (auto r = write_state(paths_, state_); !r) abort_create(r.error());
-    std::string ok = "ok\n";
-    if (::write(args_.sync_fd, ok.data(), ok.size()) != ssize_t(ok.size())) creator_gone();
+    if (!proto::ReportLink(args_.sync_fd).send({.kind = proto::Report::Kind::Ok})) creator_gone();
     ::close(args_.sync_fd);
     args_.sync_fd = -1;
 }
@@ -225,10 +219,7 @@ void Shim::abort_create(const Error& e) {
         vm_.reset();
     }
     teardown_network();
-    if (args_.sync_fd >= 0) {
-        std::string m = "error: " + e.message + "\n";
-        (void)sys::write_all(args_.sync_fd, m);
-    }
+    if (args_.sync_fd >= 0) (void)proto::ReportLink(args_.sync_fd).send(proto::report_error(e));
     _exit(1);
 }
 

@@ -46,6 +46,7 @@
 #include "husk/spec.h"
 #include "husk/state.h"
 #include "husk/vm_template.h"
+#include "protocol/creator.h"
 #include "protocol/protocol.h"
 #include "shim/session.h"
 #include "shim/timeline.h"

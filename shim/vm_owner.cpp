@@ -223,9 +223,10 @@ Result<void> Shim::start_vmm(bool templates) {
         log::debug("template: none of this shape yet: booting to save " + template_key_);
         // The caller's terminal hears of it (husk create passes it on).
         if (!args_.log.debug && args_.sync_fd >= 0)
-            (void)sys::write_all(args_.sync_fd, std::string(defaults::kShimProgress) +
-                                                    "the first container of its VM shape: booting a VM to save as a "
-                                                    "template (once; the next ones start from it)\n");
+            (void)proto::ReportLink(args_.sync_fd)
+                .send({.kind = proto::Report::Kind::Progress,
+                       .text = "the first container of its VM shape: booting a VM to save as a template (once; the "
+                               "next ones start from it)"});
     }
     else log::debug("template: none (" + template_why_ + ")");
     launched_at_ = Clock::now();

@@ -63,10 +63,6 @@ inline constexpr const char* kVirtiofsCache = "auto";
 // in a VM whose CPU the host emulates or virtualizes. (fips=1 ignores it.)
 inline constexpr const char* kKernelCmdline = "panic=-1 cryptomgr.notests";
 
-// On the shim's sync socket to `husk create`, before its answer: a line
-// naming a long step the caller waits on (log::progress).
-inline constexpr std::string_view kShimProgress = "progress: ";
-
 // Annotations husk reads from config.json.
 inline constexpr const char* kAnnotationBootTimeout = "org.husk.boot-timeout";  // seconds
 // "off": this container's VM boots on its own, no template made or used.

@@ -18,6 +18,7 @@
 #include "husk/numbers.h"
 #include "husk/preserved_fds.h"
 #include "husk/relay.h"
+#include "protocol/creator.h"
 #include "husk/sandbox.h"
 #include "husk/signals.h"
 #include "husk/spec.h"
@@ -127,13 +128,10 @@ Result<int> exec_container(const Globals& g, const std::string& id, const ExecOp
         relay_child(paths, req, proc.terminal, console, wr.release(), -1, extra);
     }
     wr.reset();
-    auto report = sys::read_to_eof(rd.get(), 1 << 16).value_or("");
-    if (report.rfind("ok", 0) != 0) {
-        int wst;
-        ::waitpid(child, &wst, 0);
-        std::string msg = report.rfind("error: ", 0) == 0 ? report.substr(7) : "exec relay died";
-        while (!msg.empty() && msg.back() == '\n') msg.pop_back();
-        return fail(msg, EIO);
+    if (auto r = proto::await_report(rd.get(), "exec relay died"); !r) {
+        ::kill(child, SIGKILL);  // (one that said what it should not)
+        ::waitpid(child, nullptr, 0);
+        return tl::unexpected(r.error());
     }
     if (!o.pid_file.empty()) {
         if (auto r = write_pid_file(o.pid_file, child); !r) {

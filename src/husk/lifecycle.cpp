@@ -31,6 +31,7 @@
 #include "husk/shim_client.h"
 #include "husk/signals.h"
 #include "husk/spec.h"
+#include "protocol/creator.h"
 #include "sys/netlink.h"
 #include "sys/sys.h"
 
@@ -139,30 +140,16 @@ static void reap_leftovers(const State& s) {
     }
 }
 
-// What the shim says on its sync socket: "hooks\n" when it waits for the
-// create hooks to run ("go\n" back), else "ok\n" or "error: <why>\n"
-// and EOF.
-static constexpr const char* kShimHooksReady = "hooks\n";
-using defaults::kShimProgress;
-// The shim's answer on the sync socket ("hooks", "ok", "error: ...").
-// Before it, "progress: <step>" lines name a long step the caller waits
-// on (a template's first boot): passed on as log::progress.
-static Result<std::string> read_shim_reply(int fd) {
-    std::string out;
-    char buf[4096];
-    while (out.size() < (1 << 16)) {
-        ssize_t n = ::read(fd, buf, sizeof buf);
-        if (n < 0 && errno == EINTR) continue;
-        if (n < 0) return fail_errno("read from shim");
-        if (n == 0) break;
-        out.append(buf, size_t(n));
-        for (size_t nl; out.rfind(kShimProgress, 0) == 0 && (nl = out.find('\n')) != std::string::npos;) {
-            log::progress(out.substr(kShimProgress.size(), nl - kShimProgress.size()));
-            out.erase(0, nl + 1);
-        }
-        if (out == kShimHooksReady) break;
+// The shim's next word on its sync link (protocol/creator.h) that is not
+// progress: hooks, ok or error (nullopt: it died first). Progress names
+// a long step the caller waits on (a template's first boot): passed on as
+// log::progress.
+static Result<std::optional<proto::Report>> read_shim_report(proto::ReportLink& link) {
+    for (;;) {
+        auto m = TRY(link.next());
+        if (!m || m->kind != proto::Report::Kind::Progress) return m;
+        log::progress(m->text);
     }
-    return out;
 }
 
 // Spawn husk-shim with the caller's stdio; `sync_w` becomes its fd 3.
@@ -320,9 +307,11 @@ Result<pid_t> create_container(const Globals& g, const std::string& id, const Cr
     if (!pid) return cleanup(pid.error().context("start shim"));
     log::debug("create " + id + ": shim " + std::to_string(*pid) + " started");
     sync_shim.reset();
-    auto reply = read_shim_reply(sync.get());
+    proto::ReportLink link(sync.get());
+    using Kind = proto::Report::Kind;
+    auto reply = read_shim_report(link);
     Result<void> ok = {};
-    if (hooks && reply && *reply == kShimHooksReady) {
+    if (hooks && reply && *reply && (*reply)->kind == Kind::Hooks) {
         // The shim is in the container's namespaces, its VM not started:
         // the runtime's create hooks run now, so that the network they set
         // up (docker's libnetwork) is there for the VM's NICs.
@@ -334,11 +323,11 @@ Result<pid_t> create_container(const Globals& g, const std::string& id, const Cr
             ok = run_hooks(spec.hooks["prestart"], "prestart", hs);
             if (ok) ok = run_hooks(spec.hooks["createRuntime"], "createRuntime", hs);
         }
-        if (ok) ok = sys::write_all(sync.get(), "go\n");
+        if (ok) ok = link.send({.kind = Kind::Go});
         if (ok) ::shutdown(sync.get(), SHUT_WR);
-        if (ok) reply = read_shim_reply(sync.get());
+        if (ok) reply = read_shim_report(link);
     }
-    if (ok && reply && reply->rfind("ok", 0) == 0) {
+    if (ok && reply && *reply && (*reply)->kind == Kind::Ok) {
         // The VM is up and the container built, its process parked: the
         // pid file says "created".
         ok = apply_host_limits(run_res, std::nullopt, st.cgroups);
@@ -352,19 +341,20 @@ Result<pid_t> create_container(const Globals& g, const std::string& id, const Cr
         if (auto s = read_state(paths)) reap_leftovers(*s);
         return cleanup(ok.error());
     }
-    // The shim failed: it has stopped its VM; make sure, then clean up.
+    // The shim failed (or said what it should not): it has stopped its VM,
+    // or is killed now; make sure, then clean up.
+    bool told = reply && *reply && (*reply)->kind == Kind::Error;
+    if (!told) ::kill(*pid, SIGKILL);
     int wst = 0;
     ::waitpid(*pid, &wst, 0);
     if (auto s = read_state(paths)) reap_leftovers(*s);
-    std::string msg;
-    if (reply && reply->rfind("error: ", 0) == 0) {
-        msg = reply->substr(7);
-        while (!msg.empty() && msg.back() == '\n') msg.pop_back();
-    } else {
-        msg = "shim died during create (" +
-              (WIFSIGNALED(wst) ? "signal " + std::to_string(WTERMSIG(wst)) : "status " + std::to_string(WEXITSTATUS(wst))) + ")";
-    }
-    return cleanup(Error{EIO, msg});
+    if (told) return cleanup(Error{(*reply)->code ? (*reply)->code : EIO, (*reply)->text});
+    if (!reply) return cleanup(reply.error().context("shim"));
+    if (*reply) return cleanup(Error{EPROTO, "shim: unexpected report during create"});
+    return cleanup(Error{EIO, "shim died during create (" +
+                                  (WIFSIGNALED(wst) ? "signal " + std::to_string(WTERMSIG(wst))
+                                                    : "status " + std::to_string(WEXITSTATUS(wst))) +
+                                  ")"});
 }
 
 Result<State> load_state(const Globals& g, const std::string& id) {

@@ -17,6 +17,7 @@
 #include "husk/lifecycle.h"
 #include "husk/preserved_fds.h"
 #include "husk/relay.h"
+#include "protocol/creator.h"
 #include "husk/sandbox.h"
 #include "husk/shim_client.h"
 #include "husk/signals.h"
@@ -142,14 +143,9 @@ Result<pid_t> create_member(const Globals& g, const std::string& id, const std::
         return {};
     };
     if (auto r = hooks(); !r) return cleanup(r.error());
-    if (auto r = sys::write_all(go_w.get(), "g"); !r) return cleanup(r.error());
+    if (auto r = proto::ReportLink(go_w.get()).send({.kind = proto::Report::Kind::Go}); !r) return cleanup(r.error());
     go_w.reset();
-    auto report = sys::read_to_eof(rd.get(), 1 << 16).value_or("");
-    if (report.rfind("ok", 0) != 0) {
-        std::string msg = report.rfind("error: ", 0) == 0 ? report.substr(7) : "relay died during create";
-        while (!msg.empty() && msg.back() == '\n') msg.pop_back();
-        return cleanup(Error{EIO, msg});
-    }
+    if (auto r = proto::await_report(rd.get(), "relay died during create"); !r) return cleanup(r.error());
     if (!o.pid_file.empty())
         if (auto r = write_pid_file(o.pid_file, relay); !r) {
             proto::ControlRequest remove{.op = proto::Op::Remove};

@@ -11,6 +11,7 @@
 
 #include "husk/log.h"
 #include "husk/signals.h"
+#include "protocol/creator.h"
 #include "sys/sys.h"
 
 namespace husk {
@@ -99,16 +100,14 @@ std::optional<std::string> RelaySession::next_line() {
                               int report, int go, const std::vector<int>& extra) {
     setsid();
     if (go >= 0) {
-        char c = 0;
-        while (::read(go, &c, 1) < 0 && errno == EINTR) {
-        }
-        if (c != 'g') _exit(255);  // the creator gave up
+        auto m = proto::ReportLink(go).next();
+        if (!m || !*m || (*m)->kind != proto::Report::Kind::Go) _exit(255);  // the creator gave up
         ::close(go);
     }
     sigset_t set = forwarded_signals();
     sigprocmask(SIG_BLOCK, &set, nullptr);
     auto fail_with = [&](const Error& e) {
-        (void)sys::write_all(report, "error: " + e.message + "\n");
+        (void)proto::ReportLink(report).send(proto::report_error(e));
         _exit(255);
     };
     sys::Fd sfd(signalfd(-1, &set, SFD_NONBLOCK | SFD_CLOEXEC));
@@ -132,7 +131,7 @@ std::optional<std::string> RelaySession::next_line() {
     fds.insert(fds.end(), extra.begin(), extra.end());
     auto sess = RelaySession::start(paths, req, fds);
     if (!sess) fail_with(sess.error());
-    (void)sys::write_all(report, "ok\n");
+    (void)proto::ReportLink(report).send({.kind = proto::Report::Kind::Ok});
     ::close(report);
     // The shim has its own copies of our stdio; holding them would keep
     // the caller's pipes open after the process ends.

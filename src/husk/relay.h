@@ -37,11 +37,11 @@ private:
     std::string buf_;
 };
 
-// The relay child (never returns): once `go` (>= 0) reads "g", it sends
+// The relay child (never returns): once `go` (>= 0) reads go, it sends
 // `req` with its stdio (a new pty whose master goes to `console` when
-// `tty`) and then `extra` fds to the shim of `paths`, reports "ok\n" or
-// "error: ...\n" on `report`, then stands in for the process until it
-// exits.
+// `tty`) and then `extra` fds to the shim of `paths`, reports ok or its
+// error on `report` (protocol/creator.h), then stands in for the process
+// until it exits.
 [[noreturn]] void relay_child(const StatePaths& paths, proto::ControlRequest req, bool tty, const std::string& console,
                               int report, int go, const std::vector<int>& extra = {});
 

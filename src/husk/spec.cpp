@@ -99,8 +99,6 @@ struct Reader {
     }
 };
 
-bool absolute(const std::string& s) { return !s.empty() && s[0] == '/'; }
-
 Result<SpecProcess> parse_process(const Reader& r, const json& proc_obj, const std::string& at) {
     using vt = json::value_t;
     const json* proc = &proc_obj;
@@ -123,7 +121,7 @@ Result<SpecProcess> parse_process(const Reader& r, const json& proc_obj, const s
                 return r.err(Reader::index(sub("env"), i), "expected KEY=VALUE, got \"" + p.env[i] + "\"");
     }
     p.cwd = TRY(r.field(*proc, at, "cwd", vt::string, true))->get<std::string>();
-    if (!absolute(p.cwd)) return r.err(sub("cwd"), "must be an absolute path, got \"" + p.cwd + "\"");
+    if (!sys::is_absolute(p.cwd)) return r.err(sub("cwd"), "must be an absolute path, got \"" + p.cwd + "\"");
     if (auto user = TRY(r.field(*proc, at, "user", vt::object, false))) {
         p.user.uid = TRY(r.u32(*user, sub("user"), "uid", false));
         p.user.gid = TRY(r.u32(*user, sub("user"), "gid", false));
@@ -297,7 +295,7 @@ Result<std::vector<SpecDevice>> read_devices(const Reader& r, const json& arr) {
     TRY(r.each_object(arr, "linux.devices", [&](const json& o, const std::string& dp) -> Result<void> {
         SpecDevice d;
         d.path = TRY(r.field(o, dp, "path", vt::string, true))->get<std::string>();
-        if (!absolute(d.path) || d.path.find("/../") != std::string::npos || d.path.size() < 3 ||
+        if (!sys::is_absolute(d.path) || d.path.find("/../") != std::string::npos || d.path.size() < 3 ||
             d.path.substr(d.path.size() - 3) == "/..")
             return r.err(dp + ".path", "must be an absolute path without \"..\", got \"" + d.path + "\"");
         d.type = TRY(r.field(o, dp, "type", vt::string, true))->get<std::string>();
@@ -327,7 +325,7 @@ Result<SpecHooks> read_hooks(const Reader& r, const json& h) {
         TRY(r.each_object(*arr, sp, [&](const json& o, const std::string& p) -> Result<void> {
             SpecHook hk;
             hk.path = TRY(r.field(o, p, "path", vt::string, true))->get<std::string>();
-            if (!absolute(hk.path)) return r.err(p + ".path", "must be an absolute path, got \"" + hk.path + "\"");
+            if (!sys::is_absolute(hk.path)) return r.err(p + ".path", "must be an absolute path, got \"" + hk.path + "\"");
             if (auto a = TRY(r.field(o, p, "args", vt::array, false))) hk.args = TRY(r.strings(*a, p + ".args"));
             if (auto e = TRY(r.field(o, p, "env", vt::array, false))) hk.env = TRY(r.strings(*e, p + ".env"));
             if (auto t = TRY(r.field(o, p, "timeout", vt::number_integer, false))) {
@@ -399,7 +397,7 @@ Result<Spec> parse_spec(const std::string& text) {
             if (!m.is_object()) return r.err(mp, std::string("expected object, got ") + kind(m));
             SpecMount sm;
             sm.destination = TRY(r.field(m, mp, "destination", vt::string, true))->get<std::string>();
-            if (!absolute(sm.destination))
+            if (!sys::is_absolute(sm.destination))
                 return r.err(mp + ".destination", "must be an absolute path, got \"" + sm.destination + "\"");
             if (auto t = TRY(r.field(m, mp, "type", vt::string, false))) sm.type = t->get<std::string>();
             if (auto src = TRY(r.field(m, mp, "source", vt::string, false))) sm.source = src->get<std::string>();
@@ -429,7 +427,7 @@ Result<Spec> parse_spec(const std::string& text) {
                     return r.err(np + ".type", "unknown namespace type \"" + sn.type + "\"");
                 if (auto p = TRY(r.field(n, np, "path", vt::string, false))) {
                     sn.path = p->get<std::string>();
-                    if (!sn.path.empty() && !absolute(sn.path))
+                    if (!sn.path.empty() && !sys::is_absolute(sn.path))
                         return r.err(np + ".path", "must be an absolute path, got \"" + sn.path + "\"");
                 }
                 s.namespaces.push_back(sn);

@@ -9,6 +9,7 @@
 #include "protocol/agent.h"
 #include "protocol/decode.h"
 #include "protocol/protocol.h"
+#include "sys/sys.h"
 
 namespace husk::proto {
 
@@ -37,8 +38,6 @@ bool contained(const std::string& p) {
     }
     return true;
 }
-
-bool absolute(const std::string& p) { return !p.empty() && p[0] == '/'; }
 
 struct Root {
     std::string share;
@@ -126,7 +125,7 @@ Result<void> get(const json& v, const std::string& at, Process& out) {
     TRY(o.opt("oom_score_adj", out.oom_score_adj));
     TRY(o.opt("extra_fds", out.extra_fds));
     TRY(check(!out.args.empty() && !out.args[0].empty(), at + ".args", "expected a program"));
-    TRY(check(absolute(out.cwd), at + ".cwd", "expected an absolute path"));
+    TRY(check(sys::is_absolute(out.cwd), at + ".cwd", "expected an absolute path"));
     TRY(check(!out.umask || *out.umask <= 0777, at + ".umask", "expected 0..0777"));
     TRY(check(!out.oom_score_adj || (*out.oom_score_adj >= -1000 && *out.oom_score_adj <= 1000), at + ".oom_score_adj",
               "expected -1000..1000"));
@@ -147,7 +146,7 @@ Result<void> get(const json& v, const std::string& at, Mount& out) {
     TRY(o.req("destination", out.destination));
     TRY(o.req("type", out.type));
     TRY(o.req("options", out.options));
-    TRY(check(absolute(out.destination), at + ".destination", "expected an absolute path"));
+    TRY(check(sys::is_absolute(out.destination), at + ".destination", "expected an absolute path"));
     if (o.has("share")) {
         TRY(o.req("share", out.share));
         TRY(o.opt("submounts", out.submounts));
@@ -168,7 +167,7 @@ Result<void> get(const json& v, const std::string& at, Device& out) {
     TRY(o.req("uid", out.uid));
     TRY(o.req("gid", out.gid));
     TRY(o.opt("file_mode", out.file_mode));
-    TRY(check(absolute(out.path), at + ".path", "expected an absolute path"));
+    TRY(check(sys::is_absolute(out.path), at + ".path", "expected an absolute path"));
     TRY(check(out.type == "c" || out.type == "b" || out.type == "u" || out.type == "p", at + ".type", "expected c, b, u or p"));
     TRY(check(out.major >= 0 && out.major <= 0xfff && out.minor >= 0 && out.minor <= 0xfffff, at, "major or minor out of range"));
     return o.end();
@@ -375,7 +374,7 @@ Result<void> get(const json& v, const std::string& at, SpecHook& out) {
     TRY(o.req("args", out.args));
     TRY(o.req("env", out.env));
     TRY(o.req("timeout", out.timeout));
-    if (!proto::absolute(out.path)) return bad_field(at + ".path", "expected an absolute path");
+    if (!sys::is_absolute(out.path)) return bad_field(at + ".path", "expected an absolute path");
     if (out.timeout < 0) return bad_field(at + ".timeout", "expected seconds, 0 for none");
     return o.end();
 }

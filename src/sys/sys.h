@@ -46,6 +46,7 @@ bool is_dir(const std::string& path);
 Result<std::vector<std::string>> list_dir(const std::string& path);
 std::string dirname(const std::string& path);
 std::string basename(const std::string& path);
+inline bool is_absolute(const std::string& path) { return !path.empty() && path[0] == '/'; }
 Result<std::string> realpath(const std::string& path);
 
 // I/O

@@ -2,9 +2,11 @@
 // back: state.json (written by one husk process, read by every other),
 // a checkpoint image's husk-checkpoint.json (a directory the caller
 // names), a VM template's seal, the config file (TOML), the agent's
-// attach and resumed messages, and shim.sock's requests, replies and
-// session lines (a local client's bytes, and the shim's). Each decoder either fails as a value or
-// gives a struct that encodes and decodes to the same again.
+// attach and resumed messages, shim.sock's requests, replies and
+// session lines (a local client's bytes, and the shim's), and the reports
+// on a shim's or a relay's link to its starter (protocol/creator.h).
+// Each decoder either fails as a value or gives a struct that encodes and
+// decodes to the same again.
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>
@@ -17,6 +19,7 @@
 #include "husk/state.h"
 #include "husk/vm_template.h"
 #include "protocol/control.h"
+#include "protocol/creator.h"
 #include "protocol/messages.h"
 
 using namespace husk;
@@ -44,5 +47,6 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     round_trips(j, proto::control_reply_from_json, to_json);
     round_trips(j, proto::session_exit_from_json, to_json);
     round_trips(j, proto::resumed_from_json, to_json);
+    round_trips(j, proto::report_from_json, to_json);
     return 0;
 }

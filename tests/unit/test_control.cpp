@@ -4,10 +4,13 @@
 #include <csignal>
 #include <functional>
 
+#include <unistd.h>
+
 #include <catch2/catch.hpp>
 
 #include "golden.h"
 #include "protocol/control.h"
+#include "protocol/creator.h"
 
 using namespace husk;
 using namespace husk::proto;
@@ -56,18 +59,25 @@ std::string why(const json& j) {
     return r ? "decoded" : r.error().message;
 }
 
-}  // namespace
-
-TEST_CASE("shim.sock: every request, encoded (golden) and decoded back to the same", "[control][protocol]") {
+// Each message as a line on the wire, after checking that it decodes back
+// to the same.
+template <class T, class Decode>
+std::string encode_all(const std::vector<T>& all, Decode decode) {
     std::string text;
-    for (const auto& r : every_request()) {
-        json j = to_json(r);
+    for (const auto& m : all) {
+        json j = to_json(m);
         text += j.dump() + "\n";
-        auto back = control_request_from_json(j);
+        auto back = decode(j);
         REQUIRE(back);
         CHECK(to_json(*back) == j);
     }
-    check_golden("control-requests.jsonl", text);
+    return text;
+}
+
+}  // namespace
+
+TEST_CASE("shim.sock: every request, encoded (golden) and decoded back to the same", "[control][protocol]") {
+    check_golden("control-requests.jsonl", encode_all(every_request(), control_request_from_json));
 }
 
 TEST_CASE("shim.sock: a request takes its op's fields only, each of its type and range", "[control][protocol]") {
@@ -128,4 +138,81 @@ TEST_CASE("shim.sock: replies and a session's exit line", "[control][protocol]")
     CHECK(!session_exit_from_json({{"exit", {{"code", 1}, {"signal", 9}}}}));
     CHECK(!session_exit_from_json({{"exit", json::object()}}));
     CHECK(!session_exit_from_json({{"ok", true}}));
+}
+
+// protocol/creator.h: the reports on a shim's link to husk create and a
+// relay's to husk exec/create.
+TEST_CASE("creator link: every report, encoded (golden), decoded back, and read off a pipe", "[control][protocol]") {
+    using Kind = Report::Kind;
+    std::vector<Report> all = {
+        {.kind = Kind::Progress, .text = "booting a VM to save as a template"},
+        {.kind = Kind::Hooks},
+        {.kind = Kind::Go},
+        {.kind = Kind::Ok},
+        {.kind = Kind::Error, .text = "start vm: boot timed out", .code = ETIMEDOUT},
+        {.kind = Kind::Error, .text = "no reason that fits an errno"},
+    };
+    std::string text = encode_all(all, report_from_json);
+    check_golden("creator-reports.jsonl", text);
+
+    // All of them in one write: each is seen, in order, then EOF.
+    int p[2];
+    REQUIRE(::pipe(p) == 0);
+    REQUIRE(::write(p[1], text.data(), text.size()) == ssize_t(text.size()));
+    ::close(p[1]);
+    ReportLink link(p[0]);
+    for (const auto& r : all) {
+        auto m = link.next();
+        REQUIRE(m);
+        REQUIRE(*m);
+        CHECK(to_json(**m) == to_json(r));
+    }
+    auto end = link.next();
+    REQUIRE(end);
+    CHECK(!*end);
+    ::close(p[0]);
+
+    // An error keeps its errno; a newline in a message cannot split it.
+    auto e = report_error(Error{ENOENT, "rootfs /x\ndoes not exist"});
+    CHECK(e.kind == Kind::Error);
+    CHECK(e.code == ENOENT);
+    CHECK(e.text == "rootfs /x does not exist");
+}
+
+TEST_CASE("creator link: a report takes its kind's fields only; a starter hears ok, the error, or the death", "[control][protocol]") {
+    auto why = [](const json& j) {
+        auto r = report_from_json(j);
+        return r ? "decoded" : r.error().message;
+    };
+    CHECK(why(json::array()) == "report: expected an object");
+    CHECK(why({{"report", "okay"}}) == "report.report: unknown kind okay");
+    CHECK(why({{"report", "ok"}, {"error", "x"}}) == "report.error: unknown key");
+    CHECK(why({{"report", "progress"}}) == "report.step: missing");
+    CHECK(why({{"report", "error"}, {"errno", 2}}) == "report.error: missing");
+    CHECK(why({{"report", "error"}, {"error", "x"}, {"errno", "2"}}) == "report.errno: expected an integer in -2147483648..2147483647");
+    CHECK(why({{"report", "error"}, {"error", "x"}, {"errno", 5000}}) == "report.errno: expected an errno in 1..4095");
+    CHECK(why({{"report", "error"}, {"error", "a\nb"}}) == "report: a message is one line");
+    CHECK(report_from_json({{"report", 1}}).error().code == EPROTO);
+
+    auto await = [](const std::string& bytes) {
+        int p[2];
+        REQUIRE(::pipe(p) == 0);
+        REQUIRE(::write(p[1], bytes.data(), bytes.size()) == ssize_t(bytes.size()));
+        ::close(p[1]);
+        auto r = await_report(p[0], "relay died");
+        ::close(p[0]);
+        return r ? Error{0, "ok"} : r.error();
+    };
+    CHECK(await("{\"report\":\"ok\"}\n").message == "ok");
+    CHECK(await("{\"report\":\"progress\",\"step\":\"s\"}\n{\"report\":\"ok\"}\n").message == "ok");
+    auto refused = await("{\"errno\":16,\"error\":\"busy\",\"report\":\"error\"}\n");
+    CHECK(refused.message == "busy");
+    CHECK(refused.code == EBUSY);
+    CHECK(await("{\"error\":\"why\",\"report\":\"error\"}\n").code == EIO);
+    auto died = await("");
+    CHECK(died.message == "relay died");
+    CHECK(died.code == EIO);
+    CHECK(await("{\"report\":\"ok\"").message == "report: a message cut short");
+    CHECK(await("ok\n").message == "report: expected an object");
+    CHECK(await("{\"report\":\"hooks\"}\n").code == EPROTO);
 }
