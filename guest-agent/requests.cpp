@@ -158,7 +158,7 @@ Result<json> Agent::do_resume(const proto::Resume& params) {
             rp.process = idx;
             rp.exited = p.status.has_value() && !p.exit_sent;
             for (auto& [fd, o] : p.out) {
-                o.credit = proto::kInitialCredit;
+                o.credit = proto::SendCredit();
                 if (!o.eof) rp.out.push_back(fd);
             }
             for (auto& [fd, in] : p.in)

@@ -3,6 +3,8 @@
 // processes take it, exits reported once their output is out.
 #include "guest-agent/supervisor.h"
 
+#include "sys/poll_set.h"
+
 namespace husk::agent {
 
 // clone() a child that runs `child(sync_fd, stdio)` with `flags`, and wait
@@ -146,7 +148,10 @@ Result<void> Agent::on_frame(const proto::Frame& f) {
             uint32_t c = TRY(proto::decode_credit(f));
             auto it = procs_.find(proto::stream_process(f.stream));
             if (it == procs_.end()) return {};
-            if (auto o = it->second.out.find(proto::stream_fd(f.stream)); o != it->second.out.end()) o->second.credit += c;
+            // (The shim is trusted, and checked: one that returned more than
+            // it was given still finds the count at the window.)
+            if (auto o = it->second.out.find(proto::stream_fd(f.stream)); o != it->second.out.end())
+                (void)o->second.credit.give_back(c);
             return {};
         }
         case Type::Close: {
@@ -180,14 +185,14 @@ void Agent::read_output(uint32_t idx, uint32_t fd, bool exited) {
     // Everything the pipe holds, up to the credit, in one wakeup (under
     // TCG every switch between the writer and us costs a TLB refill),
     // read straight into the frame.
-    while (s.credit > 0) {
-        size_t want = std::min<size_t>(proto::kMaxDataPayload, s.credit);
+    while (s.credit.left() > 0) {
+        size_t want = std::min<size_t>(proto::kMaxDataPayload, s.credit.left());
         char* frame = out_.reserve(proto::kHeaderSize + want);
         ssize_t r = ::read(s.fd.get(), frame + proto::kHeaderSize, want);
         if (r > 0) {
             proto::put_header(frame, proto::Type::Data, sid, uint32_t(r));
             out_.commit(proto::kHeaderSize + size_t(r));
-            s.credit -= uint32_t(r);
+            s.credit.spend(uint32_t(r));
             if (size_t(r) < want) return;  // drained for now
         } else if (r == 0 || exited || (errno != EAGAIN && errno != EINTR)) {
             s.eof = true;
@@ -216,47 +221,35 @@ Result<void> Agent::run() {
     // A template's guest is attached first (boot.h).
     send(proto::encode(proto::Type::Hello, 0, proto::to_json(proto::Hello{proto::kVersion, template_boot()}).dump()));
     for (;;) {
-        std::vector<pollfd> pf;
-        enum Tag { kChan, kSig, kOut, kIn, kRedial };
-        struct T {
-            Tag tag;
-            uint32_t proc;
-            uint32_t fd;
+        enum Kind { kChan, kSig, kOut, kIn, kRedial };
+        struct Tag {
+            Kind kind;
+            uint32_t proc = 0;
+            uint32_t fd = 0;
         };
-        std::vector<T> tags;
-        pf.push_back({chan_.get(), short(POLLIN | (out_.empty() ? 0 : POLLOUT)), 0});
-        tags.push_back({kChan, 0, 0});
-        pf.push_back({sfd.get(), POLLIN, 0});
-        tags.push_back({kSig, 0, 0});
-        if (int l = redial_listener(quiesced_); l >= 0) {
-            pf.push_back({l, POLLIN, 0});
-            tags.push_back({kRedial, 0, 0});
-        }
+        sys::PollSet<Tag> pf;
+        pf.add(chan_.get(), short(POLLIN | (out_.empty() ? 0 : POLLOUT)), {kChan});
+        pf.add(sfd.get(), POLLIN, {kSig});
+        if (int l = redial_listener(quiesced_); l >= 0) pf.add(l, POLLIN, {kRedial});
         for (auto& [idx, p] : procs_) {
             // Not started: its output waits in the pipe (and all of it while quiesced).
             if (p.sync || quiesced_) continue;
             for (auto& [fd, o] : p.out)
-                if (!o.eof && o.credit > 0) {
-                    pf.push_back({o.fd.get(), POLLIN, 0});
-                    tags.push_back({kOut, idx, fd});
-                }
+                if (!o.eof && o.credit.left() > 0) pf.add(o.fd.get(), POLLIN, {kOut, idx, fd});
             for (auto& [fd, in] : p.in)
-                if (in.w && !in.buf.empty()) {
-                    pf.push_back({in.w.get(), POLLOUT, 0});
-                    tags.push_back({kIn, idx, fd});
-                }
+                if (in.w && !in.buf.empty()) pf.add(in.w.get(), POLLOUT, {kIn, idx, fd});
         }
         int timeout = pin_timeout_ms();
-        if (!late_.empty()) timeout = timeout < 0 ? 10 : std::min(timeout, 10);
-        int n = ::poll(pf.data(), pf.size(), timeout);
-        if (n < 0 && errno != EINTR) return fail_errno("poll");
+        if (!late_.empty()) timeout = sys::sooner(timeout, 10);
+        int n = TRY(pf.wait(timeout));
         if (!late_.empty()) retry_late_signals();
         if (!unpins_.empty()) release_pins();
         for (size_t i = 0; n > 0 && i < pf.size(); ++i) {
-            if (!pf[i].revents) continue;
-            auto t = tags[i];
-            if (t.tag == kChan) {
-                if (pf[i].revents & (POLLIN | POLLHUP | POLLERR)) {
+            short ev = pf.revents(i);
+            if (!ev) continue;
+            auto t = pf.tag(i);
+            if (t.kind == kChan) {
+                if (ev & (POLLIN | POLLHUP | POLLERR)) {
                     char buf[64 << 10];
                     ssize_t r = ::read(chan_.get(), buf, sizeof buf);
                     if (r > 0) {
@@ -267,7 +260,7 @@ Result<void> Agent::run() {
                             if (!f) break;
                             TRY(on_frame(*f));
                         }
-                    } else if ((r == 0 && (pf[i].revents & POLLHUP)) || (r < 0 && errno != EAGAIN && errno != EINTR)) {
+                    } else if ((r == 0 && (ev & POLLHUP)) || (r < 0 && errno != EAGAIN && errno != EINTR)) {
                         // virtio-serial reports HUP while the host end is
                         // not connected (a template's vsock connection is
                         // reset once restored): nothing to read, wait a little.
@@ -277,29 +270,29 @@ Result<void> Agent::run() {
                 // Until the channel pushes back: virtio_console takes at
                 // most 32 KiB a write, and a round of poll per write cost
                 // more than the writes.
-                while ((pf[i].revents & POLLOUT) && !out_.empty()) {
+                while ((ev & POLLOUT) && !out_.empty()) {
                     ssize_t w = ::write(chan_.get(), out_.data(), out_.size());
                     if (w <= 0) break;
                     out_.consume(size_t(w));
                 }
-            } else if (t.tag == kRedial) {
+            } else if (t.kind == kRedial) {
                 // A restored clone's host, or a restored checkpoint's: the
                 // saved connection (and what was on its way) is gone.
-                auto c = sys::accept(pf[i].fd, SOCK_NONBLOCK);
+                auto c = sys::accept(pf.fd(i), SOCK_NONBLOCK);
                 if (!c) continue;
                 chan_ = std::move(*c);
                 dec_ = proto::Decoder();
                 out_.clear();
                 say("template: the channel is a new connection");
                 break;  // chan_'s pollfd is stale
-            } else if (t.tag == kSig) {
+            } else if (t.kind == kSig) {
                 signalfd_siginfo si;
                 while (::read(sfd.get(), &si, sizeof si) == sizeof si) {
                 }
                 reap();
-            } else if (t.tag == kOut) {
+            } else if (t.kind == kOut) {
                 read_output(t.proc, t.fd, false);
-            } else if (t.tag == kIn) {
+            } else if (t.kind == kIn) {
                 auto& in = procs_[t.proc].in[t.fd];
                 ssize_t w = in.sock ? ::send(in.w.get(), in.buf.data(), in.buf.size(), MSG_NOSIGNAL)
                                     : ::write(in.w.get(), in.buf.data(), in.buf.size());
@@ -335,7 +328,7 @@ Result<void> Agent::run() {
                 // The process is gone: what is left in its pipes is all
                 // there will be, unless a stray child still holds them.
                 for (auto& [fd, o] : p.out)
-                    if (!o.eof && o.credit > 0) read_output(idx, fd, true);
+                    if (!o.eof && o.credit.left() > 0) read_output(idx, fd, true);
                 maybe_send_exit(idx);
             }
         }

@@ -55,7 +55,7 @@ constexpr std::chrono::seconds kUnpinDelay{2};  // a removed container's mounts 
 // read from our end and sent within the shim's credit.
 struct Stream {
     sys::Fd fd;
-    uint32_t credit = proto::kInitialCredit;  // what we may send
+    proto::SendCredit credit{};  // what we may send
     bool eof = false;
 };
 

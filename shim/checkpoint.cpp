@@ -163,7 +163,7 @@ Result<void> Shim::resumed(const proto::Resumed& r) {
         for (auto& [fd, in] : init.in) {
             auto it = std::find_if(p.in.begin(), p.in.end(), [f = fd](const proto::ResumedInput& i) { return i.fd == f; });
             if (it == p.in.end()) in.open = false;
-            else in.credit = ses_.stdin_window - std::min(it->buffered, ses_.stdin_window);
+            else in.credit = proto::SendCredit(ses_.stdin_window, ses_.stdin_window - std::min(it->buffered, ses_.stdin_window));
         }
     }
     if (!seen) return fail("the checkpoint's guest has no container process", EPROTO);

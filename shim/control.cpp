@@ -214,7 +214,7 @@ Result<std::vector<std::string>> Shim::setup_stdio(uint64_t cid, Proc& p, bool t
         p.out[2].own = std::move(mine[2]);
     }
     in.fd = in.own.get();
-    in.credit = ses_.stdin_window;
+    in.credit = proto::SendCredit(ses_.stdin_window);
     for (uint32_t i : {proto::Stdout, proto::Stderr}) {
         auto& o = p.out[i];
         o.fd = o.own ? o.own.get() : -1;
@@ -238,7 +238,7 @@ Result<std::vector<std::string>> Shim::setup_extra_fds(Proc& p, std::vector<sys:
             auto& in = p.in[fd];
             in.own = flow == proto::Flow::Both ? TRY(sys::dup(f.get())) : std::move(f);
             in.fd = in.own.get();
-            in.credit = ses_.stdin_window;
+            in.credit = proto::SendCredit(ses_.stdin_window);
         }
         if (proto::flows_out(flow)) {
             auto& o = p.out[fd];

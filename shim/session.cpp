@@ -61,7 +61,7 @@ void Session::restart_boot() {
     pending_.clear();
     out.clear();
     create_req_ = attach_req_ = 0;
-    channel_credit = channel_window;
+    if (channel) channel = proto::SendCredit(channel->window());
     phase = Phase::Booting;
 }
 
@@ -126,18 +126,14 @@ Result<void> Session::on_frame(const proto::Frame& f) {
         case Type::Credit: {
             uint32_t c = TRY(proto::decode_credit(f));
             if (f.stream == proto::kChannelStream) {
-                if (!channel_window || uint64_t(channel_credit) + c > channel_window)
-                    return fail("agent returned channel credit it was not given", EPROTO);
-                channel_credit += c;
-                return {};
+                if (!channel) return fail("agent returned channel credit it was not given", EPROTO);
+                return channel->give_back(c);
             }
             Proc* p = proc_of(f.stream);
             if (!p) return {};
             auto in = p->in.find(proto::stream_fd(f.stream));
             if (in == p->in.end()) return {};
-            if (uint64_t(in->second.credit) + c > stdin_window) return fail("agent returned too much credit", EPROTO);
-            in->second.credit += c;
-            return {};
+            return in->second.credit.give_back(c);
         }
         case Type::Close: {
             uint32_t fd = proto::stream_fd(f.stream);

@@ -63,7 +63,7 @@ struct InBuf {
     int fd = -1;
     sys::Fd own;  // set when the shim owns `fd`
     bool open = true;  // until EOF on fd, or the guest closed its end
-    uint32_t credit = proto::kInitialCredit;
+    proto::SendCredit credit{};
 };
 
 // One process in the guest: the container's init (index 0) or an exec.
@@ -156,11 +156,11 @@ public:
     std::map<uint32_t, Proc> procs;
     std::string out;  // frames for the agent, not yet written
     uint32_t stdin_window = proto::kInitialCredit;  // stdin bytes in flight per process
-    // Capabilities::channel_window: bytes of `out` the channel may take now
-    // (channel_credit), up to the window; 0: unbounded.
-    uint32_t channel_window = 0, channel_credit = 0;
+    // Capabilities::channel_window: bytes of `out` the channel may take now,
+    // up to the window; none: unbounded.
+    std::optional<proto::SendCredit> channel;
     // How much of `out` may be written now.
-    size_t writable() const { return channel_window ? std::min<size_t>(out.size(), channel_credit) : out.size(); }
+    size_t writable() const { return channel ? std::min<size_t>(out.size(), channel->left()) : out.size(); }
     Clock::time_point exit_deadline;                  // init exited: execs get this long to report
 
 private:

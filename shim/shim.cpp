@@ -302,18 +302,14 @@ Result<void> Shim::loop() {
             next_vsock_try_ = Clock::now() + std::chrono::milliseconds(50);
         }
 
-        std::vector<pollfd> p;
-        enum Tag { kSig, kCon, kAgentL, kQmpL, kShimL, kChan, kDial, kIn, kOut, kClient };
-        struct T {
-            Tag tag;
-            uint64_t id;  // process index or client id
-            int fd;       // the stream's fd for kIn/kOut
+        enum Kind { kSig, kCon, kAgentL, kQmpL, kShimL, kChan, kDial, kIn, kOut, kClient };
+        struct Tag {
+            Kind kind;
+            uint64_t id = 0;  // process index or client id
+            int fd = 0;       // the stream's fd for kIn/kOut
         };
-        std::vector<T> tags;
-        auto add = [&](int fd, short ev, Tag t, uint64_t id = 0, int which = 0) {
-            p.push_back({fd, ev, 0});
-            tags.push_back({t, id, which});
-        };
+        sys::PollSet<Tag> p;
+        auto add = [&](int fd, short ev, Kind k, uint64_t id = 0, int which = 0) { p.add(fd, ev, {k, id, which}); };
         add(sig_fd_.get(), POLLIN, kSig);
         if (console_r_) add(console_r_.get(), POLLIN, kCon);
         if (agent_listen_) add(agent_listen_.get(), POLLIN, kAgentL);
@@ -324,7 +320,7 @@ Result<void> Shim::loop() {
         for (auto& [idx, pr] : ses_.procs) {
             bool reads = idx == 0 ? ses_.phase >= Phase::Created : pr.started;
             for (auto& [fd, in] : pr.in)
-                if (reads && in.open && in.credit > 0 && in.fd >= 0 && !checkpoint_) add(in.fd, POLLIN, kIn, idx, int(fd));
+                if (reads && in.open && in.credit.left() > 0 && in.fd >= 0 && !checkpoint_) add(in.fd, POLLIN, kIn, idx, int(fd));
             for (auto& [fd, o] : pr.out)
                 if (!o.data.empty() && !o.dead) add(o.fd, POLLOUT, kOut, idx, int(fd));
         }
@@ -352,18 +348,17 @@ Result<void> Shim::loop() {
                 ses_.answer_pending("kill", status_reply(true));  // killed it is
                 finish(0, SIGKILL);
             }
-            timeout = timeout < 0 ? left : std::min(timeout, left);
+            timeout = sys::sooner(timeout, left);
         }
-        int n = ::poll(p.data(), p.size(), timeout);
-        if (n < 0 && errno != EINTR) return fail_errno("poll");
-
+        int n = TRY(p.wait(timeout));
         reap_vm();
-        if (n <= 0) continue;
+        if (n == 0) continue;
 
         for (size_t i = 0; i < p.size() && !relaunched_; ++i) {
-            if (!p[i].revents) continue;
-            auto t = tags[i];
-            switch (t.tag) {
+            short ev = p.revents(i);
+            if (!ev) continue;
+            auto t = p.tag(i);
+            switch (t.kind) {
                 case kSig: on_signal(); break;
                 case kCon: on_console_readable(); break;
                 case kAgentL:
@@ -406,7 +401,7 @@ Result<void> Shim::loop() {
                     break;
                 }
                 case kChan:
-                    if (p[i].revents & (POLLIN | POLLHUP | POLLERR)) {
+                    if (ev & (POLLIN | POLLHUP | POLLERR)) {
                         auto r = on_channel_readable();
                         if (!r) {
                             if (ses_.phase < Phase::Created && restore_failed(r.error().message)) break;
@@ -420,11 +415,11 @@ Result<void> Shim::loop() {
                             finish(255, 0);
                         }
                     }
-                    if (chan_ && (p[i].revents & POLLOUT) && ses_.writable()) {
+                    if (chan_ && (ev & POLLOUT) && ses_.writable()) {
                         ssize_t w = ::write(chan_.get(), ses_.out.data(), ses_.writable());
                         if (w > 0) {
                             ses_.out.erase(0, size_t(w));
-                            if (ses_.channel_window) ses_.channel_credit -= uint32_t(w);
+                            if (ses_.channel) ses_.channel->spend(uint32_t(w));
                         }
                     }
                     if (boot_images_held_ && ses_.out.empty()) release_boot_images();
@@ -436,11 +431,11 @@ Result<void> Shim::loop() {
                     if (auto it = ses_.procs.find(uint32_t(t.id)); it != ses_.procs.end()) write_out(it->second, uint32_t(t.fd));
                     break;
                 case kClient:
-                    if (clients_.count(t.id) && (p[i].revents & POLLOUT)) flush_client(t.id);
-                    if (clients_.count(t.id) && (p[i].revents & (POLLIN | POLLHUP | POLLERR)) && !clients_[t.id].closing &&
+                    if (clients_.count(t.id) && (ev & POLLOUT)) flush_client(t.id);
+                    if (clients_.count(t.id) && (ev & (POLLIN | POLLHUP | POLLERR)) && !clients_[t.id].closing &&
                         clients_[t.id].out.empty())
                         on_client(t.id);
-                    else if (clients_.count(t.id) && (p[i].revents & (POLLHUP | POLLERR)))
+                    else if (clients_.count(t.id) && (ev & (POLLHUP | POLLERR)))
                         drop_client(t.id);  // a peer that hung up takes nothing more
                     break;
             }

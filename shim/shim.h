@@ -49,6 +49,7 @@
 #include "protocol/creator.h"
 #include "protocol/protocol.h"
 #include "shim/session.h"
+#include "sys/poll_set.h"
 #include "shim/timeline.h"
 #include "husk/disk_image.h"
 #include "hypervisors/virtiofsd.h"

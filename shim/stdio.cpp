@@ -6,12 +6,12 @@ namespace husk::shimd {
 void Shim::read_in(Proc& p, uint32_t fd) {
     auto& in = p.in[fd];
     char buf[proto::kMaxDataPayload];
-    size_t want = std::min<size_t>(sizeof buf, in.credit);
+    size_t want = std::min<size_t>(sizeof buf, in.credit.left());
     ssize_t r = ::read(in.fd, buf, want);
     uint32_t s = proto::stream_id(p.idx, fd);
     if (r > 0) {
         ses_.send(proto::encode(proto::Type::Data, s, std::string_view(buf, size_t(r))));
-        in.credit -= uint32_t(r);
+        in.credit.spend(uint32_t(r));
     } else if (r == 0 || (errno != EINTR && errno != EAGAIN)) {  // EIO: the pty's master is gone
         ses_.send(proto::encode(proto::Type::Close, s, ""));
         in.open = false;

@@ -50,9 +50,9 @@ Result<void> Shim::launch_vm() {
     host.hybrid_vsock = caps.hybrid_vsock;
     if (caps.stdin_window) {
         ses_.stdin_window = caps.stdin_window;
-        for (auto& [fd, in] : ses_.procs[0].in) in.credit = caps.stdin_window;
+        for (auto& [fd, in] : ses_.procs[0].in) in.credit = proto::SendCredit(caps.stdin_window);
     }
-    ses_.channel_window = ses_.channel_credit = caps.channel_window;
+    if (caps.channel_window) ses_.channel = proto::SendCredit(caps.channel_window);
     host.host_cpus = unsigned(sysconf(_SC_NPROCESSORS_ONLN));
     if (caps.max_vcpus) host.host_cpus = std::min(host.host_cpus, caps.max_vcpus);
     host.kernel = hv_->guest_kernel();

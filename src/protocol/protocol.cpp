@@ -97,6 +97,15 @@ Result<uint32_t> decode_credit(const Frame& f) {
     return get_u32(f.payload.data());
 }
 
+Result<void> SendCredit::give_back(uint32_t n) {
+    if (uint64_t(left_) + n > window_) {
+        left_ = window_;
+        return fail("returned " + std::to_string(n) + " bytes of credit that were not given", EPROTO);
+    }
+    left_ += n;
+    return {};
+}
+
 void Decoder::feed(const char* data, size_t len) {
     if (error_) return;
     // Compact before growing so a long-lived connection does not creep.

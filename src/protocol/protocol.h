@@ -90,6 +90,24 @@ std::string encode(Type t, uint32_t stream, std::string_view payload);
 std::string encode_credit(uint32_t stream, uint32_t bytes);
 Result<uint32_t> decode_credit(const Frame& f);
 
+// A sender's side of a stream's credit (or of kChannelStream's): what it
+// may still send, out of the window the receiver granted. The shim's
+// stdin and channel and the agent's output each keep one.
+class SendCredit {
+public:
+    explicit SendCredit(uint32_t window = kInitialCredit) : window_(window), left_(window) {}
+    SendCredit(uint32_t window, uint32_t left) : window_(window), left_(left < window ? left : window) {}
+    uint32_t left() const { return left_; }
+    uint32_t window() const { return window_; }
+    void spend(uint32_t n) { left_ -= n < left_ ? n : left_; }
+    // The receiver's CREDIT: more than is out is a lie (EPROTO), and the
+    // count stays at the window.
+    Result<void> give_back(uint32_t n);
+
+private:
+    uint32_t window_, left_;
+};
+
 // Bytes queued for a stream (frames for the other side): appended at the
 // tail, written from the head. A DATA frame can be read straight into the
 // tail (reserve, then commit), so a process's output is copied once in, once

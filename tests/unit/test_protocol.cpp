@@ -194,3 +194,24 @@ TEST_CASE("the outbox keeps bytes in order through partial writes, reserves and 
     CHECK(frames == 2000);
     CHECK(d.buffered() == 0);
 }
+
+TEST_CASE("send credit: spent as sent, given back as the receiver drains, never past the window", "[protocol]") {
+    SendCredit c(100);
+    CHECK(c.left() == 100);
+    c.spend(60);
+    CHECK(c.left() == 40);
+    c.spend(70);  // (a sender never spends more than it has: nothing goes below zero)
+    CHECK(c.left() == 0);
+    REQUIRE(c.give_back(100));
+    CHECK(c.left() == 100);
+    auto lie = c.give_back(1);
+    REQUIRE_FALSE(lie);
+    CHECK(lie.error().code == EPROTO);
+    CHECK(lie.error().message == "returned 1 bytes of credit that were not given");
+    CHECK(c.left() == 100);
+    // A checkpoint's resumed stream: what is still buffered in the guest is out.
+    SendCredit r(100, 30);
+    CHECK(r.left() == 30);
+    CHECK(SendCredit(100, 500).left() == 100);
+    CHECK(SendCredit().window() == kInitialCredit);
+}

@@ -105,7 +105,7 @@ TEST_CASE("session: a guest that lies is refused with an error, never a crash", 
         {"an event husk does not know", frame(proto::Type::Event, 0, {{"event", "oops"}, {"process", 0}}),
          "agent: event.event: not an event husk knows: oops"},
         {"a request to the shim", frame(proto::Type::Request, 0, {{"id", 1}}), "agent sent a request"},
-        {"too much stdin credit", proto::encode_credit(proto::stream_id(0, 0), 1), "agent returned too much credit"},
+        {"too much stdin credit", proto::encode_credit(proto::stream_id(0, 0), 1), "returned 1 bytes of credit that were not given"},
         {"output on an fd the process was not given", proto::encode(proto::Type::Data, proto::stream_id(0, 3), "x"),
          "data on unknown stream 3"},
         {"a close of an fd the process was not given", proto::encode(proto::Type::Close, proto::stream_id(0, 9), ""),
@@ -158,9 +158,9 @@ TEST_CASE("session: preserved fds are streams of their own, one way or both", "[
     CHECK(p.out[3].data == "both");
     CHECK(p.out[4].data == "out");
     // What the guest reads returns credit on the same id, and only up to the window.
-    p.in[3].credit -= 10;
+    p.in[3].credit.spend(10);
     REQUIRE(feed(s, proto::encode_credit(proto::stream_id(0, 3), 10)));
-    CHECK(p.in[3].credit == s.stdin_window);
+    CHECK(p.in[3].credit.left() == s.stdin_window);
     // The guest closing a two-way fd ends its output, not what it reads.
     REQUIRE(feed(s, proto::encode(proto::Type::Close, proto::stream_id(0, 3), "")));
     CHECK(p.out[3].eof);
@@ -202,12 +202,12 @@ TEST_CASE("session: a refused create reaches the shim; a forgotten client gets n
 TEST_CASE("session: a windowed channel takes only what the agent said it read", "[session]") {
     Host h;
     shim::Session s(h);
-    s.channel_window = s.channel_credit = 2048;
+    s.channel = proto::SendCredit(2048);
     created(s);  // HELLO and the create request are queued
     s.send(std::string(5000, 'x'));
     CHECK(s.writable() == 2048);
     s.out.erase(0, 2048);  // the shim wrote that much
-    s.channel_credit = 0;
+    s.channel->spend(2048);
     CHECK(s.writable() == 0);
     REQUIRE(feed(s, proto::encode_credit(proto::kChannelStream, 1000)));
     CHECK(s.writable() == 1000);
