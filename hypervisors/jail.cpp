@@ -22,7 +22,7 @@ namespace husk {
 
 namespace {
 
-std::string failed(const std::string& what) { return "jail: " + what + ": " + std::strerror(errno); }
+tl::unexpected<Error> failed(const std::string& what, int err = errno) { return fail_errno("jail: " + what, err); }
 
 // mkdir -p of `path`'s parents inside the jail (all on its tmpfs).
 void make_parents(const std::string& path) {
@@ -31,7 +31,7 @@ void make_parents(const std::string& path) {
 
 // A read-only remount keeps the flags the kernel locks on a bind mount
 // made in a user namespace (nosuid, nodev, noexec of the source).
-std::string remount_readonly(const std::string& target) {
+Result<void> remount_readonly(const std::string& target) {
     struct statvfs sv;
     if (::statvfs(target.c_str(), &sv) < 0) return failed("statvfs " + target);
     unsigned long keep = 0;
@@ -40,10 +40,10 @@ std::string remount_readonly(const std::string& target) {
     if (sv.f_flag & ST_NOEXEC) keep |= MS_NOEXEC;
     if (::mount(nullptr, target.c_str(), nullptr, MS_BIND | MS_REMOUNT | MS_RDONLY | keep, nullptr) < 0)
         return failed("read-only " + target);
-    return "";
+    return {};
 }
 
-std::string bind_into(const std::string& source, const std::string& target, bool readonly, bool recursive,
+Result<void> bind_into(const std::string& source, const std::string& target, bool readonly, bool recursive,
                       bool propagate = false) {
     struct stat st;
     if (::stat(source.c_str(), &st) < 0) return failed("stat " + source);
@@ -61,12 +61,12 @@ std::string bind_into(const std::string& source, const std::string& target, bool
     // is cut off from the host.
     if (!propagate && ::mount(nullptr, target.c_str(), nullptr, MS_REC | MS_PRIVATE, nullptr) < 0)
         return failed("make " + target + " private");
-    return readonly ? remount_readonly(target) : "";
+    if (readonly) return remount_readonly(target);
+    return {};
 }
 
-std::string enter(const Jail& j, uid_t uid, gid_t gid) {
-    if (j.user_ns)
-        if (auto e = sys::map_ids_to_root(uid, gid); !e.empty()) return "jail: " + e;
+Result<void> enter(const Jail& j, uid_t uid, gid_t gid) {
+    if (j.user_ns) TRY_CTX(sys::map_ids_to_root(uid, gid), "jail");
     // Nothing mounted here may reach the host, nor anything there reach
     // us, but what is later bound under a share the shim made shared (a
     // pod member's rootfs): each mount is the host's slave until bound
@@ -75,12 +75,10 @@ std::string enter(const Jail& j, uid_t uid, gid_t gid) {
     const std::string& r = j.root;
     if (::mount("tmpfs", r.c_str(), "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755") < 0) return failed("tmpfs on " + r);
     if (::mount(nullptr, r.c_str(), nullptr, MS_PRIVATE, nullptr) < 0) return failed("make " + r + " private");
-    for (const auto& m : j.mounts)
-        if (auto e = bind_into(m.source, r + m.target, m.readonly, m.recursive, m.propagate); !e.empty()) return e;
+    for (const auto& m : j.mounts) TRY(bind_into(m.source, r + m.target, m.readonly, m.recursive, m.propagate));
     for (const auto& [path, target] : j.links)
         if (::symlink(target.c_str(), (r + path).c_str()) < 0) return failed("symlink " + path);
-    for (const auto& d : j.devices)
-        if (auto e = bind_into(d, r + d, false, false); !e.empty()) return e;
+    for (const auto& d : j.devices) TRY(bind_into(d, r + d, false, false));
     ::mkdir((r + "/tmp").c_str(), 0755);
     if (::mount("tmpfs", (r + "/tmp").c_str(), "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777") < 0) return failed("tmpfs on /tmp");
     // A fresh proc of the jail's own pid namespace: the host's would show
@@ -99,7 +97,7 @@ std::string enter(const Jail& j, uid_t uid, gid_t gid) {
         if (std::find(j.keep_caps.begin(), j.keep_caps.end(), c) == j.keep_caps.end() &&
             ::prctl(PR_CAPBSET_DROP, c, 0, 0, 0) < 0 && errno != EINVAL)
             return failed("drop capability " + std::to_string(c));
-    return "";
+    return {};
 }
 
 }  // namespace
@@ -142,8 +140,8 @@ void jail_spawn(const Jail& jail, sys::SpawnOptions& o) {
         o.fds.push_back({jail.lifeline_fd, kLifelineFd});
         o.die_with_parent = false;  // the lifeline says when to go
     }
-    o.in_child = [jail, uid, gid, lifeline] {
-        if (auto e = enter(jail, uid, gid); !e.empty()) return e;
+    o.in_child = [jail, uid, gid, lifeline]() -> Result<void> {
+        TRY(enter(jail, uid, gid));
         // We are pid 1 of the jail's pid namespace, which the kernel shields
         // from every signal it has no handler for, its own abort() included
         // (UML aborts on a guest panic, and would then spin). So pid 1 stays
@@ -153,7 +151,7 @@ void jail_spawn(const Jail& jail, sys::SpawnOptions& o) {
         if (vmm < 0) return failed("fork");
         if (vmm == 0) {
             if (lifeline) ::close(kLifelineFd);
-            return std::string();
+            return {};
         }
         ::prctl(PR_SET_NAME, "husk-jail-init", 0, 0, 0);
         if (lifeline) {

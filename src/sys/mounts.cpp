@@ -132,7 +132,7 @@ Result<void> unshare(int flags) {
     return {};
 }
 
-std::string map_ids_to_root(uid_t uid, gid_t gid) {
+Result<void> map_ids_to_root(uid_t uid, gid_t gid) {
     // Decimal by hand: no allocation before the message.
     auto line = [](char* buf, unsigned long id) {
         char digits[24];
@@ -157,16 +157,16 @@ std::string map_ids_to_root(uid_t uid, gid_t gid) {
         bool ok = fd >= 0 && ::write(fd, w.data, size_t(w.len)) == w.len;
         int e = errno;
         if (fd >= 0) ::close(fd);
-        if (!ok) return std::string("write ") + w.path + ": " + std::strerror(e);
+        if (!ok) return fail_errno(std::string("write ") + w.path, e);
     }
-    return "";
+    return {};
 }
 
 Result<void> become_userns_root() {
     uid_t uid = ::geteuid();
     gid_t gid = ::getegid();
     if (::unshare(CLONE_NEWUSER) < 0) return fail_errno("unshare user namespace");
-    if (auto e = map_ids_to_root(uid, gid); !e.empty()) return fail(e, EPERM);
+    TRY(map_ids_to_root(uid, gid));
     return {};
 }
 

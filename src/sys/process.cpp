@@ -212,8 +212,8 @@ Result<pid_t> spawn(const std::vector<std::string>& argv, const SpawnOptions& o)
         // at 100) and the error pipe, however high the caller's fds go.
         close_fds_except(3, keep.data(), keep.size());
         if (o.in_child)
-            if (std::string why = o.in_child(); !why.empty()) {
-                (void)!::write(err_w, why.data(), why.size());
+            if (auto r = o.in_child(); !r) {
+                (void)!::write(err_w, r.error().message.data(), r.error().message.size());
                 _exit(127);
             }
         if (!o.cwd.empty() && ::chdir(o.cwd.c_str()) < 0) die("chdir " + o.cwd);

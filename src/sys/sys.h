@@ -125,7 +125,7 @@ Result<void> unshare(int flags);
 // In a fresh user namespace: map `uid`/`gid` (ids outside) to 0, denying
 // setgroups as an unprivileged process must. "" or what failed; safe in
 // a child between clone and exec (no allocation but the message).
-std::string map_ids_to_root(uid_t uid, gid_t gid);
+Result<void> map_ids_to_root(uid_t uid, gid_t gid);
 // Become root of a user namespace of our own, our ids mapped to 0, as
 // `unshare -r` does. The process must be single-threaded.
 Result<void> become_userns_root();
@@ -174,10 +174,9 @@ struct SpawnOptions {
     // Namespaces the child starts in (CLONE_NEW*; clone3 instead of fork).
     // A child in a new pid namespace has no parent there to check on.
     uint64_t clone_flags = 0;
-    // Runs in the child after its fds are in place and before cwd/exec:
-    // returns what failed ("" when all is well). The child is
-    // single-threaded and may allocate.
-    std::function<std::string()> in_child;
+    // Runs in the child after its fds are in place and before cwd/exec; an
+    // error is spawn()'s. The child is single-threaded and may allocate.
+    std::function<Result<void>()> in_child;
 };
 // Between fork and exec (no allocation): close every fd from `low` up but
 // the n in `keep`, or mark every fd from `low` up close-on-exec, however

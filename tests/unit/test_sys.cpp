@@ -93,6 +93,23 @@ TEST_CASE("spawn reports exec failure in the parent and reaps the child", "[sys]
     CHECK(c.error().message.rfind("chdir /nonexistent-dir", 0) == 0);
 }
 
+TEST_CASE("a spawn's in_child step fails with its error in the parent, or lets the exec go on", "[sys]") {
+    sys::SpawnOptions o;
+    // (What the jail's enter() is: a Result, whose message the parent gets.)
+    o.in_child = []() -> Result<void> { return fail_errno("jail: mount proc", EPERM); };
+    auto r = sys::spawn({"true"}, o);
+    REQUIRE_FALSE(r);
+    CHECK(r.error().message == "jail: mount proc: Operation not permitted");
+    CHECK(waitpid(-1, nullptr, WNOHANG) < 0);  // reaped
+    o.in_child = []() -> Result<void> { return {}; };
+    auto ok = sys::spawn({"true"}, o);
+    REQUIRE(ok);
+    int st = 0;
+    REQUIRE(waitpid(*ok, &st, 0) == *ok);
+    CHECK(WIFEXITED(st));
+    CHECK(WEXITSTATUS(st) == 0);
+}
+
 TEST_CASE("fds pass over a unix socket with their message; surplus and EOF are clean", "[sys]") {
     auto sp = sys::socketpair(SOCK_STREAM).value();
     auto p = sys::pipe().value();
