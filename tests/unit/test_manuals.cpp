@@ -9,6 +9,7 @@
 #include <catch2/catch.hpp>
 
 #include "cli/app.h"
+#include "husk/config.h"
 #include "husk/driver_choice.h"
 
 namespace {
