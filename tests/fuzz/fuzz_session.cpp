@@ -47,11 +47,11 @@ struct Host : shim::SessionHost {
 void add_proc(shim::Session& s, uint32_t idx) {
     auto& p = s.procs[idx];
     p.idx = idx;
-    p.in[0].credit = s.stdin_window;
+    p.in[0].credit = proto::SendCredit(s.stdin_window);
     std::vector<uint32_t> outs = {1, 2};
     if (idx & 1) {
         outs.insert(outs.end(), {3, 4});
-        p.in[3].credit = p.in[5].credit = s.stdin_window;
+        p.in[3].credit = p.in[5].credit = proto::SendCredit(s.stdin_window);
     }
     for (uint32_t i : outs) p.out[i].stream = proto::stream_id(idx, i);
 }
@@ -112,7 +112,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
         for (const auto& [idx, p] : s.procs) {
             if (p.idx != idx) __builtin_trap();
             for (const auto& [f, in] : p.in)
-                if (in.credit > s.stdin_window) __builtin_trap();
+                if (in.credit.left() > s.stdin_window) __builtin_trap();
             for (const auto& [f, o] : p.out)
                 if (o.data.size() > proto::kInitialCredit) __builtin_trap();
             if (p.out.size() != ((idx & 1) ? 4u : 2u) || p.in.size() != ((idx & 1) ? 3u : 1u)) __builtin_trap();
