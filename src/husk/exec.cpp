@@ -18,10 +18,10 @@
 #include "husk/numbers.h"
 #include "husk/preserved_fds.h"
 #include "husk/relay.h"
-#include "protocol/creator.h"
 #include "husk/sandbox.h"
 #include "husk/signals.h"
 #include "husk/spec.h"
+#include "protocol/creator.h"
 #include "sys/sys.h"
 
 namespace husk {

@@ -17,10 +17,10 @@
 #include "husk/lifecycle.h"
 #include "husk/preserved_fds.h"
 #include "husk/relay.h"
-#include "protocol/creator.h"
 #include "husk/sandbox.h"
 #include "husk/shim_client.h"
 #include "husk/signals.h"
+#include "protocol/creator.h"
 #include "sys/sys.h"
 
 namespace husk {

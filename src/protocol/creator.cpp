@@ -56,7 +56,7 @@ Result<Report> report_from_json(const json& j) {
     if (r.kind == Report::Kind::Error) {
         TRY(o.req("error", r.text));
         TRY(o.opt("errno", r.code));
-        if (r.code < 0 || r.code > 4095) return bad_field("report.errno", "expected an errno in 1..4095");
+        if (o.has("errno") && (r.code < 1 || r.code > 4095)) return bad_field("report.errno", "expected an errno in 1..4095");
     }
     if (r.text.find('\n') != std::string::npos) return bad_field("report", "a message is one line");
     TRY(o.end());

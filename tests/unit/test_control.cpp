@@ -191,6 +191,7 @@ TEST_CASE("creator link: a report takes its kind's fields only; a starter hears 
     CHECK(why({{"report", "error"}, {"errno", 2}}) == "report.error: missing");
     CHECK(why({{"report", "error"}, {"error", "x"}, {"errno", "2"}}) == "report.errno: expected an integer in -2147483648..2147483647");
     CHECK(why({{"report", "error"}, {"error", "x"}, {"errno", 5000}}) == "report.errno: expected an errno in 1..4095");
+    CHECK(why({{"report", "error"}, {"error", "x"}, {"errno", 0}}) == "report.errno: expected an errno in 1..4095");
     CHECK(why({{"report", "error"}, {"error", "a\nb"}}) == "report: a message is one line");
     CHECK(report_from_json({{"report", 1}}).error().code == EPROTO);
 
