@@ -116,17 +116,6 @@ Result<void> mount_share_disk() {
     return fail("the share's disk (/dev/vda) never appeared", ENODEV);
 }
 
-// The module names an order file lists, one a line (dependencies first).
-std::vector<std::string> order_names(const std::string& order) {
-    std::vector<std::string> out;
-    for (size_t pos = 0; pos < order.size();) {
-        size_t e = order.find('\n', pos);
-        if (e == std::string::npos) e = order.size();
-        if (e > pos) out.push_back(order.substr(pos, e - pos));
-        pos = e + 1;
-    }
-    return out;
-}
 
 Result<void> load_module(const std::string& path) {
     auto fd = TRY(sys::open(path, O_RDONLY));
@@ -219,7 +208,7 @@ Result<void> early_init() {
         if (boot.net || g_template) order += sys::read_file("/lib/modules/order.net").value_or("");
         if (share == "disk") order += sys::read_file("/lib/modules/order.disk").value_or("");
     }
-    for (const auto& name : order_names(order)) {
+    for (const auto& name : sys::lines(order)) {
         auto r = load_module("/lib/modules/" + name);
         if (r) continue;
         if (!uml) return r;
@@ -242,7 +231,7 @@ Result<void> early_init() {
         std::string late = sys::read_file("/lib/modules/order.mem").value_or("");
         TRY(sys::mkdir_p(std::string("/newroot") + kLateModules, 0700));
         TRY(sys::write_file(std::string("/newroot") + kLateModules + "/order", late));
-        for (const auto& name : order_names(late))
+        for (const auto& name : sys::lines(late))
             TRY(sys::write_file(std::string("/newroot") + kLateModules + "/" + name, TRY(sys::read_file("/lib/modules/" + name, 16 << 20))));
     }
     free_initramfs("/", rootst.st_dev, "/newroot");

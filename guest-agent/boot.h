@@ -28,8 +28,6 @@ Result<sys::Fd> open_serial_channel();
 Result<sys::Fd> open_tty_channel(const std::string& name);
 Result<sys::Fd> open_vsock_channel();
 
-// The module names an order file lists, one a line (dependencies first).
-std::vector<std::string> order_names(const std::string& order);
 Result<void> load_module(const std::string& path);
 // Where the modules loaded on demand (virtio_mem) are kept once the
 // initramfs is gone: the agent's own root, which no container sees.

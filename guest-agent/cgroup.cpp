@@ -172,8 +172,21 @@ Result<sys::Fd> create_container_cgroup(const std::string& dir, const CgroupFile
 }
 
 void remove_container_cgroup(const std::string& dir) {
+    if (auto names = sys::list_dir(dir))
+        for (const auto& n : *names)
+            if (sys::is_dir(dir + "/" + n)) remove_container_cgroup(dir + "/" + n);
     // Its processes are being killed: the group empties within moments.
     for (int i = 0; i < 100 && ::rmdir(dir.c_str()) < 0 && errno == EBUSY; ++i) ::usleep(10000);
+}
+
+Result<sys::Fd> open_process_cgroup(pid_t pid, const std::string& dir) {
+    std::string text = TRY(sys::read_file("/proc/" + std::to_string(pid) + "/cgroup", 64 << 10));
+    // cgroup v2 alone: one line, "0::<path>" (from the agent's root).
+    if (text.rfind("0::", 0) != 0) return fail("process " + std::to_string(pid) + ": no cgroup v2 group", ENOENT);
+    std::string path = std::string(kCgroupRoot) + text.substr(3, text.find('\n') - 3);
+    if (path != dir && path.rfind(dir + "/", 0) != 0)
+        return fail("process " + std::to_string(pid) + " has left its container's cgroup (" + path + ")", EPERM);
+    return sys::open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 }
 
 }  // namespace husk::agent

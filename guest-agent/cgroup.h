@@ -29,8 +29,15 @@ using CgroupFiles = std::vector<std::pair<std::string, std::string>>;
 // filter for `device_rules`. Returns an fd for clone3(CLONE_INTO_CGROUP).
 Result<sys::Fd> create_container_cgroup(const std::string& dir, const CgroupFiles& files,
                                         const std::vector<proto::DeviceRule>& device_rules);
-// Remove it once its processes are gone (waiting briefly for them).
+// Remove it, and the groups its processes made below it (systemd's
+// init.scope, system.slice...), once its processes are gone (waiting
+// briefly for them).
 void remove_container_cgroup(const std::string& dir);
+// The group process `pid` is in, when that is `dir` or below it: where an
+// exec goes when `dir` itself cannot take a process (cgroup v2's rule: no
+// processes in a group that hands controllers to its children, as an init
+// like systemd makes it), as runc's exec joins its init's group then.
+Result<sys::Fd> open_process_cgroup(pid_t pid, const std::string& dir);
 
 // Write (name, value)s into the container's group.
 Result<void> write_cgroup_files(const std::string& dir, const CgroupFiles& files);

@@ -6,7 +6,6 @@
 #include <dirent.h>
 #include <fcntl.h>
 #include <grp.h>
-#include <linux/openat2.h>
 #include <sched.h>
 #include <linux/capability.h>
 #include <seccomp.h>

@@ -6,7 +6,6 @@
 #include <dirent.h>
 #include <fcntl.h>
 #include <grp.h>
-#include <linux/openat2.h>
 #include <sched.h>
 #include <linux/capability.h>
 #include <seccomp.h>
@@ -79,17 +78,6 @@ MountFlags parse_mount_options(const std::vector<std::string>& opts) {
 
 namespace {
 
-Result<sys::Fd> openat2_in_root(int root, const std::string& rel, int flags) {
-    struct open_how how;
-    std::memset(&how, 0, sizeof how);
-    how.flags = uint64_t(flags | O_CLOEXEC);
-    how.resolve = RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS;
-    std::string p = rel.empty() ? "." : rel;
-    int fd = int(::syscall(SYS_openat2, root, p.c_str(), &how, sizeof how));
-    if (fd < 0) return fail_errno("open " + rel + " in container root");
-    return sys::Fd(fd);
-}
-
 // Create `dest` (absolute, in the container) as a directory or empty
 // file, every component resolved inside the root so symlinks in the
 // image cannot point a mount outside it. Returns an O_PATH fd to it.
@@ -114,10 +102,10 @@ Result<sys::Fd> make_mountpoint(int root, const std::string& dest, bool file, in
     std::string prefix;
     for (size_t i = 0; i < parts.size(); ++i) {
         std::string next = prefix.empty() ? parts[i] : prefix + "/" + parts[i];
-        auto fd = openat2_in_root(root, next, O_PATH);
+        auto fd = sys::open_in_root(root, next, O_PATH);
         if (!fd) {
             if (fd.error().code != ENOENT) return tl::unexpected(fd.error());
-            auto parent = TRY(openat2_in_root(root, prefix, O_PATH | O_DIRECTORY));
+            auto parent = TRY(sys::open_in_root(root, prefix, O_PATH | O_DIRECTORY));
             bool last = i + 1 == parts.size();
             // A dangling symlink: create its target, still inside the root.
             char link[4096];
@@ -139,7 +127,7 @@ Result<sys::Fd> make_mountpoint(int root, const std::string& dest, bool file, in
         }
         prefix = next;
     }
-    return openat2_in_root(root, prefix, O_PATH);
+    return sys::open_in_root(root, prefix, O_PATH);
 }
 
 std::string fd_path(const sys::Fd& fd) { return "/proc/self/fd/" + std::to_string(fd.get()); }
@@ -241,11 +229,11 @@ Result<void> do_mount(int root, const proto::Mount& m, unsigned long& dev_ro) {
         // top leaves them writable, as the kernel's bind does on the host.
         for (const auto& sub : m.submounts) {
             if (sub.empty() || sub[0] == '/' || sub.find("..") != std::string::npos) continue;
-            auto at = openat2_in_root(root, dest + "/" + sub, O_PATH);
+            auto at = sys::open_in_root(root, dest + "/" + sub, O_PATH);
             if (at) TRY(sys::mount(src + "/" + sub, fd_path(*at), "", MS_BIND));
         }
         // Reopen: the fd names the covered directory, not the new mount.
-        auto mounted = TRY(openat2_in_root(root, dest, O_PATH));
+        auto mounted = TRY(sys::open_in_root(root, dest, O_PATH));
         unsigned long rflags = mf.flags & ~(MS_BIND | MS_REC | MS_REMOUNT);
         if (rflags) TRY(sys::mount("", fd_path(mounted), "", MS_BIND | MS_REMOUNT | rflags));
         if (mf.propagation) TRY(sys::mount("", fd_path(mounted), "", mf.propagation));
@@ -260,7 +248,7 @@ Result<void> do_mount(int root, const proto::Mount& m, unsigned long& dev_ro) {
     // runc: a tmpfs over a directory that was there takes its mode.
     std::optional<mode_t> was_mode;
     if (type == "tmpfs")
-        if (auto existing = openat2_in_root(root, dest, O_PATH); existing) {
+        if (auto existing = sys::open_in_root(root, dest, O_PATH); existing) {
             struct stat st;
             if (::fstat(existing->get(), &st) == 0 && S_ISDIR(st.st_mode)) was_mode = st.st_mode & 07777;
         }
@@ -273,15 +261,15 @@ Result<void> do_mount(int root, const proto::Mount& m, unsigned long& dev_ro) {
     if (ro_later) flags &= ~MS_RDONLY;
     TRY(sys::mount(source.empty() ? type : source, fd_path(target), type, flags, mf.data));
     if (below) {
-        auto top = TRY(openat2_in_root(root, dest, O_RDONLY | O_DIRECTORY));
+        auto top = TRY(sys::open_in_root(root, dest, O_RDONLY | O_DIRECTORY));
         TRY(copy_tree(below.get(), top.get()));
     }
     if (was_mode) {
-        auto top = TRY(openat2_in_root(root, dest, O_RDONLY | O_DIRECTORY));
+        auto top = TRY(sys::open_in_root(root, dest, O_RDONLY | O_DIRECTORY));
         if (::fchmod(top.get(), *was_mode) < 0) return fail_errno("chmod " + dest);
     }
     if (ro_later || mf.propagation) {
-        auto mounted = TRY(openat2_in_root(root, dest, O_PATH));
+        auto mounted = TRY(sys::open_in_root(root, dest, O_PATH));
         // A bind remount sets every per-mount flag: keep the mount's own.
         unsigned long ro = MS_REMOUNT | MS_BIND | MS_RDONLY | (flags & kPerMountFlags);
         if (ro_later && dev) dev_ro = ro;

@@ -174,7 +174,7 @@ Result<json> Agent::do_resume(const proto::Resume& params) {
 Result<json> Agent::do_memory() {
     auto order = sys::read_file(std::string(kLateModules) + "/order");
     if (!order) return fail("this guest was not booted to take memory (husk.mem)", ENOTSUP);
-    for (const auto& name : order_names(*order)) TRY(load_module(std::string(kLateModules) + "/" + name));
+    for (const auto& name : sys::lines(*order)) TRY(load_module(std::string(kLateModules) + "/" + name));
     return json::object();
 }
 
@@ -206,11 +206,21 @@ Result<json> Agent::do_exec(const proto::Exec& params) {
     Result<Process> p = fail("no process", EINVAL);
     {
         auto in_pidns = TRY(ChildPidns::enter(pidns.get(), own_pidns_.get()));
-        p = spawn(params.process, 0,
-                  [&](int sync, const agent::Stdio& io) {
-                      agent::exec_init(params.process, c->seccomp, c->userns, init_pid, sync, io);
-                  },
-                  std::nullopt, c->cgroup ? c->cgroup.get() : -1);
+        auto run = [&](int cgroup) {
+            return spawn(params.process, 0,
+                         [&](int sync, const agent::Stdio& io) {
+                             agent::exec_init(params.process, c->seccomp, c->userns, init_pid, sync, io);
+                         },
+                         std::nullopt, cgroup);
+        };
+        p = run(c->cgroup ? c->cgroup.get() : -1);
+        // The container's group hands controllers to groups of its own (an
+        // init such as systemd made them): the init's group takes the
+        // process instead, as runc's exec does.
+        if (!p && p.error().code == EBUSY && c->cgroup) {
+            auto init_group = agent::open_process_cgroup(init_pid, c->cgroup_dir);
+            if (init_group) p = run(init_group->get());
+        }
     }
     if (!p) return tl::unexpected(p.error());
     // No start step for exec: go.

@@ -4,6 +4,7 @@
 #include <dirent.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <linux/openat2.h>
 #include <poll.h>
 #include <signal.h>
 #include <sys/file.h>
@@ -50,6 +51,28 @@ Result<std::string> read_to_eof(int fd, size_t limit) {
         out.append(buf, size_t(n));
     }
     return out;
+}
+
+std::vector<std::string> lines(const std::string& text) {
+    std::vector<std::string> out;
+    for (size_t pos = 0; pos < text.size();) {
+        size_t e = text.find('\n', pos);
+        if (e == std::string::npos) e = text.size();
+        if (e > pos) out.push_back(text.substr(pos, e - pos));
+        pos = e + 1;
+    }
+    return out;
+}
+
+Result<Fd> open_in_root(int root, const std::string& rel, int flags) {
+    struct open_how how;
+    std::memset(&how, 0, sizeof how);
+    how.flags = uint64_t(flags | O_CLOEXEC);
+    how.resolve = RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS;
+    std::string p = rel.empty() ? "." : rel;
+    int fd = int(::syscall(SYS_openat2, root, p.c_str(), &how, sizeof how));
+    if (fd < 0) return fail_errno("open " + rel + " in container root");
+    return Fd(fd);
 }
 
 Result<std::string> read_link(const std::string& path) {
@@ -117,6 +140,22 @@ Result<void> write_file_atomic(const std::string& path, const std::string& data,
     return {};
 }
 
+namespace {
+
+Result<void> write_all_at(int fd, const char* data, size_t len, off_t at) {
+    while (len > 0) {
+        ssize_t n = ::pwrite(fd, data, len, at);
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0) return fail_errno("write");
+        data += n;
+        len -= size_t(n);
+        at += n;
+    }
+    return {};
+}
+
+}  // namespace
+
 Result<void> copy_file_sparse(const std::string& from, const std::string& to, mode_t mode) {
     auto in = TRY(open(from, O_RDONLY | O_CLOEXEC));
     struct stat st{};
@@ -129,6 +168,7 @@ Result<void> copy_file_sparse(const std::string& from, const std::string& to, mo
         return fail_errno(what + " " + from + " to " + to, e);
     };
     if (::ftruncate(out.get(), st.st_size) < 0) return failed("size");
+    bool plain = false;
     for (off_t pos = 0; pos < st.st_size;) {
         off_t data = ::lseek(in.get(), pos, SEEK_DATA);
         if (data < 0 && errno == ENXIO) break;  // holes to the end
@@ -137,7 +177,21 @@ Result<void> copy_file_sparse(const std::string& from, const std::string& to, mo
         if (hole < 0) return failed("seek hole in");
         for (off_t off = data; off < hole;) {
             loff_t src = off, dst = off;
-            ssize_t n = ::copy_file_range(in.get(), &src, out.get(), &dst, size_t(hole - off), 0);
+            ssize_t n = -1;
+            if (!plain) {
+                n = ::copy_file_range(in.get(), &src, out.get(), &dst, size_t(hole - off), 0);
+                // Across filesystems of different kinds (an overlay's file
+                // into a tmpfs) the kernel will not: bytes through us.
+                if (n < 0 && (errno == EXDEV || errno == EOPNOTSUPP || errno == ENOSYS || errno == EINVAL)) plain = true;
+            }
+            if (plain) {
+                char buf[1 << 16];
+                n = ::pread(in.get(), buf, std::min(sizeof buf, size_t(hole - off)), off);
+                if (n > 0) {
+                    auto w = write_all_at(out.get(), buf, size_t(n), off);
+                    if (!w) return failed("write");
+                }
+            }
             if (n < 0 && errno == EINTR) continue;
             if (n < 0) return failed("copy");
             if (n == 0) {

@@ -24,6 +24,10 @@ namespace husk::sys {
 Result<Fd> open(const std::string& path, int flags, mode_t mode = 0);
 Result<std::string> read_file(const std::string& path, size_t limit = 16 << 20);
 Result<std::string> read_link(const std::string& path);
+// `rel` under the directory `root` as if `root` were "/" (openat2's
+// RESOLVE_IN_ROOT): no "..", absolute path or symlink in an image leads
+// out of it, and magic links (/proc/self/...) are refused. Close-on-exec.
+Result<Fd> open_in_root(int root, const std::string& rel, int flags);
 // An executable by name, as execvp finds it (a name with '/' as it is).
 std::optional<std::string> find_program(const std::string& name);
 // The first regular executable file `name` in the directories of `path`
@@ -47,6 +51,9 @@ Result<std::vector<std::string>> list_dir(const std::string& path);
 std::string dirname(const std::string& path);
 std::string basename(const std::string& path);
 inline bool is_absolute(const std::string& path) { return !path.empty() && path[0] == '/'; }
+// The lines of a text ('\n'-separated), empty ones left out: order files,
+// modules.dep, modules.builtin.
+std::vector<std::string> lines(const std::string& text);
 Result<std::string> realpath(const std::string& path);
 
 // I/O
