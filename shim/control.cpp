@@ -142,6 +142,12 @@ void Shim::on_client_line(uint64_t cid, const std::string& line) {
         if (ses_.phase == Phase::Exiting) return reply(cid, false, "container not running");
         if (!live) return reply(cid, false, "container is not created yet");
         int sig = req.signal;
+        // An image's init is asked to power off, as a VM's power button
+        // would (system_image::poweroff_signal).
+        if (sig == SIGTERM && !req.all && poweroff_signal_) {
+            sig = *poweroff_signal_;
+            log::debug("kill: SIGTERM to the image's init as " + signal_name(sig) + " (power off)");
+        }
         json params = proto::to_json(proto::Kill{0, sig, req.all});
         if (paused_) {
             // The agent cannot answer while the vCPUs are stopped. SIGKILL

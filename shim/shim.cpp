@@ -275,7 +275,14 @@ Result<void> Shim::loop() {
         if (!handed_over_ && ses_.phase == Phase::Exiting && init.drained() && ses_.out.empty() &&
             (!execs_left || Clock::now() >= ses_.exit_deadline)) {
             if (live_members()) handover();
-            else if (init.sig) finish(0, *init.sig);
+            else if (init.sig && !image_kernel_.empty() && (*init.sig == SIGINT || *init.sig == SIGHUP)) {
+                // reboot(2) in its PID namespace: a power-off (SIGINT) or a
+                // restart (SIGHUP) of the image's init, which ends the VM
+                // as a clean shutdown.
+                log::debug(std::string("the image's init ") + (*init.sig == SIGINT ? "powered off" : "restarted") +
+                           ": exit status 0");
+                finish(0, 0);
+            } else if (init.sig) finish(0, *init.sig);
             else finish(init.code.value_or(255), 0);
         }
         if (handed_over_ && !live_members()) finish(0, 0);  // the pod's last container is gone: so is its VM

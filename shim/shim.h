@@ -44,7 +44,9 @@
 #include "husk/preserved_fds.h"
 #include "husk/sandbox.h"
 #include "husk/spec.h"
+#include "husk/signals.h"
 #include "husk/state.h"
+#include "husk/system_image.h"
 #include "husk/vm_template.h"
 #include "protocol/creator.h"
 #include "protocol/protocol.h"
@@ -207,6 +209,10 @@ private:
     // has none (when it has none).
     std::string template_shape_, template_dir_, template_key_, template_why_;
     std::string channel_why_;  // why not husk-vsock's device, where it could be
+    // The image's own kernel (org.husk.kernel: its path in the rootfs), and
+    // the signal a SIGTERM for its init becomes (system_image.h).
+    std::string image_kernel_;
+    std::optional<int> poweroff_signal_;
     bool making_template_ = false;  // booting to save the template at its HELLO
     // A checkpoint in progress (the agent quiesced, the VM saved, then
     // resumed or stopped), for the client that asked.

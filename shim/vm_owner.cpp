@@ -62,6 +62,19 @@ Result<void> Shim::launch_vm() {
     host.cpu_hotplug = caps.cpu_hotplug;
     for (auto& f : {host.kernel, host.initrd})
         if (!sys::exists(f)) return fail("guest image " + f + " not found (build rootfs-builder or set HUSK_KERNEL/HUSK_INITRD)", ENOENT);
+    // An image that carries its own kernel boots it (system_image.h):
+    // copied here from the rootfs, with husk's initramfs (and the image's
+    // modules, where husk's are for another release).
+    if (auto k = TRY(system_image::requested_kernel(spec_))) {
+        std::string rootfs = rootfs_path(args_.bundle, spec_);
+        poweroff_signal_ = TRY(system_image::poweroff_signal(spec_, rootfs));
+        auto boot = TRY(system_image::prepare_boot(rootfs, *k, host.initrd, paths_.dir));
+        host.kernel = boot.kernel;
+        host.initrd = boot.initrd;
+        image_kernel_ = *k;
+        log::debug("the image's kernel " + *k + ": " + boot.why + "; SIGTERM goes to its init as " +
+                   (poweroff_signal_ ? signal_name(*poweroff_signal_) : std::string("SIGTERM")));
+    }
     auto can = share_support(caps, !find_virtiofsd().empty(), rootless());
     auto config = TRY(load_config());
     if (!args_.restore.empty()) {
@@ -86,6 +99,7 @@ Result<void> Shim::launch_vm() {
     auto use = TRY(templates::choose(spec_.annotations, config.templates));
     template_why_ = !args_.restore.empty()                 ? "restoring a checkpoint"
                     : !use.on                              ? use.why
+                    : !image_kernel_.empty()               ? "the image boots its own kernel (org.husk.kernel)"
                     : !caps.templates                      ? "the driver has none"
                     : !host.share_disk.empty() && !caps.template_disks ? "the rootfs is on a disk"
                     : nics_.size() > caps.template_nics    ? "the container has more NICs than a template can be given"

@@ -159,6 +159,7 @@ Capabilities QemuHypervisor::capabilities() const {
     c.templates = !opt_.microvm();
     c.template_nics = kHotplugPorts - 1;
     c.checkpoint = true;
+    c.bzimage = true;  // -kernel takes one (q35 and microvm)
     return c;
 }
 

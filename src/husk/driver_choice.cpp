@@ -8,6 +8,7 @@
 #include "husk/hypervisor.h"
 #include "husk/pod.h"
 #include "husk/sandbox.h"
+#include "husk/system_image.h"
 
 namespace husk {
 
@@ -36,6 +37,9 @@ std::string uml_lacks(const Spec& spec) {
     for (const char* k : {kCriContainerType, kCrioContainerType})
         if (auto it = spec.annotations.find(k); it != spec.annotations.end() && it->second == "sandbox")
             return "is a pod's sandbox: the members that join its VM may need what UML lacks";
+    if (spec.annotations.count(system_image::kAnnotationKernel))
+        return std::string("boots the image's own kernel (") + system_image::kAnnotationKernel +
+               "), a bzImage, and UML boots a UML kernel only";
     if (spec.annotations.count(kAnnotationShare))
         return std::string("has annotation ") + kAnnotationShare + ", a share UML has not (its share is hostfs)";
     // A disk is what a checkpoint needs (README), and UML cannot save a VM.

@@ -163,6 +163,10 @@ struct Capabilities {
     // Its shares can be 9p (QEMU's own server; UML's hostfs stands in).
     // Without it, a share is virtio-fs or none (the rootfs on a disk).
     bool nine_p = true;
+    // It boots a Linux bzImage as VmConfig::kernel: an image's own kernel
+    // (org.husk.kernel, system_image.h). Firecracker and Cloud Hypervisor
+    // boot an ELF vmlinux only, UML its own kind of kernel.
+    bool bzimage = false;
 };
 
 // What a launch error appends before the last lines of the VMM's log

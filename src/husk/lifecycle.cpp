@@ -31,6 +31,7 @@
 #include "husk/shim_client.h"
 #include "husk/signals.h"
 #include "husk/spec.h"
+#include "husk/system_image.h"
 #include "protocol/creator.h"
 #include "sys/netlink.h"
 #include "sys/sys.h"
@@ -259,8 +260,14 @@ Result<pid_t> create_container(const Globals& g, const std::string& id, const Cr
     TRY(templates::choose(spec.annotations, std::nullopt));  // a bad org.husk.template or HUSK_TEMPLATES
     std::string rootfs = rootfs_path(bundle, spec);
     if (!sys::is_dir(rootfs)) return fail("rootfs " + rootfs + " does not exist", ENOENT);
-    if (auto pod = TRY(resolve_pod(spec, TRY(pod_peers(g)), namespace_identity)))
+    auto image_kernel = TRY(system_image::requested_kernel(spec));
+    if (auto pod = TRY(resolve_pod(spec, TRY(pod_peers(g)), namespace_identity))) {
+        if (image_kernel)
+            return fail(std::string("annotation ") + system_image::kAnnotationKernel +
+                            ": a container that joins a pod's VM cannot boot a kernel of its own",
+                        EINVAL);
         return create_member(g, id, bundle, spec, *pod, o);
+    }
     auto driver = TRY(container_hypervisor(g, &spec));
     if (!o.restore_from.empty() && driver.automatic)
         if (auto image = checkpoint::read_image(o.restore_from)) driver = driver_for_restore(driver, image->hypervisor);
@@ -272,6 +279,17 @@ Result<pid_t> create_container(const Globals& g, const std::string& id, const Cr
     // (log::progress), rather than in the shim, whose stderr is the
     // container's. The shim reads the verdict back from its cache.
     if (hypervisor == "qemu") (void)detect_accel_info();
+    if (image_kernel) {
+        // Checked here, before anything starts, and again by the shim as it
+        // copies what it checked.
+        if (!make_hypervisor(hypervisor)->capabilities().bzimage)
+            return fail(std::string("annotation ") + system_image::kAnnotationKernel + ": hypervisor " + hypervisor +
+                            " cannot boot an image's kernel (a bzImage): QEMU can",
+                        EINVAL);
+        auto why = TRY(system_image::check(rootfs, *image_kernel, find_guest_initrd()));
+        TRY(system_image::poweroff_signal(spec, rootfs));
+        log::debug("create " + id + ": the image's kernel " + *image_kernel + ": " + why);
+    }
 
     log::debug("create " + id + ": bundle " + bundle + ", hypervisor " + hypervisor + ": " + driver.why);
     TRY(sys::mkdir_p(g.root, 0711));

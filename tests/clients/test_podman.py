@@ -234,3 +234,60 @@ def test_checkpoint_and_restore_the_whole_vm(podman, image, tmp_path):
     assert r.returncode != 0 and b"org.husk.rootfs=disk" in r.stderr, r.stderr
     assert inspect(podman, "hk-ckpt-9p")["State"]["Status"] == "running"
     podman("rm", "-f", "-t", "0", "hk-ckpt-9p", check=True)
+
+
+SYSTEM_IMAGE = "localhost/husk-test-busybox-system:latest"
+
+
+@pytest.fixture(scope="module")
+def system_image(rootfs_tar, tmp_path_factory):
+    """The busybox image with an init (busybox's, /sbin/init, an inittab)
+    and a kernel of its own: husk's vmlinuz in /boot."""
+    import io
+    import shutil
+    import tarfile
+    vmlinuz = os.path.join(os.path.dirname(HUSK), "rootfs-builder", "vmlinuz")
+    out = str(tmp_path_factory.mktemp("system") / "system.tar")
+    shutil.copy(rootfs_tar, out)
+    with tarfile.open(out, "a") as tar:
+        def add(name, data=None, kind=tarfile.REGTYPE, link="", mode=0o644):
+            ti = tarfile.TarInfo(name)
+            ti.type, ti.linkname, ti.mode = kind, link, mode
+            if data is None:
+                tar.addfile(ti)
+            else:
+                ti.size = len(data)
+                tar.addfile(ti, io.BytesIO(data))
+        add("sbin", kind=tarfile.DIRTYPE, mode=0o755)
+        add("sbin/init", kind=tarfile.SYMTYPE, link="../bin/busybox")
+        add("boot", kind=tarfile.DIRTYPE, mode=0o755)
+        with open(vmlinuz, "rb") as f:
+            add("boot/vmlinuz", f.read())
+        add("etc/inittab", b"::sysinit:/bin/echo busybox init: up\n::respawn:/bin/sleep 100000\n"
+                           b"::shutdown:/bin/echo busybox init: shutting down\n")
+    run(["podman", "import", out, SYSTEM_IMAGE])
+    yield SYSTEM_IMAGE
+    run(["podman", "rmi", "-f", SYSTEM_IMAGE], check=False)
+
+
+def test_a_system_image_boots_its_own_kernel_and_init(podman, system_image):
+    """podman run --annotation org.husk.kernel=...: the image's kernel and
+    its init (busybox's; podman's systemd mode off, as for any init that
+    is not systemd); exec beside it; podman stop powers it off, exit 0."""
+    with open(os.path.join(os.path.dirname(HUSK), "rootfs-builder", "vmlinuz"), "rb") as f:
+        head = f.read(65 * 512)  # the boot header's kernel_version string: its first word
+    at = int.from_bytes(head[0x20E:0x210], "little") + 0x200
+    release = head[at:head.index(b"\0", at)].decode().split()[0]
+    r = podman("run", "-d", "--name", "hk-system", "--systemd", "false", "--annotation", "org.husk.kernel=/boot/vmlinuz",
+               system_image, "/sbin/init")
+    assert r.returncode == 0, r.stderr
+    wait_for(lambda: b"busybox init: up" in podman("logs", "hk-system").stdout, what="busybox init in the logs")
+    assert podman("exec", "hk-system", "uname", "-r", check=True).stdout.decode().strip() == release
+    assert podman("exec", "hk-system", "cat", "/proc/1/comm", check=True).stdout == b"init\n"
+    t0 = time.time()
+    podman("stop", "-t", "30", "hk-system", check=True)
+    assert time.time() - t0 < 30  # SIGTERM was the power-off, not the kill after the timeout
+    st = inspect(podman, "hk-system")["State"]
+    assert st["Status"] == "exited" and st["ExitCode"] == 0, st
+    assert b"busybox init: shutting down" in podman("logs", "hk-system").stdout
+    podman("rm", "hk-system", check=True)

@@ -233,6 +233,15 @@ def bundle(tmp_path, rootfs_template):
     return make
 
 
+@pytest.fixture(scope="session")
+def debian():
+    """A Debian 12 rootfs (python3, sqlite3, systemd-sysv), built once
+    (scripts/debian-rootfs); tests use it read-only, as an overlay's lower layer."""
+    p = subprocess.run([os.path.join(ROOT, "scripts", "debian-rootfs")], capture_output=True, text=True, timeout=1200)
+    assert p.returncode == 0, f"scripts/debian-rootfs failed: {p.stderr}"
+    return p.stdout.strip()
+
+
 def wait_for(pred, what, timeout=60, interval=0.3):
     deadline = time.time() + timeout
     while time.time() < deadline:

@@ -173,14 +173,6 @@ with open(V + "/result.json", "w") as f:
 '''
 
 
-@pytest.fixture(scope="session")
-def debian():
-    """A Debian 12 rootfs with python3, built once (scripts/debian-rootfs)."""
-    p = subprocess.run([os.path.join(ROOT, "scripts", "debian-rootfs")], capture_output=True, text=True, timeout=1200)
-    assert p.returncode == 0, f"scripts/debian-rootfs failed: {p.stderr}"
-    return p.stdout.strip()
-
-
 @pytest.fixture
 def overlay(tmp_path, debian):
     """The Debian rootfs as an overlay's lower layer (what podman mounts)."""

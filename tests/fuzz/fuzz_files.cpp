@@ -6,7 +6,9 @@
 // session lines (a local client's bytes, and the shim's), and the reports
 // on a shim's or a relay's link to its starter (protocol/creator.h).
 // Each decoder either fails as a value or gives a struct that encodes and
-// decodes to the same again.
+// decodes to the same again. And what a system image brings
+// (system_image.h): its kernel's boot header, its modules.dep and
+// modules.builtin, read and turned into husk's order files.
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>
@@ -17,6 +19,7 @@
 #include "husk/checkpoint.h"
 #include "husk/config.h"
 #include "husk/state.h"
+#include "husk/system_image.h"
 #include "husk/vm_template.h"
 #include "protocol/control.h"
 #include "protocol/creator.h"
@@ -48,5 +51,17 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     round_trips(j, proto::session_exit_from_json, to_json);
     round_trips(j, proto::resumed_from_json, to_json);
     round_trips(j, proto::report_from_json, to_json);
+    // A system image's files: never a crash, a release that is a path, or
+    // an order line that is not a module the image has.
+    if (auto k = system_image::parse_bzimage(text); k && (k->release.empty() || k->release.find('/') != std::string::npos))
+        std::abort();
+    size_t cut = text.find('\x01');
+    auto image = system_image::parse_module_index(text.substr(0, cut), cut == std::string::npos ? "" : text.substr(cut + 1));
+    std::string order;
+    for (const auto& [name, m] : image.modules) order += m.first + "\n";
+    if (auto r = system_image::rewrite_orders({{"order", order}}, image, "fuzz"))
+        for (const auto& n : r->needed)
+            if (!image.modules.count(n) || image.builtin.count(n)) std::abort();
+    (void)system_image::initramfs_modules(text);
     return 0;
 }

@@ -8,6 +8,7 @@
 #include "husk/hypervisor.h"
 #include "husk/pod.h"
 #include "husk/sandbox.h"
+#include "husk/system_image.h"
 
 using namespace husk;
 
@@ -111,6 +112,8 @@ TEST_CASE("automatic: QEMU under KVM; without it UML unless the container needs 
         {"a share annotation", [](auto& j) { j["annotations"][kAnnotationShare] = "9p"; }, "has annotation org.husk.share"},
         {"a rootfs on a disk", [](auto& j) { j["annotations"][kAnnotationRootfs] = "disk"; },
          "has its rootfs on a disk (org.husk.rootfs=disk), which is for checkpoints"},
+        {"the image's own kernel", [](auto& j) { j["annotations"][system_image::kAnnotationKernel] = "/boot/vmlinuz"; },
+         "boots the image's own kernel (org.husk.kernel), a bzImage, and UML boots a UML kernel only"},
         {"a CRI pod sandbox", [](auto& j) { j["annotations"][kCriContainerType] = "sandbox"; }, "is a pod's sandbox"},
         {"a CRI-O pod sandbox", [](auto& j) { j["annotations"][kCrioContainerType] = "sandbox"; }, "is a pod's sandbox"},
     };

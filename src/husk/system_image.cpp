@@ -1,0 +1,336 @@
+#include "husk/system_image.h"
+
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <functional>
+
+#include "husk/signals.h"
+#include "sys/sys.h"
+
+namespace husk::system_image {
+
+namespace {
+
+uint32_t le(std::string_view b, size_t off, size_t n) {
+    uint32_t v = 0;
+    for (size_t i = 0; i < n; ++i) v |= uint32_t(uint8_t(b[off + i])) << (8 * i);
+    return v;
+}
+
+std::string what(const std::string& path) { return std::string(kAnnotationKernel) + " " + path; }
+
+// The first word of a string.
+std::string first_word(std::string_view s) {
+    size_t e = s.find_first_of(" \t\n");
+    return std::string(s.substr(0, e));
+}
+
+constexpr size_t kModuleLimit = 64 << 20;  // the largest .ko Debian ships is ~15 MiB
+
+// A file inside the rootfs, read whole (a regular file only).
+Result<std::string> read_in_root(int root, const std::string& rel, size_t limit) {
+    // O_NONBLOCK: a FIFO the image put there must not hold the open.
+    auto fd = TRY(sys::open_in_root(root, rel, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY));
+    struct stat st;
+    if (::fstat(fd.get(), &st) < 0) return fail_errno("stat " + rel);
+    if (!S_ISREG(st.st_mode)) return fail(rel + ": not a regular file", EINVAL);
+    return sys::read_to_eof(fd.get(), limit);
+}
+
+}  // namespace
+
+Result<Kernel> parse_bzimage(std::string_view h) {
+    if (h.size() >= 4 && h.substr(0, 4) == "\x7f" "ELF")
+        return fail("an ELF file, not a bzImage (a vmlinux kernel is not booted from an image: its vmlinuz is)", EINVAL);
+    if (h.size() < 0x240 || h.substr(0x202, 4) != "HdrS" || le(h, 0x1fe, 2) != 0xaa55)
+        return fail("not a Linux bzImage (no x86 boot header)", EINVAL);
+    uint32_t protocol = le(h, 0x206, 2);
+    if (protocol < 0x20c)
+        return fail("boot protocol " + std::to_string(protocol >> 8) + "." + std::to_string(protocol & 0xff) +
+                        " is older than 2.12 (Linux 3.8)",
+                    EINVAL);
+    if (!(le(h, 0x211, 1) & 0x01)) return fail("a zImage, not a bzImage", EINVAL);
+    if (!(le(h, 0x236, 2) & 0x01)) return fail("a 32-bit kernel (its header has no 64-bit entry)", EINVAL);
+    uint32_t at = le(h, 0x20e, 2);
+    if (at == 0) return fail("its header names no kernel version", EINVAL);
+    at += 0x200;
+    size_t end = at < h.size() ? h.find('\0', at) : std::string_view::npos;
+    if (end == std::string_view::npos || end == at) return fail("its kernel version string is not within its setup code", EINVAL);
+    Kernel k;
+    k.version = std::string(h.substr(at, end - at));
+    for (char c : k.version)
+        if (uint8_t(c) < 0x20 || uint8_t(c) > 0x7e) return fail("its kernel version string is not text", EINVAL);
+    k.release = first_word(k.version);
+    if (k.release.empty() || k.release.find('/') != std::string::npos || k.release[0] == '.')
+        return fail("its kernel version \"" + k.version + "\" names no release", EINVAL);
+    return k;
+}
+
+namespace {
+
+// Each entry of a newc cpio: name and data. Stops at the trailer or at
+// anything malformed (the archive is husk's own).
+void each_cpio_entry(std::string_view c, const std::function<void(std::string_view, uint32_t, std::string_view)>& f) {
+    size_t pos = 0;
+    auto hex = [&](size_t off) -> std::optional<uint32_t> {
+        uint32_t v = 0;
+        for (size_t i = 0; i < 8; ++i) {
+            char ch = c[off + i];
+            int d = ch >= '0' && ch <= '9' ? ch - '0' : ch >= 'a' && ch <= 'f' ? ch - 'a' + 10 : ch >= 'A' && ch <= 'F' ? ch - 'A' + 10 : -1;
+            if (d < 0) return std::nullopt;
+            v = v << 4 | uint32_t(d);
+        }
+        return v;
+    };
+    while (pos + 110 <= c.size() && c.substr(pos, 6) == "070701") {
+        auto mode = hex(pos + 6 + 8), filesize = hex(pos + 6 + 6 * 8), namesize = hex(pos + 6 + 11 * 8);
+        if (!mode || !filesize || !namesize || *namesize == 0) return;
+        size_t name_at = pos + 110, data_at = (name_at + *namesize + 3) & ~size_t(3);
+        if (data_at > c.size() || *filesize > c.size() - data_at) return;
+        std::string_view name = c.substr(name_at, *namesize - 1);
+        if (name == "TRAILER!!!") return;
+        f(name, *mode, c.substr(data_at, *filesize));
+        pos = (data_at + *filesize + 3) & ~size_t(3);
+    }
+}
+
+}  // namespace
+
+std::map<std::string, std::string> initramfs_modules(std::string_view cpio) {
+    std::map<std::string, std::string> out;
+    each_cpio_entry(cpio, [&](std::string_view name, uint32_t mode, std::string_view data) {
+        constexpr std::string_view dir = "lib/modules/";
+        if (!S_ISREG(mode) || name.substr(0, dir.size()) != dir) return;
+        std::string_view rest = name.substr(dir.size());
+        if (rest.empty() || rest.find('/') != std::string_view::npos) return;
+        out[std::string(rest)] = std::string(data);
+    });
+    return out;
+}
+
+Result<std::string> initramfs_release(std::string_view cpio) {
+    for (const auto& [name, data] : initramfs_modules(cpio)) {
+        if (name.size() < 4 || name.substr(name.size() - 3) != ".ko") continue;
+        constexpr std::string_view key = "vermagic=";
+        for (size_t at = data.find(key); at != std::string::npos; at = data.find(key, at + 1)) {
+            if (at > 0 && data[at - 1] != '\0') continue;  // a modinfo string starts after a NUL
+            size_t end = data.find('\0', at);
+            std::string release = first_word(std::string_view(data).substr(at + key.size(), end - at - key.size()));
+            if (!release.empty()) return release;
+        }
+    }
+    return fail("husk's initramfs has no kernel module to tell its kernel release by", ENOENT);
+}
+
+std::string cpio_newc(const std::vector<std::pair<std::string, std::string>>& files) {
+    std::string out;
+    uint32_t ino = 0x4000;  // clear of the numbers in husk's own archive, which this may follow
+    auto add = [&](const std::string& name, uint32_t mode, const std::string& data) {
+        char hdr[111];
+        std::snprintf(hdr, sizeof hdr, "070701%08x%08x%08x%08x%08x%08x%08x%08x%08x%08x%08x%08zx%08x", ino++, mode, 0u,
+                      0u, (mode & S_IFDIR) ? 2u : 1u, 0u, uint32_t(data.size()), 0u, 0u, 0u, 0u, name.size() + 1, 0u);
+        out.append(hdr, 110);
+        out += name;
+        out += '\0';
+        out.append((4 - out.size() % 4) % 4, '\0');
+        out += data;
+        out.append((4 - out.size() % 4) % 4, '\0');
+    };
+    for (const auto& [name, data] : files) {
+        bool dir = !name.empty() && name.back() == '/';
+        add(dir ? name.substr(0, name.size() - 1) : name, dir ? (S_IFDIR | 0755) : (S_IFREG | 0644), dir ? "" : data);
+    }
+    add("TRAILER!!!", 0, "");
+    return out;
+}
+
+std::string module_name(std::string_view file) {
+    std::string n(sys::basename(std::string(file)));
+    if (size_t ko = n.find(".ko"); ko != std::string::npos) n.resize(ko);
+    for (char& ch : n)
+        if (ch == '-') ch = '_';
+    return n;
+}
+
+ImageModules parse_module_index(const std::string& dep, const std::string& builtin) {
+    ImageModules m;
+    for (const auto& line : sys::lines(dep)) {
+        size_t colon = line.find(':');
+        if (colon == std::string::npos || colon == 0) continue;
+        std::string path = line.substr(0, colon);
+        std::vector<std::string> deps;
+        for (size_t p = colon + 1; p < line.size();) {
+            size_t q = line.find(' ', p);
+            if (q == std::string::npos) q = line.size();
+            if (q > p) deps.push_back(module_name(line.substr(p, q - p)));
+            p = q + 1;
+        }
+        m.modules[module_name(path)] = {path, deps};
+    }
+    for (const auto& line : sys::lines(builtin)) m.builtin.insert(module_name(line));
+    return m;
+}
+
+Result<Rewritten> rewrite_orders(const std::map<std::string, std::string>& order, const ImageModules& image,
+                                 const std::string& release) {
+    Rewritten out;
+    std::set<std::string> needed;
+    for (const auto& [file, text] : order) {
+        std::string lines;
+        std::set<std::string> listed;
+        // Dependencies first (modules.dep lists each module's whole closure),
+        // every module once per file; the agent takes a module loaded
+        // already (EEXIST) as loaded.
+        std::set<std::string> visiting;
+        std::function<Result<void>(const std::string&)> add = [&](const std::string& name) -> Result<void> {
+            if (listed.count(name) || image.builtin.count(name)) return {};
+            auto it = image.modules.find(name);
+            if (it == image.modules.end())
+                return fail("the image's kernel " + release + " has no module " + name + " and does not build it in (/lib/modules/" +
+                                release + "): husk's agent needs it",
+                            ENOENT);
+            if (!visiting.insert(name).second)
+                return fail("module " + name + ": its dependencies go round (/lib/modules/" + release + "/modules.dep)", ELOOP);
+            for (const auto& d : it->second.second) TRY(add(d));
+            visiting.erase(name);
+            listed.insert(name);
+            lines += name + ".ko\n";
+            needed.insert(name);
+            return {};
+        };
+        for (const auto& line : sys::lines(text)) TRY(add(module_name(line)));
+        out.order[file] = lines;
+    }
+    out.needed.assign(needed.begin(), needed.end());
+    return out;
+}
+
+Result<std::optional<std::string>> requested_kernel(const Spec& spec) {
+    if (spec.annotations.count(kAnnotationInitrd))
+        return fail(std::string("annotation ") + kAnnotationInitrd +
+                        ": not supported yet: an image's kernel boots with husk's initramfs and the image's own modules",
+                    EINVAL);
+    auto it = spec.annotations.find(kAnnotationKernel);
+    if (it == spec.annotations.end()) return std::optional<std::string>();
+    const std::string& p = it->second;
+    if (!sys::is_absolute(p) || p.find('\0') != std::string::npos || p.size() > 4096)
+        return fail(std::string("annotation ") + kAnnotationKernel + ": expected an absolute path inside the rootfs, got \"" + p + "\"",
+                    EINVAL);
+    return std::optional<std::string>(p);
+}
+
+Result<Opened> open_kernel(const std::string& rootfs, const std::string& path) {
+    auto root = TRY_CTX(sys::open(rootfs, O_PATH | O_DIRECTORY | O_CLOEXEC), "rootfs");
+    auto fd = sys::open_in_root(root.get(), path, O_RDONLY | O_NONBLOCK | O_NOCTTY);  // (a FIFO: not waited on)
+    if (!fd) return fail(what(path) + ": " + std::strerror(fd.error().code) + " (resolved inside the rootfs)", fd.error().code);
+    struct stat st;
+    if (::fstat(fd->get(), &st) < 0) return fail_errno(what(path));
+    if (!S_ISREG(st.st_mode)) return fail(what(path) + ": not a regular file", EINVAL);
+    std::string head(kHeadBytes, '\0');
+    ssize_t n = ::pread(fd->get(), head.data(), head.size(), 0);
+    if (n < 0) return fail_errno(what(path) + ": read");
+    head.resize(size_t(n));
+    auto k = parse_bzimage(head);
+    if (!k) return fail(what(path) + ": " + k.error().message, k.error().code);
+    return Opened{std::move(*fd), std::move(*k)};
+}
+
+namespace {
+
+// What prepare_boot and check share: the kernel, and the initrd's
+// appended archive of the image's modules ("" when husk's serve).
+struct Plan {
+    Opened kernel;
+    std::string husk_initrd;  // husk's initramfs, read
+    std::string appended;
+    std::string why;
+};
+
+Result<Plan> plan(const std::string& rootfs, const std::string& path, const std::string& initrd) {
+    Plan p{TRY(open_kernel(rootfs, path)), "", "", ""};
+    p.husk_initrd = TRY_CTX(sys::read_file(initrd, 256 << 20), "husk's initramfs " + initrd);
+    std::string husk_release = TRY(initramfs_release(p.husk_initrd));
+    const std::string& release = p.kernel.kernel.release;
+    if (release == husk_release) {
+        p.why = "Linux " + release + ", with husk's modules (built for it)";
+        return p;
+    }
+    auto root = TRY_CTX(sys::open(rootfs, O_PATH | O_DIRECTORY | O_CLOEXEC), "rootfs");
+    std::string dir = "/lib/modules/" + release;
+    auto dep = read_in_root(root.get(), dir + "/modules.dep", 16 << 20);
+    if (!dep)
+        return fail(what(path) + " is Linux " + release + ": its modules are not in the image (" + dep.error().message +
+                        "), and husk's initramfs has modules for " + husk_release + " only",
+                    ENOENT);
+    auto builtin = read_in_root(root.get(), dir + "/modules.builtin", 16 << 20);  // none: nothing built in
+    std::map<std::string, std::string> orders;
+    for (auto& [name, data] : initramfs_modules(p.husk_initrd))
+        if (name.rfind("order", 0) == 0) orders[name] = std::move(data);
+    auto image = parse_module_index(*dep, builtin.value_or(""));
+    auto r = rewrite_orders(orders, image, release);
+    if (!r) return fail(what(path) + ": " + r.error().message, r.error().code);
+    // Appended to husk's archive: the kernel unpacks both, and a later
+    // file replaces an earlier one of the same name.
+    std::vector<std::pair<std::string, std::string>> files;
+    for (const auto& [name, text] : r->order) files.emplace_back("lib/modules/" + name, text);
+    for (const auto& name : r->needed) {
+        std::string rel = dir + "/" + image.modules.at(name).first;
+        auto ko = read_in_root(root.get(), rel, kModuleLimit);
+        if (!ko) return fail(what(path) + ": module " + name + ": " + ko.error().message, ko.error().code);
+        if (ko->size() > 3 && ko->substr(0, 4) != "\x7f" "ELF")
+            return fail(what(path) + ": module " + rel + " is compressed or not a module (husk loads plain .ko files)", EINVAL);
+        files.emplace_back("lib/modules/" + name + ".ko", std::move(*ko));
+    }
+    p.appended = cpio_newc(files);
+    p.why = "Linux " + release + ", with the image's modules (" + std::to_string(r->needed.size()) +
+            "; husk's are for " + husk_release + ")";
+    return p;
+}
+
+}  // namespace
+
+Result<std::string> check(const std::string& rootfs, const std::string& path, const std::string& initrd) {
+    return TRY(plan(rootfs, path, initrd)).why;
+}
+
+Result<Boot> prepare_boot(const std::string& rootfs, const std::string& path, const std::string& initrd,
+                          const std::string& dir) {
+    auto p = TRY(plan(rootfs, path, initrd));
+    Boot b{dir + "/image-kernel", initrd, p.why};
+    TRY_CTX(sys::copy_file_sparse("/proc/self/fd/" + std::to_string(p.kernel.fd.get()), b.kernel, 0600), "the image's kernel");
+    if (!p.appended.empty()) {
+        b.initrd = dir + "/image-initrd.img";
+        auto r = sys::write_file(b.initrd, p.husk_initrd + p.appended, 0600);
+        if (!r) {
+            ::unlink(b.kernel.c_str());
+            return tl::unexpected(r.error().context("the image's initrd"));
+        }
+    }
+    return b;
+}
+
+Result<std::optional<int>> poweroff_signal(const Spec& spec, const std::string& rootfs) {
+    if (auto it = spec.annotations.find(kAnnotationPoweroff); it != spec.annotations.end()) {
+        auto sig = parse_signal(it->second);
+        if (!sig) return fail(std::string("annotation ") + kAnnotationPoweroff + ": " + sig.error().message, EINVAL);
+        return std::optional<int>(*sig);
+    }
+    if (!spec.process || spec.process->args.empty()) return std::optional<int>();
+    const std::string& arg0 = spec.process->args[0];
+    if (!sys::is_absolute(arg0)) return std::optional<int>();  // (an init is named by its path)
+    auto root = TRY_CTX(sys::open(rootfs, O_PATH | O_DIRECTORY | O_CLOEXEC), "rootfs");
+    auto fd = sys::open_in_root(root.get(), arg0, O_PATH);
+    if (!fd) return std::optional<int>();  // the create fails on it, saying so
+    // What the path is in the end, its symlinks followed inside the root.
+    std::string target = sys::basename(sys::read_link("/proc/self/fd/" + std::to_string(fd->get())).value_or(""));
+    if (target == "systemd") return std::optional<int>(SIGRTMIN + 4);  // systemd(1): poweroff.target
+    std::string name = sys::basename(arg0);
+    if (target == "busybox" && (name == "init" || name == "linuxrc")) return std::optional<int>(SIGUSR2);
+    return std::optional<int>();
+}
+
+}  // namespace husk::system_image

@@ -1,0 +1,305 @@
+"""System images (issue 27): an image that carries its own kernel boots it
+(org.husk.kernel), with husk's initramfs and, where husk's modules are for
+another release, the image's own modules; its init runs as the
+container's process, SIGTERM asks it to power off, and a power-off is exit
+status 0.
+
+The images here are made without a kernel package: husk's own vmlinuz is
+put in the image (the same release as husk's modules), or a copy of it
+whose boot header names another release, with a /lib/modules/<release>
+tree made of husk's modules. test_debian_system_image boots a real Debian
+12 image (debootstrap: systemd-sysv and linux-image-amd64) under systemd.
+"""
+import json
+import os
+import shutil
+import subprocess
+import time
+
+import pytest
+
+from conftest import BUILD, DRIVER, KVM_SHAPE, ROOT, assert_no_leaks, wait_for
+
+VMLINUZ = os.path.join(BUILD, "rootfs-builder", "vmlinuz")
+INITRD = os.path.join(BUILD, "rootfs-builder", "initramfs.img")
+
+qemu_only = pytest.mark.not_on(("uml", "firecracker", "cloud-hypervisor"),
+                               reason="boots a bzImage from the image: QEMU only (test_other_drivers_refuse_it)")
+
+
+def header_release(kernel):
+    with open(kernel, "rb") as f:
+        head = f.read(65 * 512)
+    at = int.from_bytes(head[0x20E:0x210], "little") + 0x200
+    return head[at:head.index(b"\0", at)].decode().split()[0]
+
+
+def cpio_entries(data):
+    """name -> bytes of each entry of a newc cpio (the first archive of `data`)."""
+    out, pos = {}, 0
+    while data[pos:pos + 6] == b"070701":
+        size, namesize = int(data[pos + 54:pos + 62], 16), int(data[pos + 94:pos + 102], 16)
+        name = data[pos + 110:pos + 110 + namesize - 1].decode()
+        at = (pos + 110 + namesize + 3) & ~3
+        if name == "TRAILER!!!":
+            return out, (at + 3) & ~3
+        out[name] = data[at:at + size]
+        pos = (at + size + 3) & ~3
+    return out, pos
+
+
+def husk_modules():
+    with open(INITRD, "rb") as f:
+        entries, _ = cpio_entries(f.read())
+    return {n[len("lib/modules/"):]: d for n, d in entries.items()
+            if n.startswith("lib/modules/") and n.endswith(".ko") and "/" not in n[len("lib/modules/"):]}
+
+
+def renamed_kernel(dest, release):
+    """husk's vmlinuz, its boot header naming `release` (of the same length)."""
+    data = bytearray(open(VMLINUZ, "rb").read())
+    old = header_release(VMLINUZ)
+    assert len(release) == len(old)
+    at = int.from_bytes(data[0x20E:0x210], "little") + 0x200
+    assert data[at:at + len(old)] == old.encode()
+    data[at:at + len(old)] = release.encode()
+    with open(dest, "wb") as f:
+        f.write(data)
+
+
+def module_tree(rootfs, release, leave_out=()):
+    """/lib/modules/<release> as depmod writes it, of husk's modules (no
+    dependencies listed: husk's order files have them in order)."""
+    base = os.path.join(rootfs, "lib", "modules", release)
+    os.makedirs(os.path.join(base, "kernel"))
+    dep = []
+    for name, data in sorted(husk_modules().items()):
+        with open(os.path.join(base, "kernel", name), "wb") as f:
+            f.write(data)
+        if name[:-3] not in leave_out:
+            dep.append(f"kernel/{name}:\n")
+    with open(os.path.join(base, "modules.dep"), "w") as f:
+        f.writelines(dep)
+    open(os.path.join(base, "modules.builtin"), "w").close()
+
+
+def busybox_system(bundle, tmp_path, kernel_at="/boot/vmlinuz", kernel=None, annotations=None):
+    """A busybox system image: busybox's init (/sbin/init) with an inittab,
+    and a kernel in /boot."""
+    def edit(c):
+        c["annotations"] = annotations if annotations is not None else {"org.husk.kernel": kernel_at}
+    b = bundle(["/sbin/init"], edit=edit)
+    rootfs = os.path.join(b, "rootfs")
+    os.makedirs(os.path.join(rootfs, "sbin"))
+    os.symlink("../bin/busybox", os.path.join(rootfs, "sbin", "init"))
+    os.makedirs(os.path.join(rootfs, "boot"))
+    shutil.copy(kernel or VMLINUZ, os.path.join(rootfs, "boot", "vmlinuz"))
+    with open(os.path.join(rootfs, "etc", "inittab"), "w") as f:
+        f.write("::sysinit:/bin/echo busybox init: up\n"
+                "::respawn:/bin/sleep 100000\n"
+                "::shutdown:/bin/echo busybox init: shutting down\n")
+    return b
+
+
+@qemu_only
+def test_busybox_init_boots_the_images_kernel(husk, bundle, tmp_path):
+    b = busybox_system(bundle, tmp_path)
+    out = tmp_path / "out"
+    with open(out, "wb") as o:
+        r = husk("run", "-d", "--bundle", b, "sb1", stdout=o, timeout=240)
+    assert r.returncode == 0, r.stderr
+    wait_for(lambda: b"busybox init: up" in out.read_bytes(), "busybox init's sysinit line")
+    st = os.path.join(husk.root, "sb1")
+    # The kernel the VM booted is the image's, copied out of the rootfs;
+    # husk's modules are for its release, so husk's initramfs is as it is.
+    with open(os.path.join(st, "image-kernel"), "rb") as f, open(VMLINUZ, "rb") as g:
+        assert f.read() == g.read()
+    assert not os.path.exists(os.path.join(st, "image-initrd.img"))
+    assert husk("exec", "sb1", "uname", "-r", check=True).stdout.decode().strip() == header_release(VMLINUZ)
+    # The image's init is the container's PID 1; exec and ps work beside it.
+    assert husk("exec", "sb1", "cat", "/proc/1/comm", check=True).stdout == b"init\n"
+    ps = husk("ps", "sb1", check=True).stdout.decode()
+    assert "sleep" in ps, ps
+    # SIGTERM asks busybox's init to power off (SIGUSR2): it runs its
+    # shutdown lines, and its power-off (reboot(2) in its PID namespace)
+    # is a clean exit.
+    husk("kill", "sb1", "TERM", check=True)
+    wait_for(lambda: husk.state("sb1")["status"] == "stopped", "the power-off", timeout=60)
+    assert b"busybox init: shutting down" in out.read_bytes()
+    assert husk.state_file("sb1").get("exit_code") == 0, husk.state_file("sb1")
+    husk("delete", "sb1", check=True)
+
+
+@qemu_only
+def test_image_kernel_of_another_release_boots_with_the_images_modules(husk, bundle, tmp_path):
+    release = header_release(VMLINUZ)
+    other = release[:-5] + "husk1"  # "6.1.0-57-amd64" -> "6.1.0-57-husk1"
+    kernel = tmp_path / "vmlinuz-other"
+    renamed_kernel(kernel, other)
+    b = busybox_system(bundle, tmp_path, kernel=str(kernel))
+    module_tree(os.path.join(b, "rootfs"), other)
+    out = tmp_path / "out"
+    with open(out, "wb") as o:
+        r = husk("run", "-d", "--bundle", b, "sb2", stdout=o, timeout=240)
+    assert r.returncode == 0, r.stderr
+    wait_for(lambda: b"busybox init: up" in out.read_bytes(), "busybox init's sysinit line")
+    # husk's initramfs, and after it an archive of the image's modules and
+    # order files rewritten for them.
+    with open(os.path.join(husk.root, "sb2", "image-initrd.img"), "rb") as f:
+        data = f.read()
+    with open(INITRD, "rb") as f:
+        husks = f.read()
+    assert data.startswith(husks)
+    appended, _ = cpio_entries(data[len(husks):])
+    assert "lib/modules/order" in appended and "lib/modules/virtio_console.ko" in appended, sorted(appended)
+    assert appended["lib/modules/virtio_console.ko"] == husk_modules()["virtio_console.ko"]
+    assert husk("exec", "sb2", "true").returncode == 0
+    husk("kill", "sb2", "KILL", check=True)
+    wait_for(lambda: husk.state("sb2")["status"] == "stopped", "the kill")
+    husk("delete", "sb2", check=True)
+
+
+@qemu_only
+@pytest.mark.parametrize("case", ["missing", "not-a-kernel", "elf", "escape", "no-modules", "lacks-virtio", "relative", "initrd"])
+def test_a_kernel_husk_cannot_boot_is_a_clear_error(husk, bundle, tmp_path, case):
+    release = header_release(VMLINUZ)
+    other = release[:-5] + "husk1"
+    kernel, kernel_at, annotations = None, "/boot/vmlinuz", None
+    if case == "missing":
+        kernel_at, want = "/boot/vmlinuz-none", "org.husk.kernel /boot/vmlinuz-none: No such file or directory"
+    elif case == "not-a-kernel":
+        kernel_at, want = "/etc/passwd", "org.husk.kernel /etc/passwd: not a Linux bzImage"
+    elif case == "elf":
+        kernel_at, want = "/bin/busybox", "org.husk.kernel /bin/busybox: an ELF file, not a bzImage"
+    elif case == "escape":
+        # A symlink that would leave the rootfs is resolved inside it: the
+        # host's file it names is not reached.
+        kernel_at, want = "/boot/escape", "org.husk.kernel /boot/escape: No such file or directory"
+    elif case in ("no-modules", "lacks-virtio"):
+        kernel = tmp_path / "vmlinuz-other"
+        renamed_kernel(kernel, other)
+        want = (f"is Linux {other}: its modules are not in the image" if case == "no-modules"
+                else f"the image's kernel {other} has no module virtio_console and does not build it in")
+    elif case == "relative":
+        annotations, want = {"org.husk.kernel": "boot/vmlinuz"}, "expected an absolute path inside the rootfs"
+    else:
+        annotations, want = {"org.husk.kernel": "/boot/vmlinuz", "org.husk.initrd": "/boot/initrd.img"}, \
+            "org.husk.initrd: not supported yet"
+    b = busybox_system(bundle, tmp_path, kernel_at=kernel_at, kernel=str(kernel) if kernel else None,
+                       annotations=annotations)
+    if case == "escape":
+        os.symlink("../../../../../../../../.." + os.path.abspath(VMLINUZ), os.path.join(b, "rootfs", "boot", "escape"))
+    if case == "lacks-virtio":
+        module_tree(os.path.join(b, "rootfs"), other, leave_out=("virtio_console",))
+    r = husk("create", "--bundle", b, "bad1", timeout=120)
+    assert r.returncode != 0
+    assert want in r.stderr.decode(), r.stderr.decode()
+    assert_no_leaks(husk.root)
+
+
+@pytest.mark.skipif(DRIVER != "qemu" or KVM_SHAPE, reason="once, in the main QEMU phase")
+def test_a_pod_member_cannot_bring_a_kernel(husk, bundle, tmp_path):
+    cri = "io.kubernetes.cri."
+    sb = bundle(["sleep", "100000"], edit=lambda c: c.update(annotations={cri + "container-type": "sandbox",
+                                                                         cri + "sandbox-id": "pod1"}))
+    husk("run", "-d", "--bundle", sb, "pod1", check=True)
+    b = busybox_system(bundle, tmp_path, annotations={"org.husk.kernel": "/boot/vmlinuz", cri + "container-type": "container",
+                                                      cri + "sandbox-id": "pod1"})
+    r = husk("create", "--bundle", b, "member1", timeout=60)
+    assert r.returncode != 0
+    assert "a container that joins a pod's VM cannot boot a kernel of its own" in r.stderr.decode(), r.stderr.decode()
+    assert not os.path.exists(os.path.join(husk.root, "member1"))
+    husk("delete", "--force", "pod1", check=True)
+
+
+@pytest.mark.skipif(DRIVER == "qemu", reason="QEMU boots an image's kernel: the tests above")
+def test_other_drivers_refuse_it(husk, bundle, tmp_path):
+    b = busybox_system(bundle, tmp_path)
+    r = husk("create", "--bundle", b, "other1", timeout=60)
+    assert r.returncode != 0
+    assert f"hypervisor {DRIVER} cannot boot an image's kernel (a bzImage): QEMU can" in r.stderr.decode(), r.stderr.decode()
+    assert_no_leaks(husk.root)
+
+
+@pytest.fixture(scope="session")
+def debian_kernel():
+    """Debian 12's linux-image-amd64 as debootstrap installs it, unpacked
+    (scripts/debian-kernel): its vmlinuz and /lib/modules/<release>."""
+    p = subprocess.run([os.path.join(ROOT, "scripts", "debian-kernel")], capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, f"scripts/debian-kernel failed: {p.stderr}"
+    return p.stdout.strip()
+
+
+# What podman writes for an image whose command is systemd (its systemd
+# mode): the default capabilities, tmpfs on /run, /run/lock, /tmp and
+# /var/log/journal, a writable cgroup tree, container=podman.
+PODMAN_CAPS = ["CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FOWNER", "CAP_FSETID", "CAP_KILL", "CAP_NET_BIND_SERVICE",
+               "CAP_SETFCAP", "CAP_SETGID", "CAP_SETPCAP", "CAP_SETUID", "CAP_SYS_CHROOT"]
+
+
+def systemd_config(c, rootfs):
+    c["root"] = {"path": str(rootfs), "readonly": False}
+    c["process"]["env"] = ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "container=podman"]
+    c["process"]["capabilities"] = {k: PODMAN_CAPS for k in ("bounding", "effective", "permitted")}
+    for m in c["mounts"]:
+        if m["destination"] == "/sys/fs/cgroup":
+            m["options"] = [o for o in m["options"] if o != "ro"] + ["rw"]
+    for d in ("/run", "/run/lock", "/tmp", "/var/log/journal"):
+        c["mounts"].append({"destination": d, "type": "tmpfs", "source": "tmpfs",
+                            "options": ["rw", "rprivate", "nosuid", "nodev", "tmpcopyup"]})
+    c["annotations"] = {"org.husk.kernel": "/vmlinuz"}
+
+
+@qemu_only
+def test_debian_system_image_boots_systemd(husk, tmp_path, debian, debian_kernel):
+    """A Debian 12 image with systemd-sysv and linux-image-amd64 (the
+    kernel package's files over the debootstrapped rootfs, as layers):
+    its kernel boots with its own modules when husk's are for another
+    release, systemd reaches multi-user.target, exec works beside it, and
+    SIGTERM powers it off with exit status 0."""
+    upper, work, merged = (tmp_path / d for d in ("upper", "ovl-work", "merged"))
+    for d in (upper, work, merged):
+        d.mkdir()
+    subprocess.run(["mount", "-t", "overlay", "overlay", "-o",
+                    f"lowerdir={debian_kernel}:{debian},upperdir={upper},workdir={work}", str(merged)], check=True)
+    try:
+        b = tmp_path / "bundle"
+        b.mkdir()
+        c = json.loads(open(os.path.join(ROOT, "tests", "e2e", "base-config.json")).read())
+        c["process"]["args"] = ["/sbin/init"]
+        systemd_config(c, merged)
+        (b / "config.json").write_text(json.dumps(c))
+        release = header_release(os.path.join(debian_kernel, "vmlinuz"))
+        t0 = time.monotonic()
+        r = husk("run", "-d", "--bundle", str(b), "deb1", glob=("--debug",), timeout=240)
+        assert r.returncode == 0, r.stderr.decode(errors="replace")
+        log = r.stderr.decode(errors="replace")
+        if release != header_release(VMLINUZ):
+            assert f"Linux {release}, with the image's modules" in log, log[-3000:]
+        # systemd's own answer, once it has started everything it will
+        # ("offline", or nothing, until its manager and bus answer at all;
+        # then "initializing", "starting").
+        settled = ("running", "degraded", "maintenance", "stopping")
+        answers = []
+        def answer():
+            answers.append(husk("exec", "deb1", "systemctl", "is-system-running").stdout.decode().strip())
+            return answers[-1] in settled
+        wait_for(answer, "systemd to finish starting", timeout=240, interval=1)
+        state = answers[-1]
+        booted = time.monotonic() - t0
+        assert state in ("running", "degraded"), state
+        failed = husk("exec", "deb1", "systemctl", "--failed", "--no-legend", "--plain").stdout.decode()
+        assert state == "running", f"systemd is {state}: failed units: {failed}"
+        assert husk("exec", "deb1", "systemctl", "is-active", "multi-user.target").stdout.decode().strip() == "active"
+        assert husk("exec", "deb1", "uname", "-r", check=True).stdout.decode().strip() == release
+        assert husk("exec", "deb1", "cat", "/proc/1/comm", check=True).stdout == b"systemd\n"
+        mem = husk("exec", "deb1", "sh", "-c", "grep -E '^(MemTotal|MemAvailable)' /proc/meminfo").stdout.decode()
+        print(f"debian system image: systemd running {booted:.1f} s after husk run began; {' '.join(mem.split())}")
+        # podman stop sends SIGTERM (or systemd mode's SIGRTMIN+3): the
+        # image's systemd powers off, and that is exit status 0.
+        husk("kill", "deb1", "TERM", check=True)
+        wait_for(lambda: husk.state("deb1")["status"] == "stopped", "systemd's power-off", timeout=120)
+        assert husk.state_file("deb1").get("exit_code") == 0, husk.state_file("deb1")
+        husk("delete", "deb1", check=True)
+    finally:
+        subprocess.run(["umount", "-l", str(merged)], check=False)

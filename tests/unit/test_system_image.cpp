@@ -1,0 +1,280 @@
+// System images (src/husk/system_image.h): a bzImage's header read, husk's
+// initramfs's release, the image's modules in place of husk's, the kernel
+// found inside the rootfs only, the init's power-off signal.
+#include <catch2/catch.hpp>
+
+#include <signal.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "husk/system_image.h"
+#include "sys/sys.h"
+#include "tmpdir.h"
+
+using namespace husk;
+using namespace husk::system_image;
+
+namespace {
+
+void put16(std::string& b, size_t at, uint16_t v) {
+    b[at] = char(v & 0xff);
+    b[at + 1] = char(v >> 8);
+}
+
+// The first bytes of a bzImage as Linux's x86 boot header lays them out.
+std::string bzimage(const std::string& version = "6.1.0-50-amd64 (debian-kernel@lists.debian.org) #1 SMP",
+                    uint16_t protocol = 0x20f, bool loaded_high = true, bool kernel64 = true) {
+    std::string b(0x4000, '\0');
+    put16(b, 0x1fe, 0xaa55);
+    b.replace(0x202, 4, "HdrS");
+    put16(b, 0x206, protocol);
+    b[0x211] = loaded_high ? 0x01 : 0x00;
+    put16(b, 0x236, kernel64 ? 0x01 : 0x00);
+    put16(b, 0x20e, 0x3000 - 0x200);
+    b.replace(0x3000, version.size(), version);
+    return b;
+}
+
+std::string module_with_vermagic(const std::string& vermagic) {
+    return std::string("\x7f" "ELF", 4) + std::string(64, '\0') + "license=GPL" + '\0' + "vermagic=" + vermagic + '\0' +
+           "name=x" + '\0';
+}
+
+Spec spec_with(const std::map<std::string, std::string>& annotations, std::vector<std::string> args = {"/sbin/init"}) {
+    Spec s;
+    s.annotations = annotations;
+    s.process = SpecProcess{};
+    s.process->args = std::move(args);
+    return s;
+}
+
+}  // namespace
+
+TEST_CASE("a bzImage's header gives its version and release", "[system-image]") {
+    auto k = parse_bzimage(bzimage());
+    REQUIRE(k);
+    CHECK(k->release == "6.1.0-50-amd64");
+    CHECK(k->version == "6.1.0-50-amd64 (debian-kernel@lists.debian.org) #1 SMP");
+}
+
+TEST_CASE("what is not a bootable 64-bit bzImage is refused, saying what it is", "[system-image]") {
+    struct Case {
+        std::string what, bytes, error;
+    } cases[] = {
+        {"an ELF file", std::string("\x7f" "ELF", 4) + std::string(0x400, '\0'), "an ELF file, not a bzImage"},
+        {"text", std::string(0x1000, 'x'), "not a Linux bzImage"},
+        {"too short", bzimage().substr(0, 0x200), "not a Linux bzImage"},
+        {"an old protocol", bzimage("6.1.0", 0x20a), "boot protocol 2.10 is older than 2.12"},
+        {"a zImage", bzimage("6.1.0", 0x20f, false), "a zImage"},
+        {"a 32-bit kernel", bzimage("6.1.0", 0x20f, true, false), "a 32-bit kernel"},
+        {"no version string", [] {
+             auto b = bzimage();
+             put16(b, 0x20e, 0);
+             return b;
+         }(), "names no kernel version"},
+        {"a version past the bytes read", [] {
+             auto b = bzimage();
+             put16(b, 0x20e, 0x7000);
+             return b;
+         }(), "not within its setup code"},
+        {"an unterminated version", [] {
+             auto b = bzimage();
+             b.replace(0x3000, 0x1000, std::string(0x1000, 'a'));
+             return b;
+         }(), "not within its setup code"},
+        {"a version that is not text", bzimage("6.1.0\x01junk"), "not text"},
+        {"a release that is a path", bzimage("../../etc (x)"), "names no release"},
+    };
+    for (const auto& c : cases) {
+        INFO(c.what);
+        auto k = parse_bzimage(c.bytes);
+        REQUIRE_FALSE(k);
+        CHECK(k.error().message.find(c.error) != std::string::npos);
+        CHECK(k.error().code == EINVAL);
+    }
+}
+
+TEST_CASE("husk's initramfs: its modules, their release, and an archive written after it", "[system-image]") {
+    std::string cpio = cpio_newc({{"init", "agent"},
+                                  {"lib/", ""},
+                                  {"lib/modules/", ""},
+                                  {"lib/modules/order", "virtio_pci.ko\n"},
+                                  {"lib/modules/uml/", ""},
+                                  {"lib/modules/uml/ipv6.ko", module_with_vermagic("6.1.190 mod_unload")},
+                                  {"lib/modules/virtio_pci.ko", module_with_vermagic("6.1.0-57-amd64 SMP preempt mod_unload")}});
+    auto mods = initramfs_modules(cpio);
+    CHECK(mods.size() == 2);  // not init, not the directories, not UML's
+    CHECK(mods.at("order") == "virtio_pci.ko\n");
+    auto r = initramfs_release(cpio);
+    REQUIRE(r);
+    CHECK(*r == "6.1.0-57-amd64");
+    // No module: no release to tell.
+    auto none = initramfs_release(cpio_newc({{"init", "agent"}}));
+    REQUIRE_FALSE(none);
+    CHECK(none.error().code == ENOENT);
+    // A module whose "vermagic=" is not a modinfo string's start is not read as one.
+    auto odd = initramfs_release(cpio_newc({{"lib/modules/a.ko", std::string("xvermagic=9.9.9") + '\0'}}));
+    CHECK_FALSE(odd);
+    // Two archives back to back, as the kernel unpacks an initrd: the
+    // first read alone, up to its trailer.
+    std::string two = cpio + cpio_newc({{"lib/modules/order", "other\n"}});
+    CHECK(initramfs_modules(two).at("order") == "virtio_pci.ko\n");
+    CHECK(cpio.size() % 4 == 0);
+    // Cut short: what is whole is read.
+    CHECK(initramfs_modules(cpio.substr(0, cpio.size() / 2)).size() <= 2);
+}
+
+TEST_CASE("husk's order files become the image's modules, dependencies first", "[system-image]") {
+    auto image = parse_module_index(
+        "kernel/drivers/virtio/virtio_pci.ko: kernel/drivers/virtio/virtio_pci_modern_dev.ko "
+        "kernel/drivers/virtio/virtio_pci_legacy_dev.ko\n"
+        "kernel/drivers/virtio/virtio_pci_modern_dev.ko:\n"
+        "kernel/drivers/virtio/virtio_pci_legacy_dev.ko:\n"
+        "kernel/fs/9p/9p.ko: kernel/net/9p/9pnet.ko kernel/fs/netfs/netfs.ko\n"
+        "kernel/net/9p/9pnet.ko:\n"
+        "kernel/fs/netfs/netfs.ko:\n"
+        "kernel/net/9p/9pnet-virtio.ko: kernel/net/9p/9pnet.ko\n"
+        "malformed line\n"
+        ":\n",
+        "kernel/drivers/char/virtio_console.ko\n");
+    CHECK(image.modules.count("9pnet_virtio"));  // '-' is '_'
+    CHECK(image.modules.at("virtio_pci").first == "kernel/drivers/virtio/virtio_pci.ko");
+    CHECK(image.builtin.count("virtio_console"));
+    auto r = rewrite_orders({{"order", "virtio_pci.ko\nvirtio_console.ko\n"}, {"order.9p", "9pnet.ko\n9pnet_virtio.ko\n9p.ko\n"}},
+                            image, "6.1.0-50-amd64");
+    REQUIRE(r);
+    CHECK(r->order.at("order") == "virtio_pci_modern_dev.ko\nvirtio_pci_legacy_dev.ko\nvirtio_pci.ko\n");  // built in: dropped
+    CHECK(r->order.at("order.9p") == "9pnet.ko\n9pnet_virtio.ko\nnetfs.ko\n9p.ko\n");
+    CHECK(r->needed == std::vector<std::string>{"9p", "9pnet", "9pnet_virtio", "netfs", "virtio_pci", "virtio_pci_legacy_dev",
+                                                "virtio_pci_modern_dev"});
+    // A module the image's kernel neither has nor builds in.
+    auto missing = rewrite_orders({{"order", "virtio_balloon.ko\n"}}, image, "6.1.0-50-amd64");
+    REQUIRE_FALSE(missing);
+    CHECK(missing.error().message ==
+          "the image's kernel 6.1.0-50-amd64 has no module virtio_balloon and does not build it in (/lib/modules/6.1.0-50-amd64): "
+          "husk's agent needs it");
+    // Dependencies that go round (depmod writes none) are an error, not a loop.
+    auto loop = parse_module_index("a.ko: b.ko\nb.ko: a.ko\n", "");
+    auto l = rewrite_orders({{"order", "a.ko\n"}}, loop, "x");
+    REQUIRE_FALSE(l);
+    CHECK(l.error().message == "module a: its dependencies go round (/lib/modules/x/modules.dep)");
+    // A module two others need is listed once, before both.
+    auto shared = parse_module_index("a.ko: c.ko\nb.ko: c.ko\nc.ko:\n", "");
+    auto sh = rewrite_orders({{"order", "a.ko\nb.ko\n"}}, shared, "x");
+    REQUIRE(sh);
+    CHECK(sh->order.at("order") == "c.ko\na.ko\nb.ko\n");
+}
+
+TEST_CASE("the annotations: an absolute path, no initrd of the image's yet", "[system-image]") {
+    auto none = requested_kernel(spec_with({}));
+    REQUIRE(none);
+    CHECK_FALSE(*none);
+    auto k = requested_kernel(spec_with({{kAnnotationKernel, "/boot/vmlinuz"}}));
+    REQUIRE(k);
+    CHECK(**k == "/boot/vmlinuz");
+    for (const char* bad : {"boot/vmlinuz", "", "vmlinuz"}) {
+        INFO(bad);
+        auto r = requested_kernel(spec_with({{kAnnotationKernel, bad}}));
+        REQUIRE_FALSE(r);
+        CHECK(r.error().message.find("expected an absolute path inside the rootfs") != std::string::npos);
+    }
+    auto initrd = requested_kernel(spec_with({{kAnnotationKernel, "/boot/vmlinuz"}, {kAnnotationInitrd, "/boot/initrd"}}));
+    REQUIRE_FALSE(initrd);
+    CHECK(initrd.error().message.find("org.husk.initrd: not supported yet") != std::string::npos);
+}
+
+TEST_CASE("the kernel is found inside the rootfs, and copied with its modules", "[system-image]") {
+    std::string root = make_tmpdir("sysimg");
+    std::string rootfs = root + "/rootfs", state = root + "/state";
+    REQUIRE(sys::mkdir_p(rootfs + "/boot"));
+    REQUIRE(sys::mkdir_p(state));
+    std::string outside = root + "/outside-vmlinuz";
+    REQUIRE(sys::write_file(outside, bzimage()));
+    REQUIRE(sys::write_file(rootfs + "/boot/vmlinuz", bzimage()));
+    REQUIRE(::symlink("/boot/vmlinuz", (rootfs + "/vmlinuz").c_str()) == 0);  // absolute: inside the root
+    REQUIRE(::symlink(("../.." + outside).c_str(), (rootfs + "/boot/escape").c_str()) == 0);
+    REQUIRE(::mkfifo((rootfs + "/boot/fifo").c_str(), 0600) == 0);
+
+    auto k = open_kernel(rootfs, "/vmlinuz");
+    REQUIRE(k);
+    CHECK(k->kernel.release == "6.1.0-50-amd64");
+    // A symlink out of the rootfs is followed inside it: not found there.
+    auto esc = open_kernel(rootfs, "/boot/escape");
+    REQUIRE_FALSE(esc);
+    CHECK(esc.error().message == "org.husk.kernel /boot/escape: No such file or directory (resolved inside the rootfs)");
+    auto fifo = open_kernel(rootfs, "/boot/fifo");
+    REQUIRE_FALSE(fifo);
+    CHECK(fifo.error().message == "org.husk.kernel /boot/fifo: not a regular file");
+
+    // husk's initramfs with modules for the same release: used as it is.
+    std::string initrd = root + "/initramfs.img";
+    std::string husks = cpio_newc({{"lib/modules/order", "virtio_pci.ko\n"},
+                                   {"lib/modules/virtio_pci.ko", module_with_vermagic("6.1.0-50-amd64 SMP")}});
+    REQUIRE(sys::write_file(initrd, husks));
+    auto same = prepare_boot(rootfs, "/vmlinuz", initrd, state);
+    REQUIRE(same);
+    CHECK(same->initrd == initrd);
+    CHECK(same->kernel == state + "/image-kernel");
+    CHECK(sys::read_file(same->kernel).value_or("") == bzimage());
+    CHECK(same->why == "Linux 6.1.0-50-amd64, with husk's modules (built for it)");
+
+    // Another release: the image's modules, appended; none in the image: an error, nothing written.
+    REQUIRE(sys::write_file(initrd, cpio_newc({{"lib/modules/order", "virtio_pci.ko\n"},
+                                                {"lib/modules/virtio_pci.ko", module_with_vermagic("6.1.0-57-amd64 SMP")}})));
+    REQUIRE(sys::remove_all(state));
+    REQUIRE(sys::mkdir_p(state));
+    auto no_mods = prepare_boot(rootfs, "/vmlinuz", initrd, state);
+    REQUIRE_FALSE(no_mods);
+    CHECK(no_mods.error().message.find("org.husk.kernel /vmlinuz is Linux 6.1.0-50-amd64: its modules are not in the image") == 0);
+    CHECK(no_mods.error().message.find("husk's initramfs has modules for 6.1.0-57-amd64 only") != std::string::npos);
+    CHECK(sys::list_dir(state).value_or(std::vector<std::string>{"?"}).empty());
+    std::string mods = rootfs + "/lib/modules/6.1.0-50-amd64";
+    REQUIRE(sys::mkdir_p(mods + "/kernel"));
+    REQUIRE(sys::write_file(mods + "/modules.dep", "kernel/virtio_pci.ko:\n"));
+    REQUIRE(sys::write_file(mods + "/kernel/virtio_pci.ko", module_with_vermagic("6.1.0-50-amd64 SMP")));
+    auto other = prepare_boot(rootfs, "/vmlinuz", initrd, state);
+    REQUIRE(other);
+    CHECK(other->initrd == state + "/image-initrd.img");
+    CHECK(other->why == "Linux 6.1.0-50-amd64, with the image's modules (1; husk's are for 6.1.0-57-amd64)");
+    std::string written = sys::read_file(other->initrd).value_or("");
+    std::string husk_part = sys::read_file(initrd).value_or("");
+    REQUIRE(written.compare(0, husk_part.size(), husk_part) == 0);
+    auto appended = initramfs_modules(std::string_view(written).substr(husk_part.size()));
+    CHECK(appended.at("order") == "virtio_pci.ko\n");
+    CHECK(appended.at("virtio_pci.ko") == module_with_vermagic("6.1.0-50-amd64 SMP"));
+    // A compressed module (or anything not an ELF object) is refused.
+    REQUIRE(sys::write_file(mods + "/kernel/virtio_pci.ko", std::string("\xfd" "7zXZ", 5) + "xz data"));
+    auto xz = check(rootfs, "/vmlinuz", initrd);
+    REQUIRE_FALSE(xz);
+    CHECK(xz.error().message.find("is compressed or not a module") != std::string::npos);
+    REQUIRE(sys::remove_all(root));
+}
+
+TEST_CASE("SIGTERM becomes the init's power-off: systemd's, busybox init's, or the annotation's", "[system-image]") {
+    std::string root = make_tmpdir("sysimg");
+    REQUIRE(sys::mkdir_p(root + "/lib/systemd"));
+    REQUIRE(sys::mkdir_p(root + "/sbin"));
+    REQUIRE(sys::mkdir_p(root + "/bin"));
+    REQUIRE(sys::write_file(root + "/lib/systemd/systemd", "elf"));
+    REQUIRE(sys::write_file(root + "/bin/busybox", "elf"));
+    REQUIRE(::symlink("/lib/systemd/systemd", (root + "/sbin/init").c_str()) == 0);
+    REQUIRE(::symlink("../bin/busybox", (root + "/bin/init").c_str()) == 0);
+    REQUIRE(::symlink("busybox", (root + "/bin/sh").c_str()) == 0);
+    auto sig = [&](std::vector<std::string> args, std::map<std::string, std::string> a = {}) {
+        auto r = poweroff_signal(spec_with(a, std::move(args)), root);
+        REQUIRE(r);
+        return r->value_or(0);
+    };
+    CHECK(sig({"/sbin/init"}) == SIGRTMIN + 4);
+    CHECK(sig({"/lib/systemd/systemd", "--log-level=debug"}) == SIGRTMIN + 4);
+    CHECK(sig({"/bin/init"}) == SIGUSR2);
+    CHECK(sig({"/bin/sh"}) == 0);     // busybox, but not its init: SIGTERM as it is
+    CHECK(sig({"init"}) == 0);        // not a path
+    CHECK(sig({"/sbin/none"}) == 0);  // not there (the create says so)
+    CHECK(sig({"/bin/sh"}, {{kAnnotationPoweroff, "SIGPWR"}}) == SIGPWR);
+    CHECK(sig({"/sbin/init"}, {{kAnnotationPoweroff, "RTMIN+3"}}) == SIGRTMIN + 3);
+    auto bad = poweroff_signal(spec_with({{kAnnotationPoweroff, "SIGNOPE"}}), root);
+    REQUIRE_FALSE(bad);
+    CHECK(bad.error().message.find("annotation org.husk.poweroff-signal: ") == 0);
+    REQUIRE(sys::remove_all(root));
+}
