@@ -115,3 +115,30 @@ def test_a_plain_user_creates_starts_kills_and_deletes(plain_user, driver):
     assert not os.path.exists(os.path.join(plain_user.state, cid))
     wait_for(lambda: no_processes_of(plain_user), "the user's husk processes to go", timeout=20)
     shutil.rmtree(b)
+
+
+def test_a_plain_user_boots_a_system_image(plain_user):
+    """org.husk.kernel as a plain user (QEMU TCG): the image's kernel (here
+    husk's vmlinuz, put in the image), busybox's init as PID 1, which
+    powers off from its sysinit line: exit status 0."""
+    b = user_bundle(plain_user, ["/sbin/init"])
+    root = os.path.join(b, "rootfs")
+    os.makedirs(os.path.join(root, "sbin"))
+    os.symlink("../bin/busybox", os.path.join(root, "sbin", "init"))
+    os.makedirs(os.path.join(root, "boot"))
+    shutil.copy(os.path.join(os.path.dirname(HUSK), "rootfs-builder", "vmlinuz"), os.path.join(root, "boot", "vmlinuz"))
+    with open(os.path.join(root, "etc", "inittab"), "w") as f:
+        f.write("::sysinit:/bin/sh -c 'echo up as $$; kill -USR2 1'\n::shutdown:/bin/echo powering off\n")
+    with open(os.path.join(b, "config.json")) as f:
+        c = json.load(f)
+    c["annotations"] = {"org.husk.kernel": "/boot/vmlinuz"}
+    with open(os.path.join(b, "config.json"), "w") as f:
+        json.dump(c, f)
+    subprocess.run(["chown", "-R", f"{plain_user.pw.pw_uid}:{plain_user.pw.pw_gid}", b], check=True)
+    r = plain_user("--debug", "run", "-b", b, new_id())
+    assert r.returncode == 0, r.stderr.decode(errors="replace")[-3000:]
+    assert b"up as" in r.stdout and b"powering off" in r.stdout, r.stdout
+    assert "template: none (the image boots its own kernel (org.husk.kernel))" in r.stderr.decode()
+    wait_for(lambda: no_processes_of(plain_user), "the user's husk processes to go", timeout=20)
+    assert not os.listdir(plain_user.state)
+    shutil.rmtree(b)

@@ -19,6 +19,7 @@ import time
 import pytest
 
 from conftest import BUILD, DRIVER, KVM_SHAPE, ROOT, assert_no_leaks, wait_for
+from husktest import systemd_config
 
 VMLINUZ = os.path.join(BUILD, "rootfs-builder", "vmlinuz")
 INITRD = os.path.join(BUILD, "rootfs-builder", "initramfs.img")
@@ -228,26 +229,6 @@ def debian_kernel():
     p = subprocess.run([os.path.join(ROOT, "scripts", "debian-kernel")], capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, f"scripts/debian-kernel failed: {p.stderr}"
     return p.stdout.strip()
-
-
-# What podman writes for an image whose command is systemd (its systemd
-# mode): the default capabilities, tmpfs on /run, /run/lock, /tmp and
-# /var/log/journal, a writable cgroup tree, container=podman.
-PODMAN_CAPS = ["CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FOWNER", "CAP_FSETID", "CAP_KILL", "CAP_NET_BIND_SERVICE",
-               "CAP_SETFCAP", "CAP_SETGID", "CAP_SETPCAP", "CAP_SETUID", "CAP_SYS_CHROOT"]
-
-
-def systemd_config(c, rootfs):
-    c["root"] = {"path": str(rootfs), "readonly": False}
-    c["process"]["env"] = ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "container=podman"]
-    c["process"]["capabilities"] = {k: PODMAN_CAPS for k in ("bounding", "effective", "permitted")}
-    for m in c["mounts"]:
-        if m["destination"] == "/sys/fs/cgroup":
-            m["options"] = [o for o in m["options"] if o != "ro"] + ["rw"]
-    for d in ("/run", "/run/lock", "/tmp", "/var/log/journal"):
-        c["mounts"].append({"destination": d, "type": "tmpfs", "source": "tmpfs",
-                            "options": ["rw", "rprivate", "nosuid", "nodev", "tmpcopyup"]})
-    c["annotations"] = {"org.husk.kernel": "/vmlinuz"}
 
 
 @qemu_only

@@ -58,3 +58,23 @@ def remove_user(name, xdg, made):
     if made:
         subprocess.run(["userdel", "-r", name], check=False, capture_output=True)
         shutil.rmtree(xdg, ignore_errors=True)
+
+
+# What podman writes for an image whose command is systemd (its systemd
+# mode): the default capabilities, tmpfs on /run, /run/lock, /tmp and
+# /var/log/journal, a writable cgroup tree, container=podman.
+PODMAN_CAPS = ["CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FOWNER", "CAP_FSETID", "CAP_KILL", "CAP_NET_BIND_SERVICE",
+               "CAP_SETFCAP", "CAP_SETGID", "CAP_SETPCAP", "CAP_SETUID", "CAP_SYS_CHROOT"]
+
+
+def systemd_config(c, rootfs):
+    c["root"] = {"path": str(rootfs), "readonly": False}
+    c["process"]["env"] = ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "container=podman"]
+    c["process"]["capabilities"] = {k: PODMAN_CAPS for k in ("bounding", "effective", "permitted")}
+    for m in c["mounts"]:
+        if m["destination"] == "/sys/fs/cgroup":
+            m["options"] = [o for o in m["options"] if o != "ro"] + ["rw"]
+    for d in ("/run", "/run/lock", "/tmp", "/var/log/journal"):
+        c["mounts"].append({"destination": d, "type": "tmpfs", "source": "tmpfs",
+                            "options": ["rw", "rprivate", "nosuid", "nodev", "tmpcopyup"]})
+    c["annotations"] = {"org.husk.kernel": "/vmlinuz"}
