@@ -159,6 +159,7 @@ void Shim::create_member(uint64_t cid, const proto::ControlRequest& req) {
     auto build = [&]() -> Result<proto::Create> {
         Spec spec = TRY(load_spec(bundle));
         if (!spec.process) return fail("config.json: process: required", EINVAL);
+        (void)adapt_host_cgroup_binds(spec);
         auto cg = TRY(guest_cgroup_files(spec.resources.is_object() ? spec.resources : json::object(), "linux.resources"));
         for (const auto& w : cg.warnings) log::warn(id + ": " + w);
         translate_cpusets(cg.writes, vcpus_, guest_cpusets_);

@@ -83,6 +83,8 @@ Result<Args> parse_args(int argc, char** argv) {
 Result<void> Shim::prepare() {
     spec_ = TRY(load_spec(args_.bundle));
     if (!spec_.process) return fail("config.json: process: required", EINVAL);
+    for (const auto& d : adapt_host_cgroup_binds(spec_))
+        log::debug("mounts: " + d + ": a bind of the host's cgroup v1 tree, dropped: the guest's /sys/fs/cgroup (v2) is writable instead");
     for (const auto& c : unknown_capabilities(*spec_.process))
         log::warn("process.capabilities: " + c + " is not a capability this host knows; ignored");
     cgroup_ = TRY(guest_cgroup_files(spec_.resources.is_object() ? spec_.resources : json::object(), "linux.resources"));

@@ -18,6 +18,27 @@ static bool has_option(const std::vector<std::string>& opts, const std::string& 
     return std::find(opts.begin(), opts.end(), o) != opts.end();
 }
 
+std::vector<std::string> adapt_host_cgroup_binds(Spec& spec) {
+    std::vector<std::string> dropped;
+    auto under = [](const std::string& p, const std::string& dir) { return p == dir || p.rfind(dir + "/", 0) == 0; };
+    for (auto it = spec.mounts.begin(); it != spec.mounts.end();) {
+        if (it->is_bind() && under(it->source, "/sys/fs/cgroup") && under(it->destination, "/sys/fs/cgroup") &&
+            it->destination != "/sys/fs/cgroup") {
+            dropped.push_back(it->destination);
+            it = spec.mounts.erase(it);
+        } else {
+            ++it;
+        }
+    }
+    if (!dropped.empty())
+        for (auto& m : spec.mounts)
+            if (m.destination == "/sys/fs/cgroup" && m.type == "cgroup") {
+                std::erase(m.options, std::string("ro"));
+                m.options.push_back("rw");
+            }
+    return dropped;
+}
+
 SharePlan plan_shares(const Spec& spec, const std::string& bundle, bool (*is_dir)(const std::string&)) {
     SharePlan plan;
     // The rootfs stays writable on the host side: mount points are created in

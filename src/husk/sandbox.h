@@ -39,6 +39,15 @@ struct SharePlan {
     std::vector<std::vector<std::string>> mount_submounts;
 };
 
+// A bind of the host's cgroup v1 hierarchies (a source under
+// /sys/fs/cgroup/) means nothing in the guest, whose cgroups are v2 only:
+// podman's systemd mode on a cgroup v1 host binds the host's named
+// systemd hierarchy, writable, under a read-only /sys/fs/cgroup. Such a
+// bind is dropped, and then the /sys/fs/cgroup mount is writable, as
+// podman's systemd mode makes it on a cgroup v2 host. Returns what was
+// dropped (for --debug).
+std::vector<std::string> adapt_host_cgroup_binds(Spec& spec);
+
 // `is_dir` tells whether a host path is a directory (injected for tests).
 SharePlan plan_shares(const Spec& spec, const std::string& bundle, bool (*is_dir)(const std::string&));
 

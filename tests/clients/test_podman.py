@@ -291,3 +291,43 @@ def test_a_system_image_boots_its_own_kernel_and_init(podman, system_image):
     assert st["Status"] == "exited" and st["ExitCode"] == 0, st
     assert b"busybox init: shutting down" in podman("logs", "hk-system").stdout
     podman("rm", "hk-system", check=True)
+
+
+def test_a_debian_system_image_boots_systemd_under_podman(podman, tmp_path):
+    """The issue's own case: a Debian 12 image (debootstrap with systemd-sysv,
+    and linux-image-amd64's kernel and modules as a layer) run by podman
+    (`--rootfs`: the layers as podman's overlay would stack them) with
+    /sbin/init, so in podman's systemd mode: on this cgroup v1 host that
+    spec binds the host's systemd hierarchy, which husk replaces with the
+    guest's writable cgroup2. systemd reaches multi-user.target, podman
+    exec asks it, podman stop (SIGRTMIN+3: halt) ends it with exit 0."""
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    deb = run([os.path.join(root, "scripts", "debian-rootfs")], timeout=1200).stdout.decode().strip()
+    ker = run([os.path.join(root, "scripts", "debian-kernel")], timeout=600).stdout.decode().strip()
+    upper, work, merged = (tmp_path / d for d in ("upper", "work", "merged"))
+    for d in (upper, work, merged):
+        d.mkdir()
+    run(["mount", "-t", "overlay", "overlay", "-o", f"lowerdir={ker}:{deb},upperdir={upper},workdir={work}", str(merged)])
+    try:
+        r = podman("run", "-d", "--name", "hk-systemd", "--annotation", "org.husk.kernel=/vmlinuz", "--rootfs", str(merged),
+                   "/sbin/init")
+        assert r.returncode == 0, r.stderr
+        assert inspect(podman, "hk-systemd")["Config"]["SystemdMode"] is True
+        answers = []
+
+        def settled():
+            answers.append(podman("exec", "hk-systemd", "systemctl", "is-system-running").stdout.decode().strip())
+            return answers[-1] in ("running", "degraded", "maintenance")
+        wait_for(settled, timeout=240, what="systemd to finish starting")
+        failed = podman("exec", "hk-systemd", "systemctl", "--failed", "--no-legend", "--plain").stdout.decode()
+        assert answers[-1] == "running", f"systemd is {answers[-1]}: failed units: {failed}"
+        assert podman("exec", "hk-systemd", "systemctl", "is-active", "multi-user.target").stdout.strip() == b"active"
+        t0 = time.time()
+        podman("stop", "-t", "60", "hk-systemd", check=True)
+        assert time.time() - t0 < 60  # halted, not killed after the timeout
+        st = inspect(podman, "hk-systemd")["State"]
+        assert st["Status"] == "exited" and st["ExitCode"] == 0, st
+        podman("rm", "hk-systemd", check=True)
+    finally:
+        run(["podman", "rm", "-f", "-t", "0", "hk-systemd"], check=False)
+        run(["umount", "-l", str(merged)], check=False)

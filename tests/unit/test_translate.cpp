@@ -373,3 +373,24 @@ TEST_CASE("capabilities, rlimits and oomScoreAdj become numbers for the agent", 
     auto q = parse_process_file(R"({"args":["sh"],"cwd":"/"})", "q.json");
     CHECK_FALSE(agent_process_params(*q).capabilities);
 }
+
+TEST_CASE("a bind of the host's cgroup v1 tree becomes the guest's writable cgroup2 (podman's systemd mode on v1)",
+          "[translate]") {
+    // What podman writes for /sbin/init on a cgroup v1 host.
+    Spec s;
+    s.mounts = {{"/proc", "proc", "proc", {}},
+                {"/sys/fs/cgroup", "cgroup", "cgroup", {"rprivate", "nosuid", "ro"}},
+                {"/sys/fs/cgroup/systemd", "bind", "/sys/fs/cgroup/systemd", {"bind", "rprivate"}},
+                {"/data", "bind", "/srv/data", {"rbind"}}};
+    auto dropped = adapt_host_cgroup_binds(s);
+    CHECK(dropped == std::vector<std::string>{"/sys/fs/cgroup/systemd"});
+    REQUIRE(s.mounts.size() == 3);
+    CHECK(s.mounts[1].options == std::vector<std::string>{"rprivate", "nosuid", "rw"});
+    CHECK(s.mounts[2].destination == "/data");
+    // Nothing of the host's cgroups bound: nothing changes (a read-only cgroup stays so).
+    Spec plain;
+    plain.mounts = {{"/sys/fs/cgroup", "cgroup", "cgroup", {"ro"}}, {"/cg", "bind", "/sys/fs/cgroup/cpu", {"bind"}}};
+    CHECK(adapt_host_cgroup_binds(plain).empty());
+    CHECK(plain.mounts.size() == 2);
+    CHECK(plain.mounts[0].options == std::vector<std::string>{"ro"});
+}
