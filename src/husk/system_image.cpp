@@ -30,6 +30,7 @@ std::string first_word(std::string_view s) {
 }
 
 constexpr size_t kModuleLimit = 64 << 20;  // the largest .ko Debian ships is ~15 MiB
+constexpr size_t kModulesLimit = 256 << 20;  // all of them (Debian 6.1's 28 the agent needs: ~3 MiB)
 
 // A file inside the rootfs, read whole (a regular file only).
 Result<std::string> read_in_root(int root, const std::string& rel, size_t limit) {
@@ -277,10 +278,16 @@ Result<Plan> plan(const std::string& rootfs, const std::string& path, const std:
     // file replaces an earlier one of the same name.
     std::vector<std::pair<std::string, std::string>> files;
     for (const auto& [name, text] : r->order) files.emplace_back("lib/modules/" + name, text);
+    size_t total = 0;
     for (const auto& name : r->needed) {
         std::string rel = dir + "/" + image.modules.at(name).first;
         auto ko = read_in_root(root.get(), rel, kModuleLimit);
         if (!ko) return fail(what(path) + ": module " + name + ": " + ko.error().message, ko.error().code);
+        // The image names the dependencies: what they add up to is bounded too.
+        if ((total += ko->size()) > kModulesLimit)
+            return fail(what(path) + ": the modules husk's agent needs come to more than " +
+                            std::to_string(kModulesLimit >> 20) + " MiB with their dependencies",
+                        EFBIG);
         if (ko->size() > 3 && ko->substr(0, 4) != "\x7f" "ELF")
             return fail(what(path) + ": module " + rel + " is compressed or not a module (husk loads plain .ko files)", EINVAL);
         files.emplace_back("lib/modules/" + name + ".ko", std::move(*ko));
