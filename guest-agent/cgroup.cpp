@@ -10,6 +10,7 @@
 #include <cstring>
 #include <sstream>
 
+#include "guest-agent/procfs.h"
 #include "sys/sys.h"
 
 namespace husk::agent {
@@ -181,12 +182,11 @@ void remove_container_cgroup(const std::string& dir) {
 
 Result<sys::Fd> open_process_cgroup(pid_t pid, const std::string& dir) {
     std::string text = TRY(sys::read_file("/proc/" + std::to_string(pid) + "/cgroup", 64 << 10));
-    // cgroup v2 alone: one line, "0::<path>" (from the agent's root).
-    if (text.rfind("0::", 0) != 0) return fail("process " + std::to_string(pid) + ": no cgroup v2 group", ENOENT);
-    std::string path = std::string(kCgroupRoot) + text.substr(3, text.find('\n') - 3);
-    if (path != dir && path.rfind(dir + "/", 0) != 0)
-        return fail("process " + std::to_string(pid) + " has left its container's cgroup (" + path + ")", EPERM);
-    return sys::open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    auto path = cgroup_path(text);  // (from the agent's root)
+    if (!path) return fail("process " + std::to_string(pid) + ": no cgroup v2 group", ENOENT);
+    if (!in_cgroup(text, dir.substr(std::strlen(kCgroupRoot))))
+        return fail("process " + std::to_string(pid) + " has left its container's cgroup (" + *path + ")", EPERM);
+    return sys::open(kCgroupRoot + *path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 }
 
 }  // namespace husk::agent

@@ -105,14 +105,19 @@ bool takes_signal(const std::string& status, int sig) {
     return (mask >> (sig - 1)) & 1;
 }
 
-bool in_cgroup(const std::string& proc_cgroup, const std::string& group) {
+std::optional<std::string> cgroup_path(const std::string& proc_cgroup) {
     // cgroup v2's line: "0::/path".
     size_t pos = proc_cgroup.rfind("0::", 0) == 0 ? 0 : proc_cgroup.find("\n0::");
-    if (pos == std::string::npos) return false;
+    if (pos == std::string::npos) return std::nullopt;
     pos += proc_cgroup[pos] == '\n' ? 4 : 3;
     size_t end = proc_cgroup.find('\n', pos);
-    std::string path = proc_cgroup.substr(pos, end == std::string::npos ? std::string::npos : end - pos);
-    return path == group || (path.size() > group.size() && path.compare(0, group.size(), group) == 0 && path[group.size()] == '/');
+    return proc_cgroup.substr(pos, end == std::string::npos ? std::string::npos : end - pos);
+}
+
+bool in_cgroup(const std::string& proc_cgroup, const std::string& group) {
+    auto path = cgroup_path(proc_cgroup);
+    if (!path) return false;
+    return *path == group || (path->size() > group.size() && path->compare(0, group.size(), group) == 0 && (*path)[group.size()] == '/');
 }
 
 std::vector<pid_t> container_pids(pid_t init, const std::string& group) {

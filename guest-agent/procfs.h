@@ -3,6 +3,7 @@
 #pragma once
 #include <sys/types.h>
 
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -17,6 +18,8 @@ std::vector<pid_t> pids_in_ns_of(pid_t init);
 // Whether a /proc/<pid>/cgroup text puts the process in the cgroup v2
 // group `group` ("/container") or below it.
 bool in_cgroup(const std::string& proc_cgroup, const std::string& group);
+// The cgroup v2 path of a /proc/<pid>/cgroup text ("0::<path>"), if it has one.
+std::optional<std::string> cgroup_path(const std::string& proc_cgroup);
 
 // A container's processes, what kill --all signals and ps lists: those of
 // its init's pid namespace, and when it has a group (`group`, "" for

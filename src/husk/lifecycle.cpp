@@ -272,7 +272,8 @@ Result<pid_t> create_container(const Globals& g, const std::string& id, const Cr
     if (!o.restore_from.empty() && driver.automatic)
         if (auto image = checkpoint::read_image(o.restore_from)) driver = driver_for_restore(driver, image->hypervisor);
     const std::string& hypervisor = driver.name;
-    if (auto why = make_hypervisor(hypervisor)->unavailable(); !why.empty())
+    auto hv = make_hypervisor(hypervisor);
+    if (auto why = hv->unavailable(); !why.empty())
         return fail("hypervisor " + hypervisor + ": " + why, ENOENT);
     // QEMU's accelerator is decided once per host boot by a real guest boot
     // (detect_accel_info): here, where the caller's terminal can be told
@@ -282,7 +283,7 @@ Result<pid_t> create_container(const Globals& g, const std::string& id, const Cr
     if (image_kernel) {
         // Checked here, before anything starts, and again by the shim as it
         // copies what it checked.
-        if (!make_hypervisor(hypervisor)->capabilities().bzimage)
+        if (!hv->capabilities().bzimage)
             return fail(std::string("annotation ") + system_image::kAnnotationKernel + ": hypervisor " + hypervisor +
                             " cannot boot an image's kernel (a bzImage): QEMU can",
                         EINVAL);

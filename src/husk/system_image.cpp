@@ -32,14 +32,36 @@ std::string first_word(std::string_view s) {
 constexpr size_t kModuleLimit = 64 << 20;  // the largest .ko Debian ships is ~15 MiB
 constexpr size_t kModulesLimit = 256 << 20;  // all of them (Debian 6.1's 28 the agent needs: ~3 MiB)
 
-// A file inside the rootfs, read whole (a regular file only).
-Result<std::string> read_in_root(int root, const std::string& rel, size_t limit) {
-    // O_NONBLOCK: a FIFO the image put there must not hold the open.
-    auto fd = TRY(sys::open_in_root(root, rel, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY));
+// A regular file inside the rootfs, opened for reading. O_NONBLOCK: a
+// FIFO the image put there must not hold the open.
+Result<sys::Fd> open_regular(int root, const std::string& rel, int flags = 0) {
+    auto fd = sys::open_in_root(root, rel, flags | O_RDONLY | O_NONBLOCK | O_NOCTTY);
+    if (!fd) return fail(rel + ": " + std::strerror(fd.error().code) + " (resolved inside the rootfs)", fd.error().code);
     struct stat st;
-    if (::fstat(fd.get(), &st) < 0) return fail_errno("stat " + rel);
+    if (::fstat(fd->get(), &st) < 0) return fail_errno("stat " + rel);
     if (!S_ISREG(st.st_mode)) return fail(rel + ": not a regular file", EINVAL);
+    return std::move(*fd);
+}
+
+// Such a file, read whole.
+Result<std::string> read_in_root(int root, const std::string& rel, size_t limit) {
+    auto fd = TRY(open_regular(root, rel, O_NOFOLLOW));
     return sys::read_to_eof(fd.get(), limit);
+}
+
+// The release the modules (initramfs_modules) were built for.
+Result<std::string> release_of(const std::map<std::string, std::string_view>& modules) {
+    for (const auto& [name, data] : modules) {
+        if (name.size() < 4 || name.substr(name.size() - 3) != ".ko") continue;
+        constexpr std::string_view key = "vermagic=";
+        for (size_t at = data.find(key); at != std::string_view::npos; at = data.find(key, at + 1)) {
+            if (at > 0 && data[at - 1] != '\0') continue;  // a modinfo string starts after a NUL
+            size_t end = data.find('\0', at);
+            std::string release = first_word(data.substr(at + key.size(), end - at - key.size()));
+            if (!release.empty()) return release;
+        }
+    }
+    return fail("husk's initramfs has no kernel module to tell its kernel release by", ENOENT);
 }
 
 }  // namespace
@@ -101,31 +123,19 @@ void each_cpio_entry(std::string_view c, const std::function<void(std::string_vi
 
 }  // namespace
 
-std::map<std::string, std::string> initramfs_modules(std::string_view cpio) {
-    std::map<std::string, std::string> out;
+std::map<std::string, std::string_view> initramfs_modules(std::string_view cpio) {
+    std::map<std::string, std::string_view> out;
     each_cpio_entry(cpio, [&](std::string_view name, uint32_t mode, std::string_view data) {
         constexpr std::string_view dir = "lib/modules/";
         if (!S_ISREG(mode) || name.substr(0, dir.size()) != dir) return;
         std::string_view rest = name.substr(dir.size());
         if (rest.empty() || rest.find('/') != std::string_view::npos) return;
-        out[std::string(rest)] = std::string(data);
+        out[std::string(rest)] = data;
     });
     return out;
 }
 
-Result<std::string> initramfs_release(std::string_view cpio) {
-    for (const auto& [name, data] : initramfs_modules(cpio)) {
-        if (name.size() < 4 || name.substr(name.size() - 3) != ".ko") continue;
-        constexpr std::string_view key = "vermagic=";
-        for (size_t at = data.find(key); at != std::string::npos; at = data.find(key, at + 1)) {
-            if (at > 0 && data[at - 1] != '\0') continue;  // a modinfo string starts after a NUL
-            size_t end = data.find('\0', at);
-            std::string release = first_word(std::string_view(data).substr(at + key.size(), end - at - key.size()));
-            if (!release.empty()) return release;
-        }
-    }
-    return fail("husk's initramfs has no kernel module to tell its kernel release by", ENOENT);
-}
+Result<std::string> initramfs_release(std::string_view cpio) { return release_of(initramfs_modules(cpio)); }
 
 std::string cpio_newc(const std::vector<std::pair<std::string, std::string>>& files) {
     std::string out;
@@ -226,11 +236,8 @@ Result<std::optional<std::string>> requested_kernel(const Spec& spec) {
 
 Result<Opened> open_kernel(const std::string& rootfs, const std::string& path) {
     auto root = TRY_CTX(sys::open(rootfs, O_PATH | O_DIRECTORY | O_CLOEXEC), "rootfs");
-    auto fd = sys::open_in_root(root.get(), path, O_RDONLY | O_NONBLOCK | O_NOCTTY);  // (a FIFO: not waited on)
-    if (!fd) return fail(what(path) + ": " + std::strerror(fd.error().code) + " (resolved inside the rootfs)", fd.error().code);
-    struct stat st;
-    if (::fstat(fd->get(), &st) < 0) return fail_errno(what(path));
-    if (!S_ISREG(st.st_mode)) return fail(what(path) + ": not a regular file", EINVAL);
+    auto fd = open_regular(root.get(), path);
+    if (!fd) return fail(std::string(kAnnotationKernel) + " " + fd.error().message, fd.error().code);
     std::string head(kHeadBytes, '\0');
     ssize_t n = ::pread(fd->get(), head.data(), head.size(), 0);
     if (n < 0) return fail_errno(what(path) + ": read");
@@ -242,19 +249,20 @@ Result<Opened> open_kernel(const std::string& rootfs, const std::string& path) {
 
 namespace {
 
-// What prepare_boot and check share: the kernel, and the initrd's
-// appended archive of the image's modules ("" when husk's serve).
+// What prepare_boot and check share: the kernel, and the files of the
+// initrd's appended archive of the image's modules (none when husk's serve).
 struct Plan {
     Opened kernel;
     std::string husk_initrd;  // husk's initramfs, read
-    std::string appended;
+    std::vector<std::pair<std::string, std::string>> appended;
     std::string why;
 };
 
 Result<Plan> plan(const std::string& rootfs, const std::string& path, const std::string& initrd) {
-    Plan p{TRY(open_kernel(rootfs, path)), "", "", ""};
+    Plan p{TRY(open_kernel(rootfs, path)), "", {}, ""};
     p.husk_initrd = TRY_CTX(sys::read_file(initrd, 256 << 20), "husk's initramfs " + initrd);
-    std::string husk_release = TRY(initramfs_release(p.husk_initrd));
+    auto husk_modules = initramfs_modules(p.husk_initrd);
+    std::string husk_release = TRY(release_of(husk_modules));
     const std::string& release = p.kernel.kernel.release;
     if (release == husk_release) {
         p.why = "Linux " + release + ", with husk's modules (built for it)";
@@ -269,14 +277,14 @@ Result<Plan> plan(const std::string& rootfs, const std::string& path, const std:
                     ENOENT);
     auto builtin = read_in_root(root.get(), dir + "/modules.builtin", 16 << 20);  // none: nothing built in
     std::map<std::string, std::string> orders;
-    for (auto& [name, data] : initramfs_modules(p.husk_initrd))
-        if (name.rfind("order", 0) == 0) orders[name] = std::move(data);
+    for (const auto& [name, data] : husk_modules)
+        if (name.rfind("order", 0) == 0) orders[name] = std::string(data);
     auto image = parse_module_index(*dep, builtin.value_or(""));
     auto r = rewrite_orders(orders, image, release);
     if (!r) return fail(what(path) + ": " + r.error().message, r.error().code);
     // Appended to husk's archive: the kernel unpacks both, and a later
     // file replaces an earlier one of the same name.
-    std::vector<std::pair<std::string, std::string>> files;
+    auto& files = p.appended;
     for (const auto& [name, text] : r->order) files.emplace_back("lib/modules/" + name, text);
     size_t total = 0;
     for (const auto& name : r->needed) {
@@ -292,7 +300,6 @@ Result<Plan> plan(const std::string& rootfs, const std::string& path, const std:
             return fail(what(path) + ": module " + rel + " is compressed or not a module (husk loads plain .ko files)", EINVAL);
         files.emplace_back("lib/modules/" + name + ".ko", std::move(*ko));
     }
-    p.appended = cpio_newc(files);
     p.why = "Linux " + release + ", with the image's modules (" + std::to_string(r->needed.size()) +
             "; husk's are for " + husk_release + ")";
     return p;
@@ -311,7 +318,7 @@ Result<Boot> prepare_boot(const std::string& rootfs, const std::string& path, co
     TRY_CTX(sys::copy_file_sparse("/proc/self/fd/" + std::to_string(p.kernel.fd.get()), b.kernel, 0600), "the image's kernel");
     if (!p.appended.empty()) {
         b.initrd = dir + "/image-initrd.img";
-        auto r = sys::write_file(b.initrd, p.husk_initrd + p.appended, 0600);
+        auto r = sys::write_file(b.initrd, p.husk_initrd + cpio_newc(p.appended), 0600);
         if (!r) {
             ::unlink(b.kernel.c_str());
             return tl::unexpected(r.error().context("the image's initrd"));

@@ -39,9 +39,10 @@ Result<Kernel> parse_bzimage(std::string_view head);
 // rootfs-builder writes husk's) were built for: the vermagic of its first
 // lib/modules/*.ko.
 Result<std::string> initramfs_release(std::string_view cpio);
-// The file names under lib/modules/ (not below it) of a newc cpio, with
-// their contents: the order files and the modules.
-std::map<std::string, std::string> initramfs_modules(std::string_view cpio);
+// The regular files under lib/modules/ (not below it) of a newc cpio, by
+// name, with their contents (views into `cpio`): the order files and the
+// modules.
+std::map<std::string, std::string_view> initramfs_modules(std::string_view cpio);
 // One newc cpio of regular files and directories (names without a leading
 // '/', parents listed before children), fixed owners and mtimes.
 std::string cpio_newc(const std::vector<std::pair<std::string, std::string>>& files);

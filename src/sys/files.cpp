@@ -140,22 +140,6 @@ Result<void> write_file_atomic(const std::string& path, const std::string& data,
     return {};
 }
 
-namespace {
-
-Result<void> write_all_at(int fd, const char* data, size_t len, off_t at) {
-    while (len > 0) {
-        ssize_t n = ::pwrite(fd, data, len, at);
-        if (n < 0 && errno == EINTR) continue;
-        if (n < 0) return fail_errno("write");
-        data += n;
-        len -= size_t(n);
-        at += n;
-    }
-    return {};
-}
-
-}  // namespace
-
 Result<void> copy_file_sparse(const std::string& from, const std::string& to, mode_t mode) {
     auto in = TRY(open(from, O_RDONLY | O_CLOEXEC));
     struct stat st{};
@@ -187,10 +171,8 @@ Result<void> copy_file_sparse(const std::string& from, const std::string& to, mo
             if (plain) {
                 char buf[1 << 16];
                 n = ::pread(in.get(), buf, std::min(sizeof buf, size_t(hole - off)), off);
-                if (n > 0) {
-                    auto w = write_all_at(out.get(), buf, size_t(n), off);
-                    if (!w) return failed("write");
-                }
+                if (n > 0 && (::lseek(out.get(), off, SEEK_SET) < 0 || !write_all(out.get(), buf, size_t(n))))
+                    return failed("write");
             }
             if (n < 0 && errno == EINTR) continue;
             if (n < 0) return failed("copy");

@@ -9,6 +9,7 @@ import pytest
 
 from conftest import (HUSK, WEB, assert_nothing_left, check_published_web, have, http_get, in_tty, processes_mentioning, run,
                       wait_for)
+from husktest import header_release
 
 IMAGE = "localhost/husk-test-busybox:latest"
 
@@ -274,10 +275,7 @@ def test_a_system_image_boots_its_own_kernel_and_init(podman, system_image):
     """podman run --annotation org.husk.kernel=...: the image's kernel and
     its init (busybox's; podman's systemd mode off, as for any init that
     is not systemd); exec beside it; podman stop powers it off, exit 0."""
-    with open(os.path.join(os.path.dirname(HUSK), "rootfs-builder", "vmlinuz"), "rb") as f:
-        head = f.read(65 * 512)  # the boot header's kernel_version string: its first word
-    at = int.from_bytes(head[0x20E:0x210], "little") + 0x200
-    release = head[at:head.index(b"\0", at)].decode().split()[0]
+    release = header_release(os.path.join(os.path.dirname(HUSK), "rootfs-builder", "vmlinuz"))
     r = podman("run", "-d", "--name", "hk-system", "--systemd", "false", "--annotation", "org.husk.kernel=/boot/vmlinuz",
                system_image, "/sbin/init")
     assert r.returncode == 0, r.stderr

@@ -19,20 +19,13 @@ import time
 import pytest
 
 from conftest import BUILD, DRIVER, KVM_SHAPE, ROOT, assert_no_leaks, wait_for
-from husktest import systemd_config
+from husktest import header_release, systemd_config
 
 VMLINUZ = os.path.join(BUILD, "rootfs-builder", "vmlinuz")
 INITRD = os.path.join(BUILD, "rootfs-builder", "initramfs.img")
 
 qemu_only = pytest.mark.not_on(("uml", "firecracker", "cloud-hypervisor"),
                                reason="boots a bzImage from the image: QEMU only (test_other_drivers_refuse_it)")
-
-
-def header_release(kernel):
-    with open(kernel, "rb") as f:
-        head = f.read(65 * 512)
-    at = int.from_bytes(head[0x20E:0x210], "little") + 0x200
-    return head[at:head.index(b"\0", at)].decode().split()[0]
 
 
 def cpio_entries(data):

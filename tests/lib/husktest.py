@@ -60,6 +60,15 @@ def remove_user(name, xdg, made):
         shutil.rmtree(xdg, ignore_errors=True)
 
 
+def header_release(kernel):
+    """The release a bzImage's boot header names (the first word of the
+    kernel_version string, at its offset + 0x200)."""
+    with open(kernel, "rb") as f:
+        head = f.read(65 * 512)
+    at = int.from_bytes(head[0x20E:0x210], "little") + 0x200
+    return head[at:head.index(b"\0", at)].decode().split()[0]
+
+
 # What podman writes for an image whose command is systemd (its systemd
 # mode): the default capabilities, tmpfs on /run, /run/lock, /tmp and
 # /var/log/journal, a writable cgroup tree, container=podman.

@@ -145,6 +145,8 @@ TEST_CASE("agent: a process's cgroup v2 group, and those below it") {
     CHECK(!agent::in_cgroup("0::/container\n", "/container-5"));
     CHECK(agent::in_cgroup("1:name=systemd:/x\n0::/container\n", "/container"));
     CHECK(!agent::in_cgroup("", "/container"));
+    CHECK(agent::cgroup_path("1:name=systemd:/x\n0::/container/init.scope\n") == "/container/init.scope");
+    CHECK_FALSE(agent::cgroup_path("1:name=systemd:/x\n"));
 }
 
 TEST_CASE("agent: a pid namespace's init takes a signal it blocks or catches") {
