@@ -65,14 +65,14 @@ Result<void> Shim::launch_vm() {
     // An image that carries its own kernel boots it (system_image.h):
     // copied here from the rootfs, with husk's initramfs (and the image's
     // modules, where husk's are for another release).
-    if (auto k = TRY(system_image::requested_kernel(spec_))) {
+    if (auto k = TRY(system_image::requested(spec_))) {
         std::string rootfs = rootfs_path(args_.bundle, spec_);
         poweroff_signal_ = TRY(system_image::poweroff_signal(spec_, rootfs));
         auto boot = TRY(system_image::prepare_boot(rootfs, *k, host.initrd, paths_.dir));
         host.kernel = boot.kernel;
         host.initrd = boot.initrd;
-        image_kernel_ = *k;
-        log::debug("the image's kernel " + *k + ": " + boot.why + "; SIGTERM goes to its init as " +
+        image_kernel_ = k->kernel;
+        log::debug("the image's kernel " + k->kernel + ": " + boot.why + "; SIGTERM goes to its init as " +
                    (poweroff_signal_ ? signal_name(*poweroff_signal_) : std::string("SIGTERM")));
     }
     auto can = share_support(caps, !find_virtiofsd().empty(), rootless());

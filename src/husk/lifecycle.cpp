@@ -260,7 +260,7 @@ Result<pid_t> create_container(const Globals& g, const std::string& id, const Cr
     TRY(templates::choose(spec.annotations, std::nullopt));  // a bad org.husk.template or HUSK_TEMPLATES
     std::string rootfs = rootfs_path(bundle, spec);
     if (!sys::is_dir(rootfs)) return fail("rootfs " + rootfs + " does not exist", ENOENT);
-    auto image_kernel = TRY(system_image::requested_kernel(spec));
+    auto image_kernel = TRY(system_image::requested(spec));
     if (auto pod = TRY(resolve_pod(spec, TRY(pod_peers(g)), namespace_identity))) {
         if (image_kernel)
             return fail(std::string("annotation ") + system_image::kAnnotationKernel +
@@ -289,7 +289,7 @@ Result<pid_t> create_container(const Globals& g, const std::string& id, const Cr
                         EINVAL);
         auto why = TRY(system_image::check(rootfs, *image_kernel, find_guest_initrd()));
         TRY(system_image::poweroff_signal(spec, rootfs));
-        log::debug("create " + id + ": the image's kernel " + *image_kernel + ": " + why);
+        log::debug("create " + id + ": the image's kernel " + image_kernel->kernel + ": " + why);
     }
 
     log::debug("create " + id + ": bundle " + bundle + ", hypervisor " + hypervisor + ": " + driver.why);

@@ -220,18 +220,50 @@ Result<Rewritten> rewrite_orders(const std::map<std::string, std::string>& order
     return out;
 }
 
-Result<std::optional<std::string>> requested_kernel(const Spec& spec) {
-    if (spec.annotations.count(kAnnotationInitrd))
-        return fail(std::string("annotation ") + kAnnotationInitrd +
-                        ": not supported yet: an image's kernel boots with husk's initramfs and the image's own modules",
-                    EINVAL);
-    auto it = spec.annotations.find(kAnnotationKernel);
-    if (it == spec.annotations.end()) return std::optional<std::string>();
-    const std::string& p = it->second;
+namespace {
+
+Result<std::string> annotation_path(const Spec& spec, const char* key) {
+    const std::string& p = spec.annotations.at(key);
     if (!sys::is_absolute(p) || p.find('\0') != std::string::npos || p.size() > 4096)
-        return fail(std::string("annotation ") + kAnnotationKernel + ": expected an absolute path inside the rootfs, got \"" + p + "\"",
-                    EINVAL);
-    return std::optional<std::string>(p);
+        return fail(std::string("annotation ") + key + ": expected an absolute path inside the rootfs, got \"" + p + "\"", EINVAL);
+    return p;
+}
+
+}  // namespace
+
+Result<std::optional<Requested>> requested(const Spec& spec) {
+    bool initrd = spec.annotations.count(kAnnotationInitrd);
+    if (!spec.annotations.count(kAnnotationKernel)) {
+        if (initrd)
+            return fail(std::string("annotation ") + kAnnotationInitrd + ": an initrd is booted with the image's kernel (" +
+                            kAnnotationKernel + "), which is not given",
+                        EINVAL);
+        return std::optional<Requested>();
+    }
+    Requested r{TRY(annotation_path(spec, kAnnotationKernel)), ""};
+    if (initrd) r.initrd = TRY(annotation_path(spec, kAnnotationInitrd));
+    return std::optional<Requested>(std::move(r));
+}
+
+Result<std::string> initrd_format(std::string_view h) {
+    // init/initramfs.c: a newc archive at a 4-byte boundary, else
+    // lib/decompress.c's magics.
+    static const std::pair<std::string_view, const char*> kMagic[] = {
+        {std::string_view("070701"), "a newc cpio"},
+        {std::string_view("070702"), "a newc cpio"},
+        {std::string_view("\x1f\x8b", 2), "gzip"},
+        {std::string_view("\x1f\x9e", 2), "gzip"},
+        {std::string_view("BZh"), "bzip2"},
+        {std::string_view("\x5d\x00\x00", 3), "lzma"},
+        {std::string_view("\xfd" "7zXZ\x00", 6), "xz"},
+        {std::string_view("\x89LZO", 4), "lzo"},
+        {std::string_view("\x02\x21\x4c\x18", 4), "lz4"},
+        {std::string_view("\x28\xb5\x2f\xfd", 4), "zstd"},
+    };
+    for (const auto& [magic, name] : kMagic)
+        if (h.substr(0, magic.size()) == magic) return std::string(name);
+    if (h.substr(0, 6) == "070707") return fail("an old-format cpio: the kernel unpacks newc (cpio -H newc)", EINVAL);
+    return fail("not an initramfs (neither a newc cpio nor a compression the kernel unpacks one from)", EINVAL);
 }
 
 Result<Opened> open_kernel(const std::string& rootfs, const std::string& path) {
@@ -253,19 +285,45 @@ namespace {
 // initrd's appended archive of the image's modules (none when husk's serve).
 struct Plan {
     Opened kernel;
+    sys::Fd image_initrd;  // the image's own, if any
     std::string husk_initrd;  // husk's initramfs, read
     std::vector<std::pair<std::string, std::string>> appended;
     std::string why;
 };
 
-Result<Plan> plan(const std::string& rootfs, const std::string& path, const std::string& initrd) {
-    Plan p{TRY(open_kernel(rootfs, path)), "", {}, ""};
+// The image's initrd, opened inside the root, of a format the kernel unpacks.
+Result<std::pair<sys::Fd, std::string>> open_initrd(const std::string& rootfs, const std::string& path) {
+    auto root = TRY_CTX(sys::open(rootfs, O_PATH | O_DIRECTORY | O_CLOEXEC), "rootfs");
+    std::string named = std::string(kAnnotationInitrd) + " " + path;
+    auto fd = open_regular(root.get(), path);
+    if (!fd) return fail(std::string(kAnnotationInitrd) + " " + fd.error().message, fd.error().code);
+    struct stat st;
+    if (::fstat(fd->get(), &st) < 0) return fail_errno(named + ": stat");
+    if (size_t(st.st_size) > kInitrdLimit)
+        return fail(named + ": larger than " + std::to_string(kInitrdLimit >> 20) + " MiB", EFBIG);
+    char head[8] = {};
+    ssize_t n = ::pread(fd->get(), head, sizeof head, 0);
+    if (n < 0) return fail_errno(named + ": read");
+    auto format = initrd_format(std::string_view(head, size_t(n)));
+    if (!format) return fail(named + ": " + format.error().message, format.error().code);
+    return std::pair<sys::Fd, std::string>(std::move(*fd), *format + ", " + std::to_string(st.st_size >> 10) + " KiB");
+}
+
+Result<Plan> plan(const std::string& rootfs, const Requested& req, const std::string& initrd) {
+    const std::string& path = req.kernel;
+    Plan p{TRY(open_kernel(rootfs, path)), {}, "", {}, ""};
+    std::string stacked;
+    if (!req.initrd.empty()) {
+        auto [fd, format] = TRY(open_initrd(rootfs, req.initrd));
+        p.image_initrd = std::move(fd);
+        stacked = "; husk's initramfs stacked on the image's initrd (" + format + ")";
+    }
     p.husk_initrd = TRY_CTX(sys::read_file(initrd, 256 << 20), "husk's initramfs " + initrd);
     auto husk_modules = initramfs_modules(p.husk_initrd);
     std::string husk_release = TRY(release_of(husk_modules));
     const std::string& release = p.kernel.kernel.release;
     if (release == husk_release) {
-        p.why = "Linux " + release + ", with husk's modules (built for it)";
+        p.why = "Linux " + release + ", with husk's modules (built for it)" + stacked;
         return p;
     }
     auto root = TRY_CTX(sys::open(rootfs, O_PATH | O_DIRECTORY | O_CLOEXEC), "rootfs");
@@ -301,28 +359,47 @@ Result<Plan> plan(const std::string& rootfs, const std::string& path, const std:
         files.emplace_back("lib/modules/" + name + ".ko", std::move(*ko));
     }
     p.why = "Linux " + release + ", with the image's modules (" + std::to_string(r->needed.size()) +
-            "; husk's are for " + husk_release + ")";
+            "; husk's are for " + husk_release + ")" + stacked;
     return p;
 }
 
 }  // namespace
 
-Result<std::string> check(const std::string& rootfs, const std::string& path, const std::string& initrd) {
-    return TRY(plan(rootfs, path, initrd)).why;
+Result<std::string> check(const std::string& rootfs, const Requested& req, const std::string& initrd) {
+    return TRY(plan(rootfs, req, initrd)).why;
 }
 
-Result<Boot> prepare_boot(const std::string& rootfs, const std::string& path, const std::string& initrd,
+Result<Boot> prepare_boot(const std::string& rootfs, const Requested& req, const std::string& initrd,
                           const std::string& dir) {
-    auto p = TRY(plan(rootfs, path, initrd));
+    auto p = TRY(plan(rootfs, req, initrd));
     Boot b{dir + "/image-kernel", initrd, p.why};
     TRY_CTX(sys::copy_file_sparse("/proc/self/fd/" + std::to_string(p.kernel.fd.get()), b.kernel, 0600), "the image's kernel");
-    if (!p.appended.empty()) {
-        b.initrd = dir + "/image-initrd.img";
-        auto r = sys::write_file(b.initrd, p.husk_initrd + cpio_newc(p.appended), 0600);
-        if (!r) {
-            ::unlink(b.kernel.c_str());
-            return tl::unexpected(r.error().context("the image's initrd"));
+    if (p.appended.empty() && !p.image_initrd) return b;
+    b.initrd = dir + "/image-initrd.img";
+    auto write = [&]() -> Result<void> {
+        size_t at = 0;
+        if (p.image_initrd) {
+            // The image's archive first, copied from what was checked; husk's
+            // cpio then starts at a 4-byte boundary (the kernel skips the
+            // zeros between archives).
+            TRY_CTX(sys::copy_file_sparse("/proc/self/fd/" + std::to_string(p.image_initrd.get()), b.initrd, 0600),
+                    "the image's initrd");
+            struct stat st;
+            if (::stat(b.initrd.c_str(), &st) < 0) return fail_errno("stat " + b.initrd);
+            at = size_t(st.st_size);
+            if (at > kInitrdLimit) return fail("the image's initrd grew past " + std::to_string(kInitrdLimit >> 20) + " MiB", EFBIG);
         }
+        std::string tail((4 - at % 4) % 4, '\0');
+        tail += p.husk_initrd;
+        if (!p.appended.empty()) tail += cpio_newc(p.appended);
+        auto fd = TRY(sys::open(b.initrd, O_WRONLY | O_CREAT | O_CLOEXEC, 0600));
+        if (::lseek(fd.get(), off_t(at), SEEK_SET) < 0) return fail_errno("seek " + b.initrd);
+        return sys::write_all(fd.get(), tail.data(), tail.size());
+    };
+    if (auto r = write(); !r) {
+        ::unlink(b.kernel.c_str());
+        ::unlink(b.initrd.c_str());
+        return tl::unexpected(r.error().context("the image's initrd"));
     }
     return b;
 }

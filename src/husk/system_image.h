@@ -1,6 +1,7 @@
 // System images (issue 27): an OCI image that carries its own kernel boots
 // it. `org.husk.kernel` names a bzImage inside the rootfs; the VM boots
-// that kernel with husk's initramfs (the agent as the first stage), whose
+// that kernel with husk's initramfs (the agent as the first stage, stacked
+// on the image's own initrd where `org.husk.initrd` names one), whose
 // modules are the image's own (/lib/modules/<its release>) unless the
 // release is the one husk's initramfs was built for. The container's
 // process is the image's init, PID 1 of the container's PID namespace, as
@@ -70,10 +71,22 @@ struct Rewritten {
 Result<Rewritten> rewrite_orders(const std::map<std::string, std::string>& order, const ImageModules& image,
                                  const std::string& release);
 
-// The annotation's path (absolute, inside the rootfs), if the spec has it;
-// an annotation husk cannot follow (org.husk.initrd, a relative path) is
-// an error.
-Result<std::optional<std::string>> requested_kernel(const Spec& spec);
+// What the annotations ask for: the kernel's path, and the image's initrd's
+// (empty: none), both absolute paths inside the rootfs. None without
+// org.husk.kernel; an initrd without a kernel, or a relative path, is an
+// error.
+struct Requested {
+    std::string kernel, initrd;
+};
+Result<std::optional<Requested>> requested(const Spec& spec);
+
+// The image's initrd is stacked under husk's initramfs: the kernel unpacks
+// the image's archive first (so an early-microcode cpio at its head stays
+// the first, as the kernel requires) and husk's after it, whose /init (the
+// agent) replaces the image's. The first bytes must be a newc cpio or a
+// compression the kernel can unpack an initramfs from; returns its name.
+inline constexpr size_t kInitrdLimit = size_t(512) << 20;
+Result<std::string> initrd_format(std::string_view head);
 
 // The image's kernel, opened inside `rootfs` (no symlink or ".." leads out
 // of it) and read: a regular file that parse_bzimage takes.
@@ -85,17 +98,18 @@ Result<Opened> open_kernel(const std::string& rootfs, const std::string& path);
 
 // What the VM boots for an image's kernel, written into `dir`: the kernel
 // (a copy: the rootfs is the container's to change) and the initrd (husk's
-// `initrd` as it is when its modules are for the image's release, else
-// with the image's modules appended). Checks everything first: nothing is
-// written on an error.
+// `initrd` as it is when its modules are for the image's release and the
+// image has no initrd; else a copy of the image's initrd, husk's, and the
+// image's modules appended, in that order). Checks everything first:
+// nothing is written on an error.
 struct Boot {
     std::string kernel, initrd;
     std::string why;  // for --debug: which modules
 };
-Result<Boot> prepare_boot(const std::string& rootfs, const std::string& path, const std::string& initrd,
+Result<Boot> prepare_boot(const std::string& rootfs, const Requested& req, const std::string& initrd,
                           const std::string& dir);
 // The same checks, writing nothing (husk create's, before anything starts).
-Result<std::string> check(const std::string& rootfs, const std::string& path, const std::string& initrd);
+Result<std::string> check(const std::string& rootfs, const Requested& req, const std::string& initrd);
 
 // The signal that asks the image's init to power off, which a SIGTERM for
 // the container becomes (as a VM's power button): the annotation's, else

@@ -10,9 +10,11 @@ whose boot header names another release, with a /lib/modules/<release>
 tree made of husk's modules. test_debian_system_image boots a real Debian
 12 image (debootstrap: systemd-sysv and linux-image-amd64) under systemd.
 """
+import gzip
 import json
 import os
 import shutil
+import stat
 import subprocess
 import time
 
@@ -40,6 +42,32 @@ def cpio_entries(data):
         out[name] = data[at:at + size]
         pos = (at + size + 3) & ~3
     return out, pos
+
+
+def cpio_newc(entries):
+    """A newc cpio of (name, mode, data) entries, as mkinitramfs writes one."""
+    out = bytearray()
+    for ino, (name, mode, data) in enumerate(list(entries) + [("TRAILER!!!", 0, b"")], start=1):
+        fields = [ino, mode, 0, 0, 1, 0, len(data), 0, 0, 0, 0, len(name) + 1, 0]
+        out += b"070701" + b"".join(b"%08x" % f for f in fields) + name.encode() + b"\0"
+        out += b"\0" * (-len(out) % 4) + data
+        out += b"\0" * (-len(out) % 4)
+    return bytes(out)
+
+
+def image_initrd(corrupt=False):
+    """An initrd laid out as Debian's initramfs-tools writes one: an
+    uncompressed early archive, then a compressed main one with an /init of
+    its own and a merged /usr (lib -> usr/lib)."""
+    d, f, lnk = stat.S_IFDIR | 0o755, stat.S_IFREG | 0o755, stat.S_IFLNK | 0o777
+    early = cpio_newc([("kernel", d, b""), ("kernel/x86", d, b""), ("kernel/x86/microcode", d, b""),
+                       ("kernel/x86/microcode/.enuineIntel.align.0123456789abc", stat.S_IFREG | 0o644, b"")])
+    main = gzip.compress(cpio_newc([("usr", d, b""), ("usr/lib", d, b""), ("lib", lnk, b"usr/lib"),
+                                    ("usr/lib/firmware", d, b""), ("usr/lib/firmware/image.bin", f, b"firmware"),
+                                    ("init", f, b"#!/bin/sh\necho the image's own init ran\n")]))
+    if corrupt:
+        main = main[:10] + bytes(64)  # gzip's magic, then no deflate stream
+    return early + main
 
 
 def husk_modules():
@@ -154,7 +182,60 @@ def test_image_kernel_of_another_release_boots_with_the_images_modules(husk, bun
 
 
 @qemu_only
-@pytest.mark.parametrize("case", ["missing", "not-a-kernel", "elf", "escape", "no-modules", "lacks-virtio", "relative", "initrd"])
+def test_the_images_initrd_is_stacked_under_husks(husk, bundle, tmp_path):
+    """org.husk.initrd: the image's initrd is unpacked first (its early
+    archive stays the first), husk's initramfs after it: husk's /init (the
+    agent) replaces the image's, and the image's modules come from its
+    /lib/modules as without an initrd."""
+    release = header_release(VMLINUZ)
+    other = release[:-5] + "husk1"
+    kernel = tmp_path / "vmlinuz-other"
+    renamed_kernel(kernel, other)
+    b = busybox_system(bundle, tmp_path, kernel=str(kernel),
+                       annotations={"org.husk.kernel": "/boot/vmlinuz", "org.husk.initrd": "/boot/initrd.img"})
+    rootfs = os.path.join(b, "rootfs")
+    module_tree(rootfs, other)
+    theirs = image_initrd()
+    with open(os.path.join(rootfs, "boot", "initrd.img"), "wb") as f:
+        f.write(theirs)
+    out = tmp_path / "out"
+    with open(out, "wb") as o:
+        r = husk("--debug", "run", "-d", "--bundle", b, "sb3", stdout=o, timeout=240)
+    assert r.returncode == 0, r.stderr
+    assert "husk's initramfs stacked on the image's initrd (a newc cpio" in r.stderr.decode(), r.stderr.decode()
+    wait_for(lambda: b"busybox init: up" in out.read_bytes(), "busybox init's sysinit line")
+    with open(os.path.join(husk.root, "sb3", "image-initrd.img"), "rb") as f:
+        data = f.read()
+    with open(INITRD, "rb") as f:
+        husks = f.read()
+    at = len(theirs) + (-len(theirs) % 4)
+    assert data[:len(theirs)] == theirs and data[len(theirs):at] == bytes(at - len(theirs))
+    assert data[at:at + len(husks)] == husks
+    appended, _ = cpio_entries(data[at + len(husks):])
+    assert "lib/modules/virtio_console.ko" in appended, sorted(appended)
+    # The image's /init did not run (the guest came up, the agent answers).
+    assert b"the image's own init ran" not in out.read_bytes()
+    # (The kernel is husk's with its header renamed: it says its own release.)
+    assert husk("exec", "sb3", "uname", "-r", check=True).stdout.decode().strip() == release
+    husk("kill", "sb3", "TERM", check=True)
+    wait_for(lambda: husk.state("sb3")["status"] == "stopped", "the power-off", timeout=60)
+    assert husk.state_file("sb3").get("exit_code") == 0, husk.state_file("sb3")
+    husk("delete", "sb3", check=True)
+
+    # An initrd the kernel cannot unpack: the VM does not boot, and the
+    # error has the console's tail; nothing is left.
+    with open(os.path.join(rootfs, "boot", "initrd.img"), "wb") as f:
+        f.write(image_initrd(corrupt=True))
+    r = husk("create", "--bundle", b, "sb4", timeout=240)
+    assert r.returncode != 0
+    err = r.stderr.decode()
+    assert "console tail" in err and "Initramfs unpacking failed" in err, err
+    assert_no_leaks(husk.root)
+
+
+@qemu_only
+@pytest.mark.parametrize("case", ["missing", "not-a-kernel", "elf", "escape", "no-modules", "lacks-virtio", "relative",
+                                  "initrd-alone", "initrd-not-initramfs"])
 def test_a_kernel_husk_cannot_boot_is_a_clear_error(husk, bundle, tmp_path, case):
     release = header_release(VMLINUZ)
     other = release[:-5] + "husk1"
@@ -176,9 +257,12 @@ def test_a_kernel_husk_cannot_boot_is_a_clear_error(husk, bundle, tmp_path, case
                 else f"the image's kernel {other} has no module virtio_console and does not build it in")
     elif case == "relative":
         annotations, want = {"org.husk.kernel": "boot/vmlinuz"}, "expected an absolute path inside the rootfs"
+    elif case == "initrd-alone":
+        annotations, want = {"org.husk.initrd": "/boot/vmlinuz"}, \
+            "org.husk.initrd: an initrd is booted with the image's kernel (org.husk.kernel), which is not given"
     else:
-        annotations, want = {"org.husk.kernel": "/boot/vmlinuz", "org.husk.initrd": "/boot/initrd.img"}, \
-            "org.husk.initrd: not supported yet"
+        annotations, want = {"org.husk.kernel": "/boot/vmlinuz", "org.husk.initrd": "/etc/passwd"}, \
+            "org.husk.initrd /etc/passwd: not an initramfs"
     b = busybox_system(bundle, tmp_path, kernel_at=kernel_at, kernel=str(kernel) if kernel else None,
                        annotations=annotations)
     if case == "escape":

@@ -165,22 +165,53 @@ TEST_CASE("husk's order files become the image's modules, dependencies first", "
     CHECK(sh->order.at("order") == "c.ko\na.ko\nb.ko\n");
 }
 
-TEST_CASE("the annotations: an absolute path, no initrd of the image's yet", "[system-image]") {
-    auto none = requested_kernel(spec_with({}));
+TEST_CASE("the annotations: absolute paths, an initrd only with a kernel", "[system-image]") {
+    auto none = requested(spec_with({}));
     REQUIRE(none);
     CHECK_FALSE(*none);
-    auto k = requested_kernel(spec_with({{kAnnotationKernel, "/boot/vmlinuz"}}));
+    auto k = requested(spec_with({{kAnnotationKernel, "/boot/vmlinuz"}}));
     REQUIRE(k);
-    CHECK(**k == "/boot/vmlinuz");
+    REQUIRE(*k);
+    CHECK((*k)->kernel == "/boot/vmlinuz");
+    CHECK((*k)->initrd.empty());
     for (const char* bad : {"boot/vmlinuz", "", "vmlinuz"}) {
         INFO(bad);
-        auto r = requested_kernel(spec_with({{kAnnotationKernel, bad}}));
+        auto r = requested(spec_with({{kAnnotationKernel, bad}}));
         REQUIRE_FALSE(r);
-        CHECK(r.error().message.find("expected an absolute path inside the rootfs") != std::string::npos);
+        CHECK(r.error().message.find("org.husk.kernel: expected an absolute path inside the rootfs") != std::string::npos);
+        auto i = requested(spec_with({{kAnnotationKernel, "/boot/vmlinuz"}, {kAnnotationInitrd, bad}}));
+        REQUIRE_FALSE(i);
+        CHECK(i.error().message.find("org.husk.initrd: expected an absolute path inside the rootfs") != std::string::npos);
     }
-    auto initrd = requested_kernel(spec_with({{kAnnotationKernel, "/boot/vmlinuz"}, {kAnnotationInitrd, "/boot/initrd"}}));
-    REQUIRE_FALSE(initrd);
-    CHECK(initrd.error().message.find("org.husk.initrd: not supported yet") != std::string::npos);
+    auto both = requested(spec_with({{kAnnotationKernel, "/boot/vmlinuz"}, {kAnnotationInitrd, "/boot/initrd.img"}}));
+    REQUIRE(both);
+    REQUIRE(*both);
+    CHECK((*both)->initrd == "/boot/initrd.img");
+    auto alone = requested(spec_with({{kAnnotationInitrd, "/boot/initrd.img"}}));
+    REQUIRE_FALSE(alone);
+    CHECK(alone.error().message ==
+          "annotation org.husk.initrd: an initrd is booted with the image's kernel (org.husk.kernel), which is not given");
+}
+
+TEST_CASE("an initrd is a newc cpio or a compression the kernel unpacks", "[system-image]") {
+    CHECK(initrd_format("070701000000").value_or("") == "a newc cpio");
+    CHECK(initrd_format("070702000000").value_or("") == "a newc cpio");
+    CHECK(initrd_format(std::string_view("\x1f\x8b\x08\x00", 4)).value_or("") == "gzip");
+    CHECK(initrd_format(std::string_view("\x28\xb5\x2f\xfd\x04", 5)).value_or("") == "zstd");
+    CHECK(initrd_format(std::string_view("\xfd" "7zXZ\x00\x00", 7)).value_or("") == "xz");
+    CHECK(initrd_format(std::string_view("\x02\x21\x4c\x18", 4)).value_or("") == "lz4");
+    CHECK(initrd_format(std::string_view("\x5d\x00\x00\x80", 4)).value_or("") == "lzma");
+    CHECK(initrd_format("BZh91AY").value_or("") == "bzip2");
+    CHECK(initrd_format(std::string_view("\x89LZO\x00", 5)).value_or("") == "lzo");
+    auto old = initrd_format("070707000000");
+    REQUIRE_FALSE(old);
+    CHECK(old.error().message == "an old-format cpio: the kernel unpacks newc (cpio -H newc)");
+    for (std::string_view bad : {std::string_view(""), std::string_view("#!/bin/sh"), std::string_view("\x7f" "ELF"),
+                                 std::string_view("\x1f", 1), std::string_view("\0\0\0\0", 4)}) {
+        auto r = initrd_format(bad);
+        REQUIRE_FALSE(r);
+        CHECK(r.error().message == "not an initramfs (neither a newc cpio nor a compression the kernel unpacks one from)");
+    }
 }
 
 TEST_CASE("the kernel is found inside the rootfs, and copied with its modules", "[system-image]") {
@@ -211,7 +242,7 @@ TEST_CASE("the kernel is found inside the rootfs, and copied with its modules", 
     std::string husks = cpio_newc({{"lib/modules/order", "virtio_pci.ko\n"},
                                    {"lib/modules/virtio_pci.ko", module_with_vermagic("6.1.0-50-amd64 SMP")}});
     REQUIRE(sys::write_file(initrd, husks));
-    auto same = prepare_boot(rootfs, "/vmlinuz", initrd, state);
+    auto same = prepare_boot(rootfs, Requested{"/vmlinuz", ""}, initrd, state);
     REQUIRE(same);
     CHECK(same->initrd == initrd);
     CHECK(same->kernel == state + "/image-kernel");
@@ -223,7 +254,7 @@ TEST_CASE("the kernel is found inside the rootfs, and copied with its modules", 
                                                 {"lib/modules/virtio_pci.ko", module_with_vermagic("6.1.0-57-amd64 SMP")}})));
     REQUIRE(sys::remove_all(state));
     REQUIRE(sys::mkdir_p(state));
-    auto no_mods = prepare_boot(rootfs, "/vmlinuz", initrd, state);
+    auto no_mods = prepare_boot(rootfs, Requested{"/vmlinuz", ""}, initrd, state);
     REQUIRE_FALSE(no_mods);
     CHECK(no_mods.error().message.find("org.husk.kernel /vmlinuz is Linux 6.1.0-50-amd64: its modules are not in the image") == 0);
     CHECK(no_mods.error().message.find("husk's initramfs has modules for 6.1.0-57-amd64 only") != std::string::npos);
@@ -232,7 +263,7 @@ TEST_CASE("the kernel is found inside the rootfs, and copied with its modules", 
     REQUIRE(sys::mkdir_p(mods + "/kernel"));
     REQUIRE(sys::write_file(mods + "/modules.dep", "kernel/virtio_pci.ko:\n"));
     REQUIRE(sys::write_file(mods + "/kernel/virtio_pci.ko", module_with_vermagic("6.1.0-50-amd64 SMP")));
-    auto other = prepare_boot(rootfs, "/vmlinuz", initrd, state);
+    auto other = prepare_boot(rootfs, Requested{"/vmlinuz", ""}, initrd, state);
     REQUIRE(other);
     CHECK(other->initrd == state + "/image-initrd.img");
     CHECK(other->why == "Linux 6.1.0-50-amd64, with the image's modules (1; husk's are for 6.1.0-57-amd64)");
@@ -242,9 +273,50 @@ TEST_CASE("the kernel is found inside the rootfs, and copied with its modules", 
     auto appended = initramfs_modules(std::string_view(written).substr(husk_part.size()));
     CHECK(appended.at("order") == "virtio_pci.ko\n");
     CHECK(appended.at("virtio_pci.ko") == module_with_vermagic("6.1.0-50-amd64 SMP"));
+    // The image's initrd: stacked under husk's archive (copied first, then
+    // husk's at a 4-byte boundary, then the image's modules).
+    std::string image_initrd("\x1f\x8b\x08\x00" "gzip body", 13);  // 13 bytes: 3 of padding follow
+    REQUIRE(sys::write_file(rootfs + "/boot/initrd.img", image_initrd));
+    REQUIRE(sys::write_file(rootfs + "/boot/initrd.sh", "#!/bin/sh\n"));
+    REQUIRE(::symlink(("../.." + outside).c_str(), (rootfs + "/boot/initrd.escape").c_str()) == 0);
+    REQUIRE(sys::remove_all(state));
+    REQUIRE(sys::mkdir_p(state));
+    auto stacked = prepare_boot(rootfs, Requested{"/vmlinuz", "/boot/initrd.img"}, initrd, state);
+    REQUIRE(stacked);
+    CHECK(stacked->initrd == state + "/image-initrd.img");
+    CHECK(stacked->why ==
+          "Linux 6.1.0-50-amd64, with the image's modules (1; husk's are for 6.1.0-57-amd64); husk's initramfs stacked on the "
+          "image's initrd (gzip, 0 KiB)");
+    std::string all = sys::read_file(stacked->initrd).value_or("");
+    REQUIRE(all.size() > 16 + husk_part.size());
+    CHECK(all.substr(0, 13) == image_initrd);
+    CHECK(all.substr(13, 3) == std::string(3, '\0'));
+    CHECK(all.compare(16, husk_part.size(), husk_part) == 0);
+    CHECK(initramfs_modules(std::string_view(all).substr(16 + husk_part.size())).at("order") == "virtio_pci.ko\n");
+    // With husk's modules for the release, the image's initrd alone is stacked.
+    REQUIRE(sys::remove_all(state));
+    REQUIRE(sys::mkdir_p(state));
+    std::string husks_same = sys::read_file(initrd).value_or("");
+    REQUIRE(sys::write_file(initrd, husks));
+    auto stacked_same = prepare_boot(rootfs, Requested{"/vmlinuz", "/boot/initrd.img"}, initrd, state);
+    REQUIRE(stacked_same);
+    CHECK(sys::read_file(stacked_same->initrd).value_or("") == image_initrd + std::string(3, '\0') + husks);
+    REQUIRE(sys::write_file(initrd, husks_same));
+    // Not an initramfs, outside the root, missing: errors, nothing written.
+    REQUIRE(sys::remove_all(state));
+    REQUIRE(sys::mkdir_p(state));
+    auto script = check(rootfs, Requested{"/vmlinuz", "/boot/initrd.sh"}, initrd);
+    REQUIRE_FALSE(script);
+    CHECK(script.error().message ==
+          "org.husk.initrd /boot/initrd.sh: not an initramfs (neither a newc cpio nor a compression the kernel unpacks one from)");
+    auto esc_initrd = prepare_boot(rootfs, Requested{"/vmlinuz", "/boot/initrd.escape"}, initrd, state);
+    REQUIRE_FALSE(esc_initrd);
+    CHECK(esc_initrd.error().message ==
+          "org.husk.initrd /boot/initrd.escape: No such file or directory (resolved inside the rootfs)");
+    CHECK(sys::list_dir(state).value_or(std::vector<std::string>{"?"}).empty());
     // A compressed module (or anything not an ELF object) is refused.
     REQUIRE(sys::write_file(mods + "/kernel/virtio_pci.ko", std::string("\xfd" "7zXZ", 5) + "xz data"));
-    auto xz = check(rootfs, "/vmlinuz", initrd);
+    auto xz = check(rootfs, Requested{"/vmlinuz", ""}, initrd);
     REQUIRE_FALSE(xz);
     CHECK(xz.error().message.find("is compressed or not a module") != std::string::npos);
     REQUIRE(sys::remove_all(root));
