@@ -63,7 +63,10 @@ struct StartHooks {
     std::vector<SpecHook> hooks;
     nlohmann::json state;
 };
+// `console`: the init's terminal, opened by container_init (it is the
+// container's /dev/console); else a terminal is opened here.
 [[noreturn]] void run_process(const proto::Process& proc, const std::optional<proto::Seccomp>& seccomp, int sync_fd,
-                              const Stdio& io, const std::optional<StartHooks>& start_hooks = std::nullopt);
+                              const Stdio& io, const std::optional<StartHooks>& start_hooks = std::nullopt,
+                              std::optional<sys::Pty> console = std::nullopt);
 
 }  // namespace husk::agent

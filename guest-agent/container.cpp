@@ -64,6 +64,22 @@ void enter_userns(const proto::Create& params, int sync_fd) {
     if (::unshare(again) < 0) die(sync_fd, std::string("unshare in the user namespace: ") + strerror(errno));
 }
 
+// The init's terminal, from the container's own devpts, is its
+// /dev/console: runc's mountConsole, a bind of the pty's peer (made if the
+// spec's /dev lacks the node), before the root or /dev goes read-only.
+sys::Pty open_console(int sync_fd) {
+    auto p = sys::open_pty("/dev/ptmx");
+    if (!p) die(sync_fd, "terminal: " + p.error().message + " (the container needs /dev/pts and /dev/ptmx)");
+    if (!sys::exists("/dev/console")) {
+        int fd = ::open("/dev/console", O_WRONLY | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
+        if (fd < 0) die(sync_fd, std::string("terminal: create /dev/console: ") + strerror(errno));
+        ::close(fd);
+    }
+    auto r = sys::mount(p->name, "/dev/console", "", MS_BIND);
+    if (!r) die(sync_fd, "terminal: bind /dev/console: " + r.error().message);
+    return std::move(*p);
+}
+
 void container_init(const proto::Create& params, const std::vector<std::pair<int, int>>& joins, int sync_fd, const Stdio& io) {
     reset_signals();
     for (auto [fd, flag] : joins) {
@@ -76,6 +92,7 @@ void container_init(const proto::Create& params, const std::vector<std::pair<int
         if (n == "cgroup" && ::unshare(CLONE_NEWCGROUP) < 0) die(sync_fd, std::string("unshare cgroup: ") + strerror(errno));
 
     CHECK(sys::mount("", "/", "", MS_REC | MS_PRIVATE));
+    std::optional<sys::Pty> console;
     CHECK(sys::mkdir_p(kContainerRoot, 0755));
     std::string share_root = std::string(kShareMount) + "/" + params.root_share;
     CHECK(sys::mount(share_root, kContainerRoot, "", MS_BIND | MS_REC));
@@ -95,6 +112,7 @@ void container_init(const proto::Create& params, const std::vector<std::pair<int
         CHECK(sys::chdir("/"));
         if (dev_tmpfs) CHECK(populate_dev());
         CHECK(make_devices(params.devices));
+        if (params.process.terminal) console = open_console(sync_fd);
         if (dev_ro) CHECK(sys::mount("", "/dev", "", dev_ro));
     }
 
@@ -136,7 +154,7 @@ void container_init(const proto::Create& params, const std::vector<std::pair<int
         start_hooks = StartHooks{h->second, state};
         start_hooks->state["status"] = "created";
     }
-    run_process(params.process, params.seccomp, sync_fd, io, start_hooks);
+    run_process(params.process, params.seccomp, sync_fd, io, start_hooks, std::move(console));
 }
 
 void exec_init(const proto::Process& proc, const std::optional<proto::Seccomp>& seccomp, bool userns, pid_t init_pid,

@@ -222,7 +222,7 @@ void reset_signals() {
 // container's own devpts), credentials, cwd, then "R" (with the pty master
 // attached), wait for "S", execve.
 [[noreturn]] void run_process(const proto::Process& proc, const std::optional<proto::Seccomp>& seccomp, int sync_fd,
-                              const Stdio& io, const std::optional<StartHooks>& start_hooks) {
+                              const Stdio& io, const std::optional<StartHooks>& start_hooks, std::optional<sys::Pty> console) {
     setsid();
     // Preserved fds first, to 3.. as runc passes them: every fd that must
     // outlive this (the sync socket, stdio's pipes) moves above them, and
@@ -234,6 +234,12 @@ void reset_signals() {
             if (f >= 0 && (f = fcntl(f, F_DUPFD_CLOEXEC, top + 10)) < 0) die(sync_fd, "dup preserved fds failed");
         };
         lift(sync_fd);
+        if (console)
+            for (sys::Fd* f : {&console->master, &console->slave}) {
+                int n = f->get();
+                lift(n);
+                *f = sys::Fd(n);  // (the old number closed: a preserved fd goes there)
+            }
         lift(moved.in);
         lift(moved.out);
         lift(moved.err);
@@ -241,11 +247,13 @@ void reset_signals() {
         for (size_t i = 0; i < moved.extra.size(); ++i)
             if (dup2(moved.extra[i], int(3 + i)) < 0) die(sync_fd, "dup2 preserved fd failed");
     }
-    std::optional<sys::Pty> pty;
+    std::optional<sys::Pty> pty = std::move(console);
     if (proc.terminal) {
-        auto p = sys::open_pty("/dev/ptmx");
-        if (!p) die(sync_fd, "terminal: " + p.error().message + " (the container needs /dev/pts and /dev/ptmx)");
-        pty = std::move(*p);
+        if (!pty) {
+            auto p = sys::open_pty("/dev/ptmx");
+            if (!p) die(sync_fd, "terminal: " + p.error().message + " (the container needs /dev/pts and /dev/ptmx)");
+            pty = std::move(*p);
+        }
         if (::ioctl(pty->slave.get(), TIOCSCTTY, 0) < 0) die(sync_fd, std::string("terminal: TIOCSCTTY: ") + strerror(errno));
         for (int i = 0; i < 3; ++i)
             if (dup2(pty->slave.get(), i) < 0) die(sync_fd, "dup2 terminal failed");

@@ -86,7 +86,11 @@ class ConsoleSocket:
 def test_run_shows_the_terminal_in_the_foreground(husk, bundle):
     def edit(c):
         c["process"]["terminal"] = True
-    b = bundle(["sh", "-c", "tty; stty size; read x; echo got-$x; exit 4"], edit=edit)
+    # The terminal is also the container's /dev/console (runc's
+    # mountConsole): the same device (136:0, hex), and what is written
+    # there reaches the caller.
+    b = bundle(["sh", "-c", "tty; stty size; stat -c console=%t:%T /dev/console; echo via-console >/dev/console; "
+                "read x; echo got-$x; exit 4"], edit=edit)
     tmp = os.path.join(b, "tmpdir")
     os.mkdir(tmp)
     os.environ["TMPDIR"] = tmp  # where husk puts its console socket
@@ -95,7 +99,9 @@ def test_run_shows_the_terminal_in_the_foreground(husk, bundle):
     finally:
         del os.environ["TMPDIR"]
     t.expect(b"33 111")
+    t.expect(b"via-console")
     assert b"/dev/pts/0" in t.seen
+    assert b"console=88:0" in t.seen, t.seen
     # The socket has done its job once the terminal arrived: nothing of it
     # is left for a SIGKILLed husk to leave behind.
     assert os.listdir(tmp) == []
