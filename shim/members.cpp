@@ -156,9 +156,11 @@ void Shim::create_member(uint64_t cid, const proto::ControlRequest& req) {
     const std::string& bundle = req.bundle;
     int preserve = req.preserve_fds;
     Member m;
+    bool host_tty = false;  // the relay's stdio: a terminal (not org.husk.stdio=console's guest one)
     auto build = [&]() -> Result<proto::Create> {
         Spec spec = TRY(load_spec(bundle));
         if (!spec.process) return fail("config.json: process: required", EINVAL);
+        host_tty = spec.process->terminal;
         (void)adapt_host_cgroup_binds(spec);
         auto cg = TRY(guest_cgroup_files(spec.resources.is_object() ? spec.resources : json::object(), "linux.resources"));
         for (const auto& w : cg.warnings) log::warn(id + ": " + w);
@@ -199,7 +201,7 @@ void Shim::create_member(uint64_t cid, const proto::ControlRequest& req) {
     uint32_t idx = new_proc_index();
     Proc& p = ses_.procs[idx];
     p.idx = idx;
-    p.tty = params->process.terminal;
+    p.tty = host_tty;
     p.waiter = cid;
     p.container = id;
     auto extra = setup_stdio(cid, p, p.tty, preserve);
@@ -208,6 +210,7 @@ void Shim::create_member(uint64_t cid, const proto::ControlRequest& req) {
         unmount_member(m);
         return reply(cid, false, "create: " + extra.error().message);
     }
+    if (params->process.terminal && !p.tty) p.out[2].eof = true;  // the guest's terminal: one stream out
     params->process.extra_fds = std::move(*extra);
     params->process_index = idx;
     m.init = idx;

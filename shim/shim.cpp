@@ -9,6 +9,7 @@
 #include "shim/shim.h"
 
 #include "husk/numbers.h"
+#include "husk/system_image.h"
 
 #if defined(__SANITIZE_ADDRESS__)
 #include <sanitizer/lsan_interface.h>
@@ -136,6 +137,9 @@ Result<void> Shim::prepare() {
         if (!prepare_out(init.out[i])) init.out[i].dead = true;
     }
     if (spec_.process->terminal) TRY_CTX(setup_terminal(), "terminal");
+    // org.husk.stdio=console: the guest's terminal is relayed as our stdout
+    // (its echo, its CR LF); it has no stderr of its own.
+    else if (TRY(system_image::console_stdio(spec_))) init.out[proto::Stderr].eof = true;
     // --preserve-fds: ours at the same numbers, handed over by husk create.
     std::vector<sys::Fd> extra;
     for (int fd : preserved_fds(args_.preserve_fds)) extra.emplace_back(fd);

@@ -261,6 +261,7 @@ Result<pid_t> create_container(const Globals& g, const std::string& id, const Cr
     std::string rootfs = rootfs_path(bundle, spec);
     if (!sys::is_dir(rootfs)) return fail("rootfs " + rootfs + " does not exist", ENOENT);
     auto image_kernel = TRY(system_image::requested(spec));
+    TRY(system_image::console_stdio(spec));
     if (auto pod = TRY(resolve_pod(spec, TRY(pod_peers(g)), namespace_identity))) {
         if (image_kernel)
             return fail(std::string("annotation ") + system_image::kAnnotationKernel +

@@ -9,6 +9,7 @@
 
 #include "husk/defaults.h"
 #include "husk/numbers.h"
+#include "husk/system_image.h"
 
 namespace husk {
 
@@ -393,6 +394,12 @@ static proto::Seccomp seccomp_of(const json& sec) {
 proto::Create agent_create_params(const Spec& spec, const SharePlan& plan, const CgroupFiles& cgroup) {
     proto::Create p;
     p.process = agent_process_params(*spec.process);
+    if (system_image::console_stdio(spec).value_or(false) && !p.process.terminal) {
+        // The guest's terminal, relayed as the pipes the host has: one
+        // stream out (stdout; stderr ends at once), stdin into it.
+        p.process.terminal = true;
+        p.process.console_size = proto::ConsoleSize{24, 80};
+    }
     p.root_share = plan.entries[0].name;
     p.root_readonly = spec.root_readonly;
     p.hostname = spec.hostname;

@@ -245,6 +245,14 @@ Result<std::optional<Requested>> requested(const Spec& spec) {
     return std::optional<Requested>(std::move(r));
 }
 
+Result<bool> console_stdio(const Spec& spec) {
+    auto it = spec.annotations.find(kAnnotationStdio);
+    if (it == spec.annotations.end() || it->second == "init") return false;
+    if (it->second == "console") return true;
+    return fail(std::string("annotation ") + kAnnotationStdio + ": expected \"console\" or \"init\", got \"" + it->second + "\"",
+                EINVAL);
+}
+
 Result<std::string> initrd_format(std::string_view h) {
     // init/initramfs.c: a newc archive at a 4-byte boundary, else
     // lib/decompress.c's magics.

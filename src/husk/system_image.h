@@ -23,6 +23,14 @@ namespace husk::system_image {
 inline constexpr const char* kAnnotationKernel = "org.husk.kernel";
 inline constexpr const char* kAnnotationInitrd = "org.husk.initrd";
 inline constexpr const char* kAnnotationPoweroff = "org.husk.poweroff-signal";
+inline constexpr const char* kAnnotationStdio = "org.husk.stdio";
+
+// org.husk.stdio=console: the init's stdio is a terminal in the guest (its
+// /dev/console, its controlling tty), relayed as the container's stdio
+// even when process.terminal is false: an image's init writes its boot
+// status there and runs a getty on it, as on a VM's console. "init" (the
+// default): the init's stdio as the spec says. Else an error.
+Result<bool> console_stdio(const Spec& spec);
 
 // The part of a bzImage's boot header husk reads (Documentation/arch/x86/boot.rst).
 struct Kernel {

@@ -407,3 +407,27 @@ def test_a_member_sees_nothing_of_another_members(husk, bundle, tmp_path, share_
     for c in (b, a):
         husk("delete", "--force", c, check=True)
     husk("delete", "--force", sid, check=True)
+
+
+def test_a_members_stdio_as_the_guests_terminal(husk, bundle, tmp_path):
+    """org.husk.stdio=console for a pod's member (and for a plain
+    container): its process's stdio is a terminal in the guest, relayed as
+    its stdout (stderr goes there too), and its exit status is its own."""
+    script = "tty; echo out; echo err >&2"
+
+    def console(c):
+        c["annotations"] = {"org.husk.stdio": "console"}
+    sid, spid, sout = start_sandbox(husk, bundle, tmp_path, script + "; exec sleep 1000", edit=console)
+    wait_for(lambda: b"out" in open(sout, "rb").read(), "the sandbox's output")
+
+    def member(c):
+        ns_paths(spid)(c)
+        c["annotations"] = {"org.husk.stdio": "console"}
+    mid, mout = create_member(husk, bundle, tmp_path, ["sh", "-c", script + "; exit 3"], member)
+    wait_for(lambda: husk.state(mid)["status"] == "stopped", "the member's exit")
+    for path in (sout, mout):
+        seen = open(path, "rb").read()
+        assert b"/dev/pts/0\r\nout\r\nerr\r\n" in seen, seen
+    assert husk.state_file(mid).get("exit_code") == 3, husk.state_file(mid)
+    husk("delete", mid, check=True)
+    husk("delete", "--force", sid, check=True)

@@ -182,6 +182,45 @@ def test_image_kernel_of_another_release_boots_with_the_images_modules(husk, bun
 
 
 @qemu_only
+def test_the_console_as_the_containers_stdio(husk, bundle, tmp_path):
+    """org.husk.stdio=console: with process.terminal false, the init's
+    stdio is a terminal in the guest, also its /dev/console: busybox's init
+    runs a shell there, which the container's stdin reaches."""
+    b = busybox_system(bundle, tmp_path, annotations={"org.husk.kernel": "/boot/vmlinuz", "org.husk.stdio": "console"})
+    with open(os.path.join(b, "rootfs", "etc", "inittab"), "w") as f:
+        f.write("::sysinit:/bin/echo busybox init: up\n"
+                "::respawn:-/bin/sh\n"
+                "::shutdown:/bin/echo busybox init: shutting down\n")
+    out = tmp_path / "out"
+    r_in, w_in = os.pipe()
+    try:
+        with open(out, "wb") as o:
+            r = husk("run", "-d", "--bundle", b, "sb5", stdin=r_in, stdout=o, timeout=240)
+        os.close(r_in)
+        assert r.returncode == 0, r.stderr
+        wait_for(lambda: b"busybox init: up" in out.read_bytes(), "busybox init's sysinit line")
+        os.write(w_in, b"tty; stat -c console=%t /dev/console; echo answer-$((6*7))\n")
+        wait_for(lambda: b"answer-42" in out.read_bytes(), "the console shell's answer")
+        seen = out.read_bytes()
+        # A terminal: it echoed the line, and ends lines with CR LF.
+        assert b"answer-$((6*7))" in seen and b"answer-42\r\n" in seen, seen
+        assert b"console=88" in seen, seen  # a pty of the container's devpts
+    finally:
+        os.close(w_in)
+    husk("kill", "sb5", "TERM", check=True)
+    wait_for(lambda: husk.state("sb5")["status"] == "stopped", "the power-off", timeout=60)
+    assert b"busybox init: shutting down" in out.read_bytes()
+    assert husk.state_file("sb5").get("exit_code") == 0, husk.state_file("sb5")
+    husk("delete", "sb5", check=True)
+    # A value husk does not know is a clear error.
+    bad = busybox_system(bundle, tmp_path, annotations={"org.husk.kernel": "/boot/vmlinuz", "org.husk.stdio": "serial"})
+    r = husk("create", "--bundle", bad, "sb6", timeout=60)
+    assert r.returncode != 0
+    assert "annotation org.husk.stdio: expected \"console\" or \"init\", got \"serial\"" in r.stderr.decode(), r.stderr
+    assert_no_leaks(husk.root)
+
+
+@qemu_only
 def test_the_images_initrd_is_stacked_under_husks(husk, bundle, tmp_path):
     """org.husk.initrd: the image's initrd is unpacked first (its early
     archive stays the first), husk's initramfs after it: husk's /init (the

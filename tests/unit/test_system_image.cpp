@@ -193,6 +193,15 @@ TEST_CASE("the annotations: absolute paths, an initrd only with a kernel", "[sys
           "annotation org.husk.initrd: an initrd is booted with the image's kernel (org.husk.kernel), which is not given");
 }
 
+TEST_CASE("org.husk.stdio: the init's stdio, or the guest's terminal", "[system-image]") {
+    CHECK_FALSE(console_stdio(spec_with({})).value());
+    CHECK_FALSE(console_stdio(spec_with({{kAnnotationStdio, "init"}})).value());
+    CHECK(console_stdio(spec_with({{kAnnotationStdio, "console"}})).value());
+    auto bad = console_stdio(spec_with({{kAnnotationStdio, "serial"}}));
+    REQUIRE_FALSE(bad);
+    CHECK(bad.error().message == "annotation org.husk.stdio: expected \"console\" or \"init\", got \"serial\"");
+}
+
 TEST_CASE("an initrd is a newc cpio or a compression the kernel unpacks", "[system-image]") {
     CHECK(initrd_format("070701000000").value_or("") == "a newc cpio");
     CHECK(initrd_format("070702000000").value_or("") == "a newc cpio");

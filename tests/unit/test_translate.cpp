@@ -305,6 +305,18 @@ TEST_CASE("OCI -> agent create request (golden)", "[translate]") {
     INFO((back ? "" : back.error().message));
     REQUIRE(back);
     CHECK(*back == c);
+    // org.husk.stdio=console: the init gets the guest's terminal (24x80
+    // unless the spec sized one), the spec's process otherwise unchanged.
+    CHECK_FALSE(c.process.terminal);
+    s.annotations["org.husk.stdio"] = "console";
+    proto::Create con = agent_create_params(s, plan, *cg);
+    CHECK(con.process.terminal);
+    REQUIRE(con.process.console_size);
+    CHECK(con.process.console_size->rows == 24);
+    CHECK(con.process.console_size->cols == 80);
+    CHECK(con.process.args == c.process.args);
+    s.annotations["org.husk.stdio"] = "init";
+    CHECK_FALSE(agent_create_params(s, plan, *cg).process.terminal);
 }
 
 TEST_CASE("a terminal process carries its console size to the agent; a probe VM has no channel", "[translate]") {
