@@ -317,9 +317,9 @@ void reset_signals() {
     std::string exe = CHECK(find_executable(args[0], env));
 
     std::vector<int> pass;
-    if (pty) pass.push_back(pty->master.get());
+    if (pty) pass = {pty->master.get(), pty->slave.get()};
     if (!sys::send_fds(sync_fd, "R", pass)) _exit(1);
-    pty.reset();  // the agent holds the master now
+    pty.reset();  // the agent holds the master now (and a peer: supervisor.h)
     char c = 0;
     if (::read(sync_fd, &c, 1) != 1 || c != 'S') _exit(1);  // deleted before start
     // Nothing of the agent's past exec but stdio and the preserved fds,

@@ -74,7 +74,7 @@ Result<Process> Agent::spawn(const proto::Process& proc, int flags, const std::f
         }
         if (::write(p.sync.get(), "M", 1) == 1) msg = sys::recv_fds(p.sync.get(), 4096, fds);
     }
-    if (!msg || msg->empty() || (*msg)[0] != 'R' || (tty && fds.size() != 1)) {
+    if (!msg || msg->empty() || (*msg)[0] != 'R' || (tty && fds.size() != 2)) {
         ::kill(pid, SIGKILL);
         ::waitpid(pid, nullptr, 0);
         if (msg && msg->size() > 1 && (*msg)[0] == 'E') return fail(msg->substr(1), EINVAL);
@@ -84,6 +84,7 @@ Result<Process> Agent::spawn(const proto::Process& proc, int flags, const std::f
         // One pty master carries both directions; there is no stderr
         // stream (the shim knows: it asked for the terminal).
         p.tty = std::move(fds[0]);
+        p.tty_peer = std::move(fds[1]);
         if (proc.console_size) {  // before the process can look
             struct winsize ws{};
             ws.ws_row = proc.console_size->rows;
@@ -171,6 +172,7 @@ void Agent::reap() {
         for (auto& [idx, p] : procs_)
             if (p.pid == pid) {
                 p.status = st;
+                p.tty_peer.reset();  // its output ends once what it left is read
                 say("process " + std::to_string(idx) + " exited, status " + std::to_string(st));
             }
     }

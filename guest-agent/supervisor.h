@@ -75,6 +75,11 @@ struct Process {
     pid_t pid = -1;
     sys::Fd sync;
     sys::Fd tty;  // pty master, if the process has a terminal
+    // Its peer, held until the process exits: a process that closes its
+    // stdio (systemd as an init does, opening /dev/console only to write)
+    // leaves the peer unopened for a while, and the master would read EIO,
+    // ending the stream, though the process is alive.
+    sys::Fd tty_peer;
     bool killed = false;
     std::map<uint32_t, Stream> out;
     std::map<uint32_t, Input> in;

@@ -365,10 +365,15 @@ def test_debian_system_image_boots_systemd(husk, tmp_path, debian, debian_kernel
         c = json.loads(open(os.path.join(ROOT, "tests", "e2e", "base-config.json")).read())
         c["process"]["args"] = ["/sbin/init"]
         systemd_config(c, merged)
+        # The guest's console as the container's stdio: systemd's boot
+        # status and its console getty (a container's) are on it.
+        c["annotations"]["org.husk.stdio"] = "console"
         (b / "config.json").write_text(json.dumps(c))
         release = header_release(os.path.join(debian_kernel, "vmlinuz"))
+        out = tmp_path / "console"
         t0 = time.monotonic()
-        r = husk("run", "-d", "--bundle", str(b), "deb1", glob=("--debug",), timeout=240)
+        with open(out, "wb") as o:
+            r = husk("run", "-d", "--bundle", str(b), "deb1", glob=("--debug",), stdout=o, timeout=240)
         assert r.returncode == 0, r.stderr.decode(errors="replace")
         log = r.stderr.decode(errors="replace")
         if release != header_release(VMLINUZ):
@@ -390,6 +395,10 @@ def test_debian_system_image_boots_systemd(husk, tmp_path, debian, debian_kernel
         assert husk("exec", "deb1", "systemctl", "is-active", "multi-user.target").stdout.decode().strip() == "active"
         assert husk("exec", "deb1", "uname", "-r", check=True).stdout.decode().strip() == release
         assert husk("exec", "deb1", "cat", "/proc/1/comm", check=True).stdout == b"systemd\n"
+        wait_for(lambda: b"login: " in out.read_bytes(), "the console's getty", timeout=60)
+        console = out.read_bytes()
+        assert b"Welcome to \x1b[1mDebian GNU/Linux 12 (bookworm)" in console or b"Welcome to Debian GNU/Linux 12" in console, \
+            console[-2000:]
         mem = husk("exec", "deb1", "sh", "-c", "grep -E '^(MemTotal|MemAvailable)' /proc/meminfo").stdout.decode()
         print(f"debian system image: systemd running {booted:.1f} s after husk run began; {' '.join(mem.split())}")
         # podman stop sends SIGTERM (or systemd mode's SIGRTMIN+3): the

@@ -173,6 +173,15 @@ def test_exec_tty_interactive_and_detached(husk, bundle, tmp_path):
     _, st = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(st) == 5
 
+    # A process that lets go of its terminal for a while (as systemd does,
+    # opening /dev/console only to write) still has it: the output after
+    # that reaches us, and its exit status too.
+    pid, t = spawn_in_pty(husk.cmd("exec", "-t", cid, "sh", "-c",
+                                   "exec </dev/null >/dev/null 2>&1; sleep 2; echo late-line >/dev/tty; exit 7"))
+    t.expect(b"late-line")
+    _, st = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(st) == 7
+
     # Detached, the master goes to --console-socket and the pid file names
     # the process that exits with the exec'd one.
     cs = ConsoleSocket(tmp_path / "exec.sock")
