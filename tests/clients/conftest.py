@@ -60,6 +60,34 @@ def rootfs_tar(tmp_path_factory):
     return p
 
 
+@pytest.fixture(scope="session")
+def system_tar(rootfs_tar, tmp_path_factory):
+    """A system image's rootfs: the busybox image with an init (busybox's,
+    /sbin/init, an inittab) and a kernel of its own, husk's vmlinuz in /boot."""
+    import io
+    import tarfile
+    vmlinuz = os.path.join(os.path.dirname(HUSK), "rootfs-builder", "vmlinuz")
+    out = str(tmp_path_factory.mktemp("system") / "system.tar")
+    shutil.copy(rootfs_tar, out)
+    with tarfile.open(out, "a") as tar:
+        def add(name, data=None, kind=tarfile.REGTYPE, link="", mode=0o644):
+            ti = tarfile.TarInfo(name)
+            ti.type, ti.linkname, ti.mode = kind, link, mode
+            if data is None:
+                tar.addfile(ti)
+            else:
+                ti.size = len(data)
+                tar.addfile(ti, io.BytesIO(data))
+        add("sbin", kind=tarfile.DIRTYPE, mode=0o755)
+        add("sbin/init", kind=tarfile.SYMTYPE, link="../bin/busybox")
+        add("boot", kind=tarfile.DIRTYPE, mode=0o755)
+        with open(vmlinuz, "rb") as f:
+            add("boot/vmlinuz", f.read())
+        add("etc/inittab", b"::sysinit:/bin/echo busybox init: up\n::respawn:/bin/sleep 100000\n"
+                           b"::shutdown:/bin/echo busybox init: shutting down\n")
+    return out
+
+
 def have(binary):
     return shutil.which(binary) is not None
 

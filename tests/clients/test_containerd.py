@@ -2,6 +2,8 @@
 (`ctr run --runc-binary`, the BinaryName option in a runtime's config).
 A private containerd per module: its own root, state and socket."""
 import os
+import subprocess
+import tarfile
 import time
 
 import pytest
@@ -79,3 +81,33 @@ def test_detached_exec_pause_kill(ctr):
 def test_terminal(ctr):
     rc, out = in_tty(["ctr", "-a", ctr.sock, "-n", NS, "run", "--rm", "-t", "--runc-binary", HUSK, IMAGE, "hk-c3", "tty"])
     assert rc == 0 and b"/dev/pts/0" in out, out
+
+
+def test_a_system_image_boots_its_own_kernel_and_init(ctr, system_tar, tmp_path):
+    """ctr run --annotation org.husk.kernel=...: the image's kernel and
+    busybox's init, its console as the container's stdio
+    (org.husk.stdio=console); ctr task exec beside it; a SIGTERM from
+    ctr task kill powers it off and ctr run returns its exit status, 0."""
+    from husktest import header_release
+    rootfs = tmp_path / "rootfs"
+    with tarfile.open(system_tar) as t:
+        t.extractall(rootfs)
+    release = header_release(os.path.join(os.path.dirname(HUSK), "rootfs-builder", "vmlinuz"))
+    out = tmp_path / "out"
+    with open(out, "wb") as o:
+        p = subprocess.Popen(["ctr", "-a", ctr.sock, "-n", NS, "run", "--rm", "--runc-binary", HUSK,
+                              "--annotation", "org.husk.kernel=/boot/vmlinuz", "--annotation", "org.husk.stdio=console",
+                              "--rootfs", str(rootfs), "hk-c-system", "/sbin/init"], stdin=subprocess.DEVNULL, stdout=o, stderr=subprocess.STDOUT)
+    try:
+        wait_for(lambda: b"busybox init: up\r\n" in out.read_bytes() or p.poll() is not None, timeout=240,
+                 what="busybox init on its console")
+        assert p.poll() is None, out.read_bytes()[-2000:]
+        r = ctr("task", "exec", "--exec-id", "e1", "hk-c-system", "uname", "-r")
+        assert r.returncode == 0 and r.stdout.decode().strip() == release, (r.stdout, r.stderr)
+        ctr("task", "kill", "-s", "SIGTERM", "hk-c-system", check=True)
+        assert p.wait(timeout=60) == 0, out.read_bytes()[-2000:]
+        assert b"busybox init: shutting down" in out.read_bytes()
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()

@@ -241,32 +241,9 @@ SYSTEM_IMAGE = "localhost/husk-test-busybox-system:latest"
 
 
 @pytest.fixture(scope="module")
-def system_image(rootfs_tar, tmp_path_factory):
-    """The busybox image with an init (busybox's, /sbin/init, an inittab)
-    and a kernel of its own: husk's vmlinuz in /boot."""
-    import io
-    import shutil
-    import tarfile
-    vmlinuz = os.path.join(os.path.dirname(HUSK), "rootfs-builder", "vmlinuz")
-    out = str(tmp_path_factory.mktemp("system") / "system.tar")
-    shutil.copy(rootfs_tar, out)
-    with tarfile.open(out, "a") as tar:
-        def add(name, data=None, kind=tarfile.REGTYPE, link="", mode=0o644):
-            ti = tarfile.TarInfo(name)
-            ti.type, ti.linkname, ti.mode = kind, link, mode
-            if data is None:
-                tar.addfile(ti)
-            else:
-                ti.size = len(data)
-                tar.addfile(ti, io.BytesIO(data))
-        add("sbin", kind=tarfile.DIRTYPE, mode=0o755)
-        add("sbin/init", kind=tarfile.SYMTYPE, link="../bin/busybox")
-        add("boot", kind=tarfile.DIRTYPE, mode=0o755)
-        with open(vmlinuz, "rb") as f:
-            add("boot/vmlinuz", f.read())
-        add("etc/inittab", b"::sysinit:/bin/echo busybox init: up\n::respawn:/bin/sleep 100000\n"
-                           b"::shutdown:/bin/echo busybox init: shutting down\n")
-    run(["podman", "import", out, SYSTEM_IMAGE])
+def system_image(system_tar):
+    """The busybox image with an init and a kernel of its own (conftest)."""
+    run(["podman", "import", system_tar, SYSTEM_IMAGE])
     yield SYSTEM_IMAGE
     run(["podman", "rmi", "-f", SYSTEM_IMAGE], check=False)
 
@@ -298,7 +275,8 @@ def test_a_debian_system_image_boots_systemd_under_podman(podman, tmp_path):
     /sbin/init, so in podman's systemd mode: on this cgroup v1 host that
     spec binds the host's systemd hierarchy, which husk replaces with the
     guest's writable cgroup2. systemd reaches multi-user.target, podman
-    exec asks it, podman stop (SIGRTMIN+3: halt) ends it with exit 0."""
+    exec asks it, its console (org.husk.stdio=console) is podman's log,
+    podman stop (SIGRTMIN+3: halt) ends it with exit 0."""
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     deb = run([os.path.join(root, "scripts", "debian-rootfs")], timeout=1200).stdout.decode().strip()
     ker = run([os.path.join(root, "scripts", "debian-kernel")], timeout=600).stdout.decode().strip()
@@ -307,8 +285,8 @@ def test_a_debian_system_image_boots_systemd_under_podman(podman, tmp_path):
         d.mkdir()
     run(["mount", "-t", "overlay", "overlay", "-o", f"lowerdir={ker}:{deb},upperdir={upper},workdir={work}", str(merged)])
     try:
-        r = podman("run", "-d", "--name", "hk-systemd", "--annotation", "org.husk.kernel=/vmlinuz", "--rootfs", str(merged),
-                   "/sbin/init")
+        r = podman("run", "-d", "--name", "hk-systemd", "--annotation", "org.husk.kernel=/vmlinuz",
+                   "--annotation", "org.husk.stdio=console", "--rootfs", str(merged), "/sbin/init")
         assert r.returncode == 0, r.stderr
         assert inspect(podman, "hk-systemd")["Config"]["SystemdMode"] is True
         answers = []
@@ -320,6 +298,10 @@ def test_a_debian_system_image_boots_systemd_under_podman(podman, tmp_path):
         failed = podman("exec", "hk-systemd", "systemctl", "--failed", "--no-legend", "--plain").stdout.decode()
         assert answers[-1] == "running", f"systemd is {answers[-1]}: failed units: {failed}"
         assert podman("exec", "hk-systemd", "systemctl", "is-active", "multi-user.target").stdout.strip() == b"active"
+        # The guest's console is the container's stdio (org.husk.stdio):
+        # podman logs has systemd's boot status and the console getty.
+        wait_for(lambda: b"login: " in podman("logs", "hk-systemd").stdout, timeout=60, what="the console's getty")
+        assert b"Welcome to" in podman("logs", "hk-systemd").stdout
         t0 = time.time()
         podman("stop", "-t", "60", "hk-systemd", check=True)
         assert time.time() - t0 < 60  # halted, not killed after the timeout
