@@ -159,6 +159,7 @@ void Shim::create_member(uint64_t cid, const proto::ControlRequest& req) {
     bool host_tty = false;  // the relay's stdio: a terminal (not org.husk.stdio=console's guest one)
     auto build = [&]() -> Result<proto::Create> {
         Spec spec = TRY(load_spec(bundle));
+        add_annotations(spec, req.annotations);
         if (!spec.process) return fail("config.json: process: required", EINVAL);
         host_tty = spec.process->terminal;
         (void)adapt_host_cgroup_binds(spec);

@@ -74,6 +74,7 @@ Result<Args> parse_args(int argc, char** argv) {
         else if (k == "--hypervisor") a.hypervisor = TRY(val());
         else if (k == "--preserve-fds") a.preserve_fds = TRY(fd_number(k, TRY(val())));
         else if (k == "--restore") a.restore = TRY(val());
+        else if (k == "--annotation") a.annotations.push_back(TRY(val()));
         else return fail("unknown argument " + k, EINVAL);
     }
     if (a.root.empty() || a.id.empty() || a.bundle.empty() || a.sync_fd < 0)
@@ -83,6 +84,7 @@ Result<Args> parse_args(int argc, char** argv) {
 
 Result<void> Shim::prepare() {
     spec_ = TRY(load_spec(args_.bundle));
+    add_annotations(spec_, TRY(parse_annotation_args(args_.annotations)));  // husk create's --annotation
     if (!spec_.process) return fail("config.json: process: required", EINVAL);
     for (const auto& d : adapt_host_cgroup_binds(spec_))
         log::debug("mounts: " + d + ": a bind of the host's cgroup v1 tree, dropped: the guest's /sys/fs/cgroup (v2) is writable instead");

@@ -75,6 +75,7 @@ Result<cpu_set_t> cpu_set_of(const std::string& list);
 
 struct Args {
     std::string root, id, bundle, console_socket;
+    std::vector<std::string> annotations;  // --annotation KEY=VALUE (husk's own, under the bundle's)
     int sync_fd = -1;
     bool wait_hooks = false;  // husk runs create hooks before we start the VM
     int preserve_fds = 0;     // fds 3.. are the container's (--preserve-fds)

@@ -56,6 +56,10 @@ void build_app(CLI::App& app, AppState& s) {
                    "VMM driver for new containers: auto (the default: husk picks per host and container), qemu, uml, "
                    "firecracker or cloud-hypervisor (annotation org.husk.hypervisor overrides)")
         ->envname("HUSK_HYPERVISOR");
+    app.add_option("--annotation", g.annotations,
+                   "KEY=VALUE: an annotation for the containers this creates, under their bundle's own (repeatable; "
+                   "a docker runtime entry's runtimeArgs)")
+        ->allow_extra_args(false);
     app.add_flag("--systemd-cgroup", g.systemd_cgroup, "cgroupsPath is slice:prefix:name (the shim and VMM go there)");
     for (const auto& c : kCommands) {
         auto* sub = app.add_subcommand(c.name);

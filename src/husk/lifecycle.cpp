@@ -168,6 +168,7 @@ static Result<pid_t> spawn_shim(const Globals& g, const std::string& id, const s
     if (!g.log.path.empty()) argv.insert(argv.end(), {"--log", g.log.path});
     if (g.log.format == log::Format::Json) argv.insert(argv.end(), {"--log-format", "json"});
     if (g.log.debug) argv.push_back("--debug");
+    for (const auto& a : g.annotations) argv.insert(argv.end(), {"--annotation", a});
     sys::SpawnOptions so;
     so.fds = {{sync_w, sync_fd}};
     for (int fd : preserved_fds(o.preserve_fds)) so.fds.push_back({fd, fd});
@@ -249,6 +250,7 @@ Result<pid_t> create_container(const Globals& g, const std::string& id, const Cr
     TRY(validate_id(id));
     std::string bundle = TRY_CTX(sys::realpath(o.bundle.empty() ? "." : o.bundle), "bundle");
     Spec spec = TRY(load_spec(bundle));
+    add_annotations(spec, TRY(parse_annotation_args(g.annotations)));
     if (!spec.process) return fail("config.json: process: required to create a container", EINVAL);
     if (spec.process->terminal && o.console_socket.empty())
         return fail("config.json: process.terminal is true but no --console-socket was given", EINVAL);

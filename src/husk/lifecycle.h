@@ -27,6 +27,7 @@ struct Globals {
     log::Config log;
     bool systemd_cgroup = false;  // cgroupsPath is "slice:prefix:name"
     std::string hypervisor;  // --hypervisor; "" = the default (choose_hypervisor)
+    std::vector<std::string> annotations;  // --annotation KEY=VALUE: a new container's, under its bundle's own
 };
 
 struct CreateOptions {

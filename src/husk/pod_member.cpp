@@ -97,7 +97,8 @@ Result<pid_t> create_member(const Globals& g, const std::string& id, const std::
                               .preserve_fds = o.preserve_fds,
                               .bundle = bundle,
                               .join = pod.join,
-                              .trees = uint32_t(trees.size())};
+                              .trees = uint32_t(trees.size()),
+                              .annotations = TRY(parse_annotation_args(g.annotations))};
     std::string console = o.console_socket.empty() ? "" : TRY(absolute(o.console_socket));
     std::string netns;
     for (const auto& n : spec.namespaces)

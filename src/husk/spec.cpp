@@ -517,6 +517,21 @@ Result<Spec> load_spec(const std::string& bundle) {
     return parse_spec(*text);
 }
 
+Result<std::map<std::string, std::string>> parse_annotation_args(const std::vector<std::string>& args) {
+    std::map<std::string, std::string> out;
+    for (const auto& kv : args) {
+        size_t eq = kv.find('=');
+        if (eq == std::string::npos || eq == 0 || kv.find('\0') != std::string::npos)
+            return fail("--annotation " + kv + ": expected KEY=VALUE", EINVAL);
+        out[kv.substr(0, eq)] = kv.substr(eq + 1);
+    }
+    return out;
+}
+
+void add_annotations(Spec& spec, const std::map<std::string, std::string>& defaults) {
+    for (const auto& [k, v] : defaults) spec.annotations.emplace(k, v);
+}
+
 std::string rootfs_path(const std::string& bundle, const Spec& spec) {
     if (!spec.root_path.empty() && spec.root_path[0] == '/') return spec.root_path;
     return bundle + "/" + spec.root_path;

@@ -120,6 +120,13 @@ Result<SpecProcess> parse_process_file(const std::string& text, const std::strin
 Result<nlohmann::json> parse_resources_file(const std::string& text, const std::string& file);
 // Read <bundle>/config.json and parse it.
 Result<Spec> load_spec(const std::string& bundle);
+// Annotations given on husk's command line (`husk --annotation KEY=VALUE`,
+// as a docker runtime entry's runtimeArgs or a containerd runtime's
+// wrapper put them: the only way a docker older than 24 has to give a
+// runtime one): checked, KEY non-empty.
+Result<std::map<std::string, std::string>> parse_annotation_args(const std::vector<std::string>& args);
+// Those added to the spec's: the bundle's own annotations win.
+void add_annotations(Spec& spec, const std::map<std::string, std::string>& defaults);
 // Absolute rootfs path for a bundle.
 std::string rootfs_path(const std::string& bundle, const Spec& spec);
 

@@ -28,7 +28,7 @@ const std::vector<OpInfo>& ops() {
         {Op::Update, "update", {"files"}, {"container"}},
         {Op::Checkpoint, "checkpoint", {"image_path", "leave_running"}, {}},
         {Op::Exec, "exec", {"process"}, {"container", "preserve_fds"}},
-        {Op::Create, "create", {"container", "bundle", "join", "trees"}, {"preserve_fds"}},
+        {Op::Create, "create", {"container", "bundle", "join", "trees"}, {"preserve_fds", "annotations"}},
         {Op::Remove, "remove", {}, {"container"}},
         {Op::Signal, "signal", {"signal"}, {}},
         {Op::Resize, "resize", {"rows", "cols"}, {}},
@@ -87,6 +87,7 @@ json to_json(const ControlRequest& r) {
     if (has("bundle")) j["bundle"] = r.bundle;
     if (has("join")) j["join"] = r.join;
     if (has("trees")) j["trees"] = r.trees;
+    if (has("annotations") && !r.annotations.empty()) j["annotations"] = r.annotations;
     if (has("rows")) j["rows"] = r.rows;
     if (has("cols")) j["cols"] = r.cols;
     return j;
@@ -130,6 +131,13 @@ Result<ControlRequest> control_request_from_json(const json& j) {
         }
     }
     if (j.contains("trees")) r.trees = uint32_t(TRY(integer(j, "trees", 0, 64)));
+    if (j.contains("annotations")) {
+        if (!j["annotations"].is_object()) return bad("annotations: expected {key: value}");
+        for (const auto& [k, v] : j["annotations"].items()) {
+            if (!v.is_string() || k.empty()) return bad("annotations: expected {key: value}");
+            r.annotations[k] = v.get<std::string>();
+        }
+    }
     if (j.contains("rows")) r.rows = uint16_t(TRY(integer(j, "rows", 0, 65535)));
     if (j.contains("cols")) r.cols = uint16_t(TRY(integer(j, "cols", 0, 65535)));
     return r;

@@ -46,6 +46,7 @@ struct ControlRequest {
     std::string bundle{};                      // create: absolute
     std::map<std::string, std::string> join{};  // create: namespace type -> the container whose it joins
     uint32_t trees = 0;                        // create: mount trees after the fds, one per share entry
+    std::map<std::string, std::string> annotations{};  // create: husk's --annotation, under the bundle's own
     uint16_t rows = 0, cols = 0;               // resize
 };
 nlohmann::json to_json(const ControlRequest& r);

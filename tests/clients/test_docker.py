@@ -19,7 +19,11 @@ IMAGE = "husk-test-busybox:latest"
 def dockerd(tmp_path_factory, rootfs_tar):
     d = tmp_path_factory.mktemp("docker")
     sock = f"unix://{d}/docker.sock"
-    cfg = {"runtimes": {"husk": {"path": HUSK}}, "data-root": str(d / "data"), "exec-root": str(d / "exec"),
+    # husk-system: a runtime entry whose arguments give husk annotations
+    # (husk --annotation), the way a docker older than 24 has to.
+    system_args = ["--annotation", "org.husk.kernel=/boot/vmlinuz", "--annotation", "org.husk.stdio=console"]
+    cfg = {"runtimes": {"husk": {"path": HUSK}, "husk-system": {"path": HUSK, "runtimeArgs": system_args}},
+           "data-root": str(d / "data"), "exec-root": str(d / "exec"),
            "pidfile": str(d / "docker.pid"), "hosts": [sock]}
     (d / "daemon.json").write_text(json.dumps(cfg))
 
@@ -138,21 +142,26 @@ def test_network_container_joins_that_containers_vm(docker):
     docker("rm", "-f", "hk-dkpod", check=True)
 
 
-def test_a_system_image_boots_its_own_kernel_and_init(docker, system_tar):
-    """docker run --annotation org.husk.kernel=...: the image's kernel and
-    busybox's init, its console as the container's stdio
-    (org.husk.stdio=console); docker exec beside it; docker stop powers
-    it off (SIGTERM: busybox init's SIGUSR2), exit 0."""
+@pytest.mark.parametrize("how", ["runtime-entry", "annotation"])
+def test_a_system_image_boots_its_own_kernel_and_init(docker, system_tar, how):
+    """docker run a system image: the image's kernel and busybox's init,
+    its console as the container's stdio (org.husk.stdio=console), asked
+    for by a runtime entry's arguments (husk-system: husk --annotation) or
+    by `docker run --annotation` (Docker 24); docker exec beside it;
+    docker stop powers it off (SIGTERM: busybox init's SIGUSR2), exit 0."""
     from husktest import header_release
-    api = docker("version", "--format", "{{.Server.APIVersion}}", check=True).stdout.decode().strip()
-    if tuple(int(x) for x in api.split(".")) < (1, 43):
-        pytest.skip(f"this dockerd speaks API {api}: `docker run --annotation` needs 1.43 (Docker 24), and docker passes "
-                    "no other way to a runtime (labels are not annotations)")
+    if how == "runtime-entry":
+        ask = ["--runtime", "husk-system"]
+    else:
+        api = docker("version", "--format", "{{.Server.APIVersion}}", check=True).stdout.decode().strip()
+        if tuple(int(x) for x in api.split(".")) < (1, 43):
+            pytest.skip(f"this dockerd speaks API {api}: `docker run --annotation` needs 1.43 (Docker 24); "
+                        "the runtime entry's arguments are tested instead")
+        ask = ["--runtime", "husk", "--annotation", "org.husk.kernel=/boot/vmlinuz", "--annotation", "org.husk.stdio=console"]
     image = "husk-test-busybox-system:latest"
     run(["docker", "-H", docker.sock, "import", system_tar, image])
     release = header_release(os.path.join(os.path.dirname(HUSK), "rootfs-builder", "vmlinuz"))
-    r = docker("run", "-d", "--runtime", "husk", "--name", "hk-dsystem", "--annotation", "org.husk.kernel=/boot/vmlinuz",
-               "--annotation", "org.husk.stdio=console", image, "/sbin/init")
+    r = docker("run", "-d", *ask, "--name", "hk-dsystem", image, "/sbin/init")
     assert r.returncode == 0, r.stderr
     wait_for(lambda: b"busybox init: up" in docker("logs", "hk-dsystem").stdout, what="busybox init in the logs")
     # Its console: a terminal in the guest, so CR LF.

@@ -220,6 +220,30 @@ def test_the_console_as_the_containers_stdio(husk, bundle, tmp_path):
     assert_no_leaks(husk.root)
 
 
+def test_husks_annotation_option_under_the_bundles_own(husk, bundle, tmp_path):
+    """husk --annotation KEY=VALUE (a docker runtime entry's runtimeArgs):
+    as if config.json had it, the bundle's own annotations winning; a
+    malformed one is a clear error."""
+    b = bundle(["sh", "-c", "tty; true"])
+    out = tmp_path / "out"
+    with open(out, "wb") as o:
+        r = husk("run", "--bundle", b, "ann1", glob=("--annotation", "org.husk.stdio=console"), stdout=o)
+    assert r.returncode == 0, r.stderr
+    assert out.read_bytes() == b"/dev/pts/0\r\n", out.read_bytes()
+    own = bundle(["sh", "-c", "tty; true"], edit=lambda c: c.update(annotations={"org.husk.stdio": "init"}))
+    r = husk("run", "-d", "--bundle", own, "ann2", glob=("--annotation", "org.husk.stdio=console",
+                                                         "--annotation", "example.com/x=y"))
+    assert r.returncode == 0, r.stderr
+    st = json.loads(husk("state", "ann2", check=True).stdout)
+    assert st["annotations"] == {"org.husk.stdio": "init", "example.com/x": "y"}, st
+    wait_for(lambda: husk.state("ann2")["status"] == "stopped", "its exit")
+    husk("delete", "ann2", check=True)
+    r = husk("create", "--bundle", b, "ann3", glob=("--annotation", "org.husk.stdio"))
+    assert r.returncode != 0
+    assert "--annotation org.husk.stdio: expected KEY=VALUE" in r.stderr.decode(), r.stderr
+    assert_no_leaks(husk.root)
+
+
 @qemu_only
 def test_the_images_initrd_is_stacked_under_husks(husk, bundle, tmp_path):
     """org.husk.initrd: the image's initrd is unpacked first (its early

@@ -48,6 +48,12 @@ std::vector<ControlRequest> every_request() {
          .bundle = "/b/member1",
          .join = {{"ipc", "pod"}, {"uts", "pod"}},
          .trees = 3},
+        {.op = Op::Create,
+         .container = "member2",
+         .bundle = "/b/member2",
+         .join = {{"network", "pod"}},
+         .trees = 1,
+         .annotations = {{"org.husk.stdio", "console"}}},
         {.op = Op::Remove, .container = "member1"},
         {.op = Op::Signal, .signal = SIGINT},
         {.op = Op::Resize, .rows = 40, .cols = 120},
@@ -105,6 +111,10 @@ TEST_CASE("shim.sock: a request takes its op's fields only, each of its type and
           "shim.sock: join: expected {type: container}");
     CHECK(why({{"op", "create"}, {"container", ""}, {"bundle", "/b"}, {"join", json::object()}, {"trees", 1}}) ==
           "shim.sock: container: expected a string");
+    CHECK(why({{"op", "create"}, {"container", "m"}, {"bundle", "/b"}, {"join", json::object()}, {"trees", 1},
+               {"annotations", {{"k", 1}}}}) == "shim.sock: annotations: expected {key: value}");
+    CHECK(why({{"op", "create"}, {"container", "m"}, {"bundle", "/b"}, {"join", json::object()}, {"trees", 1},
+               {"annotations", "k=v"}}) == "shim.sock: annotations: expected {key: value}");
     CHECK(why({{"op", "resize"}, {"rows", -1}, {"cols", 80}}) == "shim.sock: rows: expected an integer in 0..65535");
     CHECK(control_request_from_json({{"op", "kill"}}).error().code == EPROTO);
 }

@@ -106,3 +106,21 @@ TEST_CASE("an exec process file is parsed alone, its errors named by the file", 
     CHECK(bad.error().message == "p.json: $: expected object, got array");
     CHECK_FALSE(parse_process_file("{", "p.json"));
 }
+
+TEST_CASE("husk --annotation KEY=VALUE: checked, under the bundle's own", "[spec]") {
+    auto a = parse_annotation_args({"org.husk.kernel=/boot/vmlinuz", "org.husk.stdio=console", "empty=", "eq=a=b"});
+    REQUIRE(a);
+    CHECK(a->at("org.husk.kernel") == "/boot/vmlinuz");
+    CHECK(a->at("empty").empty());
+    CHECK(a->at("eq") == "a=b");
+    for (const char* bad : {"novalue", "=value", ""}) {
+        auto r = parse_annotation_args({bad});
+        REQUIRE_FALSE(r);
+        CHECK(r.error().message == std::string("--annotation ") + bad + ": expected KEY=VALUE");
+    }
+    Spec s;
+    s.annotations["org.husk.stdio"] = "init";
+    add_annotations(s, *a);
+    CHECK(s.annotations.at("org.husk.stdio") == "init");  // the bundle's own
+    CHECK(s.annotations.at("org.husk.kernel") == "/boot/vmlinuz");
+}
