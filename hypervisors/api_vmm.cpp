@@ -292,6 +292,7 @@ Capabilities ApiHypervisor::capabilities() const {
     c.hybrid_vsock = true;
     c.kvm = true;
     c.checkpoint = true;  // the same snapshot calls as a template's
+    c.elf_kernel = true;  // an image's vmlinux, as husk's own (PVH)
     return c;
 }
 

@@ -159,7 +159,8 @@ Capabilities QemuHypervisor::capabilities() const {
     c.templates = !opt_.microvm();
     c.template_nics = kHotplugPorts - 1;
     c.checkpoint = true;
-    c.bzimage = true;  // -kernel takes one (q35 and microvm)
+    c.bzimage = true;     // -kernel takes one (q35 and microvm)
+    c.elf_kernel = true;  // and a vmlinux with a PVH note, as husk's own
     return c;
 }
 

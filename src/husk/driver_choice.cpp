@@ -39,7 +39,7 @@ std::string uml_lacks(const Spec& spec) {
             return "is a pod's sandbox: the members that join its VM may need what UML lacks";
     if (spec.annotations.count(system_image::kAnnotationKernel))
         return std::string("boots the image's own kernel (") + system_image::kAnnotationKernel +
-               "), a bzImage, and UML boots a UML kernel only";
+               "), and UML boots a UML kernel only";
     if (spec.annotations.count(kAnnotationShare))
         return std::string("has annotation ") + kAnnotationShare + ", a share UML has not (its share is hostfs)";
     // A disk is what a checkpoint needs (README), and UML cannot save a VM.

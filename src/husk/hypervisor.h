@@ -167,6 +167,9 @@ struct Capabilities {
     // (org.husk.kernel, system_image.h). Firecracker and Cloud Hypervisor
     // boot an ELF vmlinux only, UML its own kind of kernel.
     bool bzimage = false;
+    // It boots an image's ELF vmlinux through its PVH entry, as it boots
+    // husk's own kernel (QEMU, Firecracker, Cloud Hypervisor; not UML).
+    bool elf_kernel = false;
 };
 
 // What a launch error appends before the last lines of the VMM's log

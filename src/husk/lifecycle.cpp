@@ -286,13 +286,16 @@ Result<pid_t> create_container(const Globals& g, const std::string& id, const Cr
     if (image_kernel) {
         // Checked here, before anything starts, and again by the shim as it
         // copies what it checked.
-        if (!hv->capabilities().bzimage)
+        auto checked = TRY(system_image::check(rootfs, *image_kernel, find_guest_initrd()));
+        auto caps = hv->capabilities();
+        if (checked.kernel.elf ? !caps.elf_kernel : !caps.bzimage)
             return fail(std::string("annotation ") + system_image::kAnnotationKernel + ": hypervisor " + hypervisor +
-                            " cannot boot an image's kernel (a bzImage): QEMU can",
+                            (checked.kernel.elf ? " cannot boot an image's kernel (an ELF vmlinux): QEMU, Firecracker and "
+                                                  "Cloud Hypervisor can"
+                                                : " cannot boot an image's kernel (a bzImage): QEMU can"),
                         EINVAL);
-        auto why = TRY(system_image::check(rootfs, *image_kernel, find_guest_initrd()));
         TRY(system_image::poweroff_signal(spec, rootfs));
-        log::debug("create " + id + ": the image's kernel " + image_kernel->kernel + ": " + why);
+        log::debug("create " + id + ": the image's kernel " + image_kernel->kernel + ": " + checked.why);
     }
 
     log::debug("create " + id + ": bundle " + bundle + ", hypervisor " + hypervisor + ": " + driver.why);

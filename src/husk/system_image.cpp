@@ -5,6 +5,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <cctype>
 #include <cstring>
 #include <functional>
 
@@ -91,6 +93,71 @@ Result<Kernel> parse_bzimage(std::string_view h) {
     if (k.release.empty() || k.release.find('/') != std::string::npos || k.release[0] == '.')
         return fail("its kernel version \"" + k.version + "\" names no release", EINVAL);
     return k;
+}
+
+Result<Kernel> parse_vmlinux(int fd, uint64_t size) {
+    auto read_at = [&](uint64_t off, size_t n) -> Result<std::string> {
+        if (off > size || n > size - off) return fail("its headers point past its end", EINVAL);
+        std::string b(n, '\0');
+        ssize_t r = ::pread(fd, b.data(), n, off_t(off));
+        if (r < 0) return fail_errno("read");
+        if (size_t(r) != n) return fail("its headers point past its end", EINVAL);
+        return b;
+    };
+    auto le64 = [](std::string_view b, size_t off) { return uint64_t(le(b, off, 4)) | uint64_t(le(b, off + 4, 4)) << 32; };
+    if (size > kVmlinuxLimit) return fail("an ELF file larger than " + std::to_string(kVmlinuxLimit >> 20) + " MiB", EFBIG);
+    std::string eh = TRY(read_at(0, 64));
+    if (eh.substr(0, 4) != "\x7f" "ELF") return fail("not an ELF file", EINVAL);
+    if (eh[4] != 2 || eh[5] != 1) return fail("an ELF file, but not 64-bit little-endian", EINVAL);
+    if (le(eh, 18, 2) != 62) return fail("an ELF file for another machine than x86-64", EINVAL);
+    if (le(eh, 16, 2) != 2) return fail("an ELF file, but not an executable (a module or a library?)", EINVAL);
+    uint64_t phoff = le64(eh, 32);
+    uint32_t phentsize = le(eh, 54, 2), phnum = le(eh, 56, 2);
+    if (phentsize != 56 || phnum == 0 || phnum > 64) return fail("an ELF file whose program headers husk cannot read", EINVAL);
+    std::string ph = TRY(read_at(phoff, size_t(phnum) * 56));
+    bool pvh = false;
+    for (uint32_t i = 0; i < phnum && !pvh; ++i) {
+        std::string_view p = std::string_view(ph).substr(size_t(i) * 56, 56);
+        if (le(p, 0, 4) != 4) continue;  // PT_NOTE
+        uint64_t off = le64(p, 8), filesz = le64(p, 32);
+        if (filesz > (1 << 20)) continue;
+        std::string notes = TRY(read_at(off, size_t(filesz)));
+        for (size_t at = 0; at + 12 <= notes.size();) {
+            uint32_t namesz = le(notes, at, 4), descsz = le(notes, at + 4, 4), type = le(notes, at + 8, 4);
+            size_t name_at = at + 12, desc_at = name_at + ((size_t(namesz) + 3) & ~size_t(3));
+            size_t next = desc_at + ((size_t(descsz) + 3) & ~size_t(3));
+            if (namesz > notes.size() || descsz > notes.size() || next > notes.size()) break;
+            // XEN_ELFNOTE_PHYS32_ENTRY: the 32-bit entry PVH boots.
+            if (type == 18 && namesz == 4 && notes.compare(name_at, 4, std::string("Xen\0", 4)) == 0 && descsz >= 4) pvh = true;
+            at = next;
+        }
+    }
+    if (!pvh)
+        return fail("an ELF kernel without a PVH entry note (CONFIG_PVH): the VMMs boot a vmlinux through it", EINVAL);
+    // The banner (init/version.c): "Linux version <release> (<builder>) ...".
+    constexpr std::string_view banner = "Linux version ";
+    constexpr size_t kChunk = 4 << 20;
+    std::string buf;
+    for (uint64_t off = 0; off < size;) {
+        size_t n = size_t(std::min<uint64_t>(kChunk, size - off));
+        std::string chunk = TRY(read_at(off, n));
+        // (The last bytes of the chunk before, so that no banner is cut.)
+        buf = buf.substr(buf.size() > 256 ? buf.size() - 256 : 0) + chunk;
+        for (size_t at = buf.find(banner); at != std::string::npos; at = buf.find(banner, at + 1)) {
+            size_t from = at + banner.size(), end = buf.find_first_of(" \n\0", from);
+            if (end == std::string::npos || end == from || end - from > 64 || !std::isdigit(uint8_t(buf[from]))) continue;
+            Kernel k;
+            k.release = buf.substr(from, end - from);
+            size_t line = buf.find_first_of("\n\0", from);
+            k.version = buf.substr(from, std::min<size_t>(line == std::string::npos ? buf.size() : line, from + 256) - from);
+            bool text = std::all_of(k.release.begin(), k.release.end(), [](char c) { return uint8_t(c) > 0x20 && uint8_t(c) < 0x7f; });
+            if (!text || k.release.find('/') != std::string::npos) continue;
+            k.elf = true;
+            return k;
+        }
+        off += n;
+    }
+    return fail("an ELF kernel with no \"Linux version\" banner to tell its release by", EINVAL);
 }
 
 namespace {
@@ -282,7 +349,9 @@ Result<Opened> open_kernel(const std::string& rootfs, const std::string& path) {
     ssize_t n = ::pread(fd->get(), head.data(), head.size(), 0);
     if (n < 0) return fail_errno(what(path) + ": read");
     head.resize(size_t(n));
-    auto k = parse_bzimage(head);
+    struct stat st;
+    if (::fstat(fd->get(), &st) < 0) return fail_errno(what(path) + ": stat");
+    auto k = head.substr(0, 4) == "\x7f" "ELF" ? parse_vmlinux(fd->get(), uint64_t(st.st_size)) : parse_bzimage(head);
     if (!k) return fail(what(path) + ": " + k.error().message, k.error().code);
     return Opened{std::move(*fd), std::move(*k)};
 }
@@ -373,8 +442,9 @@ Result<Plan> plan(const std::string& rootfs, const Requested& req, const std::st
 
 }  // namespace
 
-Result<std::string> check(const std::string& rootfs, const Requested& req, const std::string& initrd) {
-    return TRY(plan(rootfs, req, initrd)).why;
+Result<Checked> check(const std::string& rootfs, const Requested& req, const std::string& initrd) {
+    auto p = TRY(plan(rootfs, req, initrd));
+    return Checked{p.kernel.kernel, p.why};
 }
 
 Result<Boot> prepare_boot(const std::string& rootfs, const Requested& req, const std::string& initrd,

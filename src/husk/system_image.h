@@ -1,5 +1,6 @@
 // System images (issue 27): an OCI image that carries its own kernel boots
-// it. `org.husk.kernel` names a bzImage inside the rootfs; the VM boots
+// it. `org.husk.kernel` names a bzImage or an ELF vmlinux (with a PVH
+// entry) inside the rootfs; the VM boots
 // that kernel with husk's initramfs (the agent as the first stage, stacked
 // on the image's own initrd where `org.husk.initrd` names one), whose
 // modules are the image's own (/lib/modules/<its release>) unless the
@@ -34,8 +35,9 @@ Result<bool> console_stdio(const Spec& spec);
 
 // The part of a bzImage's boot header husk reads (Documentation/arch/x86/boot.rst).
 struct Kernel {
-    std::string version;  // the header's kernel_version string
+    std::string version;  // the header's kernel_version string (a vmlinux: its banner's, after "Linux version ")
     std::string release;  // its first word ("6.1.0-50-amd64"): /lib/modules/<release>, modules' vermagic
+    bool elf = false;     // an ELF vmlinux (booted through its PVH entry), not a bzImage
 };
 // The bytes the header and its version string are within: the boot
 // sector and the setup code (at most 64 sectors of it here).
@@ -43,6 +45,14 @@ inline constexpr size_t kHeadBytes = 65 * 512;
 // `head`: the file's first bytes (up to kHeadBytes). A 64-bit bzImage of
 // boot protocol 2.12 or later, else an error saying what it is instead.
 Result<Kernel> parse_bzimage(std::string_view head);
+
+// An ELF vmlinux, read through `fd` (`size` bytes): a 64-bit x86 executable
+// with the PVH entry note (XEN_ELFNOTE_PHYS32_ENTRY, CONFIG_PVH), which
+// QEMU, Firecracker and Cloud Hypervisor boot it through, as husk's own
+// kernel; its release is its banner's ("Linux version <release> (...").
+// Else an error naming what is missing.
+Result<Kernel> parse_vmlinux(int fd, uint64_t size);
+inline constexpr uint64_t kVmlinuxLimit = uint64_t(1) << 30;
 
 // The kernel release the modules of an initramfs (newc cpio, as
 // rootfs-builder writes husk's) were built for: the vermagic of its first
@@ -97,7 +107,7 @@ inline constexpr size_t kInitrdLimit = size_t(512) << 20;
 Result<std::string> initrd_format(std::string_view head);
 
 // The image's kernel, opened inside `rootfs` (no symlink or ".." leads out
-// of it) and read: a regular file that parse_bzimage takes.
+// of it) and read: a regular file that parse_bzimage or parse_vmlinux takes.
 struct Opened {
     sys::Fd fd;
     Kernel kernel;
@@ -116,8 +126,13 @@ struct Boot {
 };
 Result<Boot> prepare_boot(const std::string& rootfs, const Requested& req, const std::string& initrd,
                           const std::string& dir);
-// The same checks, writing nothing (husk create's, before anything starts).
-Result<std::string> check(const std::string& rootfs, const Requested& req, const std::string& initrd);
+// The same checks, writing nothing (husk create's, before anything starts):
+// the kernel, and what --debug says.
+struct Checked {
+    Kernel kernel;
+    std::string why;
+};
+Result<Checked> check(const std::string& rootfs, const Requested& req, const std::string& initrd);
 
 // The signal that asks the image's init to power off, which a SIGTERM for
 // the container becomes (as a VM's power button): the annotation's, else

@@ -24,6 +24,7 @@ from conftest import BUILD, DRIVER, KVM_SHAPE, ROOT, assert_no_leaks, wait_for
 from husktest import header_release, systemd_config
 
 VMLINUZ = os.path.join(BUILD, "rootfs-builder", "vmlinuz")
+VMLINUX = os.path.join(BUILD, "rootfs-builder", "vmlinux")  # husk's own kernel: an ELF with a PVH entry
 INITRD = os.path.join(BUILD, "rootfs-builder", "initramfs.img")
 
 qemu_only = pytest.mark.not_on(("uml", "firecracker", "cloud-hypervisor"),
@@ -150,6 +151,27 @@ def test_busybox_init_boots_the_images_kernel(husk, bundle, tmp_path):
     assert b"busybox init: shutting down" in out.read_bytes()
     assert husk.state_file("sb1").get("exit_code") == 0, husk.state_file("sb1")
     husk("delete", "sb1", check=True)
+
+
+@pytest.mark.not_on(("uml",), reason="UML boots UML kernels (test_other_drivers_refuse_it)")
+def test_an_elf_vmlinux_boots_through_its_pvh_entry(husk, bundle, tmp_path):
+    """An image whose kernel is an ELF vmlinux (as Firecracker's kernel
+    images are): booted through its PVH entry by QEMU, Firecracker and
+    Cloud Hypervisor alike, its release read from its banner."""
+    b = busybox_system(bundle, tmp_path, kernel=VMLINUX)
+    out = tmp_path / "out"
+    with open(out, "wb") as o:
+        r = husk("run", "-d", "--bundle", b, "elf1", stdout=o, timeout=240, glob=("--debug",))
+    assert r.returncode == 0, r.stderr
+    assert f"Linux {header_release(VMLINUZ)}, with husk's modules" in r.stderr.decode(), r.stderr.decode()[-3000:]
+    wait_for(lambda: b"busybox init: up" in out.read_bytes(), "busybox init's sysinit line")
+    with open(os.path.join(husk.root, "elf1", "image-kernel"), "rb") as f, open(VMLINUX, "rb") as g:
+        assert f.read() == g.read()
+    assert husk("exec", "elf1", "uname", "-r", check=True).stdout.decode().strip() == header_release(VMLINUZ)
+    husk("kill", "elf1", "TERM", check=True)
+    wait_for(lambda: husk.state("elf1")["status"] == "stopped", "the power-off", timeout=60)
+    assert husk.state_file("elf1").get("exit_code") == 0, husk.state_file("elf1")
+    husk("delete", "elf1", check=True)
 
 
 @qemu_only
@@ -308,7 +330,7 @@ def test_a_kernel_husk_cannot_boot_is_a_clear_error(husk, bundle, tmp_path, case
     elif case == "not-a-kernel":
         kernel_at, want = "/etc/passwd", "org.husk.kernel /etc/passwd: not a Linux bzImage"
     elif case == "elf":
-        kernel_at, want = "/bin/busybox", "org.husk.kernel /bin/busybox: an ELF file, not a bzImage"
+        kernel_at, want = "/bin/busybox", "org.husk.kernel /bin/busybox: an ELF kernel without a PVH entry note (CONFIG_PVH)"
     elif case == "escape":
         # A symlink that would leave the rootfs is resolved inside it: the
         # host's file it names is not reached.
@@ -360,6 +382,13 @@ def test_other_drivers_refuse_it(husk, bundle, tmp_path):
     assert r.returncode != 0
     assert f"hypervisor {DRIVER} cannot boot an image's kernel (a bzImage): QEMU can" in r.stderr.decode(), r.stderr.decode()
     assert_no_leaks(husk.root)
+    if DRIVER == "uml":
+        b = busybox_system(bundle, tmp_path, kernel=VMLINUX)
+        r = husk("create", "--bundle", b, "other2", timeout=60)
+        assert r.returncode != 0
+        assert ("hypervisor uml cannot boot an image's kernel (an ELF vmlinux): QEMU, Firecracker and Cloud Hypervisor can"
+                in r.stderr.decode()), r.stderr.decode()
+        assert_no_leaks(husk.root)
 
 
 @pytest.fixture(scope="session")

@@ -7,8 +7,12 @@
 // on a shim's or a relay's link to its starter (protocol/creator.h).
 // Each decoder either fails as a value or gives a struct that encodes and
 // decodes to the same again. And what a system image brings
-// (system_image.h): its kernel's boot header, its modules.dep and
-// modules.builtin, read and turned into husk's order files.
+// (system_image.h): its kernel's boot header or ELF headers and notes,
+// its initrd's first bytes, its modules.dep and modules.builtin, read and
+// turned into husk's order files.
+#include <sys/mman.h>
+#include <unistd.h>
+
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>
@@ -63,5 +67,10 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
         for (const auto& n : r->needed)
             if (!image.modules.count(n) || image.builtin.count(n)) std::abort();
     (void)system_image::initramfs_modules(text);
+    (void)system_image::initrd_format(text);
+    // An ELF vmlinux, read through an fd as from the image.
+    static int memfd = ::memfd_create("fuzz-vmlinux", MFD_CLOEXEC);
+    if (memfd >= 0 && ::ftruncate(memfd, 0) == 0 && ::pwrite(memfd, text.data(), text.size(), 0) == ssize_t(text.size()))
+        if (auto k = system_image::parse_vmlinux(memfd, text.size()); k && (k->release.empty() || !k->elf)) std::abort();
     return 0;
 }

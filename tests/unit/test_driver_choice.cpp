@@ -113,7 +113,7 @@ TEST_CASE("automatic: QEMU under KVM; without it UML unless the container needs 
         {"a rootfs on a disk", [](auto& j) { j["annotations"][kAnnotationRootfs] = "disk"; },
          "has its rootfs on a disk (org.husk.rootfs=disk), which is for checkpoints"},
         {"the image's own kernel", [](auto& j) { j["annotations"][system_image::kAnnotationKernel] = "/boot/vmlinuz"; },
-         "boots the image's own kernel (org.husk.kernel), a bzImage, and UML boots a UML kernel only"},
+         "boots the image's own kernel (org.husk.kernel), and UML boots a UML kernel only"},
         {"a CRI pod sandbox", [](auto& j) { j["annotations"][kCriContainerType] = "sandbox"; }, "is a pod's sandbox"},
         {"a CRI-O pod sandbox", [](auto& j) { j["annotations"][kCrioContainerType] = "sandbox"; }, "is a pod's sandbox"},
     };

@@ -35,6 +35,65 @@ std::string bzimage(const std::string& version = "6.1.0-50-amd64 (debian-kernel@
     return b;
 }
 
+void put32(std::string& b, size_t at, uint32_t v) {
+    for (int i = 0; i < 4; ++i) b[at + size_t(i)] = char(v >> (8 * i));
+}
+void put64(std::string& b, size_t at, uint64_t v) {
+    for (int i = 0; i < 8; ++i) b[at + size_t(i)] = char(v >> (8 * i));
+}
+
+// An ELF vmlinux as far as husk reads one: the ELF header, one PT_NOTE
+// program header and its notes (a PVH entry note unless `pvh` is false),
+// and the banner at `banner_at`.
+struct Vmlinux {
+    bool pvh = true;
+    uint16_t machine = 62, type = 2;
+    char elf_class = 2;
+    size_t banner_at = 0x1000;
+    std::string banner = "Linux version 6.1.0-57-amd64 (debian-kernel@lists.debian.org) (gcc-12) #1 SMP\n";
+};
+std::string vmlinux(const Vmlinux& v = {}) {
+    std::string b(std::max<size_t>(v.banner_at + v.banner.size(), 0x400), '\0');
+    b.replace(0, 4, "\x7f" "ELF");
+    b[4] = v.elf_class;
+    b[5] = 1;
+    put16(b, 16, v.type);
+    put16(b, 18, v.machine);
+    put64(b, 32, 64);  // e_phoff
+    put16(b, 54, 56);
+    put16(b, 56, 1);
+    put32(b, 64, 4);          // PT_NOTE
+    put64(b, 64 + 8, 0x200);  // p_offset
+    std::string notes;
+    auto note = [&](const std::string& name, uint32_t type, const std::string& desc) {
+        std::string n(12, '\0');
+        put32(n, 0, uint32_t(name.size() + 1));
+        put32(n, 4, uint32_t(desc.size()));
+        put32(n, 8, type);
+        n += name + '\0';
+        n.append((4 - n.size() % 4) % 4, '\0');
+        n += desc;
+        n.append((4 - n.size() % 4) % 4, '\0');
+        notes += n;
+    };
+    note("GNU", 3, std::string(20, 'x'));                // a build id
+    note("Xen", v.pvh ? 18 : 17, std::string(8, '\1'));  // PHYS32_ENTRY (17: another Xen note)
+    put64(b, 64 + 32, notes.size());                     // p_filesz
+    b.replace(0x200, notes.size(), notes);
+    b.replace(v.banner_at, v.banner.size(), v.banner);
+    return b;
+}
+
+Result<Kernel> parse_vmlinux_bytes(const std::string& bytes) {
+    std::string dir = make_tmpdir("vmlinux");
+    REQUIRE(sys::write_file(dir + "/vmlinux", bytes));
+    auto fd = sys::open(dir + "/vmlinux", O_RDONLY | O_CLOEXEC);
+    REQUIRE(fd);
+    auto k = parse_vmlinux(fd->get(), bytes.size());
+    REQUIRE(sys::remove_all(dir));
+    return k;
+}
+
 std::string module_with_vermagic(const std::string& vermagic) {
     return std::string("\x7f" "ELF", 4) + std::string(64, '\0') + "license=GPL" + '\0' + "vermagic=" + vermagic + '\0' +
            "name=x" + '\0';
@@ -193,6 +252,49 @@ TEST_CASE("the annotations: absolute paths, an initrd only with a kernel", "[sys
           "annotation org.husk.initrd: an initrd is booted with the image's kernel (org.husk.kernel), which is not given");
 }
 
+TEST_CASE("an ELF vmlinux: x86-64, a PVH entry note, its banner's release", "[system-image]") {
+    auto k = parse_vmlinux_bytes(vmlinux());
+    REQUIRE(k);
+    CHECK(k->elf);
+    CHECK(k->release == "6.1.0-57-amd64");
+    CHECK(k->version == "6.1.0-57-amd64 (debian-kernel@lists.debian.org) (gcc-12) #1 SMP");
+    // A banner across the 4 MiB the file is read in is found whole.
+    Vmlinux across;
+    across.banner_at = (4 << 20) - 20;
+    auto a = parse_vmlinux_bytes(vmlinux(across));
+    REQUIRE(a);
+    CHECK(a->release == "6.1.0-57-amd64");
+    // The format string of another banner ("Linux version %s") is no release.
+    Vmlinux fmt;
+    fmt.banner = std::string("Linux version %s (%s)\n") + '\0' + "Linux version 6.1.0-9-amd64 (x)\n";
+    CHECK(parse_vmlinux_bytes(vmlinux(fmt)).value().release == "6.1.0-9-amd64");
+    auto why = [](const Vmlinux& v) {
+        auto r = parse_vmlinux_bytes(vmlinux(v));
+        REQUIRE_FALSE(r);
+        return r.error().message;
+    };
+    Vmlinux bad;
+    bad.pvh = false;
+    CHECK(why(bad) == "an ELF kernel without a PVH entry note (CONFIG_PVH): the VMMs boot a vmlinux through it");
+    bad = {};
+    bad.machine = 183;  // aarch64
+    CHECK(why(bad) == "an ELF file for another machine than x86-64");
+    bad = {};
+    bad.type = 1;  // a relocatable object: a module
+    CHECK(why(bad) == "an ELF file, but not an executable (a module or a library?)");
+    bad = {};
+    bad.elf_class = 1;
+    CHECK(why(bad) == "an ELF file, but not 64-bit little-endian");
+    bad = {};
+    bad.banner = "no banner here";
+    CHECK(why(bad) == "an ELF kernel with no \"Linux version\" banner to tell its release by");
+    // Program headers past the end of the file.
+    std::string cut = vmlinux().substr(0, 80);
+    auto c = parse_vmlinux_bytes(cut);
+    REQUIRE_FALSE(c);
+    CHECK(c.error().message == "its headers point past its end");
+}
+
 TEST_CASE("org.husk.stdio: the init's stdio, or the guest's terminal", "[system-image]") {
     CHECK_FALSE(console_stdio(spec_with({})).value());
     CHECK_FALSE(console_stdio(spec_with({{kAnnotationStdio, "init"}})).value());
@@ -238,6 +340,17 @@ TEST_CASE("the kernel is found inside the rootfs, and copied with its modules", 
     auto k = open_kernel(rootfs, "/vmlinuz");
     REQUIRE(k);
     CHECK(k->kernel.release == "6.1.0-50-amd64");
+    CHECK_FALSE(k->kernel.elf);
+    // An ELF vmlinux is read as one.
+    REQUIRE(sys::write_file(rootfs + "/boot/vmlinux", vmlinux()));
+    auto elf = open_kernel(rootfs, "/boot/vmlinux");
+    REQUIRE(elf);
+    CHECK(elf->kernel.elf);
+    CHECK(elf->kernel.release == "6.1.0-57-amd64");
+    REQUIRE(sys::write_file(rootfs + "/boot/module.ko", module_with_vermagic("6.1.0-57-amd64 SMP")));
+    auto ko = open_kernel(rootfs, "/boot/module.ko");
+    REQUIRE_FALSE(ko);
+    CHECK(ko.error().message == "org.husk.kernel /boot/module.ko: an ELF file, but not 64-bit little-endian");
     // A symlink out of the rootfs is followed inside it: not found there.
     auto esc = open_kernel(rootfs, "/boot/escape");
     REQUIRE_FALSE(esc);
