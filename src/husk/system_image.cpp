@@ -144,11 +144,11 @@ Result<Kernel> parse_vmlinux(int fd, uint64_t size) {
         // (The last bytes of the chunk before, so that no banner is cut.)
         buf = buf.substr(buf.size() > 256 ? buf.size() - 256 : 0) + chunk;
         for (size_t at = buf.find(banner); at != std::string::npos; at = buf.find(banner, at + 1)) {
-            size_t from = at + banner.size(), end = buf.find_first_of(" \n\0", from);
+            size_t from = at + banner.size(), end = buf.find_first_of(std::string_view(" \n\0", 3), from);
             if (end == std::string::npos || end == from || end - from > 64 || !std::isdigit(uint8_t(buf[from]))) continue;
             Kernel k;
             k.release = buf.substr(from, end - from);
-            size_t line = buf.find_first_of("\n\0", from);
+            size_t line = buf.find_first_of(std::string_view("\n\0", 2), from);
             k.version = buf.substr(from, std::min<size_t>(line == std::string::npos ? buf.size() : line, from + 256) - from);
             bool text = std::all_of(k.release.begin(), k.release.end(), [](char c) { return uint8_t(c) > 0x20 && uint8_t(c) < 0x7f; });
             if (!text || k.release.find('/') != std::string::npos) continue;
@@ -351,6 +351,9 @@ Result<Opened> open_kernel(const std::string& rootfs, const std::string& path) {
     head.resize(size_t(n));
     struct stat st;
     if (::fstat(fd->get(), &st) < 0) return fail_errno(what(path) + ": stat");
+    // (Copied into the state dir: bounded, whichever kind it is.)
+    if (uint64_t(st.st_size) > kVmlinuxLimit)
+        return fail(what(path) + ": larger than " + std::to_string(kVmlinuxLimit >> 20) + " MiB", EFBIG);
     auto k = head.substr(0, 4) == "\x7f" "ELF" ? parse_vmlinux(fd->get(), uint64_t(st.st_size)) : parse_bzimage(head);
     if (!k) return fail(what(path) + ": " + k.error().message, k.error().code);
     return Opened{std::move(*fd), std::move(*k)};

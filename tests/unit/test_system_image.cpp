@@ -264,6 +264,10 @@ TEST_CASE("an ELF vmlinux: x86-64, a PVH entry note, its banner's release", "[sy
     auto a = parse_vmlinux_bytes(vmlinux(across));
     REQUIRE(a);
     CHECK(a->release == "6.1.0-57-amd64");
+    // A release that ends at a NUL, not a space.
+    Vmlinux nul;
+    nul.banner = std::string("Linux version 6.1.0-57-cloud") + '\0' + "more";
+    CHECK(parse_vmlinux_bytes(vmlinux(nul)).value().release == "6.1.0-57-cloud");
     // The format string of another banner ("Linux version %s") is no release.
     Vmlinux fmt;
     fmt.banner = std::string("Linux version %s (%s)\n") + '\0' + "Linux version 6.1.0-9-amd64 (x)\n";
@@ -358,6 +362,16 @@ TEST_CASE("the kernel is found inside the rootfs, and copied with its modules", 
     auto fifo = open_kernel(rootfs, "/boot/fifo");
     REQUIRE_FALSE(fifo);
     CHECK(fifo.error().message == "org.husk.kernel /boot/fifo: not a regular file");
+    // A kernel is copied into the state dir: one past 1 GiB (sparse here) is refused.
+    {
+        auto big = sys::open(rootfs + "/boot/big", O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
+        REQUIRE(big);
+        REQUIRE(sys::write_all(big->get(), bzimage()));
+        REQUIRE(::ftruncate(big->get(), off_t(kVmlinuxLimit) + 1) == 0);
+    }
+    auto large = open_kernel(rootfs, "/boot/big");
+    REQUIRE_FALSE(large);
+    CHECK(large.error().message == "org.husk.kernel /boot/big: larger than 1024 MiB");
 
     // husk's initramfs with modules for the same release: used as it is.
     std::string initrd = root + "/initramfs.img";
