@@ -106,11 +106,13 @@ def module_tree(rootfs, release, leave_out=()):
     open(os.path.join(base, "modules.builtin"), "w").close()
 
 
-def busybox_system(bundle, tmp_path, kernel_at="/boot/vmlinuz", kernel=None, annotations=None):
+def busybox_system(bundle, tmp_path, kernel_at="/boot/vmlinuz", kernel=None, annotations=None, more=None):
     """A busybox system image: busybox's init (/sbin/init) with an inittab,
     and a kernel in /boot."""
     def edit(c):
         c["annotations"] = annotations if annotations is not None else {"org.husk.kernel": kernel_at}
+        if more:
+            more(c)
     b = bundle(["/sbin/init"], edit=edit)
     rootfs = os.path.join(b, "rootfs")
     os.makedirs(os.path.join(rootfs, "sbin"))
@@ -151,6 +153,28 @@ def test_busybox_init_boots_the_images_kernel(husk, bundle, tmp_path):
     assert b"busybox init: shutting down" in out.read_bytes()
     assert husk.state_file("sb1").get("exit_code") == 0, husk.state_file("sb1")
     husk("delete", "sb1", check=True)
+
+
+@qemu_only
+def test_the_images_kernel_panics_and_the_container_ends_255(husk, bundle, tmp_path):
+    """A panic of the image's kernel (sysrq "c", from an exec) ends the VM
+    (panic=-1, QEMU's -no-reboot): the container is stopped with 255, as
+    the VM's unexpected end, and the console keeps the panic."""
+    def sysrq(c):
+        for k in ("readonlyPaths", "maskedPaths"):
+            c["linux"][k] = [p for p in c["linux"].get(k, []) if "sysrq" not in p]
+    b = busybox_system(bundle, tmp_path, more=sysrq)
+    out = tmp_path / "out"
+    with open(out, "wb") as o:
+        r = husk("run", "-d", "--bundle", b, "panic1", stdout=o, timeout=240)
+    assert r.returncode == 0, r.stderr
+    wait_for(lambda: b"busybox init: up" in out.read_bytes(), "busybox init's sysinit line")
+    husk("exec", "-d", "panic1", "sh", "-c", "echo c > /proc/sysrq-trigger")
+    wait_for(lambda: husk.state("panic1")["status"] == "stopped", "the panicked system image to be reported stopped", 120)
+    assert husk.state_file("panic1").get("exit_code") == 255, husk.state_file("panic1")
+    with open(os.path.join(husk.root, "panic1", "console.log"), errors="replace") as f:
+        assert "sysrq" in f.read().lower()
+    husk("delete", "panic1", check=True)
 
 
 @pytest.mark.not_on(("uml",), reason="UML boots UML kernels (test_other_drivers_refuse_it)")
