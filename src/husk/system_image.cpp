@@ -341,22 +341,40 @@ Result<std::string> initrd_format(std::string_view h) {
     return fail("not an initramfs (neither a newc cpio nor a compression the kernel unpacks one from)", EINVAL);
 }
 
-Result<Opened> open_kernel(const std::string& rootfs, const std::string& path) {
+namespace {
+
+// A file an annotation (`key`) names, opened inside the rootfs
+// (open_regular), at most `limit` bytes, and its first `head` bytes read;
+// errors name the annotation and the path.
+struct ImageFile {
+    sys::Fd fd;
+    uint64_t size;
+    std::string head;
+};
+Result<ImageFile> open_image_file(const std::string& rootfs, const char* key, const std::string& path, uint64_t limit,
+                                  size_t head) {
     auto root = TRY_CTX(sys::open(rootfs, O_PATH | O_DIRECTORY | O_CLOEXEC), "rootfs");
+    std::string named = std::string(key) + " " + path;
     auto fd = open_regular(root.get(), path);
-    if (!fd) return fail(std::string(kAnnotationKernel) + " " + fd.error().message, fd.error().code);
-    std::string head(kHeadBytes, '\0');
-    ssize_t n = ::pread(fd->get(), head.data(), head.size(), 0);
-    if (n < 0) return fail_errno(what(path) + ": read");
-    head.resize(size_t(n));
+    if (!fd) return fail(std::string(key) + " " + fd.error().message, fd.error().code);
     struct stat st;
-    if (::fstat(fd->get(), &st) < 0) return fail_errno(what(path) + ": stat");
+    if (::fstat(fd->get(), &st) < 0) return fail_errno(named + ": stat");
+    if (uint64_t(st.st_size) > limit) return fail(named + ": larger than " + std::to_string(limit >> 20) + " MiB", EFBIG);
+    ImageFile f{std::move(*fd), uint64_t(st.st_size), std::string(head, '\0')};
+    ssize_t n = ::pread(f.fd.get(), f.head.data(), f.head.size(), 0);
+    if (n < 0) return fail_errno(named + ": read");
+    f.head.resize(size_t(n));
+    return f;
+}
+
+}  // namespace
+
+Result<Opened> open_kernel(const std::string& rootfs, const std::string& path) {
     // (Copied into the state dir: bounded, whichever kind it is.)
-    if (uint64_t(st.st_size) > kVmlinuxLimit)
-        return fail(what(path) + ": larger than " + std::to_string(kVmlinuxLimit >> 20) + " MiB", EFBIG);
-    auto k = head.substr(0, 4) == "\x7f" "ELF" ? parse_vmlinux(fd->get(), uint64_t(st.st_size)) : parse_bzimage(head);
+    auto f = TRY(open_image_file(rootfs, kAnnotationKernel, path, kVmlinuxLimit, kHeadBytes));
+    auto k = f.head.substr(0, 4) == "\x7f" "ELF" ? parse_vmlinux(f.fd.get(), f.size) : parse_bzimage(f.head);
     if (!k) return fail(what(path) + ": " + k.error().message, k.error().code);
-    return Opened{std::move(*fd), std::move(*k)};
+    return Opened{std::move(f.fd), std::move(*k)};
 }
 
 namespace {
@@ -373,20 +391,10 @@ struct Plan {
 
 // The image's initrd, opened inside the root, of a format the kernel unpacks.
 Result<std::pair<sys::Fd, std::string>> open_initrd(const std::string& rootfs, const std::string& path) {
-    auto root = TRY_CTX(sys::open(rootfs, O_PATH | O_DIRECTORY | O_CLOEXEC), "rootfs");
-    std::string named = std::string(kAnnotationInitrd) + " " + path;
-    auto fd = open_regular(root.get(), path);
-    if (!fd) return fail(std::string(kAnnotationInitrd) + " " + fd.error().message, fd.error().code);
-    struct stat st;
-    if (::fstat(fd->get(), &st) < 0) return fail_errno(named + ": stat");
-    if (size_t(st.st_size) > kInitrdLimit)
-        return fail(named + ": larger than " + std::to_string(kInitrdLimit >> 20) + " MiB", EFBIG);
-    char head[8] = {};
-    ssize_t n = ::pread(fd->get(), head, sizeof head, 0);
-    if (n < 0) return fail_errno(named + ": read");
-    auto format = initrd_format(std::string_view(head, size_t(n)));
-    if (!format) return fail(named + ": " + format.error().message, format.error().code);
-    return std::pair<sys::Fd, std::string>(std::move(*fd), *format + ", " + std::to_string(st.st_size >> 10) + " KiB");
+    auto f = TRY(open_image_file(rootfs, kAnnotationInitrd, path, kInitrdLimit, 8));
+    auto format = initrd_format(f.head);
+    if (!format) return fail(std::string(kAnnotationInitrd) + " " + path + ": " + format.error().message, format.error().code);
+    return std::pair<sys::Fd, std::string>(std::move(f.fd), *format + ", " + std::to_string(f.size >> 10) + " KiB");
 }
 
 Result<Plan> plan(const std::string& rootfs, const Requested& req, const std::string& initrd) {
