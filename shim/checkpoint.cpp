@@ -59,6 +59,7 @@ void Shim::checkpoint_answered(const std::string& method, bool ok) {
         // Checkpointed: the container ends here, as runc's does (the caller
         // deletes it). The VMM goes at once, paused, its disk saved.
         log::debug("checkpoint: saved in " + std::to_string(ms_since(job.began)) + " ms; the container stops");
+        flush_outputs(std::chrono::seconds(5));  // before the answer: the caller may read its files at once
         reply(job.client, proto::ControlReply{.stats = checkpoint::stats_to_json(*saved)});
         flush_client(job.client);
         vm_.reset();

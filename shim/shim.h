@@ -184,6 +184,7 @@ private:
     void flush_client(uint64_t cid);
     void read_in(Proc& p, uint32_t fd);
     void write_out(Proc& p, uint32_t fd);
+    void flush_outputs(std::chrono::milliseconds limit);
     void close_drained(Proc& p);
     void retire_execs();
     std::string boot_failure(const std::string& why);

@@ -39,6 +39,32 @@ void Shim::write_out(Proc& p, uint32_t i) {
     }
 }
 
+// Writes out what the relay holds for the callers' fds, waiting for a slow
+// reader until `limit` has passed. For a container that ends here without
+// the loop's draining (a checkpoint): what it wrote before the save is the
+// caller's, as a pipe keeps what a process wrote before it died. (The
+// agent sent it before its quiesce answer, so the restored container does
+// not send it again: dropped, it would be lost.)
+void Shim::flush_outputs(std::chrono::milliseconds limit) {
+    auto deadline = Clock::now() + limit;
+    for (auto& [idx, p] : ses_.procs) {
+        for (auto& [i, o] : p.out) {
+            while (!o.data.empty() && o.fd >= 0 && !o.dead) {
+                auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()).count();
+                if (left <= 0) {
+                    log::warn("a reader took none of the last " + std::to_string(o.data.size()) +
+                              " bytes of a stream in time: dropped");
+                    return;
+                }
+                pollfd pfd{o.nb ? o.nb.get() : o.fd, POLLOUT, 0};
+                int r = ::poll(&pfd, 1, int(left));
+                if (r < 0 && errno != EINTR) return;
+                if (r > 0) write_out(p, i);
+            }
+        }
+    }
+}
+
 // Propagate EOF once a stream is drained.
 void Shim::close_drained(Proc& p) {
     for (auto& [i, o] : p.out) {
