@@ -204,7 +204,9 @@ Result<void> early_init() {
         // disk). A template is attached to either, and may carry NICs.
         if (share == "virtiofs" || g_template) order += sys::read_file("/lib/modules/order.virtiofs").value_or("");
         if ((share != "disk" && share != "virtiofs") || g_template) order += sys::read_file("/lib/modules/order.9p").value_or("");
-        if (boot.channel == "vsock") order += sys::read_file("/lib/modules/order.vsock").value_or("");
+        // (A template on virtio-serial too: its clones may be given a vsock
+        // device once restored, which binds to the driver loaded now.)
+        if (boot.channel == "vsock" || g_template) order += sys::read_file("/lib/modules/order.vsock").value_or("");
         if (boot.net || g_template) order += sys::read_file("/lib/modules/order.net").value_or("");
         if (share == "disk") order += sys::read_file("/lib/modules/order.disk").value_or("");
     }
@@ -291,7 +293,8 @@ Result<sys::Fd> open_tty_channel(const std::string& name) {
     return fd;
 }
 
-Result<sys::Fd> open_vsock_channel() {
+namespace {
+Result<sys::Fd> vsock_listener() {
     sys::Fd s(::socket(AF_VSOCK, SOCK_STREAM | SOCK_CLOEXEC, 0));
     if (!s) return fail_errno("vsock socket");
     sockaddr_vm addr{};
@@ -300,6 +303,17 @@ Result<sys::Fd> open_vsock_channel() {
     addr.svm_port = proto::kAgentVsockPort;
     if (::bind(s.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr) < 0) return fail_errno("vsock bind");
     if (::listen(s.get(), 1) < 0) return fail_errno("vsock listen");
+    return s;
+}
+}  // namespace
+
+Result<void> listen_vsock_for_clones() {
+    g_vsock_listener = TRY(vsock_listener());
+    return {};
+}
+
+Result<sys::Fd> open_vsock_channel() {
+    auto s = TRY(vsock_listener());
     auto c = TRY(sys::accept(s.get(), SOCK_NONBLOCK));
     // Kept: a template's clone, or a VM restored from a checkpoint, has a
     // new host that dials again (the VMM's restore resets vsock connections).

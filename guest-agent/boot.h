@@ -27,6 +27,11 @@ Result<void> early_init();
 Result<sys::Fd> open_serial_channel();
 Result<sys::Fd> open_tty_channel(const std::string& name);
 Result<sys::Fd> open_vsock_channel();
+// A template on another channel listens on vsock too, with no device yet:
+// a clone that is given one (QEMU's husk-vsock, plugged in once restored)
+// is dialled there, and the agent takes that connection as its channel
+// (redial_listener).
+Result<void> listen_vsock_for_clones();
 
 Result<void> load_module(const std::string& path);
 // Where the modules loaded on demand (virtio_mem) are kept once the

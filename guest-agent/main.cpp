@@ -33,6 +33,9 @@ int main() {
                                               : open_serial_channel();
     if (!chan) fatal(chan.error().message);
     say("channel open (" + (kind.empty() ? std::string("serial") : kind) + ")");
+    if (template_boot() && kind != "vsock" && kind.rfind("tty", 0) != 0) {
+        if (auto l = listen_vsock_for_clones(); !l) say("template: no vsock listener for clones: " + l.error().message);
+    }
     auto pidns = sys::open("/proc/self/ns/pid", O_RDONLY);
     if (!pidns) fatal(pidns.error().message);
     Agent a(std::move(*chan), std::move(*pidns), kind.rfind("tty", 0) == 0);

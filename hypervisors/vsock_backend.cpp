@@ -39,12 +39,13 @@ Result<pid_t> start_husk_vsock(const VmConfig& cfg, const std::string& workdir, 
     std::string in_jail = jail_binary(j, binary);
     // The VMM's socket directory, where guest-initiated streams find
     // their <uds>_<port> listeners; nothing else of the host.
-    j.mounts.push_back({sys::dirname(cfg.channel.socket_path), kJailVmmDir, false, false});
+    const std::string& uds_path = cfg.channel.plugged_uds.empty() ? cfg.channel.socket_path : cfg.channel.plugged_uds;
+    j.mounts.push_back({sys::dirname(uds_path), kJailVmmDir, false, false});
     j.keep_caps = {};
     j.lifeline_fd = cfg.lifeline_fd;
 
     auto vhost = TRY_CTX(sys::unix_listen(cfg.channel.vhost_socket, 1), "husk-vsock socket");
-    auto uds = TRY_CTX(sys::unix_listen(cfg.channel.socket_path, 16), "hybrid vsock socket");
+    auto uds = TRY_CTX(sys::unix_listen(uds_path, 16), "hybrid vsock socket");
     auto log = TRY(sys::open(log_path, O_WRONLY | O_CREAT | O_APPEND, 0600));
     auto devnull = TRY(sys::open("/dev/null", O_RDONLY));
     sys::SpawnOptions o;
@@ -53,7 +54,7 @@ Result<pid_t> start_husk_vsock(const VmConfig& cfg, const std::string& workdir, 
     o.path = in_jail;
     jail_spawn(j, o);
     o.cwd = kJailVmmDir;
-    return TRY_CTX(sys::spawn(husk_vsock_argv(in_jail, sys::basename(cfg.channel.socket_path), cfg.channel.vsock_cid), o),
+    return TRY_CTX(sys::spawn(husk_vsock_argv(in_jail, sys::basename(uds_path), cfg.channel.vsock_cid), o),
                    "launch husk-vsock");
 }
 

@@ -305,7 +305,7 @@ Result<void> Shim::loop() {
         // Until the agent answers, we dial it, retrying. A dial is a socket
         // of the loop's (a vsock connect, a hybrid vsock's answer): it is
         // taken as it comes, never waited for.
-        bool dials = ses_.phase <= Phase::Resuming && (vsock_cid_ || !hybrid_vsock_.empty());
+        bool dials = ses_.phase <= Phase::Resuming && (vsock_cid_ || !hybrid_vsock_.empty()) && (!plug_vsock_ || vsock_plugged_);
         if (dial_ && Clock::now() >= dial_deadline_) dial_.reset();  // no answer in time: again
         if (dials && !chan_ && !dial_ && Clock::now() >= next_vsock_try_) {
             auto d = vsock_cid_ ? VsockDial::kernel(vsock_cid_, proto::kAgentVsockPort)
@@ -377,7 +377,8 @@ Result<void> Shim::loop() {
                 case kSig: on_signal(); break;
                 case kCon: on_console_readable(); break;
                 case kAgentL:
-                    chan_ = TRY(sys::accept(agent_listen_.get(), SOCK_NONBLOCK));
+                    // (A clone given vsock: the template's port, held idle.)
+                    (plug_vsock_ ? serial_idle_ : chan_) = TRY(sys::accept(agent_listen_.get(), SOCK_NONBLOCK));
                     log::debug("vm: the channel connected after " + std::to_string(ms_since(launched_at_)) + " ms");
                     agent_listen_.reset();
                     ::unlink(paths_.agent_sock.c_str());

@@ -135,6 +135,7 @@ private:
     Result<proto::Attach> attach_template();
     Result<proto::Attach> template_hello() override;
     void attach_restored();
+    void attach_restored_vsock();
     bool restore_failed(const std::string& why);
     // SessionHost: what the agent session asks of us.
     void booted() override;
@@ -249,6 +250,12 @@ private:
     int boot_timeout_ms_ = 0;
     Clock::time_point next_vsock_try_;
     std::optional<VsockDial> dial_;  // a dial of the agent waiting for its answer
+    // A template's clone given husk-vsock's device once restored (start_vmm):
+    // plugged in yet (the dial waits for it), the template's virtio-serial
+    // port (idle), and the attach that goes over vsock once it answers.
+    bool plug_vsock_ = false, vsock_plugged_ = false;
+    sys::Fd serial_idle_;
+    std::optional<proto::Attach> pending_attach_;
     Clock::time_point dial_deadline_;
     std::string console_tail_;
     std::string console_line_;  // --debug: the line being assembled

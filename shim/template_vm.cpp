@@ -57,7 +57,9 @@ Result<proto::Attach> Shim::template_hello() {
 // A restored template's channel and control socket are both up: plug in
 // the share and attach the guest.
 void Shim::attach_restored() {
-    if (!(restoring_ || resuming_) || attached_ || !chan_ || !qmp_attached_) return;
+    if (!(restoring_ || resuming_) || attached_ || !qmp_attached_) return;
+    if (plug_vsock_) return attach_restored_vsock();
+    if (!chan_) return;
     attached_ = true;
     if (resuming_) {
         // A checkpoint's VM: loaded, run, and its agent told to go on with us.
@@ -80,6 +82,39 @@ void Shim::attach_restored() {
         return;
     }
     ses_.attach_restored(*a);
+}
+
+// A restored template whose channel becomes vsock (start_vmm): run once
+// QEMU has connected the template's port and QMP; husk-vsock's device is
+// plugged in, then the share and NICs (the guest probes them meanwhile);
+// and the agent, which listens on vsock as a template (boot.cpp), is
+// attached once the dial reaches it.
+void Shim::attach_restored_vsock() {
+    if (!vsock_plugged_) {
+        if (!serial_idle_) return;
+        log::debug("template: restored VM connected after " + std::to_string(ms_since(launched_at_)) + " ms");
+        auto ran = vm_->run_restored();
+        timeline_.mark("template restored");
+        auto a = ran ? [&]() -> Result<proto::Attach> {
+            TRY_CTX(vm_->add_vsock(), "plug in husk-vsock's device");
+            return attach_template();
+        }()
+                     : tl::unexpected(ran.error());
+        if (!a) {
+            restore_failed(a.error().message);
+            return;
+        }
+        log::debug("template: restored VM running, husk-vsock's device plugged in, after " +
+                   std::to_string(ms_since(launched_at_)) + " ms");
+        pending_attach_ = std::move(*a);
+        vsock_plugged_ = true;  // the loop dials the agent now
+        return;
+    }
+    if (!chan_ || !pending_attach_) return;
+    attached_ = true;
+    log::debug("template: the agent answered on vsock after " + std::to_string(ms_since(launched_at_)) + " ms");
+    ses_.attach_restored(*pending_attach_);
+    pending_attach_.reset();
 }
 
 // A template that did not restore (the VMM refused it, the guest did not
@@ -108,7 +143,12 @@ bool Shim::restore_failed(const std::string& why) {
     console_tail_.clear();
     ::unlink(paths_.agent_sock.c_str());
     ::unlink(paths_.qmp_sock.c_str());
-    ::unlink(paths_.vsock_sock.c_str());  // a REST-API VMM's, bound again by the next
+    ::unlink(paths_.vsock_sock.c_str());  // a REST-API VMM's (or husk-vsock's), bound again by the next
+    ::unlink(paths_.vsock_vhost_sock.c_str());
+    plug_vsock_ = vsock_plugged_ = false;
+    serial_idle_.reset();
+    pending_attach_.reset();
+    hybrid_vsock_.clear();
     ses_.restart_boot();
     restoring_ = attached_ = qmp_attached_ = false;
     template_shape_.clear();

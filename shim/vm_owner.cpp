@@ -109,7 +109,8 @@ Result<void> Shim::launch_vm() {
     // husk-vsock's device where the kernel has no vhost-vsock, unless the
     // VM is to be saved: QEMU 7.2 cannot migrate a vhost-user-vsock
     // device, so a template and a checkpointable VM (its rootfs on a disk)
-    // keep virtio-serial.
+    // keep virtio-serial. (A template's clone is given the device once
+    // restored: start_vmm.)
     if (caps.vsock_backend) {
         channel_why_ = !template_why_.empty() ? "" : "a template cannot hold husk-vsock's device (QEMU cannot save it)";
         if (channel_why_.empty() && !host.share_disk.empty())
@@ -196,6 +197,24 @@ Result<void> Shim::start_vmm(bool templates) {
         cfg.incoming_fd = checkpoint_state_.get();
         resuming_ = true;
     }
+    // A template's clone gets husk-vsock's device once it is restored, as
+    // it gets its virtio-fs share (whose shared memory the device needs
+    // too): its agent's channel is then vsock, as a booted VM's is. The
+    // VM that boots to be saved keeps virtio-serial.
+    if (templates && host.template_shape && caps.vsock_backend) {
+        bool shared = host.share_fs == ShareFs::VirtioFs && host.share_disk.empty();
+        plug_vsock_ = restoring_ && shared;
+        channel_why_ = plug_vsock_ ? ""
+                       : !shared   ? "a template cannot hold husk-vsock's device (QEMU cannot save it), and without "
+                                     "a virtio-fs share its memory is not shared for the device to be plugged in later"
+                                   : "this VM boots to be saved as a template, and QEMU cannot save husk-vsock's device: "
+                                     "the template's clones are given it once restored";
+    }
+    if (plug_vsock_) {
+        cfg.channel.vhost_socket = paths_.vsock_vhost_sock;
+        cfg.channel.plugged_uds = paths_.vsock_sock;
+        cfg.channel.vsock_cid = 3;  // husk-vsock's guest: any CID will do
+    }
     bool vhost = ::access("/dev/vhost-net", R_OK | W_OK) == 0;
     for (size_t i = 0; i < taps_.size(); ++i) {
         cfg.nics[i].fd = taps_[i].get();
@@ -208,7 +227,10 @@ Result<void> Shim::start_vmm(bool templates) {
     } else if (host.hybrid_vsock) {
         hybrid_vsock_ = paths_.vsock_sock;
     } else {
+        // (A clone that is given vsock starts on the template's
+        // virtio-serial: QEMU connects its port here, and it stays idle.)
         agent_listen_ = TRY(sys::unix_listen(paths_.agent_sock, 1));
+        if (plug_vsock_) hybrid_vsock_ = paths_.vsock_sock;
     }
     if (caps.control_socket) qmp_listen_ = TRY(sys::unix_listen(paths_.qmp_sock, 1));
     qmp_attached_ = !caps.control_socket;  // nothing to wait for
@@ -223,7 +245,8 @@ Result<void> Shim::start_vmm(bool templates) {
     cfg.lifeline_fd = life_r.get();
     console_log_ = TRY(sys::open(paths_.console_log, O_WRONLY | O_CREAT | O_TRUNC, 0600));
     // QEMU says its accelerator (tests and users read "vm: tcg"); others their name.
-    std::string channel = channel_name(host.vsock_backend, host.hybrid_vsock, host.vsock, hv_->name());
+    std::string channel = plug_vsock_ ? "vsock (husk-vsock, plugged in once restored; virtio-serial until then)"
+                                      : channel_name(host.vsock_backend, host.hybrid_vsock, host.vsock, hv_->name());
     log::debug("vm: " + (hv_->name() == "qemu" ? std::string(accel_name(host.accel)) : hv_->name()) + ", " +
                std::to_string(cfg.vcpus) + " vcpu, " + std::to_string(cfg.memory_mib) + " MiB, channel " + channel +
                (channel_why_.empty() ? "" : " (" + channel_why_ + ")") +

@@ -47,7 +47,7 @@ std::vector<std::string> translate(const VmConfig& cfg, const Options& opt) {
     // itself: all of it is then a shared memory file, not QEMU's private
     // anonymous memory.
     bool shared_ram = std::any_of(cfg.shares.begin(), cfg.shares.end(), [](const Share& s) { return s.fs == ShareFs::VirtioFs; }) ||
-                      !cfg.channel.vhost_socket.empty();  // husk-vsock too
+                      (cfg.channel.kind == ChannelKind::Vsock && !cfg.channel.vhost_socket.empty());  // husk-vsock too
     std::string ram_backend = shared_ram ? "memory-backend-memfd" : "memory-backend-ram";
     std::string ram_share = shared_ram ? ",share=on" : "";
     if (shared_ram) {
@@ -122,7 +122,8 @@ std::vector<std::string> translate(const VmConfig& cfg, const Options& opt) {
                             std::to_string(defaults::kHotplugBlockMiB) + "M"});
     }
     if (cfg.template_shape) {
-        // Ports for what is plugged in after the save (virtio-fs, NICs),
+        // Ports for what is plugged in after the save (virtio-fs, NICs,
+        // husk-vsock's device),
         // and a generation id the guest's kernel reseeds its RNG from when
         // it changes (each clone gets its own: guid=auto at every start).
         for (unsigned i = 0; i < kHotplugPorts; ++i)
@@ -157,7 +158,7 @@ Capabilities QemuHypervisor::capabilities() const {
     c.virtio_fs = !opt_.microvm();
     // Its hot-added share needs a PCIe port: not on microvm (virtio-mmio).
     c.templates = !opt_.microvm();
-    c.template_nics = kHotplugPorts - 1;
+    c.template_nics = kVsockHotplugPort - 1;  // port 0 the share's, the last husk-vsock's
     c.checkpoint = true;
     c.bzimage = true;     // -kernel takes one (q35 and microvm)
     c.elf_kernel = true;  // and a vmlinux with a PVH note, as husk's own
@@ -208,7 +209,8 @@ class QemuVm : public ProcessVm {
 public:
     // `boot_files`: the kernel and initrd as QEMU names them.
     QemuVm(pid_t pid, std::vector<std::string> boot_files, const VmConfig& seen, const Options& opt)
-        : ProcessVm(pid), boot_files_(std::move(boot_files)), shares_(seen.shares), nics_(seen.nics), accel_(seen.accel), opt_(opt) {}
+        : ProcessVm(pid), boot_files_(std::move(boot_files)), shares_(seen.shares), nics_(seen.nics), accel_(seen.accel), opt_(opt),
+          vsock_vhost_(seen.channel.plugged_uds.empty() ? "" : seen.channel.vhost_socket) {}
     // A template's NICs are plugged in after its boot (or restore): their
     // taps wait here until then.
     std::vector<sys::Fd> nic_fds_;
@@ -309,8 +311,20 @@ public:
         return {};
     }
 
+    Result<void> add_vsock() override {
+        if (vsock_vhost_.empty()) return fail("no husk-vsock to plug in", EINVAL);
+        nlohmann::json chardev = {{"id", "vsock"},
+                                  {"backend", {{"type", "socket"},
+                                               {"data", {{"addr", {{"type", "unix"}, {"data", {{"path", vsock_vhost_}}}}},
+                                                         {"server", false}}}}}};
+        TRY(qmp_.execute("chardev-add", chardev));
+        TRY(qmp_.execute("device_add", {{"driver", virtio(opt_, "vhost-user-vsock")}, {"id", "vsockdev"},
+                                        {"chardev", "vsock"}, {"bus", hotplug_port(kVsockHotplugPort)}}));
+        return {};
+    }
+
     Result<void> add_nic(size_t index) override {
-        if (index >= nics_.size() || index + 1 >= kHotplugPorts || !nic_fds_[index]) return fail("no NIC to add", EINVAL);
+        if (index >= nics_.size() || index + 1 >= kVsockHotplugPort || !nic_fds_[index]) return fail("no NIC to add", EINVAL);
         const Nic& n = nics_[index];
         std::string id = "net" + std::to_string(index);
         TRY(qmp_.execute_with_fd("getfd", {{"fdname", "tap" + std::to_string(index)}}, nic_fds_[index].get()));
@@ -332,6 +346,7 @@ private:
     std::vector<Nic> nics_;
     Accel accel_;
     Options opt_;
+    std::string vsock_vhost_;  // husk-vsock's socket, for add_vsock (as QEMU names it)
 };
 
 }  // namespace

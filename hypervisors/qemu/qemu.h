@@ -30,8 +30,10 @@ constexpr int kFirstNicFd = 4;
 // A template to restore (VmConfig::incoming_fd), above any NIC's.
 constexpr int kIncomingFd = 90;
 // The PCIe root ports a template's later devices are plugged into: the
-// share's (virtio-fs) first, then one for each NIC.
-constexpr unsigned kHotplugPorts = 4;
+// share's (virtio-fs) first, then one for each NIC, and husk-vsock's
+// device last.
+constexpr unsigned kHotplugPorts = 5;
+constexpr unsigned kVsockHotplugPort = kHotplugPorts - 1;  // Vm::add_vsock's
 std::string hotplug_port(unsigned i);  // husk.hp<i>
 // The virtio-mem device of a VM that can be given memory while it runs.
 constexpr const char* kHotplugDevice = "hotmem0";

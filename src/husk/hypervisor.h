@@ -60,6 +60,11 @@ struct Channel {
     // A hybrid vsock that husk-vsock serves (vsock_backend.h): QEMU's
     // vhost-user-vsock device connects to it here ("" otherwise).
     std::string vhost_socket;
+    // A template's clone under QEMU with husk-vsock: the VM starts on
+    // virtio-serial (`kind`), as its template was saved, and husk-vsock
+    // (vhost_socket, its hybrid socket here) serves a vsock device that is
+    // plugged in after the restore (Vm::add_vsock); "" otherwise.
+    std::string plugged_uds;
 };
 
 struct VmConfig {
@@ -207,6 +212,9 @@ public:
     // A template-shaped guest: plug in VmConfig::shares[index] (virtio-fs,
     // which a template cannot hold).
     virtual Result<void> add_share(size_t /*index*/) { return fail("this VMM cannot add a share", ENOTSUP); }
+    // ... and the vsock device husk-vsock serves (VmConfig::channel's
+    // plugged_uds): the agent's channel becomes vsock.
+    virtual Result<void> add_vsock() { return fail("this VMM cannot add a vsock device", ENOTSUP); }
     // ... and VmConfig::nics[index], its tap the fd the config had.
     virtual Result<void> add_nic(size_t /*index*/) { return fail("this VMM cannot add a NIC", ENOTSUP); }
     // ... and VmConfig::disks[index] in place of its placeholder

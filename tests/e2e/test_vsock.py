@@ -1,10 +1,12 @@
 """The agent's channel over vsock on a host without /dev/vhost-vsock:
 husk-vsock (hypervisors/husk-vsock/) serves QEMU's vhost-user-vsock device,
 and the shim reaches the agent through its hybrid socket. A VM booted on
-its own gets it; a template (QEMU 7.2 cannot save the device) keeps
-virtio-serial, and says why."""
+its own gets it; so does a template's clone, once restored (QEMU 7.2
+cannot save the device, so the VM that makes the template keeps
+virtio-serial, and says why)."""
 import hashlib
 import os
+import re
 import signal
 import subprocess
 import time
@@ -64,14 +66,64 @@ def test_stdio_and_exec_over_vsock_arrive_intact(husk, bundle):
     assert not backend_pids(husk), "husk-vsock outlived its VM"
 
 
-def test_a_template_keeps_virtio_serial_and_says_why(husk, bundle):
+def test_a_template_is_saved_on_virtio_serial_and_its_clones_talk_over_vsock(husk, bundle, tmp_path):
+    # QEMU 7.2 cannot save husk-vsock's device: the VM that boots to make
+    # the template keeps virtio-serial, and says why. Each clone is given
+    # the device once restored (with its virtio-fs share), and its agent,
+    # which listened on vsock as a template, takes the dial as its channel.
     no_kernel_vsock()
     if KVM_SHAPE:
         pytest.skip("the KVM configuration makes no templates")
-    r = husk("--debug", "run", "-b", bundle(["true"]), new_id())
+    env = dict(os.environ, HUSK_TEMPLATES="1", HUSK_TEMPLATE_DIR=str(tmp_path / "templates"))
+    r = husk("--debug", "run", "-b", bundle(["true"]), new_id(), env=env)
     err = r.stderr.decode()
     assert r.returncode == 0, err
-    assert "channel virtio-serial (a template cannot hold husk-vsock's device" in err, err
+    assert "template: none of this shape yet" in err, err
+    assert "channel virtio-serial (this VM boots to be saved as a template, and QEMU cannot save husk-vsock's device" \
+        in err, err
+    data = os.urandom(1024 * 1024 + 5)
+    b = bundle(["sh", "-c", "md5sum | cut -d' ' -f1 >&2; head -c 3145728 /dev/urandom | tee /tmp/x | md5sum >&2; cat /tmp/x"])
+    r = husk("--debug", "run", "-b", b, new_id(), input=data, env=env)
+    err = r.stderr.decode(errors="replace")
+    assert r.returncode == 0, err[-3000:]
+    assert "template: restoring " in err and "Linux version" not in err, err[-3000:]
+    assert "channel vsock (husk-vsock, plugged in once restored" in err, err[-3000:]
+    assert "template: the agent answered on vsock" in err, err[-3000:]
+    sums = [line[:32] for line in err.splitlines() if re.match(r"[0-9a-f]{32}( |$)", line)]
+    assert sums[0] == hashlib.md5(data).hexdigest(), err[-2000:]
+    assert len(r.stdout) == 3145728 and hashlib.md5(r.stdout).hexdigest() == sums[1]
+    # A clone lives on it: execs, and husk-vsock goes with the VM; killed,
+    # it takes the container with it, as a booted VM's does.
+    cid = new_id()
+    husk("run", "-d", "-b", bundle(["sleep", "600"]), cid, env=env, check=True)
+    pids = backend_pids(husk)
+    assert pids, "no husk-vsock for a template's clone"
+    for i in range(3):
+        e = husk("exec", cid, "sh", "-c", f"echo exec {i}; exit {i}")
+        assert e.returncode == i and e.stdout == f"exec {i}\n".encode(), e.stderr
+    assert husk("exec", cid, "ls", "/sys/bus/virtio/drivers/vmw_vsock_virtio_transport").returncode == 0
+    for p in pids:
+        os.kill(p, signal.SIGKILL)
+    wait_for(lambda: husk.state(cid)["status"] == "stopped", "stopped after husk-vsock died", timeout=60)
+    husk("delete", cid, check=True)
+    assert not backend_pids(husk)
+
+
+def test_a_template_clone_without_virtio_fs_keeps_virtio_serial_and_says_why(husk, bundle, tmp_path):
+    # A 9p template's memory is not a shared memfd, which husk-vsock's
+    # device needs: its clones stay on virtio-serial.
+    no_kernel_vsock()
+    if KVM_SHAPE:
+        pytest.skip("the KVM configuration makes no templates")
+    env = dict(os.environ, HUSK_TEMPLATES="1", HUSK_TEMPLATE_DIR=str(tmp_path / "templates"))
+    b = bundle(["echo", "on 9p"], edit=lambda c: c.setdefault("annotations", {}).update({"org.husk.share": "9p"}))
+    husk("run", "-b", b, new_id(), env=env, check=True)
+    r = husk("--debug", "run", "-b", b, new_id(), env=env)
+    err = r.stderr.decode()
+    assert r.returncode == 0 and r.stdout == b"on 9p\n", err
+    assert "template: restoring " in err, err
+    assert "channel virtio-serial (a template cannot hold husk-vsock's device (QEMU cannot save it), and without a " \
+        "virtio-fs share" in err, err
 
 
 def test_a_backend_that_dies_stops_the_container_and_leaves_nothing(husk, bundle):

@@ -151,6 +151,36 @@ TEST_CASE("a booted VM without /dev/vhost-vsock: husk-vsock's vhost-user-vsock d
                                    "--guest-cid", "3"});
 }
 
+TEST_CASE("a template's clone given husk-vsock once restored runs its template's argv", "[translate]") {
+    // The template is saved on virtio-serial (QEMU 7.2 cannot save the
+    // vsock device); the clone's config names husk-vsock's sockets for the
+    // launcher and add_vsock, and QEMU's argv must stay the template's
+    // byte for byte, or the migration stream would not load.
+    HostFacts host;
+    host.host_cpus = 2, host.kernel = "/img/vmlinux", host.initrd = "/img/initramfs.img";
+    host.template_shape = true;
+    host.share_fs = ShareFs::VirtioFs;
+    VmConfig maker = make_vm_config(spec_from(kBundle), host, state_sandbox_paths());
+    VmConfig clone = maker;
+    clone.channel.vhost_socket = "/state/c1/vmm/vsock-vhost.sock";
+    clone.channel.plugged_uds = "/state/c1/vmm/vsock.sock";
+    clone.channel.vsock_cid = 3;
+    CHECK(clone.channel.kind == ChannelKind::VirtioSerial);
+    qemu::Options opt;
+    opt.machine = "q35";
+    auto argv = qemu::translate(jailed_config(clone), opt);
+    CHECK(argv == qemu::translate(jailed_config(maker), opt));
+    CHECK(std::find(argv.begin(), argv.end(), "pcie-root-port,id=husk.hp4,chassis=5") != argv.end());  // add_vsock's port
+    for (const auto& a : argv) CHECK_THAT(a, !Catch::Contains("vsock"));
+    CHECK(jailed_config(clone).channel.vhost_socket == "vsock-vhost.sock");  // what add_vsock names to QEMU
+    // A 9p template's RAM is QEMU's own, not a memfd husk-vsock could map:
+    // the shim does not plug the device there (start_vmm).
+    host.share_fs = ShareFs::NineP;
+    argv = qemu::translate(jailed_config(make_vm_config(spec_from(kBundle), host, state_sandbox_paths())), opt);
+    CHECK(std::find_if(argv.begin(), argv.end(), [](const std::string& a) { return a.find("share=on") != a.npos; }) ==
+          argv.end());
+}
+
 TEST_CASE("a VM that can be given memory: virtio-mem, none of it plugged, on q35 only", "[translate]") {
     HostFacts host;
     host.host_cpus = 2, host.kernel = "/img/vmlinux", host.initrd = "/img/initramfs.img";
