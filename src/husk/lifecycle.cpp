@@ -236,9 +236,10 @@ HostChannel channel_on_this_host(const Hypervisor& hv) {
     c.vsock = caps.vsock_backend || caps.hybrid_vsock || caps.vsock;
     // (In channel_name's order, so that the reason is the name's.)
     c.why = caps.vsock_backend
-                ? "no /dev/vhost-vsock: husk-vsock serves the vsock device of a VM booted on its own; a VM from a template, "
-                  "or one that may be checkpointed (its rootfs on a disk), keeps virtio-serial, since QEMU 7.2 cannot save "
-                  "a vhost-user-vsock device"
+                ? "no /dev/vhost-vsock: husk-vsock serves the vsock device of a VM booted on its own, and of a template's "
+                  "clone (plugged in once restored); the VM that boots to make a template, one that may be checkpointed "
+                  "(its rootfs on a disk) and a 9p template's clone keep virtio-serial, since QEMU 7.2 cannot save a "
+                  "vhost-user-vsock device (and it needs the guest's memory shared)"
             : caps.hybrid_vsock  ? "the VMM's own vsock device, reached through its unix socket"
             : caps.vsock         ? "/dev/vhost-vsock: the kernel serves the guest's vsock device"
             : hv.name() == "uml" ? "UML has no vsock device: a line of its console (a host pty)"
