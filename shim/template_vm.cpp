@@ -95,11 +95,28 @@ void Shim::attach_restored_vsock() {
         log::debug("template: restored VM connected after " + std::to_string(ms_since(launched_at_)) + " ms");
         auto ran = vm_->run_restored();
         timeline_.mark("template restored");
-        auto a = ran ? [&]() -> Result<proto::Attach> {
-            TRY_CTX(vm_->add_vsock(), "plug in husk-vsock's device");
-            return attach_template();
-        }()
-                     : tl::unexpected(ran.error());
+        if (!ran) {
+            restore_failed(ran.error().message);
+            return;
+        }
+        if (auto plugged = vm_->add_vsock(); !plugged) {
+            // The guest is fine, and its agent still reads the template's
+            // port: the container goes on with virtio-serial.
+            log::warn("husk-vsock's device could not be plugged in (" + plugged.error().message +
+                      "): the channel stays virtio-serial");
+            plug_vsock_ = false;
+            hybrid_vsock_.clear();
+            chan_ = std::move(serial_idle_);
+            attached_ = true;
+            auto a = attach_template();
+            if (!a) {
+                restore_failed(a.error().message);
+                return;
+            }
+            ses_.attach_restored(*a);
+            return;
+        }
+        auto a = attach_template();
         if (!a) {
             restore_failed(a.error().message);
             return;

@@ -109,6 +109,31 @@ def test_a_template_is_saved_on_virtio_serial_and_its_clones_talk_over_vsock(hus
     assert not backend_pids(husk)
 
 
+def test_a_clone_whose_vsock_device_cannot_be_plugged_in_goes_on_over_virtio_serial(husk, bundle, tmp_path):
+    # husk-vsock fails (here: a binary that exits at once, so QEMU's
+    # chardev-add finds no backend): the restored guest is fine and its
+    # agent still reads the template's port, so the container goes on with
+    # virtio-serial, and the template is kept.
+    no_kernel_vsock()
+    if KVM_SHAPE:
+        pytest.skip("the KVM configuration makes no templates")
+    templates = tmp_path / "templates"
+    env = dict(os.environ, HUSK_TEMPLATES="1", HUSK_TEMPLATE_DIR=str(templates))
+    b = bundle(["sh", "-c", "echo from the clone; exit 3"])
+    husk("run", "-b", bundle(["true"]), new_id(), env=env, check=True)  # makes the template
+    kept = sorted(os.listdir(templates))
+    broken = tmp_path / "husk-vsock"
+    broken.write_text("#!/bin/sh\necho 'husk-vsock: broken on purpose' >&2\nexit 1\n")
+    broken.chmod(0o755)
+    r = husk("--debug", "run", "-b", b, new_id(), env=dict(env, HUSK_VSOCK=str(broken)))
+    err = r.stderr.decode(errors="replace")
+    assert r.returncode == 3 and r.stdout == b"from the clone\n", err[-3000:]
+    assert "template: restoring " in err and "Linux version" not in err, err[-3000:]
+    assert "husk-vsock's device could not be plugged in (" in err and "the channel stays virtio-serial" in err, \
+        err[-3000:]
+    assert sorted(os.listdir(templates)) == kept
+
+
 def test_a_template_clone_without_virtio_fs_keeps_virtio_serial_and_says_why(husk, bundle, tmp_path):
     # A 9p template's memory is not a shared memfd, which husk-vsock's
     # device needs: its clones stay on virtio-serial.
