@@ -77,7 +77,9 @@ TEST_CASE("templates: a template's QEMU argv holds nothing of one container's, a
     CHECK(has("pcie-root-port,id=husk.hp0,chassis=1"));
     CHECK(has("pcie-root-port,id=husk.hp3,chassis=4"));
     CHECK(has("vmgenid,guid=auto"));
-    CHECK(has("memory-backend-memfd,id=ram,size=192M,share=on"));  // for the virtio-fs device to come
+    // For the virtio-fs device to come; allocated at once (a restore faulted every page in one at a time).
+    CHECK(has("memory-backend-memfd,id=ram,size=192M,share=on,prealloc=on"));
+    CHECK(has("pcie-root-port,id=husk.hp4,chassis=5"));  // husk-vsock's device, a clone's
     CHECK(!has("-incoming"));
     // Another container's VM, elsewhere, with no NIC and a debug log: the
     // same argv (its sockets by name, the share at /share0).
